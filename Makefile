@@ -1,0 +1,132 @@
+# Makefile of host: builds the `host` program and its bindings, and runs the
+# specs (plain, ASan+UBSan, TSan on an instrumented Lua core, valgrind), the
+# experiment scripts, the benchmarks and the fuzzer.
+#
+# The user-facing targets first install what a fresh Debian 12 lacks
+# (tools/deps.sh), then call this Makefile again to build, so pkg-config is
+# read after the packages exist.
+
+CC ?= cc
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD ?= build
+CFLAGS ?= -O2 -g
+LDFLAGS ?=
+
+WARNINGS = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
+LUA_CFLAGS ?= $(shell pkg-config --cflags lua5.4)
+LUA_LIBS ?= $(shell pkg-config --libs lua5.4)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARNINGS) $(CFLAGS) $(LUA_CFLAGS) \
+             -Ibindings -pthread -MMD -MP
+# -rdynamic: users' bindings loaded with require call host_* from the program.
+ALL_LDFLAGS = $(LDFLAGS) -pthread -rdynamic
+
+BINDING_SRC = $(sort $(wildcard bindings/*.c))
+BINDING_OBJ = $(BINDING_SRC:bindings/%.c=$(BUILD)/obj/%.o)
+HOST_OBJ = $(BUILD)/obj/main.o
+HOST = $(BUILD)/host
+
+# Debian packages each kind of work needs.
+DEPS_BUILD = make gcc pkg-config liblua5.4-dev
+DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3
+DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
+DEPS = tools/deps.sh
+
+# How the specs run: busted inside host, counting into $(BUILD)/counts.
+SPEC_WRAP ?=
+SPEC_ENV ?=
+SPECS ?= spec
+
+.PHONY: all test demo sanitize tsan tsan-negative valgrind bench fuzz \
+        install uninstall clean deps build-host run-specs
+
+all: $(HOST)
+
+$(HOST): $(HOST_OBJ) $(BUILD)/libhost.a
+	$(CC) -o $@ $(HOST_OBJ) $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl
+
+$(BUILD)/libhost.a: $(BINDING_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/obj/main.o: host/main.c | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/%.o: bindings/%.c | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj:
+	mkdir -p $@
+
+-include $(BINDING_OBJ:.o=.d) $(HOST_OBJ:.o=.d)
+
+# ---- running the specs ----
+
+deps:
+	@$(DEPS) $(DEPS_CHECK)
+
+# Runs every spec under $(HOST), prefixed by $(SPEC_WRAP); fails on any failure.
+run-specs: $(HOST)
+	@rm -f $(BUILD)/counts
+	$(SPEC_ENV) HOST_BIN=$(abspath $(HOST)) HOST_TEST_COUNTS=$(abspath $(BUILD))/counts \
+	  $(SPEC_WRAP) $(HOST) /usr/bin/busted --output=spec/support/counting.lua $(SPECS)
+
+test:
+	@$(DEPS) $(DEPS_TEST)
+	@$(MAKE) --no-print-directory run-specs
+
+demo:
+	@$(DEPS) $(DEPS_TEST)
+	@$(MAKE) --no-print-directory $(HOST)
+	@for s in $(wildcard scripts/*.lua); do echo "== $$s"; $(HOST) $$s || exit 1; done
+
+SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+sanitize:
+	@$(DEPS) $(DEPS_TEST)
+	@$(MAKE) --no-print-directory run-specs BUILD=build/asan \
+	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+	  SPEC_ENV="ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
+
+# TSan needs the Lua core instrumented too: built from Debian's lua5.4 source.
+TSAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+TSAN_LUA = build/tsan-lua
+TSAN_ENV = TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
+tsan:
+	@$(DEPS) $(DEPS_CHECK)
+	tools/lua-core.sh $(TSAN_LUA) "$(TSAN_FLAGS) -fPIC"
+	@$(MAKE) --no-print-directory run-specs BUILD=build/tsan CC=clang \
+	  CFLAGS="$(TSAN_FLAGS)" LDFLAGS="-fsanitize=thread" \
+	  LUA_CFLAGS="-I$(TSAN_LUA)/include" LUA_LIBS="$(abspath $(TSAN_LUA))/liblua.a" \
+	  SPEC_ENV='$(TSAN_ENV)'
+
+VALGRIND = valgrind --quiet --error-exitcode=99 --leak-check=full \
+           --show-leak-kinds=definite,indirect,possible --errors-for-leak-kinds=definite,indirect,possible \
+           --suppressions=$(abspath tools/valgrind.supp)
+valgrind:
+	@$(DEPS) $(DEPS_CHECK)
+	@$(MAKE) --no-print-directory run-specs BUILD=build/valgrind CFLAGS="-O1 -g" \
+	  SPEC_WRAP="$(VALGRIND)" SPEC_ENV="HOST_UNDER_VALGRIND=1"
+
+bench:
+	@$(DEPS) $(DEPS_TEST)
+	@$(MAKE) --no-print-directory $(HOST)
+	@for b in bench/*_bench.lua; do $(HOST) $$b || exit 1; done
+
+# ---- install ----
+
+LIBDIR = $(PREFIX)/lib
+INCDIR = $(PREFIX)/include/host
+install: $(HOST)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 755 $(HOST) $(DESTDIR)$(PREFIX)/bin/host
+	install -m 644 bindings/host.h $(DESTDIR)$(INCDIR)/host.h
+	install -m 644 $(BUILD)/libhost.a $(DESTDIR)$(LIBDIR)/libhost.a
+	sed -e 's|@PREFIX@|$(PREFIX)|' tools/host.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/host $(DESTDIR)$(INCDIR)/host.h \
+	      $(DESTDIR)$(LIBDIR)/libhost.a $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
+	-rmdir $(DESTDIR)$(INCDIR)
+
+clean:
+	rm -rf build

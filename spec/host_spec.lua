@@ -1,0 +1,166 @@
+-- spec/host_spec.lua: the `host` program run as a subprocess, compared with
+-- what lua5.4 does for the same command line.
+local sh = require 'spec.support.sh'
+local q = sh.quote
+
+describe('host', function()
+  it('exits 0 after a script that succeeds, 1 after one that fails', function()
+    local _, _, code = sh.host_run("-e 'x = 1'")
+    assert.are.equal(0, code)
+    _, _, code = sh.host_run("-e 'error(1)'")
+    assert.are.equal(1, code)
+  end)
+
+  it('passes os.exit codes through', function()
+    local _, _, code = sh.host_run("-e 'os.exit(7)'")
+    assert.are.equal(7, code)
+  end)
+
+  it('sets arg and ... exactly as lua5.4 does', function()
+    local script = sh.tempfile [[
+      local t = {}
+      for i = -3, #arg do t[#t + 1] = i .. '=' .. tostring(arg[i]) end
+      print(table.concat(t, ' '))
+      print(select('#', ...), ...)
+    ]]
+    local out = sh.host_run('-W ' .. q(script) .. ' a "b c" -e')
+    local ref = sh.run('lua5.4 -W ' .. q(script) .. ' a "b c" -e')
+    os.remove(script)
+    assert.are.equal(ref:gsub('lua5%.4', 'HOST'), out:gsub(q(sh.host):sub(2, -2), 'HOST'))
+    assert.matches('0=' .. script, out, 1, true)
+    assert.matches('3\ta\tb c\t%-e', out)
+  end)
+
+  it('runs -e chunks in order, before the script', function()
+    local script = sh.tempfile 'print("script", x)'
+    local out = sh.host_run("-e 'x = 1' -e 'x = x + 1; print(x)' " .. q(script))
+    os.remove(script)
+    assert.are.equal('2\nscript\t2\n', out)
+  end)
+
+  it('loads libraries with -l mod and -l g=mod', function()
+    local out = sh.host_run("-l string -l s=string -e 'print(s == string, string.rep(\"x\", 2))'")
+    assert.are.equal('true\txx\n', out)
+    local _, err, code = sh.host_run("-l no_such_module_here -e 'print(1)'")
+    assert.are.equal(1, code)
+    assert.matches("module 'no_such_module_here' not found", err, 1, true)
+  end)
+
+  it('reads the script from stdin with - and with no script on a pipe', function()
+    local out = sh.host_run('- x y', 10, 'print("in", ...)')
+    assert.are.equal('in\tx\ty\n', out)
+    out = sh.host_run('', 10, 'print("piped")')
+    assert.are.equal('piped\n', out)
+  end)
+
+  it('stops handling options after --', function()
+    local script = sh.tempfile 'print(...)'
+    local out = sh.host_run('-- ' .. q(script) .. ' -e')
+    os.remove(script)
+    assert.are.equal('-e\n', out)
+  end)
+
+  it('prints the version with -v and runs the prompt with -i', function()
+    local out = sh.host_run('-v')
+    assert.matches('^Lua 5%.4', out)
+    out = sh.host_run('-i', 10, '1 + 1\nx = 3\nx * 2\n')
+    assert.matches('2\n', out, 1, true)
+    assert.matches('6\n', out, 1, true)
+  end)
+
+  it('continues an unfinished statement at the prompt', function()
+    local out = sh.host_run('-i', 10, 'for i = 1, 2 do\nprint(i * 10)\nend\n')
+    assert.matches('10\n', out, 1, true)
+    assert.matches('20\n', out, 1, true)
+  end)
+
+  it('ignores LUA_INIT with -E and runs it without', function()
+    local out = sh.run('LUA_INIT="print(\'init\')" ' .. q(sh.host) .. " -e 'print(1)'")
+    assert.are.equal('init\n1\n', out)
+    out = sh.run('LUA_INIT="print(\'init\')" ' .. q(sh.host) .. " -E -e 'print(1)'")
+    assert.are.equal('1\n', out)
+  end)
+
+  it('turns warnings on with -W', function()
+    local _, err = sh.host_run("-W -e 'warn(\"careful\")'")
+    assert.matches('Lua warning: careful', err, 1, true)
+    _, err = sh.host_run("-e 'warn(\"careful\")'")
+    assert.are.equal('', err)
+  end)
+
+  it('reports an uncaught error with host: and a traceback', function()
+    local script = sh.tempfile 'local function f() error("boom") end\nf()\n'
+    local _, err, code = sh.host_run(q(script))
+    os.remove(script)
+    assert.are.equal(1, code)
+    assert.matches('^host: [^\n]*:1: boom\nstack traceback:\n', err)
+    assert.matches("in local 'f'", err, 1, true)
+  end)
+
+  it('prints a non-string error with __tostring, or names its type', function()
+    local _, err = sh.host_run([[-e 'error(setmetatable({}, {__tostring = function() return "custom!" end}))']])
+    assert.matches('^host: custom!\n', err)
+    _, err = sh.host_run("-e 'error({})'")
+    assert.matches('^host: %(error object is a table value%)', err)
+    _, err = sh.host_run("-e 'error(nil)'")
+    assert.matches('^host: %(error object is a nil value%)', err)
+  end)
+
+  it('refuses unknown options with the usage text and exit 1', function()
+    local _, err, code = sh.host_run('-z')
+    assert.are.equal(1, code)
+    assert.matches("unrecognized option '-z'", err, 1, true)
+    assert.matches('usage:', err, 1, true)
+    _, err, code = sh.host_run('-e')
+    assert.are.equal(1, code)
+    assert.matches("'-e' needs argument", err, 1, true)
+    _, err, code = sh.host_run('--switch-interval=abc')
+    assert.are.equal(1, code)
+    assert.matches('positive number', err, 1, true)
+  end)
+
+  it('lists every option with --help', function()
+    local out, _, code = sh.host_run('--help')
+    assert.are.equal(0, code)
+    for _, opt in ipairs { '-e stat', '-i', '-l mod', '-l g=mod', '-v', '-E', '-W',
+                           '--switch-interval', '--switch-instructions', '--help', '--', '-  ' } do
+      assert.matches(opt, out, 1, true)
+    end
+  end)
+
+  it('preloads the host libraries', function()
+    local out = sh.host_run("-e 'print(package.preload[\"host.error\"] ~= nil, require(\"host.error\").new(\"K\", \"m\"))'")
+    assert.are.equal('true\tK: m\n', out)
+  end)
+
+  it('still loads Debian Lua C modules through package.cpath', function()
+    local out, err = sh.host_run("-e 'print(require(\"lfs\")._VERSION ~= nil)'")
+    assert.are.equal('true\n', out, err)
+  end)
+
+  -- Starts `script` in the background, waits for it to print "ready", sends
+  -- SIGINT, and returns its output, stderr and exit code.
+  local function interrupt(body)
+    local script = sh.tempfile("io.stdout:setvbuf 'no'\nprint 'ready'\n" .. body)
+    local out, err = sh.run(q(sh.host) .. ' ' .. q(script) ..
+      ' > out.$$ & p=$!; for i in $(seq 200); do grep -q ready out.$$ 2>/dev/null && break; sleep 0.05; done;' ..
+      ' kill -INT $p; wait $p; echo "rc=$?"; cat out.$$; rm -f out.$$', 15)
+    os.remove(script)
+    return out, err
+  end
+
+  it('turns SIGINT into "interrupted!" inside the script, which can clean up', function()
+    local out = interrupt [[
+      local ok, e = pcall(function() while true do end end)
+      print('caught', e)
+    ]]
+    assert.matches('rc=0\n', out, 1, true)
+    assert.matches('caught\tinterrupted!', out, 1, true)
+  end)
+
+  it('reports an uncaught interrupt with exit 1', function()
+    local out, err = interrupt 'while true do end'
+    assert.matches('rc=1\n', out, 1, true)
+    assert.matches('host: interrupted!', err, 1, true)
+  end)
+end)

@@ -1,0 +1,52 @@
+-- spec/support/sh.lua: runs shell commands from specs, always under a time
+-- limit, and returns what they printed and how they ended.
+local sh = {}
+
+-- The host binary under test (set by `make`), and lua5.4 for comparisons.
+sh.host = os.getenv 'HOST_BIN' or './build/host'
+
+-- Quotes one word for /bin/sh.
+function sh.quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Runs `cmd` (a shell command line) with at most `limit` seconds (default 20).
+-- Returns stdout, stderr, exit code.
+function sh.run(cmd, limit, stdin)
+  local errfile = os.tmpname()
+  local infile
+  if stdin then
+    infile = os.tmpname()
+    local f = assert(io.open(infile, 'wb'))
+    f:write(stdin)
+    f:close()
+  end
+  local line = string.format('timeout -k 2 %d sh -c %s 2>%s <%s; echo "<rc=$?>"',
+    limit or 20, sh.quote(cmd), sh.quote(errfile), infile and sh.quote(infile) or '/dev/null')
+  local p = assert(io.popen(line, 'r'))
+  local out = p:read 'a'
+  p:close()
+  local f = assert(io.open(errfile, 'rb'))
+  local err = f:read 'a'
+  f:close()
+  os.remove(errfile)
+  if infile then os.remove(infile) end
+  local body, code = out:match '^(.-)<rc=(%d+)>\n$'
+  return body, err, tonumber(code)
+end
+
+-- Runs host with the given shell-quoted argument string.
+function sh.host_run(args, limit, stdin)
+  return sh.run(sh.quote(sh.host) .. ' ' .. args, limit, stdin)
+end
+
+-- Writes `text` to a new temporary file and returns its name.
+function sh.tempfile(text)
+  local name = os.tmpname()
+  local f = assert(io.open(name, 'wb'))
+  f:write(text)
+  f:close()
+  return name
+end
+
+return sh
