@@ -3,10 +3,14 @@
 ** A new binding adds one line to `host_libs`.
 */
 #include "runtime.h"
+#include "modules.h"
+#include "stdwrap.h"
 
 static const luaL_Reg host_libs[] = {
   {"host.error", luaopen_host_error},
   {"host.time", luaopen_host_time},
+  {"host.thread", luaopen_host_thread},
+  {"host.queue", luaopen_host_queue},
   {NULL, NULL}
 };
 
@@ -17,4 +21,5 @@ void host_openlibs(lua_State *L) {
     lua_setfield(L, -2, lib->name);
   }
   lua_pop(L, 1);
+  host_wrap_stdlib(L);
 }

@@ -1,10 +1,28 @@
 /*
-** runtime.c: the universe. One lua_State made by host_newstate, the
-** preemption policy, and the interrupt hook that turns Ctrl-C (or a pool's
-** interrupt) into an "interrupted!" error at the next VM instruction.
+** runtime.c: the universe. One lua_State made by host_newstate, its fair
+** GIL, the OS threads that run Lua code in it, their preemption, interrupts
+** (Ctrl-C, a pool's interrupt) and the wait queues that let blocking calls
+** release the GIL.
+**
+** The GIL is a ticket lock: a thread takes a ticket with one atomic
+** fetch_add and, unless it is served at once, sleeps on the condvar of its
+** ticket's slot. Release serves the next ticket and wakes its slot only
+** when someone waits. The first waiter in line that has waited a switch
+** interval asks the holder to yield: it sends SWITCH_SIGNAL to the holder's
+** OS thread, whose handler arms a one-shot hook on the Lua state that
+** thread is running (what lua.c does for SIGINT). The hook gives the GIL up
+** and queues again. Nobody waiting costs nothing.
+**
+** Ownership: the universe owns every host_tstate of its spawned threads;
+** host_close joins the finished ones and frees the universe unless a daemon
+** thread still runs (then the universe stays allocated for it to park on).
 */
+#include <errno.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "runtime.h"
@@ -25,14 +43,98 @@
 #endif
 #define POLL_PERIOD 1000
 
-struct host_universe {
-  lua_State *main;
-  atomic_bool interrupted;     /* an interrupt waits to be raised */
-  double switch_interval;      /* seconds, for the interval policy */
-  int switch_instructions;     /* > 0: the jittered instruction policy */
+#define GIL_SLOTS 64
+#define SWITCH_SIGNAL SIGURG          /* default action: ignore */
+#define MAIN_WAIT_SLICE 0.05          /* how often a waiting main thread looks for Ctrl-C */
+#define DEFAULT_SWITCH_INTERVAL 0.005
+
+struct host_tstate {
+  host_universe *u;
+  lua_State *L;                   /* this OS thread's own Lua thread */
+  _Atomic(lua_State *) running;   /* the coroutine it runs now, or L */
+  pthread_t pthread;
+  atomic_bool holding;            /* holds the GIL (read by its signal handler) */
+  uint64_t rng;                   /* jitter of the instruction policy */
+  unsigned policy_seen;           /* the policy epoch its hook follows */
+  bool daemon;
+  bool finished;                  /* body done; waits to be joined */
+  host_tstate *outer;             /* what this OS thread had before (nesting) */
+  host_tstate *next;              /* in the universe's list of spawned threads */
+  void (*body)(lua_State *co, void *arg);
+  void *arg;
 };
 
+struct gil_slot {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+};
+
+struct host_universe {
+  lua_State *main;
+  host_tstate main_ts;
+  /* the GIL */
+  atomic_ullong next_ticket;
+  atomic_ullong serving;
+  _Atomic(host_tstate *) holder;
+  atomic_ullong switches;
+  struct gil_slot slot[GIL_SLOTS];
+  /* preemption and interrupts */
+  atomic_llong interval_ns;
+  atomic_int instructions;        /* > 0: the jittered instruction policy */
+  atomic_uint policy_epoch;
+  atomic_bool interrupted;
+  /* spawned threads: list, counts (under threads_mu) */
+  pthread_mutex_t threads_mu;
+  pthread_cond_t threads_cv;
+  host_tstate *threads;
+  int running;
+  int nondaemon;
+};
+
+struct host_waitq {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int refs;      /* owner + waiters; under the GIL */
+};
+
+static _Thread_local host_tstate *current_ts = NULL;
+
 static void universe_hook(lua_State *L, lua_Debug *ar);
+
+/* ---- small helpers ---- */
+
+/* Initialises a condvar that times out on CLOCK_MONOTONIC. */
+static void cond_init_monotonic(pthread_cond_t *cv) {
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(cv, &attr);
+  pthread_condattr_destroy(&attr);
+}
+
+/* xorshift64*: the per-thread jitter source. */
+static uint64_t next_random(host_tstate *ts) {
+  uint64_t x = ts->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  ts->rng = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* A count period drawn from [n/2, 3n/2), so no loop body aligns with it. */
+static int jittered_period(host_tstate *ts, int n) {
+  int low = n / 2 > 0 ? n / 2 : 1;
+  return low + (int)(next_random(ts) % (uint64_t)n);
+}
+
+/* The deadline that is the earlier of `d` and `seconds` from now. */
+static host_deadline earlier(const host_deadline *d, double seconds) {
+  if (!d->never && host_deadline_left(d) <= seconds) return *d;
+  return host_deadline_in(seconds);
+}
+
+/* ---- the allocator and the universe's identity ---- */
 
 /* The allocator of every universe: its ud is the universe itself. */
 static void *universe_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -51,6 +153,211 @@ host_universe *host_universe_of(lua_State *L) {
   return ud;
 }
 
+host_tstate *host_current(void) {
+  return current_ts;
+}
+
+bool host_is_main_thread(void) {
+  return current_ts != NULL && current_ts == &current_ts->u->main_ts;
+}
+
+lua_State *host_thread_state(void) {
+  return current_ts ? current_ts->L : NULL;
+}
+
+#define THREAD_KEYS "host.thread_keys"
+
+/* Registers (or forgets) L as the key object of OS thread ts. */
+static void register_thread_key(lua_State *L, host_tstate *ts, bool add) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, THREAD_KEYS);
+  if (add) lua_pushthread(L);
+  else lua_pushnil(L);
+  lua_rawsetp(L, -2, ts);
+  lua_pop(L, 1);
+}
+
+void host_push_thread_key(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, THREAD_KEYS);
+  lua_rawgetp(L, -1, current_ts);
+  lua_remove(L, -2);
+}
+
+unsigned long host_thread_ident(void) {
+  return (unsigned long)pthread_self();
+}
+
+/* ---- preemption ---- */
+
+/*
+** Sets the hook a Lua state has when nothing is requested: the jittered
+** count hook under the instruction policy, the polling hook in TSan builds,
+** none otherwise. A hook the user set with debug.sethook is left alone:
+** that state is then not preempted until the user's hook is removed.
+*/
+static void set_base_hook(host_tstate *ts, lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  if (h != NULL && h != universe_hook) return;
+  int n = atomic_load(&ts->u->instructions);
+  if (n > 0) {
+    lua_sethook(L, universe_hook, LUA_MASKCOUNT, jittered_period(ts, n));
+  } else {
+#ifdef HOST_POLL_HOOK
+    lua_sethook(L, universe_hook, LUA_MASKCOUNT, POLL_PERIOD);
+#else
+    if (h != NULL) lua_sethook(L, NULL, 0, 0);
+#endif
+  }
+}
+
+/* Arms the one-shot hook on what `ts` runs, unless a hook is there already. */
+static void arm_hook(host_tstate *ts) {
+  lua_State *L = atomic_load(&ts->running);
+  if (lua_gethook(L) == NULL)
+    lua_sethook(L, universe_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* SWITCH_SIGNAL: arm the hook if this thread holds the GIL right now. */
+static void on_switch_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  host_tstate *ts = current_ts;
+  if (ts != NULL && atomic_load(&ts->holding)) arm_hook(ts);
+  errno = saved;
+}
+
+/* Installs the SWITCH_SIGNAL handler (idempotent, process-wide). */
+static void install_switch_handler(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_switch_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SWITCH_SIGNAL, &sa, NULL);
+}
+
+/* Asks the GIL holder to yield (a waiter has waited a switch interval). */
+static void request_switch(host_universe *u) {
+  pthread_mutex_lock(&u->threads_mu);  /* keeps the holder from being reaped */
+  host_tstate *h = atomic_load(&u->holder);
+  if (h != NULL) pthread_kill(h->pthread, SWITCH_SIGNAL);
+  pthread_mutex_unlock(&u->threads_mu);
+}
+
+/* ---- the GIL ---- */
+
+/* Sleeps until ticket t is served; the first in line asks for a switch. */
+static void gil_wait_turn(host_universe *u, unsigned long long t) {
+  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    unsigned long long serving = atomic_load(&u->serving);
+    if (serving == t) break;
+    if (serving + 1 == t) {
+      double interval = (double)atomic_load(&u->interval_ns) * 1e-9;
+      host_deadline d = host_deadline_in(interval);
+      int rc = pthread_cond_timedwait(&s->cv, &s->mu, &d.at);
+      if (rc == ETIMEDOUT && atomic_load(&u->serving) == serving) {
+        pthread_mutex_unlock(&s->mu);
+        request_switch(u);
+        pthread_mutex_lock(&s->mu);
+      }
+    } else {
+      pthread_cond_wait(&s->cv, &s->mu);
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  atomic_fetch_add(&u->switches, 1);
+}
+
+/* What a thread does each time it has taken the GIL. */
+static void after_take(host_universe *u, host_tstate *ts) {
+  atomic_store(&u->holder, ts);
+  atomic_store(&ts->holding, true);
+  if (ts->policy_seen != atomic_load(&u->policy_epoch)) {
+    ts->policy_seen = atomic_load(&u->policy_epoch);
+    set_base_hook(ts, atomic_load(&ts->running));
+  }
+  if (ts == &u->main_ts && atomic_load(&u->interrupted)) arm_hook(ts);
+}
+
+/* Takes the GIL for ts: a ticket, then wait for it unless served at once. */
+static void gil_take(host_universe *u, host_tstate *ts) {
+  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
+  if (atomic_load(&u->serving) != t) gil_wait_turn(u, t);
+  after_take(u, ts);
+}
+
+/* Gives the GIL up: serve the next ticket, wake its slot if it waits. */
+static void gil_give(host_universe *u, host_tstate *ts) {
+  atomic_store(&ts->holding, false);
+  atomic_store(&u->holder, NULL);
+  unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
+  if (atomic_load(&u->next_ticket) > next) {
+    struct gil_slot *s = &u->slot[next % GIL_SLOTS];
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+  }
+}
+
+/* True when another thread waits for the GIL. */
+static bool gil_contended(host_universe *u) {
+  return atomic_load(&u->next_ticket) - atomic_load(&u->serving) > 1;
+}
+
+void host_gil_release(lua_State *L) {
+  (void)L;
+  host_tstate *ts = current_ts;
+  gil_give(ts->u, ts);
+}
+
+void host_gil_acquire(lua_State *L) {
+  (void)L;
+  host_tstate *ts = current_ts;
+  gil_take(ts->u, ts);
+}
+
+unsigned long long host_gil_switches(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  return u ? atomic_load(&u->switches) : 0;
+}
+
+/*
+** The universe's hook, armed one-shot on request, or as the count hook of
+** the instruction policy or of polling builds. It restores the base hook,
+** raises a pending interrupt in the main thread, and yields the GIL when
+** another thread waits for it.
+*/
+static void universe_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  host_tstate *ts = current_ts;
+  if (ts == NULL) return;
+  host_universe *u = ts->u;
+#ifdef HOST_POLL_HOOK
+  (void)host_now();  /* an intercepted call: pending signals run here */
+#endif
+  set_base_hook(ts, L);
+  if (ts == &u->main_ts && atomic_exchange(&u->interrupted, false))
+    luaL_error(L, "interrupted!");
+  if (gil_contended(u)) {
+    gil_give(u, ts);
+    gil_take(u, ts);
+  }
+}
+
+/* ---- universes ---- */
+
+/* Fills a thread record for `L` in universe u. */
+static void tstate_init(host_tstate *ts, host_universe *u, lua_State *L) {
+  ts->u = u;
+  ts->L = L;
+  atomic_init(&ts->running, L);
+  atomic_init(&ts->holding, false);
+  ts->pthread = pthread_self();
+  ts->rng = ((uint64_t)(uintptr_t)ts ^ (uint64_t)(host_now() * 1e9)) | 1;
+  ts->policy_seen = 0;
+}
+
 /*
 ** luaL_newstate gives lauxlib's panic and warning functions; the allocator
 ** is then swapped for ours (same realloc/free) so that its ud finds the
@@ -66,68 +373,309 @@ lua_State *host_newstate(void) {
   }
   lua_setallocf(L, universe_alloc, u);
   u->main = L;
-  atomic_init(&u->interrupted, false);
-  u->switch_interval = 0.005;
+  for (int i = 0; i < GIL_SLOTS; i++) {
+    pthread_mutex_init(&u->slot[i].mu, NULL);
+    cond_init_monotonic(&u->slot[i].cv);
+  }
+  pthread_mutex_init(&u->threads_mu, NULL);
+  cond_init_monotonic(&u->threads_cv);
+  atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
+  tstate_init(&u->main_ts, u, L);
+  u->main_ts.outer = current_ts;
+  current_ts = &u->main_ts;
+  install_switch_handler();
+  gil_take(u, &u->main_ts);
+  register_thread_key(L, &u->main_ts, true);
 #ifdef HOST_POLL_HOOK
-  lua_sethook(L, universe_hook, LUA_MASKCOUNT, POLL_PERIOD);
+  set_base_hook(&u->main_ts, L);
 #endif
   return L;
 }
 
-bool host_close(lua_State *L) {
-  host_universe *u = host_universe_of(L);
-  lua_close(L);
+/* Joins and frees the spawned threads that have finished (threads_mu held). */
+static void reap_finished(host_universe *u) {
+  host_tstate **p = &u->threads;
+  while (*p != NULL) {
+    host_tstate *ts = *p;
+    if (ts->finished) {
+      *p = ts->next;
+      pthread_join(ts->pthread, NULL);
+      free(ts);
+    } else {
+      p = &ts->next;
+    }
+  }
+}
+
+/* Frees what host_newstate made, once no thread can touch it. */
+static void universe_free(host_universe *u) {
+  for (int i = 0; i < GIL_SLOTS; i++) {
+    pthread_mutex_destroy(&u->slot[i].mu);
+    pthread_cond_destroy(&u->slot[i].cv);
+  }
+  pthread_mutex_destroy(&u->threads_mu);
+  pthread_cond_destroy(&u->threads_cv);
   free(u);
-  return true;
 }
 
 /*
-** The universe's hook. Armed one-shot by host_interrupt (or for good in
-** polling builds), it raises "interrupted!" when an interrupt is pending.
+** Waits (GIL released) until no non-daemon thread runs. Returns false when
+** the main thread was interrupted meanwhile; the GIL is held again on return.
 */
-static void universe_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
+static bool wait_nondaemon(host_universe *u, host_tstate *ts) {
+  bool ok = true;
+  pthread_mutex_lock(&u->threads_mu);
+  if (u->nondaemon > 0) {
+    pthread_mutex_unlock(&u->threads_mu);
+    gil_give(u, ts);
+    pthread_mutex_lock(&u->threads_mu);
+    while (u->nondaemon > 0) {
+      if (atomic_load(&u->interrupted)) {
+        ok = false;
+        break;
+      }
+      host_deadline d = host_deadline_in(MAIN_WAIT_SLICE);
+      pthread_cond_timedwait(&u->threads_cv, &u->threads_mu, &d.at);
+    }
+    pthread_mutex_unlock(&u->threads_mu);
+    gil_take(u, ts);
+  } else {
+    pthread_mutex_unlock(&u->threads_mu);
+  }
+  return ok;
+}
+
+bool host_close(lua_State *L) {
   host_universe *u = host_universe_of(L);
-#ifdef HOST_POLL_HOOK
-  (void)host_now();  /* an intercepted call: pending signals run here */
-#else
-  lua_sethook(L, NULL, 0, 0);
-#endif
-  if (u && atomic_exchange(&u->interrupted, false))
-    luaL_error(L, "interrupted!");
+  host_tstate *ts = &u->main_ts;
+  if (!wait_nondaemon(u, ts)) {
+    current_ts = ts->outer;
+    return false;  /* interrupted: threads still run, leave the state be */
+  }
+  lua_close(L);  /* the GIL stays held: parked daemon threads never resume */
+  pthread_mutex_lock(&u->threads_mu);
+  reap_finished(u);
+  bool daemons_left = u->threads != NULL;
+  pthread_mutex_unlock(&u->threads_mu);
+  current_ts = ts->outer;
+  if (!daemons_left) universe_free(u);
+  return true;
 }
 
 void host_interrupt(lua_State *L) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return;
   atomic_store(&u->interrupted, true);
-#ifndef HOST_POLL_HOOK
-  lua_sethook(L, universe_hook,
-              LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-#endif
+  pthread_kill(u->main_ts.pthread, SWITCH_SIGNAL);
+}
+
+void host_check_interrupt(lua_State *L) {
+  host_tstate *ts = current_ts;
+  if (ts != NULL && ts == &ts->u->main_ts && atomic_load(&ts->u->interrupted))
+    host_raise_interrupt(L);
+}
+
+int host_raise_interrupt(lua_State *L) {
+  host_tstate *ts = current_ts;
+  if (ts != NULL) atomic_store(&ts->u->interrupted, false);
+  return luaL_error(L, "interrupted!");
+}
+
+/* Records a new policy and applies it to the calling thread at once. */
+static void policy_changed(host_universe *u) {
+  atomic_fetch_add(&u->policy_epoch, 1);
+  host_tstate *ts = current_ts;
+  if (ts != NULL && ts->u == u) {
+    ts->policy_seen = atomic_load(&u->policy_epoch);
+    set_base_hook(ts, atomic_load(&ts->running));
+  }
 }
 
 void host_set_switch_interval(lua_State *L, double seconds) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return;
-  u->switch_interval = seconds;
-  u->switch_instructions = 0;
+  atomic_store(&u->interval_ns, (long long)(seconds * 1e9));
+  atomic_store(&u->instructions, 0);
+  policy_changed(u);
 }
 
 void host_set_switch_instructions(lua_State *L, int n) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return;
-  u->switch_instructions = n;
+  atomic_store(&u->instructions, n);
+  policy_changed(u);
 }
 
-void host_unlocked_sleep(lua_State *L, const host_deadline *d) {
+double host_get_switch_interval(lua_State *L, int *instructions) {
   host_universe *u = host_universe_of(L);
-  while (!host_deadline_passed(d)) {
-    if (u && atomic_load(&u->interrupted)) return;
-    if (d->never) {
-      pause();
-    } else {
-      clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &d->at, NULL);
-    }
+  *instructions = atomic_load(&u->instructions);
+  return (double)atomic_load(&u->interval_ns) * 1e-9;
+}
+
+int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
+  host_tstate *ts = current_ts;
+  if (ts == NULL) return lua_resume(co, L, nargs, nresults);
+  lua_State *outer = atomic_load(&ts->running);
+  atomic_store(&ts->running, co);
+  if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
+    set_base_hook(ts, co);
+  int status = lua_resume(co, L, nargs, nresults);
+  atomic_store(&ts->running, outer);
+  return status;
+}
+
+/* ---- spawned threads ---- */
+
+/* The start routine of every spawned thread. */
+static void *thread_main(void *arg) {
+  host_tstate *ts = arg;
+  host_universe *u = ts->u;
+  current_ts = ts;
+  gil_take(u, ts);
+  register_thread_key(ts->L, ts, true);
+  ts->body(ts->L, ts->arg);
+  register_thread_key(ts->L, ts, false);
+  pthread_mutex_lock(&u->threads_mu);
+  u->running--;
+  if (!ts->daemon) u->nondaemon--;
+  ts->finished = true;
+  pthread_cond_broadcast(&u->threads_cv);
+  pthread_mutex_unlock(&u->threads_mu);
+  gil_give(u, ts);
+  current_ts = NULL;
+  return NULL;
+}
+
+int host_spawn(lua_State *L, lua_State *co, bool daemon,
+               void (*body)(lua_State *co, void *arg), void *arg,
+               unsigned long *ident) {
+  host_universe *u = host_universe_of(L);
+  host_tstate *ts = calloc(1, sizeof *ts);
+  if (ts == NULL) return ENOMEM;
+  tstate_init(ts, u, co);
+  ts->daemon = daemon;
+  ts->body = body;
+  ts->arg = arg;
+  ts->policy_seen = atomic_load(&u->policy_epoch);  /* inherits co's hook */
+  /* Spawned threads take no asynchronous signal but the switch signal. */
+  sigset_t all, old;
+  sigfillset(&all);
+  sigdelset(&all, SWITCH_SIGNAL);
+  pthread_mutex_lock(&u->threads_mu);
+  reap_finished(u);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&ts->pthread, NULL, thread_main, ts);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc == 0) {
+    ts->next = u->threads;
+    u->threads = ts;
+    u->running++;
+    if (!daemon) u->nondaemon++;
+    *ident = (unsigned long)ts->pthread;
   }
+  pthread_mutex_unlock(&u->threads_mu);
+  if (rc != 0) free(ts);
+  return rc;
+}
+
+int host_thread_count(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  pthread_mutex_lock(&u->threads_mu);
+  int n = u->running + 1;
+  pthread_mutex_unlock(&u->threads_mu);
+  return n;
+}
+
+/* ---- wait queues ---- */
+
+host_waitq *host_waitq_new(void) {
+  host_waitq *q = malloc(sizeof *q);
+  if (q == NULL) return NULL;
+  pthread_mutex_init(&q->mu, NULL);
+  cond_init_monotonic(&q->cv);
+  q->refs = 1;
+  return q;
+}
+
+void host_waitq_unref(host_waitq *q) {
+  if (q != NULL && --q->refs == 0) {
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
+    free(q);
+  }
+}
+
+/* The wait behind host_waitq_wait; `watch` says if an interrupt ends it. */
+static host_wait_result waitq_wait(host_waitq *q, const host_deadline *d,
+                                   bool watch) {
+  host_tstate *ts = current_ts;
+  host_universe *u = ts->u;
+  bool is_main = watch && ts == &u->main_ts;
+  host_wait_result result = HOST_WAIT_WOKEN;
+  q->refs++;
+  pthread_mutex_lock(&q->mu);  /* before the GIL goes: no notify is lost */
+  gil_give(u, ts);
+  if (is_main && atomic_load(&u->interrupted)) {
+    result = HOST_WAIT_INTERRUPTED;
+  } else {
+    int rc;
+    if (is_main) {
+      host_deadline slice = earlier(d, MAIN_WAIT_SLICE);
+      rc = pthread_cond_timedwait(&q->cv, &q->mu, &slice.at);
+    } else if (d->never) {
+      rc = pthread_cond_wait(&q->cv, &q->mu);
+    } else {
+      rc = pthread_cond_timedwait(&q->cv, &q->mu, &d->at);
+    }
+    if (is_main && atomic_load(&u->interrupted)) result = HOST_WAIT_INTERRUPTED;
+    else if (rc == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
+  }
+  pthread_mutex_unlock(&q->mu);  /* before the GIL comes back: no deadlock */
+  gil_take(u, ts);
+  host_waitq_unref(q);
+  return result;
+}
+
+host_wait_result host_waitq_wait(lua_State *L, host_waitq *q,
+                                 const host_deadline *d) {
+  (void)L;
+  return waitq_wait(q, d, true);
+}
+
+host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
+                                               const host_deadline *d) {
+  (void)L;
+  return waitq_wait(q, d, false);
+}
+
+void host_waitq_notify(host_waitq *q) {
+  if (q->refs > 1) {  /* somebody waits */
+    pthread_mutex_lock(&q->mu);
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+  }
+}
+
+bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
+  host_tstate *ts = current_ts;
+  if (ts == NULL) {
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &d->at, NULL) == EINTR) {}
+    return true;
+  }
+  (void)L;
+  host_universe *u = ts->u;
+  bool is_main = ts == &u->main_ts;
+  bool ok = true;
+  gil_give(u, ts);
+  while (!host_deadline_passed(d)) {
+    if (is_main && atomic_load(&u->interrupted)) {
+      ok = false;
+      break;
+    }
+    host_deadline slice = is_main ? earlier(d, MAIN_WAIT_SLICE) : *d;
+    if (slice.never) slice = host_deadline_in(3600);
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &slice.at, NULL);
+  }
+  gil_take(u, ts);
+  return ok;
 }

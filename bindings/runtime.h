@@ -1,22 +1,129 @@
 /*
 ** runtime.h: the universe (one global state and its GIL), floor 1.
+**
+** Every OS thread that runs Lua code in a universe has a host_tstate (kept
+** in a C thread-local) and holds the GIL for every Lua API call. A thread
+** releases the GIL only at consistency points: in the universe's hook, or
+** in a C function around a blocking wait with its objects anchored on its
+** own stack. Waits go through host_waitq so they release the GIL, honour a
+** deadline and wake for an interrupt.
 */
 #ifndef HOST_RUNTIME_H
 #define HOST_RUNTIME_H
 
+#include <pthread.h>
+
 #include "util.h"
 
 typedef struct host_universe host_universe;
+typedef struct host_tstate host_tstate;
 
 /* The universe L belongs to (NULL if L was not made by host_newstate). */
 host_universe *host_universe_of(lua_State *L);
 
-/*
-** Sleeps until `d` without holding the GIL. An interrupt of the universe
-** ends the sleep early; the interrupt is then raised by the hook.
-*/
-void host_unlocked_sleep(lua_State *L, const host_deadline *d);
+/* The record of the calling OS thread in its universe (NULL outside one). */
+host_tstate *host_current(void);
 
-int luaopen_host_time(lua_State *L);
+/* True when the calling OS thread is its universe's main thread. */
+bool host_is_main_thread(void);
+
+/* The Lua thread that the calling OS thread started in (not a coroutine). */
+lua_State *host_thread_state(void);
+
+/*
+** Pushes the Lua thread object that identifies the calling OS thread in
+** its universe (the same object from any coroutine it runs). It stays
+** registered, and so alive, while the OS thread runs.
+*/
+void host_push_thread_key(lua_State *L);
+
+/* ---- the GIL ---- */
+
+/* Releases the GIL held by the calling thread (see host.h). */
+void host_gil_release(lua_State *L);
+
+/* Takes the GIL back, after host_gil_release. */
+void host_gil_acquire(lua_State *L);
+
+/* Number of times the GIL changed hands in L's universe. */
+unsigned long long host_gil_switches(lua_State *L);
+
+/* ---- OS threads of a universe ---- */
+
+/*
+** Starts an OS thread that runs `body(arg)` in L's universe with its own
+** Lua thread `co` (made by the caller with lua_newthread and anchored by
+** it). The new thread takes the GIL before calling body and releases it
+** after; body runs with the GIL held. `daemon` threads do not hold up
+** host_close. Returns 0 or an errno value. Called with the GIL held.
+*/
+int host_spawn(lua_State *L, lua_State *co, bool daemon,
+               void (*body)(lua_State *co, void *arg), void *arg,
+               unsigned long *ident);
+
+/* Number of OS threads running Lua code in L's universe, main included. */
+int host_thread_count(lua_State *L);
+
+/* The identifier of the calling OS thread (as `Thread.ident` shows it). */
+unsigned long host_thread_ident(void);
+
+/* ---- waiting without the GIL ---- */
+
+/*
+** A wait queue: a condition variable for threads that wait for state kept
+** under the GIL. It is refcounted so that a waiter parked at close never
+** touches freed memory; every field is used with the GIL held except the
+** mutex and condvar themselves.
+*/
+typedef struct host_waitq host_waitq;
+
+/* A new wait queue with one reference, or NULL when memory is short. */
+host_waitq *host_waitq_new(void);
+
+/* Drops one reference (GIL held); the last one frees the queue. */
+void host_waitq_unref(host_waitq *q);
+
+typedef enum host_wait_result {
+  HOST_WAIT_WOKEN,       /* notified (or woken spuriously): check again */
+  HOST_WAIT_TIMEOUT,     /* the deadline passed */
+  HOST_WAIT_INTERRUPTED  /* the universe was interrupted (main thread only) */
+} host_wait_result;
+
+/*
+** With the GIL held: releases it, sleeps until host_waitq_notify, the
+** deadline or an interrupt, and takes the GIL back. The caller re-checks its
+** condition in a loop, and on HOST_WAIT_INTERRUPTED restores its invariants
+** and calls host_raise_interrupt.
+*/
+host_wait_result host_waitq_wait(lua_State *L, host_waitq *q,
+                                 const host_deadline *d);
+
+/* Wakes every waiter of q (GIL held). */
+void host_waitq_notify(host_waitq *q);
+
+/* Like host_waitq_wait, but an interrupt does not end the wait. */
+host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
+                                               const host_deadline *d);
+
+/* Sleeps until `d` without the GIL; returns false when interrupted. */
+bool host_unlocked_sleep(lua_State *L, const host_deadline *d);
+
+/* Raises "interrupted!" when the main thread has an interrupt pending. */
+void host_check_interrupt(lua_State *L);
+
+/* Raises "interrupted!" (after a wait said HOST_WAIT_INTERRUPTED). */
+int host_raise_interrupt(lua_State *L);
+
+/* ---- preemption ---- */
+
+/* The interval policy's period in seconds, and the instruction policy's n. */
+double host_get_switch_interval(lua_State *L, int *instructions);
+
+/*
+** Resumes coroutine `co` from L like lua_resume, keeping track of the
+** coroutine the OS thread is running so that preemption reaches it.
+*/
+int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults);
+
 
 #endif

@@ -1,11 +1,12 @@
 /*
 ** time.c: `require "host.time"`, the twin of Python's time module for the
 ** parts a benchmark or a timeout needs: monotonic() and sleep(seconds).
-** sleep releases the GIL once threads exist (see runtime.h).
+** sleep releases the GIL, so other threads run meanwhile.
 */
 #include <errno.h>
 #include <math.h>
 
+#include "modules.h"
 #include "runtime.h"
 
 /* time.monotonic(): seconds on a clock that never goes back. */
@@ -20,7 +21,7 @@ static int time_sleep(lua_State *L) {
   luaL_argcheck(L, seconds >= 0 && !isnan(seconds), 1,
                 "sleep length must be a non-negative number");
   host_deadline d = host_deadline_in(seconds);
-  host_unlocked_sleep(L, &d);
+  if (!host_unlocked_sleep(L, &d)) return host_raise_interrupt(L);
   return 0;
 }
 

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "modules.h"
 #include "util.h"
 
 double host_now(void) {

@@ -46,6 +46,5 @@ double host_opt_timeout(lua_State *L, int arg);
 
 #define HOST_ERROR_TYPE "host.Error"
 
-int luaopen_host_error(lua_State *L);
 
 #endif

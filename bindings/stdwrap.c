@@ -1,0 +1,206 @@
+/*
+** stdwrap.c: the standard library functions that host replaces so they play
+** fair with threads (floor 2):
+** - require: a module that one thread is loading is not loaded again by
+**   another; the second waits (without the GIL) and gets the first's result;
+** - coroutine.resume and coroutine.wrap: resume through host_resume, so a
+**   thread running inside a coroutine can still be preempted;
+** - os.exit: from a thread other than the main one, or while other threads
+**   run, it exits without closing the state (closing it would free memory
+**   that the other threads are using).
+*/
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "runtime.h"
+#include "stdwrap.h"
+
+#define LOADING "host.loading"   /* registry: module name -> loader's thread key */
+
+/* ---- require ---- */
+
+/* Pushes package.loaded[name] (at stack index `name`). */
+static int push_loaded(lua_State *L, int name) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, name);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return lua_toboolean(L, -1);
+}
+
+/*
+** require(name), serialised per module. Upvalue 1 is the original require,
+** upvalue 2 a wait queue userdata (holding a host_waitq pointer).
+*/
+static int host_require(lua_State *L) {
+  luaL_checkstring(L, 1);
+  lua_settop(L, 1);
+  if (push_loaded(L, 1)) return 1;  /* the fast path */
+  lua_pop(L, 1);
+  host_waitq *q = *(host_waitq **)lua_touserdata(L, lua_upvalueindex(2));
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LOADING);  /* 2 */
+  host_push_thread_key(L);                           /* 3 */
+  host_deadline never = host_deadline_in(-1);
+  for (;;) {
+    lua_pushvalue(L, 1);
+    int owner = lua_rawget(L, 2);
+    bool mine = lua_rawequal(L, -1, 3);
+    lua_pop(L, 1);
+    if (owner == LUA_TNIL || mine) break;
+    if (host_waitq_wait(L, q, &never) == HOST_WAIT_INTERRUPTED)
+      return host_raise_interrupt(L);
+  }
+  if (push_loaded(L, 1)) return 1;  /* another thread loaded it meanwhile */
+  lua_pop(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, 2);
+  bool outermost = lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (outermost) {
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, 2);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  int status = lua_pcall(L, 1, 2, 0);
+  if (outermost) {
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, 2);
+    host_waitq_notify(q);
+  }
+  if (status != LUA_OK) return lua_error(L);
+  return 2;
+}
+
+static int waitq_box_gc(lua_State *L) {
+  host_waitq **box = lua_touserdata(L, 1);
+  host_waitq_unref(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* Pushes a userdata that owns a new wait queue. */
+static void push_waitq_box(lua_State *L) {
+  host_waitq **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = host_waitq_new();
+  if (*box == NULL) luaL_error(L, "not enough memory");
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, waitq_box_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+}
+
+/* ---- coroutines ---- */
+
+/*
+** Resumes co with narg values from the top of L. Returns the number of
+** values co yielded or returned, now on L; or -1 with the error on L.
+*/
+static int resume_values(lua_State *L, lua_State *co, int narg) {
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  int nres;
+  int status = host_resume(L, co, narg, &nres);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_xmove(co, L, 1);
+    return -1;
+  }
+  if (!lua_checkstack(L, nres + 1)) {
+    lua_pop(co, nres);
+    lua_pushliteral(L, "too many results to resume");
+    return -1;
+  }
+  lua_xmove(co, L, nres);
+  return nres;
+}
+
+/* coroutine.resume(co, ...): true, values... | false, error */
+static int co_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  int n = resume_values(L, co, lua_gettop(L) - 1);
+  if (n < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(n + 1));
+  return n + 1;
+}
+
+/* The function coroutine.wrap returns; its coroutine is upvalue 1. */
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = resume_values(L, co, lua_gettop(L));
+  if (n >= 0) return n;
+  int status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {  /* it died: close it */
+    status = lua_resetthread(co);
+    lua_xmove(co, L, 1);
+  }
+  if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+    luaL_where(L, 1);  /* add where the wrapped function was called */
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+/* coroutine.wrap(f) */
+static int co_wrap(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
+/* ---- os.exit ---- */
+
+/*
+** os.exit([code [, close]]): upvalue 1 is the original. Closing the state
+** is only safe when no other thread runs Lua code in it.
+*/
+static int host_exit(lua_State *L) {
+  bool close = lua_toboolean(L, 2);
+  if (!close || (host_is_main_thread() && host_thread_count(L) == 1)) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 0);
+    return 0;
+  }
+  int code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
+                                 : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  fflush(NULL);
+  exit(code);
+}
+
+/* Replaces t[name] (t on top of the stack) by a closure of f over the old. */
+static void wrap_field(lua_State *L, const char *name, lua_CFunction f) {
+  lua_getfield(L, -1, name);
+  lua_pushcclosure(L, f, 1);
+  lua_setfield(L, -2, name);
+}
+
+void host_wrap_stdlib(lua_State *L) {
+  lua_getglobal(L, "require");
+  push_waitq_box(L);
+  lua_pushcclosure(L, host_require, 2);
+  lua_setglobal(L, "require");
+  if (lua_getglobal(L, "os") == LUA_TTABLE) wrap_field(L, "exit", host_exit);
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
+    lua_pushcfunction(L, co_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, co_wrap);
+    lua_setfield(L, -2, "wrap");
+  }
+  lua_pop(L, 1);
+}

@@ -1,0 +1,430 @@
+/*
+** thread.c: `require "host.thread"`, the twin of Python's threading.
+** Thread objects (OS threads that share the universe's heap), the module's
+** functions (current, count, sleep, local, the switch interval) and the
+** registration of the synchronisation types of sync.c.
+**
+** A Thread's record lives in its proxy userdata. The proxy is the value of
+** an ephemeron entry keyed by the thread's Lua thread object, which the
+** runtime keeps registered while the OS thread runs: so a running thread's
+** proxy can never be collected, and thread.current() keeps one identity.
+** Every field is read and written with the GIL held.
+*/
+#include <stdio.h>
+#include <string.h>
+
+#include "modules.h"
+#include "runtime.h"
+#include "sync.h"
+
+#define THREAD_TYPE "host.Thread"
+#define LOCAL_TYPE "host.local"
+#define PROXIES "host.thread_proxies"   /* registry: key thread -> proxy */
+#define COUNTER "host.thread_counter"   /* registry: last "Thread-N" */
+
+typedef enum { T_NEW, T_RUNNING, T_DONE } thread_state;
+
+typedef struct thread_rec {
+  thread_state state;
+  bool failed;        /* the target raised; its error is on co's stack */
+  bool collected;     /* join returned the outcome at least once */
+  bool daemon;
+  bool is_main;       /* the proxy of a thread host did not spawn */
+  unsigned long ident;
+  lua_State *co;      /* the thread's Lua thread; uservalue 2 anchors it */
+  host_waitq *done;   /* joiners wait here */
+} thread_rec;
+
+/* Uservalues of a Thread proxy. */
+enum { UV_INFO = 1, UV_CO = 2 };
+
+static thread_rec *check_thread(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, THREAD_TYPE);
+}
+
+/* Pushes the registry's weak-keyed table of proxies. */
+static void push_proxies(lua_State *L) {
+  if (luaL_getsubtable(L, LUA_REGISTRYINDEX, PROXIES) == 0) {
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_pushvalue(L, -1);
+    lua_setmetatable(L, -2);
+  }
+}
+
+/* Makes a new proxy (state T_NEW) with an info table {name=..}; pushes it. */
+static thread_rec *new_proxy(lua_State *L, const char *name) {
+  thread_rec *t = lua_newuserdatauv(L, sizeof *t, 2);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, THREAD_TYPE);
+  t->done = host_waitq_new();
+  if (t->done == NULL) luaL_error(L, "not enough memory");
+  lua_createtable(L, 0, 2);
+  if (name != NULL) {
+    lua_pushstring(L, name);
+  } else {
+    lua_getfield(L, LUA_REGISTRYINDEX, COUNTER);
+    lua_Integer n = lua_tointeger(L, -1) + 1;
+    lua_pop(L, 1);
+    lua_pushinteger(L, n);
+    lua_setfield(L, LUA_REGISTRYINDEX, COUNTER);
+    lua_pushfstring(L, "Thread-%I", n);
+  }
+  lua_setfield(L, -2, "name");
+  lua_setiuservalue(L, -2, UV_INFO);
+  return t;
+}
+
+/* Pushes the proxy of the calling OS thread, making one for a main thread. */
+static void push_current(lua_State *L) {
+  push_proxies(L);
+  host_push_thread_key(L);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    thread_rec *t = new_proxy(L, host_is_main_thread() ? "MainThread" : NULL);
+    t->state = T_RUNNING;
+    t->is_main = true;
+    t->ident = host_thread_ident();
+    host_push_thread_key(L);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+/* The body of a spawned thread: call the target, keep the outcome on co. */
+static void thread_body(lua_State *co, void *arg) {
+  thread_rec *t = arg;
+  int status = host_pcall(co, lua_gettop(co) - 1, LUA_MULTRET);
+  t->failed = status != LUA_OK;
+  t->state = T_DONE;
+  host_waitq_notify(t->done);
+}
+
+/*
+** Starts the thread of proxy at `idx` with the function and arguments on
+** top of the stack (nargs of them, the function below). Pops them.
+*/
+static void start_proxy(lua_State *L, int idx, int nargs) {
+  thread_rec *t = check_thread(L, idx);
+  if (t->state != T_NEW) luaL_error(L, "threads can only be started once");
+  lua_State *co = lua_newthread(L);
+  lua_insert(L, -(nargs + 2));
+  lua_xmove(L, co, nargs + 1);
+  /* co stays anchored in the proxy, and the proxy in the ephemeron */
+  lua_setiuservalue(L, idx, UV_CO);
+  t->co = co;
+  push_proxies(L);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, idx);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  t->state = T_RUNNING;
+  int rc = host_spawn(L, co, t->daemon, thread_body, t, &t->ident);
+  if (rc != 0) {
+    t->state = T_NEW;
+    luaL_error(L, "cannot start thread: %s", strerror(rc));
+  }
+}
+
+/* thread.Thread{target = f, args = {...}, name = s, daemon = b} */
+static int thread_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "target");
+  luaL_argexpected(L, lua_isfunction(L, -1), 1, "table with a function 'target'");
+  lua_getfield(L, 1, "name");
+  const char *name = lua_tostring(L, -1);
+  luaL_argcheck(L, name != NULL || lua_isnil(L, -1), 1, "'name' must be a string");
+  thread_rec *t = new_proxy(L, name);
+  lua_getfield(L, 1, "daemon");
+  t->daemon = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  /* info.target, info.args: kept until start */
+  lua_getiuservalue(L, -1, UV_INFO);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "target");
+  lua_getfield(L, 1, "args");
+  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "'args' to be a table");
+  lua_setfield(L, -2, "args");
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* t:start(): runs target(table.unpack(args, 1, args.n or #args)). */
+static int thread_start(lua_State *L) {
+  check_thread(L, 1);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_INFO);
+  lua_getfield(L, 2, "target");
+  if (lua_isnil(L, -1)) return luaL_error(L, "threads can only be started once");
+  int nargs = 0;
+  if (lua_getfield(L, 2, "args") == LUA_TTABLE) {
+    lua_getfield(L, -1, "n");
+    nargs = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (int)luaL_len(L, -2);
+    lua_pop(L, 1);
+    luaL_checkstack(L, nargs + 2, "too many arguments");
+    for (int i = 1; i <= nargs; i++) lua_geti(L, -1 - (i - 1), i);
+    lua_remove(L, -nargs - 1);
+  } else {
+    lua_pop(L, 1);
+  }
+  start_proxy(L, 1, nargs);
+  lua_pushnil(L);
+  lua_setfield(L, 2, "target");
+  lua_pushnil(L);
+  lua_setfield(L, 2, "args");
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* thread.start(f, ...): a new thread running f(...), started. */
+static int thread_start_fn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int nargs = lua_gettop(L) - 1;
+  new_proxy(L, NULL);
+  lua_insert(L, 1);
+  start_proxy(L, 1, nargs);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/*
+** Pushes the outcome of a finished thread: true and its results, or false
+** and its error. The values stay on its stack for later joins.
+*/
+static int push_outcome(lua_State *L, thread_rec *t) {
+  int n = lua_gettop(t->co);
+  luaL_checkstack(L, n + 1, "too many results to join");
+  lua_pushboolean(L, !t->failed);
+  for (int i = 1; i <= n; i++) lua_pushvalue(t->co, i);
+  lua_xmove(t->co, L, n);
+  t->collected = true;
+  return n + 1;
+}
+
+/* t:join([timeout]): true, results... | false, err | nil, "timeout" */
+static int thread_join(lua_State *L) {
+  thread_rec *t = check_thread(L, 1);
+  double timeout = host_opt_timeout(L, 2);
+  if (t->state == T_NEW) return luaL_error(L, "cannot join thread before it is started");
+  push_current(L);
+  if (lua_touserdata(L, -1) == (void *)t) return luaL_error(L, "cannot join current thread");
+  lua_pop(L, 1);
+  host_deadline d = host_deadline_in(timeout);
+  while (t->state != T_DONE) {
+    host_wait_result r = host_waitq_wait(L, t->done, &d);
+    if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
+    if (r == HOST_WAIT_TIMEOUT && t->state != T_DONE) {
+      luaL_pushfail(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+  }
+  return push_outcome(L, t);
+}
+
+static int thread_is_alive(lua_State *L) {
+  thread_rec *t = check_thread(L, 1);
+  lua_pushboolean(L, t->state == T_RUNNING);
+  return 1;
+}
+
+/* t.name, t.ident, t.daemon, and the methods. */
+static int thread_index(lua_State *L) {
+  thread_rec *t = check_thread(L, 1);
+  const char *key = luaL_checkstring(L, 2);
+  if (strcmp(key, "ident") == 0) {
+    if (t->state == T_NEW) lua_pushnil(L);
+    else lua_pushinteger(L, (lua_Integer)t->ident);
+  } else if (strcmp(key, "daemon") == 0) {
+    lua_pushboolean(L, t->daemon);
+  } else if (strcmp(key, "name") == 0) {
+    lua_getiuservalue(L, 1, UV_INFO);
+    lua_getfield(L, -1, "name");
+  } else {
+    luaL_getmetafield(L, 1, "methods");
+    lua_getfield(L, -1, key);
+  }
+  return 1;
+}
+
+static int thread_tostring(lua_State *L) {
+  thread_rec *t = check_thread(L, 1);
+  static const char *const states[] = {"initial", "started", "stopped"};
+  lua_getiuservalue(L, 1, UV_INFO);
+  lua_getfield(L, -1, "name");
+  lua_pushfstring(L, "host.Thread (%s, %s%s): %p", lua_tostring(L, -1),
+                  states[t->state], t->daemon ? " daemon" : "", (void *)t);
+  return 1;
+}
+
+/* __gc: an error that nobody joined is reported, not lost. */
+static int thread_gc(lua_State *L) {
+  thread_rec *t = check_thread(L, 1);
+  if (t->state == T_DONE && t->failed && !t->collected) {
+    lua_getiuservalue(L, 1, UV_INFO);
+    lua_getfield(L, -1, "name");
+    lua_pushvalue(t->co, -1);
+    lua_xmove(t->co, L, 1);
+    const char *msg = host_error_tostring(L);
+    fprintf(stderr, "host: error in thread '%s' (never joined):\n%s\n",
+            lua_tostring(L, -2), msg);
+    fflush(stderr);
+    t->collected = true;
+  }
+  host_waitq_unref(t->done);
+  t->done = NULL;
+  return 0;
+}
+
+/* ---- module functions ---- */
+
+static int l_current(lua_State *L) {
+  push_current(L);
+  return 1;
+}
+
+static int l_count(lua_State *L) {
+  lua_pushinteger(L, host_thread_count(L));
+  return 1;
+}
+
+static int l_ident(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)host_thread_ident());
+  return 1;
+}
+
+/* thread.sleep(seconds): waits without the GIL. */
+static int l_sleep(lua_State *L) {
+  double seconds = host_opt_timeout(L, 1);
+  luaL_argcheck(L, seconds >= 0, 1, "number expected");
+  host_deadline d = host_deadline_in(seconds);
+  if (!host_unlocked_sleep(L, &d)) return host_raise_interrupt(L);
+  return 0;
+}
+
+/*
+** thread.setswitchinterval(seconds) or thread.setswitchinterval{instructions = n}
+*/
+static int l_setswitchinterval(lua_State *L) {
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "instructions");
+    lua_Integer n = luaL_checkinteger(L, -1);
+    luaL_argcheck(L, n >= 1 && n <= 1000000000, 1, "'instructions' must be in [1, 1e9]");
+    host_set_switch_instructions(L, (int)n);
+    return 0;
+  }
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s > 0 && s <= 3600, 1, "interval must be in (0, 3600] seconds");
+  host_set_switch_interval(L, (double)s);
+  return 0;
+}
+
+/* thread.getswitchinterval(): seconds, and n when the instruction policy is on. */
+static int l_getswitchinterval(lua_State *L) {
+  int n;
+  lua_pushnumber(L, (lua_Number)host_get_switch_interval(L, &n));
+  if (n > 0) {
+    lua_pushinteger(L, n);
+    return 2;
+  }
+  return 1;
+}
+
+/* thread.switches(): how many times the GIL changed hands. */
+static int l_switches(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)host_gil_switches(L));
+  return 1;
+}
+
+/* ---- thread.local(): fields per OS thread ---- */
+
+/* Pushes the table of the calling thread inside local object at 1. */
+static void push_local_table(lua_State *L) {
+  lua_getiuservalue(L, 1, 1);
+  host_push_thread_key(L);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    host_push_thread_key(L);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+static int local_index(lua_State *L) {
+  push_local_table(L);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int local_newindex(lua_State *L) {
+  push_local_table(L);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+static int l_local(lua_State *L) {
+  lua_newuserdatauv(L, 0, 1);
+  lua_newtable(L);  /* thread key -> its table, weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, LOCAL_TYPE);
+  return 1;
+}
+
+static const luaL_Reg thread_methods[] = {
+  {"start", thread_start},
+  {"join", thread_join},
+  {"is_alive", thread_is_alive},
+  {NULL, NULL}
+};
+
+static const luaL_Reg thread_meta[] = {
+  {"__index", thread_index},
+  {"__tostring", thread_tostring},
+  {"__gc", thread_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg local_meta[] = {
+  {"__index", local_index},
+  {"__newindex", local_newindex},
+  {NULL, NULL}
+};
+
+static const luaL_Reg thread_funcs[] = {
+  {"Thread", thread_new},
+  {"start", thread_start_fn},
+  {"current", l_current},
+  {"count", l_count},
+  {"ident", l_ident},
+  {"sleep", l_sleep},
+  {"local", l_local},
+  {"setswitchinterval", l_setswitchinterval},
+  {"getswitchinterval", l_getswitchinterval},
+  {"switches", l_switches},
+  {NULL, NULL}
+};
+
+int luaopen_host_thread(lua_State *L) {
+  if (luaL_newmetatable(L, THREAD_TYPE)) {
+    luaL_setfuncs(L, thread_meta, 0);
+    luaL_newlib(L, thread_methods);
+    lua_setfield(L, -2, "methods");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, LOCAL_TYPE)) luaL_setfuncs(L, local_meta, 0);
+  lua_pop(L, 1);
+  luaL_newlib(L, thread_funcs);
+  host_open_sync(L);
+  return 1;
+}
