@@ -127,6 +127,7 @@ static bool lock_take(lua_State *L, lock_t *lk, double timeout) {
 static int lock_acquire(lua_State *L) {
   lock_t *lk = luaL_checkudata(L, 1, LOCK_TYPE);
   if (!lk->locked) {  /* the fast path */
+    if (lua_gettop(L) > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
     lua_settop(L, 1);
     return 1;

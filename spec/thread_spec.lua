@@ -1,0 +1,305 @@
+-- spec/thread_spec.lua: host.thread's Thread objects and module functions.
+-- Every join and wait has a timeout, so a bug fails instead of hanging.
+local thread = require 'host.thread'
+local herror = require 'host.error'
+local sh = require 'spec.support.sh'
+
+local T = 10  -- seconds: the limit of every wait below
+
+describe('host.thread', function()
+  it('runs f(...) on another OS thread and joins its results, nils included', function()
+    local t = thread.start(function(a, b, c) return a + b, nil, c end, 1, 2, 'x')
+    assert.are.same({ true, 3, nil, 'x', n = 4 }, table.pack(t:join(T)))
+    assert.are_not.equal(thread.ident(), t.ident)
+  end)
+
+  it('shares globals, tables, closures and upvalues with its creator', function()
+    local shared = { n = 0 }
+    local up = 0
+    SHARED_GLOBAL_FOR_SPEC = 1
+    local t = thread.start(function()
+      shared.n = shared.n + 1
+      up = up + 1
+      SHARED_GLOBAL_FOR_SPEC = SHARED_GLOBAL_FOR_SPEC + 1
+    end)
+    assert.is_true(t:join(T))
+    assert.are.equal(1, shared.n)
+    assert.are.equal(1, up)
+    assert.are.equal(2, SHARED_GLOBAL_FOR_SPEC)
+    SHARED_GLOBAL_FOR_SPEC = nil
+  end)
+
+  it('returns false and the error, with its traceback, when f raises', function()
+    local t = thread.start(function() error('broken here') end)
+    local ok, err = t:join(T)
+    assert.is_false(ok)
+    assert.matches('broken here', err, 1, true)
+    assert.matches('stack traceback:', err, 1, true)
+    -- joining again gives the same outcome
+    local ok2, err2 = t:join(T)
+    assert.is_false(ok2)
+    assert.are.equal(err, err2)
+  end)
+
+  it('keeps an error object as it is, with a traceback field', function()
+    local t = thread.start(function() error(herror.new('ValueError', 'bad')) end)
+    local ok, err = t:join(T)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'ValueError'))
+    assert.matches('stack traceback', err.traceback, 1, true)
+  end)
+
+  it('returns nil, "timeout" when the timeout passes, and then joins', function()
+    local ev = thread.Event()
+    local t = thread.start(function() return ev:wait(T) end)
+    assert.are.same({ nil, 'timeout' }, { t:join(0.05) })
+    assert.is_true(t:is_alive())
+    ev:set()
+    assert.are.same({ true, true }, { t:join(T) })
+    assert.is_false(t:is_alive())
+  end)
+
+  it('makes named and daemon threads with thread.Thread{...}', function()
+    local t = thread.Thread { target = function(...) return select('#', ...), ... end,
+                              args = table.pack(1, nil, 3), name = 'worker-1', daemon = true }
+    assert.are.equal('worker-1', t.name)
+    assert.is_true(t.daemon)
+    assert.is_nil(t.ident)
+    assert.is_false(t:is_alive())
+    assert.has_error(function() t:join(1) end, 'cannot join thread before it is started')
+    t:start()
+    assert.are.same({ true, 3, 1, nil, 3 }, { t:join(T) })
+    assert.has_error(function() t:start() end, 'threads can only be started once')
+    assert.matches('^Thread%-%d+$', thread.start(function() end).name)
+  end)
+
+  it('refuses to join the current thread', function()
+    assert.has_error(function() thread.current():join(1) end, 'cannot join current thread')
+    local t = thread.start(function()
+      return pcall(function() return thread.current():join(1) end)
+    end)
+    local ok, inner_ok, err = t:join(T)
+    assert.is_true(ok)
+    assert.is_false(inner_ok)
+    assert.matches('cannot join current thread', err, 1, true)
+  end)
+
+  it('gives thread.current() one identity per thread', function()
+    local main = thread.current()
+    assert.are.equal(main, thread.current())
+    assert.are.equal('MainThread', main.name)
+    local t
+    t = thread.start(function() return thread.current() == t, thread.current().ident end)
+    local ok, same, ident = t:join(T)
+    assert.is_true(ok)
+    assert.is_true(same)
+    assert.are.equal(t.ident, ident)
+  end)
+
+  it('counts the running threads', function()
+    local before = thread.count()
+    local ev = thread.Event()
+    local t = thread.start(function() ev:wait(T) end)
+    assert.are.equal(before + 1, thread.count())
+    ev:set()
+    t:join(T)
+    assert.are.equal(before, thread.count())
+  end)
+
+  it('sleeps without holding the GIL', function()
+    local ticks = 0
+    local t = thread.start(function() for _ = 1, 1e6 do ticks = ticks + 1 end end)
+    thread.sleep(0.05)
+    assert.is_true(t:join(T))
+    assert.are.equal(1e6, ticks)
+    assert.has_error(function() thread.sleep(-1) end)
+    assert.has_error(function() thread.sleep('x') end)
+  end)
+
+  it('keeps thread.local() fields per thread', function()
+    local loc = thread['local']()
+    loc.x = 'main'
+    local t = thread.start(function()
+      local before = loc.x
+      loc.x = 'worker'
+      return before, loc.x
+    end)
+    assert.are.same({ true, nil, 'worker' }, { t:join(T) })
+    assert.are.equal('main', loc.x)
+  end)
+
+  it('shares one thread.local() table across the coroutines of a thread', function()
+    local loc = thread['local']()
+    loc.v = 1
+    local co = coroutine.wrap(function() return loc.v end)
+    assert.are.equal(1, co())
+  end)
+
+  it('resumes in one thread a coroutine created and suspended in another', function()
+    local co = coroutine.create(function(a)
+      local b = coroutine.yield(a + 1)
+      return b * 2
+    end)
+    local t = thread.start(function() return coroutine.resume(co, 1) end)
+    assert.are.same({ true, true, 2 }, { t:join(T) })
+    local t2 = thread.start(function() return coroutine.resume(co, 5) end)
+    assert.are.same({ true, true, 10 }, { t2:join(T) })
+    assert.are.equal('dead', coroutine.status(co))
+  end)
+
+  it('refuses to resume a coroutine that another thread is running', function()
+    local ev, go = thread.Event(), thread.Event()
+    local co = coroutine.create(function()
+      ev:set()
+      go:wait(T)
+      return 'done'
+    end)
+    local t = thread.start(function() return coroutine.resume(co) end)
+    assert.is_true(ev:wait(T))
+    local ok, err = coroutine.resume(co)
+    go:set()
+    assert.is_false(ok)
+    assert.matches('non%-suspended', err)
+    assert.are.same({ true, true, 'done' }, { t:join(T) })
+  end)
+
+  it('sets and reports the switch interval and the instruction policy', function()
+    local before = thread.getswitchinterval()
+    assert.are.equal(0.005, before)
+    thread.setswitchinterval(0.001)
+    assert.are.equal(0.001, thread.getswitchinterval())
+    thread.setswitchinterval { instructions = 500 }
+    assert.are.same({ 0.001, 500 }, { thread.getswitchinterval() })
+    thread.setswitchinterval(before)
+    assert.are.same({ before }, { thread.getswitchinterval() })
+    assert.has_error(function() thread.setswitchinterval(0) end)
+    assert.has_error(function() thread.setswitchinterval(-1) end)
+    assert.has_error(function() thread.setswitchinterval { instructions = 0 } end)
+    assert.has_error(function() thread.setswitchinterval('x') end)
+  end)
+
+  it('preempts a busy thread so a waiting one runs (interval policy)', function()
+    local flag = false
+    local t = thread.start(function() flag = true end)
+    local spins = 0
+    while not flag do spins = spins + 1 end  -- only preemption can end this
+    assert.is_true(t:join(T))
+    assert.is_true(flag)
+  end)
+
+  it('preempts a thread that runs inside a coroutine', function()
+    local flag = false
+    local co = coroutine.wrap(function() while not flag do end return 'out' end)
+    local t = thread.start(function() flag = true end)
+    assert.are.equal('out', co())
+    assert.is_true(t:join(T))
+  end)
+
+  it('rejects bad arguments with Lua-style messages', function()
+    assert.has_error(function() thread.start(42) end,
+      "bad argument #1 to 'start' (function expected, got number)")
+    assert.has_error(function() thread.Thread { target = 1 } end)
+    assert.has_error(function() thread.Thread(1) end)
+    local t = thread.start(function() end)
+    assert.has_error(function() t:join(-1) end)
+    assert.has_error(function() t:join('soon') end)
+    assert.has_error(function() t.join(nil) end)
+    t:join(T)
+  end)
+
+  it('describes a thread with tostring', function()
+    local t = thread.Thread { target = function() end, name = 'w' }
+    assert.matches('^host.Thread %(w, initial%)', tostring(t))
+  end)
+end)
+
+describe('host threads at exit', function()
+  local function run(code)
+    local f = sh.tempfile(code)
+    local out, err, rc = sh.host_run(sh.quote(f), 20)
+    os.remove(f)
+    return out, err, rc
+  end
+
+  it('waits for non-daemon threads before closing the state', function()
+    local out, _, rc = run [[
+      local thread = require 'host.thread'
+      thread.start(function() thread.sleep(0.2); print('worker done') end)
+      print('main done')
+    ]]
+    assert.are.equal(0, rc)
+    assert.are.equal('main done\nworker done\n', out)
+  end)
+
+  it('does not wait for daemon threads', function()
+    local out, _, rc = run [[
+      local thread = require 'host.thread'
+      thread.Thread{ target = function() thread.sleep(30) print('never') end, daemon = true }:start()
+      thread.Thread{ target = function() while true do end end, daemon = true }:start()
+      print('main done')
+    ]]
+    assert.are.equal(0, rc)
+    assert.are.equal('main done\n', out)
+  end)
+
+  it('reports an error in a thread nobody joins on stderr', function()
+    local _, err, rc = run [[
+      local thread = require 'host.thread'
+      thread.start(function() error('lost in thread') end)
+    ]]
+    assert.are.equal(0, rc)
+    assert.matches('error in thread', err, 1, true)
+    assert.matches('lost in thread', err, 1, true)
+  end)
+
+  it('keeps running a thread whose Thread object was collected', function()
+    local out = run [[
+      local thread = require 'host.thread'
+      local q = require('host.queue').Queue()
+      thread.start(function() q:get(10) print('still ran') end)
+      collectgarbage() collectgarbage()
+      q:put(1)
+    ]]
+    assert.are.equal('still ran\n', out)
+  end)
+
+  it('exits from a thread with os.exit without closing the state under others', function()
+    local out, _, rc = run [[
+      io.stdout:setvbuf 'no'
+      local thread = require 'host.thread'
+      thread.Thread{ target = function() while true do end end, daemon = true }:start()
+      local t = thread.start(function() print('bye') os.exit(3, true) end)
+      t:join(10)
+      print('not reached')
+    ]]
+    assert.are.equal(3, rc)
+    assert.are.equal('bye\n', out)
+  end)
+
+  it('runs the script with --switch-instructions for the whole run', function()
+    local f = sh.tempfile [[print(require('host.thread').getswitchinterval())]]
+    local out = sh.host_run('--switch-instructions=777 ' .. sh.quote(f))
+    local out2 = sh.host_run('--switch-interval=0.002 ' .. sh.quote(f))
+    os.remove(f)
+    assert.are.equal('0.005\t777\n', out)
+    assert.are.equal('0.002\n', out2)
+  end)
+
+  it('turns Ctrl-C into "interrupted!" in a main thread blocked in join', function()
+    local f = sh.tempfile [[
+      io.stdout:setvbuf 'no'
+      local thread = require 'host.thread'
+      local t = thread.Thread{ target = function() thread.sleep(30) end, daemon = true }
+      t:start()
+      print 'ready'
+      local ok, e = pcall(t.join, t)
+      print('caught', e)
+    ]]
+    local out = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
+      ' > out.$$ & p=$!; for i in $(seq 200); do grep -q ready out.$$ 2>/dev/null && break; sleep 0.05; done;' ..
+      ' kill -INT $p; wait $p; echo "rc=$?"; cat out.$$; rm -f out.$$', 20)
+    os.remove(f)
+    assert.matches('rc=0\n', out, 1, true)
+    assert.matches('caught\t[^\n]*interrupted!', out)
+  end)
+end)
