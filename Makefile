@@ -98,6 +98,17 @@ tsan:
 	  CFLAGS="$(TSAN_FLAGS)" LDFLAGS="-fsanitize=thread" \
 	  LUA_CFLAGS="-I$(TSAN_LUA)/include" LUA_LIBS="$(abspath $(TSAN_LUA))/liblua.a" \
 	  SPEC_ENV='$(TSAN_ENV)'
+	@$(MAKE) --no-print-directory tsan-negative
+
+# The negative control: spawned threads skip the GIL; TSan must say so.
+tsan-negative:
+	@$(MAKE) --no-print-directory build/tsan-nogil/host BUILD=build/tsan-nogil CC=clang \
+	  CFLAGS="$(TSAN_FLAGS) -DHOST_NO_GIL_CONTROL" LDFLAGS="-fsanitize=thread" \
+	  LUA_CFLAGS="-I$(TSAN_LUA)/include" LUA_LIBS="$(abspath $(TSAN_LUA))/liblua.a"
+	@$(TSAN_ENV) build/tsan-nogil/host tools/tsan_control.lua > build/tsan-nogil/report 2>&1; \
+	if grep -q 'WARNING: ThreadSanitizer: data race' build/tsan-nogil/report; then \
+	  echo "tsan negative control: caught ($$(grep -c 'WARNING: ThreadSanitizer' build/tsan-nogil/report) report(s))"; \
+	else echo "tsan negative control: NOT caught"; cat build/tsan-nogil/report; exit 1; fi
 
 VALGRIND = valgrind --quiet --error-exitcode=99 --leak-check=full \
            --show-leak-kinds=definite,indirect,possible --errors-for-leak-kinds=definite,indirect,possible \

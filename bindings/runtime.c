@@ -43,6 +43,19 @@
 #endif
 #define POLL_PERIOD 1000
 
+/*
+** HOST_NO_GIL_CONTROL: spawned threads run Lua code without taking the GIL.
+** Only `make tsan` builds it, as the negative control that ThreadSanitizer
+** must catch; it is never correct.
+*/
+#ifdef HOST_NO_GIL_CONTROL
+#define SPAWNED_TAKE(u, ts) ((void)(u), (void)(ts))
+#define SPAWNED_GIVE(u, ts) ((void)(u), (void)(ts))
+#else
+#define SPAWNED_TAKE(u, ts) gil_take(u, ts)
+#define SPAWNED_GIVE(u, ts) gil_give(u, ts)
+#endif
+
 #define GIL_SLOTS 64
 #define SWITCH_SIGNAL SIGURG          /* default action: ignore */
 #define MAIN_WAIT_SLICE 0.05          /* how often a waiting main thread looks for Ctrl-C */
@@ -167,11 +180,21 @@ lua_State *host_thread_state(void) {
 
 #define THREAD_KEYS "host.thread_keys"
 
-/* Registers (or forgets) L as the key object of OS thread ts. */
-static void register_thread_key(lua_State *L, host_tstate *ts, bool add) {
+/*
+** Registers `key` (a Lua thread, not running) as the key object of OS
+** thread ts, or with key NULL forgets it. The registry's strong reference
+** is what anchors a spawned thread's Lua thread while it runs.
+*/
+static void register_thread_key(lua_State *L, host_tstate *ts, lua_State *key) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, THREAD_KEYS);
-  if (add) lua_pushthread(L);
-  else lua_pushnil(L);
+  if (key == L) {
+    lua_pushthread(L);
+  } else if (key != NULL) {
+    lua_pushthread(key);
+    lua_xmove(key, L, 1);
+  } else {
+    lua_pushnil(L);
+  }
   lua_rawsetp(L, -2, ts);
   lua_pop(L, 1);
 }
@@ -385,7 +408,7 @@ lua_State *host_newstate(void) {
   current_ts = &u->main_ts;
   install_switch_handler();
   gil_take(u, &u->main_ts);
-  register_thread_key(L, &u->main_ts, true);
+  register_thread_key(L, &u->main_ts, L);
 #ifdef HOST_POLL_HOOK
   set_base_hook(&u->main_ts, L);
 #endif
@@ -531,17 +554,16 @@ static void *thread_main(void *arg) {
   host_tstate *ts = arg;
   host_universe *u = ts->u;
   current_ts = ts;
-  gil_take(u, ts);
-  register_thread_key(ts->L, ts, true);
+  SPAWNED_TAKE(u, ts);
   ts->body(ts->L, ts->arg);
-  register_thread_key(ts->L, ts, false);
+  register_thread_key(ts->L, ts, NULL);
   pthread_mutex_lock(&u->threads_mu);
   u->running--;
   if (!ts->daemon) u->nondaemon--;
   ts->finished = true;
   pthread_cond_broadcast(&u->threads_cv);
   pthread_mutex_unlock(&u->threads_mu);
-  gil_give(u, ts);
+  SPAWNED_GIVE(u, ts);
   current_ts = NULL;
   return NULL;
 }
@@ -561,6 +583,7 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
   sigset_t all, old;
   sigfillset(&all);
   sigdelset(&all, SWITCH_SIGNAL);
+  register_thread_key(L, ts, co);  /* anchors co before the GIL can go */
   pthread_mutex_lock(&u->threads_mu);
   reap_finished(u);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -574,8 +597,18 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
     *ident = (unsigned long)ts->pthread;
   }
   pthread_mutex_unlock(&u->threads_mu);
-  if (rc != 0) free(ts);
+  if (rc != 0) {
+    register_thread_key(L, ts, NULL);
+    free(ts);
+  }
   return rc;
+}
+
+void host_reap_threads(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  pthread_mutex_lock(&u->threads_mu);
+  reap_finished(u);
+  pthread_mutex_unlock(&u->threads_mu);
 }
 
 int host_thread_count(lua_State *L) {

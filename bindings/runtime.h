@@ -61,6 +61,9 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
                void (*body)(lua_State *co, void *arg), void *arg,
                unsigned long *ident);
 
+/* Joins the spawned threads that have finished (before an exit, say). */
+void host_reap_threads(lua_State *L);
+
 /* Number of OS threads running Lua code in L's universe, main included. */
 int host_thread_count(lua_State *L);
 

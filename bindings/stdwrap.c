@@ -170,6 +170,7 @@ static int co_wrap(lua_State *L) {
 */
 static int host_exit(lua_State *L) {
   bool close = lua_toboolean(L, 2);
+  host_reap_threads(L);
   if (!close || (host_is_main_thread() && host_thread_count(L) == 1)) {
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
