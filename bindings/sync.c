@@ -104,6 +104,20 @@ static bool wait_until(lua_State *L, host_waitq *q, const host_deadline *d,
   return true;
 }
 
+/*
+** luaL_checkudata(L, 1, tname) for the hot methods, without its registry
+** lookup: every method has its type's metatable as upvalue 1.
+*/
+static void *check_self(lua_State *L, const char *tname) {
+  void *p = lua_touserdata(L, 1);
+  if (p != NULL && lua_getmetatable(L, 1)) {
+    bool same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same) return p;
+  }
+  return luaL_checkudata(L, 1, tname);  /* raises the usual message */
+}
+
 /* ---- Lock and RLock ---- */
 
 static bool lock_free(void *obj) {
@@ -125,14 +139,14 @@ static bool lock_take(lua_State *L, lock_t *lk, double timeout) {
 
 /* lock:acquire([timeout]) -> lock | false */
 static int lock_acquire(lua_State *L) {
-  lock_t *lk = luaL_checkudata(L, 1, LOCK_TYPE);
+  lock_t *lk = check_self(L, LOCK_TYPE);
   if (!lk->locked) {  /* the fast path */
     if (lua_gettop(L) > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
-    lua_settop(L, 1);
+    lua_pushvalue(L, 1);
     return 1;
   }
-  if (lock_take(L, lk, opt_block_timeout(L, 2))) lua_settop(L, 1);
+  if (lock_take(L, lk, opt_block_timeout(L, 2))) lua_pushvalue(L, 1);
   else lua_pushboolean(L, 0);
   return 1;
 }
@@ -143,7 +157,7 @@ static void lock_give(lock_t *lk) {
 }
 
 static int lock_release(lua_State *L) {
-  lock_t *lk = luaL_checkudata(L, 1, LOCK_TYPE);
+  lock_t *lk = check_self(L, LOCK_TYPE);
   if (!lk->locked) return luaL_error(L, "cannot release un-acquired lock");
   lock_give(lk);
   return 0;
@@ -162,7 +176,7 @@ static int lock_new(lua_State *L) {
 
 /* rlock:acquire([timeout]) -> rlock | false; reentrant for its owner. */
 static int rlock_acquire(lua_State *L) {
-  lock_t *lk = luaL_checkudata(L, 1, RLOCK_TYPE);
+  lock_t *lk = check_self(L, RLOCK_TYPE);
   host_tstate *me = host_current();
   if (lk->locked && lk->owner == me) {
     lk->count++;
@@ -178,7 +192,7 @@ static int rlock_acquire(lua_State *L) {
 }
 
 static int rlock_release(lua_State *L) {
-  lock_t *lk = luaL_checkudata(L, 1, RLOCK_TYPE);
+  lock_t *lk = check_self(L, RLOCK_TYPE);
   if (!lk->locked || lk->owner != host_current())
     return luaL_error(L, "cannot release un-acquired lock");
   if (--lk->count == 0) {
@@ -592,12 +606,14 @@ static const luaL_Reg barrier_methods[] = {
 /*
 ** Creates the metatable `tname`: methods reachable through __index (a
 ** table, or `index` when given), __close when listed, __gc, __tostring.
+** Each method gets the metatable as upvalue 1 (see check_self).
 */
 static void make_type(lua_State *L, const char *tname, const luaL_Reg *methods,
                       lua_CFunction index) {
   luaL_newmetatable(L, tname);
   lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, methods, 1);  /* the metatable is every method's upvalue */
   lua_getfield(L, -1, "__close");
   lua_setfield(L, -3, "__close");
   lua_pushnil(L);
