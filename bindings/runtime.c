@@ -116,8 +116,7 @@ static void universe_hook(lua_State *L, lua_Debug *ar);
 
 /* ---- small helpers ---- */
 
-/* Initialises a condvar that times out on CLOCK_MONOTONIC. */
-static void cond_init_monotonic(pthread_cond_t *cv) {
+void host_cond_init(pthread_cond_t *cv) {
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -398,10 +397,10 @@ lua_State *host_newstate(void) {
   u->main = L;
   for (int i = 0; i < GIL_SLOTS; i++) {
     pthread_mutex_init(&u->slot[i].mu, NULL);
-    cond_init_monotonic(&u->slot[i].cv);
+    host_cond_init(&u->slot[i].cv);
   }
   pthread_mutex_init(&u->threads_mu, NULL);
-  cond_init_monotonic(&u->threads_cv);
+  host_cond_init(&u->threads_cv);
   atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
   tstate_init(&u->main_ts, u, L);
   u->main_ts.outer = current_ts;
@@ -625,7 +624,7 @@ host_waitq *host_waitq_new(void) {
   host_waitq *q = malloc(sizeof *q);
   if (q == NULL) return NULL;
   pthread_mutex_init(&q->mu, NULL);
-  cond_init_monotonic(&q->cv);
+  host_cond_init(&q->cv);
   q->refs = 1;
   return q;
 }
@@ -638,15 +637,19 @@ void host_waitq_unref(host_waitq *q) {
   }
 }
 
-/* The wait behind host_waitq_wait; `watch` says if an interrupt ends it. */
-static host_wait_result waitq_wait(host_waitq *q, const host_deadline *d,
-                                   bool watch) {
+/*
+** The one blocking wait of the runtime. Called with the GIL held and `mu`
+** locked (so no signal sent under mu after the caller's check is lost):
+** gives the GIL up, waits once on cv, unlocks mu (before the GIL comes back,
+** or a signaller holding the GIL and wanting mu would deadlock) and takes
+** the GIL again. A watching main thread waits in slices to see Ctrl-C.
+*/
+static host_wait_result cond_wait(pthread_mutex_t *mu, pthread_cond_t *cv,
+                                  const host_deadline *d, bool watch) {
   host_tstate *ts = current_ts;
   host_universe *u = ts->u;
   bool is_main = watch && ts == &u->main_ts;
   host_wait_result result = HOST_WAIT_WOKEN;
-  q->refs++;
-  pthread_mutex_lock(&q->mu);  /* before the GIL goes: no notify is lost */
   gil_give(u, ts);
   if (is_main && atomic_load(&u->interrupted)) {
     result = HOST_WAIT_INTERRUPTED;
@@ -654,17 +657,32 @@ static host_wait_result waitq_wait(host_waitq *q, const host_deadline *d,
     int rc;
     if (is_main) {
       host_deadline slice = earlier(d, MAIN_WAIT_SLICE);
-      rc = pthread_cond_timedwait(&q->cv, &q->mu, &slice.at);
+      rc = pthread_cond_timedwait(cv, mu, &slice.at);
     } else if (d->never) {
-      rc = pthread_cond_wait(&q->cv, &q->mu);
+      rc = pthread_cond_wait(cv, mu);
     } else {
-      rc = pthread_cond_timedwait(&q->cv, &q->mu, &d->at);
+      rc = pthread_cond_timedwait(cv, mu, &d->at);
     }
     if (is_main && atomic_load(&u->interrupted)) result = HOST_WAIT_INTERRUPTED;
     else if (rc == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
   }
-  pthread_mutex_unlock(&q->mu);  /* before the GIL comes back: no deadlock */
+  pthread_mutex_unlock(mu);
   gil_take(u, ts);
+  return result;
+}
+
+host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
+                                pthread_cond_t *cv, const host_deadline *d) {
+  (void)L;
+  return cond_wait(mu, cv, d, true);
+}
+
+/* The wait behind host_waitq_wait; `watch` says if an interrupt ends it. */
+static host_wait_result waitq_wait(host_waitq *q, const host_deadline *d,
+                                   bool watch) {
+  q->refs++;
+  pthread_mutex_lock(&q->mu);
+  host_wait_result result = cond_wait(&q->mu, &q->cv, d, watch);
   host_waitq_unref(q);
   return result;
 }

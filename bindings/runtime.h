@@ -101,6 +101,19 @@ typedef enum host_wait_result {
 host_wait_result host_waitq_wait(lua_State *L, host_waitq *q,
                                  const host_deadline *d);
 
+/*
+** For state guarded by a mutex rather than the GIL (futures completed by
+** threads outside the universe). Called with the GIL held and `mu` locked:
+** releases the GIL, waits once on cv (signal, deadline, or an interrupt of
+** the main thread), unlocks mu and takes the GIL back. The caller locks mu
+** again to re-check its condition.
+*/
+host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
+                                pthread_cond_t *cv, const host_deadline *d);
+
+/* Initialises a condition variable that times out on CLOCK_MONOTONIC. */
+void host_cond_init(pthread_cond_t *cv);
+
 /* Wakes every waiter of q (GIL held). */
 void host_waitq_notify(host_waitq *q);
 

@@ -161,15 +161,17 @@ describe('the GIL traps', function()
     -- Decision: debug.sethook wins; while a user hook is set the thread is
     -- not preempted (blocking calls still release the GIL).
     local order = {}
+    local started = thread.Event()
     local t = thread.start(function()
       debug.sethook(function() end, '', 1000)
+      started:set()  -- main wakes, and must wait: no switch can reach us
       local x = 0
       for i = 1, 2e6 do x = x + i end
       order[#order + 1] = 'hooked'
       debug.sethook()
       return x
     end)
-    thread.sleep(0.001)
+    assert.is_true(started:wait(T))
     order[#order + 1] = 'main'
     assert.is_true((t:join(T)))
     assert.are.same({ 'hooked', 'main' }, order)
