@@ -2,10 +2,12 @@
 ** init.c: host_openlibs, the preload table of every host library (floor 4).
 ** A new binding adds one line to `host_libs`.
 */
+#include "generator.h"
 #include "runtime.h"
 
 static const luaL_Reg host_libs[] = {
   {"host.error", luaopen_host_error},
+  {"host.generator", luaopen_host_generator},
   {"host.time", luaopen_host_time},
   {NULL, NULL}
 };
