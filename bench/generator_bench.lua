@@ -182,7 +182,7 @@ bench.ratio('create + prime + send host/python3', lua.create.m, py.create_prime_
 local gen_bytes = item40.bytes_per(item40.suspended_generator, 100000)
 local co_bytes = item40.bytes_per(item40.suspended_coroutine, 100000)
 bench.report('memory per suspended generator', gen_bytes, 'B')
-bench.report('  of which the coroutine', co_bytes, 'B')
+bench.report('raw coroutine suspended, same body', co_bytes, 'B')
 bench.report('python3 memory per suspended generator', py.bytes.m, 'B')
 bench.ratio('memory per generator / 1.2 KB', gen_bytes, 1.2 * 1024, '<= 1')
 print('note: a coroutine is a whole lua_State with its own stack (40 slots of 16 B'
