@@ -2,12 +2,14 @@
 ** init.c: host_openlibs, the preload table of every host library (floor 4).
 ** A new binding adds one line to `host_libs`.
 */
+#include "generator.h"
 #include "runtime.h"
 #include "modules.h"
 #include "stdwrap.h"
 
 static const luaL_Reg host_libs[] = {
   {"host.error", luaopen_host_error},
+  {"host.generator", luaopen_host_generator},
   {"host.time", luaopen_host_time},
   {"host.thread", luaopen_host_thread},
   {"host.queue", luaopen_host_queue},

@@ -1,0 +1,688 @@
+/*
+** generator.c: `require "host.generator"`, Python's generators on Lua
+** coroutines (floor 1). It owns the host.Generator userdata: one coroutine
+** per generator, its state (created, suspended, running, dead), what it
+** returned, the throw/close machinery and yield_from.
+**
+** Ownership: while a generator can still run, its uservalue 1 holds its
+** coroutine (`co` points into it). When it dies the uservalue is replaced
+** by what it returned (nil, the one value, or a table of them) and `co`
+** becomes NULL, so a dead generator keeps no coroutine alive.
+**
+** Throwing into a suspended generator: Lua cannot resume a coroutine with
+** an error, so throw registers the error in a per-state table (registry,
+** keyed by the coroutine), arms a one-shot return hook on the coroutine
+** and resumes it with a private mark. The hook fires when the yield
+** returns, inside the generator, puts the coroutine's own hook back and
+** raises the error there. yield_from's continuation runs before that
+** return: it sees the mark, takes the error itself and forwards it to its
+** subgenerator.
+**
+** Every resume of a generator's coroutine goes through resume_generator.
+*/
+#include "generator.h"
+
+#define GENERATOR_TYPE "host.Generator"
+
+typedef enum {
+  GEN_CREATED,    /* made, its body has not started */
+  GEN_SUSPENDED,  /* stopped at a yield */
+  GEN_RUNNING,    /* being resumed (it, or something it resumed, runs) */
+  GEN_DEAD        /* returned, failed or closed */
+} gen_state;
+
+static const char *const state_names[] = {
+  "created", "suspended", "running", "dead"
+};
+
+typedef struct Generator {
+  lua_State *co;  /* the coroutine in uservalue 1; NULL once dead */
+  gen_state state;
+  int nret;       /* how many values it returned; -1 if it did not return */
+} Generator;
+
+/* What one step of a generator left on the caller's stack. */
+typedef enum {
+  STEP_YIELD,   /* the values it yielded */
+  STEP_RETURN,  /* the values it returned (it is dead now) */
+  STEP_DEAD,    /* nothing: it was dead already */
+  STEP_ERROR    /* the error it raised (it is dead now) or a refusal */
+} gen_step;
+
+/* A throw in progress: the error to raise and the hook to put back. */
+typedef struct throw_ctx {
+  lua_State *from;  /* the thread that throws; the error is at `err` on it */
+  int err;
+  lua_Hook hook;    /* the coroutine's own hook, mask and count */
+  int mask, count;
+} throw_ctx;
+
+/*
+** Addresses used as private marks: the registry key of the table of
+** pending throws; the value a coroutine is resumed with when an error is
+** thrown into it; the slot that tells a yield_from frame; the last value
+** a yield_from is resumed with when its delegate returned or failed.
+*/
+static const char pending_key = 0;
+static const char throw_mark = 0;
+static const char yield_from_mark = 0;
+static const char done_mark = 0;
+static const char raise_mark = 0;
+
+/*
+** Returns the generator at `arg`. Every function of this file has the
+** metatable's address as upvalue 1 (a light userdata): comparing addresses
+** skips luaL_checkudata's registry lookup by name, and send is that hot.
+** Anything else gets luaL_checkudata's message ("host.Generator expected,
+** got table").
+*/
+static Generator *check_generator(lua_State *L, int arg) {
+  Generator *g = lua_touserdata(L, arg);
+  if (g != NULL && lua_getmetatable(L, arg)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == lua_touserdata(L, lua_upvalueindex(1))) return g;
+  }
+  return luaL_checkudata(L, arg, GENERATOR_TYPE);
+}
+
+/*
+** The one place a generator's coroutine is resumed, after lcorolib.c's
+** auxresume: moves `nargs` values from L to co and resumes it with them.
+** On a yield or a return, *nres values come back on L; on an error, the
+** error.
+*/
+static int resume_generator(lua_State *L, lua_State *co, int nargs, int *nres) {
+  if (!lua_checkstack(co, nargs)) {
+    lua_pop(L, nargs);
+    lua_pushliteral(L, "too many arguments to resume");
+    return LUA_ERRRUN;
+  }
+  lua_xmove(L, co, nargs);
+  int status = lua_resume(co, L, nargs, nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, *nres + 4)) {  /* the results, and room to disarm a throw */
+      lua_pop(co, *nres);
+      lua_pushliteral(L, "too many results to resume");
+      return LUA_ERRRUN;
+    }
+    lua_xmove(co, L, *nres);
+  } else {
+    lua_xmove(co, L, 1);
+  }
+  return status;
+}
+
+/* Raises an error object of `kind` with a fixed message. */
+static int raise_kind(lua_State *L, const char *kind, const char *message) {
+  host_error_push(L, kind, message, 0);
+  return lua_error(L);
+}
+
+/*
+** Pops the value on top of L into uservalue 1 of g, whose userdata is at
+** `gidx` on the stack of H (L itself, or the coroutine of the generator
+** that delegates to g: see delegate_of).
+*/
+static void set_uservalue(lua_State *L, lua_State *H, int gidx) {
+  if (H != L) {
+    lua_checkstack(H, 2);  /* a C frame has LUA_MINSTACK slots: this holds */
+    lua_xmove(L, H, 1);
+  }
+  lua_setiuservalue(H, gidx, 1);
+}
+
+/* Marks g (at `gidx` on H) dead and drops its coroutine. */
+static void set_dead(lua_State *L, lua_State *H, int gidx, Generator *g) {
+  lua_pushnil(L);
+  set_uservalue(L, H, gidx);
+  g->co = NULL;
+  g->state = GEN_DEAD;
+}
+
+/*
+** Keeps the `n` values on top of L as what g (at `gidx` on H) returned,
+** without popping them: uservalue 1 becomes nil, the value, or a table of
+** the values.
+*/
+static void keep_results(lua_State *L, lua_State *H, int gidx, Generator *g,
+                         int n) {
+  g->state = GEN_DEAD;  /* dead even if the table below cannot be made */
+  g->nret = -1;
+  if (n == 0) {
+    lua_pushnil(L);
+  } else if (n == 1) {
+    lua_pushvalue(L, -1);
+  } else {
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; i++) {
+      lua_pushvalue(L, -n - 2 + i);
+      lua_rawseti(L, -2, i);
+    }
+  }
+  set_uservalue(L, H, gidx);
+  g->co = NULL;
+  g->nret = n;
+}
+
+/* Pushes what the dead generator at `gidx` returned; returns how many. */
+static int push_results(lua_State *L, int gidx, const Generator *g) {
+  int n = g->nret < 0 ? 0 : g->nret;
+  luaL_checkstack(L, n + 1, "too many results");
+  if (n == 0) return 0;
+  lua_getiuservalue(L, gidx, 1);
+  if (n == 1) return 1;
+  for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+  lua_remove(L, -n - 1);
+  return n;
+}
+
+/*
+** If an error is being thrown into co, ends the throw: puts co's own hook
+** back, forgets the throw and pushes the error on co. Returns 0 if none.
+*/
+static int take_throw(lua_State *co) {
+  luaL_checkstack(co, 3, "no room to throw");
+  if (lua_rawgetp(co, LUA_REGISTRYINDEX, &pending_key) != LUA_TTABLE) {
+    lua_pop(co, 1);
+    return 0;
+  }
+  lua_rawgetp(co, -1, co);
+  throw_ctx *t = lua_touserdata(co, -1);
+  lua_pop(co, 1);
+  if (t == NULL) {
+    lua_pop(co, 1);
+    return 0;
+  }
+  lua_pushnil(co);
+  lua_rawsetp(co, -2, co);
+  lua_pop(co, 1);
+  lua_sethook(co, t->hook, t->mask, t->count);
+  lua_pushvalue(t->from, t->err);
+  lua_xmove(t->from, co, 1);
+  return 1;
+}
+
+/* The one-shot return hook of a throw: raises the error where the yield returns. */
+static void throw_hook(lua_State *co, lua_Debug *ar) {
+  (void)ar;
+  if (take_throw(co)) lua_error(co);
+  lua_sethook(co, NULL, 0, 0);  /* no throw pending: never stay armed */
+}
+
+/*
+** Prepares a throw of the value on top of L into the suspended coroutine
+** co: registers it as pending (this may raise, so it comes before the
+** generator counts as running) and arms throw_hook. The caller then
+** resumes co with the mark and calls disarm_throw.
+*/
+static void arm_throw(lua_State *L, lua_State *co, throw_ctx *t) {
+  luaL_checkstack(L, LUA_MINSTACK, "no room to throw");
+  *t = (throw_ctx){L, lua_gettop(L), lua_gethook(co), lua_gethookmask(co),
+                   lua_gethookcount(co)};
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pending_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pending_key);
+  }
+  lua_pushlightuserdata(L, t);
+  lua_rawsetp(L, -2, co);
+  lua_pop(L, 1);
+  lua_sethook(co, throw_hook, LUA_MASKRET, 0);
+  lua_pushlightuserdata(L, (void *)&throw_mark);
+}
+
+/*
+** After the resume of a throw: a coroutine that yielded inside a hook
+** never returned to take the throw; forget it and put its hook back all
+** the same. Needs 3 free slots on L (resume_generator leaves them).
+*/
+static void disarm_throw(lua_State *L, lua_State *co, const throw_ctx *t) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pending_key);
+  if (lua_rawgetp(L, -1, co) != LUA_TNIL) {
+    lua_pushnil(L);
+    lua_rawsetp(L, -3, co);
+    lua_sethook(co, t->hook, t->mask, t->count);
+  }
+  lua_pop(L, 2);
+}
+
+/*
+** The generator that the suspended coroutine co delegates to: co stopped in
+** yield_from, whose frame is [sub, yield_from_mark]. NULL otherwise. The
+** frame is read each time (nothing cached), so a coroutine resumed behind
+** the generator's back cannot leave a dangling pointer.
+*/
+static Generator *delegate_of(lua_State *co) {
+  if (lua_gettop(co) != 2 || lua_touserdata(co, 2) != &yield_from_mark)
+    return NULL;
+  return lua_touserdata(co, 1);
+}
+
+/*
+** One step of the generator g, whose userdata is at `gidx` on H (see
+** set_uservalue): with `throwing` 0 it sends the `nargs` values on top of
+** L; with `throwing` 1 it raises the one value on top of L inside the
+** generator. Those values are consumed. Returns what the step left on L
+** (see gen_step); *nres counts the values.
+**
+** A send to a generator suspended in yield_from goes straight to the
+** generator it delegates to (recursively), without resuming the delegating
+** ones: a chain of n yield_from costs one resume, not n. Only when the
+** delegate ends is the delegating generator resumed, with what it returned
+** (done_mark) or the error it raised (raise_mark).
+*/
+static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
+                        int nargs, int throwing, int *nres) {
+  *nres = 0;
+  switch (g->state) {
+    case GEN_RUNNING:
+      lua_pop(L, nargs);
+      host_error_push(L, "ValueError", "generator already executing", 0);
+      return STEP_ERROR;
+    case GEN_DEAD:
+      if (throwing) return STEP_ERROR;  /* the error goes to the caller */
+      lua_pop(L, nargs);
+      return STEP_DEAD;
+    case GEN_CREATED:
+      if (throwing) {  /* raised at the start: the body never runs */
+        set_dead(L, H, gidx, g);
+        return STEP_ERROR;
+      }
+      for (int i = 0; i < nargs; i++) {
+        if (!lua_isnil(L, -1 - i)) {
+          lua_pop(L, nargs);
+          host_error_push(L, "TypeError",
+                          "can't send non-nil value to a just-started generator", 0);
+          return STEP_ERROR;
+        }
+      }
+      lua_pop(L, nargs);
+      nargs = lua_gettop(g->co) - 1;  /* the body starts with the call's arguments */
+      luaL_checkstack(L, nargs, "too many arguments");
+      lua_xmove(g->co, L, nargs);
+      break;
+    case GEN_SUSPENDED:
+      break;
+  }
+  lua_State *co = g->co;
+  throw_ctx t;
+  Generator *sub;
+  if (throwing) {
+    arm_throw(L, co, &t);  /* pushes the mark, the one value to send */
+    nargs = 1;
+  } else if (g->state == GEN_SUSPENDED && (sub = delegate_of(co)) != NULL) {
+    g->state = GEN_RUNNING;
+    gen_step step = advance(L, sub, co, 1, nargs, 0, nres);
+    if (step == STEP_YIELD) {
+      g->state = GEN_SUSPENDED;
+      return STEP_YIELD;
+    }
+    /* The delegate ended: resume g's yield_from with the outcome. The
+    ** stack has room: advance leaves what resume_generator ensured. */
+    lua_pushlightuserdata(L, (void *)(step == STEP_ERROR ? &raise_mark : &done_mark));
+    nargs = (step == STEP_ERROR ? 1 : *nres) + 1;
+  }
+  g->state = GEN_RUNNING;  /* nothing may raise until the state is set again */
+  int status = resume_generator(L, co, nargs, nres);
+  if (throwing) {
+    disarm_throw(L, co, &t);
+    lua_remove(L, -(status == LUA_OK || status == LUA_YIELD ? *nres : 1) - 1);
+  }
+  if (status == LUA_YIELD) {
+    g->state = GEN_SUSPENDED;
+    return STEP_YIELD;
+  }
+  if (status == LUA_OK) {
+    keep_results(L, H, gidx, g, *nres);
+    return STEP_RETURN;
+  }
+  *nres = 0;
+  int co_status = lua_status(co);
+  if (co_status == LUA_YIELD) {  /* refused by lua_resume: still suspended */
+    g->state = GEN_SUSPENDED;
+    return STEP_ERROR;
+  }
+  if (co_status != LUA_OK) {  /* its body failed: close its tbc variables */
+    lua_resetthread(co);
+    lua_pop(L, 1);
+    lua_xmove(co, L, 1);  /* a failing __close may have replaced the error */
+  }
+  set_dead(L, H, gidx, g);
+  if (host_error_is(L, -1, "StopIteration")) {  /* PEP 479 */
+    host_error_push(L, "RuntimeError", "generator raised StopIteration", -1);
+    lua_remove(L, -2);
+  }
+  return STEP_ERROR;
+}
+
+/*
+** Turns a step into what send, next and throw return: the yielded values;
+** at a return or on a dead generator a StopIteration error object whose
+** `value` is the first value returned and `values` all of them ({n = k}).
+*/
+static int step_result(lua_State *L, gen_step step, int nres) {
+  switch (step) {
+    case STEP_YIELD:
+      return nres;
+    case STEP_ERROR:
+      return lua_error(L);
+    default: {
+      int base = lua_gettop(L) - nres;
+      host_error_push(L, "StopIteration", step == STEP_RETURN
+                      ? "generator returned" : "cannot resume dead generator", 0);
+      if (nres > 0) {
+        lua_pushvalue(L, base + 1);
+        lua_setfield(L, -2, "value");
+      }
+      lua_createtable(L, nres, 1);
+      for (int i = 1; i <= nres; i++) {
+        lua_pushvalue(L, base + i);
+        lua_rawseti(L, -2, i);
+      }
+      lua_pushinteger(L, nres);
+      lua_setfield(L, -2, "n");
+      lua_setfield(L, -2, "values");
+      return lua_error(L);
+    }
+  }
+}
+
+/* g:send(...): resumes g with the values; returns what it yields next. */
+static int gen_send(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  int nres;
+  gen_step step = advance(L, g, L, 1, lua_gettop(L) - 1, 0, &nres);
+  return step_result(L, step, nres);
+}
+
+/* g:next(): send(nil). */
+static int gen_next(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  lua_settop(L, 1);
+  int nres;
+  gen_step step = advance(L, g, L, 1, 0, 0, &nres);
+  return step_result(L, step, nres);
+}
+
+/* g:throw(err): raises err where g is suspended; returns its next yield. */
+static int gen_throw(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  int nres;
+  gen_step step = advance(L, g, L, 1, 1, 1, &nres);
+  return step_result(L, step, nres);
+}
+
+/*
+** Closes the generator at `gidx`: raises GeneratorExit where it is
+** suspended. Returns how many values it pushed (what the generator
+** returned, if it returned instead of letting GeneratorExit through); a
+** generator that yields instead, or raises another error, makes it raise.
+*/
+static int close_generator(lua_State *L, int gidx) {
+  Generator *g = lua_touserdata(L, gidx);
+  switch (g->state) {
+    case GEN_RUNNING:
+      return raise_kind(L, "ValueError", "generator already executing");
+    case GEN_CREATED:
+      set_dead(L, L, gidx, g);
+      return 0;
+    case GEN_DEAD:
+      return 0;
+    case GEN_SUSPENDED:
+      break;
+  }
+  host_error_push(L, "GeneratorExit", "generator closed", 0);
+  int nres;
+  switch (advance(L, g, L, gidx, 1, 1, &nres)) {
+    case STEP_YIELD:
+      lua_pop(L, nres);
+      return raise_kind(L, "RuntimeError", "generator ignored GeneratorExit");
+    case STEP_RETURN:
+      return nres;
+    case STEP_ERROR:
+      if (!host_error_is(L, -1, "GeneratorExit")) return lua_error(L);
+      lua_pop(L, 1);
+      return 0;
+    case STEP_DEAD:
+      break;
+  }
+  return 0;
+}
+
+/* g:close() and __close: GeneratorExit inside g; a no-op once it is dead. */
+static int gen_close(lua_State *L) {
+  check_generator(L, 1);
+  lua_settop(L, 1);
+  return close_generator(L, 1);
+}
+
+/* g:status(): "created", "suspended", "running" or "dead". */
+static int gen_status(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  lua_pushstring(L, state_names[g->state]);
+  return 1;
+}
+
+/*
+** g:result(): what g returned, once it has. Nothing when it ended by an
+** error or by close; an error while it can still run.
+*/
+static int gen_result(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  if (g->state != GEN_DEAD)
+    return luaL_error(L, "generator is %s, it has not returned", state_names[g->state]);
+  return push_results(L, 1, g);
+}
+
+/*
+** __call, the iterator of `for v in g do`: next(), but the end (a return,
+** or a dead generator) gives nothing instead of StopIteration.
+*/
+static int gen_call(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  lua_settop(L, 1);
+  int nres;
+  gen_step step = advance(L, g, L, 1, 0, 0, &nres);
+  if (step == STEP_YIELD) return nres;
+  if (step == STEP_ERROR) return lua_error(L);
+  return 0;
+}
+
+/* The iterator of g:enumerate(): i + 1 and the next yield; nothing at the end. */
+static int enumerate_step(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  lua_settop(L, 1);
+  int nres;
+  gen_step step = advance(L, g, L, 1, 0, 0, &nres);
+  if (step == STEP_ERROR) return lua_error(L);
+  if (step != STEP_YIELD) return 0;
+  lua_pushinteger(L, i + 1);
+  lua_insert(L, -nres - 1);
+  return nres + 1;
+}
+
+/* g:enumerate(): `for i, v in g:enumerate() do`, where v may be nil. */
+static int gen_enumerate(lua_State *L) {
+  check_generator(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, enumerate_step, 1);
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, 0);
+  return 3;
+}
+
+/* __tostring: "host.Generator: 0x... (suspended)". */
+static int gen_tostring(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  lua_pushfstring(L, "%s: %p (%s)", GENERATOR_TYPE, (void *)g, state_names[g->state]);
+  return 1;
+}
+
+static int yield_from_cont(lua_State *L, int status, lua_KContext ctx);
+
+/*
+** One step of yield_from, whose frame is [sub, yield_from_mark, values...]:
+** advances sub with the values, then yields what it yields (leaving the
+** frame that delegate_of recognizes), or returns what it returned.
+*/
+static int yield_from_step(lua_State *L, int throwing) {
+  int nres;
+  Generator *sub = lua_touserdata(L, 1);
+  switch (advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, &nres)) {
+    case STEP_YIELD:
+      return lua_yieldk(L, nres, 0, yield_from_cont);
+    case STEP_RETURN:
+      return nres;
+    case STEP_DEAD:
+      return 0;
+    case STEP_ERROR:
+      break;
+  }
+  return lua_error(L);
+}
+
+/*
+** yield_from resumed. After done_mark, sub has ended and the values below
+** the mark are what it returned; after raise_mark, the value below is the
+** error it raised (advance resumed sub directly: see there). A throw into
+** the running generator goes to sub (GeneratorExit closes sub and is then
+** raised here, as PEP 380 says). Anything else is sent to sub.
+*/
+static int yield_from_cont(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int top = lua_gettop(L);
+  if (top > 2) {
+    const void *mark = lua_touserdata(L, top);
+    if (mark == &done_mark) {
+      lua_pop(L, 1);
+      return top - 3;
+    }
+    if (mark == &raise_mark) {
+      lua_pop(L, 1);
+      return lua_error(L);
+    }
+    if (mark == &throw_mark && top == 3 && take_throw(L)) {
+      lua_remove(L, 3);
+      if (host_error_is(L, 3, "GeneratorExit")) {
+        close_generator(L, 1);
+        lua_settop(L, 3);
+        return lua_error(L);
+      }
+      return yield_from_step(L, 1);
+    }
+  }
+  return yield_from_step(L, 0);
+}
+
+/* generator.yield_from(sub): delegates to sub until it returns; returns what it returned. */
+static int gen_yield_from(lua_State *L) {
+  check_generator(L, 1);
+  lua_settop(L, 1);
+  lua_pushlightuserdata(L, (void *)&yield_from_mark);
+  return yield_from_step(L, 0);
+}
+
+/* generator.yield(...): coroutine.yield. */
+static int gen_yield(lua_State *L) {
+  return lua_yield(L, lua_gettop(L));
+}
+
+/*
+** A generator function: calling it makes a generator that will run its
+** function (upvalue 3) with the call's arguments. Upvalue 2 is the
+** metatable.
+*/
+static int generator_function(lua_State *L) {
+  int nargs = lua_gettop(L);
+  luaL_checkstack(L, 3, "too many arguments");
+  Generator *g = lua_newuserdatauv(L, sizeof *g, 1);
+  g->co = NULL;  /* dead until its coroutine exists */
+  g->state = GEN_DEAD;
+  g->nret = -1;
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_setmetatable(L, -2);
+  lua_State *co = lua_newthread(L);
+  lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
+  if (!lua_checkstack(co, nargs + 1)) return luaL_error(L, "too many arguments");
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_xmove(L, co, 1);
+  lua_xmove(L, co, nargs);
+  lua_setiuservalue(L, 1, 1);
+  g->co = co;
+  g->state = GEN_CREATED;
+  return 1;
+}
+
+/* generator.wrap(f): the generator function of f. */
+static int gen_wrap(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, generator_function, 3);
+  return 1;
+}
+
+/* generator.isgenerator(v): is v a host.Generator? */
+static int gen_isgenerator(lua_State *L) {
+  int ours = lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(2));
+  lua_pushboolean(L, ours);
+  return 1;
+}
+
+static const luaL_Reg generator_funcs[] = {
+  {"wrap", gen_wrap},
+  {"yield", gen_yield},
+  {"yield_from", gen_yield_from},
+  {"isgenerator", gen_isgenerator},
+  {NULL, NULL}
+};
+
+static const luaL_Reg generator_methods[] = {
+  {"send", gen_send},
+  {"next", gen_next},
+  {"throw", gen_throw},
+  {"close", gen_close},
+  {"status", gen_status},
+  {"result", gen_result},
+  {"enumerate", gen_enumerate},
+  {NULL, NULL}
+};
+
+static const luaL_Reg generator_metamethods[] = {
+  {"__call", gen_call},
+  {"__close", gen_close},
+  {"__tostring", gen_tostring},
+  {"__index", NULL},  /* placeholder */
+  {NULL, NULL}
+};
+
+/*
+** Pushes the metatable of generators. Every function in it and in the
+** module gets its address (a light userdata) as upvalue 1 for
+** check_generator; the module's functions also get the table as upvalue 2.
+*/
+static void createmeta(lua_State *L) {
+  luaL_newmetatable(L, GENERATOR_TYPE);
+  lua_pushlightuserdata(L, (void *)lua_topointer(L, -1));
+  luaL_setfuncs(L, generator_metamethods, 1);
+  luaL_newlibtable(L, generator_methods);
+  lua_pushlightuserdata(L, (void *)lua_topointer(L, -2));
+  luaL_setfuncs(L, generator_methods, 1);
+  lua_setfield(L, -2, "__index");
+}
+
+int luaopen_host_generator(lua_State *L) {
+  luaL_newlibtable(L, generator_funcs);
+  createmeta(L);
+  lua_pushlightuserdata(L, (void *)lua_topointer(L, -1));
+  lua_insert(L, -2);
+  luaL_setfuncs(L, generator_funcs, 2);
+  return 1;
+}

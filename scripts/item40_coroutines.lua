@@ -1,0 +1,305 @@
+-- scripts/item40_coroutines.lua: Effective Python, Item 40 ("Consider
+-- coroutines to run many functions concurrently") on host.generator.
+-- The book's my_coroutine and minimize, its Game of Life written its way
+-- (cells are generators yielding Query and Transition, composed with
+-- yield_from), then what a generator costs here.
+--
+-- `require 'scripts.item40_coroutines'` returns the pieces without running
+-- anything (spec/generator_spec.lua and bench/generator_bench.lua use them).
+local generator = require 'host.generator'
+local time = require 'host.time'
+
+local yield, yield_from = coroutine.yield, generator.yield_from
+local item40 = {}
+
+-- The book's first coroutine: prints what it is sent.
+item40.my_coroutine = generator.wrap(function()
+  while true do
+    local received = yield()
+    print('Received: ' .. tostring(received))
+  end
+end)
+
+-- The running minimum of the values sent in. A plain function, so the
+-- benchmarks can run the very same body as a raw coroutine.
+function item40.minimize_body()
+  local current = yield()
+  while true do
+    local value = yield(current)
+    current = math.min(value, current)
+  end
+end
+item40.minimize = generator.wrap(item40.minimize_body)
+
+-- ---- The Game of Life, the book's way ----
+
+local ALIVE, EMPTY = '*', '-'
+item40.ALIVE, item40.EMPTY = ALIVE, EMPTY
+
+-- namedtuple's twins: records that share a metatable, so that
+-- `getmetatable(item) == Query` plays isinstance.
+local Query = { __name = 'Query' }
+local function query(y, x)
+  return setmetatable({ y = y, x = x }, Query)
+end
+local Transition = { __name = 'Transition' }
+local function transition(y, x, state)
+  return setmetatable({ y = y, x = x, state = state }, Transition)
+end
+local TICK = setmetatable({}, { __name = 'TICK' })
+
+-- Asks for the 8 neighbours' states one Query at a time; returns how many live.
+local count_neighbors = generator.wrap(function(y, x)
+  local n_ = yield(query(y + 1, x + 0))  -- North
+  local ne = yield(query(y + 1, x + 1))  -- Northeast
+  local e_ = yield(query(y + 0, x + 1))  -- East
+  local se = yield(query(y - 1, x + 1))  -- Southeast
+  local s_ = yield(query(y - 1, x + 0))  -- South
+  local sw = yield(query(y - 1, x - 1))  -- Southwest
+  local w_ = yield(query(y + 0, x - 1))  -- West
+  local nw = yield(query(y + 1, x - 1))  -- Northwest
+  local count = 0
+  for _, state in ipairs { n_, ne, e_, se, s_, sw, w_, nw } do
+    if state == ALIVE then count = count + 1 end
+  end
+  return count
+end)
+
+-- The rules of Life for one cell.
+local function game_logic(state, neighbors)
+  if state == ALIVE then
+    if neighbors < 2 then return EMPTY      -- Die: Too few
+    elseif neighbors > 3 then return EMPTY  -- Die: Too many
+    end
+  elseif neighbors == 3 then
+    return ALIVE                            -- Regenerate
+  end
+  return state
+end
+item40.game_logic = game_logic
+
+-- One cell: its state, its neighbours (delegated), then its Transition.
+local step_cell = generator.wrap(function(y, x)
+  local state = yield(query(y, x))
+  local neighbors = yield_from(count_neighbors(y, x))
+  local next_state = game_logic(state, neighbors)
+  yield(transition(y, x, next_state))
+end)
+
+-- Every cell of the grid, then TICK, forever.
+item40.simulate = generator.wrap(function(height, width)
+  while true do
+    for y = 0, height - 1 do
+      for x = 0, width - 1 do
+        yield_from(step_cell(y, x))
+      end
+    end
+    yield(TICK)
+  end
+end)
+
+-- The grid the simulation runs on; coordinates wrap around.
+local Grid = {}
+Grid.__index = Grid
+item40.Grid = Grid
+
+function Grid.new(height, width)
+  local rows = {}
+  for y = 1, height do
+    rows[y] = {}
+    for x = 1, width do rows[y][x] = EMPTY end
+  end
+  return setmetatable({ height = height, width = width, rows = rows }, Grid)
+end
+
+function Grid:query(y, x)
+  return self.rows[y % self.height + 1][x % self.width + 1]
+end
+
+function Grid:assign(y, x, state)
+  self.rows[y % self.height + 1][x % self.width + 1] = state
+end
+
+function Grid:__tostring()
+  local lines = {}
+  for y, row in ipairs(self.rows) do lines[y] = table.concat(row) .. '\n' end
+  return table.concat(lines)
+end
+
+-- Drives the simulation for one generation: answers Queries from `grid`,
+-- applies Transitions to a new grid, stops at TICK.
+function item40.live_a_generation(grid, sim)
+  local progeny = Grid.new(grid.height, grid.width)
+  local item = sim:next()
+  while item ~= TICK do
+    if getmetatable(item) == Query then
+      local state = grid:query(item.y, item.x)
+      item = sim:send(state)
+    else  -- Must be a Transition
+      progeny:assign(item.y, item.x, item.state)
+      item = sim:next()
+    end
+  end
+  return progeny
+end
+
+-- The book's 5x9 grid with a glider.
+function item40.glider()
+  local grid = Grid.new(5, 9)
+  grid:assign(0, 3, ALIVE)
+  grid:assign(1, 4, ALIVE)
+  grid:assign(2, 2, ALIVE)
+  grid:assign(2, 3, ALIVE)
+  grid:assign(2, 4, ALIVE)
+  return grid
+end
+
+-- The book's ColumnPrinter: grids side by side under their numbers.
+local function columns(texts)
+  local split = {}
+  local row_count = 1
+  for i, text in ipairs(texts) do
+    split[i] = {}
+    for line in text:gmatch '[^\n]+' do split[i][#split[i] + 1] = line end
+    row_count = math.max(row_count, #split[i] + 1)
+  end
+  local rows = {}
+  for j = 0, row_count - 1 do
+    local parts = {}
+    for i, lines in ipairs(split) do
+      local line = lines[math.max(1, j)]
+      if j == 0 then
+        local padding = (' '):rep(#line // 2)
+        parts[i] = padding .. (i - 1) .. padding
+      else
+        parts[i] = line
+      end
+    end
+    rows[#rows + 1] = table.concat(parts, ' | ')
+  end
+  return table.concat(rows, '\n')
+end
+item40.columns = columns
+
+-- ---- What it costs ----
+-- Each kernel runs `n` operations; the caller times it.
+item40.kernels = {}
+
+-- Create a generator, prime it, send it one value.
+function item40.kernels.create_prime_send(n)
+  local minimize = item40.minimize
+  for i = 1, n do
+    local it = minimize()
+    it:next()
+    it:send(i)
+  end
+end
+
+-- `send` to a live generator.
+function item40.kernels.send(n)
+  local it = item40.minimize()
+  it:next()
+  for i = 1, n do it:send(i) end
+end
+
+-- The same body as a raw coroutine, resumed with coroutine.resume.
+function item40.kernels.resume(n)
+  local co = coroutine.create(item40.minimize_body)
+  coroutine.resume(co)
+  for i = 1, n do coroutine.resume(co, i) end
+end
+
+-- `n` generations of the glider.
+function item40.kernels.life(n)
+  local grid, sim = item40.glider(), item40.simulate(5, 9)
+  for _ = 1, n do grid = item40.live_a_generation(grid, sim) end
+end
+
+-- Bytes per object that `make` returns, over `n` of them alive at once.
+function item40.bytes_per(make, n)
+  local keep = {}
+  for i = 1, n do keep[i] = false end
+  collectgarbage()
+  collectgarbage()
+  local before = collectgarbage 'count'
+  for i = 1, n do keep[i] = make() end
+  collectgarbage()
+  collectgarbage()
+  local bytes = (collectgarbage 'count' - before) * 1024 / n
+  keep = nil
+  collectgarbage()
+  return bytes
+end
+
+-- A suspended generator (primed minimize), for bytes_per.
+function item40.suspended_generator()
+  local it = item40.minimize()
+  it:next()
+  return it
+end
+
+-- A suspended raw coroutine over the same body, for bytes_per.
+function item40.suspended_coroutine()
+  local co = coroutine.create(item40.minimize_body)
+  coroutine.resume(co)
+  return co
+end
+
+-- Median seconds per operation of each kernel(n), over 7 rounds that
+-- alternate the kernels (so a busy machine slows them alike).
+function item40.per_op(n, ...)
+  local kernels, times = { ... }, {}
+  for j = 1, #kernels do times[j] = {} end
+  for i = 1, 7 do
+    for j, kernel in ipairs(kernels) do
+      local t0 = time.monotonic()
+      kernel(n)
+      times[j][i] = (time.monotonic() - t0) / n
+    end
+  end
+  for j = 1, #kernels do
+    table.sort(times[j])
+    times[j] = times[j][4]
+  end
+  return table.unpack(times)
+end
+
+if select('#', ...) > 0 and tostring((...)):match 'item40_coroutines$' then
+  return item40
+end
+
+-- ---- Run as a script: the book's outputs, then the figures ----
+
+local it = item40.my_coroutine()
+it:next()  -- Prime the coroutine
+it:send 'First'
+it:send 'Second'
+
+it = item40.minimize()
+it:next()  -- Prime the generator
+print(it:send(10))
+print(it:send(4))
+print(it:send(22))
+print(it:send(-1))
+
+local grid = item40.glider()
+print(grid)
+local texts = {}
+local sim = item40.simulate(grid.height, grid.width)
+for i = 1, 5 do
+  texts[i] = tostring(grid)
+  grid = item40.live_a_generation(grid, sim)
+end
+print(columns(texts))
+print()
+
+local k, per_op = item40.kernels, item40.per_op
+local send, resume = per_op(500000, k.send, k.resume)
+local gen_bytes = item40.bytes_per(item40.suspended_generator, 100000)
+local co_bytes = item40.bytes_per(item40.suspended_coroutine, 100000)
+print(('create + prime + first send       %7.0f ns'):format(per_op(100000, k.create_prime_send) * 1e9))
+print(('send to a live generator          %7.0f ns  (coroutine.resume: %.0f ns, %.2fx)')
+  :format(send * 1e9, resume * 1e9, send / resume))
+print(('memory per suspended generator    %7.0f B   (a raw coroutine: %.0f B; 100 000 alive)')
+  :format(gen_bytes, co_bytes))
+print(('Game of Life, 5x9, per generation %7.1f us'):format(per_op(100, k.life) * 1e6))

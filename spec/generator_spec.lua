@@ -1,0 +1,493 @@
+-- spec/generator_spec.lua: host.generator, Python's generator protocol on
+-- Lua coroutines, and Item 40's Game of Life built on it.
+local generator = require 'host.generator'
+local herror = require 'host.error'
+local yield, yield_from = coroutine.yield, generator.yield_from
+
+-- Calls f(...) and returns the error it raises (fails if it raises none).
+local function error_of(f, ...)
+  local ok, err = pcall(f, ...)
+  assert(not ok, 'expected an error')
+  return err
+end
+
+-- Asserts that `err` is an error object of `kind` with `message`.
+local function assert_kind(err, kind, message)
+  assert.is_true(herror.is(err, kind), 'not a ' .. kind .. ': ' .. tostring(err))
+  if message then assert.are.equal(message, err.message) end
+end
+
+-- A generator function that yields 1..n, then returns 'done'.
+local count = generator.wrap(function(n)
+  for i = 1, n do yield(i) end
+  return 'done'
+end)
+
+-- A generator function that echoes what it is sent, and says what ended it.
+local function echo_with_log(log)
+  return generator.wrap(function()
+    local sent = 'ready'
+    while true do
+      local ok, err = pcall(yield, sent)
+      if not ok then
+        log[#log + 1] = err
+        error(err, 0)
+      end
+      sent = err
+    end
+  end)
+end
+
+describe('host.generator', function()
+  describe('generator functions', function()
+    it('make a generator per call, whose body waits for the first next', function()
+      local ran = false
+      local gen = generator.wrap(function(a, b)
+        ran = true
+        yield(a + b)
+      end)
+      local g = gen(2, 3)
+      assert.is_true(generator.isgenerator(g))
+      assert.is_false(generator.isgenerator({}))
+      assert.are.equal('created', g:status())
+      assert.is_false(ran)
+      assert.are.equal(5, g:next())
+      assert.is_true(ran)
+      assert.are.equal('suspended', g:status())
+      assert.are_not.equal(g, gen(2, 3))
+    end)
+
+    it('say what they are with tostring', function()
+      local g = count(1)
+      assert.matches('^host%.Generator: 0x%x+ %(created%)$', tostring(g))
+      for _ in g do end
+      assert.matches('%(dead%)$', tostring(g))
+    end)
+
+    it('treat coroutine.yield and generator.yield alike', function()
+      local g = generator.wrap(function()
+        local a = coroutine.yield(1)
+        local b = generator.yield(a + 1)
+        return b
+      end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal(11, g:send(10))
+      assert.are.equal('r', error_of(g.send, g, 'r').value)
+    end)
+  end)
+
+  describe('send and next', function()
+    it('return what the generator yields, several values included', function()
+      local g = generator.wrap(function()
+        local a, b = yield(1, 2, 3)
+        yield(b, a)
+      end)()
+      assert.are.same({ 1, 2, 3 }, { g:next() })
+      assert.are.same({ 'y', 'x' }, { g:send('x', 'y') })
+    end)
+
+    it('end with StopIteration carrying the return values', function()
+      local g = generator.wrap(function()
+        yield 'only'
+        return 'a', nil, 'c'
+      end)()
+      g:next()
+      local err = error_of(g.next, g)
+      assert_kind(err, 'StopIteration', 'generator returned')
+      assert.are.equal('a', err.value)
+      assert.are.same({ n = 3, 'a', nil, 'c' }, err.values)
+      assert.are.equal('dead', g:status())
+    end)
+
+    it('give the return values without pcall through result()', function()
+      local g = count(2)
+      for _ in g do end
+      assert.are.equal('done', g:result())
+      local h = count(1)
+      assert.has_error(function() h:result() end, 'generator is created, it has not returned')
+    end)
+
+    it('raise StopIteration without a value on a dead generator', function()
+      local g = count(0)
+      assert.are.equal('done', error_of(g.next, g).value)
+      local err = error_of(g.send, g, 1)
+      assert_kind(err, 'StopIteration', 'cannot resume dead generator')
+      assert.is_nil(err.value)
+      assert.are.same({ n = 0 }, err.values)
+    end)
+
+    it('refuse a non-nil send to a just-started generator, which stays unstarted', function()
+      local g = count(3)
+      assert_kind(error_of(g.send, g, 1), 'TypeError',
+                  "can't send non-nil value to a just-started generator")
+      assert_kind(error_of(g.send, g, nil, 2), 'TypeError')
+      assert.are.equal('created', g:status())
+      assert.are.equal(1, g:send(nil))
+    end)
+
+    it('refuse to re-enter a running generator', function()
+      local g
+      g = generator.wrap(function()
+        assert.are.equal('running', g:status())
+        for _, op in ipairs { 'next', 'send', 'close' } do
+          assert_kind(error_of(g[op], g), 'ValueError', 'generator already executing')
+        end
+        assert_kind(error_of(g.throw, g, 'x'), 'ValueError', 'generator already executing')
+        yield 'fine'
+      end)()
+      assert.are.equal('fine', g:next())
+    end)
+
+    it('pass errors of the body through unchanged and close its <close> variables', function()
+      local closed, boom = false, herror.new('ValueError', 'boom')
+      local g = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        yield(1)
+        error(boom)
+      end)()
+      g:next()
+      assert.are.equal(boom, error_of(g.next, g))
+      assert.is_true(closed)
+      assert.are.equal('dead', g:status())
+      assert_kind(error_of(g.next, g), 'StopIteration')
+    end)
+
+    it('turn a StopIteration leaking out of the body into RuntimeError (PEP 479)', function()
+      local inner = count(0)
+      local g = generator.wrap(function()
+        inner:next()
+        inner:next()
+      end)()
+      local err = error_of(g.next, g)
+      assert_kind(err, 'RuntimeError', 'generator raised StopIteration')
+      assert_kind(err.cause, 'StopIteration')
+    end)
+  end)
+
+  describe('the for loop', function()
+    it('iterates until the generator returns', function()
+      local seen = {}
+      local g = count(4)
+      for v in g do seen[#seen + 1] = v end
+      assert.are.same({ 1, 2, 3, 4 }, seen)
+      assert.are.equal('dead', g:status())
+      for _ in g do error('a dead generator yields nothing') end
+    end)
+
+    it('stops at a nil value like any generic for; enumerate() goes on', function()
+      local gen = generator.wrap(function()
+        yield(1)
+        yield(nil)
+        yield(3)
+      end)
+      local seen = {}
+      for v in gen() do seen[#seen + 1] = v end
+      assert.are.same({ 1 }, seen)
+      seen = {}
+      for i, v in gen():enumerate() do seen[i] = tostring(v) end
+      assert.are.same({ '1', 'nil', '3' }, seen)
+    end)
+
+    it('passes the errors of the body to the loop', function()
+      local g = generator.wrap(function()
+        yield(1)
+        error('broken', 0)
+      end)()
+      assert.has_error(function() for _ in g do end end, 'broken')
+    end)
+  end)
+
+  describe('throw', function()
+    it('raises where the generator is suspended, which may catch it and yield', function()
+      local log = {}
+      local g = echo_with_log(log)()
+      g:next()
+      local g2 = generator.wrap(function()
+        local ok, err = pcall(yield, 'ready')
+        assert.is_false(ok)
+        yield('caught ' .. err)
+        return 'end'
+      end)()
+      g2:next()
+      assert.are.equal('caught oops', g2:throw('oops'))
+      assert.are.equal('end', error_of(g2.next, g2).value)
+      local e = herror.new('ValueError', 'bad')
+      assert.are.equal(e, error_of(g.throw, g, e))
+      assert.are.same({ e }, log)
+      assert.are.equal('dead', g:status())
+    end)
+
+    it('raises at the start of a just-started generator, whose body never runs', function()
+      local ran = false
+      local g = generator.wrap(function() ran = true end)()
+      assert.are.equal('x', error_of(g.throw, g, 'x'))
+      assert.is_false(ran)
+      assert.are.equal('dead', g:status())
+    end)
+
+    it('raises in the caller on a dead generator', function()
+      local g = count(0)
+      pcall(g.next, g)
+      assert.are.equal('late', error_of(g.throw, g, 'late'))
+    end)
+
+    it('needs a value', function()
+      assert.has_error(function() count(1):throw() end,
+        "bad argument #1 to 'throw' (value expected)")
+    end)
+
+    it('works at a coroutine.yield inside pcall and keeps the debug hook', function()
+      local hook = function() end
+      local g = generator.wrap(function()
+        local co = coroutine.running()
+        debug.sethook(co, hook, 'r')
+        local ok, err = pcall(coroutine.yield, 1)
+        local h, mask = debug.gethook(co)
+        debug.sethook(co)
+        yield(ok, err, h, mask)
+      end)()
+      g:next()
+      local ok, err, h, mask = g:throw('e')
+      assert.is_false(ok)
+      assert.are.equal('e', err)
+      assert.are.equal(hook, h)
+      assert.are.equal('r', mask)
+    end)
+  end)
+
+  describe('close', function()
+    it('raises GeneratorExit at the yield and runs the cleanup', function()
+      local log, closed = {}, false
+      local g = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        local ok, err = pcall(yield, 1)
+        log[#log + 1] = err
+        error(err, 0)
+      end)()
+      g:next()
+      assert.is_nil(g:close())
+      assert_kind(log[1], 'GeneratorExit', 'generator closed')
+      assert.is_true(closed)
+      assert.are.equal('dead', g:status())
+      assert.is_nil(g:close())
+    end)
+
+    it('is a no-op on a just-started or finished generator', function()
+      local ran = false
+      local g = generator.wrap(function() ran = true end)()
+      g:close()
+      assert.is_false(ran)
+      assert.are.equal('dead', g:status())
+      assert_kind(error_of(g.next, g), 'StopIteration')
+      local done = count(0)
+      pcall(done.next, done)
+      done:close()
+      assert.are.equal('done', done:result())
+    end)
+
+    it('refuses a generator that yields while closing', function()
+      local g = generator.wrap(function()
+        while true do pcall(yield, 1) end
+      end)()
+      g:next()
+      assert_kind(error_of(g.close, g), 'RuntimeError', 'generator ignored GeneratorExit')
+      assert.are.equal('suspended', g:status())
+    end)
+
+    it('re-raises another error raised while closing', function()
+      local g = generator.wrap(function()
+        pcall(yield, 1)
+        error('cleanup failed', 0)
+      end)()
+      g:next()
+      assert.are.equal('cleanup failed', error_of(g.close, g))
+      assert.are.equal('dead', g:status())
+    end)
+
+    it('returns what a generator returns instead of letting GeneratorExit through', function()
+      local g = generator.wrap(function()
+        pcall(yield, 1)
+        return 'partial'
+      end)()
+      g:next()
+      assert.are.equal('partial', g:close())
+      assert.are.equal('partial', g:result())
+    end)
+
+    it('happens at the end of a <close> variable', function()
+      local closed = false
+      do
+        local g <close> = generator.wrap(function()
+          local _ <close> = setmetatable({}, { __close = function() closed = true end })
+          yield(1)
+        end)()
+        g:next()
+      end
+      assert.is_true(closed)
+    end)
+  end)
+
+  describe('yield_from', function()
+    local inner = generator.wrap(function(tag)
+      local a = yield(tag .. '1')
+      local b = yield(tag .. '2 ' .. tostring(a))
+      return 'inner got ' .. tostring(b), 'second'
+    end)
+
+    it('forwards yields and sends, and returns what the subgenerator returned', function()
+      local outer = generator.wrap(function()
+        local r, r2 = yield_from(inner('i'))
+        yield(r, r2)
+        return 'outer done'
+      end)
+      local g = outer()
+      assert.are.equal('i1', g:next())
+      assert.are.equal('i2 A', g:send('A'))
+      assert.are.same({ 'inner got B', 'second' }, { g:send('B') })
+      assert.are.equal('outer done', error_of(g.next, g).value)
+    end)
+
+    it('nests, and returns nothing for a finished subgenerator', function()
+      local done = count(0)
+      pcall(done.next, done)
+      local g = generator.wrap(function()
+        assert.are.equal(0, select('#', yield_from(done)))
+        local r = yield_from(generator.wrap(function()
+          return (yield_from(inner('deep')))
+        end)())
+        yield(r)
+      end)()
+      assert.are.equal('deep1', g:next())
+      assert.are.equal('deep2 x', g:send('x'))
+      assert.are.equal('inner got y', g:send('y'))
+    end)
+
+    it('forwards throw: the subgenerator may catch it', function()
+      local sub = generator.wrap(function()
+        local ok, err = pcall(yield, 'sub ready')
+        yield('sub caught ' .. tostring(err))
+        return 'sub end'
+      end)
+      local g = generator.wrap(function()
+        yield(yield_from(sub()))
+      end)()
+      assert.are.equal('sub ready', g:next())
+      assert.are.equal('sub caught boom', g:throw('boom'))
+      assert.are.equal('sub end', g:next())
+    end)
+
+    it('forwards throw: an uncaught error reaches the delegating generator', function()
+      local log = {}
+      local g = generator.wrap(function()
+        local ok, err = pcall(yield_from, echo_with_log(log)())
+        yield(ok, err)
+      end)()
+      assert.are.equal('ready', g:next())
+      assert.are.same({ false, 'bang' }, { g:throw('bang') })
+      assert.are.same({ 'bang' }, log)
+    end)
+
+    it('delivers an error of the subgenerator, raised on send, to the delegating one', function()
+      local g = generator.wrap(function()
+        local ok, err = pcall(yield_from, generator.wrap(function()
+          yield(1)
+          error('sub failed', 0)
+        end)())
+        yield(ok, err)
+      end)()
+      g:next()
+      assert.are.same({ false, 'sub failed' }, { g:next() })
+    end)
+
+    it('forwards close: the subgenerator is closed, then GeneratorExit is raised', function()
+      local log, sub_closed = {}, false
+      local sub = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function() sub_closed = true end })
+        yield 'sub'
+      end)
+      local g = generator.wrap(function()
+        local ok, err = pcall(yield_from, sub())
+        log[#log + 1] = err
+        error(err, 0)
+      end)()
+      assert.are.equal('sub', g:next())
+      g:close()
+      assert.is_true(sub_closed)
+      assert_kind(log[1], 'GeneratorExit')
+      assert.are.equal('dead', g:status())
+    end)
+
+    it('passes on an error the subgenerator raises while closing', function()
+      local g = generator.wrap(function()
+        yield_from(generator.wrap(function()
+          pcall(yield, 1)
+          error('sub cleanup failed', 0)
+        end)())
+      end)()
+      g:next()
+      assert.are.equal('sub cleanup failed', error_of(g.close, g))
+    end)
+
+    it('refuses to delegate to itself', function()
+      local g
+      g = generator.wrap(function() yield_from(g) end)()
+      assert_kind(error_of(g.next, g), 'ValueError', 'generator already executing')
+    end)
+  end)
+
+  describe('bad arguments', function()
+    it('are refused with the usual messages', function()
+      assert.has_error(function() generator.wrap(42) end,
+        "bad argument #1 to 'wrap' (function expected, got number)")
+      local g = count(1)
+      assert.has_error(function() g.send({}) end,
+        "bad argument #1 to 'send' (host.Generator expected, got table)")
+      assert.has_error(function() g.next() end,
+        "bad argument #1 to 'next' (host.Generator expected, got no value)")
+      assert.has_error(function() generator.yield_from(io.stdout) end,
+        "bad argument #1 to 'yield_from' (host.Generator expected, got FILE*)")
+    end)
+  end)
+
+  describe('Item 40', function()
+    local item40 = require 'scripts.item40_coroutines'
+
+    -- Life without generators: the same rules on a copy of the grid.
+    local function plain_generation(grid)
+      local next_grid = item40.Grid.new(grid.height, grid.width)
+      for y = 0, grid.height - 1 do
+        for x = 0, grid.width - 1 do
+          local n = 0
+          for dy = -1, 1 do
+            for dx = -1, 1 do
+              if (dy ~= 0 or dx ~= 0) and grid:query(y + dy, x + dx) == item40.ALIVE then
+                n = n + 1
+              end
+            end
+          end
+          next_grid:assign(y, x, item40.game_logic(grid:query(y, x), n))
+        end
+      end
+      return next_grid
+    end
+
+    it('minimize gives 10, 4, 4, -1', function()
+      local it = item40.minimize()
+      it:next()
+      local got = {}
+      for _, v in ipairs { 10, 4, 22, -1 } do got[#got + 1] = it:send(v) end
+      assert.are.same({ 10, 4, 4, -1 }, got)
+    end)
+
+    it('the generator Life equals plain Life after 4 generations', function()
+      local grid, plain = item40.glider(), item40.glider()
+      local sim = item40.simulate(grid.height, grid.width)
+      for _ = 1, 4 do
+        grid = item40.live_a_generation(grid, sim)
+        plain = plain_generation(plain)
+      end
+      assert.are.equal(tostring(plain), tostring(grid))
+      assert.are.equal('---------\n----*----\n-----*---\n---***---\n---------\n', tostring(grid))
+    end)
+  end)
+end)
