@@ -20,7 +20,8 @@
 **
 ** Every resume of a generator's coroutine goes through resume_generator.
 */
-#include "generator.h"
+#include "modules.h"
+#include "runtime.h"
 
 #define GENERATOR_TYPE "host.Generator"
 
@@ -99,7 +100,7 @@ static int resume_generator(lua_State *L, lua_State *co, int nargs, int *nres) {
     return LUA_ERRRUN;
   }
   lua_xmove(L, co, nargs);
-  int status = lua_resume(co, L, nargs, nres);
+  int status = host_resume(L, co, nargs, nres);  /* preemption follows it */
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, *nres + 4)) {  /* the results, and room to disarm a throw */
       lua_pop(co, *nres);

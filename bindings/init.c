@@ -2,7 +2,6 @@
 ** init.c: host_openlibs, the preload table of every host library (floor 4).
 ** A new binding adds one line to `host_libs`.
 */
-#include "generator.h"
 #include "runtime.h"
 #include "modules.h"
 #include "stdwrap.h"

@@ -8,6 +8,7 @@
 #include "lua.h"
 
 int luaopen_host_error(lua_State *L);
+int luaopen_host_generator(lua_State *L);
 int luaopen_host_time(lua_State *L);
 int luaopen_host_thread(lua_State *L);
 int luaopen_host_queue(lua_State *L);

@@ -142,9 +142,9 @@ describe('host', function()
   -- SIGINT, and returns its output, stderr and exit code.
   local function interrupt(body)
     local script = sh.tempfile("io.stdout:setvbuf 'no'\nprint 'ready'\n" .. body)
-    local out, err = sh.run(q(sh.host) .. ' ' .. q(script) ..
-      ' > out.$$ & p=$!; for i in $(seq 200); do grep -q ready out.$$ 2>/dev/null && break; sleep 0.05; done;' ..
-      ' kill -INT $p; wait $p; echo "rc=$?"; cat out.$$; rm -f out.$$', 15)
+    local out, err = sh.run('o=$(mktemp); ' .. q(sh.host) .. ' ' .. q(script) ..
+      ' > "$o" & p=$!; for i in $(seq 200); do grep -q ready "$o" 2>/dev/null && break; sleep 0.05; done;' ..
+      ' kill -INT $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 15)
     os.remove(script)
     return out, err
   end

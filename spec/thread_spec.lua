@@ -295,9 +295,9 @@ describe('host threads at exit', function()
       local ok, e = pcall(t.join, t)
       print('caught', e)
     ]]
-    local out = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
-      ' > out.$$ & p=$!; for i in $(seq 200); do grep -q ready out.$$ 2>/dev/null && break; sleep 0.05; done;' ..
-      ' kill -INT $p; wait $p; echo "rc=$?"; cat out.$$; rm -f out.$$', 20)
+    local out = sh.run('o=$(mktemp); ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
+      ' > "$o" & p=$!; for i in $(seq 200); do grep -q ready "$o" 2>/dev/null && break; sleep 0.05; done;' ..
+      ' kill -INT $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 20)
     os.remove(f)
     assert.matches('rc=0\n', out, 1, true)
     assert.matches('caught\t[^\n]*interrupted!', out)
