@@ -12,6 +12,7 @@ static const luaL_Reg host_libs[] = {
   {"host.time", luaopen_host_time},
   {"host.thread", luaopen_host_thread},
   {"host.queue", luaopen_host_queue},
+  {"host.futures", luaopen_host_futures},
   {NULL, NULL}
 };
 

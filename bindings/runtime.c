@@ -19,6 +19,7 @@
 */
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -467,9 +468,34 @@ static bool wait_nondaemon(host_universe *u, host_tstate *ts) {
   return ok;
 }
 
+#define ATEXIT "host.atexit"
+
+void host_atexit(lua_State *L) {
+  luaL_checktype(L, -1, LUA_TFUNCTION);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, ATEXIT);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  lua_pop(L, 1);
+}
+
+/* Calls the functions registered with host_atexit, last first. */
+static void run_atexit(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT) == LUA_TTABLE) {
+    for (lua_Integer i = luaL_len(L, -1); i >= 1; i--) {
+      lua_rawgeti(L, -1, i);
+      if (host_pcall(L, 0, 0) != LUA_OK) {
+        fprintf(stderr, "host: error in exit handler: %s\n", host_error_tostring(L));
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 1);
+}
+
 bool host_close(lua_State *L) {
   host_universe *u = host_universe_of(L);
   host_tstate *ts = &u->main_ts;
+  run_atexit(L);
   if (!wait_nondaemon(u, ts)) {
     current_ts = ts->outer;
     return false;  /* interrupted: threads still run, leave the state be */

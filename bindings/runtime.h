@@ -61,6 +61,12 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
                void (*body)(lua_State *co, void *arg), void *arg,
                unsigned long *ident);
 
+/*
+** Registers the function on top (popped) to run at host_close, before it
+** waits for non-daemon threads (Python's threading._register_atexit).
+*/
+void host_atexit(lua_State *L);
+
 /* Joins the spawned threads that have finished (before an exit, say). */
 void host_reap_threads(lua_State *L);
 

@@ -16,6 +16,7 @@
 #include "modules.h"
 #include "runtime.h"
 #include "sync.h"
+#include "thread.h"
 
 #define THREAD_TYPE "host.Thread"
 #define LOCAL_TYPE "host.local"
@@ -126,6 +127,13 @@ static void start_proxy(lua_State *L, int idx, int nargs) {
     t->state = T_NEW;
     luaL_error(L, "cannot start thread: %s", strerror(rc));
   }
+}
+
+void host_thread_start(lua_State *L, const char *name, bool daemon, int nargs) {
+  thread_rec *t = new_proxy(L, name);
+  t->daemon = daemon;
+  lua_insert(L, -(nargs + 2));
+  start_proxy(L, lua_absindex(L, -(nargs + 2)), nargs);
 }
 
 /* thread.Thread{target = f, args = {...}, name = s, daemon = b} */

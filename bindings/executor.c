@@ -1,0 +1,268 @@
+/*
+** executor.c: Executor.map, shared by every pool (see executor.h). With
+** chunksize > 1 the items travel in chunks: one submit runs a whole chunk
+** through `_run_chunk` (a C function of host.futures, so the process pool
+** can send it by name) and the iterator unpacks the chunk's results.
+*/
+#include <string.h>
+
+#include "executor.h"
+#include "future.h"
+#include "runtime.h"
+
+#define MAP_STATE "host.map_state"
+
+/* True when the argument at idx is map's options table, not an iterable. */
+static bool is_options(lua_State *L, int idx) {
+  if (!lua_istable(L, idx)) return false;
+  bool array = lua_rawgeti(L, idx, 1) != LUA_TNIL;
+  lua_getfield(L, idx, "timeout");
+  lua_getfield(L, idx, "chunksize");
+  bool options = !array && (!lua_isnil(L, -1) || !lua_isnil(L, -2));
+  lua_pop(L, 3);
+  return options;
+}
+
+/*
+** _run_chunk(fn, chunk): chunk is {args1, args2, ...} with each argsK a
+** packed table; returns {results1, results2, ...} packed the same way.
+*/
+static int run_chunk(lua_State *L) {
+  luaL_checkany(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, 2);
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int base = lua_gettop(L);
+    lua_pushvalue(L, 1);
+    lua_rawgeti(L, 2, i);
+    lua_getfield(L, -1, "n");
+    int nargs = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, nargs, "too many arguments");
+    for (int k = 1; k <= nargs; k++) lua_rawgeti(L, base + 2, k);
+    lua_remove(L, base + 2);
+    lua_call(L, nargs, LUA_MULTRET);
+    int nres = lua_gettop(L) - base;
+    lua_createtable(L, nres, 1);
+    lua_insert(L, base + 1);
+    for (int k = nres; k >= 1; k--) lua_rawseti(L, base + 1, k);
+    lua_pushinteger(L, nres);
+    lua_setfield(L, base + 1, "n");
+    lua_rawseti(L, base, i);
+  }
+  return 1;
+}
+
+/* Cancels the futures of the state table at idx after position `pos`. */
+static void cancel_rest(lua_State *L, int idx) {
+  lua_getfield(L, idx, "pos");
+  lua_Integer pos = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_Integer count = luaL_len(L, idx);
+  for (lua_Integer i = pos + 1; i <= count; i++) {
+    lua_rawgeti(L, idx, i);
+    host_future_cancel(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, count);
+  lua_setfield(L, idx, "pos");
+}
+
+/* __close of map's closing value (the state table): cancel the rest. */
+static int map_close(lua_State *L) {
+  cancel_rest(L, 1);
+  return 0;
+}
+
+/* Protected body of one wait: result of the future at 1 with timeout at 2. */
+static int future_result_of(lua_State *L) {
+  return host_future_result(L, 1, host_opt_timeout(L, 2));
+}
+
+/*
+** Pushes the results of the state's next future (waiting at most until the
+** state's deadline) and returns their count; 0 when none is left. On an
+** error, cancels the futures after it and raises the error.
+*/
+static int next_outcome(lua_State *L, int st) {
+  lua_getfield(L, st, "pos");
+  lua_Integer pos = lua_tointeger(L, -1) + 1;
+  lua_pop(L, 1);
+  if (pos > luaL_len(L, st)) return -1;
+  lua_pushinteger(L, pos);
+  lua_setfield(L, st, "pos");
+  lua_getfield(L, st, "deadline");
+  double deadline = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, future_result_of);
+  lua_rawgeti(L, st, pos);
+  if (deadline < 0) lua_pushnil(L);
+  else lua_pushnumber(L, (lua_Number)(deadline > host_now() ? deadline - host_now() : 0));
+  if (lua_pcall(L, 2, LUA_MULTRET, 0) != LUA_OK) {
+    cancel_rest(L, st);
+    lua_error(L);
+  }
+  return lua_gettop(L) - base;
+}
+
+/*
+** The iterator; upvalue 1 is the state table: the futures at 1.., `pos`
+** (futures consumed), `index` (items given), `deadline` (absolute, or -1),
+** and with chunks `chunk` (the current chunk's results) and `cpos`.
+*/
+static int map_next(lua_State *L) {
+  int st = lua_upvalueindex(1);
+  lua_getfield(L, st, "index");
+  lua_Integer index = lua_tointeger(L, -1) + 1;
+  lua_getfield(L, st, "chunked");
+  bool chunked = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  if (!chunked) {
+    lua_pushinteger(L, index);
+    int n = next_outcome(L, st);
+    if (n < 0) return 0;
+    lua_pushinteger(L, index);
+    lua_setfield(L, st, "index");
+    return n + 1;
+  }
+  for (;;) {
+    lua_getfield(L, st, "cpos");
+    lua_Integer cpos = lua_tointeger(L, -1) + 1;
+    lua_pop(L, 1);
+    if (lua_getfield(L, st, "chunk") == LUA_TTABLE && cpos <= luaL_len(L, -1)) {
+      lua_pushinteger(L, cpos);
+      lua_setfield(L, st, "cpos");
+      lua_pushinteger(L, index);
+      lua_setfield(L, st, "index");
+      lua_rawgeti(L, -1, cpos);
+      int results = lua_gettop(L);
+      lua_getfield(L, results, "n");
+      int n = (int)lua_tointeger(L, -1);
+      lua_pop(L, 1);
+      luaL_checkstack(L, n + 1, "too many results");
+      lua_pushinteger(L, index);
+      for (int k = 1; k <= n; k++) lua_rawgeti(L, results, k);
+      return n + 1;
+    }
+    lua_pop(L, 1);
+    if (next_outcome(L, st) < 0) return 0;
+    lua_setfield(L, st, "chunk");  /* _run_chunk returned one table */
+    lua_pushinteger(L, 0);
+    lua_setfield(L, st, "cpos");
+  }
+}
+
+/* Calls self:submit with the values on top (fn and args, n of them). */
+static void submit(lua_State *L, int n) {
+  lua_getfield(L, 1, "submit");
+  lua_insert(L, -(n + 1));
+  lua_pushvalue(L, 1);
+  lua_insert(L, -(n + 1));
+  lua_call(L, n + 1, 1);
+}
+
+/* Pushes a packed table {n = k, t1[i], ..., tk[i]} of item i's arguments. */
+static void push_args(lua_State *L, int first, int k, lua_Integer i) {
+  lua_createtable(L, k, 1);
+  for (int j = 0; j < k; j++) {
+    lua_geti(L, first + j, i);
+    lua_rawseti(L, -2, j + 1);
+  }
+  lua_pushinteger(L, k);
+  lua_setfield(L, -2, "n");
+}
+
+/*
+** The protected part of map. Stack: self, t1..tk, fn, state; upvalues: k,
+** the item count, chunksize, the host.futures module. Appends each future
+** to the state.
+*/
+static int submit_all(lua_State *L) {
+  int first = 2, k = (int)lua_tointeger(L, lua_upvalueindex(1));
+  lua_Integer n = lua_tointeger(L, lua_upvalueindex(2));
+  lua_Integer chunksize = lua_tointeger(L, lua_upvalueindex(3));
+  int fn = first + k, st = fn + 1;
+  for (lua_Integer i = 1; i <= n; i += chunksize) {
+    if (chunksize > 1) {
+      lua_getfield(L, lua_upvalueindex(4), "_run_chunk");
+      lua_pushvalue(L, fn);
+      lua_createtable(L, (int)chunksize, 0);
+      for (lua_Integer j = i; j < i + chunksize && j <= n; j++) {
+        push_args(L, first, k, j);
+        lua_rawseti(L, -2, j - i + 1);
+      }
+      submit(L, 3);
+    } else {
+      lua_pushvalue(L, fn);
+      for (int j = 0; j < k; j++) lua_geti(L, first + j, i);
+      submit(L, k + 1);
+    }
+    lua_rawseti(L, st, luaL_len(L, st) + 1);
+  }
+  return 0;
+}
+
+int host_executor_map(lua_State *L) {
+  int top = lua_gettop(L);
+  luaL_checkany(L, 2);
+  double timeout = -1;
+  lua_Integer chunksize = 1;
+  if (top >= 4 && is_options(L, top)) {
+    lua_getfield(L, top, "timeout");
+    timeout = host_opt_timeout(L, -1);
+    lua_getfield(L, top, "chunksize");
+    chunksize = luaL_optinteger(L, -1, 1);
+    luaL_argcheck(L, chunksize >= 1, top, "chunksize must be >= 1");
+    lua_settop(L, --top);
+  }
+  luaL_argcheck(L, top >= 3, 3, "at least one table of arguments expected");
+  int k = top - 2;
+  lua_Integer n = LUA_MAXINTEGER;
+  for (int j = 3; j <= top; j++) {
+    luaL_checktype(L, j, LUA_TTABLE);
+    lua_Integer len = luaL_len(L, j);
+    if (len < n) n = len;
+  }
+  lua_newtable(L);  /* the state */
+  int st = lua_gettop(L);
+  lua_pushnumber(L, (lua_Number)(timeout < 0 ? -1 : host_now() + timeout));
+  lua_setfield(L, st, "deadline");
+  lua_pushboolean(L, chunksize > 1);
+  lua_setfield(L, st, "chunked");
+  /* submit_all(self, t1..tk, self, fn, st) with upvalues k, n, chunksize, module */
+  lua_pushinteger(L, k);
+  lua_pushinteger(L, n);
+  lua_pushinteger(L, chunksize);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "host.futures");
+  lua_remove(L, -2);
+  lua_pushcclosure(L, submit_all, 4);
+  lua_pushvalue(L, 1);
+  for (int j = 3; j <= top; j++) lua_pushvalue(L, j);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, st);
+  if (lua_pcall(L, k + 3, 0, 0) != LUA_OK) {  /* cancel what was submitted */
+    cancel_rest(L, st);
+    return lua_error(L);
+  }
+  lua_settop(L, st);
+  luaL_setmetatable(L, MAP_STATE);
+  lua_pushvalue(L, st);
+  lua_pushcclosure(L, map_next, 1);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushvalue(L, st);  /* the closing value */
+  return 4;
+}
+
+void host_open_executor(lua_State *L) {
+  if (luaL_newmetatable(L, MAP_STATE)) {
+    lua_pushcfunction(L, map_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, run_chunk);
+  lua_setfield(L, -2, "_run_chunk");
+}

@@ -1,0 +1,361 @@
+/*
+** executor_thread.c: futures.ThreadPoolExecutor, after CPython's
+** concurrent/futures/thread.py. Workers are host.Thread objects of the
+** caller's universe, started lazily up to max_workers and reused while
+** idle; tasks and results stay Lua values of that universe.
+**
+** The pool's state is C fields and a uservalue table of work items, all
+** used with the GIL held; workers sleep on the pool's host_waitq. Each work
+** item is a table {future, fn, n = nargs, args...}. Workers hold the pool
+** (their closure's upvalue), so a pool with live workers is never collected;
+** an exit handler shuts every pool down so that host's exit waits for the
+** queued work and not for idle workers.
+*/
+#include <string.h>
+#include <unistd.h>
+
+#include "executor.h"
+#include "future.h"
+#include "runtime.h"
+#include "thread.h"
+
+#define POOL_TYPE "host.ThreadPoolExecutor"
+#define POOLS "host.thread_pools"   /* registry: weak set of live pools */
+
+typedef struct pool_t {
+  host_waitq *q;
+  lua_Integer max_workers;
+  lua_Integer threads;     /* workers started and not yet ended */
+  lua_Integer idle_tokens; /* workers that went idle and no submit claimed */
+  lua_Integer started;     /* for worker names */
+  lua_Integer head, tail;  /* work items at [head, tail) of uservalue 1 */
+  bool shutdown;
+  bool broken;
+} pool_t;
+
+/* Uservalues: 1 the work items, 2 {prefix, initializer, initargs}. */
+enum { UV_ITEMS = 1, UV_INFO = 2 };
+
+static pool_t *check_pool(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, POOL_TYPE);
+}
+
+/* Pushes the next work item of the pool at idx and removes it (or nil). */
+static void pop_item(lua_State *L, int idx, pool_t *p) {
+  if (p->head == p->tail) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_getiuservalue(L, idx, UV_ITEMS);
+  lua_rawgeti(L, -1, p->head);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, p->head++);
+  lua_remove(L, -2);
+  if (p->head == p->tail) p->head = p->tail = 1;
+}
+
+/* Fails (BrokenThreadPool) or cancels every queued item of the pool at idx. */
+static void drain_items(lua_State *L, int idx, pool_t *p, const char *broken_msg) {
+  idx = lua_absindex(L, idx);
+  for (;;) {
+    pop_item(L, idx, p);
+    if (lua_isnil(L, -1)) break;
+    lua_rawgeti(L, -1, 1);  /* the future */
+    if (broken_msg == NULL) {
+      host_future_cancel(L, -1);
+    } else if (host_future_set_running(host_future_check(L, -1))) {
+      host_error_push(L, "BrokenThreadPool", broken_msg, 0);
+      host_future_set_error(L, -2);
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+}
+
+/* Runs the work item on top (popped) in this thread and completes its future. */
+static void run_item(lua_State *L) {
+  int item = lua_gettop(L);
+  lua_rawgeti(L, item, 1);
+  int future = lua_gettop(L);
+  if (!host_future_set_running(host_future_check(L, future))) {
+    lua_settop(L, item - 1);  /* cancelled meanwhile */
+    return;
+  }
+  lua_getfield(L, item, "n");
+  int nargs = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, nargs + 2, "too many arguments");
+  for (int i = 2; i <= nargs + 2; i++) lua_rawgeti(L, item, i);  /* fn, args */
+  if (host_pcall(L, nargs, LUA_MULTRET) == LUA_OK)
+    host_future_set_result(L, future, lua_gettop(L) - future);
+  else
+    host_future_set_error(L, future);
+  lua_settop(L, item - 1);
+}
+
+/* Runs the initializer; on failure breaks the pool and returns false. */
+static bool run_initializer(lua_State *L, int idx, pool_t *p) {
+  lua_getiuservalue(L, idx, UV_INFO);
+  if (lua_getfield(L, -1, "initializer") == LUA_TNIL) {
+    lua_pop(L, 2);
+    return true;
+  }
+  int nargs = 0;
+  if (lua_getfield(L, -2, "initargs") == LUA_TTABLE) {
+    int t = lua_gettop(L);
+    nargs = (int)luaL_len(L, t);
+    luaL_checkstack(L, nargs, "too many initargs");
+    for (int i = 1; i <= nargs; i++) lua_rawgeti(L, t, i);
+    lua_remove(L, t);
+  } else {
+    lua_pop(L, 1);
+  }
+  if (host_pcall(L, nargs, 0) == LUA_OK) {
+    lua_pop(L, 1);
+    return true;
+  }
+  p->broken = true;
+  const char *why = lua_pushfstring(L, "a thread initializer failed: %s", host_error_tostring(L));
+  drain_items(L, idx, p, why);
+  host_waitq_notify(p->q);
+  lua_pop(L, 3);
+  return false;
+}
+
+/* The body of a worker thread; upvalue 1 is the pool. */
+static int worker_main(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  int idx = lua_gettop(L);
+  pool_t *p = check_pool(L, idx);
+  host_deadline never = host_deadline_in(-1);
+  lua_getiuservalue(L, idx, UV_INFO);  /* info.workers[this thread] = true */
+  lua_getfield(L, -1, "workers");
+  host_push_thread_key(L);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+  if (run_initializer(L, idx, p)) {
+    for (;;) {
+      pop_item(L, idx, p);
+      if (!lua_isnil(L, -1)) {
+        run_item(L);
+        continue;
+      }
+      lua_pop(L, 1);
+      if (p->shutdown || p->broken) break;
+      p->idle_tokens++;
+      host_waitq_wait_uninterrupted(L, p->q, &never);
+    }
+  }
+  p->threads--;
+  if (p->idle_tokens > p->threads) p->idle_tokens = p->threads;
+  host_waitq_notify(p->q);
+  return 0;
+}
+
+/* Starts one more worker for the pool at idx, named prefix_N. */
+static void start_worker(lua_State *L, int idx, pool_t *p) {
+  lua_getiuservalue(L, idx, UV_INFO);
+  lua_getfield(L, -1, "prefix");
+  const char *name = lua_pushfstring(L, "%s_%I", lua_tostring(L, -1), p->started++);
+  lua_pushvalue(L, idx);
+  lua_pushcclosure(L, worker_main, 1);
+  host_thread_start(L, name, false, 0);
+  p->threads++;
+  lua_pop(L, 4);
+}
+
+/* ex:submit(fn, ...) -> Future */
+static int pool_submit(lua_State *L) {
+  pool_t *p = check_pool(L, 1);
+  luaL_checkany(L, 2);
+  if (p->broken)
+    return host_error_raise(L, "BrokenThreadPool",
+                            "a thread initializer failed; the pool cannot run tasks");
+  if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
+  int n = lua_gettop(L) - 2;
+  lua_createtable(L, n + 2, 1);
+  host_future_push_new(L);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, 1);
+  for (int i = 0; i <= n; i++) {  /* fn and args */
+    lua_pushvalue(L, 2 + i);
+    lua_rawseti(L, -3, 2 + i);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -3, "n");
+  lua_getiuservalue(L, 1, UV_ITEMS);
+  lua_pushvalue(L, -3);
+  lua_rawseti(L, -2, p->tail++);
+  lua_pop(L, 1);
+  host_waitq_notify(p->q);
+  if (p->idle_tokens > 0) p->idle_tokens--;
+  else if (p->threads < p->max_workers) start_worker(L, 1, p);
+  return 1;
+}
+
+/* True when the calling thread is a worker of the pool at idx. */
+static bool is_own_worker(lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, UV_INFO);
+  lua_getfield(L, -1, "workers");
+  host_push_thread_key(L);
+  bool mine = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 3);
+  return mine;
+}
+
+/* ex:shutdown{wait = true, cancel_futures = false} */
+static int pool_shutdown(lua_State *L) {
+  pool_t *p = check_pool(L, 1);
+  bool wait = true, cancel = false;
+  if (lua_istable(L, 2)) {
+    if (lua_getfield(L, 2, "wait") != LUA_TNIL) wait = lua_toboolean(L, -1);
+    cancel = lua_getfield(L, 2, "cancel_futures") != LUA_TNIL && lua_toboolean(L, -1);
+    lua_pop(L, 2);
+  } else {
+    luaL_argexpected(L, lua_isnoneornil(L, 2), 2, "table");
+  }
+  p->shutdown = true;
+  if (cancel) drain_items(L, 1, p, NULL);
+  host_waitq_notify(p->q);
+  if (wait && is_own_worker(L, 1))
+    return luaL_error(L, "cannot join current thread (a task cannot wait for its own pool)");
+  host_deadline never = host_deadline_in(-1);
+  while (wait && p->threads > 0) {
+    if (host_waitq_wait(L, p->q, &never) == HOST_WAIT_INTERRUPTED)
+      return host_raise_interrupt(L);
+  }
+  return 0;
+}
+
+/* __close: shutdown{wait = true}. */
+static int pool_close(lua_State *L) {
+  lua_settop(L, 1);
+  return pool_shutdown(L);
+}
+
+/* The exit handler: every live pool stops taking work; queued work runs. */
+static int shutdown_all(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, POOLS) != LUA_TTABLE) return 0;
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    pool_t *p = check_pool(L, -2);
+    p->shutdown = true;
+    host_waitq_notify(p->q);
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int pool_gc(lua_State *L) {
+  pool_t *p = check_pool(L, 1);
+  host_waitq_unref(p->q);
+  p->q = NULL;
+  return 0;
+}
+
+static int pool_tostring(lua_State *L) {
+  pool_t *p = check_pool(L, 1);
+  lua_pushfstring(L, "host.ThreadPoolExecutor (%I/%I workers%s): %p", p->threads,
+                  p->max_workers, p->shutdown ? ", shut down" : "", (void *)p);
+  return 1;
+}
+
+/* The default number of workers, as Python's: min(32, cores + 4). */
+static lua_Integer default_workers(void) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_Integer n = (cores > 0 ? cores : 1) + 4;
+  return n < 32 ? n : 32;
+}
+
+/*
+** futures.ThreadPoolExecutor{max_workers =, thread_name_prefix =,
+** initializer =, initargs =}
+*/
+static int pool_new(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "max_workers");
+  lua_Integer max = lua_isnil(L, -1) ? default_workers() : luaL_checkinteger(L, -1);
+  luaL_argcheck(L, max >= 1, 1, "max_workers must be greater than 0");
+  lua_getfield(L, 1, "initializer");
+  luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
+  lua_getfield(L, 1, "initargs");
+  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
+  lua_getfield(L, 1, "thread_name_prefix");
+  luaL_argexpected(L, lua_isnil(L, -1) || lua_isstring(L, -1), 1, "string as 'thread_name_prefix'");
+  pool_t *p = lua_newuserdatauv(L, sizeof *p, 2);
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, POOL_TYPE);
+  p->q = host_waitq_new();
+  if (p->q == NULL) return luaL_error(L, "not enough memory");
+  p->max_workers = max;
+  p->head = p->tail = 1;
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, UV_ITEMS);
+  lua_createtable(L, 0, 4);
+  if (lua_isnil(L, 5)) {
+    lua_getfield(L, LUA_REGISTRYINDEX, POOL_TYPE ".count");
+    lua_Integer n = lua_tointeger(L, -1);
+    lua_pushinteger(L, n + 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, POOL_TYPE ".count");
+    lua_pushfstring(L, "ThreadPoolExecutor-%I", n);
+    lua_remove(L, -2);
+  } else {
+    lua_pushvalue(L, 5);
+  }
+  lua_setfield(L, -2, "prefix");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, "initializer");
+  lua_pushvalue(L, 4);
+  lua_setfield(L, -2, "initargs");
+  lua_newtable(L);  /* thread key -> true for each worker, weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, -2, "workers");
+  lua_setiuservalue(L, -2, UV_INFO);
+  lua_getfield(L, LUA_REGISTRYINDEX, POOLS);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static const luaL_Reg pool_methods[] = {
+  {"submit", pool_submit},
+  {"map", host_executor_map},
+  {"shutdown", pool_shutdown},
+  {NULL, NULL}
+};
+
+void host_open_thread_pool(lua_State *L) {
+  if (luaL_newmetatable(L, POOL_TYPE)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, pool_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, pool_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, pool_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, pool_tostring);
+    lua_setfield(L, -2, "__tostring");
+    /* the weak set of pools, and the exit handler that stops them */
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, POOLS);
+    lua_pushcfunction(L, shutdown_all);
+    host_atexit(L);
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, pool_new);
+  lua_setfield(L, -2, "ThreadPoolExecutor");
+}

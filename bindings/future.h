@@ -1,0 +1,85 @@
+/*
+** future.h: the Future of host.futures (floor 2), shared by the three
+** executors.
+**
+** A host_future is a refcounted C object: a mutex, a condvar and a state
+** (PENDING, RUNNING, CANCELLED, FINISHED). Any thread may complete it, even
+** one that holds no Lua state, with a payload of bytes (host_future_set_payload).
+** A universe looks at it through one proxy userdata ("host.Future") whose
+** uservalues hold the outcome as Lua values, the done-callbacks, and the
+** decoder that turns a payload into values when someone asks for them.
+*/
+#ifndef HOST_FUTURE_H
+#define HOST_FUTURE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "lua.h"
+
+typedef struct host_future host_future;
+
+typedef enum host_future_state {
+  HOST_FUTURE_PENDING,
+  HOST_FUTURE_RUNNING,
+  HOST_FUTURE_CANCELLED,
+  HOST_FUTURE_FINISHED
+} host_future_state;
+
+/* Pushes a new Future proxy with a new PENDING future; returns the future. */
+host_future *host_future_push_new(lua_State *L);
+
+/* The future of the proxy at idx (raises unless it is a host.Future). */
+host_future *host_future_check(lua_State *L, int idx);
+
+/* Takes / drops a reference (atomic; the last drop frees). */
+void host_future_ref(host_future *f);
+void host_future_unref(host_future *f);
+
+/* PENDING -> RUNNING. False when it was cancelled: do not run the task. */
+bool host_future_set_running(host_future *f);
+
+/* The current state. */
+host_future_state host_future_state_of(host_future *f);
+
+/*
+** Completes the proxy at idx (GIL held) with the n values on top of the
+** stack (popped), then runs its callbacks in this thread.
+*/
+void host_future_set_result(lua_State *L, int idx, int n);
+
+/* Completes the proxy at idx with the error on top (popped); runs callbacks. */
+void host_future_set_error(lua_State *L, int idx);
+
+/*
+** Completes f from any thread: `bytes` (malloc'd, owned by the future from
+** now on) hold the outcome, to be decoded by the proxy's decoder in the
+** universe when asked. `ok` false means the bytes encode an error. Returns
+** false (and frees bytes) if f was already done. Callbacks do not run here:
+** the caller that holds the proxy's universe runs host_future_run_callbacks.
+*/
+bool host_future_set_payload(host_future *f, bool ok, char *bytes, size_t len);
+
+/* Sets the decoder of the proxy at idx to the function on top (popped). */
+void host_future_set_decoder(lua_State *L, int idx);
+
+/* Runs (once) the done-callbacks of the proxy at idx, if it is done. */
+void host_future_run_callbacks(lua_State *L, int idx);
+
+/*
+** Cancels the proxy at idx if still pending (runs callbacks). Returns true
+** if it is cancelled now.
+*/
+bool host_future_cancel(lua_State *L, int idx);
+
+/*
+** Waits for the proxy at idx (GIL released) up to `timeout` seconds (< 0:
+** no limit) and pushes every value its task returned, returning their
+** count. Raises the task's error, a TimeoutError or a CancelledError.
+*/
+int host_future_result(lua_State *L, int idx, double timeout);
+
+/* Adds Future, wait, as_completed and the wait constants to the table on top. */
+void host_open_future(lua_State *L);
+
+#endif

@@ -1,0 +1,19 @@
+/*
+** futures.c: `require "host.futures"`, the module table: the Future API
+** (future.c), map's chunk runner (executor.c) and the executors.
+*/
+#include "lauxlib.h"
+
+#include "executor.h"
+#include "future.h"
+#include "modules.h"
+
+int luaopen_host_futures(lua_State *L) {
+  luaL_requiref(L, "host.thread", luaopen_host_thread, 0);  /* workers are Threads */
+  lua_pop(L, 1);
+  lua_newtable(L);
+  host_open_future(L);
+  host_open_executor(L);
+  host_open_thread_pool(L);
+  return 1;
+}
