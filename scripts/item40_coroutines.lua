@@ -303,3 +303,29 @@ print(('send to a live generator          %7.0f ns  (coroutine.resume: %.0f ns, 
 print(('memory per suspended generator    %7.0f B   (a raw coroutine: %.0f B; 100 000 alive)')
   :format(gen_bytes, co_bytes))
 print(('Game of Life, 5x9, per generation %7.1f us'):format(per_op(100, k.life) * 1e6))
+
+-- OS threads for comparison: start up to 2000 host threads that block on
+-- one Event, and read the process's RSS and virtual size before and after.
+local function status_kb(field)
+  local f = assert(io.open('/proc/self/status'))
+  local text = f:read 'a'
+  f:close()
+  return tonumber(text:match(field .. ':%s*(%d+) kB'))
+end
+local thread = require 'host.thread'
+local gate = thread.Event()
+local rss0, vm0 = status_kb 'VmRSS', status_kb 'VmSize'
+local threads, refused = {}, nil
+for i = 1, 2000 do
+  local ok, t = pcall(thread.start, function() gate:wait(60) end)
+  if not ok then refused = t break end
+  threads[i] = t
+end
+local rss1, vm1 = status_kb 'VmRSS', status_kb 'VmSize'
+gate:set()
+for _, t in ipairs(threads) do t:join(60) end
+local n = #threads
+print(('OS threads: %d blocked at once%s'):format(n, refused and (' (the machine refused more: ' .. refused .. ')') or ''))
+print(('memory per blocked OS thread      %7.1f KB RSS, %.1f MB virtual (a generator: %.2f KB)')
+  :format((rss1 - rss0) / n, (vm1 - vm0) / n / 1024, gen_bytes / 1024))
+

@@ -1,0 +1,87 @@
+-- bench/futures_bench.lua: host.futures' ThreadPoolExecutor against
+-- CPython's, in the same run. Goals from issue 7.
+local bench = dofile 'bench/lib.lua'
+local futures = require 'host.futures'
+
+local python = [[
+import time
+from concurrent.futures import ThreadPoolExecutor
+def per_op(f, n, runs=5):
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter(); f(n); ts.append((time.perf_counter() - t0) / n)
+    ts.sort(); return ts[len(ts) // 2]
+ex = ThreadPoolExecutor(max_workers=2)
+def tiny(n):
+    for _ in range(n): ex.submit(int).result()
+def mapped(n):
+    for _ in ex.map(abs, range(n)): pass
+def gcd(pair):
+    a, b = pair
+    low = min(a, b)
+    for i in range(low, 0, -1):
+        if a % i == 0 and b % i == 0:
+            return i
+numbers = [(1963309, 2265973), (2030677, 3814172), (1551645, 2229620), (2039045, 2020802)]
+def serial(_): list(map(gcd, numbers))
+def pooled(_): list(ex.map(gcd, numbers))
+print("submit_result", per_op(tiny, 20000))
+print("map_item", per_op(mapped, 50000, 3))
+print("gcd_serial", per_op(serial, 1, 3))
+print("gcd_pool", per_op(pooled, 1, 3))
+ex.shutdown()
+]]
+
+local py = {}
+if bench.have('python3') then
+  local f = os.tmpname()
+  local h = assert(io.open(f, 'w'))
+  h:write(python)
+  h:close()
+  for name, v in bench.capture('python3 ' .. f):gmatch('(%S+) (%S+)') do py[name] = tonumber(v) end
+  os.remove(f)
+end
+
+local function per_op(f, n, runs) return bench.median(function() f(n) end, runs or 5) / n end
+
+local ex = futures.ThreadPoolExecutor { max_workers = 2 }
+local function tiny(n)
+  local noop = function() end
+  for _ = 1, n do ex:submit(noop):result() end
+end
+local function mapped(n)
+  local items = {}
+  for i = 1, n do items[i] = -i end
+  for _ in ex:map(math.abs, items) do end
+end
+
+local function gcd(pair)
+  local a, b = pair[1], pair[2]
+  local low = math.min(a, b)
+  for i = low, 1, -1 do
+    if a % i == 0 and b % i == 0 then return i end
+  end
+end
+local numbers = { { 1963309, 2265973 }, { 2030677, 3814172 }, { 1551645, 2229620 }, { 2039045, 2020802 } }
+local function serial() for _, p in ipairs(numbers) do gcd(p) end end
+local function pooled() for _ in ex:map(gcd, numbers) do end end
+
+local function figure(name, label, ours, unit, scale, goal)
+  bench.report(label, ours * scale, unit)
+  if py[name] then
+    bench.report(label .. ' (python3)', py[name] * scale, unit)
+    bench.ratio(label .. ' host/python3', ours, py[name], goal)
+  end
+end
+
+figure('submit_result', 'ThreadPool(2) submit + result, tiny task', per_op(tiny, 20000), 'us', 1e6, '<= 4 us')
+figure('map_item', 'ThreadPool(2) map, per item', per_op(mapped, 50000, 3), 'us', 1e6)
+local s, p = per_op(serial, 1, 3), per_op(pooled, 1, 3)
+bench.report('Item 41 gcd serial', s, 's')
+bench.report('Item 41 gcd ThreadPool(2)', p, 's')
+bench.ratio('Item 41 ThreadPool(2) speedup over serial', s, p, 'about 1.0 under the GIL')
+if py.gcd_serial then
+  bench.ratio('Item 41 ThreadPool(2) speedup (python3)', py.gcd_serial, py.gcd_pool)
+  bench.ratio('Item 41 gcd ThreadPool(2) host/python3', p, py.gcd_pool)
+end
+ex:shutdown()
