@@ -179,10 +179,11 @@ describe('ThreadPoolExecutor', function()
 
   it('shuts down with cancel_futures, and refuses submits afterwards', function()
     local ex = futures.ThreadPoolExecutor { max_workers = 1 }
-    local gate = thread.Event()
-    local first = ex:submit(function() gate:wait(T) return 1 end)
+    local gate, started = thread.Event(), thread.Event()
+    local first = ex:submit(function() started:set() gate:wait(T) return 1 end)
     local queued = {}
     for i = 1, 5 do queued[i] = ex:submit(function() return i end) end
+    assert.is_true(started:wait(T))
     local t = thread.start(function() ex:shutdown { wait = true, cancel_futures = true } end)
     thread.sleep(0.05)
     gate:set()

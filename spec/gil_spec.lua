@@ -47,6 +47,21 @@ describe('the GIL', function()
     for _ = 1, 3 do assert.are.equal(100000, race(20000, lock)) end
   end)
 
+  it('lets the second thread in line preempt a thread that never blocks', function()
+    -- Both threads queue for the GIL while the main thread holds it; when
+    -- it waits, the busy one runs, and the other, now first in line, must
+    -- start timing the switch interval and ask it to yield.
+    local stop = false
+    local busy = thread.Thread { target = function() while not stop do end end, daemon = true }
+    busy:start()
+    local waiter = thread.start(function() return 'ran' end)
+    local ok, value = waiter:join(T)
+    stop = true
+    assert.is_true(ok)
+    assert.are.equal('ran', value)
+    assert.is_true(busy:join(T))
+  end)
+
   it('hands the GIL between threads (switches are counted)', function()
     local before = thread.switches()
     thread.setswitchinterval { instructions = 1000 }
