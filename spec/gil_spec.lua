@@ -48,18 +48,25 @@ describe('the GIL', function()
   end)
 
   it('lets the second thread in line preempt a thread that never blocks', function()
-    -- Both threads queue for the GIL while the main thread holds it; when
-    -- it waits, the busy one runs, and the other, now first in line, must
-    -- start timing the switch interval and ask it to yield.
-    local stop = false
-    local busy = thread.Thread { target = function() while not stop do end end, daemon = true }
-    busy:start()
-    local waiter = thread.start(function() return 'ran' end)
-    local ok, value = waiter:join(T)
-    stop = true
-    assert.is_true(ok)
-    assert.are.equal('ran', value)
-    assert.is_true(busy:join(T))
+    -- Both threads queue for the GIL while the main thread spins; after the
+    -- switch the busy one runs, and the other, now first in line, must
+    -- start timing the switch interval and ask it to yield. Run apart: a
+    -- GIL bug here would hang the whole process.
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      local time = require 'host.time'
+      local stop = false
+      thread.Thread { target = function() while not stop do end end, daemon = true }:start()
+      local waiter = thread.start(function() return 'ran' end)
+      local t0 = time.monotonic()
+      while time.monotonic() - t0 < 0.1 do end  -- hold the GIL while both queue
+      print(waiter:join(5))
+      stop = true
+    ]]
+    local out, _, code = sh.host_run(sh.quote(f), 20)
+    os.remove(f)
+    assert.are.equal(0, code)
+    assert.are.equal('true\tran\n', out)
   end)
 
   it('hands the GIL between threads (switches are counted)', function()
