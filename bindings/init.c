@@ -3,10 +3,12 @@
 ** A new binding adds one line to `host_libs`.
 */
 #include "runtime.h"
+#include "serialize.h"
 
 static const luaL_Reg host_libs[] = {
   {"host.error", luaopen_host_error},
   {"host.time", luaopen_host_time},
+  {"host.serialize", luaopen_host_serialize},
   {NULL, NULL}
 };
 
