@@ -129,7 +129,8 @@ bench:
 # seeded with valid payloads that tools/fuzz_corpus.lua writes with the plain
 # build. The bindings get coverage + ASan + UBSan; the Lua core is built from
 # Debian's source with ASan + UBSan (tools/lua-core.sh). Extra libFuzzer
-# options go in FUZZ_FLAGS (e.g. FUZZ_FLAGS=-jobs=2). Fails on any crash.
+# options go in FUZZ_FLAGS (e.g. "-jobs=2 -workers=2"); it runs inside
+# $(FUZZ_DIR), where crash files and job logs land. Fails on any crash.
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS ?=
 FUZZ_DIR = build/fuzz
@@ -145,9 +146,8 @@ fuzz:
 	  LUA_CFLAGS="-I$(FUZZ_LUA)/include" LUA_LIBS="$(abspath $(FUZZ_LUA))/liblua.a"
 	rm -rf $(FUZZ_DIR)/seeds && mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/corpus
 	$(HOST) tools/fuzz_corpus.lua $(FUZZ_DIR)/seeds
-	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(FUZZ_DIR)/fuzz_loads \
-	  -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/ \
-	  $(FUZZ_FLAGS) $(FUZZ_DIR)/corpus $(FUZZ_DIR)/seeds
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./fuzz_loads \
+	  -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_FLAGS) corpus seeds
 
 $(FUZZ_DIR)/fuzz_loads: tools/fuzz_loads.c $(BUILD)/libhost.a
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl

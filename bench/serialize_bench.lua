@@ -1,8 +1,9 @@
 -- bench/serialize_bench.lua: host.serialize round trips (loads(dumps(x)))
 -- against CPython's pickle, protocol 5, on the same data in the same run:
--- a table of 1000 short strings (k1 = 'v1'..., a dict in Python), a 1 MiB
--- string (bytes), an array of 2^18 integers (a list), a nested table 4
--- levels by 10 (lists, 10^4 integer leaves) and a closure with 3 upvalues.
+-- a table of 1000 short strings, both readings (k1 = 'v1'... as a dict, and
+-- 'v1'... as a list), a 1 MiB string (bytes), an array of 2^18 integers (a
+-- list), a nested table 4 levels by 10 (lists, 10^4 integer leaves) and a
+-- closure with 3 upvalues.
 -- pickle carries functions only by name, so the closure's reference is
 -- what cloudpickle does by hand: marshal the code object, pickle the cell
 -- contents, rebuild with types.FunctionType.
@@ -51,6 +52,7 @@ def rt_closure(f):
 
 work = {
     'strings': ({'k%d' % i: 'v%d' % i for i in range(1, 1001)}, rt),
+    'strlist': (['v%d' % i for i in range(1, 1001)], rt),
     'mib': (b'x' * (1 << 20), rt),
     'ints': (list(range(1, 2**18 + 1)), rt),
     'nested': ([[[[i for i in range(10)] for _ in range(10)] for _ in range(10)] for _ in range(10)], rt),
@@ -64,8 +66,11 @@ for name in sys.argv[1:]:
 local function rt(x) return serialize.loads(serialize.dumps(x)) end
 local function rt_fn(f) return serialize.loads(serialize.dumps(f), { functions = true }) end
 
-local strings = {}
-for i = 1, 1000 do strings['k' .. i] = 'v' .. i end
+local strings, strlist = {}, {}
+for i = 1, 1000 do
+  strings['k' .. i] = 'v' .. i
+  strlist[i] = 'v' .. i
+end
 local ints = {}
 for i = 1, 2 ^ 18 do ints[i] = i end
 local function nest(level)
@@ -78,7 +83,8 @@ local function closure(x) return a + x, b, c end
 assert(rt_fn(closure)(1) == 2)
 
 local cases = {
-  { 'strings', 'table of 1000 short strings', strings, rt, '<= 0.5' },
+  { 'strings', 'table of 1000 short strings (dict)', strings, rt, '<= 0.5' },
+  { 'strlist', 'table of 1000 short strings (list)', strlist, rt, '<= 0.5' },
   { 'mib', '1 MiB string', string.rep('x', 1 << 20), rt, '<= 0.5' },
   { 'ints', 'array of 2^18 integers', ints, rt, '<= 0.333' },
   { 'nested', 'nested table 4 levels by 10', nest(4), rt },

@@ -5,9 +5,10 @@
 **
 ** Both directions walk the value graph with an explicit stack of frames in
 ** C memory, never with C recursion, so nesting depth is limited only by
-** memory. All C memory in use (the output buffer, the frame stacks) is owned
-** by "box" userdata on the Lua stack: an error that longjmps out leaves it
-** to the garbage collector, nothing leaks. No static mutable state.
+** memory. All C memory in use (the output buffer, the frame stacks, the
+** encoder's pointer maps of objects seen) is owned by "box" userdata on the
+** Lua stack: an error that longjmps out leaves it to the garbage collector,
+** nothing leaks. No static mutable state.
 **
 ** Wire format, version 1 (integers in counts are little-endian; a varint
 ** is unsigned LEB128, at most 10 bytes):
@@ -29,7 +30,8 @@
 ** "memo" objects take the next index (from 1) when their tag is met, in
 ** both directions, so REF and JOIN can point back at them: that is how
 ** shared references, cycles and shared upvalues survive. JOIN n joins the
-** upvalue to upvalue n of the function at that index.
+** upvalue to upvalue n of the function at that index. An upvalue named
+** _ENV, whatever it holds, is written as GLOB.
 */
 #include <limits.h>
 #include <math.h>
@@ -406,6 +408,7 @@ static void push_frame_segment(encoder *E, size_t d, bool top, bool is_key) {
 */
 static void push_path(encoder *E, bool is_key) {
   lua_State *L = E->L;
+  luaL_checkstack(L, 16, "serialize");
   int n = 1;
   lua_pushfstring(L, "[%d]", E->arg);
   for (size_t d = 0; d < E->depth; d++) {
@@ -416,7 +419,7 @@ static void push_path(encoder *E, bool is_key) {
       n++;
     }
     push_frame_segment(E, d, d + 1 == E->depth, is_key);
-    if (++n >= 16) {
+    if (++n >= 8) {
       lua_concat(L, n);
       n = 1;
     }
@@ -852,7 +855,7 @@ static void encode_graph(encoder *E) {
 */
 static box *encode_values(lua_State *L, int first, int n) {
   encoder E = {.L = L};
-  luaL_checkstack(L, 24, "serialize");
+  luaL_checkstack(L, 48, "serialize");  /* 9 slots, the walk, cfuncs' build */
   int base = lua_gettop(L);
   E.out = box_push(L);
   E.frames = box_push(L);
@@ -928,6 +931,10 @@ static inline int get_byte(decoder *D) {
   return *D->p++;
 }
 
+/*
+** Reads an unsigned LEB128 varint of at most 10 bytes; without bounds
+** checks per byte when 10 bytes are left (the common case).
+*/
 static uint64_t get_varint(decoder *D) {
   uint64_t v = 0;
   if (D->end - D->p >= 10) {  /* room for the longest: no bounds checks */
@@ -991,6 +998,7 @@ static void dmemo(decoder *D) {
   lua_rawseti(D->L, D->objs, ++D->nobjs);
 }
 
+/* Pushes a frame of `kind` for the container memoized last. */
 static dframe *push_dframe(decoder *D, enum frame_kind kind) {
   dframe *f = frame_push(D->L, D->frames, sizeof *f);
   D->depth++;
