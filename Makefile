@@ -65,10 +65,23 @@ $(BUILD)/obj:
 deps:
 	@$(DEPS) $(DEPS_CHECK)
 
+# A test helper the specs load with package.loadlib: a second universe made
+# through host.h (spec/support/universe.c). Its host_* and lua_* symbols come
+# from $(HOST), which exports them (-rdynamic).
+SPEC_LIB = $(BUILD)/spec/universe.so
+$(SPEC_LIB): spec/support/universe.c | $(BUILD)/spec
+	$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ $<
+
+$(BUILD)/spec:
+	mkdir -p $@
+
+-include $(SPEC_LIB:.so=.d)
+
 # Runs every spec under $(HOST), prefixed by $(SPEC_WRAP); fails on any failure.
-run-specs: $(HOST)
+run-specs: $(HOST) $(SPEC_LIB)
 	@rm -f $(BUILD)/counts
 	$(SPEC_ENV) HOST_BIN=$(abspath $(HOST)) HOST_TEST_COUNTS=$(abspath $(BUILD))/counts \
+	  HOST_SPEC_UNIVERSE=$(abspath $(SPEC_LIB)) \
 	  $(SPEC_WRAP) $(HOST) /usr/bin/busted --output=spec/support/counting.lua $(SPECS)
 
 test:
@@ -122,6 +135,33 @@ bench:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory $(HOST)
 	@for b in bench/*_bench.lua; do $(HOST) $$b || exit 1; done
+
+# libFuzzer on the codec's decoder (tools/fuzz_loads.c), for FUZZ_SECONDS,
+# seeded with valid payloads that tools/fuzz_corpus.lua writes with the plain
+# build. The bindings get coverage + ASan + UBSan; the Lua core is built from
+# Debian's source with ASan + UBSan (tools/lua-core.sh). Extra libFuzzer
+# options go in FUZZ_FLAGS (e.g. "-jobs=2 -workers=2"); it runs inside
+# $(FUZZ_DIR), where crash files and job logs land. Fails on any crash.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS ?=
+FUZZ_DIR = build/fuzz
+FUZZ_LUA = build/fuzz-lua
+FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(FUZZ_SAN)
+fuzz:
+	@$(DEPS) $(DEPS_CHECK)
+	@$(MAKE) --no-print-directory $(HOST)
+	CC=clang tools/lua-core.sh $(FUZZ_LUA) "-O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) -fPIC"
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_loads BUILD=$(FUZZ_DIR) CC=clang \
+	  CFLAGS="$(FUZZ_CFLAGS)" LDFLAGS="-fsanitize=fuzzer $(FUZZ_SAN)" \
+	  LUA_CFLAGS="-I$(FUZZ_LUA)/include" LUA_LIBS="$(abspath $(FUZZ_LUA))/liblua.a"
+	rm -rf $(FUZZ_DIR)/seeds && mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/corpus
+	$(HOST) tools/fuzz_corpus.lua $(FUZZ_DIR)/seeds
+	cd $(FUZZ_DIR) && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./fuzz_loads \
+	  -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_FLAGS) corpus seeds
+
+$(FUZZ_DIR)/fuzz_loads: tools/fuzz_loads.c $(BUILD)/libhost.a
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl
 
 # ---- install ----
 

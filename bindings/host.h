@@ -73,4 +73,53 @@ int host_pcall(lua_State *L, int nargs, int nresults);
 */
 const char *host_error_tostring(lua_State *L);
 
+/* ---- the codec (`host.serialize`) ---- */
+
+/*
+** The codec turns Lua values into bytes and back, across universes and
+** processes. It carries nil, booleans, integers and floats exactly,
+** strings, tables (shared references and cycles kept), tables whose
+** metatable is registered by name, Lua functions by value (bytecode with
+** debug info and their upvalues; `_ENV` becomes the receiver's globals),
+** C functions found under the same path in package.loaded on both sides,
+** and userdata whose type is registered with host_codec_register_udata.
+** Each call is self-contained: no state outlives it but what a universe
+** registered.
+*/
+
+/* host_codec_decode flag: accept functions and the globals table. */
+#define HOST_CODEC_FUNCTIONS 1u
+
+/*
+** Encodes the `n` values from stack index `first` (nils included). On
+** success returns LUA_OK with *buf a malloc'd payload of *len bytes, which
+** the caller frees with free(). On failure returns the lua_pcall status,
+** leaves the error message on the stack, and sets *buf to NULL. Never
+** raises; the values are left where they are.
+*/
+int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len);
+
+/*
+** Decodes a payload made by host_codec_encode (or serialize.dumps) and
+** pushes its values, storing how many in *n. Payloads holding functions
+** (bytecode) or the globals table are refused unless `flags` has
+** HOST_CODEC_FUNCTIONS: loading bytecode is only safe from a trusted
+** source. On failure returns the lua_pcall status with the error message
+** pushed, and *n is 0. Never raises; any input is safe without the flag.
+*/
+int host_codec_decode(lua_State *L, const char *buf, size_t len, unsigned flags,
+                      int *n);
+
+/*
+** Lets the codec carry userdata of type `tname` (a metatable made with
+** luaL_newmetatable). `dump` is called with the userdata and returns a
+** string; `load` is called with that string in the receiving universe,
+** which registered the same name, and returns the value to use. A payload
+** that must outlive its sender's memory, or cross processes, must hold no
+** raw pointer. Returns LUA_OK, or an error status with the message pushed
+** (no such metatable, or the name or metatable is taken by another type).
+*/
+int host_codec_register_udata(lua_State *L, const char *tname,
+                              lua_CFunction dump, lua_CFunction load);
+
 #endif

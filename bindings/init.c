@@ -4,6 +4,7 @@
 */
 #include "runtime.h"
 #include "modules.h"
+#include "serialize.h"
 #include "stdwrap.h"
 
 static const luaL_Reg host_libs[] = {
@@ -13,6 +14,7 @@ static const luaL_Reg host_libs[] = {
   {"host.thread", luaopen_host_thread},
   {"host.queue", luaopen_host_queue},
   {"host.futures", luaopen_host_futures},
+  {"host.serialize", luaopen_host_serialize},
   {NULL, NULL}
 };
 

@@ -1,0 +1,229 @@
+/*
+** spec/support/universe.c: a test helper, not part of host. `make` builds it
+** as $(BUILD)/spec/universe.so; specs load it with package.loadlib (path in
+** $HOST_SPEC_UNIVERSE). It uses only the public API in bindings/host.h:
+**
+**   universe.new() -> u       a second universe in this process, made with
+**                             host_newstate, standard and host libraries
+**                             open; closed by u:close() or the GC
+**   u:run(code, payload)      in u: decode `payload` with host_codec_decode
+**                             (functions allowed), call chunk `code` with
+**                             those values, and return its results encoded
+**                             with host_codec_encode; or nil, message
+**   universe.point(x, y)      a "spec.Point" userdata; the type is
+**                             registered with host_codec_register_udata in
+**                             every universe this helper touches
+**   universe.encode(...)      host_codec_encode of the arguments, here
+**   universe.decode(s [, functions])  host_codec_decode, here
+**
+** The new universe runs on the caller's OS thread, one call at a time.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+#include "host.h"
+
+#define UNIVERSE_TYPE "spec.Universe"
+#define POINT_TYPE "spec.Point"
+
+typedef struct point {
+  double x, y;
+} point;
+
+/* Makes a point userdata (and its metatable on first use). */
+static point *push_point(lua_State *L, double x, double y) {
+  point *p = lua_newuserdatauv(L, sizeof *p, 0);
+  p->x = x;
+  p->y = y;
+  luaL_setmetatable(L, POINT_TYPE);
+  return p;
+}
+
+/* p.x, p.y */
+static int point_index(lua_State *L) {
+  point *p = luaL_checkudata(L, 1, POINT_TYPE);
+  const char *k = luaL_checkstring(L, 2);
+  if (strcmp(k, "x") == 0) lua_pushnumber(L, p->x);
+  else if (strcmp(k, "y") == 0) lua_pushnumber(L, p->y);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* The codec's dump function for points: 16 bytes, the two doubles. */
+static int point_dump(lua_State *L) {
+  point *p = luaL_checkudata(L, 1, POINT_TYPE);
+  lua_pushlstring(L, (const char *)p, sizeof *p);
+  return 1;
+}
+
+/* The codec's load function for points. */
+static int point_load(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  if (n != sizeof(point)) return luaL_error(L, "a point is %d bytes, not %d",
+                                            (int)sizeof(point), (int)n);
+  point p;
+  memcpy(&p, s, sizeof p);
+  push_point(L, p.x, p.y);
+  return 1;
+}
+
+/* Creates the point type in L and registers it with the codec. */
+static void open_point(lua_State *L) {
+  if (luaL_newmetatable(L, POINT_TYPE)) {
+    lua_pushcfunction(L, point_index);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (host_codec_register_udata(L, POINT_TYPE, point_dump, point_load) != LUA_OK)
+    lua_error(L);
+}
+
+/* universe.point(x, y) */
+static int universe_point(lua_State *L) {
+  push_point(L, luaL_checknumber(L, 1), luaL_checknumber(L, 2));
+  return 1;
+}
+
+/* The handle of a universe; `L2` is NULL once closed. */
+typedef struct handle {
+  lua_State *L2;
+} handle;
+
+static handle *check_open(lua_State *L) {
+  handle *h = luaL_checkudata(L, 1, UNIVERSE_TYPE);
+  if (h->L2 == NULL) luaL_error(L, "attempt to use a closed universe");
+  return h;
+}
+
+/* Opens the libraries of a new universe; runs protected inside it. */
+static int open_universe(lua_State *L2) {
+  luaL_openlibs(L2);
+  host_openlibs(L2);
+  open_point(L2);
+  return 0;
+}
+
+/* universe.new() */
+static int universe_new(lua_State *L) {
+  handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->L2 = NULL;
+  luaL_setmetatable(L, UNIVERSE_TYPE);
+  h->L2 = host_newstate();
+  if (h->L2 == NULL) return luaL_error(L, "host_newstate: not enough memory");
+  lua_pushcfunction(h->L2, open_universe);
+  if (host_pcall(h->L2, 0, 0) != LUA_OK) {
+    lua_pushstring(L, host_error_tostring(h->L2));
+    host_close(h->L2);
+    h->L2 = NULL;
+    return lua_error(L);
+  }
+  return 1;
+}
+
+/* Moves the error on top of L2 to L as nil, message; returns 2. */
+static int fail_from(lua_State *L, lua_State *L2) {
+  lua_pushnil(L);
+  lua_pushstring(L, host_error_tostring(L2));
+  lua_pop(L2, 1);
+  return 2;
+}
+
+/* u:run(code, payload) */
+static int universe_run(lua_State *L) {
+  lua_State *L2 = check_open(L)->L2;
+  size_t ncode, len;
+  const char *code = luaL_checklstring(L, 2, &ncode);
+  const char *payload = luaL_checklstring(L, 3, &len);
+  int top = lua_gettop(L2);
+  if (luaL_loadbuffer(L2, code, ncode, "=run") != LUA_OK) return fail_from(L, L2);
+  int n;
+  if (host_codec_decode(L2, payload, len, HOST_CODEC_FUNCTIONS, &n) != LUA_OK) {
+    int r = fail_from(L, L2);
+    lua_settop(L2, top);
+    return r;
+  }
+  if (host_pcall(L2, n, LUA_MULTRET) != LUA_OK) return fail_from(L, L2);
+  char *buf;
+  size_t blen;
+  if (host_codec_encode(L2, top + 1, lua_gettop(L2) - top, &buf, &blen) != LUA_OK) {
+    int r = fail_from(L, L2);
+    lua_settop(L2, top);
+    return r;
+  }
+  lua_settop(L2, top);
+  lua_pushlstring(L, buf, blen);  /* a memory error here would leak buf: a
+                                     test helper accepts that */
+  free(buf);
+  return 1;
+}
+
+/* u:close(), __gc, __close */
+static int universe_close(lua_State *L) {
+  handle *h = luaL_checkudata(L, 1, UNIVERSE_TYPE);
+  if (h->L2 != NULL) {
+    host_close(h->L2);
+    h->L2 = NULL;
+  }
+  return 0;
+}
+
+/* universe.encode(...): host_codec_encode here; raises its error. */
+static int universe_encode(lua_State *L) {
+  char *buf;
+  size_t len;
+  if (host_codec_encode(L, 1, lua_gettop(L), &buf, &len) != LUA_OK)
+    return lua_error(L);
+  lua_pushlstring(L, buf, len);
+  free(buf);
+  return 1;
+}
+
+/* universe.decode(s [, functions]): host_codec_decode here. */
+static int universe_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  unsigned flags = lua_toboolean(L, 2) ? HOST_CODEC_FUNCTIONS : 0;
+  lua_settop(L, 2);
+  int n;
+  if (host_codec_decode(L, s, len, flags, &n) != LUA_OK) return lua_error(L);
+  return n;
+}
+
+static const luaL_Reg universe_funcs[] = {
+  {"new", universe_new},
+  {"point", universe_point},
+  {"encode", universe_encode},
+  {"decode", universe_decode},
+  {NULL, NULL}
+};
+
+static const luaL_Reg universe_methods[] = {
+  {"run", universe_run},
+  {"close", universe_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg universe_meta[] = {
+  {"__gc", universe_close},
+  {"__close", universe_close},
+  {NULL, NULL}
+};
+
+int luaopen_universe(lua_State *L);
+
+int luaopen_universe(lua_State *L) {
+  if (luaL_newmetatable(L, UNIVERSE_TYPE)) {
+    luaL_setfuncs(L, universe_meta, 0);
+    luaL_newlib(L, universe_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  open_point(L);
+  luaL_newlib(L, universe_funcs);
+  return 1;
+}
