@@ -21,5 +21,6 @@ void host_open_executor(lua_State *L);
 
 /* Add each executor's constructor to the module table on top. */
 void host_open_thread_pool(lua_State *L);
+void host_open_process_pool(lua_State *L);
 
 #endif

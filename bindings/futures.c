@@ -15,5 +15,6 @@ int luaopen_host_futures(lua_State *L) {
   host_open_future(L);
   host_open_executor(L);
   host_open_thread_pool(L);
+  host_open_process_pool(L);
   return 1;
 }

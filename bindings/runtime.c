@@ -639,6 +639,36 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
   return rc;
 }
 
+/*
+** In a forked child only the forking thread exists. Its universe is made
+** single-threaded again: every mutex another thread may have held is
+** made anew, the thread list is dropped (the records leak, as their
+** threads are gone), and the GIL is the caller's with nobody in line.
+*/
+static void reset_after_fork(host_universe *u, host_tstate *ts) {
+  for (int i = 0; i < GIL_SLOTS; i++) {
+    pthread_mutex_init(&u->slot[i].mu, NULL);
+    host_cond_init(&u->slot[i].cv);
+  }
+  pthread_mutex_init(&u->threads_mu, NULL);
+  host_cond_init(&u->threads_cv);
+  u->threads = NULL;
+  u->running = 0;
+  u->nondaemon = 0;
+  atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
+  atomic_store(&u->holder, ts);
+  ts->pthread = pthread_self();
+  atomic_store(&u->interrupted, false);
+}
+
+pid_t host_fork(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  fflush(NULL);  /* or the child would write the parent's buffered output again */
+  pid_t pid = fork();
+  if (pid == 0) reset_after_fork(u, current_ts);
+  return pid;
+}
+
 void host_reap_threads(lua_State *L) {
   host_universe *u = host_universe_of(L);
   pthread_mutex_lock(&u->threads_mu);

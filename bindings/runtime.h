@@ -12,6 +12,7 @@
 #define HOST_RUNTIME_H
 
 #include <pthread.h>
+#include <sys/types.h>
 
 #include "util.h"
 
@@ -69,6 +70,15 @@ void host_atexit(lua_State *L);
 
 /* Joins the spawned threads that have finished (before an exit, say). */
 void host_reap_threads(lua_State *L);
+
+/*
+** fork() for the process pool, called with the GIL held. In the child,
+** which has only the calling thread, the universe is made single-threaded
+** (the GIL the caller's, the thread list empty, the runtime's mutexes new).
+** Locks that other threads held stay held in the child: code that runs
+** there should not use them. Returns what fork returns.
+*/
+pid_t host_fork(lua_State *L);
 
 /* Number of OS threads running Lua code in L's universe, main included. */
 int host_thread_count(lua_State *L);
