@@ -97,6 +97,7 @@ struct host_universe {
   atomic_int instructions;        /* > 0: the jittered instruction policy */
   atomic_uint policy_epoch;
   atomic_bool interrupted;
+  bool fork_child;                /* this is a worker forked by the pool */
   /* spawned threads: list, counts (under threads_mu) */
   pthread_mutex_t threads_mu;
   pthread_cond_t threads_cv;
@@ -659,6 +660,12 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   atomic_store(&u->holder, ts);
   ts->pthread = pthread_self();
   atomic_store(&u->interrupted, false);
+  u->fork_child = true;
+}
+
+bool host_in_fork_child(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  return u != NULL && u->fork_child;
 }
 
 pid_t host_fork(lua_State *L) {

@@ -80,6 +80,9 @@ void host_reap_threads(lua_State *L);
 */
 pid_t host_fork(lua_State *L);
 
+/* True in a child made by host_fork. */
+bool host_in_fork_child(lua_State *L);
+
 /* Number of OS threads running Lua code in L's universe, main included. */
 int host_thread_count(lua_State *L);
 

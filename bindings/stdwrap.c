@@ -11,6 +11,7 @@
 */
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "runtime.h"
 #include "stdwrap.h"
@@ -164,11 +165,29 @@ static int co_wrap(lua_State *L) {
 
 /* ---- os.exit ---- */
 
+/* The status os.exit was given: true, false or an integer (default true). */
+static int exit_code(lua_State *L) {
+  if (lua_isboolean(L, 1)) return lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  return (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+}
+
+/*
+** os.exit in a worker process of the process pool: the child shares its
+** parent's at-exit duties (handlers, sanitizer checks of threads it does not
+** have), so it leaves with _exit once its output is flushed.
+*/
+static int child_exit(lua_State *L) {
+  int code = exit_code(L);
+  fflush(NULL);
+  _exit(code);
+}
+
 /*
 ** os.exit([code [, close]]): upvalue 1 is the original. Closing the state
 ** is only safe when no other thread runs Lua code in it.
 */
 static int host_exit(lua_State *L) {
+  if (host_in_fork_child(L)) return child_exit(L);
   bool close = lua_toboolean(L, 2);
   host_reap_threads(L);
   if (!close || (host_is_main_thread() && host_thread_count(L) == 1)) {
@@ -177,8 +196,7 @@ static int host_exit(lua_State *L) {
     lua_call(L, lua_gettop(L) - 1, 0);
     return 0;
   }
-  int code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
-                                 : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  int code = exit_code(L);
   fflush(NULL);
   exit(code);
 }
