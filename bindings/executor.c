@@ -257,6 +257,21 @@ int host_executor_map(lua_State *L) {
   return 4;
 }
 
+int host_executor_decoder(lua_State *L) {
+  size_t len;
+  const char *bytes = luaL_checklstring(L, 1, &len);
+  bool ok = lua_toboolean(L, 2);
+  lua_settop(L, 2);
+  int n = 0;
+  if (host_codec_decode(L, bytes, len, HOST_CODEC_FUNCTIONS, &n) != LUA_OK) return lua_error(L);
+  lua_createtable(L, n, 1);
+  lua_insert(L, 3);
+  for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);
+  lua_pushinteger(L, ok ? n : 1);
+  lua_setfield(L, 3, "n");
+  return 1;
+}
+
 void host_open_executor(lua_State *L) {
   if (luaL_newmetatable(L, MAP_STATE)) {
     lua_pushcfunction(L, map_close);

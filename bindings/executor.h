@@ -16,11 +16,19 @@
 */
 int host_executor_map(lua_State *L);
 
+/*
+** decoder(bytes, ok) -> the outcome table {n = k, values...} of a future
+** whose result or error came encoded by the codec from another universe
+** or process (functions allowed: the pools made those bytes themselves).
+*/
+int host_executor_decoder(lua_State *L);
+
 /* Adds `_run_chunk` (map's chunk runner) to the module table on top. */
 void host_open_executor(lua_State *L);
 
 /* Add each executor's constructor to the module table on top. */
 void host_open_thread_pool(lua_State *L);
 void host_open_process_pool(lua_State *L);
+void host_open_interpreter_pool(lua_State *L);
 
 #endif

@@ -572,22 +572,6 @@ static int ppool_close(lua_State *L) {
   return ppool_shutdown(L);
 }
 
-/* decoder(bytes, ok) -> outcome table, for the pool's futures. */
-static int decode_outcome(lua_State *L) {
-  size_t len;
-  const char *bytes = luaL_checklstring(L, 1, &len);
-  bool ok = lua_toboolean(L, 2);
-  lua_settop(L, 2);
-  int n = 0;
-  if (host_codec_decode(L, bytes, len, HOST_CODEC_FUNCTIONS, &n) != LUA_OK) return lua_error(L);
-  lua_createtable(L, n, 1);
-  lua_insert(L, 3);
-  for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);
-  lua_pushinteger(L, ok ? n : 1);
-  lua_setfield(L, 3, "n");
-  return 1;
-}
-
 /* The exit handler: every live pool stops taking work (queued work runs). */
 static int shutdown_all(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, PROCESS_POOLS) != LUA_TTABLE) return 0;
@@ -669,7 +653,7 @@ static int ppool_new(lua_State *L) {
   lua_setfield(L, -2, "initializer");
   lua_pushvalue(L, 5);
   lua_setfield(L, -2, "initargs");
-  lua_pushcfunction(L, decode_outcome);
+  lua_pushcfunction(L, host_executor_decoder);
   lua_setfield(L, -2, "decoder");
   lua_setiuservalue(L, idx, UV_INFO);
   int pipefd[2];

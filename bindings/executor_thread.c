@@ -241,7 +241,7 @@ static int shutdown_all(lua_State *L) {
   while (lua_next(L, -2)) {
     pool_t *p = check_pool(L, -2);
     p->shutdown = true;
-    host_waitq_notify(p->q);
+    if (p->q != NULL) host_waitq_notify(p->q);  /* NULL: finalized, key not yet cleared */
     lua_pop(L, 1);
   }
   return 0;

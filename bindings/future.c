@@ -23,7 +23,7 @@
 #define FUTURE_TYPE "host.Future"
 
 /* Uservalues of a proxy. */
-enum { UV_OUTCOME = 1, UV_CALLBACKS = 2, UV_DECODER = 3 };
+enum { UV_OUTCOME = 1, UV_CALLBACKS = 2, UV_DECODER = 3, UV_INTERRUPTER = 4 };
 
 /* One thread blocked on several futures. */
 typedef struct multi_waiter {
@@ -129,7 +129,7 @@ host_future *host_future_check(lua_State *L, int idx) {
 }
 
 host_future *host_future_push_new(lua_State *L) {
-  proxy *p = lua_newuserdatauv(L, sizeof *p, 3);
+  proxy *p = lua_newuserdatauv(L, sizeof *p, 4);
   p->f = NULL;
   luaL_setmetatable(L, FUTURE_TYPE);
   p->f = future_new();
@@ -213,6 +213,10 @@ void host_future_set_error(lua_State *L, int idx) {
 
 void host_future_set_decoder(lua_State *L, int idx) {
   lua_setiuservalue(L, idx, UV_DECODER);
+}
+
+void host_future_set_interrupter(lua_State *L, int idx) {
+  lua_setiuservalue(L, idx, UV_INTERRUPTER);
 }
 
 bool host_future_cancel(lua_State *L, int idx) {
@@ -318,9 +322,34 @@ static int future_exception(lua_State *L) {
   return 1;
 }
 
+/*
+** future:cancel([{interrupt = true}]). A pending future is cancelled. With
+** `interrupt`, a running one whose executor can interrupt its task (the
+** interpreter pool) is interrupted instead: its task fails with
+** "interrupted!"; the answer is then true too.
+*/
 static int future_cancel(lua_State *L) {
-  host_future_check(L, 1);
-  lua_pushboolean(L, host_future_cancel(L, 1));
+  host_future *f = host_future_check(L, 1);
+  bool interrupt = false;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "interrupt");
+    interrupt = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  } else {
+    luaL_argexpected(L, lua_isnoneornil(L, 2), 2, "table");
+  }
+  if (host_future_cancel(L, 1)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (interrupt && host_future_state_of(f) == HOST_FUTURE_RUNNING &&
+      lua_getiuservalue(L, 1, UV_INTERRUPTER) == LUA_TFUNCTION) {
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    lua_pushboolean(L, lua_toboolean(L, -1));
+    return 1;
+  }
+  lua_pushboolean(L, 0);
   return 1;
 }
 

@@ -63,6 +63,12 @@ bool host_future_set_payload(host_future *f, bool ok, char *bytes, size_t len);
 /* Sets the decoder of the proxy at idx to the function on top (popped). */
 void host_future_set_decoder(lua_State *L, int idx);
 
+/*
+** Sets the interrupter of the proxy at idx to the function on top (popped):
+** cancel{interrupt = true} calls it with the future while it runs.
+*/
+void host_future_set_interrupter(lua_State *L, int idx);
+
 /* Runs (once) the done-callbacks of the proxy at idx, if it is done. */
 void host_future_run_callbacks(lua_State *L, int idx);
 

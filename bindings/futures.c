@@ -16,5 +16,6 @@ int luaopen_host_futures(lua_State *L) {
   host_open_executor(L);
   host_open_thread_pool(L);
   host_open_process_pool(L);
+  host_open_interpreter_pool(L);
   return 1;
 }

@@ -528,6 +528,11 @@ void host_interrupt(lua_State *L) {
   pthread_kill(u->main_ts.pthread, SWITCH_SIGNAL);
 }
 
+void host_clear_interrupt(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  if (u != NULL) atomic_store(&u->interrupted, false);
+}
+
 void host_check_interrupt(lua_State *L) {
   host_tstate *ts = current_ts;
   if (ts != NULL && ts == &ts->u->main_ts && atomic_load(&ts->u->interrupted))

@@ -143,6 +143,9 @@ host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
 /* Sleeps until `d` without the GIL; returns false when interrupted. */
 bool host_unlocked_sleep(lua_State *L, const host_deadline *d);
 
+/* Forgets an interrupt of L's universe that has not been raised yet. */
+void host_clear_interrupt(lua_State *L);
+
 /* Raises "interrupted!" when the main thread has an interrupt pending. */
 void host_check_interrupt(lua_State *L);
 
