@@ -32,17 +32,9 @@ print("gcd_pool", per_op(pooled, 1, 3))
 ex.shutdown()
 ]]
 
-local py = {}
-if bench.have('python3') then
-  local f = os.tmpname()
-  local h = assert(io.open(f, 'w'))
-  h:write(python)
-  h:close()
-  for name, v in bench.capture('python3 ' .. f):gmatch('(%S+) (%S+)') do py[name] = tonumber(v) end
-  os.remove(f)
-end
+local py = bench.python(python)
 
-local function per_op(f, n, runs) return bench.median(function() f(n) end, runs or 5) / n end
+local per_op = bench.per_op
 
 local ex = futures.ThreadPoolExecutor { max_workers = 2 }
 local function tiny(n)
@@ -55,24 +47,11 @@ local function mapped(n)
   for _ in ex:map(math.abs, items) do end
 end
 
-local function gcd(pair)
-  local a, b = pair[1], pair[2]
-  local low = math.min(a, b)
-  for i = low, 1, -1 do
-    if a % i == 0 and b % i == 0 then return i end
-  end
-end
-local numbers = { { 1963309, 2265973 }, { 2030677, 3814172 }, { 1551645, 2229620 }, { 2039045, 2020802 } }
+local gcd, numbers = bench.gcd, bench.numbers
 local function serial() for _, p in ipairs(numbers) do gcd(p) end end
 local function pooled() for _ in ex:map(gcd, numbers) do end end
 
-local function figure(name, label, ours, unit, scale, goal)
-  bench.report(label, ours * scale, unit)
-  if py[name] then
-    bench.report(label .. ' (python3)', py[name] * scale, unit)
-    bench.ratio(label .. ' host/python3', ours, py[name], goal)
-  end
-end
+local function figure(...) bench.figure(py, ...) end
 
 figure('submit_result', 'ThreadPool(2) submit + result, tiny task', per_op(tiny, 20000), 'us', 1e6, '<= 4 us')
 figure('map_item', 'ThreadPool(2) map, per item', per_op(mapped, 50000, 3), 'us', 1e6)

@@ -46,4 +46,45 @@ function bench.have(cmd)
   return os.execute('command -v ' .. cmd .. ' >/dev/null 2>&1') == true
 end
 
+-- Runs Python source `code` with python3 and returns its "name value" lines
+-- as a table of numbers ({} when python3 is missing).
+function bench.python(code)
+  if not bench.have('python3') then return {} end
+  local file = os.tmpname()
+  local f = assert(io.open(file, 'w'))
+  f:write(code)
+  f:close()
+  local out = bench.capture('python3 ' .. file)
+  os.remove(file)
+  local r = {}
+  for name, v in out:gmatch('(%S+) (%S+)') do r[name] = tonumber(v) end
+  return r
+end
+
+-- The book's brute-force gcd and its four pairs (Item 41).
+function bench.gcd(pair)
+  local a, b = pair[1], pair[2]
+  local low = math.min(a, b)
+  for i = low, 1, -1 do
+    if a % i == 0 and b % i == 0 then return i end
+  end
+end
+bench.numbers = { { 1963309, 2265973 }, { 2030677, 3814172 },
+                  { 1551645, 2229620 }, { 2039045, 2020802 } }
+
+-- Prints a figure, and with the Python twin's value `py[name]` both that
+-- value and the ratio ours/python3.
+function bench.figure(py, name, label, ours, unit, scale, goal)
+  bench.report(label, ours * scale, unit)
+  if py[name] then
+    bench.report(label .. ' (python3)', py[name] * scale, unit)
+    bench.ratio(label .. ' host/python3', ours, py[name], goal)
+  end
+end
+
+-- Median seconds per operation of f(n) over `runs` runs (default 5).
+function bench.per_op(f, n, runs)
+  return bench.median(function() f(n) end, runs or 5) / n
+end
+
 return bench

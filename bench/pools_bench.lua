@@ -37,17 +37,9 @@ if __name__ == '__main__':
     print("start_one_shutdown", per_op(cycle, 10, 3))
 ]]
 
-local py = {}
-if bench.have('python3') then
-  local f = os.tmpname()
-  local h = assert(io.open(f, 'w'))
-  h:write(python)
-  h:close()
-  for name, v in bench.capture('python3 ' .. f):gmatch('(%S+) (%S+)') do py[name] = tonumber(v) end
-  os.remove(f)
-end
+local py = bench.python(python)
 
-local function per_op(f, n, runs) return bench.median(function() f(n) end, runs or 5) / n end
+local per_op = bench.per_op
 local noop = function() end
 
 local function tiny_on(ex)
@@ -60,13 +52,7 @@ local function mapped_on(ex)
   return function(n) for _ in ex:map(math.abs, table.move(items, 1, n, 1, {}), { chunksize = 100 }) do end end
 end
 
-local function figure(name, label, ours, unit, scale, goal)
-  bench.report(label, ours * scale, unit)
-  if py[name] then
-    bench.report(label .. ' (python3)', py[name] * scale, unit)
-    bench.ratio(label .. ' host/python3', ours, py[name], goal)
-  end
-end
+local function figure(...) bench.figure(py, ...) end
 
 local pp = assert(futures.ProcessPoolExecutor { max_workers = 2 })
 local ip = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
@@ -91,18 +77,9 @@ bench.report('InterpreterPool(1) start + 1 task + shutdown (one universe)', star
 print('  (LuaLanes, REFERENCE.md: 111 us per lane without stdlib, 395 us with all)')
 
 -- Item 41 on 2 workers: the book's gcd, its pairs repeated 12 times.
-local function gcd(pair)
-  local a, b = pair[1], pair[2]
-  local low = math.min(a, b)
-  for i = low, 1, -1 do
-    if a % i == 0 and b % i == 0 then return i end
-  end
-end
-local work = {}
+local gcd, work = bench.gcd, {}
 for _ = 1, 12 do
-  for _, p in ipairs { { 1963309, 2265973 }, { 2030677, 3814172 }, { 1551645, 2229620 }, { 2039045, 2020802 } } do
-    work[#work + 1] = p
-  end
+  for _, p in ipairs(bench.numbers) do work[#work + 1] = p end
 end
 local function serial() for _, p in ipairs(work) do gcd(p) end end
 local function on(make) return function()

@@ -48,22 +48,8 @@ print("locked_increment", per_op(locked, 500000, 3))
 print("queue_message", per_op(qthroughput, 200000, 3))
 ]]
 
-local function run_python()
-  local f = os.tmpname()
-  local h = assert(io.open(f, 'w'))
-  h:write(python)
-  h:close()
-  local out = bench.capture('python3 ' .. f)
-  os.remove(f)
-  local r = {}
-  for name, v in out:gmatch('(%S+) (%S+)') do r[name] = tonumber(v) end
-  return r
-end
 
--- Median seconds per operation of f(n) over `runs` runs.
-local function per_op(f, n, runs)
-  return bench.median(function() f(n) end, runs or 5) / n
-end
+local per_op = bench.per_op
 
 local function spawn(n)
   local noop = function() end
@@ -117,14 +103,8 @@ local function handoff()
   return math.max(both - alone, 0) / math.max(switches, 1), switches
 end
 
-local py = bench.have('python3') and run_python() or {}
-local function figure(name, label, ours, unit, scale, goal)
-  bench.report(label, ours * scale, unit)
-  if py[name] then
-    bench.report(label .. ' (python3)', py[name] * scale, unit)
-    bench.ratio(label .. ' host/python3', ours, py[name], goal)
-  end
-end
+local py = bench.python(python)
+local function figure(...) bench.figure(py, ...) end
 
 figure('spawn', 'thread spawn + join', per_op(spawn, 2000), 'us', 1e6, '<= 25 us')
 figure('acquire_release', 'Lock acquire + release', per_op(plain, 1000000), 'ns', 1e9, '<= 80 ns')

@@ -272,6 +272,89 @@ int host_executor_decoder(lua_State *L) {
   return 1;
 }
 
+void host_executor_shutdown_options(lua_State *L, int idx, bool *wait, bool *cancel,
+                                    bool *interrupt) {
+  *wait = true;
+  *cancel = *interrupt = false;
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  if (lua_getfield(L, idx, "wait") != LUA_TNIL) *wait = lua_toboolean(L, -1);
+  *cancel = lua_getfield(L, idx, "cancel_futures") != LUA_TNIL && lua_toboolean(L, -1);
+  *interrupt = lua_getfield(L, idx, "interrupt") != LUA_TNIL && lua_toboolean(L, -1);
+  lua_pop(L, 3);
+}
+
+/* The name of the registry's weak set of live pools of type tname. */
+static void push_live_key(lua_State *L, const char *tname) {
+  lua_pushfstring(L, "%s.live", tname);
+}
+
+void host_executor_track(lua_State *L, int idx, const char *tname, bool add) {
+  idx = lua_absindex(L, idx);
+  push_live_key(L, tname);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, idx);
+  if (add) lua_pushboolean(L, 1);
+  else lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* __close of every pool: shutdown{wait = true}, through its own method. */
+static int executor_close(lua_State *L) {
+  lua_getfield(L, 1, "shutdown");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+/*
+** The exit handler of a pool type (upvalue 1: the live set): every live pool
+** gets shutdown{wait = false}: it takes no more work, queued work still runs,
+** and host's exit waits for it, not for idle workers.
+*/
+static int shutdown_live(lua_State *L) {
+  lua_pushnil(L);
+  while (lua_next(L, lua_upvalueindex(1))) {
+    lua_getfield(L, -2, "shutdown");
+    lua_pushvalue(L, -3);
+    lua_createtable(L, 0, 1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "wait");
+    lua_call(L, 2, 0);
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *methods,
+                          lua_CFunction gc, lua_CFunction tostring) {
+  if (luaL_newmetatable(L, tname)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_pushcfunction(L, host_executor_map);
+    lua_setfield(L, -2, "map");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, executor_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    push_live_key(L, tname);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, shutdown_live, 1);
+    host_atexit(L);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_pop(L, 1);
+}
+
 void host_open_executor(lua_State *L) {
   if (luaL_newmetatable(L, MAP_STATE)) {
     lua_pushcfunction(L, map_close);

@@ -5,7 +5,10 @@
 #ifndef HOST_EXECUTOR_H
 #define HOST_EXECUTOR_H
 
+#include <stdbool.h>
+
 #include "lua.h"
+#include "lauxlib.h"
 
 /*
 ** ex:map(fn, t1, t2, ... [, {timeout =, chunksize =}]): submits
@@ -22,6 +25,21 @@ int host_executor_map(lua_State *L);
 ** or process (functions allowed: the pools made those bytes themselves).
 */
 int host_executor_decoder(lua_State *L);
+
+/* Reads shutdown's options {wait = true, cancel_futures, interrupt} at idx. */
+void host_executor_shutdown_options(lua_State *L, int idx, bool *wait, bool *cancel,
+                                    bool *interrupt);
+
+/*
+** Defines the metatable of executor type tname: `methods` (plus `map`) as
+** __index, __gc, __tostring, and __close = shutdown{wait = true}; and an
+** exit handler that shuts down every live pool of the type (see track).
+*/
+void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *methods,
+                          lua_CFunction gc, lua_CFunction tostring);
+
+/* Adds the pool at idx to (or with add false removes it from) its live set. */
+void host_executor_track(lua_State *L, int idx, const char *tname, bool add);
 
 /* Adds `_run_chunk` (map's chunk runner) to the module table on top. */
 void host_open_executor(lua_State *L);

@@ -39,7 +39,6 @@
 #include "thread.h"
 
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
-#define PROCESS_POOLS "host.process_pools"  /* registry: weak set of pools */
 #define POOL_FDS "host.pool_fds"            /* registry: fds a child must close */
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
@@ -539,14 +538,9 @@ static int ppool_submit(lua_State *L) {
 /* ex:shutdown{wait = true, cancel_futures = false} */
 static int ppool_shutdown(lua_State *L) {
   ppool_t *p = check_ppool(L, 1);
-  bool wait = true, cancel = false;
-  if (lua_istable(L, 2)) {
-    if (lua_getfield(L, 2, "wait") != LUA_TNIL) wait = lua_toboolean(L, -1);
-    cancel = lua_getfield(L, 2, "cancel_futures") != LUA_TNIL && lua_toboolean(L, -1);
-    lua_pop(L, 2);
-  } else {
-    luaL_argexpected(L, lua_isnoneornil(L, 2), 2, "table");
-  }
+  bool wait, cancel, interrupt;
+  host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
+  (void)interrupt;  /* only the interpreter pool can interrupt a task */
   p->shutdown = true;
   if (cancel) {
     for (;;) {
@@ -567,26 +561,9 @@ static int ppool_shutdown(lua_State *L) {
   return 0;
 }
 
-static int ppool_close(lua_State *L) {
-  lua_settop(L, 1);
-  return ppool_shutdown(L);
-}
-
-/* The exit handler: every live pool stops taking work (queued work runs). */
-static int shutdown_all(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, PROCESS_POOLS) != LUA_TTABLE) return 0;
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    ppool_t *p = check_ppool(L, -2);
-    p->shutdown = true;
-    wake_manager(p);
-    lua_pop(L, 1);
-  }
-  return 0;
-}
-
 static int ppool_gc(lua_State *L) {
   ppool_t *p = check_ppool(L, 1);
+  host_executor_track(L, 1, PPOOL_TYPE, false);
   host_waitq_unref(p->q);
   p->q = NULL;
   close_wake_pipe(L, p);
@@ -677,43 +654,20 @@ static int ppool_new(lua_State *L) {
   lua_pushcclosure(L, manager_main, 1);
   host_thread_start(L, "ProcessPoolManager", false, 0);
   lua_pop(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, PROCESS_POOLS);
-  lua_pushvalue(L, idx);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
+  host_executor_track(L, idx, PPOOL_TYPE, true);
   lua_settop(L, idx);
   return 1;
 }
 
 static const luaL_Reg ppool_methods[] = {
   {"submit", ppool_submit},
-  {"map", host_executor_map},
   {"shutdown", ppool_shutdown},
   {"pids", ppool_pids},
   {NULL, NULL}
 };
 
 void host_open_process_pool(lua_State *L) {
-  if (luaL_newmetatable(L, PPOOL_TYPE)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, ppool_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ppool_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, ppool_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, ppool_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, PROCESS_POOLS);
-    lua_pushcfunction(L, shutdown_all);
-    host_atexit(L);
-  }
-  lua_pop(L, 1);
+  host_executor_define(L, PPOOL_TYPE, ppool_methods, ppool_gc, ppool_tostring);
   lua_pushcfunction(L, ppool_new);
   lua_setfield(L, -2, "ProcessPoolExecutor");
 }

@@ -32,7 +32,6 @@
 #include "thread.h"
 
 #define IPOOL_TYPE "host.InterpreterPoolExecutor"
-#define IPOOLS "host.interpreter_pools"   /* registry: weak set of pools */
 
 /* A task waiting for a worker, or a completed future waiting for the manager. */
 typedef struct item {
@@ -391,15 +390,8 @@ static void join_workers(lua_State *L, ipool *p) {
 static int ipool_shutdown(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
   ipool *p = px->p;
-  bool wait = true, cancel = false, interrupt = false;
-  if (lua_istable(L, 2)) {
-    if (lua_getfield(L, 2, "wait") != LUA_TNIL) wait = lua_toboolean(L, -1);
-    cancel = lua_getfield(L, 2, "cancel_futures") != LUA_TNIL && lua_toboolean(L, -1);
-    interrupt = lua_getfield(L, 2, "interrupt") != LUA_TNIL && lua_toboolean(L, -1);
-    lua_pop(L, 3);
-  } else {
-    luaL_argexpected(L, lua_isnoneornil(L, 2), 2, "table");
-  }
+  bool wait, cancel, interrupt;
+  host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
   if (cancel) {  /* cancel what waits in the queue, through the proxies */
     lua_getiuservalue(L, 1, 1);
     lua_pushnil(L);
@@ -427,34 +419,10 @@ static int ipool_shutdown(lua_State *L) {
   return 0;
 }
 
-static int ipool_close(lua_State *L) {
-  lua_settop(L, 1);
-  return ipool_shutdown(L);
-}
-
-/* The exit handler: every live pool stops taking work; queued work runs. */
-static int shutdown_all(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, IPOOLS) != LUA_TTABLE) return 0;
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    ipool *p = check_ipool(L, -2)->p;
-    if (p == NULL) {  /* finalized; its weak key is cleared by the next cycle */
-      lua_pop(L, 1);
-      continue;
-    }
-    pthread_mutex_lock(&p->mu);
-    p->shutdown = true;
-    pthread_cond_broadcast(&p->work_cv);
-    pthread_cond_signal(&p->done_cv);
-    pthread_mutex_unlock(&p->mu);
-    lua_pop(L, 1);
-  }
-  return 0;
-}
-
 /* __gc: the workers were joined by shutdown (or at exit); let go. */
 static int ipool_gc(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
+  host_executor_track(L, 1, IPOOL_TYPE, false);
   if (px->p != NULL) {
     pthread_mutex_lock(&px->p->mu);
     px->p->shutdown = true;
@@ -543,42 +511,19 @@ static int ipool_new(lua_State *L) {
   lua_pushcclosure(L, manager_main, 1);
   host_thread_start(L, "InterpreterPoolManager", false, 0);
   lua_pop(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, IPOOLS);
-  lua_pushvalue(L, idx);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
+  host_executor_track(L, idx, IPOOL_TYPE, true);
   lua_settop(L, idx);
   return 1;
 }
 
 static const luaL_Reg ipool_methods[] = {
   {"submit", ipool_submit},
-  {"map", host_executor_map},
   {"shutdown", ipool_shutdown},
   {NULL, NULL}
 };
 
 void host_open_interpreter_pool(lua_State *L) {
-  if (luaL_newmetatable(L, IPOOL_TYPE)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, ipool_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ipool_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, ipool_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, ipool_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, IPOOLS);
-    lua_pushcfunction(L, shutdown_all);
-    host_atexit(L);
-  }
-  lua_pop(L, 1);
+  host_executor_define(L, IPOOL_TYPE, ipool_methods, ipool_gc, ipool_tostring);
   lua_pushcfunction(L, ipool_new);
   lua_setfield(L, -2, "InterpreterPoolExecutor");
 }

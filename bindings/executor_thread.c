@@ -20,7 +20,6 @@
 #include "thread.h"
 
 #define POOL_TYPE "host.ThreadPoolExecutor"
-#define POOLS "host.thread_pools"   /* registry: weak set of live pools */
 
 typedef struct pool_t {
   host_waitq *q;
@@ -207,14 +206,9 @@ static bool is_own_worker(lua_State *L, int idx) {
 /* ex:shutdown{wait = true, cancel_futures = false} */
 static int pool_shutdown(lua_State *L) {
   pool_t *p = check_pool(L, 1);
-  bool wait = true, cancel = false;
-  if (lua_istable(L, 2)) {
-    if (lua_getfield(L, 2, "wait") != LUA_TNIL) wait = lua_toboolean(L, -1);
-    cancel = lua_getfield(L, 2, "cancel_futures") != LUA_TNIL && lua_toboolean(L, -1);
-    lua_pop(L, 2);
-  } else {
-    luaL_argexpected(L, lua_isnoneornil(L, 2), 2, "table");
-  }
+  bool wait, cancel, interrupt;
+  host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
+  (void)interrupt;  /* only the interpreter pool can interrupt a task */
   p->shutdown = true;
   if (cancel) drain_items(L, 1, p, NULL);
   host_waitq_notify(p->q);
@@ -228,27 +222,9 @@ static int pool_shutdown(lua_State *L) {
   return 0;
 }
 
-/* __close: shutdown{wait = true}. */
-static int pool_close(lua_State *L) {
-  lua_settop(L, 1);
-  return pool_shutdown(L);
-}
-
-/* The exit handler: every live pool stops taking work; queued work runs. */
-static int shutdown_all(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, POOLS) != LUA_TTABLE) return 0;
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    pool_t *p = check_pool(L, -2);
-    p->shutdown = true;
-    if (p->q != NULL) host_waitq_notify(p->q);  /* NULL: finalized, key not yet cleared */
-    lua_pop(L, 1);
-  }
-  return 0;
-}
-
 static int pool_gc(lua_State *L) {
   pool_t *p = check_pool(L, 1);
+  host_executor_track(L, 1, POOL_TYPE, false);
   host_waitq_unref(p->q);
   p->q = NULL;
   return 0;
@@ -319,43 +295,18 @@ static int pool_new(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_setfield(L, -2, "workers");
   lua_setiuservalue(L, -2, UV_INFO);
-  lua_getfield(L, LUA_REGISTRYINDEX, POOLS);
-  lua_pushvalue(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  host_executor_track(L, -1, POOL_TYPE, true);
   return 1;
 }
 
 static const luaL_Reg pool_methods[] = {
   {"submit", pool_submit},
-  {"map", host_executor_map},
   {"shutdown", pool_shutdown},
   {NULL, NULL}
 };
 
 void host_open_thread_pool(lua_State *L) {
-  if (luaL_newmetatable(L, POOL_TYPE)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, pool_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, pool_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, pool_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, pool_tostring);
-    lua_setfield(L, -2, "__tostring");
-    /* the weak set of pools, and the exit handler that stops them */
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, POOLS);
-    lua_pushcfunction(L, shutdown_all);
-    host_atexit(L);
-  }
-  lua_pop(L, 1);
+  host_executor_define(L, POOL_TYPE, pool_methods, pool_gc, pool_tostring);
   lua_pushcfunction(L, pool_new);
   lua_setfield(L, -2, "ThreadPoolExecutor");
 }
