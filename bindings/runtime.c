@@ -313,17 +313,29 @@ static void gil_take(host_universe *u, host_tstate *ts) {
   after_take(u, ts);
 }
 
-/* Gives the GIL up: serve the next ticket, wake its slot if it waits. */
+/* Wakes whoever sleeps on the slot of ticket t. */
+static void gil_wake(host_universe *u, unsigned long long t) {
+  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
+  pthread_mutex_lock(&s->mu);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/*
+** Gives the GIL up: serve the next ticket and wake its slot if it waits.
+** The ticket after it is now first in line: wake it too, so that it starts
+** timing the switch interval. It went to sleep without a time limit while
+** it was further back, and would otherwise never ask a holder that runs
+** Lua code without blocking to yield: that holder would keep the GIL for
+** good (seen with a spinning daemon thread).
+*/
 static void gil_give(host_universe *u, host_tstate *ts) {
   atomic_store(&ts->holding, false);
   atomic_store(&u->holder, NULL);
   unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
-  if (atomic_load(&u->next_ticket) > next) {
-    struct gil_slot *s = &u->slot[next % GIL_SLOTS];
-    pthread_mutex_lock(&s->mu);
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-  }
+  unsigned long long taken = atomic_load(&u->next_ticket);
+  if (taken > next) gil_wake(u, next);
+  if (taken > next + 1) gil_wake(u, next + 1);
 }
 
 /* True when another thread waits for the GIL. */

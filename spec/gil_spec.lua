@@ -96,6 +96,28 @@ describe('the GIL', function()
   end)
 end)
 
+describe('the GIL queue', function()
+  it('serves a thread queued behind one that spins in Lua forever', function()
+    -- main holds the GIL while both threads queue for it; when join gives
+    -- it up, whichever is first runs. The other was asleep further back and
+    -- must still start timing the switch interval, or the spinner keeps
+    -- the GIL for good. Run in a subprocess: a failure would hang.
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      thread.Thread{ target = function() while true do end end, daemon = true }:start()
+      local t = thread.start(function() return 'served' end)
+      print(select(2, t:join(10)))
+      os.exit(0)
+    ]]
+    for _ = 1, 5 do
+      local out, _, rc = sh.host_run(sh.quote(f), 15)
+      assert.are.equal(0, rc)
+      assert.are.equal('served\n', out)
+    end
+    os.remove(f)
+  end)
+end)
+
 describe('the GIL traps', function()
   it('runs a module body once when two threads require it at once', function()
     local runs = 0
@@ -161,15 +183,17 @@ describe('the GIL traps', function()
     -- Decision: debug.sethook wins; while a user hook is set the thread is
     -- not preempted (blocking calls still release the GIL).
     local order = {}
+    local hooked = thread.Event()
     local t = thread.start(function()
       debug.sethook(function() end, '', 1000)
+      hooked:set()  -- keeps the GIL: main can only run once t lets it go
       local x = 0
       for i = 1, 2e6 do x = x + i end
       order[#order + 1] = 'hooked'
       debug.sethook()
       return x
     end)
-    thread.sleep(0.001)
+    assert(hooked:wait(T))
     order[#order + 1] = 'main'
     assert.is_true((t:join(T)))
     assert.are.same({ 'hooked', 'main' }, order)
