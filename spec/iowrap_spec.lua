@@ -131,19 +131,20 @@ describe('blocking stdlib calls', function()
 
   it('gives each of several threads reading one pipe whole lines', function()
     local p = io.popen('seq 1 20000')
-    local got = {}
     local threads = {}
     for i = 1, 4 do
       threads[i] = thread.start(function()
-        local mine = 0
-        for l in p:lines() do
-          got[#got + 1] = l
-          mine = mine + 1
-        end
+        local mine = {}  -- one table per thread: `got[#got + 1] = l` would race
+        for l in p:lines() do mine[#mine + 1] = l end
         return mine
       end)
     end
-    for i = 1, 4 do assert.is_true((threads[i]:join(T))) end
+    local got = {}
+    for i = 1, 4 do
+      local ok, mine = threads[i]:join(T)
+      assert.is_true(ok)
+      table.move(mine, 1, #mine, #got + 1, got)
+    end
     assert.are.same({ true, 'exit', 0 }, { p:close() })
     assert.are.equal(20000, #got)
     local seen = {}
