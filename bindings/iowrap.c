@@ -464,17 +464,25 @@ static int io_lines(lua_State *L) {
 
 /* ---- processes ---- */
 
-/* The close function of io.popen's files: waits for the command. */
-static int io_pclose(lua_State *L) {
-  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
-  FILE *f = p->f;
+/*
+** Waits for a command without the GIL: pclose(f), or system(cmd) when f is
+** NULL. Returns its status, with errno as it left it (luaL_execresult
+** reads it; 0 unless the wait itself failed).
+*/
+static int wait_command(lua_State *L, FILE *f, const char *cmd) {
   host_gil_release(L);
   errno = 0;
-  int stat = pclose(f);
+  int stat = f != NULL ? pclose(f) : system(cmd);
   int saved = errno;
   host_gil_acquire(L);
   errno = saved;
-  return luaL_execresult(L, stat);
+  return stat;
+}
+
+/* The close function of io.popen's files: waits for the command. */
+static int io_pclose(lua_State *L) {
+  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  return luaL_execresult(L, wait_command(L, p->f, NULL));
 }
 
 /* io.popen(prog [, mode]) */
@@ -498,12 +506,7 @@ static int io_popen(lua_State *L) {
 /* os.execute([command]) */
 static int os_execute(lua_State *L) {
   const char *cmd = luaL_optstring(L, 1, NULL);
-  host_gil_release(L);
-  errno = 0;
-  int stat = system(cmd);
-  int saved = errno;
-  host_gil_acquire(L);
-  errno = saved;
+  int stat = wait_command(L, NULL, cmd);
   if (cmd != NULL) return luaL_execresult(L, stat);
   lua_pushboolean(L, stat);
   return 1;
