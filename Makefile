@@ -28,7 +28,7 @@ HOST = $(BUILD)/host
 
 # Debian packages each kind of work needs.
 DEPS_BUILD = make gcc pkg-config liblua5.4-dev
-DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3
+DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem
 DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
 DEPS = tools/deps.sh
 
@@ -164,6 +164,9 @@ $(FUZZ_DIR)/fuzz_loads: tools/fuzz_loads.c $(BUILD)/libhost.a
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl
 
 # ---- install ----
+# host.pc is for modules loaded by the program (no libraries: the program
+# exports them); host-embed.pc for C programs that link the bindings in.
+# Both find their prefix from where they lie, so any DESTDIR works.
 
 LIBDIR = $(PREFIX)/lib
 INCDIR = $(PREFIX)/include/host
@@ -172,11 +175,13 @@ install: $(HOST)
 	install -m 755 $(HOST) $(DESTDIR)$(PREFIX)/bin/host
 	install -m 644 bindings/host.h $(DESTDIR)$(INCDIR)/host.h
 	install -m 644 $(BUILD)/libhost.a $(DESTDIR)$(LIBDIR)/libhost.a
-	sed -e 's|@PREFIX@|$(PREFIX)|' tools/host.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
+	install -m 644 tools/host.pc.in $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
+	install -m 644 tools/host-embed.pc.in $(DESTDIR)$(LIBDIR)/pkgconfig/host-embed.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/host $(DESTDIR)$(INCDIR)/host.h \
-	      $(DESTDIR)$(LIBDIR)/libhost.a $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
+	      $(DESTDIR)$(LIBDIR)/libhost.a $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc \
+	      $(DESTDIR)$(LIBDIR)/pkgconfig/host-embed.pc
 	-rmdir $(DESTDIR)$(INCDIR)
 
 clean:

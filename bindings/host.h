@@ -4,6 +4,13 @@
 **
 ** A *universe* is one Lua global state plus its GIL. Every OS thread that
 ** runs Lua code in it holds the GIL while it calls the Lua API.
+**
+** Building against it (README, "Writing your own binding"):
+**   a module loaded by `host`:  cc -shared -fPIC $(pkg-config --cflags --libs host)
+**     (links no library: the program exports these functions and Lua's);
+**   a program that embeds host: cc $(pkg-config --cflags --libs host-embed)
+**     (links libhost.a and liblua5.4, and exports them to its modules).
+** The header needs only Lua's headers (lua.h, lauxlib.h) on the path.
 */
 #ifndef HOST_H
 #define HOST_H
@@ -12,6 +19,10 @@
 
 #include "lua.h"
 #include "lauxlib.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /* ---- universes ---- */
 
@@ -30,7 +41,11 @@ bool host_close(lua_State *L);
 
 /*
 ** Preloads every host library (`host.thread`, `host.error`, ...) into
-** package.preload of L. The standard libraries must be open already.
+** package.preload of L, a state made by host_newstate whose standard
+** libraries are open already. It also replaces the standard functions
+** that must play fair with threads: require, coroutine.resume and wrap,
+** os.exit, and the blocking io.read, io.lines, file:read, file:lines,
+** io.popen and os.execute (which release the GIL while they block).
 */
 void host_openlibs(lua_State *L);
 
@@ -45,6 +60,51 @@ void host_set_switch_interval(lua_State *L, double seconds);
 
 /* Preemption policy of L's universe: every ~n VM instructions, jittered. */
 void host_set_switch_instructions(lua_State *L, int n);
+
+/* ---- the GIL, around a blocking or CPU-heavy part of a C function ---- */
+
+/*
+** host_gil_release(L) lets the other threads of L's universe run Lua code
+** while the calling C function blocks (read, poll, sleep, waitpid) or
+** computes on C data; host_gil_acquire(L) takes the GIL back (waiting for
+** its turn). They are CPython's Py_BEGIN_ALLOW_THREADS and
+** Py_END_ALLOW_THREADS, as two plain calls:
+**
+**   size_t len;
+**   const char *s = luaL_checklstring(L, 1, &len); // anchored: argument 1
+**   host_gil_release(L);
+**   uint32_t h = crc32(s, len);                    // no Lua API here
+**   host_gil_acquire(L);
+**   lua_pushinteger(L, h);
+**
+** The rules, between the two calls:
+** - no Lua API or lauxlib call at all on any lua_State of the universe
+**   (no lua_push*, lua_to*, luaL_error; no raising errors either): other
+**   threads are changing the heap and may run the collector;
+** - the Lua objects the C code still uses are anchored on the function's
+**   own stack (its arguments, or values it pushed): a string's bytes and a
+**   userdata's block stay put while anchored. Nothing may point into the
+**   stack's slots themselves: the collector may shrink the stack;
+** - never from inside a lua_Alloc, a lua_Reader or lua_Writer, or while
+**   holding a lock that a thread holding the GIL might wait for (take such
+**   locks after the release, drop them before the acquire);
+** - every release is followed by exactly one acquire, on the same OS
+**   thread, before the function returns or calls the Lua API again; no
+**   nesting.
+** C functions are never preempted otherwise: code between two Lua API
+** calls runs alone unless it releases the GIL.
+**
+** Decisions: both are no-ops when L's universe is not the one the calling
+** thread runs in (a state from plain luaL_newstate, say), and while
+** host_close is closing the state (finalizers run with the GIL held then).
+** Releasing twice, acquiring without a release, or releasing from a
+** thread that does not hold the GIL prints "host: fatal: ..." and aborts:
+** going on would let two threads into the Lua heap at once.
+** Ctrl-C during the released part is raised after host_gil_acquire, at
+** the next Lua instruction of the main thread.
+*/
+void host_gil_release(lua_State *L);
+void host_gil_acquire(lua_State *L);
 
 /* ---- errors ---- */
 
@@ -121,5 +181,9 @@ int host_codec_decode(lua_State *L, const char *buf, size_t len, unsigned flags,
 */
 int host_codec_register_udata(lua_State *L, const char *tname,
                               lua_CFunction dump, lua_CFunction load);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

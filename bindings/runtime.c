@@ -19,9 +19,9 @@
 */
 #include <errno.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,6 +72,7 @@ struct host_tstate {
   unsigned policy_seen;           /* the policy epoch its hook follows */
   bool daemon;
   bool finished;                  /* body done; waits to be joined */
+  int user_release;               /* host_gil_release's state: a USER_ value */
   host_tstate *outer;             /* what this OS thread had before (nesting) */
   host_tstate *next;              /* in the universe's list of spawned threads */
   void (*body)(lua_State *co, void *arg);
@@ -98,6 +99,7 @@ struct host_universe {
   atomic_uint policy_epoch;
   atomic_bool interrupted;
   bool fork_child;                /* this is a worker forked by the pool */
+  atomic_bool closing;            /* host_close is closing the state */
   /* spawned threads: list, counts (under threads_mu) */
   pthread_mutex_t threads_mu;
   pthread_cond_t threads_cv;
@@ -339,16 +341,55 @@ static bool gil_contended(host_universe *u) {
   return atomic_load(&u->next_ticket) - atomic_load(&u->serving) > 1;
 }
 
-void host_gil_release(lua_State *L) {
-  (void)L;
+/*
+** What host_gil_release did, so that host_gil_acquire undoes exactly that.
+** A release while the state closes keeps the GIL (finalizers run under it
+** throughout), and so does a release in a state of another universe.
+*/
+enum { USER_HOLDING, USER_RELEASED, USER_KEPT };
+
+/* A misuse that would break the GIL for every thread: stop at once. */
+static void gil_misuse(const char *what) {
+  fprintf(stderr, "host: fatal: %s\n", what);
+  fflush(stderr);
+  abort();
+}
+
+/* The calling thread's record if it runs Lua code in L's universe. */
+static host_tstate *member_of(lua_State *L) {
   host_tstate *ts = current_ts;
+  if (ts == NULL || host_universe_of(L) != ts->u) return NULL;
+  return ts;
+}
+
+void host_gil_release(lua_State *L) {
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return;
+  if (ts->user_release != USER_HOLDING)
+    gil_misuse("host_gil_release called twice without host_gil_acquire");
+  if (atomic_load(&ts->u->closing)) {
+    ts->user_release = USER_KEPT;
+    return;
+  }
+  if (!atomic_load(&ts->holding))
+    gil_misuse("host_gil_release called by a thread that does not hold the GIL");
+  ts->user_release = USER_RELEASED;
   gil_give(ts->u, ts);
 }
 
 void host_gil_acquire(lua_State *L) {
-  (void)L;
-  host_tstate *ts = current_ts;
-  gil_take(ts->u, ts);
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return;
+  int was = ts->user_release;
+  if (was == USER_HOLDING)
+    gil_misuse("host_gil_acquire called without host_gil_release");
+  ts->user_release = USER_HOLDING;
+  if (was == USER_RELEASED) gil_take(ts->u, ts);
+}
+
+bool host_closing(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  return u != NULL && atomic_load(&u->closing);
 }
 
 unsigned long long host_gil_switches(lua_State *L) {
@@ -390,6 +431,7 @@ static void tstate_init(host_tstate *ts, host_universe *u, lua_State *L) {
   ts->pthread = pthread_self();
   ts->rng = ((uint64_t)(uintptr_t)ts ^ (uint64_t)(host_now() * 1e9)) | 1;
   ts->policy_seen = 0;
+  ts->user_release = USER_HOLDING;
 }
 
 /*
@@ -511,6 +553,7 @@ bool host_close(lua_State *L) {
     current_ts = ts->outer;
     return false;  /* interrupted: threads still run, leave the state be */
   }
+  atomic_store(&u->closing, true);
   lua_close(L);  /* the GIL stays held: parked daemon threads never resume */
   pthread_mutex_lock(&u->threads_mu);
   reap_finished(u);

@@ -40,11 +40,13 @@ void host_push_thread_key(lua_State *L);
 
 /* ---- the GIL ---- */
 
-/* Releases the GIL held by the calling thread (see host.h). */
-void host_gil_release(lua_State *L);
+/* host_gil_release and host_gil_acquire are public: see host.h. */
 
-/* Takes the GIL back, after host_gil_release. */
-void host_gil_acquire(lua_State *L);
+/*
+** True while host_close closes L's universe: finalizers run then, and
+** nothing may wait for another thread (host_gil_release keeps the GIL).
+*/
+bool host_closing(lua_State *L);
 
 /* Number of times the GIL changed hands in L's universe. */
 unsigned long long host_gil_switches(lua_State *L);

@@ -8,6 +8,7 @@
 ** - os.exit: from a thread other than the main one, or while other threads
 **   run, it exits without closing the state (closing it would free memory
 **   that the other threads are using).
+** The blocking io and os functions are replaced in iowrap.c.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -222,4 +223,5 @@ void host_wrap_stdlib(lua_State *L) {
     lua_setfield(L, -2, "wrap");
   }
   lua_pop(L, 1);
+  host_wrap_io(L);
 }

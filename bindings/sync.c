@@ -557,6 +557,7 @@ static int barrier_index(lua_State *L) {
 
 /* thread.Barrier(parties [, action [, timeout]]) */
 static int barrier_new(lua_State *L) {
+  lua_settop(L, 3);  /* index 2 is the action (or nil), never the new object */
   lua_Integer parties = luaL_checkinteger(L, 1);
   luaL_argcheck(L, parties >= 1, 1, "parties must be one or more");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);

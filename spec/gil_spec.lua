@@ -118,6 +118,28 @@ describe('the GIL', function()
   end)
 end)
 
+describe('the GIL queue', function()
+  it('serves a thread queued behind one that spins in Lua forever', function()
+    -- main holds the GIL while both threads queue for it; when join gives
+    -- it up, whichever is first runs. The other was asleep further back and
+    -- must still start timing the switch interval, or the spinner keeps
+    -- the GIL for good. Run in a subprocess: a failure would hang.
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      thread.Thread{ target = function() while true do end end, daemon = true }:start()
+      local t = thread.start(function() return 'served' end)
+      print(select(2, t:join(10)))
+      os.exit(0)
+    ]]
+    for _ = 1, 5 do
+      local out, _, rc = sh.host_run(sh.quote(f), 15)
+      assert.are.equal(0, rc)
+      assert.are.equal('served\n', out)
+    end
+    os.remove(f)
+  end)
+end)
+
 describe('the GIL traps', function()
   it('runs a module body once when two threads require it at once', function()
     local runs = 0

@@ -1,0 +1,549 @@
+/*
+** iowrap.c: the standard library's blocking calls, remade to release the
+** GIL while they block (floor 2): io.read, io.lines, and the read and lines
+** methods of files ("FILE*"), io.popen (and closing what it opened), and
+** os.execute. Their results, errors and return values are those of Lua
+** 5.4's liolib.c and loslib.c, whose code this follows (Lua's MIT licence,
+** Copyright (C) 1994-2022 Lua.org, PUC-Rio).
+**
+** The GIL goes only around the libc calls that may block, with no Lua API
+** call in between. What they read lands in C memory: a luaL_Buffer prepared
+** before the release (its block is anchored on the stack), the C stack, or
+** a malloc'd block that a protected push turns into a string and frees.
+** Regular files release the GIL too: it costs two atomic operations when
+** nobody waits, and CPython does the same.
+**
+** Several threads may read one file at once. Each format of a read is read
+** under the FILE's own lock (flockfile), taken after the GIL is released
+** and dropped before it is taken back: never the other way round, since a
+** thread holding the GIL may be waiting for that lock in fwrite or fseek.
+** So a line, a number, a count or the rest of the file is read whole; the
+** formats of one call may interleave with another thread's reads. The
+** stream's error flag is only ever touched under that lock too.
+**
+** A file that some thread reads without the GIL cannot be closed under it:
+** while it has readers, its close function is swapped for busy_close,
+** which waits for them to finish and then closes it (see `busy`).
+*/
+#include <ctype.h>
+#include <errno.h>
+#include <locale.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime.h"
+#include "stdwrap.h"
+
+#define IO_INPUT "_IO_input"          /* liolib's registry key of io.input() */
+#define BUSY "host.io.busy"           /* registry: file -> busy record (weak keys) */
+#define BUSY_TYPE "host.io.busy_record"
+#define MAXARGLINE 250                /* liolib's limit of formats in lines() */
+#define L_MAXLENNUM 200               /* liolib's longest numeral */
+#define READ_ALL_CHUNK 4096
+
+typedef luaL_Stream LStream;
+
+/* ---- files that threads read without the GIL ---- */
+
+/*
+** One per file that has been read: a userdata, the value of BUSY[file],
+** so it lives as long as the file. Its fields are used with the GIL held.
+*/
+typedef struct busy {
+  int readers;            /* threads reading the file without the GIL */
+  bool closing;           /* a close waits for them */
+  lua_CFunction closef;   /* the stream's own close function, while readers > 0 */
+  host_waitq *q;          /* where a close waits */
+} busy;
+
+static int busy_gc(lua_State *L) {
+  busy *b = luaL_checkudata(L, 1, BUSY_TYPE);
+  host_waitq_unref(b->q);
+  b->q = NULL;
+  return 0;
+}
+
+/* The busy record of the file at `file` (absolute or pseudo-index). */
+static busy *get_busy(lua_State *L, int file) {
+  lua_getfield(L, LUA_REGISTRYINDEX, BUSY);
+  lua_pushvalue(L, file);
+  busy *b = lua_rawget(L, -2) == LUA_TNIL ? NULL : lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (b == NULL) {
+    b = lua_newuserdatauv(L, sizeof *b, 0);
+    b->q = NULL;
+    luaL_setmetatable(L, BUSY_TYPE);
+    b->q = host_waitq_new();
+    if (b->q == NULL) luaL_error(L, "not enough memory");
+    b->readers = 0;
+    b->closing = false;
+    b->closef = NULL;
+    lua_pushvalue(L, file);
+    lua_insert(L, -2);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+  return b;
+}
+
+/*
+** The close function of a file while threads read it without the GIL: it
+** waits until they are done (releasing the GIL), then closes the file with
+** its own close function. Called by liolib's aux_close, which has marked
+** the stream closed already, so no new read can start meanwhile.
+*/
+static int busy_close(lua_State *L) {
+  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  busy *b = get_busy(L, 1);
+  if (host_closing(L)) return 0;  /* a reader is parked for good: leave it open */
+  host_deadline never = host_deadline_in(-1);
+  b->closing = true;
+  while (b->readers > 0) {
+    if (host_waitq_wait(L, b->q, &never) == HOST_WAIT_INTERRUPTED) {
+      b->closing = false;  /* still open, as before the call */
+      p->closef = b->readers > 0 ? busy_close : b->closef;
+      return host_raise_interrupt(L);
+    }
+  }
+  b->closing = false;
+  return b->closef(L);
+}
+
+/* ---- reading ---- */
+
+/* A read call in progress: the file, its record and the stream's state. */
+typedef struct reader {
+  lua_State *L;
+  LStream *p;
+  FILE *f;
+  busy *b;
+  bool cleared;   /* clearerr done (liolib clears before the first format) */
+  bool error;     /* the stream's error flag after the last read */
+} reader;
+
+/* Lets the other threads run while this one reads (GIL held on entry). */
+static void leave(reader *r) {
+  if (r->b->readers++ == 0) {
+    r->b->closef = r->p->closef;
+    r->p->closef = busy_close;
+  }
+  host_gil_release(r->L);
+  flockfile(r->f);
+  if (!r->cleared) {
+    clearerr_unlocked(r->f);
+    r->cleared = true;
+  }
+}
+
+/* Ends what leave began: errno is kept for luaL_fileresult. */
+static void enter(reader *r) {
+  r->error = ferror_unlocked(r->f) != 0;
+  funlockfile(r->f);
+  int saved = errno;
+  host_gil_acquire(r->L);
+  busy *b = r->b;
+  if (--b->readers == 0) {
+    if (!b->closing) r->p->closef = b->closef;
+    host_waitq_notify(b->q);
+  }
+  errno = saved;
+}
+
+/* Pushes the string in a malloc'd block (GIL held); frees it, on error too. */
+typedef struct owned {
+  char *s;
+  size_t len;
+} owned;
+
+static int push_owned_unprotected(lua_State *L) {
+  const owned *o = lua_touserdata(L, 1);
+  lua_pushlstring(L, o->s, o->len);
+  return 1;
+}
+
+static void push_owned(lua_State *L, owned *o) {
+  lua_pushcfunction(L, push_owned_unprotected);
+  lua_pushlightuserdata(L, o);
+  int status = lua_pcall(L, 1, 1, 0);
+  free(o->s);
+  o->s = NULL;
+  if (status != LUA_OK) lua_error(L);
+}
+
+/* Raises the error a failed allocation raises in liolib. */
+static int no_memory(lua_State *L) {
+  lua_pushliteral(L, "not enough memory");
+  return lua_error(L);
+}
+
+/* liolib's read_number: a numeral's longest valid prefix, then convert. */
+typedef struct RN {
+  FILE *f;
+  int c;        /* current character (look ahead) */
+  int n;        /* number of characters in buff */
+  char buff[L_MAXLENNUM + 1];
+} RN;
+
+/* Adds the current char to the buffer (if room) and reads the next one. */
+static int nextc(RN *rn) {
+  if (rn->n >= L_MAXLENNUM) {
+    rn->buff[0] = '\0';
+    return 0;
+  }
+  rn->buff[rn->n++] = (char)rn->c;
+  rn->c = getc_unlocked(rn->f);
+  return 1;
+}
+
+/* Accepts the current char if it is in `set` (of size 2). */
+static int test2(RN *rn, const char *set) {
+  if (rn->c == set[0] || rn->c == set[1]) return nextc(rn);
+  return 0;
+}
+
+/* Reads a sequence of (hex)digits. */
+static int readdigits(RN *rn, int hex) {
+  int count = 0;
+  while ((hex ? isxdigit(rn->c) : isdigit(rn->c)) && nextc(rn)) count++;
+  return count;
+}
+
+static int read_number(reader *r) {
+  RN rn;
+  int count = 0;
+  int hex = 0;
+  char decp[2];
+  rn.f = r->f;
+  rn.n = 0;
+  decp[0] = lua_getlocaledecpoint();
+  decp[1] = '.';
+  leave(r);
+  do { rn.c = getc_unlocked(rn.f); } while (isspace(rn.c));
+  test2(&rn, "-+");
+  if (test2(&rn, "00")) {
+    if (test2(&rn, "xX")) hex = 1;
+    else count = 1;
+  }
+  count += readdigits(&rn, hex);
+  if (test2(&rn, decp)) count += readdigits(&rn, hex);
+  if (count > 0 && test2(&rn, hex ? "pP" : "eE")) {
+    test2(&rn, "-+");
+    readdigits(&rn, 0);
+  }
+  ungetc(rn.c, rn.f);
+  enter(r);
+  rn.buff[rn.n] = '\0';
+  if (lua_stringtonumber(r->L, rn.buff)) return 1;
+  lua_pushnil(r->L);  /* "result" to be removed */
+  return 0;
+}
+
+/* Format 0: "" unless at end of file. */
+static int test_eof(reader *r) {
+  leave(r);
+  int c = getc_unlocked(r->f);
+  ungetc(c, r->f);
+  enter(r);
+  lua_pushliteral(r->L, "");
+  return c != EOF;
+}
+
+/* Formats "l" (chop) and "L": one whole line, read under the FILE's lock. */
+static int read_line(reader *r, bool chop) {
+  owned line = { NULL, 0 };
+  size_t cap = 0;
+  leave(r);
+  ssize_t n = getdelim(&line.s, &cap, '\n', r->f);
+  bool failed = n < 0 && !ferror_unlocked(r->f) && !feof_unlocked(r->f);
+  enter(r);
+  if (failed) {  /* getdelim could not allocate */
+    free(line.s);
+    return no_memory(r->L);
+  }
+  line.len = n > 0 ? (size_t)n : 0;
+  bool newline = line.len > 0 && line.s[line.len - 1] == '\n';
+  if (newline && chop) line.len--;
+  push_owned(r->L, &line);
+  return newline || line.len > 0;
+}
+
+/* Format "a": the rest of the file, read under the FILE's lock. */
+static void read_all(reader *r) {
+  owned all = { NULL, 0 };
+  size_t cap = 0;
+  bool failed = false;
+  leave(r);
+  for (;;) {
+    if (all.len == cap) {
+      size_t ncap = cap ? cap * 2 : READ_ALL_CHUNK;
+      char *s = ncap > cap ? realloc(all.s, ncap) : NULL;
+      if (s == NULL) {
+        failed = true;
+        break;
+      }
+      all.s = s;
+      cap = ncap;
+    }
+    size_t want = cap - all.len;
+    size_t got = fread(all.s + all.len, 1, want, r->f);
+    all.len += got;
+    if (got < want) break;
+  }
+  enter(r);
+  if (failed) {
+    free(all.s);
+    no_memory(r->L);
+  }
+  push_owned(r->L, &all);
+}
+
+/* A number n > 0: up to n bytes, into a buffer prepared with the GIL. */
+static int read_chars(reader *r, size_t n) {
+  luaL_Buffer b;
+  luaL_buffinit(r->L, &b);
+  char *p = luaL_prepbuffsize(&b, n);
+  leave(r);
+  size_t nr = fread(p, 1, n, r->f);
+  enter(r);
+  luaL_addsize(&b, nr);
+  luaL_pushresult(&b);
+  return nr > 0;
+}
+
+/*
+** liolib's g_read: the formats from stack index `first` on, for the file
+** whose stream is p and whose userdata is at `file` (anchored there).
+*/
+static int g_read(lua_State *L, LStream *p, int file, int first) {
+  reader r = { L, p, p->f, get_busy(L, file), false, false };
+  int nargs = lua_gettop(L) - 1;
+  int n, success;
+  if (nargs == 0) {
+    success = read_line(&r, true);
+    n = first + 1;
+  } else {
+    luaL_checkstack(L, nargs + LUA_MINSTACK, "too many arguments");
+    success = 1;
+    for (n = first; nargs-- && success; n++) {
+      if (lua_type(L, n) == LUA_TNUMBER) {
+        size_t l = (size_t)luaL_checkinteger(L, n);
+        success = (l == 0) ? test_eof(&r) : read_chars(&r, l);
+      } else {
+        const char *fmt = luaL_checkstring(L, n);
+        if (*fmt == '*') fmt++;  /* skip optional '*' (for compatibility) */
+        switch (*fmt) {
+          case 'n': success = read_number(&r); break;
+          case 'l': success = read_line(&r, true); break;
+          case 'L': success = read_line(&r, false); break;
+          case 'a': read_all(&r); success = 1; break;
+          default: return luaL_argerror(L, n, "invalid format");
+        }
+      }
+    }
+  }
+  if (r.error) return luaL_fileresult(L, 0, NULL);
+  if (!success) {
+    lua_pop(L, 1);
+    luaL_pushfail(L);
+  }
+  return n - first;
+}
+
+/* The open stream at index 1, or liolib's errors. */
+static LStream *tofile(lua_State *L) {
+  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  if (p->closef == NULL) luaL_error(L, "attempt to use a closed file");
+  return p;
+}
+
+/* io.read(...) */
+static int io_read(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, IO_INPUT);
+  LStream *p = lua_touserdata(L, -1);
+  if (p->closef == NULL) luaL_error(L, "default input file is closed");
+  return g_read(L, p, lua_gettop(L), 1);
+}
+
+/* file:read(...) */
+static int f_read(lua_State *L) {
+  return g_read(L, tofile(L), 1, 2);
+}
+
+/* ---- lines ---- */
+
+/* liolib's aux_close: marks the stream at index 1 closed, then closes it. */
+static int aux_close(lua_State *L, LStream *p) {
+  lua_CFunction cf = p->closef;
+  p->closef = NULL;
+  return cf(L);
+}
+
+/* The iterator of lines(): upvalues file, n, toclose, formats 1..n. */
+static int io_readline(lua_State *L) {
+  LStream *p = lua_touserdata(L, lua_upvalueindex(1));
+  int n = (int)lua_tointeger(L, lua_upvalueindex(2));
+  if (p->closef == NULL) return luaL_error(L, "file is already closed");
+  lua_settop(L, 1);
+  luaL_checkstack(L, n, "too many arguments");
+  for (int i = 1; i <= n; i++) lua_pushvalue(L, lua_upvalueindex(3 + i));
+  n = g_read(L, p, lua_upvalueindex(1), 2);
+  if (lua_toboolean(L, -n)) return n;
+  if (n > 1) return luaL_error(L, "%s", lua_tostring(L, -n + 1));
+  if (lua_toboolean(L, lua_upvalueindex(3))) {  /* lines(name) opened it */
+    lua_settop(L, 0);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    aux_close(L, p);
+  }
+  return 0;
+}
+
+static void aux_lines(lua_State *L, int toclose) {
+  int n = lua_gettop(L) - 1;
+  luaL_argcheck(L, n <= MAXARGLINE, MAXARGLINE + 2, "too many arguments");
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, n);
+  lua_pushboolean(L, toclose);
+  lua_rotate(L, 2, 3);
+  lua_pushcclosure(L, io_readline, 3 + n);
+}
+
+/* file:lines(...) */
+static int f_lines(lua_State *L) {
+  tofile(L);
+  aux_lines(L, 0);
+  return 1;
+}
+
+/* liolib's io_fclose: the close function of files io.lines opens. */
+static int io_fclose(lua_State *L) {
+  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  return luaL_fileresult(L, fclose(p->f) == 0, NULL);
+}
+
+/* A closed file handle, made before the OS resource (liolib's newprefile). */
+static LStream *newprefile(lua_State *L) {
+  LStream *p = lua_newuserdatauv(L, sizeof(LStream), 0);
+  p->closef = NULL;
+  luaL_setmetatable(L, LUA_FILEHANDLE);
+  return p;
+}
+
+/* io.lines([filename, ...]) */
+static int io_lines(lua_State *L) {
+  int toclose;
+  if (lua_isnone(L, 1)) lua_pushnil(L);
+  if (lua_isnil(L, 1)) {
+    lua_getfield(L, LUA_REGISTRYINDEX, IO_INPUT);
+    lua_replace(L, 1);
+    tofile(L);
+    toclose = 0;
+  } else {
+    const char *filename = luaL_checkstring(L, 1);
+    LStream *p = newprefile(L);
+    host_gil_release(L);  /* opening a FIFO waits for its writer */
+    FILE *f = fopen(filename, "r");
+    int saved = errno;
+    host_gil_acquire(L);
+    p->f = f;
+    p->closef = io_fclose;
+    if (f == NULL)
+      luaL_error(L, "cannot open file '%s' (%s)", filename, strerror(saved));
+    lua_replace(L, 1);
+    toclose = 1;
+  }
+  aux_lines(L, toclose);
+  if (toclose) {
+    lua_pushnil(L);       /* state */
+    lua_pushnil(L);       /* control */
+    lua_pushvalue(L, 1);  /* the file, to-be-closed */
+    return 4;
+  }
+  return 1;
+}
+
+/* ---- processes ---- */
+
+/*
+** Waits for a command without the GIL: pclose(f), or system(cmd) when f is
+** NULL. Returns its status, with errno as it left it (luaL_execresult
+** reads it; 0 unless the wait itself failed).
+*/
+static int wait_command(lua_State *L, FILE *f, const char *cmd) {
+  host_gil_release(L);
+  errno = 0;
+  int stat = f != NULL ? pclose(f) : system(cmd);
+  int saved = errno;
+  host_gil_acquire(L);
+  errno = saved;
+  return stat;
+}
+
+/* The close function of io.popen's files: waits for the command. */
+static int io_pclose(lua_State *L) {
+  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  return luaL_execresult(L, wait_command(L, p->f, NULL));
+}
+
+/* io.popen(prog [, mode]) */
+static int io_popen(lua_State *L) {
+  const char *prog = luaL_checkstring(L, 1);
+  const char *mode = luaL_optstring(L, 2, "r");
+  LStream *p = newprefile(L);
+  luaL_argcheck(L, (mode[0] == 'r' || mode[0] == 'w') && mode[1] == '\0', 2,
+                "invalid mode");
+  host_gil_release(L);
+  fflush(NULL);
+  FILE *f = popen(prog, mode);
+  int saved = errno;
+  host_gil_acquire(L);
+  errno = saved;
+  p->f = f;
+  p->closef = io_pclose;
+  return f == NULL ? luaL_fileresult(L, 0, prog) : 1;
+}
+
+/* os.execute([command]) */
+static int os_execute(lua_State *L) {
+  const char *cmd = luaL_optstring(L, 1, NULL);
+  int stat = wait_command(L, NULL, cmd);
+  if (cmd != NULL) return luaL_execresult(L, stat);
+  lua_pushboolean(L, stat);
+  return 1;
+}
+
+/* ---- installing them ---- */
+
+/* Sets field `name` of the table on top of the stack to f. */
+static void set_function(lua_State *L, const char *name, lua_CFunction f) {
+  lua_pushcfunction(L, f);
+  lua_setfield(L, -2, name);
+}
+
+void host_wrap_io(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, BUSY);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  luaL_newmetatable(L, BUSY_TYPE);
+  set_function(L, "__gc", busy_gc);
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "io") == LUA_TTABLE) {
+    set_function(L, "read", io_read);
+    set_function(L, "lines", io_lines);
+    set_function(L, "popen", io_popen);
+  }
+  lua_pop(L, 1);
+  if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "__index") == LUA_TTABLE) {  /* the methods */
+      set_function(L, "read", f_read);
+      set_function(L, "lines", f_lines);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "os") == LUA_TTABLE) set_function(L, "execute", os_execute);
+  lua_pop(L, 1);
+}

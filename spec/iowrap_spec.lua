@@ -1,0 +1,185 @@
+-- spec/iowrap_spec.lua: the standard library's blocking calls release the
+-- GIL while they block, and return exactly what Lua 5.4's own do.
+--
+-- How "another thread progressed meanwhile" is shown, without a clock: the
+-- blocking call waits for a command that waits for a flag file, and only the
+-- main thread creates the flag, after counting in Lua while the other
+-- thread blocks. The command prints (or exits 0) only if the flag came;
+-- had the call kept the GIL, the main thread could not have run, the
+-- command gives up after T seconds (exit 124, no output), and the spec
+-- fails instead of hanging.
+local thread = require 'host.thread'
+local sh = require 'spec.support.sh'
+
+local T = 10     -- seconds: the limit of every wait below
+local N = 1000   -- increments the main thread makes while the other blocks
+
+-- A shell command that succeeds once `flag` exists, or fails after T seconds.
+local function wait_for(flag)
+  return ('timeout %d sh -c %s'):format(T, sh.quote(('until [ -e %s ]; do sleep 0.01; done'):format(sh.quote(flag))))
+end
+
+-- Runs block(flag) in a thread: it prepares and returns the blocking call.
+-- The main thread waits until that call is about to start, counts to N,
+-- creates the flag, and joins. Returns the count when the flag was made
+-- and the call's results (packed).
+local function progress_while(block)
+  local flag = os.tmpname()
+  os.remove(flag)
+  local state = { count = 0 }
+  local about_to_block = thread.Event()
+  local t = thread.start(function()
+    local run = block(flag)
+    about_to_block:set()
+    return table.pack(run())
+  end)
+  assert(about_to_block:wait(T))
+  for _ = 1, N do state.count = state.count + 1 end
+  local counted = state.count
+  assert(io.open(flag, 'w')):close()
+  local ok, results = t:join(T + 5)
+  os.remove(flag)
+  assert(ok, results)
+  return counted, results
+end
+
+describe('blocking stdlib calls', function()
+  it('return what lua5.4 returns: every format, error and end of file', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir ' .. sh.quote(dir)))
+    local cases = 'spec/support/io_cases.lua ' .. sh.quote(dir)
+    local ref, referr, refcode = sh.run('lua5.4 ' .. cases, 60)
+    local out, err, code = sh.host_run(cases, 60)
+    os.execute('rm -rf ' .. sh.quote(dir))
+    assert.are.equal(0, refcode, referr)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal(ref, out)
+    assert.matches('popen close: true nil "exit" 3', out, 1, true)
+  end)
+
+  it('file:read on a pipe lets other threads run while it blocks', function()
+    local counted, r = progress_while(function(flag)
+      local p = io.popen(wait_for(flag) .. ' && echo ready; echo rest')
+      return function()
+        local line, rest = p:read('l', 'a')
+        return line, rest, p:close()
+      end
+    end)
+    assert.are.equal(N, counted)
+    assert.are.same({ 'ready', 'rest\n', true, 'exit', 0, n = 5 }, r)
+  end)
+
+  it('io.read on a pipe lets other threads run while it blocks', function()
+    local saved = io.input()
+    local counted, r = progress_while(function(flag)
+      io.input(io.popen(wait_for(flag) .. ' && printf "7 x\\n"'))
+      return function() return io.read('n', 'L') end
+    end)
+    io.input():close()
+    io.input(saved)
+    assert.are.equal(N, counted)
+    assert.are.same({ 7, ' x\n', n = 2 }, r)
+  end)
+
+  it('io.lines on a pipe lets other threads run while it blocks', function()
+    local saved = io.input()
+    local counted, r = progress_while(function(flag)
+      io.input(io.popen(wait_for(flag) .. ' && printf "a\\nb"'))
+      return function()
+        local got = {}
+        for l in io.lines() do got[#got + 1] = l end
+        return table.concat(got, ',')
+      end
+    end)
+    io.input():close()
+    io.input(saved)
+    assert.are.equal(N, counted)
+    assert.are.same({ 'a,b', n = 1 }, r)
+  end)
+
+  it('file:lines on a pipe lets other threads run while it blocks', function()
+    local counted, r = progress_while(function(flag)
+      local p = io.popen(wait_for(flag) .. ' && printf "1 2\\n3 4\\n"')
+      return function()
+        local sum = 0
+        for a, b in p:lines('n', 'n') do sum = sum + a * b end
+        return sum, p:close()
+      end
+    end)
+    assert.are.equal(N, counted)
+    assert.are.same({ 14, true, 'exit', 0, n = 4 }, r)
+  end)
+
+  it('os.execute lets other threads run while the command runs', function()
+    local counted, r = progress_while(function(flag)
+      return function() return os.execute(wait_for(flag) .. ' && exit 3') end
+    end)
+    assert.are.equal(N, counted)
+    assert.are.same({ nil, 'exit', 3, n = 3 }, r)
+  end)
+
+  it("closing io.popen's file lets other threads run while the command ends", function()
+    local counted, r = progress_while(function(flag)
+      local p = io.popen(wait_for(flag))
+      return function() return p:close() end
+    end)
+    assert.are.equal(N, counted)
+    assert.are.same({ true, 'exit', 0, n = 3 }, r)
+  end)
+
+  it('gives each of several threads reading one pipe whole lines', function()
+    local p = io.popen('seq 1 20000')
+    local threads = {}
+    for i = 1, 4 do
+      threads[i] = thread.start(function()
+        local mine = {}  -- one table per thread: `got[#got + 1] = l` would race
+        for l in p:lines() do mine[#mine + 1] = l end
+        return mine
+      end)
+    end
+    local got = {}
+    for i = 1, 4 do
+      local ok, mine = threads[i]:join(T)
+      assert.is_true(ok)
+      table.move(mine, 1, #mine, #got + 1, got)
+    end
+    assert.are.same({ true, 'exit', 0 }, { p:close() })
+    assert.are.equal(20000, #got)
+    local seen = {}
+    for _, l in ipairs(got) do
+      local n = assert(math.tointeger(tonumber(l)), l)
+      assert.is_nil(seen[n])
+      seen[n] = true
+    end
+    for n = 1, 20000 do assert.is_true(seen[n]) end
+  end)
+
+  it('makes a close wait for a thread that is reading the file', function()
+    local flag = os.tmpname()
+    os.remove(flag)
+    local p = io.popen(wait_for(flag) .. ' && echo data')
+    local about_to_read = thread.Event()
+    local reader = thread.start(function()
+      about_to_read:set()
+      return p:read 'a'
+    end)
+    assert(about_to_read:wait(T))
+    thread.sleep(0.05)  -- only makes "reader is inside read" likely; both orders are checked
+    local closer = thread.start(function() return p:close() end)
+    thread.sleep(0.05)
+    assert(io.open(flag, 'w')):close()
+    local cok, a, b, c = closer:join(T + 5)
+    local rok, data = reader:join(T + 5)
+    os.remove(flag)
+    assert.is_true(cok)
+    assert.are.same({ true, 'exit', 0 }, { a, b, c })
+    if rok then
+      assert.are.equal('data\n', data)        -- the close waited for the read
+    else
+      assert.matches('attempt to use a closed file', data, 1, true)  -- it came first
+    end
+    assert.are.equal('closed file', io.type(p))
+  end)
+end)
