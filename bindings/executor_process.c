@@ -141,8 +141,7 @@ static void worker_main(lua_State *L, int fd, int info, lua_Integer max_tasks) {
       char *buf = encode_error(L, &len);
       send_frame(fd, FRAME_INIT_FAILED, buf, len);
       free(buf);
-      fflush(NULL);
-      _exit(1);
+      host_exit_child(1);
     }
   } else {
     lua_pop(L, 1);
@@ -174,8 +173,7 @@ static void worker_main(lua_State *L, int fd, int info, lua_Integer max_tasks) {
     fflush(NULL);
     if (!sent) break;
   }
-  fflush(NULL);
-  _exit(0);
+  host_exit_child(0);
 }
 
 /* Closes, in a new child, every fd of every process pool of the parent. */

@@ -339,13 +339,12 @@ static int ipool_submit(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
   ipool *p = px->p;
   luaL_checkany(L, 2);
-  if (p->broken) {
-    pthread_mutex_lock(&p->mu);
-    lua_pushstring(L, p->broken_msg);
-    pthread_mutex_unlock(&p->mu);
-    return host_error_raise(L, "BrokenInterpreterPool", "%s", lua_tostring(L, -1));
-  }
-  if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
+  pthread_mutex_lock(&p->mu);  /* workers set these flags */
+  bool broken = p->broken, shut = p->shutdown;
+  const char *why = p->broken_msg;  /* written once, before broken is set */
+  pthread_mutex_unlock(&p->mu);
+  if (broken) return host_error_raise(L, "BrokenInterpreterPool", "%s", why);
+  if (shut) return luaL_error(L, "cannot schedule new futures after shutdown");
   item *it = calloc(1, sizeof *it);
   if (it == NULL) return luaL_error(L, "not enough memory");
   if (host_codec_encode(L, 2, lua_gettop(L) - 1, &it->payload, &it->len) != LUA_OK) {
@@ -412,7 +411,11 @@ static int ipool_shutdown(lua_State *L) {
   pthread_mutex_unlock(&p->mu);
   if (!wait) return 0;
   host_deadline never = host_deadline_in(-1);
-  while (!p->manager_done) {
+  for (;;) {
+    pthread_mutex_lock(&p->mu);
+    bool done = p->manager_done;
+    pthread_mutex_unlock(&p->mu);
+    if (done) break;
     if (host_waitq_wait(L, px->q, &never) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
   join_workers(L, p);
@@ -440,9 +443,11 @@ static int ipool_gc(lua_State *L) {
 
 static int ipool_tostring(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
+  pthread_mutex_lock(&px->p->mu);
+  bool broken = px->p->broken, shut = px->p->shutdown;
+  pthread_mutex_unlock(&px->p->mu);
   lua_pushfstring(L, "host.InterpreterPoolExecutor (%d workers%s%s): %p", px->p->nworkers,
-                  px->p->broken ? ", broken" : "", px->p->shutdown ? ", shut down" : "",
-                  (void *)px->p);
+                  broken ? ", broken" : "", shut ? ", shut down" : "", (void *)px->p);
   return 1;
 }
 

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "runtime.h"
@@ -714,6 +715,12 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
 bool host_in_fork_child(lua_State *L) {
   host_universe *u = host_universe_of(L);
   return u != NULL && u->fork_child;
+}
+
+void host_exit_child(int status) {
+  fflush(NULL);
+  syscall(SYS_exit_group, status);  /* not _exit: sanitizers hook that too */
+  _exit(status);
 }
 
 pid_t host_fork(lua_State *L) {

@@ -82,6 +82,13 @@ void host_reap_threads(lua_State *L);
 */
 pid_t host_fork(lua_State *L);
 
+/*
+** Ends a child made by host_fork: flushes its stdio and leaves without any
+** at-exit work, which belongs to the parent (its handlers, and a sanitizer's
+** final report about threads the child never had).
+*/
+void host_exit_child(int status);
+
 /* True in a child made by host_fork. */
 bool host_in_fork_child(lua_State *L);
 

@@ -175,12 +175,11 @@ static int exit_code(lua_State *L) {
 /*
 ** os.exit in a worker process of the process pool: the child shares its
 ** parent's at-exit duties (handlers, sanitizer checks of threads it does not
-** have), so it leaves with _exit once its output is flushed.
+** have), so it leaves through host_exit_child.
 */
 static int child_exit(lua_State *L) {
-  int code = exit_code(L);
-  fflush(NULL);
-  _exit(code);
+  host_exit_child(exit_code(L));
+  return 0;
 }
 
 /*
