@@ -123,7 +123,9 @@ tsan-negative:
 	  echo "tsan negative control: caught ($$(grep -c 'WARNING: ThreadSanitizer' build/tsan-nogil/report) report(s))"; \
 	else echo "tsan negative control: NOT caught"; cat build/tsan-nogil/report; exit 1; fi
 
-VALGRIND = valgrind --quiet --error-exitcode=99 --leak-check=full \
+# Forked pool workers are checked too but say nothing (a worker never frees
+# its copy of the parent's state, by design).
+VALGRIND = valgrind --quiet --error-exitcode=99 --leak-check=full --child-silent-after-fork=yes \
            --show-leak-kinds=definite,indirect,possible --errors-for-leak-kinds=definite,indirect,possible \
            --suppressions=$(abspath tools/valgrind.supp)
 valgrind:

@@ -334,17 +334,26 @@ static int interrupt_task(lua_State *L) {
   return 1;
 }
 
+/*
+** Pushes the error that a submit to p gets now, and returns true; false
+** when p takes work. The workers set the flags, under the mutex.
+*/
+static bool refused(lua_State *L, ipool *p) {
+  pthread_mutex_lock(&p->mu);
+  bool broken = p->broken, shut = p->shutdown;
+  const char *why = p->broken_msg;  /* written once, before broken is set */
+  pthread_mutex_unlock(&p->mu);
+  if (broken) host_error_push(L, "BrokenInterpreterPool", why, 0);
+  else if (shut) lua_pushliteral(L, "cannot schedule new futures after shutdown");
+  return broken || shut;
+}
+
 /* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
 static int ipool_submit(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
   ipool *p = px->p;
   luaL_checkany(L, 2);
-  pthread_mutex_lock(&p->mu);  /* workers set these flags */
-  bool broken = p->broken, shut = p->shutdown;
-  const char *why = p->broken_msg;  /* written once, before broken is set */
-  pthread_mutex_unlock(&p->mu);
-  if (broken) return host_error_raise(L, "BrokenInterpreterPool", "%s", why);
-  if (shut) return luaL_error(L, "cannot schedule new futures after shutdown");
+  if (refused(L, p)) return lua_error(L);
   item *it = calloc(1, sizeof *it);
   if (it == NULL) return luaL_error(L, "not enough memory");
   if (host_codec_encode(L, 2, lua_gettop(L) - 1, &it->payload, &it->len) != LUA_OK) {
@@ -364,6 +373,17 @@ static int ipool_submit(lua_State *L) {
   lua_rawset(L, -3);
   lua_pop(L, 1);
   pthread_mutex_lock(&p->mu);
+  if (p->broken || p->shutdown) {  /* since the check above: no worker will take it */
+    pthread_mutex_unlock(&p->mu);
+    lua_getiuservalue(L, 1, 1);
+    lua_pushlightuserdata(L, it->f);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    host_future_unref(it->f);
+    free(it->payload);
+    free(it);
+    if (refused(L, p)) return lua_error(L);
+  }
   if (p->tail) p->tail->next = it;
   else p->head = it;
   p->tail = it;

@@ -723,10 +723,19 @@ void host_exit_child(int status) {
   _exit(status);
 }
 
+/*
+** Forks with the thread list locked, once the finished threads are joined:
+** none can finish meanwhile, so the child inherits no thread that exited
+** unjoined (it could never join one, and ThreadSanitizer would report it as
+** leaked when the child exits).
+*/
 pid_t host_fork(lua_State *L) {
   host_universe *u = host_universe_of(L);
   fflush(NULL);  /* or the child would write the parent's buffered output again */
+  pthread_mutex_lock(&u->threads_mu);
+  reap_finished(u);
   pid_t pid = fork();
+  pthread_mutex_unlock(&u->threads_mu);  /* in the child, reset_after_fork remakes it */
   if (pid == 0) reset_after_fork(u, current_ts);
   return pid;
 }

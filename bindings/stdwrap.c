@@ -39,6 +39,13 @@ static int host_require(lua_State *L) {
   lua_settop(L, 1);
   if (push_loaded(L, 1)) return 1;  /* the fast path */
   lua_pop(L, 1);
+  if (host_current() == NULL || host_universe_of(L) == NULL) {
+    /* a state not made by host_newstate (an embedder's, the fuzzer's) */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 2);
+    return 2;
+  }
   host_waitq *q = *(host_waitq **)lua_touserdata(L, lua_upvalueindex(2));
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LOADING);  /* 2 */
   host_push_thread_key(L);                           /* 3 */
@@ -183,20 +190,23 @@ static int child_exit(lua_State *L) {
 }
 
 /*
-** os.exit([code [, close]]): upvalue 1 is the original. Closing the state
-** is only safe when no other thread runs Lua code in it.
+** os.exit([code [, close]]): upvalue 1 is the original, for states that are
+** not host universes. Closing the state (host_close) is only safe when no
+** other thread runs Lua code in it; otherwise it exits without closing.
 */
 static int host_exit(lua_State *L) {
   if (host_in_fork_child(L)) return child_exit(L);
   bool close = lua_toboolean(L, 2);
-  host_reap_threads(L);
-  if (!close || (host_is_main_thread() && host_thread_count(L) == 1)) {
+  int code = exit_code(L);
+  if (host_universe_of(L) == NULL) {  /* an embedder's plain state */
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 0);
     return 0;
   }
-  int code = exit_code(L);
+  host_reap_threads(L);
+  if (close && host_is_main_thread() && host_thread_count(L) == 1)
+    host_close(L);  /* what lua_close does, plus exit handlers and the universe */
   fflush(NULL);
   exit(code);
 }

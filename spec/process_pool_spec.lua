@@ -140,7 +140,9 @@ describe('ProcessPoolExecutor', function()
     local ok, err = pcall(f.result, f, T)
     assert.is_false(ok)
     assert.is_true(herror.is(err, 'BrokenProcessPool'))
-    assert.matches('exited with status 3', err.message, 1, true)
+    -- under valgrind a worker's exit status is valgrind's (its leak check of the fork)
+    local status = os.getenv('HOST_UNDER_VALGRIND') and '%d+' or '3'
+    assert.matches('exited with status ' .. status, err.message)
     ex:shutdown()
   end)
 
