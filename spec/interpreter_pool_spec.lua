@@ -121,10 +121,13 @@ describe('InterpreterPoolExecutor', function()
 
   it('runs 1000 tiny tasks, and callbacks in the caller\'s universe', function()
     local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
-    local fs, called = {}, 0
+    local fs, called, lock = {}, 0, thread.Lock()
+    -- callbacks run in the manager thread or, when already done, in this
+    -- one: the count is shared state, so it takes a lock (see Item 38)
+    local function count() local _ <close> = lock:acquire() called = called + 1 end
     for i = 1, 1000 do
       fs[i] = ex:submit(function(x) return x * 2 end, i)
-      fs[i]:add_done_callback(function() called = called + 1 end)
+      fs[i]:add_done_callback(count)
     end
     local sum = 0
     for i = 1, 1000 do sum = sum + fs[i]:result(T) end
