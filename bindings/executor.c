@@ -9,6 +9,7 @@
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
+#include "thread.h"
 
 #define MAP_STATE "host.map_state"
 
@@ -353,6 +354,16 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
     lua_rawset(L, LUA_REGISTRYINDEX);
   }
   lua_pop(L, 1);
+}
+
+void host_executor_start(lua_State *L, int idx, const char *tname,
+                         lua_CFunction manager, const char *name) {
+  lua_pushvalue(L, idx);
+  lua_pushcclosure(L, manager, 1);
+  host_thread_start(L, name, false, 0);
+  lua_pop(L, 1);
+  host_executor_track(L, idx, tname, true);
+  lua_settop(L, idx);
 }
 
 void host_open_executor(lua_State *L) {

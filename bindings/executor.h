@@ -41,6 +41,13 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
 /* Adds the pool at idx to (or with add false removes it from) its live set. */
 void host_executor_track(lua_State *L, int idx, const char *tname, bool add);
 
+/*
+** Starts the manager thread of the pool at idx (a host.Thread named `name`
+** running manager(pool)), tracks the pool as live, and leaves it on top.
+*/
+void host_executor_start(lua_State *L, int idx, const char *tname,
+                         lua_CFunction manager, const char *name);
+
 /* Adds `_run_chunk` (map's chunk runner) to the module table on top. */
 void host_open_executor(lua_State *L);
 

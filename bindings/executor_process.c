@@ -36,7 +36,6 @@
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
-#include "thread.h"
 
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
 #define POOL_FDS "host.pool_fds"            /* registry: fds a child must close */
@@ -642,18 +641,11 @@ static int ppool_new(lua_State *L) {
     if (e != 0) {
       for (int j = 0; j < i; j++) retire_worker(L, p, j, true);
       p->broken = true;
-      luaL_pushfail(L);
-      lua_pushfstring(L, "fork: %s", strerror(e));
-      lua_pushinteger(L, e);
-      return 3;
+      errno = e;
+      return luaL_fileresult(L, 0, "fork");
     }
   }
-  lua_pushvalue(L, idx);
-  lua_pushcclosure(L, manager_main, 1);
-  host_thread_start(L, "ProcessPoolManager", false, 0);
-  lua_pop(L, 1);
-  host_executor_track(L, idx, PPOOL_TYPE, true);
-  lua_settop(L, idx);
+  host_executor_start(L, idx, PPOOL_TYPE, manager_main, "ProcessPoolManager");
   return 1;
 }
 

@@ -29,7 +29,6 @@
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
-#include "thread.h"
 
 #define IPOOL_TYPE "host.InterpreterPoolExecutor"
 
@@ -527,17 +526,10 @@ static int ipool_new(lua_State *L) {
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->mu);
     join_workers(L, p);
-    luaL_pushfail(L);
-    lua_pushfstring(L, "cannot start a worker thread: %s", strerror(e));
-    lua_pushinteger(L, e);
-    return 3;
+    errno = e;
+    return luaL_fileresult(L, 0, "pthread_create");
   }
-  lua_pushvalue(L, idx);
-  lua_pushcclosure(L, manager_main, 1);
-  host_thread_start(L, "InterpreterPoolManager", false, 0);
-  lua_pop(L, 1);
-  host_executor_track(L, idx, IPOOL_TYPE, true);
-  lua_settop(L, idx);
+  host_executor_start(L, idx, IPOOL_TYPE, manager_main, "InterpreterPoolManager");
   return 1;
 }
 
