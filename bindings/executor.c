@@ -25,34 +25,43 @@ static bool is_options(lua_State *L, int idx) {
 }
 
 /*
-** _run_chunk(fn, chunk): chunk is {args1, args2, ...} with each argsK a
-** packed table; returns {results1, results2, ...} packed the same way.
+** _run_chunk(fn, m, k, args): runs fn on m items whose k arguments each lie
+** flat in `args` (item i's at (i-1)*k+1 .. i*k). Returns the results flat,
+** their counts (one integer when every item returned as many values, else
+** a table of counts) and m. Flat tables keep the codec's work per item to
+** the values themselves.
 */
 static int run_chunk(lua_State *L) {
   luaL_checkany(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_Integer n = luaL_len(L, 2);
-  lua_createtable(L, (int)n, 0);
-  for (lua_Integer i = 1; i <= n; i++) {
+  lua_Integer m = luaL_checkinteger(L, 2);
+  lua_Integer k = luaL_checkinteger(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  luaL_argcheck(L, m >= 0 && k >= 0 && k <= 250, 2, "bad chunk shape");
+  lua_settop(L, 4);
+  lua_createtable(L, (int)m, 0);  /* 5: the results, flat */
+  lua_createtable(L, (int)m, 0);  /* 6: the count of each item's results */
+  lua_Integer out = 0, uniform = -1;
+  bool mixed = false;
+  luaL_checkstack(L, (int)k + 2, "too many arguments");
+  for (lua_Integer i = 1; i <= m; i++) {
     int base = lua_gettop(L);
     lua_pushvalue(L, 1);
-    lua_rawgeti(L, 2, i);
-    lua_getfield(L, -1, "n");
-    int nargs = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, nargs, "too many arguments");
-    for (int k = 1; k <= nargs; k++) lua_rawgeti(L, base + 2, k);
-    lua_remove(L, base + 2);
-    lua_call(L, nargs, LUA_MULTRET);
+    for (lua_Integer a = 1; a <= k; a++) lua_rawgeti(L, 4, (i - 1) * k + a);
+    lua_call(L, (int)k, LUA_MULTRET);
     int nres = lua_gettop(L) - base;
-    lua_createtable(L, nres, 1);
-    lua_insert(L, base + 1);
-    for (int k = nres; k >= 1; k--) lua_rawseti(L, base + 1, k);
+    for (int r = nres; r >= 1; r--) lua_rawseti(L, 5, out + r);
+    out += nres;
     lua_pushinteger(L, nres);
-    lua_setfield(L, base + 1, "n");
-    lua_rawseti(L, base, i);
+    lua_rawseti(L, 6, i);
+    if (uniform < 0) uniform = nres;
+    else if (uniform != nres) mixed = true;
   }
-  return 1;
+  if (!mixed) {
+    lua_pop(L, 1);
+    lua_pushinteger(L, uniform < 0 ? 0 : uniform);
+  }
+  lua_pushinteger(L, m);
+  return 3;
 }
 
 /* Cancels the futures of the state table at idx after position `pos`. */
@@ -111,7 +120,8 @@ static int next_outcome(lua_State *L, int st) {
 /*
 ** The iterator; upvalue 1 is the state table: the futures at 1.., `pos`
 ** (futures consumed), `index` (items given), `deadline` (absolute, or -1),
-** and with chunks `chunk` (the current chunk's results) and `cpos`.
+** and with chunks `chunk` (the current chunk's results, flat), `counts`,
+** `cm` (its item count), `cpos` (items given) and `fpos` (values given).
 */
 static int map_next(lua_State *L) {
   int st = lua_upvalueindex(1);
@@ -128,30 +138,40 @@ static int map_next(lua_State *L) {
     lua_setfield(L, st, "index");
     return n + 1;
   }
-  for (;;) {
+  for (;;) {  /* chunked: give the current chunk's next item, or fetch one */
     lua_getfield(L, st, "cpos");
     lua_Integer cpos = lua_tointeger(L, -1) + 1;
-    lua_pop(L, 1);
-    if (lua_getfield(L, st, "chunk") == LUA_TTABLE && cpos <= luaL_len(L, -1)) {
+    lua_getfield(L, st, "cm");
+    lua_Integer cm = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    if (cpos <= cm) {
+      lua_getfield(L, st, "chunk");
+      int chunk = lua_gettop(L);
+      lua_getfield(L, st, "fpos");
+      lua_Integer fpos = lua_tointeger(L, -1);
+      lua_getfield(L, st, "counts");
+      lua_Integer count = lua_isinteger(L, -1) ? lua_tointeger(L, -1)
+                                              : (lua_rawgeti(L, -1, cpos), lua_tointeger(L, -1));
+      lua_settop(L, chunk);
       lua_pushinteger(L, cpos);
       lua_setfield(L, st, "cpos");
+      lua_pushinteger(L, fpos + count);
+      lua_setfield(L, st, "fpos");
       lua_pushinteger(L, index);
       lua_setfield(L, st, "index");
-      lua_rawgeti(L, -1, cpos);
-      int results = lua_gettop(L);
-      lua_getfield(L, results, "n");
-      int n = (int)lua_tointeger(L, -1);
-      lua_pop(L, 1);
-      luaL_checkstack(L, n + 1, "too many results");
+      luaL_checkstack(L, (int)count + 1, "too many results");
       lua_pushinteger(L, index);
-      for (int k = 1; k <= n; k++) lua_rawgeti(L, results, k);
-      return n + 1;
+      for (lua_Integer r = 1; r <= count; r++) lua_rawgeti(L, chunk, fpos + r);
+      return (int)count + 1;
     }
-    lua_pop(L, 1);
     if (next_outcome(L, st) < 0) return 0;
-    lua_setfield(L, st, "chunk");  /* _run_chunk returned one table */
+    lua_setfield(L, st, "cm");  /* _run_chunk's three results */
+    lua_setfield(L, st, "counts");
+    lua_setfield(L, st, "chunk");
     lua_pushinteger(L, 0);
     lua_setfield(L, st, "cpos");
+    lua_pushinteger(L, 0);
+    lua_setfield(L, st, "fpos");
   }
 }
 
@@ -162,17 +182,6 @@ static void submit(lua_State *L, int n) {
   lua_pushvalue(L, 1);
   lua_insert(L, -(n + 1));
   lua_call(L, n + 1, 1);
-}
-
-/* Pushes a packed table {n = k, t1[i], ..., tk[i]} of item i's arguments. */
-static void push_args(lua_State *L, int first, int k, lua_Integer i) {
-  lua_createtable(L, k, 1);
-  for (int j = 0; j < k; j++) {
-    lua_geti(L, first + j, i);
-    lua_rawseti(L, -2, j + 1);
-  }
-  lua_pushinteger(L, k);
-  lua_setfield(L, -2, "n");
 }
 
 /*
@@ -187,14 +196,19 @@ static int submit_all(lua_State *L) {
   int fn = first + k, st = fn + 1;
   for (lua_Integer i = 1; i <= n; i += chunksize) {
     if (chunksize > 1) {
+      lua_Integer m = n - i + 1 < chunksize ? n - i + 1 : chunksize;
       lua_getfield(L, lua_upvalueindex(4), "_run_chunk");
       lua_pushvalue(L, fn);
-      lua_createtable(L, (int)chunksize, 0);
-      for (lua_Integer j = i; j < i + chunksize && j <= n; j++) {
-        push_args(L, first, k, j);
-        lua_rawseti(L, -2, j - i + 1);
+      lua_pushinteger(L, m);
+      lua_pushinteger(L, k);
+      lua_createtable(L, (int)(m * k), 0);
+      for (lua_Integer j = 0; j < m; j++) {
+        for (int a = 0; a < k; a++) {
+          lua_geti(L, first + a, i + j);
+          lua_rawseti(L, -2, j * k + a + 1);
+        }
       }
-      submit(L, 3);
+      submit(L, 5);
     } else {
       lua_pushvalue(L, fn);
       for (int j = 0; j < k; j++) lua_geti(L, first + j, i);

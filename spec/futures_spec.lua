@@ -209,6 +209,12 @@ describe('ThreadPoolExecutor', function()
     got = {}
     for i, v in ex:map(function(x) return -x end, { 1, 2, 3, 4, 5 }, { chunksize = 2 }) do got[i] = v end
     assert.are.same({ -1, -2, -3, -4, -5 }, got)
+    got = {}  -- chunks whose items return different numbers of values, nils too
+    for i, a, b in ex:map(function(x) if x % 2 == 0 then return nil, x end return x end,
+                          { 1, 2, 3, 4, 5 }, { chunksize = 2 }) do
+      got[i] = { a, b }
+    end
+    assert.are.same({ { 1 }, { nil, 2 }, { 3 }, { nil, 4 }, { 5 } }, got)
     local n = 0
     for i, a, b in ex:map(function() return nil, 'x' end, { 1, 2 }) do
       n = n + 1
