@@ -528,7 +528,9 @@ static int ppool_submit(lua_State *L) {
   lua_rawseti(L, -3, 1);
   lua_insert(L, -2);
   fifo_push(L, 1, UV_PENDING, &p->pend_tail);
-  wake_manager(p);
+  /* Hand it to an idle worker now, not through the manager: one wake-up
+  ** less. A worker that died meanwhile is the manager's to find (EOF). */
+  if (!pump(L, 1, p)) wake_manager(p);
   return 1;
 }
 
