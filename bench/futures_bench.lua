@@ -6,23 +6,11 @@ local futures = require 'host.futures'
 local python = [[
 import time
 from concurrent.futures import ThreadPoolExecutor
-def per_op(f, n, runs=5):
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter(); f(n); ts.append((time.perf_counter() - t0) / n)
-    ts.sort(); return ts[len(ts) // 2]
 ex = ThreadPoolExecutor(max_workers=2)
 def tiny(n):
     for _ in range(n): ex.submit(int).result()
 def mapped(n):
     for _ in ex.map(abs, range(n)): pass
-def gcd(pair):
-    a, b = pair
-    low = min(a, b)
-    for i in range(low, 0, -1):
-        if a % i == 0 and b % i == 0:
-            return i
-numbers = [(1963309, 2265973), (2030677, 3814172), (1551645, 2229620), (2039045, 2020802)]
 def serial(_): list(map(gcd, numbers))
 def pooled(_): list(ex.map(gcd, numbers))
 print("submit_result", per_op(tiny, 20000))

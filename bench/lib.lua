@@ -46,13 +46,31 @@ function bench.have(cmd)
   return os.execute('command -v ' .. cmd .. ' >/dev/null 2>&1') == true
 end
 
--- Runs Python source `code` with python3 and returns its "name value" lines
--- as a table of numbers ({} when python3 is missing).
+-- What every Python twin starts with: per_op, the twin of bench.per_op, and
+-- the book's gcd.
+local python_prelude = [[
+import time
+def per_op(f, n, runs=5):
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter(); f(n); ts.append((time.perf_counter() - t0) / n)
+    ts.sort(); return ts[len(ts) // 2]
+def gcd(pair):
+    a, b = pair
+    low = min(a, b)
+    for i in range(low, 0, -1):
+        if a % i == 0 and b % i == 0:
+            return i
+numbers = [(1963309, 2265973), (2030677, 3814172), (1551645, 2229620), (2039045, 2020802)]
+]]
+
+-- Runs Python source `code` (after the prelude above) with python3 and
+-- returns its "name value" lines as a table of numbers ({} without python3).
 function bench.python(code)
   if not bench.have('python3') then return {} end
   local file = os.tmpname()
   local f = assert(io.open(file, 'w'))
-  f:write(code)
+  f:write(python_prelude, code)
   f:close()
   local out = bench.capture('python3 ' .. file)
   os.remove(file)

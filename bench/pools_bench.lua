@@ -8,18 +8,7 @@ local time = require 'host.time'
 local python = [[
 import time, multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-def per_op(f, n, runs=5):
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter(); f(n); ts.append((time.perf_counter() - t0) / n)
-    ts.sort(); return ts[len(ts) // 2]
 def noop(): pass
-def gcd(pair):
-    a, b = pair
-    low = min(a, b)
-    for i in range(low, 0, -1):
-        if a % i == 0 and b % i == 0:
-            return i
 if __name__ == '__main__':
     ctx = multiprocessing.get_context('fork')
     ex = ProcessPoolExecutor(max_workers=2, mp_context=ctx)

@@ -8,11 +8,6 @@ local time = require 'host.time'
 -- The Python twins: each prints "name seconds-per-op".
 local python = [[
 import threading, queue, time
-def per_op(f, n, runs=5):
-    best = []
-    for _ in range(runs):
-        t0 = time.perf_counter(); f(n); best.append((time.perf_counter() - t0) / n)
-    best.sort(); return best[len(best) // 2]
 def spawn(n):
     for _ in range(n):
         t = threading.Thread(target=lambda: None); t.start(); t.join()

@@ -5,6 +5,7 @@
 ** can send it by name) and the iterator unpacks the chunk's results.
 */
 #include <string.h>
+#include <unistd.h>
 
 #include "executor.h"
 #include "future.h"
@@ -368,6 +369,29 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
     lua_rawset(L, LUA_REGISTRYINDEX);
   }
   lua_pop(L, 1);
+}
+
+lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "max_workers");
+  lua_Integer n = lua_isnil(L, -1) ? default_workers : luaL_checkinteger(L, -1);
+  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "max_workers must be in [1, 1024]");
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "initializer");
+  luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
+  lua_getfield(L, 1, "initargs");
+  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
+  return n;
+}
+
+lua_Integer host_executor_cores(void) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  return cores > 0 ? cores : 1;
 }
 
 void host_executor_start(lua_State *L, int idx, const char *tname,

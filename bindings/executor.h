@@ -42,6 +42,16 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
 void host_executor_track(lua_State *L, int idx, const char *tname, bool add);
 
 /*
+** Reads the options every pool's constructor shares from the table at 1
+** (an empty one when absent): returns max_workers (default_workers when
+** absent; 1..1024), and leaves initializer at 2 and initargs at 3, checked.
+*/
+lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers);
+
+/* The number of online CPUs (at least 1). */
+lua_Integer host_executor_cores(void);
+
+/*
 ** Starts the manager thread of the pool at idx (a host.Thread named `name`
 ** running manager(pool)), tracks the pool as live, and leaves it on top.
 */

@@ -593,22 +593,10 @@ static int ppool_pids(lua_State *L) {
 ** fork or a socket fails.
 */
 static int ppool_new(lua_State *L) {
-  if (lua_isnoneornil(L, 1)) {
-    lua_settop(L, 0);
-    lua_newtable(L);
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "max_workers");
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  lua_Integer n = lua_isnil(L, -1) ? (cores > 0 ? cores : 1) : luaL_checkinteger(L, -1);
-  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "max_workers must be in [1, 1024]");
+  lua_Integer n = host_executor_options(L, host_executor_cores());
   lua_getfield(L, 1, "max_tasks_per_child");
   lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
   luaL_argcheck(L, max_tasks >= 0, 1, "max_tasks_per_child must be positive");
-  lua_getfield(L, 1, "initializer");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
-  lua_getfield(L, 1, "initargs");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
   ppool_t *p = lua_newuserdatauv(L, sizeof *p + sizeof(worker_t) * (size_t)n, 4);
   memset(p, 0, sizeof *p + sizeof(worker_t) * (size_t)n);
   p->wake_r = p->wake_w = -1;
@@ -625,9 +613,9 @@ static int ppool_new(lua_State *L) {
     lua_setiuservalue(L, idx, uv);
   }
   lua_createtable(L, 0, 4);
-  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 2);
   lua_setfield(L, -2, "initializer");
-  lua_pushvalue(L, 5);
+  lua_pushvalue(L, 3);
   lua_setfield(L, -2, "initargs");
   lua_pushcfunction(L, host_executor_decoder);
   lua_setfield(L, -2, "decoder");

@@ -475,19 +475,7 @@ static int ipool_tostring(lua_State *L) {
 ** The initializer and its arguments are encoded now and run in each worker.
 */
 static int ipool_new(lua_State *L) {
-  if (lua_isnoneornil(L, 1)) {
-    lua_settop(L, 0);
-    lua_newtable(L);
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "max_workers");
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  lua_Integer n = lua_isnil(L, -1) ? (cores > 0 ? cores : 1) : luaL_checkinteger(L, -1);
-  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "max_workers must be in [1, 1024]");
-  lua_getfield(L, 1, "initializer");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
-  lua_getfield(L, 1, "initargs");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
+  lua_Integer n = host_executor_options(L, host_executor_cores());
   iproxy *px = lua_newuserdatauv(L, sizeof *px, 1);
   px->p = NULL;
   px->q = NULL;
@@ -507,13 +495,13 @@ static int ipool_new(lua_State *L) {
   host_cond_init(&p->done_cv);
   p->nworkers = (int)n;
   px->p = p;
-  if (!lua_isnil(L, 3)) {  /* encode initializer(table.unpack(initargs)) */
+  if (!lua_isnil(L, 2)) {  /* encode initializer(table.unpack(initargs)) */
     int first = lua_gettop(L) + 1;
-    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 2);
     int nargs = 0;
-    if (lua_istable(L, 4)) {
-      nargs = (int)luaL_len(L, 4);
-      for (int i = 1; i <= nargs; i++) lua_rawgeti(L, 4, i);
+    if (lua_istable(L, 3)) {
+      nargs = (int)luaL_len(L, 3);
+      for (int i = 1; i <= nargs; i++) lua_rawgeti(L, 3, i);
     }
     if (host_codec_encode(L, first, nargs + 1, &p->init, &p->init_len) != LUA_OK)
       return luaL_error(L, "cannot send the initializer: %s", lua_tostring(L, -1));

@@ -239,8 +239,7 @@ static int pool_tostring(lua_State *L) {
 
 /* The default number of workers, as Python's: min(32, cores + 4). */
 static lua_Integer default_workers(void) {
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  lua_Integer n = (cores > 0 ? cores : 1) + 4;
+  lua_Integer n = host_executor_cores() + 4;
   return n < 32 ? n : 32;
 }
 
@@ -249,18 +248,7 @@ static lua_Integer default_workers(void) {
 ** initializer =, initargs =}
 */
 static int pool_new(lua_State *L) {
-  if (lua_isnoneornil(L, 1)) {
-    lua_settop(L, 0);
-    lua_newtable(L);
-  }
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "max_workers");
-  lua_Integer max = lua_isnil(L, -1) ? default_workers() : luaL_checkinteger(L, -1);
-  luaL_argcheck(L, max >= 1, 1, "max_workers must be greater than 0");
-  lua_getfield(L, 1, "initializer");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
-  lua_getfield(L, 1, "initargs");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
+  lua_Integer max = host_executor_options(L, default_workers());
   lua_getfield(L, 1, "thread_name_prefix");
   luaL_argexpected(L, lua_isnil(L, -1) || lua_isstring(L, -1), 1, "string as 'thread_name_prefix'");
   pool_t *p = lua_newuserdatauv(L, sizeof *p, 2);
@@ -273,7 +261,7 @@ static int pool_new(lua_State *L) {
   lua_newtable(L);
   lua_setiuservalue(L, -2, UV_ITEMS);
   lua_createtable(L, 0, 4);
-  if (lua_isnil(L, 5)) {
+  if (lua_isnil(L, 4)) {
     lua_getfield(L, LUA_REGISTRYINDEX, POOL_TYPE ".count");
     lua_Integer n = lua_tointeger(L, -1);
     lua_pushinteger(L, n + 1);
@@ -281,12 +269,12 @@ static int pool_new(lua_State *L) {
     lua_pushfstring(L, "ThreadPoolExecutor-%I", n);
     lua_remove(L, -2);
   } else {
-    lua_pushvalue(L, 5);
+    lua_pushvalue(L, 4);
   }
   lua_setfield(L, -2, "prefix");
-  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 2);
   lua_setfield(L, -2, "initializer");
-  lua_pushvalue(L, 4);
+  lua_pushvalue(L, 3);
   lua_setfield(L, -2, "initargs");
   lua_newtable(L);  /* thread key -> true for each worker, weak keys */
   lua_createtable(L, 0, 1);
