@@ -15,7 +15,7 @@ local function race(how_many, lock)
     threads[i] = thread.start(function()
       for _ = 1, how_many do
         if lock then
-          local _ <close> = lock:acquire()
+          local _ <close> = lock:acquire(T)
           increment(counter, 1)
         else
           increment(counter, 1)

@@ -124,7 +124,7 @@ describe('InterpreterPoolExecutor', function()
     local fs, called, lock = {}, 0, thread.Lock()
     -- callbacks run in the manager thread or, when already done, in this
     -- one: the count is shared state, so it takes a lock (see Item 38)
-    local function count() local _ <close> = lock:acquire() called = called + 1 end
+    local function count() local _ <close> = lock:acquire(T) called = called + 1 end
     for i = 1, 1000 do
       fs[i] = ex:submit(function(x) return x * 2 end, i)
       fs[i]:add_done_callback(count)

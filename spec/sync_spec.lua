@@ -20,7 +20,7 @@ describe('Lock', function()
   it('acquires, reports and releases', function()
     local lk = thread.Lock()
     assert.is_false(lk:locked())
-    assert.are.equal(lk, lk:acquire())
+    assert.are.equal(lk, lk:acquire(T))
     assert.is_true(lk:locked())
     assert.is_false(lk:acquire(0))
     assert.is_false(lk:acquire(false))
@@ -31,7 +31,7 @@ describe('Lock', function()
 
   it('times out, or not, while another thread holds it', function()
     local lk = thread.Lock()
-    lk:acquire()
+    lk:acquire(T)
     local join = spawn(function()
       local a = lk:acquire(0.05)        -- passes: still held
       local b = lk:acquire(T)           -- does not pass: released below
@@ -47,12 +47,12 @@ describe('Lock', function()
   it('is released at scope exit by <close>, on error too', function()
     local lk = thread.Lock()
     do
-      local _ <close> = lk:acquire()
+      local _ <close> = lk:acquire(T)
       assert.is_true(lk:locked())
     end
     assert.is_false(lk:locked())
     pcall(function()
-      local _ <close> = lk:acquire()
+      local _ <close> = lk:acquire(T)
       error('oops')
     end)
     assert.is_false(lk:locked())
@@ -60,7 +60,7 @@ describe('Lock', function()
 
   it('stays held after an error without <close>, as in Python', function()
     local lk = thread.Lock()
-    pcall(function() lk:acquire(); error('oops') end)
+    pcall(function() lk:acquire(T); error('oops') end)
     assert.is_true(lk:locked())
     lk:release()
   end)
@@ -71,7 +71,7 @@ describe('Lock', function()
 
   it('can be released by another thread, as in Python', function()
     local lk = thread.Lock()
-    lk:acquire()
+    lk:acquire(T)
     spawn(function() lk:release() end)()
     assert.is_false(lk:locked())
   end)
@@ -89,7 +89,7 @@ describe('Lock', function()
     for i = 1, 5 do
       joins[i] = spawn(function()
         for _ = 1, 10000 do
-          local _ <close> = lk:acquire()
+          local _ <close> = lk:acquire(T)
           local v = counter.n
           counter.n = v + 1
         end
@@ -103,8 +103,8 @@ end)
 describe('RLock', function()
   it('is reentrant for its owner and counts', function()
     local rl = thread.RLock()
-    assert.are.equal(rl, rl:acquire())
-    assert.are.equal(rl, rl:acquire())
+    assert.are.equal(rl, rl:acquire(T))
+    assert.are.equal(rl, rl:acquire(T))
     rl:release()
     assert.is_true(rl:locked())
     rl:release()
@@ -113,7 +113,7 @@ describe('RLock', function()
 
   it('refuses a release by a thread that does not own it', function()
     local rl = thread.RLock()
-    rl:acquire()
+    rl:acquire(T)
     local ok, err = spawn(function() return pcall(rl.release, rl) end)()
     assert.is_false(ok)
     assert.matches('cannot release un-acquired lock', err, 1, true)
@@ -128,7 +128,7 @@ describe('Condition', function()
     local cond = thread.Condition()
     local items = {}
     local join = spawn(function()
-      local _ <close> = cond:acquire()
+      local _ <close> = cond:acquire(T)
       while #items == 0 do
         if not cond:wait(T) then return 'timeout' end
       end
@@ -136,7 +136,7 @@ describe('Condition', function()
     end)
     thread.sleep(0.05)
     do
-      local _ <close> = cond:acquire()
+      local _ <close> = cond:acquire(T)
       items[1] = 'x'
       cond:notify()
     end
@@ -146,7 +146,7 @@ describe('Condition', function()
   it('returns false when wait times out, with the lock held again', function()
     local lk = thread.Lock()
     local cond = thread.Condition(lk)
-    cond:acquire()
+    cond:acquire(T)
     assert.is_false(cond:wait(0.02))
     assert.is_true(lk:locked())
     cond:release()
@@ -159,14 +159,14 @@ describe('Condition', function()
     local joins = {}
     for i = 1, 4 do
       joins[i] = spawn(function()
-        local _ <close> = cond:acquire()
+        local _ <close> = cond:acquire(T)
         woken.ready = (woken.ready or 0) + 1
         if cond:wait(T) then woken.n = woken.n + 1 end
       end)
     end
     while (woken.ready or 0) < 4 do thread.sleep(0.01) end
     do
-      local _ <close> = cond:acquire()
+      local _ <close> = cond:acquire(T)
       cond:notify(2)
     end
     local deadline = require('host.time').monotonic() + T
@@ -174,7 +174,7 @@ describe('Condition', function()
     thread.sleep(0.05)  -- a third wake-up, if notify(2) woke too many, shows here
     assert.are.equal(2, woken.n)
     do
-      local _ <close> = cond:acquire()
+      local _ <close> = cond:acquire(T)
       cond:notify_all()
     end
     for i = 1, 4 do joins[i]() end
@@ -185,17 +185,17 @@ describe('Condition', function()
     local cond = thread.Condition()
     local state = { ready = false }
     local join = spawn(function()
-      local _ <close> = cond:acquire()
+      local _ <close> = cond:acquire(T)
       return cond:wait_for(function() return state.ready end, T)
     end)
     thread.sleep(0.02)
     do
-      local _ <close> = cond:acquire()
+      local _ <close> = cond:acquire(T)
       state.ready = 'yes'
       cond:notify_all()
     end
     assert.are.equal('yes', join())
-    cond:acquire()
+    cond:acquire(T)
     assert.is_false(cond:wait_for(function() return false end, 0.02))
     cond:release()
   end)
@@ -203,8 +203,8 @@ describe('Condition', function()
   it('restores an RLock acquired several times', function()
     local rl = thread.RLock()
     local cond = thread.Condition(rl)
-    rl:acquire()
-    rl:acquire()
+    rl:acquire(T)
+    rl:acquire(T)
     assert.is_false(cond:wait(0.01))
     rl:release()
     rl:release()
@@ -222,8 +222,8 @@ end)
 describe('Semaphore', function()
   it('counts down and blocks at zero', function()
     local s = thread.Semaphore(2)
-    assert.are.equal(s, s:acquire())
-    assert.are.equal(s, s:acquire())
+    assert.are.equal(s, s:acquire(T))
+    assert.are.equal(s, s:acquire(T))
     assert.is_false(s:acquire(0.02))
     s:release()
     assert.are.equal(1, s:value())
@@ -241,13 +241,13 @@ describe('Semaphore', function()
 
   it('works with <close>', function()
     local s = thread.Semaphore(1)
-    do local _ <close> = s:acquire() assert.are.equal(0, s:value()) end
+    do local _ <close> = s:acquire(T) assert.are.equal(0, s:value()) end
     assert.are.equal(1, s:value())
   end)
 
   it('BoundedSemaphore refuses to be released above its start', function()
     local b = thread.BoundedSemaphore(1)
-    b:acquire()
+    b:acquire(T)
     b:release()
     assert.has_error(function() b:release() end, 'semaphore released too many times')
     assert.has_error(function() thread.Semaphore(-1) end)
