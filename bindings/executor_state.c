@@ -87,13 +87,18 @@ static void ipool_unref(ipool *p) {
   free(p);
 }
 
-/* Hands a completed future to the manager (mu held). */
-static void post_done(ipool *p, item *it) {
+/*
+** Lists a completed future for the caller's universe to forget (mu held).
+** The manager is woken only when the future has callbacks to run; else the
+** list waits for the next submit or for shutdown, which saves a wake-up
+** per task.
+*/
+static void post_done(ipool *p, item *it, bool wake) {
   free(it->payload);
   it->payload = NULL;
   it->next = p->done;
   p->done = it;
-  pthread_cond_signal(&p->done_cv);
+  if (wake) pthread_cond_signal(&p->done_cv);
 }
 
 /* ---- a worker thread and its universe ---- */
@@ -110,7 +115,7 @@ static void fail_broken(lua_State *L, ipool *p, item *it) {
   lua_pop(L, 1);
   if (host_future_set_running(it->f)) host_future_set_payload(it->f, false, buf, len);
   else free(buf);
-  post_done(p, it);
+  post_done(p, it, true);
 }
 
 /* Runs the pool's initializer in L; on failure breaks the pool (mu not held). */
@@ -157,8 +162,9 @@ static void run_task(lua_State *L, ipool *p, item *it) {
   }
   lua_settop(L, base);
   host_future_set_payload(it->f, ok, buf, len);
+  bool wake = host_future_wants_callbacks(it->f);
   pthread_mutex_lock(&p->mu);
-  post_done(p, it);
+  post_done(p, it, wake);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -272,6 +278,30 @@ static iproxy *check_ipool(lua_State *L, int idx) {
 }
 
 /*
+** Takes the list of completed futures and, in the caller's universe, runs
+** their callbacks (if not run yet) and forgets their proxies (inflight is
+** the proxy's table of futures in flight).
+*/
+static void forget_done(lua_State *L, ipool *p, int inflight) {
+  pthread_mutex_lock(&p->mu);
+  item *done = p->done;
+  p->done = NULL;
+  pthread_mutex_unlock(&p->mu);
+  while (done != NULL) {
+    item *next = done->next;
+    lua_pushlightuserdata(L, done->f);
+    if (lua_rawget(L, inflight) != LUA_TNIL) host_future_run_callbacks(L, -1);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, done->f);
+    lua_pushnil(L);
+    lua_rawset(L, inflight);
+    host_future_unref(done->f);
+    free(done);
+    done = next;
+  }
+}
+
+/*
 ** The manager: a host.Thread of the caller's universe that runs the done
 ** callbacks of completed futures and forgets their proxies. Upvalue 1 is
 ** the pool proxy.
@@ -290,23 +320,10 @@ static int manager_main(lua_State *L) {
       host_cond_wait(L, &p->mu, &p->done_cv, &never);
       continue;
     }
-    item *done = p->done;
-    p->done = NULL;
-    bool finished = done == NULL;
+    bool finished = p->done == NULL;
     pthread_mutex_unlock(&p->mu);
-    while (done != NULL) {
-      item *next = done->next;
-      lua_pushlightuserdata(L, done->f);
-      if (lua_rawget(L, inflight) != LUA_TNIL) host_future_run_callbacks(L, -1);
-      lua_pop(L, 1);
-      lua_pushlightuserdata(L, done->f);
-      lua_pushnil(L);
-      lua_rawset(L, inflight);
-      host_future_unref(done->f);
-      free(done);
-      done = next;
-    }
     if (finished) break;
+    forget_done(L, p, inflight);
   }
   pthread_mutex_lock(&p->mu);
   p->manager_done = true;
@@ -359,6 +376,9 @@ static int ipool_submit(lua_State *L) {
     free(it);
     return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
   }
+  lua_getiuservalue(L, 1, 1);
+  forget_done(L, p, lua_gettop(L));  /* what finished since the last submit */
+  lua_pop(L, 1);
   it->f = host_future_push_new(L);
   host_future_ref(it->f);
   lua_pushcfunction(L, host_executor_decoder);

@@ -44,6 +44,7 @@ struct host_future {
   pthread_cond_t cv;
   host_future_state state;
   bool failed;
+  bool has_callbacks;  /* one was added before it was done */
   bool callbacks_ran;
   char *payload;      /* outcome bytes from elsewhere, until decoded */
   size_t payload_len;
@@ -156,6 +157,13 @@ static void report_callback_error(lua_State *L) {
 static void call_callback(lua_State *L, int idx) {
   lua_pushvalue(L, idx);
   if (host_pcall(L, 1, 0) != LUA_OK) report_callback_error(L);
+}
+
+bool host_future_wants_callbacks(host_future *f) {
+  pthread_mutex_lock(&f->mu);
+  bool wants = f->has_callbacks && !f->callbacks_ran;
+  pthread_mutex_unlock(&f->mu);
+  return wants;
 }
 
 void host_future_run_callbacks(lua_State *L, int idx) {
@@ -388,6 +396,9 @@ static int future_add_done_callback(lua_State *L) {
   }
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  pthread_mutex_lock(&f->mu);
+  f->has_callbacks = true;
+  pthread_mutex_unlock(&f->mu);
   host_future_run_callbacks(L, 1);  /* done meanwhile, callbacks not yet run */
   return 0;
 }

@@ -69,6 +69,13 @@ void host_future_set_decoder(lua_State *L, int idx);
 */
 void host_future_set_interrupter(lua_State *L, int idx);
 
+/*
+** True when callbacks were added to f and have not run: a completer outside
+** the universe then has someone there run them. Callbacks added after f is
+** done run at once in the thread that adds them.
+*/
+bool host_future_wants_callbacks(host_future *f);
+
 /* Runs (once) the done-callbacks of the proxy at idx, if it is done. */
 void host_future_run_callbacks(lua_State *L, int idx);
 
