@@ -432,8 +432,9 @@ static bool take_result(lua_State *L, int idx, ppool_t *p, int i) {
     lua_pushlstring(L, payload, len);
     free(payload);
     lua_pushboolean(L, 0);
-    lua_call(L, 2, 1);
-    lua_rawgeti(L, -1, 1);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK) lua_rawgeti(L, -1, 1);  /* the error value */
+    /* else the decoder's own complaint says what went wrong: the manager
+    ** must not die of it, or no future of the pool would ever complete */
     const char *why = lua_pushfstring(L, "a process initializer failed: %s", host_error_tostring(L));
     break_pool(L, idx, p, why);
     return false;

@@ -364,51 +364,56 @@ static bool refused(lua_State *L, ipool *p) {
   return broken || shut;
 }
 
-/* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
+/*
+** ex:submit(fn, ...) -> Future; the arguments are encoded at once. The Lua
+** work (which may raise) comes before the C item exists, so no error path
+** leaks it; the item is queued, or refused, under the pool's mutex.
+*/
 static int ipool_submit(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
   ipool *p = px->p;
   luaL_checkany(L, 2);
+  int nvalues = lua_gettop(L) - 1;  /* fn and its arguments, from 2 */
   if (refused(L, p)) return lua_error(L);
-  item *it = calloc(1, sizeof *it);
-  if (it == NULL) return luaL_error(L, "not enough memory");
-  if (host_codec_encode(L, 2, lua_gettop(L) - 1, &it->payload, &it->len) != LUA_OK) {
-    free(it);
-    return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
-  }
   lua_getiuservalue(L, 1, 1);
-  forget_done(L, p, lua_gettop(L));  /* what finished since the last submit */
-  lua_pop(L, 1);
-  it->f = host_future_push_new(L);
-  host_future_ref(it->f);
+  int inflight = lua_gettop(L);
+  forget_done(L, p, inflight);  /* what finished since the last submit */
+  host_future *f = host_future_push_new(L);
+  int fut = lua_gettop(L);
   lua_pushcfunction(L, host_executor_decoder);
-  host_future_set_decoder(L, -2);
+  host_future_set_decoder(L, fut);
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, interrupt_task, 1);
-  host_future_set_interrupter(L, -2);
-  lua_getiuservalue(L, 1, 1);  /* in flight until the manager is done with it */
-  lua_pushlightuserdata(L, it->f);
-  lua_pushvalue(L, -3);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  host_future_set_interrupter(L, fut);
+  lua_pushlightuserdata(L, f);  /* in flight until the caller's side forgets it */
+  lua_pushvalue(L, fut);
+  lua_rawset(L, inflight);
+  item *it = calloc(1, sizeof *it);
+  int status = it == NULL ? LUA_ERRMEM : host_codec_encode(L, 2, nvalues, &it->payload, &it->len);
   pthread_mutex_lock(&p->mu);
-  if (p->broken || p->shutdown) {  /* since the check above: no worker will take it */
-    pthread_mutex_unlock(&p->mu);
-    lua_getiuservalue(L, 1, 1);
-    lua_pushlightuserdata(L, it->f);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
-    host_future_unref(it->f);
-    free(it->payload);
-    free(it);
-    if (refused(L, p)) return lua_error(L);
+  bool queued = status == LUA_OK && !p->broken && !p->shutdown;
+  if (queued) {
+    it->f = f;
+    host_future_ref(f);
+    if (p->tail) p->tail->next = it;
+    else p->head = it;
+    p->tail = it;
+    pthread_cond_signal(&p->work_cv);
   }
-  if (p->tail) p->tail->next = it;
-  else p->head = it;
-  p->tail = it;
-  pthread_cond_signal(&p->work_cv);
   pthread_mutex_unlock(&p->mu);
-  return 1;
+  if (queued) {
+    lua_settop(L, fut);
+    return 1;
+  }
+  if (it != NULL) free(it->payload);  /* NULL when the encoding failed */
+  free(it);
+  lua_pushlightuserdata(L, f);
+  lua_pushnil(L);
+  lua_rawset(L, inflight);
+  if (status == LUA_ERRMEM) return luaL_error(L, "not enough memory");
+  if (status != LUA_OK) return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+  refused(L, p);  /* the pool broke or shut down since the check above */
+  return lua_error(L);
 }
 
 /* Joins every worker that started (GIL released meanwhile). */
