@@ -4,6 +4,7 @@
 ** through `_run_chunk` (a C function of host.futures, so the process pool
 ** can send it by name) and the iterator unpacks the chunk's results.
 */
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -386,7 +387,40 @@ lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
   luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
   lua_getfield(L, 1, "initargs");
   luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "n");
+    luaL_argcheck(L, lua_isnil(L, -1) || (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0),
+                  1, "'initargs.n' must be a non-negative integer");
+    lua_pop(L, 1);
+  }
   return n;
+}
+
+/* The number of values in the argument table at idx: its `n`, or its length. */
+static lua_Integer args_count(lua_State *L, int idx) {
+  lua_getfield(L, idx, "n");
+  lua_Integer n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : luaL_len(L, idx);
+  lua_pop(L, 1);
+  return n;
+}
+
+int host_executor_push_initializer(lua_State *L, int info) {
+  info = lua_absindex(L, info);
+  if (lua_getfield(L, info, "initializer") == LUA_TNIL) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  if (lua_getfield(L, info, "initargs") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  lua_Integer n = args_count(L, t);
+  if (n < 0 || n > INT_MAX / 2) luaL_error(L, "too many initargs (%I)", n);
+  luaL_checkstack(L, (int)n, "too many initargs");
+  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, t, i);
+  lua_remove(L, t);
+  return (int)n;
 }
 
 lua_Integer host_executor_cores(void) {

@@ -48,6 +48,15 @@ void host_executor_track(lua_State *L, int idx, const char *tname, bool add);
 */
 lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers);
 
+/*
+** Pushes the initializer and its arguments from the info table at `info`
+** (fields "initializer" and "initargs", whose `n` or length counts them;
+** host_executor_options checked both) and returns how many arguments;
+** returns -1 with nothing pushed when there is no initializer. Raises
+** only when the stack cannot grow that far.
+*/
+int host_executor_push_initializer(lua_State *L, int info);
+
 /* The number of online CPUs (at least 1). */
 lua_Integer host_executor_cores(void);
 

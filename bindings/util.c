@@ -1,5 +1,6 @@
 /*
-** util.c: deadlines, the error object and the protected-call helper
+** util.c: deadlines, the error object, the protected-call helper, the
+** userdata type helper (finalized state, checks) and FIFOs in uservalues
 ** (floor 0). The error object is a table {kind, message, traceback, cause}
 ** whose metatable is the registry's "host.Error"; `require "host.error"`
 ** exposes it to Lua as error.new(kind, message [, cause]) and
@@ -98,36 +99,49 @@ bool host_error_is(lua_State *L, int idx, const char *kind) {
   return same;
 }
 
-/* __tostring: "Kind: message", then the cause and the traceback if present. */
+/* Replaces the value on top with its luaL_tolstring (may call __tostring). */
+static void top_tolstring(lua_State *L) {
+  luaL_tolstring(L, -1, NULL);
+  lua_remove(L, -2);
+}
+
+/*
+** __tostring: "Kind: message", then the traceback and the cause if
+** present. The pieces go on the stack and are joined at the end: the
+** message's and cause's own __tostring may push anything, which an open
+** luaL_Buffer would not survive.
+*/
 static int error_tostring(lua_State *L) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  luaL_checkstack(L, 8, NULL);
   lua_getfield(L, 1, "kind");
-  luaL_addvalue(&b);
-  lua_getfield(L, 1, "message");
-  if (!lua_isnil(L, -1)) {
-    luaL_addstring(&b, ": ");
-    luaL_tolstring(L, -1, NULL);
-    luaL_addvalue(&b);
-  }
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "traceback");
-  if (lua_type(L, -1) == LUA_TSTRING) {
-    luaL_addchar(&b, '\n');
-    luaL_addvalue(&b);
+  top_tolstring(L);
+  int pieces = 1;
+  if (lua_getfield(L, 1, "message") != LUA_TNIL) {
+    top_tolstring(L);
+    lua_pushliteral(L, ": ");
+    lua_insert(L, -2);
+    pieces += 2;
   } else {
     lua_pop(L, 1);
   }
-  lua_getfield(L, 1, "cause");
-  if (!lua_isnil(L, -1)) {
-    luaL_addstring(&b, "\ncaused by: ");
-    luaL_tolstring(L, -1, NULL);
-    lua_remove(L, -2);
-    luaL_addvalue(&b);
+  if (lua_getfield(L, 1, "traceback") == LUA_TSTRING) {
+    lua_pushliteral(L, "\n");
+    lua_insert(L, -2);
+    pieces += 2;
   } else {
     lua_pop(L, 1);
   }
-  luaL_pushresult(&b);
+  if (lua_getfield(L, 1, "cause") != LUA_TNIL) {
+    top_tolstring(L);
+    lua_pushliteral(L, "\ncaused by: ");
+    lua_insert(L, -2);
+    pieces += 2;
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_concat(L, pieces);
   return 1;
 }
 
@@ -182,22 +196,135 @@ int host_pcall(lua_State *L, int nargs, int nresults) {
   return status;
 }
 
+/* Protected part of host_error_tostring: the result of __tostring, or nil. */
+static int call_tostring_meta(lua_State *L) {
+  if (!luaL_callmeta(L, 1, "__tostring")) lua_pushnil(L);
+  return 1;
+}
+
 const char *host_error_tostring(lua_State *L) {
   if (lua_isstring(L, -1)) {  /* strings and numbers, as lua.c prints them */
     lua_pushstring(L, lua_tostring(L, -1));
     lua_remove(L, -2);
     return lua_tostring(L, -1);
   }
-  if (luaL_callmeta(L, -1, "__tostring")) {
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      lua_remove(L, -2);
-      return lua_tostring(L, -1);
-    }
-    lua_pop(L, 1);
+  /* __tostring is user code: it may raise or yield, and must not escape */
+  lua_pushcfunction(L, call_tostring_meta);
+  lua_pushvalue(L, -2);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+    lua_remove(L, -2);
+    return lua_tostring(L, -1);
   }
+  lua_pop(L, 1);
   lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
   lua_remove(L, -2);
   return lua_tostring(L, -1);
+}
+
+/* ---- userdata types ---- */
+
+void host_type_define(lua_State *L, const char *tname, const luaL_Reg *methods,
+                      const luaL_Reg *meta, lua_CFunction index) {
+  if (!luaL_newmetatable(L, tname)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, methods, 1);
+  if (index != NULL) {
+    lua_setfield(L, -2, "methods");
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, index, 1);
+  }
+  lua_setfield(L, -2, "__index");
+  lua_pushvalue(L, -1);
+  luaL_setfuncs(L, meta, 1);
+  lua_pop(L, 1);
+}
+
+void *host_object_new(lua_State *L, size_t size, const char *tname, int nuv) {
+  void *obj = lua_newuserdatauv(L, size, nuv);
+  memset(obj, 0, size);
+  luaL_setmetatable(L, tname);
+  return obj;
+}
+
+/* Raises the error for a finalized object of type tname. */
+static int finalized_error(lua_State *L, const char *tname) {
+  return luaL_error(L, "attempt to use a finalized %s", tname);
+}
+
+void *host_object_check(lua_State *L, int idx, const char *tname) {
+  host_object *obj = luaL_checkudata(L, idx, tname);
+  if (obj->finalized) finalized_error(L, tname);
+  return obj;
+}
+
+void *host_object_check_self(lua_State *L, const char *tname) {
+  host_object *obj = lua_touserdata(L, 1);
+  if (obj != NULL && lua_getmetatable(L, 1)) {
+    bool same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same) {
+      if (obj->finalized) finalized_error(L, tname);
+      return obj;
+    }
+  }
+  return host_object_check(L, 1, tname);
+}
+
+void *host_object_test(lua_State *L, int idx, const char *tname) {
+  host_object *obj = luaL_testudata(L, idx, tname);
+  if (obj != NULL && obj->finalized) finalized_error(L, tname);
+  return obj;
+}
+
+void *host_object_finalize(lua_State *L, const char *tname) {
+  host_object *obj = luaL_checkudata(L, 1, tname);
+  if (obj->finalized) return NULL;
+  obj->finalized = true;
+  return obj;
+}
+
+bool host_object_tostring_finalized(lua_State *L, const char *tname) {
+  host_object *obj = luaL_checkudata(L, 1, tname);
+  if (!obj->finalized) return false;
+  lua_pushfstring(L, "%s (finalized): %p", tname, (void *)obj);
+  return true;
+}
+
+/* ---- FIFOs in uservalues ---- */
+
+void host_fifo_init(host_fifo *q) {
+  q->head = q->tail = 1;
+}
+
+lua_Integer host_fifo_len(const host_fifo *q) {
+  return q->tail - q->head;
+}
+
+void host_fifo_push(lua_State *L, int obj, int uv, host_fifo *q) {
+  obj = lua_absindex(L, obj);
+  lua_getiuservalue(L, obj, uv);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, q->tail++);
+  lua_pop(L, 1);
+}
+
+bool host_fifo_pop(lua_State *L, int obj, int uv, host_fifo *q) {
+  if (q->head == q->tail) {
+    lua_pushnil(L);
+    return false;
+  }
+  obj = lua_absindex(L, obj);
+  lua_getiuservalue(L, obj, uv);
+  lua_rawgeti(L, -1, q->head);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, q->head++);
+  lua_remove(L, -2);
+  if (q->head == q->tail) host_fifo_init(q);
+  return true;
 }
 
 static const luaL_Reg error_funcs[] = {

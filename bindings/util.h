@@ -1,5 +1,6 @@
 /*
-** util.h: floor 0 of the bindings. Deadlines and timeouts, the one error
+** util.h: floor 0 of the bindings. Deadlines and timeouts, the userdata
+** type helper, FIFOs in uservalues, the one error
 ** object type (kind, message, traceback, cause), and the one protected-call
 ** helper that every call from C into Lua goes through. The public parts
 ** are declared in host.h.
@@ -41,6 +42,83 @@ bool host_deadline_passed(const host_deadline *d);
 ** without limit); a negative number or NaN is an argument error.
 */
 double host_opt_timeout(lua_State *L, int arg);
+
+/* ---- userdata types ---- */
+
+/*
+** Every host userdata type's C struct starts with a host_object, which
+** records whether its __gc has run. Lua can still reach an object after
+** that (a finalizer that resurrects it, finalizers at exit running in any
+** order), so every method checks it, as liolib checks for a closed file.
+*/
+typedef struct host_object {
+  bool finalized;
+} host_object;
+
+/*
+** Defines metatable tname (luaL_newmetatable, so __name is tname), unless
+** it exists. `methods` are reached through __index, a table; when `index`
+** is given, __index is that function instead and the table is the
+** metafield "methods". `meta` entries (__gc, __close, __tostring, ...) go
+** in the metatable itself. Every function gets the metatable as upvalue 1
+** (see host_object_check_self). Leaves the stack as it was.
+*/
+void host_type_define(lua_State *L, const char *tname, const luaL_Reg *methods,
+                      const luaL_Reg *meta, lua_CFunction index);
+
+/*
+** Pushes a new userdata of `size` bytes (a struct that starts with a
+** host_object), zeroed, with nuv uservalues and metatable tname.
+*/
+void *host_object_new(lua_State *L, size_t size, const char *tname, int nuv);
+
+/*
+** The object at idx when it is a tname that is not finalized. Raises
+** "tname expected, got X" or "attempt to use a finalized tname".
+*/
+void *host_object_check(lua_State *L, int idx, const char *tname);
+
+/*
+** host_object_check(L, 1, tname) for a function made by host_type_define
+** for tname: compares with its upvalue 1 instead of the registry's entry.
+*/
+void *host_object_check_self(lua_State *L, const char *tname);
+
+/*
+** The object at idx when it is a tname (NULL otherwise); raises when it is
+** a finalized one.
+*/
+void *host_object_test(lua_State *L, int idx, const char *tname);
+
+/*
+** For __gc: marks the tname at 1 finalized and returns it, or returns NULL
+** when it was finalized already (a __gc called again by hand).
+*/
+void *host_object_finalize(lua_State *L, const char *tname);
+
+/*
+** For __tostring: when the tname at 1 is finalized, pushes
+** "tname (finalized): 0x..." and returns true.
+*/
+bool host_object_tostring_finalized(lua_State *L, const char *tname);
+
+/* ---- a FIFO of Lua values in a userdata's uservalue table ---- */
+
+/* The items lie at [head, tail) of the table; both start at 1. */
+typedef struct host_fifo {
+  lua_Integer head, tail;
+} host_fifo;
+
+void host_fifo_init(host_fifo *q);
+
+/* Number of items. */
+lua_Integer host_fifo_len(const host_fifo *q);
+
+/* Appends the value on top (popped) to the FIFO in uservalue uv of obj. */
+void host_fifo_push(lua_State *L, int obj, int uv, host_fifo *q);
+
+/* Pushes and removes the oldest item; pushes nil and returns false if empty. */
+bool host_fifo_pop(lua_State *L, int obj, int uv, host_fifo *q);
 
 /* ---- the error object (its functions are declared in host.h) ---- */
 
