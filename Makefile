@@ -93,11 +93,17 @@ demo:
 	@$(MAKE) --no-print-directory $(HOST)
 	@for s in $(wildcard scripts/*.lua); do echo "== $$s"; $(HOST) $$s || exit 1; done
 
+# ASan+UBSan over the bindings and over a Lua core built from Debian's
+# source with the same sanitizers and LUA_USE_APICHECK, so that a misuse of
+# the Lua C API (a push beyond the stack, a bad index) fails a spec at once.
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SAN_LUA = build/asan-lua
 sanitize:
-	@$(DEPS) $(DEPS_TEST)
+	@$(DEPS) $(DEPS_CHECK)
+	CC=$(CC) tools/lua-core.sh $(SAN_LUA) "$(SAN_FLAGS) -DLUA_USE_APICHECK -fPIC"
 	@$(MAKE) --no-print-directory run-specs BUILD=build/asan \
 	  CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+	  LUA_CFLAGS="-I$(SAN_LUA)/include" LUA_LIBS="$(abspath $(SAN_LUA))/liblua.a" \
 	  SPEC_ENV="ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
 
 # TSan needs the Lua core instrumented too: built from Debian's lua5.4 source.
