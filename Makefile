@@ -37,7 +37,7 @@ SPEC_WRAP ?=
 SPEC_ENV ?=
 SPECS ?= spec
 
-.PHONY: all test demo sanitize tsan tsan-negative valgrind bench fuzz \
+.PHONY: all test demo sanitize tsan tsan-negative valgrind bench fuzz soak \
         install uninstall clean deps build-host run-specs
 
 all: $(HOST)
@@ -138,6 +138,15 @@ valgrind:
 	@$(DEPS) $(DEPS_CHECK)
 	@$(MAKE) --no-print-directory run-specs BUILD=build/valgrind CFLAGS="-O1 -g" \
 	  SPEC_WRAP="$(VALGRIND)" SPEC_ENV="HOST_UNDER_VALGRIND=1"
+
+# The pools under faults (tools/soak.lua): errors, cancels, interrupts and a
+# killed worker, with preemption every ~1000 instructions. Fails when a task
+# is lost, stuck or wrong.
+SOAK_ROUNDS ?= 3
+soak:
+	@$(DEPS) $(DEPS_TEST)
+	@$(MAKE) --no-print-directory $(HOST)
+	$(HOST) --switch-instructions=1000 tools/soak.lua $(SOAK_ROUNDS)
 
 bench:
 	@$(DEPS) $(DEPS_TEST)
