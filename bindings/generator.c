@@ -370,6 +370,7 @@ static int step_result(lua_State *L, gen_step step, int nres) {
     case STEP_ERROR:
       return lua_error(L);
     default: {
+      luaL_checkstack(L, 4, "too many results");  /* beyond the results themselves */
       int base = lua_gettop(L) - nres;
       host_error_push(L, "StopIteration", step == STEP_RETURN
                       ? "generator returned" : "cannot resume dead generator", 0);

@@ -62,6 +62,7 @@ static void push_error_meta(lua_State *L);
 void host_error_push(lua_State *L, const char *kind, const char *message,
                      int cause_idx) {
   if (cause_idx != 0) cause_idx = lua_absindex(L, cause_idx);
+  luaL_checkstack(L, 8, "no room for an error object");  /* with its metatable */
   lua_createtable(L, 0, 4);
   lua_pushstring(L, kind);
   lua_setfield(L, -2, "kind");

@@ -32,6 +32,25 @@ describe('host.error', function()
     assert.are.equal(e, got)
   end)
 
+  it('says a 2 KB message with a cause, itself with a long message and a cause', function()
+    local long = string.rep('x', 2048)
+    local inner = herror.new('ValueError', long, herror.new('OSError', long))
+    local e = herror.new('RuntimeError', long, inner)
+    local want = 'RuntimeError: ' .. long .. '\ncaused by: ValueError: ' .. long
+      .. '\ncaused by: OSError: ' .. long
+    assert.are.equal(want, tostring(e))
+  end)
+
+  it('says a cause whose __tostring returns a long string, and one that raises', function()
+    local long = string.rep('y', 4000)
+    local e = herror.new('RuntimeError', 'outer', setmetatable({}, { __tostring = function() return long end }))
+    assert.are.equal('RuntimeError: outer\ncaused by: ' .. long, tostring(e))
+    local bad = herror.new('RuntimeError', 'outer', setmetatable({}, { __tostring = function() error('no way') end }))
+    local ok, err = pcall(tostring, bad)
+    assert.is_false(ok)
+    assert.matches('no way', err, 1, true)
+  end)
+
   it('refuses a missing kind', function()
     assert.has_error(function() herror.new() end,
       "bad argument #1 to 'new' (string expected, got no value)")

@@ -76,6 +76,34 @@ describe('host.generator', function()
     end)
   end)
 
+  describe('at the boundaries', function()
+    local many = {}
+    for i = 1, 5000 do many[i] = i end
+
+    it('returns 5000 values through StopIteration and result()', function()
+      local gen = generator.wrap(function(...) return ... end)(table.unpack(many))
+      local err = error_of(gen.next, gen)
+      assert_kind(err, 'StopIteration', 'generator returned')
+      assert.are.equal(5000, err.values.n)
+      assert.are.equal(5000, err.values[5000])
+      assert.are.equal(5000, select('#', gen:result()))
+    end)
+
+    it('yields and is sent 5000 values', function()
+      local gen = generator.wrap(function() return yield(yield(table.unpack(many))) end)()
+      assert.are.equal(5000, select('#', gen:next()))
+      assert.are.equal(5000, select('#', gen:send(table.unpack(many))))
+    end)
+
+    it('throws an error object whose __tostring raises, unchanged', function()
+      local bad = setmetatable({}, { __tostring = function() error('tostring raises') end })
+      local gen = generator.wrap(function() yield(1) end)()
+      gen:next()
+      assert.are.equal(bad, error_of(gen.throw, gen, bad))
+      assert.are.equal('dead', gen:status())
+    end)
+  end)
+
   describe('send and next', function()
     it('return what the generator yields, several values included', function()
       local g = generator.wrap(function()
