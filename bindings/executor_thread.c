@@ -4,12 +4,14 @@
 ** caller's universe, started lazily up to max_workers and reused while
 ** idle; tasks and results stay Lua values of that universe.
 **
-** The pool's state is C fields and a uservalue table of work items, all
-** used with the GIL held; workers sleep on the pool's host_waitq. Each work
-** item is a table {future, fn, n = nargs, args...}. Workers hold the pool
-** (their closure's upvalue), so a pool with live workers is never collected;
-** an exit handler shuts every pool down so that host's exit waits for the
-** queued work and not for idle workers.
+** The pool's state is a separate userdata (C fields and a FIFO of work
+** items in a uservalue), used with the GIL held; workers sleep on its
+** host_waitq. Each work item is a table {future, fn, n = nargs, args...}.
+** The workers hold the state, not the pool object the program sees (as
+** CPython's workers hold their executor weakly): a pool the program drops
+** is collected, and its __gc shuts it down as shutdown{wait = false} does,
+** so its idle workers end. An exit handler shuts every live pool down so
+** that host's exit waits for the queued work and not for idle workers.
 */
 #include <string.h>
 #include <unistd.h>
@@ -20,45 +22,41 @@
 #include "thread.h"
 
 #define POOL_TYPE "host.ThreadPoolExecutor"
+#define STATE_TYPE "host.ThreadPoolExecutor.state"
 
-typedef struct pool_t {
+/* What the workers share, in its own userdata (see above). */
+typedef struct pool_state {
+  host_object obj;
   host_waitq *q;
   lua_Integer max_workers;
   lua_Integer threads;     /* workers started and not yet ended */
   lua_Integer idle_tokens; /* workers that went idle and no submit claimed */
   lua_Integer started;     /* for worker names */
-  lua_Integer head, tail;  /* work items at [head, tail) of uservalue 1 */
+  host_fifo items;         /* work items, in uservalue UV_ITEMS */
   bool shutdown;
   bool broken;
-} pool_t;
+} pool_state;
 
-/* Uservalues: 1 the work items, 2 {prefix, initializer, initargs}. */
+/* State uservalues: 1 the work items, 2 {prefix, initializer, initargs, workers}. */
 enum { UV_ITEMS = 1, UV_INFO = 2 };
 
-static pool_t *check_pool(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, POOL_TYPE);
+/* The pool object; its uservalue 1 is the state, which s points to. */
+typedef struct pool_t {
+  host_object obj;
+  pool_state *s;
+} pool_t;
+
+/* Checks the pool at 1 and pushes its state; returns the state. */
+static pool_state *check_pool(lua_State *L) {
+  pool_t *px = host_object_check(L, 1, POOL_TYPE);
+  lua_getiuservalue(L, 1, 1);
+  return px->s;
 }
 
-/* Pushes the next work item of the pool at idx and removes it (or nil). */
-static void pop_item(lua_State *L, int idx, pool_t *p) {
-  if (p->head == p->tail) {
-    lua_pushnil(L);
-    return;
-  }
-  lua_getiuservalue(L, idx, UV_ITEMS);
-  lua_rawgeti(L, -1, p->head);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, p->head++);
-  lua_remove(L, -2);
-  if (p->head == p->tail) p->head = p->tail = 1;
-}
-
-/* Fails (BrokenThreadPool) or cancels every queued item of the pool at idx. */
-static void drain_items(lua_State *L, int idx, pool_t *p, const char *broken_msg) {
+/* Fails (BrokenThreadPool) or cancels every queued item of the state at idx. */
+static void drain_items(lua_State *L, int idx, pool_state *p, const char *broken_msg) {
   idx = lua_absindex(L, idx);
-  for (;;) {
-    pop_item(L, idx, p);
-    if (lua_isnil(L, -1)) break;
+  while (host_fifo_pop(L, idx, UV_ITEMS, &p->items)) {
     lua_rawgeti(L, -1, 1);  /* the future */
     if (broken_msg == NULL) {
       host_future_cancel(L, -1);
@@ -92,40 +90,41 @@ static void run_item(lua_State *L) {
   lua_settop(L, item - 1);
 }
 
+/*
+** initializer(initargs...) of the info table at 1, run under host_pcall:
+** gathering the arguments may raise (a __len, too many) as the call may.
+*/
+static int call_initializer(lua_State *L) {
+  int nargs = host_executor_push_initializer(L, 1);
+  lua_call(L, nargs, 0);
+  return 0;
+}
+
 /* Runs the initializer; on failure breaks the pool and returns false. */
-static bool run_initializer(lua_State *L, int idx, pool_t *p) {
+static bool run_initializer(lua_State *L, int idx, pool_state *p) {
   lua_getiuservalue(L, idx, UV_INFO);
-  if (lua_getfield(L, -1, "initializer") == LUA_TNIL) {
-    lua_pop(L, 2);
-    return true;
-  }
-  int nargs = 0;
-  if (lua_getfield(L, -2, "initargs") == LUA_TTABLE) {
-    int t = lua_gettop(L);
-    nargs = (int)luaL_len(L, t);
-    luaL_checkstack(L, nargs, "too many initargs");
-    for (int i = 1; i <= nargs; i++) lua_rawgeti(L, t, i);
-    lua_remove(L, t);
-  } else {
-    lua_pop(L, 1);
-  }
-  if (host_pcall(L, nargs, 0) == LUA_OK) {
+  bool none = lua_getfield(L, -1, "initializer") == LUA_TNIL;
+  lua_pop(L, 1);
+  if (none) {
     lua_pop(L, 1);
     return true;
   }
+  lua_pushcfunction(L, call_initializer);
+  lua_insert(L, -2);
+  if (host_pcall(L, 1, 0) == LUA_OK) return true;
   p->broken = true;
   const char *why = lua_pushfstring(L, "a thread initializer failed: %s", host_error_tostring(L));
   drain_items(L, idx, p, why);
   host_waitq_notify(p->q);
-  lua_pop(L, 3);
+  lua_pop(L, 2);
   return false;
 }
 
-/* The body of a worker thread; upvalue 1 is the pool. */
+/* The body of a worker thread; upvalue 1 is the pool's state. */
 static int worker_main(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   int idx = lua_gettop(L);
-  pool_t *p = check_pool(L, idx);
+  pool_state *p = luaL_checkudata(L, idx, STATE_TYPE);
   host_deadline never = host_deadline_in(-1);
   lua_getiuservalue(L, idx, UV_INFO);  /* info.workers[this thread] = true */
   lua_getfield(L, -1, "workers");
@@ -135,8 +134,7 @@ static int worker_main(lua_State *L) {
   lua_pop(L, 2);
   if (run_initializer(L, idx, p)) {
     for (;;) {
-      pop_item(L, idx, p);
-      if (!lua_isnil(L, -1)) {
+      if (host_fifo_pop(L, idx, UV_ITEMS, &p->items)) {
         run_item(L);
         continue;
       }
@@ -152,8 +150,8 @@ static int worker_main(lua_State *L) {
   return 0;
 }
 
-/* Starts one more worker for the pool at idx, named prefix_N. */
-static void start_worker(lua_State *L, int idx, pool_t *p) {
+/* Starts one more worker for the state at idx, named prefix_N. */
+static void start_worker(lua_State *L, int idx, pool_state *p) {
   lua_getiuservalue(L, idx, UV_INFO);
   lua_getfield(L, -1, "prefix");
   const char *name = lua_pushfstring(L, "%s_%I", lua_tostring(L, -1), p->started++);
@@ -166,13 +164,15 @@ static void start_worker(lua_State *L, int idx, pool_t *p) {
 
 /* ex:submit(fn, ...) -> Future */
 static int pool_submit(lua_State *L) {
-  pool_t *p = check_pool(L, 1);
+  host_object_check(L, 1, POOL_TYPE);
   luaL_checkany(L, 2);
+  pool_state *p = check_pool(L);
+  int st = lua_gettop(L);
   if (p->broken)
     return host_error_raise(L, "BrokenThreadPool",
                             "a thread initializer failed; the pool cannot run tasks");
   if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
-  int n = lua_gettop(L) - 2;
+  int n = st - 3;  /* arguments after fn */
   lua_createtable(L, n + 2, 1);
   host_future_push_new(L);
   lua_pushvalue(L, -1);
@@ -183,17 +183,15 @@ static int pool_submit(lua_State *L) {
   }
   lua_pushinteger(L, n);
   lua_setfield(L, -3, "n");
-  lua_getiuservalue(L, 1, UV_ITEMS);
-  lua_pushvalue(L, -3);
-  lua_rawseti(L, -2, p->tail++);
-  lua_pop(L, 1);
+  lua_pushvalue(L, -2);
+  host_fifo_push(L, st, UV_ITEMS, &p->items);
   host_waitq_notify(p->q);
   if (p->idle_tokens > 0) p->idle_tokens--;
-  else if (p->threads < p->max_workers) start_worker(L, 1, p);
+  else if (p->threads < p->max_workers) start_worker(L, st, p);
   return 1;
 }
 
-/* True when the calling thread is a worker of the pool at idx. */
+/* True when the calling thread is a worker of the state at idx. */
 static bool is_own_worker(lua_State *L, int idx) {
   lua_getiuservalue(L, idx, UV_INFO);
   lua_getfield(L, -1, "workers");
@@ -205,14 +203,16 @@ static bool is_own_worker(lua_State *L, int idx) {
 
 /* ex:shutdown{wait = true, cancel_futures = false} */
 static int pool_shutdown(lua_State *L) {
-  pool_t *p = check_pool(L, 1);
+  lua_settop(L, 2);
+  pool_state *p = check_pool(L);
+  int st = lua_gettop(L);
   bool wait, cancel, interrupt;
   host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
   (void)interrupt;  /* only the interpreter pool can interrupt a task */
   p->shutdown = true;
-  if (cancel) drain_items(L, 1, p, NULL);
+  if (cancel) drain_items(L, st, p, NULL);
   host_waitq_notify(p->q);
-  if (wait && is_own_worker(L, 1))
+  if (wait && is_own_worker(L, st))
     return luaL_error(L, "cannot join current thread (a task cannot wait for its own pool)");
   host_deadline never = host_deadline_in(-1);
   while (wait && p->threads > 0) {
@@ -222,16 +222,36 @@ static int pool_shutdown(lua_State *L) {
   return 0;
 }
 
+/*
+** __gc of the pool: the program dropped it. Like shutdown{wait = false}:
+** queued work still runs, then the workers end. The state may have been
+** finalized in the same cycle (at exit): then no worker is left to tell.
+*/
 static int pool_gc(lua_State *L) {
-  pool_t *p = check_pool(L, 1);
+  pool_t *px = host_object_finalize(L, POOL_TYPE);
+  if (px == NULL) return 0;
   host_executor_track(L, 1, POOL_TYPE, false);
-  host_waitq_unref(p->q);
-  p->q = NULL;
+  pool_state *p = px->s;
+  if (p != NULL && !p->obj.finalized) {
+    p->shutdown = true;
+    host_waitq_notify(p->q);
+  }
+  return 0;
+}
+
+/* __gc of the state: no worker holds it any more. */
+static int state_gc(lua_State *L) {
+  pool_state *p = host_object_finalize(L, STATE_TYPE);
+  if (p != NULL) {
+    host_waitq_unref(p->q);
+    p->q = NULL;
+  }
   return 0;
 }
 
 static int pool_tostring(lua_State *L) {
-  pool_t *p = check_pool(L, 1);
+  if (host_object_tostring_finalized(L, POOL_TYPE)) return 1;
+  pool_state *p = check_pool(L);
   lua_pushfstring(L, "host.ThreadPoolExecutor (%I/%I workers%s): %p", p->threads,
                   p->max_workers, p->shutdown ? ", shut down" : "", (void *)p);
   return 1;
@@ -251,15 +271,15 @@ static int pool_new(lua_State *L) {
   lua_Integer max = host_executor_options(L, default_workers());
   lua_getfield(L, 1, "thread_name_prefix");
   luaL_argexpected(L, lua_isnil(L, -1) || lua_isstring(L, -1), 1, "string as 'thread_name_prefix'");
-  pool_t *p = lua_newuserdatauv(L, sizeof *p, 2);
-  memset(p, 0, sizeof *p);
-  luaL_setmetatable(L, POOL_TYPE);
+  /* the state first: at exit, finalizers run newest first, the pool's before it */
+  pool_state *p = host_object_new(L, sizeof *p, STATE_TYPE, 2);
+  int st = lua_gettop(L);
   p->q = host_waitq_new();
   if (p->q == NULL) return luaL_error(L, "not enough memory");
   p->max_workers = max;
-  p->head = p->tail = 1;
+  host_fifo_init(&p->items);
   lua_newtable(L);
-  lua_setiuservalue(L, -2, UV_ITEMS);
+  lua_setiuservalue(L, st, UV_ITEMS);
   lua_createtable(L, 0, 4);
   if (lua_isnil(L, 4)) {
     lua_getfield(L, LUA_REGISTRYINDEX, POOL_TYPE ".count");
@@ -282,7 +302,11 @@ static int pool_new(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setfield(L, -2, "workers");
-  lua_setiuservalue(L, -2, UV_INFO);
+  lua_setiuservalue(L, st, UV_INFO);
+  pool_t *px = host_object_new(L, sizeof *px, POOL_TYPE, 1);
+  lua_pushvalue(L, st);
+  lua_setiuservalue(L, -2, 1);
+  px->s = p;
   host_executor_track(L, -1, POOL_TYPE, true);
   return 1;
 }
@@ -293,7 +317,17 @@ static const luaL_Reg pool_methods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg state_meta[] = {
+  {"__gc", state_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg no_methods[] = {
+  {NULL, NULL}
+};
+
 void host_open_thread_pool(lua_State *L) {
+  host_type_define(L, STATE_TYPE, no_methods, state_meta, NULL);
   host_executor_define(L, POOL_TYPE, pool_methods, pool_gc, pool_tostring);
   lua_pushcfunction(L, pool_new);
   lua_setfield(L, -2, "ThreadPoolExecutor");

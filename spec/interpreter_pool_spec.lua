@@ -3,8 +3,32 @@
 local futures = require 'host.futures'
 local thread = require 'host.thread'
 local herror = require 'host.error'
+local sh = require 'spec.support.sh'
 
 local T = 10
+
+-- Runs a Lua script in a host subprocess (at most 20 s); returns out, err, code.
+local function run_script(text)
+  local f = sh.tempfile(text)
+  local out, err, code = sh.host_run(sh.quote(f), 20)
+  os.remove(f)
+  return out, err, code
+end
+
+-- Waits (polling, at most T seconds) until the future runs.
+local function wait_running(f)
+  local deadline = require('host.time').monotonic() + T
+  while not f:running() and require('host.time').monotonic() < deadline do thread.sleep(0.002) end
+  assert.is_true(f:running())
+end
+
+-- The number of OS threads of this process.
+local function os_threads()
+  local f = assert(io.open('/proc/self/status'))
+  local s = f:read('a')
+  f:close()
+  return tonumber(s:match('Threads:%s*(%d+)'))
+end
 
 describe('InterpreterPoolExecutor', function()
   it('runs tasks in other universes and returns all their values', function()
@@ -15,24 +39,25 @@ describe('InterpreterPoolExecutor', function()
     assert.are.equal(42, ex:submit(function(x) return x * factor end, 7):result(T))
   end)
 
-  it('isolates globals: a worker sees neither the caller\'s nor another worker\'s', function()
+  it('isolates globals: a task sees none of the caller\'s, the caller none of a task\'s', function()
     local set = load('ISOLATION_PROBE = ...')  -- busted's own environment aside
+    local get = load('return ISOLATION_PROBE')
     set('main')
-    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
-    local gate = thread.Barrier(2)
-    -- two tasks that run at once, on the two workers
-    local a = ex:submit(function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    local first = ex:submit(function()
       local before = ISOLATION_PROBE
-      ISOLATION_PROBE = 'a'
+      ISOLATION_PROBE = 'worker'
       return before
     end)
-    assert.is_nil(a:result(T))
-    local seen = {}
-    for i = 1, 4 do seen[i] = ex:submit(function() return ISOLATION_PROBE end):result(T) end
-    for _, v in ipairs(seen) do assert.is_true(v == nil or v == 'a') end
-    assert.are.equal('main', load('return ISOLATION_PROBE')())
+    assert.are.same({ n = 1, nil }, table.pack(first:result(T)))
+    assert.are.equal('main', get())  -- the task's global stayed in its universe
+    -- the one worker keeps its universe: the next task sees its own global
+    assert.are.equal('worker', ex:submit(function() return ISOLATION_PROBE end):result(T))
+    set('changed')  -- and a change in the caller does not reach it
+    assert.are.equal('worker', ex:submit(function() return ISOLATION_PROBE end):result(T))
+    local other <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    assert.are.same({ n = 1, nil }, table.pack(other:submit(function() return ISOLATION_PROBE end):result(T)))
     set(nil)
-    gate:abort()
   end)
 
   it('preloads the host libraries and runs the initializer in each worker', function()
@@ -153,5 +178,221 @@ describe('InterpreterPoolExecutor', function()
     assert.has_error(function() futures.InterpreterPoolExecutor { max_workers = 0 } end)
     assert.has_error(function() futures.InterpreterPoolExecutor { initializer = 5 } end)
     assert.has_error(function() futures.InterpreterPoolExecutor { initializer = function() end, initargs = { io.stdout } } end)
+  end)
+
+  it('raises "attempt to use a finalized" after __gc', function()
+    local seen = {}
+    -- made first, so its finalizer runs after the pool's in the same cycle
+    local holder = setmetatable({}, { __gc = function(h)
+      seen.submit = select(2, pcall(h.pool.submit, h.pool, print))
+      seen.shutdown = select(2, pcall(h.pool.shutdown, h.pool))
+      seen.text = tostring(h.pool)
+    end })
+    holder.pool = futures.InterpreterPoolExecutor { max_workers = 1 }
+    holder = nil
+    collectgarbage()
+    collectgarbage()
+    assert.matches('attempt to use a finalized host.InterpreterPoolExecutor', seen.submit, 1, true)
+    assert.matches('attempt to use a finalized host.InterpreterPoolExecutor', seen.shutdown, 1, true)
+    assert.matches('^host.InterpreterPoolExecutor %(finalized%)', seen.text)
+  end)
+
+  it('passes 200 and 5000 initargs to the initializer', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      for _, n in ipairs { 200, 5000 } do
+        local args = {}
+        for i = 1, n do args[i] = i end
+        local ex = futures.InterpreterPoolExecutor { max_workers = 1, initargs = args,
+          initializer = function(...) COUNT, LAST = select('#', ...), select(select('#', ...), ...) end }
+        print(ex:submit(function() return COUNT, LAST end):result(10))
+        ex:shutdown()
+      end
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('200\t200\n5000\t5000\n', out)
+  end)
+
+  it('survives error objects whose __tostring raises: task, initializer, done-callback', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local function bad() return setmetatable({}, { __tostring = function() error('no text') end }) end
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function(mk) error(mk()) end, bad)
+      print('task', select(2, pcall(f.result, f, 10)))
+      -- a done-callback raising it, in the manager: later tasks are not lost
+      local spin = ex:submit(function() while true do end end)
+      local called = thread.Event()
+      spin:add_done_callback(function() called:set() error(bad()) end)
+      while not spin:running() do thread.sleep(0.002) end
+      spin:cancel { interrupt = true }
+      print('callback', called:wait(10))
+      print('later', ex:submit(function() return 'served' end):result(10))
+      ex:shutdown()
+      local broken = futures.InterpreterPoolExecutor { max_workers = 1, initargs = { bad },
+        initializer = function(mk) error(mk()) end }
+      print('init', pcall(function() return broken:submit(print):result(10) end))
+      broken:shutdown()
+      print('end')
+    ]]
+    assert.are.equal(0, code)
+    assert.matches('task\t(error object is a table value)\n', out, 1, true)
+    assert.matches('callback\ttrue\nlater\tserved\n', out, 1, true)
+    assert.matches('init\tfalse\tBrokenInterpreterPool: an interpreter initializer failed: '
+      .. '(error object is a table value)', out, 1, true)
+    assert.matches('end\n$', out)
+    assert.matches('exception calling callback for future: (error object is a table value)', err, 1, true)
+  end)
+
+  it('sends an unserializable task error as its text', function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    local f = ex:submit(function()
+      error(setmetatable({}, { __tostring = function() return 'my error text' end }))
+    end)
+    local ok, err = pcall(f.result, f, T)
+    assert.is_false(ok)
+    assert.are.equal('my error text', err)
+  end)
+
+  it('fails the task that calls os.exit, and nothing else', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function() os.exit(3) end)
+      local g = ex:submit(function() pcall(os.exit, true) while true do end end)
+      local h = ex:submit(function() return 'after' end)
+      local ok, e = pcall(f.result, f, 10)
+      print(ok, e:is('SystemExit'), e.code, e.message)
+      print(select(2, pcall(g.result, g, 10)).message)
+      print(h:result(10))
+      ex:shutdown()
+      print('the script goes on')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('false\ttrue\t3\tthe task called os.exit(3)\n'
+      .. 'the task called os.exit(0)\nafter\nthe script goes on\n', out)
+  end)
+
+  it('cancels every pending future on shutdown{cancel_futures = true}, refusing submits from callbacks', function()
+    local ex = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    local spin = ex:submit(function() while true do end end)
+    wait_running(spin)
+    local fs, refused = {}, 0
+    for i = 1, 50 do
+      fs[i] = ex:submit(function() return i end)
+      fs[i]:add_done_callback(function()
+        local ok, err = pcall(ex.submit, ex, function() return 'late' end)
+        if not ok and err:find('cannot schedule new futures after shutdown', 1, true) then
+          refused = refused + 1
+        end
+      end)
+    end
+    ex:shutdown { cancel_futures = true, wait = false }
+    local cancelled = 0
+    for i = 1, 50 do if fs[i]:cancelled() then cancelled = cancelled + 1 end end
+    assert.are.equal(50, cancelled)
+    assert.are.equal(50, refused)
+    assert.is_true(spin:cancel { interrupt = true })
+    ex:shutdown()
+    assert.has_error(function() ex:submit(print) end, 'cannot schedule new futures after shutdown')
+  end)
+
+  it('interrupts a task through its own pcalls, and the worker serves on', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function() while true do pcall(function() while true do end end) end end)
+      while not f:running() do thread.sleep(0.002) end
+      print(f:cancel { interrupt = true })
+      local ok, e = pcall(f.result, f, 10)
+      print(ok, tostring(e):match('interrupted!'))
+      -- xpcall and coroutines do not keep it either
+      local g = ex:submit(function()
+        while true do
+          xpcall(function() while true do end end, function(m) return m end)
+          coroutine.resume(coroutine.create(function() while true do end end))
+        end
+      end)
+      while not g:running() do thread.sleep(0.002) end
+      g:cancel { interrupt = true }
+      print(pcall(g.result, g, 10) == false)
+      print(ex:submit(function() return pcall(error, 'plain') end):result(10))
+      ex:shutdown()
+      print('end')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('true\nfalse\tinterrupted!\ntrue\nfalse\tplain\nend\n', out)
+  end)
+
+  it('interrupts only the task it was meant for (shutdown right after a task, 50 runs)', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      for _ = 1, 50 do
+        local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+        ex:submit(function() return 1 end):result(10)
+        ex:shutdown { interrupt = true }
+      end
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      for i = 1, 50 do
+        local f = ex:submit(function(x) return x end, i)
+        assert(f:result(10) == i)
+        f:cancel { interrupt = true }  -- too late: done already
+        assert(ex:submit(function(x) return x end, i):result(10) == i)
+      end
+      ex:shutdown()
+      print('end')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('end\n', out)
+  end)
+
+  it('refuses shutdown{wait = true} from a done-callback in the manager; wait = false works', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      local spin = ex:submit(function() while true do end end)
+      local called, res = thread.Event()
+      spin:add_done_callback(function()
+        res = { thread.current().name, pcall(ex.shutdown, ex) }
+        res[4] = pcall(ex.shutdown, ex, { wait = false })
+        called:set()
+      end)
+      while not spin:running() do thread.sleep(0.002) end
+      spin:cancel { interrupt = true }
+      print(called:wait(10))
+      print(table.unpack(res))
+      print(pcall(ex.submit, ex, print))
+      ex:shutdown()
+      print('end')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('true\nInterpreterPoolManager\tfalse\t'
+      .. 'cannot join current thread (a done-callback cannot wait for its own pool)\ttrue\n'
+      .. 'false\tcannot schedule new futures after shutdown\nend\n', out)
+  end)
+
+  it('reclaims the threads of pools dropped without shutdown', function()
+    collectgarbage()
+    local start = os_threads()
+    for i = 1, 20 do
+      local ex = futures.InterpreterPoolExecutor { max_workers = 3 }
+      assert.are.equal(i, ex:submit(function(x) return x end, i):result(T))
+    end
+    collectgarbage()
+    collectgarbage()
+    local deadline = require('host.time').monotonic() + T
+    while os_threads() > start and require('host.time').monotonic() < deadline do
+      thread.sleep(0.01)
+      collectgarbage()
+    end
+    assert.is_true(os_threads() <= start)
   end)
 end)

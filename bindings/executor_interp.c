@@ -1,0 +1,794 @@
+/*
+** executor_interp.c: futures.InterpreterPoolExecutor, CPython 3.14's twin:
+** each worker is an OS thread that runs its own universe (its own
+** lua_State, libraries and GIL), so CPU-bound Lua runs in parallel without
+** fork. Tasks and results cross in memory through the codec.
+**
+** The shared part is a refcounted C struct (`ipool`), used by the caller's
+** proxy, the workers and a manager thread, under its mutex: a queue of work
+** items (future + encoded task) and a list of completed futures. A worker
+** completes a future itself (its waiters wake at once), then hands it to
+** the manager, a host.Thread of the caller's universe that runs the done
+** callbacks there, lets go of the proxy and, at the end, joins the workers.
+**
+** Ownership: the pool struct is freed by its last reference: the proxy,
+** each worker thread, and a "handle" userdata that the manager and the
+** futures' interrupters hold. Neither holds the proxy itself, so a pool
+** that the program drops is collected: its __gc shuts it down (as
+** shutdown{wait = false}), its queued work still runs, and its threads end.
+**
+** An interrupt can stop a runaway task (what CPython lacks): the task's
+** universe gets host_interrupt, the hook that lua.c arms for Ctrl-C, and
+** the task fails with "interrupted!". It comes from
+** future:cancel{interrupt = true} or shutdown{cancel_futures = true,
+** interrupt = true}. It stays raised until the task's own frame ends: in a
+** worker universe pcall, xpcall and coroutine.resume raise it again when
+** they return. os.exit in a worker stops only its task the same way: the
+** task's future fails with a SystemExit error.
+*/
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lualib.h"
+
+#include "executor.h"
+#include "future.h"
+#include "runtime.h"
+#include "thread.h"
+
+#define IPOOL_TYPE "host.InterpreterPoolExecutor"
+#define HANDLE_TYPE "host.InterpreterPoolExecutor.handle"
+
+/* A task waiting for a worker, or a completed future waiting for the manager. */
+typedef struct item {
+  struct item *next;
+  host_future *f;     /* one reference */
+  char *payload;      /* the encoded task; NULL on the done list */
+  size_t len;
+} item;
+
+/* Why the user code a worker runs must stop (wslot.stop). */
+enum { STOP_NONE, STOP_INTERRUPT, STOP_EXIT };
+
+typedef struct wslot {
+  pthread_t thread;
+  bool started;
+  lua_State *L;            /* its universe, while it runs (under mu) */
+  host_future *current;    /* the task it runs, for interrupts (under mu) */
+  const char *busy;        /* "task" or "initializer" while user code runs (under mu) */
+  atomic_int stop;         /* a STOP_ value, until the user code's frame ends */
+  int exit_code;           /* os.exit's code when stop is STOP_EXIT (under mu) */
+} wslot;
+
+typedef struct ipool {
+  atomic_int refs;         /* the proxy, each worker, the handle */
+  pthread_mutex_t mu;
+  pthread_cond_t work_cv;  /* workers wait for items */
+  pthread_cond_t done_cv;  /* the manager waits for completions */
+  pthread_cond_t end_cv;   /* shutdown waits for the manager's end */
+  item *head, *tail;       /* work */
+  item *done;              /* completed futures, for the manager */
+  bool shutdown, broken, manager_done;
+  bool manager_running;    /* manager_ident is the manager's thread */
+  unsigned long manager_ident;
+  int alive;               /* workers not yet ended */
+  char *init;              /* encoded initializer and initargs, or NULL */
+  size_t init_len;
+  char *broken_msg;
+  int nworkers;
+  wslot w[];
+} ipool;
+
+/* The proxy. Uservalues: 1 {[lightuserdata future] = proxy} for futures in
+** flight (shared with the manager), 2 the handle. */
+typedef struct iproxy {
+  host_object obj;
+  ipool *p;                /* one reference */
+} iproxy;
+
+/* The handle: one reference, dropped by its __gc. */
+typedef struct ihandle {
+  ipool *p;
+} ihandle;
+
+static void free_items(item *it) {
+  while (it != NULL) {
+    item *next = it->next;
+    host_future_unref(it->f);
+    free(it->payload);
+    free(it);
+    it = next;
+  }
+}
+
+static void ipool_unref(ipool *p) {
+  if (atomic_fetch_sub(&p->refs, 1) != 1) return;
+  free_items(p->head);
+  free_items(p->done);
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->work_cv);
+  pthread_cond_destroy(&p->done_cv);
+  pthread_cond_destroy(&p->end_cv);
+  free(p->init);
+  free(p->broken_msg);
+  free(p);
+}
+
+/* Stops taking work (mu held): queued work still runs, then threads end. */
+static void begin_shutdown(ipool *p) {
+  p->shutdown = true;
+  pthread_cond_broadcast(&p->work_cv);
+  pthread_cond_signal(&p->done_cv);
+}
+
+/*
+** Lists a completed (or cancelled) future for the caller's universe to
+** forget (mu held). The manager is woken only when the future has
+** callbacks to run; else the list waits for the next submit or for
+** shutdown, which saves a wake-up per task.
+*/
+static void post_done(ipool *p, item *it, bool wake) {
+  free(it->payload);
+  it->payload = NULL;
+  it->next = p->done;
+  p->done = it;
+  if (wake) pthread_cond_signal(&p->done_cv);
+}
+
+/* ---- a worker thread and its universe ---- */
+
+/* Pushes the SystemExit error of a worker whose `what` called os.exit(code). */
+static void push_exit_error(lua_State *L, const char *what, int code) {
+  const char *msg = lua_pushfstring(L, "the %s called os.exit(%d)", what, code);
+  host_error_push(L, "SystemExit", msg, 0);
+  lua_pushinteger(L, code);
+  lua_setfield(L, -2, "code");
+  lua_remove(L, -2);
+}
+
+/*
+** Raises again what stops the user code of slot ws, if anything does: an
+** interrupt or an os.exit is not over until the task's own frame ends.
+** Only the worker's main thread runs the task.
+*/
+static void raise_if_stopping(lua_State *L, wslot *ws) {
+  if (!host_is_main_thread()) return;
+  int stop = atomic_load(&ws->stop);
+  if (stop == STOP_INTERRUPT) {
+    luaL_error(L, "interrupted!");
+  } else if (stop == STOP_EXIT) {
+    push_exit_error(L, "task", ws->exit_code);
+    lua_error(L);
+  }
+}
+
+/* The continuation of guard_catch: the caught call returned. */
+static int guard_catch_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  raise_if_stopping(L, (wslot *)ctx);
+  return lua_gettop(L);
+}
+
+/*
+** pcall, xpcall and coroutine.resume in a worker universe: upvalue 1 is
+** the original, 2 the worker's slot. The original's results pass through
+** (and it may yield), unless the task must stop: then that goes on.
+*/
+static int guard_catch(lua_State *L) {
+  wslot *ws = lua_touserdata(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, (lua_KContext)ws, guard_catch_k);
+  return guard_catch_k(L, LUA_OK, (lua_KContext)ws);
+}
+
+/*
+** os.exit in a worker universe (upvalue 1: the slot): it cannot end the
+** process, which other tasks and the caller's script share. It stops the
+** running task (or initializer), whose future fails with SystemExit.
+*/
+static int worker_exit(lua_State *L) {
+  wslot *ws = lua_touserdata(L, lua_upvalueindex(1));
+  int code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
+                                 : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  const char *what = NULL;
+  ipool *p = lua_touserdata(L, lua_upvalueindex(2));
+  pthread_mutex_lock(&p->mu);
+  if (ws->busy != NULL) {
+    what = ws->busy;
+    if (atomic_load(&ws->stop) != STOP_EXIT) ws->exit_code = code;
+    atomic_store(&ws->stop, STOP_EXIT);
+    host_interrupt(ws->L);  /* the task, should this be another thread */
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (what != NULL) {
+    push_exit_error(L, what, code);
+  } else {
+    const char *msg = lua_pushfstring(L, "os.exit(%d) outside a task of an interpreter pool", code);
+    host_error_push(L, "SystemExit", msg, 0);
+  }
+  return lua_error(L);
+}
+
+/* Replaces t[name] (t on top) by closure f over the old value and ws. */
+static void guard_field(lua_State *L, const char *name, lua_CFunction f, wslot *ws) {
+  lua_getfield(L, -1, name);
+  lua_pushlightuserdata(L, ws);
+  lua_pushcclosure(L, f, 2);
+  lua_setfield(L, -2, name);
+}
+
+/* Opens a worker's universe: the libraries, host.futures, the guards. */
+static lua_State *worker_universe(ipool *p, wslot *ws) {
+  lua_State *L = host_newstate();
+  if (L == NULL) return NULL;
+  luaL_openlibs(L);
+  host_openlibs(L);
+  lua_getglobal(L, "require");  /* map's chunks name host.futures._run_chunk */
+  lua_pushliteral(L, "host.futures");
+  if (host_pcall(L, 1, 0) != LUA_OK) lua_pop(L, 1);
+  lua_pushglobaltable(L);
+  guard_field(L, "pcall", guard_catch, ws);
+  guard_field(L, "xpcall", guard_catch, ws);
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "coroutine") == LUA_TTABLE) guard_field(L, "resume", guard_catch, ws);
+  lua_pop(L, 1);
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushlightuserdata(L, ws);
+    lua_pushlightuserdata(L, p);
+    lua_pushcclosure(L, worker_exit, 2);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+  return L;
+}
+
+/*
+** Marks user code (`what`, and the task's future f or NULL) running in
+** slot ws, or with what NULL, over; then no interrupt meant for it is left
+** pending. Returns the STOP_ value it ended with.
+*/
+static int set_busy(ipool *p, wslot *ws, const char *what, host_future *f) {
+  pthread_mutex_lock(&p->mu);
+  int stop = atomic_exchange(&ws->stop, STOP_NONE);
+  ws->busy = what;
+  ws->current = f;
+  host_clear_interrupt(ws->L);
+  pthread_mutex_unlock(&p->mu);
+  return stop;
+}
+
+/*
+** Completes it->f with an encoded BrokenInterpreterPool error made in the
+** worker's universe L, and posts it (mu held).
+*/
+static void fail_broken(lua_State *L, ipool *p, item *it) {
+  host_error_push(L, "BrokenInterpreterPool", p->broken_msg, 0);
+  char *buf = NULL;
+  size_t len = 0;
+  if (host_codec_encode(L, lua_gettop(L), 1, &buf, &len) != LUA_OK) lua_pop(L, 1);
+  lua_pop(L, 1);
+  if (host_future_set_running(it->f)) host_future_set_payload(it->f, false, buf, len);
+  else free(buf);
+  post_done(p, it, true);
+}
+
+/* Runs the pool's initializer in L; on failure breaks the pool (mu not held). */
+static bool run_initializer(lua_State *L, ipool *p, wslot *ws) {
+  if (p->init == NULL) return true;
+  int n = 0;
+  set_busy(p, ws, "initializer", NULL);
+  int status = host_codec_decode(L, p->init, p->init_len, HOST_CODEC_FUNCTIONS, &n);
+  if (status == LUA_OK) status = host_pcall(L, n - 1, 0);
+  int stop = set_busy(p, ws, NULL, NULL);
+  if (stop == STOP_EXIT) {
+    if (status != LUA_OK) lua_pop(L, 1);
+    push_exit_error(L, "initializer", ws->exit_code);
+    status = LUA_ERRRUN;
+  }
+  if (status == LUA_OK) return true;
+  const char *why = lua_pushfstring(L, "an interpreter initializer failed: %s", host_error_tostring(L));
+  pthread_mutex_lock(&p->mu);
+  if (!p->broken) {
+    p->broken_msg = strdup(why);
+    p->broken = true;
+  }
+  while (p->head != NULL) {
+    item *it = p->head;
+    p->head = it->next;
+    fail_broken(L, p, it);
+  }
+  p->tail = NULL;
+  pthread_cond_broadcast(&p->work_cv);
+  pthread_mutex_unlock(&p->mu);
+  lua_settop(L, 0);
+  return false;
+}
+
+/*
+** Encodes the error on top (popped) into *buf. An error the codec cannot
+** carry crosses as its text (__tostring run protected), as the process
+** pool sends it.
+*/
+static void encode_error(lua_State *L, char **buf, size_t *len) {
+  if (host_codec_encode(L, lua_gettop(L), 1, buf, len) != LUA_OK) {
+    lua_pop(L, 1);  /* the codec's complaint */
+    host_error_tostring(L);
+    if (host_codec_encode(L, lua_gettop(L), 1, buf, len) != LUA_OK) lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* Runs one task (its payload) in L and completes its future; posts it. */
+static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
+  int base = lua_gettop(L);
+  int n = 0;
+  int status = host_codec_decode(L, it->payload, it->len, HOST_CODEC_FUNCTIONS, &n);
+  if (status == LUA_OK) status = host_pcall(L, n - 1, LUA_MULTRET);
+  int stop = set_busy(p, ws, NULL, NULL);  /* no interrupt lands after this */
+  if (stop == STOP_EXIT) {
+    lua_settop(L, base);
+    push_exit_error(L, "task", ws->exit_code);
+    status = LUA_ERRRUN;
+  }
+  char *buf = NULL;
+  size_t len = 0;
+  bool ok = status == LUA_OK;
+  if (ok && host_codec_encode(L, base + 1, lua_gettop(L) - base, &buf, &len) != LUA_OK) {
+    ok = false;  /* an unserializable result fails that future alone */
+    lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
+  }
+  if (!ok) encode_error(L, &buf, &len);
+  lua_settop(L, base);
+  host_future_set_payload(it->f, ok, buf, len);
+  bool wake = host_future_wants_callbacks(it->f);
+  pthread_mutex_lock(&p->mu);
+  post_done(p, it, wake);
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* What a worker thread is started with (freed by it). */
+typedef struct worker_arg {
+  ipool *p;
+  int index;
+} worker_arg;
+
+/* Serves tasks in L until the queue is empty and the pool shut down or broken. */
+static void serve(lua_State *L, ipool *p, wslot *ws) {
+  host_deadline never = host_deadline_in(-1);
+  for (;;) {
+    pthread_mutex_lock(&p->mu);
+    if (p->head == NULL && !p->shutdown && !p->broken) {
+      host_cond_wait(L, &p->mu, &p->work_cv, &never);  /* our GIL goes meanwhile */
+      continue;
+    }
+    item *it = p->head;
+    if (it == NULL) {
+      pthread_mutex_unlock(&p->mu);
+      return;
+    }
+    p->head = it->next;
+    if (p->head == NULL) p->tail = NULL;
+    if (!host_future_set_running(it->f)) {  /* cancelled while queued */
+      post_done(p, it, false);
+      pthread_mutex_unlock(&p->mu);
+      continue;
+    }
+    ws->busy = "task";  /* interruptible from the moment it runs */
+    ws->current = it->f;
+    pthread_mutex_unlock(&p->mu);
+    run_task(L, p, ws, it);
+  }
+}
+
+/* The OS thread of one worker: its own universe, serving tasks. */
+static void *worker_thread(void *arg) {
+  ipool *p = ((worker_arg *)arg)->p;
+  wslot *ws = &p->w[((worker_arg *)arg)->index];
+  free(arg);
+  lua_State *L = worker_universe(p, ws);
+  pthread_mutex_lock(&p->mu);
+  ws->L = L;
+  pthread_mutex_unlock(&p->mu);
+  if (L != NULL && run_initializer(L, p, ws)) serve(L, p, ws);
+  pthread_mutex_lock(&p->mu);
+  ws->L = NULL;
+  pthread_mutex_unlock(&p->mu);
+  if (L != NULL) host_close(L);  /* waits for the threads the tasks started */
+  pthread_mutex_lock(&p->mu);
+  p->alive--;
+  pthread_cond_signal(&p->done_cv);
+  pthread_mutex_unlock(&p->mu);
+  ipool_unref(p);
+  return NULL;
+}
+
+/*
+** Starts every worker thread; each holds a reference to the pool. Like
+** host threads, they take no asynchronous signal but the runtime's switch
+** signal, so Ctrl-C reaches the caller's main thread. Returns 0 or errno.
+*/
+static int start_workers(ipool *p) {
+  sigset_t all, old;
+  sigfillset(&all);
+  sigdelset(&all, SIGURG);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = 0;
+  for (int i = 0; i < p->nworkers && rc == 0; i++) {
+    worker_arg *a = malloc(sizeof *a);
+    if (a == NULL) {
+      rc = ENOMEM;
+      break;
+    }
+    a->p = p;
+    a->index = i;
+    atomic_fetch_add(&p->refs, 1);
+    pthread_mutex_lock(&p->mu);
+    p->alive++;
+    pthread_mutex_unlock(&p->mu);
+    rc = pthread_create(&p->w[i].thread, NULL, worker_thread, a);
+    if (rc == 0) {
+      p->w[i].started = true;
+    } else {
+      free(a);
+      pthread_mutex_lock(&p->mu);
+      p->alive--;
+      pthread_mutex_unlock(&p->mu);
+      ipool_unref(p);
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc;
+}
+
+/* ---- the caller's side (GIL held) ---- */
+
+static iproxy *check_ipool(lua_State *L, int idx) {
+  return host_object_check(L, idx, IPOOL_TYPE);
+}
+
+/* The pool of the handle at idx (an upvalue of the manager or an interrupter). */
+static ipool *handle_pool(lua_State *L, int idx) {
+  ihandle *h = luaL_checkudata(L, idx, HANDLE_TYPE);
+  if (h->p == NULL) luaL_error(L, "attempt to use a finalized %s", IPOOL_TYPE);
+  return h->p;
+}
+
+static int handle_gc(lua_State *L) {
+  ihandle *h = luaL_checkudata(L, 1, HANDLE_TYPE);
+  if (h->p != NULL) ipool_unref(h->p);
+  h->p = NULL;
+  return 0;
+}
+
+/*
+** Takes the list of completed futures and, in the caller's universe, runs
+** their callbacks (if not run yet) and forgets their proxies (inflight is
+** the table of futures in flight).
+*/
+static void forget_done(lua_State *L, ipool *p, int inflight) {
+  pthread_mutex_lock(&p->mu);
+  item *done = p->done;
+  p->done = NULL;
+  pthread_mutex_unlock(&p->mu);
+  while (done != NULL) {
+    item *next = done->next;
+    lua_pushlightuserdata(L, done->f);
+    if (lua_rawget(L, inflight) != LUA_TNIL) host_future_run_callbacks(L, -1);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, done->f);
+    lua_pushnil(L);
+    lua_rawset(L, inflight);
+    host_future_unref(done->f);
+    free(done);
+    done = next;
+  }
+}
+
+/* Joins every worker that started (GIL released meanwhile). */
+static void join_workers(lua_State *L, ipool *p) {
+  host_gil_release(L);
+  for (int i = 0; i < p->nworkers; i++) {
+    if (p->w[i].started) pthread_join(p->w[i].thread, NULL);
+    p->w[i].started = false;
+  }
+  host_gil_acquire(L);
+}
+
+/*
+** The manager: a host.Thread of the caller's universe that runs the done
+** callbacks of completed futures and forgets their proxies, until the pool
+** is shut down and its workers have ended; then it joins them. Upvalue 1
+** is the handle, 2 the table of futures in flight.
+*/
+static int manager_main(lua_State *L) {
+  ipool *p = handle_pool(L, lua_upvalueindex(1));
+  lua_pushvalue(L, lua_upvalueindex(2));
+  int inflight = lua_gettop(L);
+  host_deadline never = host_deadline_in(-1);
+  pthread_mutex_lock(&p->mu);
+  p->manager_ident = host_thread_ident();
+  p->manager_running = true;
+  pthread_mutex_unlock(&p->mu);
+  for (;;) {
+    pthread_mutex_lock(&p->mu);
+    if (p->done == NULL && !(p->shutdown && p->alive == 0)) {
+      host_cond_wait(L, &p->mu, &p->done_cv, &never);
+      continue;
+    }
+    bool finished = p->done == NULL;
+    pthread_mutex_unlock(&p->mu);
+    if (finished) break;
+    forget_done(L, p, inflight);
+  }
+  join_workers(L, p);
+  pthread_mutex_lock(&p->mu);
+  p->manager_done = true;
+  p->manager_running = false;
+  pthread_cond_broadcast(&p->end_cv);
+  pthread_mutex_unlock(&p->mu);
+  return 0;
+}
+
+/* The interrupter of the pool's futures: upvalue 1 is the handle. */
+static int interrupt_task(lua_State *L) {
+  ipool *p = handle_pool(L, lua_upvalueindex(1));
+  host_future *f = host_future_check(L, 1);
+  bool hit = false;
+  pthread_mutex_lock(&p->mu);
+  for (int i = 0; i < p->nworkers; i++) {
+    wslot *ws = &p->w[i];
+    if (ws->current == f && ws->L != NULL) {
+      int none = STOP_NONE;
+      atomic_compare_exchange_strong(&ws->stop, &none, STOP_INTERRUPT);
+      host_interrupt(ws->L);
+      hit = true;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+  lua_pushboolean(L, hit);
+  return 1;
+}
+
+/*
+** Pushes the error that a submit to p gets now, and returns true; false
+** when p takes work. The workers set the flags, under the mutex.
+*/
+static bool refused(lua_State *L, ipool *p) {
+  pthread_mutex_lock(&p->mu);
+  bool broken = p->broken, shut = p->shutdown;
+  const char *why = p->broken_msg;  /* written once, before broken is set */
+  pthread_mutex_unlock(&p->mu);
+  if (broken) host_error_push(L, "BrokenInterpreterPool", why, 0);
+  else if (shut) lua_pushliteral(L, "cannot schedule new futures after shutdown");
+  return broken || shut;
+}
+
+/*
+** ex:submit(fn, ...) -> Future; the arguments are encoded at once. The Lua
+** work (which may raise) comes before the C item exists, so no error path
+** leaks it; the item is queued, or refused, under the pool's mutex.
+*/
+static int ipool_submit(lua_State *L) {
+  iproxy *px = check_ipool(L, 1);
+  ipool *p = px->p;
+  luaL_checkany(L, 2);
+  int nvalues = lua_gettop(L) - 1;  /* fn and its arguments, from 2 */
+  if (refused(L, p)) return lua_error(L);
+  lua_getiuservalue(L, 1, 1);
+  int inflight = lua_gettop(L);
+  forget_done(L, p, inflight);  /* what finished since the last submit */
+  host_future *f = host_future_push_new(L);
+  int fut = lua_gettop(L);
+  lua_pushcfunction(L, host_executor_decoder);
+  host_future_set_decoder(L, fut);
+  lua_getiuservalue(L, 1, 2);
+  lua_pushcclosure(L, interrupt_task, 1);
+  host_future_set_interrupter(L, fut);
+  lua_pushlightuserdata(L, f);  /* in flight until the caller's side forgets it */
+  lua_pushvalue(L, fut);
+  lua_rawset(L, inflight);
+  item *it = calloc(1, sizeof *it);
+  int status = it == NULL ? LUA_ERRMEM : host_codec_encode(L, 2, nvalues, &it->payload, &it->len);
+  pthread_mutex_lock(&p->mu);
+  bool queued = status == LUA_OK && !p->broken && !p->shutdown;
+  if (queued) {
+    it->f = f;
+    host_future_ref(f);
+    if (p->tail) p->tail->next = it;
+    else p->head = it;
+    p->tail = it;
+    pthread_cond_signal(&p->work_cv);
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (queued) {
+    lua_settop(L, fut);
+    return 1;
+  }
+  if (it != NULL) free(it->payload);  /* NULL when the encoding failed */
+  free(it);
+  lua_pushlightuserdata(L, f);
+  lua_pushnil(L);
+  lua_rawset(L, inflight);
+  if (status == LUA_ERRMEM) return luaL_error(L, "not enough memory");
+  if (status != LUA_OK) return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+  refused(L, p);  /* the pool broke or shut down since the check above */
+  return lua_error(L);
+}
+
+/*
+** Cancels the queued items (taken off the queue) through their proxies in
+** the table at inflight, which then forgets them; callbacks run here.
+*/
+static void cancel_items(lua_State *L, item *it, int inflight) {
+  while (it != NULL) {
+    item *next = it->next;
+    lua_pushlightuserdata(L, it->f);
+    if (lua_rawget(L, inflight) != LUA_TNIL) host_future_cancel(L, -1);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, it->f);
+    lua_pushnil(L);
+    lua_rawset(L, inflight);
+    host_future_unref(it->f);
+    free(it->payload);
+    free(it);
+    it = next;
+  }
+}
+
+/*
+** ex:shutdown{wait = true, cancel_futures = false, interrupt = false}:
+** `interrupt` also interrupts the tasks running now. The pool refuses
+** work from here on, callbacks of the cancelled futures included. From the
+** manager (a done-callback), waiting would wait for itself: refused.
+*/
+static int ipool_shutdown(lua_State *L) {
+  iproxy *px = check_ipool(L, 1);
+  ipool *p = px->p;
+  bool wait, cancel, interrupt;
+  host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
+  item *queued = NULL;
+  pthread_mutex_lock(&p->mu);
+  begin_shutdown(p);
+  if (cancel) {
+    queued = p->head;
+    p->head = p->tail = NULL;
+  }
+  if (interrupt) {
+    for (int i = 0; i < p->nworkers; i++) {
+      wslot *ws = &p->w[i];
+      if (ws->current != NULL && ws->L != NULL) {
+        int none = STOP_NONE;
+        atomic_compare_exchange_strong(&ws->stop, &none, STOP_INTERRUPT);
+        host_interrupt(ws->L);
+      }
+    }
+  }
+  bool own = p->manager_running && p->manager_ident == host_thread_ident();
+  pthread_mutex_unlock(&p->mu);
+  lua_getiuservalue(L, 1, 1);
+  cancel_items(L, queued, lua_gettop(L));
+  if (!wait) return 0;
+  if (own)
+    return luaL_error(L, "cannot join current thread (a done-callback cannot wait for its own pool)");
+  host_deadline never = host_deadline_in(-1);
+  pthread_mutex_lock(&p->mu);
+  while (!p->manager_done) {
+    if (host_cond_wait(L, &p->mu, &p->end_cv, &never) == HOST_WAIT_INTERRUPTED)
+      return host_raise_interrupt(L);
+    pthread_mutex_lock(&p->mu);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return 0;
+}
+
+/*
+** __gc: the program dropped the pool. Like shutdown{wait = false}: queued
+** work still runs, then the workers and the manager end and let go.
+*/
+static int ipool_gc(lua_State *L) {
+  iproxy *px = host_object_finalize(L, IPOOL_TYPE);
+  if (px == NULL) return 0;
+  host_executor_track(L, 1, IPOOL_TYPE, false);
+  if (px->p != NULL) {
+    pthread_mutex_lock(&px->p->mu);
+    begin_shutdown(px->p);
+    pthread_mutex_unlock(&px->p->mu);
+    ipool_unref(px->p);
+    px->p = NULL;
+  }
+  return 0;
+}
+
+static int ipool_tostring(lua_State *L) {
+  if (host_object_tostring_finalized(L, IPOOL_TYPE)) return 1;
+  iproxy *px = check_ipool(L, 1);
+  pthread_mutex_lock(&px->p->mu);
+  bool broken = px->p->broken, shut = px->p->shutdown;
+  pthread_mutex_unlock(&px->p->mu);
+  lua_pushfstring(L, "host.InterpreterPoolExecutor (%d workers%s%s): %p", px->p->nworkers,
+                  broken ? ", broken" : "", shut ? ", shut down" : "", (void *)px->p);
+  return 1;
+}
+
+/* Encodes initializer(initargs...) of the options at 1 into p->init. */
+static void encode_initializer(lua_State *L, ipool *p) {
+  int first = lua_gettop(L) + 1;
+  int nargs = host_executor_push_initializer(L, 1);
+  if (nargs < 0) return;
+  if (host_codec_encode(L, first, nargs + 1, &p->init, &p->init_len) != LUA_OK)
+    luaL_error(L, "cannot send the initializer: %s", lua_tostring(L, -1));
+  lua_settop(L, first - 1);
+}
+
+/*
+** futures.InterpreterPoolExecutor{max_workers =, initializer =, initargs =}.
+** The initializer and its arguments are encoded now and run in each worker.
+*/
+static int ipool_new(lua_State *L) {
+  lua_Integer n = host_executor_options(L, host_executor_cores());
+  lua_settop(L, 1);
+  iproxy *px = host_object_new(L, sizeof *px, IPOOL_TYPE, 2);
+  int idx = lua_gettop(L);
+  ipool *p = calloc(1, sizeof *p + sizeof(wslot) * (size_t)n);
+  if (p == NULL) return luaL_error(L, "not enough memory");
+  atomic_init(&p->refs, 1);
+  pthread_mutex_init(&p->mu, NULL);
+  host_cond_init(&p->work_cv);
+  host_cond_init(&p->done_cv);
+  host_cond_init(&p->end_cv);
+  p->nworkers = (int)n;
+  px->p = p;  /* from here, __gc frees it */
+  lua_newtable(L);
+  lua_setiuservalue(L, idx, 1);
+  ihandle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->p = NULL;
+  luaL_setmetatable(L, HANDLE_TYPE);
+  atomic_fetch_add(&p->refs, 1);
+  h->p = p;
+  lua_setiuservalue(L, idx, 2);
+  encode_initializer(L, p);
+  int e = start_workers(p);
+  if (e != 0) {
+    pthread_mutex_lock(&p->mu);
+    begin_shutdown(p);
+    pthread_mutex_unlock(&p->mu);
+    join_workers(L, p);
+    errno = e;
+    return luaL_fileresult(L, 0, "pthread_create");
+  }
+  /* the manager thread, over the handle and the table of futures in flight */
+  lua_getiuservalue(L, idx, 2);
+  lua_getiuservalue(L, idx, 1);
+  lua_pushcclosure(L, manager_main, 2);
+  host_thread_start(L, "InterpreterPoolManager", false, 0);
+  lua_settop(L, idx);
+  host_executor_track(L, idx, IPOOL_TYPE, true);
+  return 1;
+}
+
+static const luaL_Reg ipool_methods[] = {
+  {"submit", ipool_submit},
+  {"shutdown", ipool_shutdown},
+  {NULL, NULL}
+};
+
+static const luaL_Reg handle_meta[] = {
+  {"__gc", handle_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg no_methods[] = {
+  {NULL, NULL}
+};
+
+void host_open_interpreter_pool(lua_State *L) {
+  host_type_define(L, HANDLE_TYPE, no_methods, handle_meta, NULL);
+  host_executor_define(L, IPOOL_TYPE, ipool_methods, ipool_gc, ipool_tostring);
+  lua_pushcfunction(L, ipool_new);
+  lua_setfield(L, -2, "InterpreterPoolExecutor");
+}
