@@ -189,6 +189,8 @@ int host_msghandler(lua_State *L) {
 }
 
 int host_pcall(lua_State *L, int nargs, int nresults) {
+  /* the caller made room for the function and its arguments, not for this */
+  if (!lua_checkstack(L, 1)) return lua_pcall(L, nargs, nresults, 0);
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, host_msghandler);
   lua_insert(L, base);
