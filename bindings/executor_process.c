@@ -58,7 +58,7 @@
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
 #define PSTATE_TYPE "host.ProcessPoolState"
 #define POOL_FDS "host.pool_fds"            /* registry: fds a child must close */
-#define REAP_GRACE 2.0                      /* seconds a retired worker has to exit */
+#define DEATH_GRACE 2.0  /* seconds a worker has to exit once done or hung up */
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
 
@@ -69,6 +69,8 @@ typedef struct worker_t {
   pid_t pid;         /* 0: no process */
   int fd;            /* the parent's end of the socketpair, -1 when closed */
   lua_Integer tasks; /* done by this process */
+  bool sending;      /* a thread sends on fd with the GIL released */
+  int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
 } worker_t;
 
 /*
@@ -300,20 +302,31 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i, bool deathsig
     run_worker(L, sidx, s, sv[1], deathsig);
   }
   close(sv[1]);
-  s->w[i] = (worker_t){.state = SLOT_IDLE, .pid = pid, .fd = sv[0], .tasks = 0};
+  worker_t *w = &s->w[i];
+  w->state = SLOT_IDLE;
+  w->pid = pid;
+  w->fd = sv[0];
+  w->tasks = 0;
+  w->sending = false;
   return 0;
 }
 
 /*
-** Waits for process pid (no GIL) and returns its wait status. A worker
-** whose socket is closed exits at once (or it has exited already); one
-** that does not within REAP_GRACE seconds (a task that closed the socket
-** itself and runs on) is killed, so that the manager never hangs here.
+** Waits for process pid (no GIL) and returns its wait status; kills it
+** first when `grace` is 0, or once `grace` seconds have passed when it is
+** positive (a worker whose socket hung up but that runs on: a task closed
+** the socket itself), so that the manager never hangs here. A negative
+** grace waits without limit (a worker told to end by EOF ends).
 */
-static int reap(pid_t pid) {
+static int reap(pid_t pid, double grace) {
   int status = 0;
+  if (grace == 0) kill(pid, SIGKILL);
+  if (grace <= 0) {
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return status;
+  }
   struct timespec pause = {0, 100000};  /* 0.1 ms, doubling up to 10 ms */
-  double give_up = host_now() + REAP_GRACE;
+  double give_up = host_now() + grace;
   for (;;) {
     pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid || (r < 0 && errno != EINTR)) return status;
@@ -329,10 +342,12 @@ static int reap(pid_t pid) {
 
 /*
 ** Retires worker i: the slot is RETIRING (never dispatchable) while its
-** socket is closed and its process reaped (killed first if kill_it), then
-** DEAD. Returns the wait status.
+** socket is closed and its process reaped (see reap for `grace`), then
+** DEAD. A socket that a sender still uses is shut down, not closed: the
+** sender closes it, so its number cannot be reused under the sender.
+** Returns the wait status.
 */
-static int retire_worker(lua_State *L, pstate_t *s, int i, bool kill_it) {
+static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   int status = 0;
   worker_t *w = &s->w[i];
   if (w->state == SLOT_DEAD) return 0;
@@ -340,14 +355,19 @@ static int retire_worker(lua_State *L, pstate_t *s, int i, bool kill_it) {
   if (w->fd >= 0) {
     int fd = w->fd;
     w->fd = -1;
-    close(fd);
-    track_fd(L, fd, false);
+    if (w->sending) {
+      shutdown(fd, SHUT_RDWR);
+      w->sending = false;
+      w->linger = fd;
+    } else {
+      close(fd);
+      track_fd(L, fd, false);
+    }
   }
   if (w->pid > 0) {
     pid_t pid = w->pid;
-    if (kill_it) kill(pid, SIGKILL);
     host_gil_release(L);
-    status = reap(pid);
+    status = reap(pid, grace);
     host_gil_acquire(L);
     w->pid = 0;
   }
@@ -391,7 +411,7 @@ static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
   lua_pushvalue(L, msg);
   lua_setfield(L, -2, "broken_msg");
   lua_pop(L, 1);
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, true);
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
   for (int i = 0; i < s->nworkers; i++) {
     lua_getiuservalue(L, sidx, UV_INFLIGHT);
     lua_rawgeti(L, -1, i + 1);
@@ -417,14 +437,23 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, i + 1);  /* anchored while the GIL is away */
   lua_pop(L, 1);
-  s->w[i].state = SLOT_BUSY;
+  worker_t *w = &s->w[i];
+  w->state = SLOT_BUSY;
   lua_rawgeti(L, -1, 2);
   size_t len;
   const char *payload = lua_tolstring(L, -1, &len);
-  int fd = s->w[i].fd;
+  int fd = w->fd;
+  w->sending = true;
   host_gil_release(L);
   send_frame(fd, -1, payload, len);
   host_gil_acquire(L);
+  if (w->linger == fd) {  /* retired meanwhile: the fd is ours to close */
+    w->linger = -1;
+    close(fd);
+    track_fd(L, fd, false);
+  } else if (w->fd == fd) {
+    w->sending = false;
+  }
   lua_pop(L, 2);
 }
 
@@ -513,7 +542,7 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   host_gil_acquire(L);
   if (!ok) {
     free(payload);
-    int status = retire_worker(L, s, i, false);
+    int status = retire_worker(L, s, i, DEATH_GRACE);
     break_pool(L, sidx, s, death_message(L, status));
     return;
   }
@@ -546,7 +575,7 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
   lua_pop(L, 3);
   if (retire) {
-    retire_worker(L, s, i, false);  /* it exits by itself after its last task */
+    retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
     if (!s->shutdown && !s->broken) {
       int e = fork_worker(L, sidx, s, i, true);
       if (e != 0)
@@ -625,7 +654,7 @@ static int manager_main(lua_State *L) {
     lua_pcall(L, 2, 0, 0);
     lua_settop(L, 1);
   }
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, false);
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);  /* EOF ends them */
   close_wake_pipe(L, s);
   s->manager_done = true;
   host_waitq_notify(s->q);
@@ -725,7 +754,7 @@ static int pstate_gc(lua_State *L) {
   pstate_t *s = host_object_finalize(L, PSTATE_TYPE);
   if (s == NULL) return 0;
   if (s->owner == getpid()) {
-    for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, true);
+    for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
     close_wake_pipe(L, s);
   }
   host_waitq_unref(s->q);
@@ -767,7 +796,7 @@ static int ppool_new(lua_State *L) {
   pstate_t *s = host_object_new(L, sizeof *s + sizeof(worker_t) * (size_t)n, PSTATE_TYPE, 4);
   int sidx = lua_gettop(L);
   s->wake_r = s->wake_w = -1;
-  for (int i = 0; i < n; i++) s->w[i].fd = -1;
+  for (int i = 0; i < n; i++) s->w[i].fd = s->w[i].linger = -1;
   s->owner = getpid();
   s->nworkers = (int)n;
   s->max_tasks = max_tasks;
@@ -802,7 +831,7 @@ static int ppool_new(lua_State *L) {
   for (int i = 0; i < n; i++) {  /* every worker before the manager thread */
     int e = fork_worker(L, sidx, s, i, main_thread);
     if (e != 0) {
-      for (int j = 0; j < i; j++) retire_worker(L, s, j, true);
+      for (int j = 0; j < i; j++) retire_worker(L, s, j, 0);
       s->broken = s->shutdown = true;
       errno = e;
       return luaL_fileresult(L, 0, "fork");
