@@ -45,7 +45,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +57,9 @@
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
 #define PSTATE_TYPE "host.ProcessPoolState"
 #define POOL_FDS "host.pool_fds"            /* registry: fds a child must close */
+/* Sent to a worker when the thread that forked it ends (PR_SET_PDEATHSIG,
+** which Linux ties to the thread, not the process): see on_parent_death. */
+#define PARENT_DEATH_SIGNAL SIGUSR2
 #define DEATH_GRACE 2.0  /* seconds a worker has to exit once done or hung up */
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
@@ -234,19 +236,36 @@ static int worker_main(lua_State *L) {
 }
 
 /*
+** The handler of a worker's parent-death signal. Linux sends it when the
+** thread that forked the worker ends, once the worker has a new parent: a
+** thread of the same process when the pool's process lives on (getppid()
+** is then still the process that sent it: nothing to do), or a reaper
+** when that process died: then the worker dies too, even in a busy task.
+*/
+static void on_parent_death(int sig, siginfo_t *info, void *ctx) {
+  (void)sig;
+  (void)ctx;
+  if (info->si_pid == 0 || getppid() != info->si_pid) kill(getpid(), SIGKILL);
+}
+
+/*
 ** Runs in a child just forked for worker slot of the state at sidx, and
 ** never returns: nothing the child runs may unwind into the parent's Lua
 ** frames above the fork (it would run the rest of the parent's script), so
 ** everything runs under lua_pcall and the child ends with host_exit_child.
-** The child starts with an empty signal mask and default handlers (the
-** forking thread may block every signal), and dies with its parent when
-** `deathsig` (the forking thread outlives the worker: see fork_worker).
+** The child dies with its parent (a parent-death signal, checked against
+** a parent that died before it was set), and starts with an empty signal
+** mask and default handlers (the forking thread may block every signal).
 */
-static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd, bool deathsig) {
-  if (deathsig) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != s->owner) host_exit_child(1);  /* the parent died already */
-  }
+static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_parent_death;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
+  prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL);
+  if (getppid() != s->owner) host_exit_child(1);  /* the parent died already */
   sigset_t none;
   sigemptyset(&none);
   pthread_sigmask(SIG_SETMASK, &none, NULL);
@@ -280,11 +299,8 @@ static void track_fd(lua_State *L, int fd, bool add) {
 /*
 ** Forks worker i (a DEAD slot) of the state at sidx; it becomes IDLE.
 ** Returns 0 or an errno value. In the child this never returns.
-** `deathsig`: the child gets SIGKILL when the forking thread ends (Linux
-** ties PR_SET_PDEATHSIG to the thread), so only the process's main thread
-** and the manager (which reaps every worker before it ends) ask for it.
 */
-static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i, bool deathsig) {
+static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   int sv[2];
   sidx = lua_absindex(L, sidx);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return errno;
@@ -299,7 +315,7 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i, bool deathsig
   }
   if (pid == 0) {
     close(sv[0]);
-    run_worker(L, sidx, s, sv[1], deathsig);
+    run_worker(L, sidx, s, sv[1]);
   }
   close(sv[1]);
   worker_t *w = &s->w[i];
@@ -577,7 +593,7 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   if (retire) {
     retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
     if (!s->shutdown && !s->broken) {
-      int e = fork_worker(L, sidx, s, i, true);
+      int e = fork_worker(L, sidx, s, i);
       if (e != 0)
         break_pool(L, sidx, s, lua_pushfstring(L, "cannot replace a worker: %s", strerror(e)));
     }
@@ -827,9 +843,8 @@ static int ppool_new(lua_State *L) {
   s->wake_w = pipefd[1];
   track_fd(L, s->wake_r, true);
   track_fd(L, s->wake_w, true);
-  bool main_thread = syscall(SYS_gettid) == getpid();  /* see fork_worker */
   for (int i = 0; i < n; i++) {  /* every worker before the manager thread */
-    int e = fork_worker(L, sidx, s, i, main_thread);
+    int e = fork_worker(L, sidx, s, i);
     if (e != 0) {
       for (int j = 0; j < i; j++) retire_worker(L, s, j, 0);
       s->broken = s->shutdown = true;

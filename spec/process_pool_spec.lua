@@ -554,20 +554,24 @@ describe('ProcessPoolExecutor at its boundaries', function()
     assert.matches('exception calling callback for future: (error object is a table value)', err, 1, true)
   end)
 
-  for _, sig in ipairs { 'KILL', 'TERM' } do
-    it('ends busy workers when the parent gets SIG' .. sig, function()
-      local f = sh.tempfile [[
+  for _, case in ipairs { { 'KILL', 'main' }, { 'TERM', 'main' }, { 'KILL', 'ended' } } do
+    local sig, maker = case[1], case[2]
+    it('ends busy workers when the parent gets SIG' .. sig .. ' (pool made by the ' ..
+      maker .. ' thread)', function()
+      local f = sh.tempfile([[
         io.stdout:setvbuf 'no'
         local futures = require 'host.futures'
         local thread = require 'host.thread'
-        local ex = futures.ProcessPoolExecutor { max_workers = 2 }
-        local started = {}
+        local function make() return futures.ProcessPoolExecutor { max_workers = 2 } end
+        local ex
+        if ']] .. maker .. [[' == 'main' then ex = make()
+        else ex = select(2, assert(thread.start(make):join(5))) end
         for i = 1, 2 do
           ex:submit(function() local t = os.time() while os.time() - t < 60 do end end)
         end
         print(table.concat(ex:pids(), ' '))
         thread.sleep(60)
-      ]]
+      ]])
       local out = sh.run('o=$(mktemp); ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
         ' > "$o" 2>&1 & p=$!; for i in $(seq 200); do [ -s "$o" ] && break; sleep 0.05; done;' ..
         ' sleep 0.2; kill -' .. sig .. ' $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 20)
