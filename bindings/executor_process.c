@@ -304,11 +304,9 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   int sv[2];
   sidx = lua_absindex(L, sidx);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return errno;
-  track_fd(L, sv[0], true);
   pid_t pid = host_fork(L);
   if (pid < 0) {
     int e = errno;
-    track_fd(L, sv[0], false);
     close(sv[0]);
     close(sv[1]);
     return e;
@@ -324,6 +322,7 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   w->fd = sv[0];
   w->tasks = 0;
   w->sending = false;
+  track_fd(L, sv[0], true);
   return 0;
 }
 

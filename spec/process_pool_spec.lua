@@ -1,7 +1,9 @@
 -- spec/process_pool_spec.lua: futures.ProcessPoolExecutor over fork(): the
 -- futures API on worker processes, and its faults (a killed worker, a task
 -- that raises or exits, values that cannot cross, Ctrl-C, the parent
--- leaving). Every wait has a timeout.
+-- leaving or killed), and its boundaries (use after __gc, many initargs,
+-- retiring workers, inherited and dropped pools, raising __tostring).
+-- Every wait has a timeout.
 local futures = require 'host.futures'
 local thread = require 'host.thread'
 local herror = require 'host.error'
