@@ -15,10 +15,24 @@
 ** - results come back as bytes and stay bytes in the Future until
 **   someone asks for them.
 **
+** Two objects: the pool the user holds (host.ProcessPoolExecutor) and its
+** state (host.ProcessPoolState), which the pool and the manager thread
+** both hold. The manager does not hold the pool, so a pool nobody uses is
+** collected; its __gc shuts the pool down and the manager reaps the
+** workers (CPython's executor is reachable from its threads only weakly).
+**
+** Each worker slot is a small state machine, changed only with the GIL:
+** DEAD -> IDLE (forked) -> BUSY (a task sent) -> IDLE (its result read)
+** or RETIRING (its last task under max_tasks_per_child, or the pool ends)
+** -> DEAD (reaped). Only an IDLE slot takes work, so a slot whose process
+** is being reaped (the GIL is released in waitpid) is never sent a task.
+** Only the manager (or the constructor, before the manager exists) forks,
+** retires and reaps; submit only moves a slot from IDLE to BUSY.
+**
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
 ** ERROR (one error value, with the worker's traceback) or INIT_FAILED.
-** The pool's fields are used with the GIL held; the manager releases it
+** The state's fields are used with the GIL held; the manager releases it
 ** around poll, reads and writes, with what it uses anchored.
 */
 #include <errno.h>
@@ -29,43 +43,76 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
+#include "thread.h"
 
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
+#define PSTATE_TYPE "host.ProcessPoolState"
 #define POOL_FDS "host.pool_fds"            /* registry: fds a child must close */
+/* Sent to a worker when the thread that forked it ends (PR_SET_PDEATHSIG,
+** which Linux ties to the thread, not the process): see on_parent_death. */
+#define PARENT_DEATH_SIGNAL SIGUSR2
+#define DEATH_GRACE 2.0  /* seconds a worker has to exit once done or hung up */
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
 
+typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_state;
+
 typedef struct worker_t {
+  slot_state state;
   pid_t pid;         /* 0: no process */
   int fd;            /* the parent's end of the socketpair, -1 when closed */
-  bool busy;
   lua_Integer tasks; /* done by this process */
+  bool sending;      /* a thread sends on fd with the GIL released */
+  int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
 } worker_t;
 
-typedef struct ppool_t {
+/*
+** The state of a pool (a userdata of type PSTATE_TYPE). Owned by Lua: the
+** pool and the manager's closure anchor it; its __gc frees the wait queue
+** and closes what is left open.
+*/
+typedef struct pstate_t {
+  host_object obj;
   host_waitq *q;            /* shutdown waits here for the manager */
   int wake_r, wake_w;       /* wake-up pipe of the manager */
+  pid_t owner;              /* the process that made the pool */
+  unsigned long manager;    /* the manager thread's ident (0 before it runs) */
   int nworkers;
   lua_Integer max_tasks;    /* per child; 0: no limit */
-  lua_Integer pend_head, pend_tail, callq_head, callq_tail;
+  host_fifo pending, callq;
   bool shutdown, broken, manager_done;
   worker_t w[];
+} pstate_t;
+
+/* The pool the user holds; uservalue 1 anchors its state. */
+typedef struct ppool_t {
+  host_object obj;
+  pstate_t *s;
 } ppool_t;
 
-/* Uservalues: pending items, the call queue, items in flight by worker,
-** and info {initializer, initargs, decoder, broken_msg}. An item is
-** {future, payload}. */
+/* Uservalues of the state: pending items, the call queue, items in flight
+** by worker, and info {initializer, initargs, decoder, broken_msg}. An item
+** is {future, payload}. */
 enum { UV_PENDING = 1, UV_CALLQ = 2, UV_INFLIGHT = 3, UV_INFO = 4 };
 
-static ppool_t *check_ppool(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, PPOOL_TYPE);
+/*
+** The state of the pool at 1 (raises for a finalized pool, and in a forked
+** child, where the pool's pipes and workers belong to the parent).
+*/
+static pstate_t *check_pool(lua_State *L) {
+  ppool_t *p = host_object_check(L, 1, PPOOL_TYPE);
+  if (p->s->owner != getpid())
+    luaL_error(L, "cannot use a ProcessPoolExecutor inherited from the parent process");
+  return p->s;
 }
 
 /* ---- plain I/O (no Lua, no GIL needed) ---- */
@@ -113,44 +160,57 @@ static char *encode_error(lua_State *L, size_t *len) {
   if (host_codec_encode(L, lua_gettop(L), 1, &buf, len) == LUA_OK) return buf;
   lua_pop(L, 1);                     /* the codec's complaint */
   host_error_tostring(L);            /* the error as a string */
-  host_codec_encode(L, lua_gettop(L), 1, &buf, len);
+  if (host_codec_encode(L, lua_gettop(L), 1, &buf, len) != LUA_OK) lua_error(L);
   return buf;
 }
 
-/*
-** The life of a worker process: run the initializer, then serve tasks
-** until the parent closes its end. Never returns.
-*/
-static void worker_main(lua_State *L, int fd, int info, lua_Integer max_tasks) {
-  signal(SIGINT, SIG_DFL);
-  signal(SIGPIPE, SIG_IGN);
-  lua_getfield(L, info, "initializer");
-  if (!lua_isnil(L, -1)) {
-    int nargs = 0;
-    if (lua_getfield(L, info, "initargs") == LUA_TTABLE) {
-      int t = lua_gettop(L);
-      nargs = (int)luaL_len(L, t);
-      for (int i = 1; i <= nargs; i++) lua_rawgeti(L, t, i);
-      lua_remove(L, t);
-    } else {
+/* Calls the initializer of the info table at 1 with its initargs. */
+static int run_initializer(lua_State *L) {
+  int n = host_executor_push_initializer(L, 1);
+  if (n >= 0) lua_call(L, n, 0);
+  return 0;
+}
+
+/* Closes, in a new child, every fd of every process pool of the parent. */
+static void close_pool_fds(lua_State *L, int keep) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_FDS) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      int fd = (int)lua_tointeger(L, -2);
+      if (fd != keep) close(fd);
       lua_pop(L, 1);
     }
-    if (host_pcall(L, nargs, 0) != LUA_OK) {
-      size_t len;
-      char *buf = encode_error(L, &len);
-      send_frame(fd, FRAME_INIT_FAILED, buf, len);
-      free(buf);
-      host_exit_child(1);
-    }
-  } else {
-    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/*
+** The life of a worker process, run protected: worker_main(info, fd,
+** max_tasks) closes the parent's other pool fds, runs the initializer,
+** then serves tasks until the parent closes its end or max_tasks are done.
+*/
+static int worker_main(lua_State *L) {
+  int fd = (int)lua_tointeger(L, 2);
+  lua_Integer max_tasks = lua_tointeger(L, 3);
+  close_pool_fds(L, fd);
+  lua_pushcfunction(L, run_initializer);
+  lua_pushvalue(L, 1);
+  if (host_pcall(L, 1, 0) != LUA_OK) {
+    size_t len;
+    char *buf = encode_error(L, &len);
+    send_frame(fd, FRAME_INIT_FAILED, buf, len);
+    free(buf);
+    host_exit_child(1);
   }
   int base = lua_gettop(L);
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
     if (!recv_all(fd, &len, 4)) break;
     char *in = malloc(len ? len : 1);
-    if (in == NULL || !recv_all(fd, in, len)) break;
+    if (in == NULL || !recv_all(fd, in, len)) {
+      free(in);
+      break;
+    }
     int n = 0;
     int status = host_codec_decode(L, in, len, HOST_CODEC_FUNCTIONS, &n);
     free(in);
@@ -172,20 +232,58 @@ static void worker_main(lua_State *L, int fd, int info, lua_Integer max_tasks) {
     fflush(NULL);
     if (!sent) break;
   }
-  host_exit_child(0);
+  return 0;
 }
 
-/* Closes, in a new child, every fd of every process pool of the parent. */
-static void close_pool_fds(lua_State *L, int keep) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_FDS) == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-      int fd = (int)lua_tointeger(L, -2);
-      if (fd != keep) close(fd);
-      lua_pop(L, 1);
-    }
+/*
+** The handler of a worker's parent-death signal. Linux sends it when the
+** thread that forked the worker ends, once the worker has a new parent: a
+** thread of the same process when the pool's process lives on (getppid()
+** is then still the process that sent it: nothing to do), or a reaper
+** when that process died: then the worker dies too, even in a busy task.
+*/
+static void on_parent_death(int sig, siginfo_t *info, void *ctx) {
+  (void)sig;
+  (void)ctx;
+  if (info->si_pid == 0 || getppid() != info->si_pid) kill(getpid(), SIGKILL);
+}
+
+/*
+** Runs in a child just forked for worker slot of the state at sidx, and
+** never returns: nothing the child runs may unwind into the parent's Lua
+** frames above the fork (it would run the rest of the parent's script), so
+** everything runs under lua_pcall and the child ends with host_exit_child.
+** The child dies with its parent (a parent-death signal, checked against
+** a parent that died before it was set), and starts with an empty signal
+** mask and default handlers (the forking thread may block every signal).
+*/
+static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_parent_death;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
+  prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL);
+  if (getppid() != s->owner) host_exit_child(1);  /* the parent died already */
+  sigset_t none;
+  sigemptyset(&none);
+  pthread_sigmask(SIG_SETMASK, &none, NULL);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGPIPE, SIG_IGN);  /* a closed pipe is an error, as in CPython */
+  if (!lua_checkstack(L, 4)) host_exit_child(1);
+  lua_pushcfunction(L, worker_main);
+  lua_getiuservalue(L, sidx, UV_INFO);
+  lua_pushinteger(L, fd);
+  lua_pushinteger(L, s->max_tasks);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "host: a process pool worker failed: %s\n",
+            msg != NULL ? msg : "(error object is not a string)");
+    host_exit_child(1);
   }
-  lua_pop(L, 1);
+  host_exit_child(0);
 }
 
 /* Notes fd as one a forked child must close (or forgets it). */
@@ -199,11 +297,12 @@ static void track_fd(lua_State *L, int fd, bool add) {
 }
 
 /*
-** Forks worker i of the pool at idx. Returns 0 or an errno value. In the
-** child this never returns.
+** Forks worker i (a DEAD slot) of the state at sidx; it becomes IDLE.
+** Returns 0 or an errno value. In the child this never returns.
 */
-static int fork_worker(lua_State *L, int idx, ppool_t *p, int i) {
+static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   int sv[2];
+  sidx = lua_absindex(L, sidx);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return errno;
   pid_t pid = host_fork(L);
   if (pid < 0) {
@@ -214,66 +313,89 @@ static int fork_worker(lua_State *L, int idx, ppool_t *p, int i) {
   }
   if (pid == 0) {
     close(sv[0]);
-    close_pool_fds(L, sv[1]);
-    lua_getiuservalue(L, idx, UV_INFO);
-    worker_main(L, sv[1], lua_gettop(L), p->max_tasks);
+    run_worker(L, sidx, s, sv[1]);
   }
   close(sv[1]);
-  p->w[i].pid = pid;
-  p->w[i].fd = sv[0];
-  p->w[i].busy = false;
-  p->w[i].tasks = 0;
+  worker_t *w = &s->w[i];
+  w->state = SLOT_IDLE;
+  w->pid = pid;
+  w->fd = sv[0];
+  w->tasks = 0;
+  w->sending = false;
   track_fd(L, sv[0], true);
   return 0;
 }
 
-/* Closes worker i's socket and reaps its process; returns its wait status. */
-static int retire_worker(lua_State *L, ppool_t *p, int i, bool kill_it) {
+/*
+** Waits for process pid (no GIL) and returns its wait status; kills it
+** first when `grace` is 0, or once `grace` seconds have passed when it is
+** positive (a worker whose socket hung up but that runs on: a task closed
+** the socket itself), so that the manager never hangs here. A negative
+** grace waits without limit (a worker told to end by EOF ends).
+*/
+static int reap(pid_t pid, double grace) {
   int status = 0;
-  if (p->w[i].fd >= 0) {
-    track_fd(L, p->w[i].fd, false);
-    close(p->w[i].fd);
-    p->w[i].fd = -1;
+  if (grace == 0) kill(pid, SIGKILL);
+  if (grace <= 0) {
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return status;
   }
-  if (p->w[i].pid > 0) {
-    if (kill_it) kill(p->w[i].pid, SIGKILL);
+  struct timespec pause = {0, 100000};  /* 0.1 ms, doubling up to 10 ms */
+  double give_up = host_now() + grace;
+  for (;;) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid || (r < 0 && errno != EINTR)) return status;
+    if (r == 0 && host_now() > give_up) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+      return status;
+    }
+    nanosleep(&pause, NULL);
+    if (pause.tv_nsec < 10000000) pause.tv_nsec *= 2;
+  }
+}
+
+/*
+** Retires worker i: the slot is RETIRING (never dispatchable) while its
+** socket is closed and its process reaped (see reap for `grace`), then
+** DEAD. A socket that a sender still uses is shut down, not closed: the
+** sender closes it, so its number cannot be reused under the sender.
+** Returns the wait status.
+*/
+static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
+  int status = 0;
+  worker_t *w = &s->w[i];
+  if (w->state == SLOT_DEAD) return 0;
+  w->state = SLOT_RETIRING;
+  if (w->fd >= 0) {
+    int fd = w->fd;
+    w->fd = -1;
+    if (w->sending) {
+      shutdown(fd, SHUT_RDWR);
+      w->sending = false;
+      w->linger = fd;
+    } else {
+      close(fd);
+      track_fd(L, fd, false);
+    }
+  }
+  if (w->pid > 0) {
+    pid_t pid = w->pid;
     host_gil_release(L);
-    while (waitpid(p->w[i].pid, &status, 0) < 0 && errno == EINTR) {}
+    status = reap(pid, grace);
     host_gil_acquire(L);
-    p->w[i].pid = 0;
+    w->pid = 0;
   }
-  p->w[i].busy = false;
+  w->state = SLOT_DEAD;
   return status;
 }
 
 /* ---- the pool's queues (GIL held) ---- */
 
-/* Appends the value on top (popped) to the FIFO in uservalue uv. */
-static void fifo_push(lua_State *L, int idx, int uv, lua_Integer *tail) {
-  lua_getiuservalue(L, idx, uv);
-  lua_insert(L, -2);
-  lua_rawseti(L, -2, (*tail)++);
-  lua_pop(L, 1);
-}
-
-/* Pushes and removes the head of the FIFO in uservalue uv (nil if empty). */
-static void fifo_pop(lua_State *L, int idx, int uv, lua_Integer *head, lua_Integer *tail) {
-  if (*head == *tail) {
-    lua_pushnil(L);
-    return;
-  }
-  lua_getiuservalue(L, idx, uv);
-  lua_rawgeti(L, -1, *head);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, (*head)++);
-  lua_remove(L, -2);
-  if (*head == *tail) *head = *tail = 1;
-}
-
 /* Items in flight: one per busy worker. */
-static int busy_count(ppool_t *p) {
+static int busy_count(pstate_t *s) {
   int n = 0;
-  for (int i = 0; i < p->nworkers; i++) n += p->w[i].busy;
+  for (int i = 0; i < s->nworkers; i++) n += s->w[i].state == SLOT_BUSY;
   return n;
 }
 
@@ -281,8 +403,8 @@ static int busy_count(ppool_t *p) {
 static void fail_item(lua_State *L, const char *why) {
   lua_rawgeti(L, -1, 1);
   host_future *f = host_future_check(L, -1);
-  host_future_state s = host_future_state_of(f);
-  if (s == HOST_FUTURE_PENDING || s == HOST_FUTURE_RUNNING) {
+  host_future_state st = host_future_state_of(f);
+  if (st == HOST_FUTURE_PENDING || st == HOST_FUTURE_RUNNING) {
     host_error_push(L, "BrokenProcessPool", why, 0);
     host_future_set_error(L, -2);
   }
@@ -290,111 +412,122 @@ static void fail_item(lua_State *L, const char *why) {
 }
 
 /*
-** Breaks the pool: every pending, queued and running future fails with
-** BrokenProcessPool (`why`), the workers are killed and reaped.
+** Breaks the pool of the state at sidx: every pending, queued and running
+** future fails with BrokenProcessPool (`why`), the workers are killed and
+** reaped. The state says broken before any callback runs; calling it again
+** fails what is left.
 */
-static void break_pool(lua_State *L, int idx, ppool_t *p, const char *why) {
-  idx = lua_absindex(L, idx);
-  p->broken = true;
-  lua_getiuservalue(L, idx, UV_INFO);
+static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
+  sidx = lua_absindex(L, sidx);
   lua_pushstring(L, why);
+  int msg = lua_gettop(L);
+  s->broken = true;
+  lua_getiuservalue(L, sidx, UV_INFO);
+  lua_pushvalue(L, msg);
   lua_setfield(L, -2, "broken_msg");
   lua_pop(L, 1);
-  for (int i = 0; i < p->nworkers; i++) {
-    lua_getiuservalue(L, idx, UV_INFLIGHT);
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
+  for (int i = 0; i < s->nworkers; i++) {
+    lua_getiuservalue(L, sidx, UV_INFLIGHT);
     lua_rawgeti(L, -1, i + 1);
     lua_pushnil(L);
     lua_rawseti(L, -3, i + 1);
     if (lua_isnil(L, -1)) lua_pop(L, 1);
-    else fail_item(L, why);
+    else fail_item(L, lua_tostring(L, msg));
     lua_pop(L, 1);
-    retire_worker(L, p, i, true);
   }
-  for (;;) {
-    fifo_pop(L, idx, UV_CALLQ, &p->callq_head, &p->callq_tail);
-    if (lua_isnil(L, -1)) break;
-    fail_item(L, why);
-  }
+  while (host_fifo_pop(L, sidx, UV_CALLQ, &s->callq)) fail_item(L, lua_tostring(L, msg));
   lua_pop(L, 1);
-  for (;;) {
-    fifo_pop(L, idx, UV_PENDING, &p->pend_head, &p->pend_tail);
-    if (lua_isnil(L, -1)) break;
-    fail_item(L, why);
-  }
-  lua_pop(L, 1);
+  while (host_fifo_pop(L, sidx, UV_PENDING, &s->pending)) fail_item(L, lua_tostring(L, msg));
+  lua_pop(L, 2);
 }
 
-/* Sends the item on top (popped) to idle worker i; false if it died. */
-static bool dispatch(lua_State *L, int idx, ppool_t *p, int i) {
-  lua_getiuservalue(L, idx, UV_INFLIGHT);
+/*
+** Sends the item on top (popped) to IDLE worker i, which becomes BUSY. A
+** worker that died meanwhile is the manager's to find (EOF on its socket),
+** and the item then fails with the rest.
+*/
+static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
+  lua_getiuservalue(L, sidx, UV_INFLIGHT);
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, i + 1);  /* anchored while the GIL is away */
   lua_pop(L, 1);
-  p->w[i].busy = true;
+  worker_t *w = &s->w[i];
+  w->state = SLOT_BUSY;
   lua_rawgeti(L, -1, 2);
   size_t len;
   const char *payload = lua_tolstring(L, -1, &len);
-  int fd = p->w[i].fd;
+  int fd = w->fd;
+  w->sending = true;
   host_gil_release(L);
-  bool ok = send_frame(fd, -1, payload, len);
+  send_frame(fd, -1, payload, len);
   host_gil_acquire(L);
+  if (w->linger == fd) {  /* retired meanwhile: the fd is ours to close */
+    w->linger = -1;
+    close(fd);
+    track_fd(L, fd, false);
+  } else if (w->fd == fd) {
+    w->sending = false;
+  }
   lua_pop(L, 2);
-  return ok;
 }
 
 /*
 ** Moves pending items into the call queue (at most workers + 1 queued or
 ** running; each marked running, so no longer cancellable) and hands
-** queued items to idle workers. Returns false if a worker died.
+** queued items to IDLE workers.
 */
-static bool pump(lua_State *L, int idx, ppool_t *p) {
-  while (!p->broken && busy_count(p) + (p->callq_tail - p->callq_head) < p->nworkers + 1) {
-    fifo_pop(L, idx, UV_PENDING, &p->pend_head, &p->pend_tail);
-    if (lua_isnil(L, -1)) {
+static void pump(lua_State *L, int sidx, pstate_t *s) {
+  sidx = lua_absindex(L, sidx);
+  while (!s->broken && busy_count(s) + host_fifo_len(&s->callq) < s->nworkers + 1) {
+    if (!host_fifo_pop(L, sidx, UV_PENDING, &s->pending)) {
       lua_pop(L, 1);
       break;
     }
     lua_rawgeti(L, -1, 1);
     bool runs = host_future_set_running(host_future_check(L, -1));
     lua_pop(L, 1);
-    if (runs) fifo_push(L, idx, UV_CALLQ, &p->callq_tail);
+    if (runs) host_fifo_push(L, sidx, UV_CALLQ, &s->callq);
     else lua_pop(L, 1);  /* cancelled while pending */
   }
-  for (int i = 0; i < p->nworkers && !p->broken; i++) {
-    if (p->w[i].busy || p->w[i].pid == 0) continue;
-    fifo_pop(L, idx, UV_CALLQ, &p->callq_head, &p->callq_tail);
-    if (lua_isnil(L, -1)) {
+  for (int i = 0; i < s->nworkers && !s->broken; i++) {
+    if (s->w[i].state != SLOT_IDLE) continue;
+    if (!host_fifo_pop(L, sidx, UV_CALLQ, &s->callq)) {
       lua_pop(L, 1);
       break;
     }
-    if (!dispatch(L, idx, p, i)) return false;
+    dispatch(L, sidx, s, i);
   }
-  return true;
 }
 
 /* Wakes the manager (GIL held), unless it is gone. */
-static void wake_manager(ppool_t *p) {
+static void wake_manager(pstate_t *s) {
   char c = 1;
-  if (p->wake_w < 0) return;
-  while (write(p->wake_w, &c, 1) < 0 && errno == EINTR) {}
+  if (s->wake_w < 0) return;
+  while (write(s->wake_w, &c, 1) < 0 && errno == EINTR) {}
 }
 
 /* Closes the wake-up pipe (GIL held): the manager is done with it. */
-static void close_wake_pipe(lua_State *L, ppool_t *p) {
-  int fds[2] = {p->wake_r, p->wake_w};
+static void close_wake_pipe(lua_State *L, pstate_t *s) {
+  int fds[2] = {s->wake_r, s->wake_w};
+  s->wake_r = s->wake_w = -1;
   for (int i = 0; i < 2; i++) {
     if (fds[i] < 0) continue;
-    track_fd(L, fds[i], false);
     close(fds[i]);
+    track_fd(L, fds[i], false);
   }
-  p->wake_r = p->wake_w = -1;
 }
 
 /* A message for a worker that died, from its wait status. */
 static const char *death_message(lua_State *L, int status) {
   const char *how;
-  if (WIFEXITED(status))
-    how = lua_pushfstring(L, "exited with status %d (a task called os.exit?)", WEXITSTATUS(status));
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    how = lua_pushliteral(L, "closed its connection to the parent and exited with status 0");
+  else if (WIFEXITED(status))
+    how = lua_pushfstring(L, "exited with status %d", WEXITSTATUS(status));
+  else if (WIFSIGNALED(status) && sigabbrev_np(WTERMSIG(status)) != NULL)
+    how = lua_pushfstring(L, "was killed by signal %d (SIG%s)", WTERMSIG(status),
+                          sigabbrev_np(WTERMSIG(status)));
   else if (WIFSIGNALED(status))
     how = lua_pushfstring(L, "was killed by signal %d", WTERMSIG(status));
   else
@@ -405,10 +538,12 @@ static const char *death_message(lua_State *L, int status) {
 
 /*
 ** Reads worker i's frame and completes its future; handles a worker that
-** died or retired (max_tasks_per_child). Returns false if the pool broke.
+** died, and one that retires (max_tasks_per_child): the slot goes from
+** BUSY to RETIRING before the future completes, then it is reaped and
+** replaced. Breaks the pool when a worker died or cannot be replaced.
 */
-static bool take_result(lua_State *L, int idx, ppool_t *p, int i) {
-  int fd = p->w[i].fd;
+static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
+  int fd = s->w[i].fd;
   char head[5];
   char *payload = NULL;
   uint32_t len = 0;
@@ -422,12 +557,12 @@ static bool take_result(lua_State *L, int idx, ppool_t *p, int i) {
   host_gil_acquire(L);
   if (!ok) {
     free(payload);
-    int status = retire_worker(L, p, i, false);
-    break_pool(L, idx, p, death_message(L, status));
-    return false;
+    int status = retire_worker(L, s, i, DEATH_GRACE);
+    break_pool(L, sidx, s, death_message(L, status));
+    return;
   }
   if (head[4] == FRAME_INIT_FAILED) {
-    lua_getiuservalue(L, idx, UV_INFO);
+    lua_getiuservalue(L, sidx, UV_INFO);
     lua_getfield(L, -1, "decoder");
     lua_pushlstring(L, payload, len);
     free(payload);
@@ -436,67 +571,108 @@ static bool take_result(lua_State *L, int idx, ppool_t *p, int i) {
     /* else the decoder's own complaint says what went wrong: the manager
     ** must not die of it, or no future of the pool would ever complete */
     const char *why = lua_pushfstring(L, "a process initializer failed: %s", host_error_tostring(L));
-    break_pool(L, idx, p, why);
-    return false;
+    break_pool(L, sidx, s, why);
+    return;
   }
-  lua_getiuservalue(L, idx, UV_INFLIGHT);
+  lua_getiuservalue(L, sidx, UV_INFLIGHT);
   lua_rawgeti(L, -1, i + 1);
   lua_pushnil(L);
   lua_rawseti(L, -3, i + 1);
+  bool retire = s->max_tasks > 0 && ++s->w[i].tasks >= s->max_tasks;
+  s->w[i].state = retire ? SLOT_RETIRING : SLOT_IDLE;
+  if (lua_isnil(L, -1)) {  /* a frame nobody asked for */
+    free(payload);
+    break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
+    return;
+  }
   lua_rawgeti(L, -1, 1);
   host_future_set_payload(host_future_check(L, -1), head[4] == FRAME_OK, payload, len);
-  host_future_run_callbacks(L, -1);
+  host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
   lua_pop(L, 3);
-  p->w[i].busy = false;
-  if (p->max_tasks > 0 && ++p->w[i].tasks >= p->max_tasks) {
-    retire_worker(L, p, i, false);  /* it exits by itself after its last task */
-    if (!p->shutdown) {
-      int e = fork_worker(L, idx, p, i);
-      if (e != 0) {
-        break_pool(L, idx, p, lua_pushfstring(L, "cannot replace a worker: %s", strerror(e)));
-        return false;
-      }
+  if (retire) {
+    retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
+    if (!s->shutdown && !s->broken) {
+      int e = fork_worker(L, sidx, s, i);
+      if (e != 0)
+        break_pool(L, sidx, s, lua_pushfstring(L, "cannot replace a worker: %s", strerror(e)));
     }
   }
-  return true;
 }
 
 /* True when the manager has nothing left to do after a shutdown. */
-static bool drained(ppool_t *p) {
-  return p->pend_head == p->pend_tail && p->callq_head == p->callq_tail && busy_count(p) == 0;
+static bool drained(pstate_t *s) {
+  return host_fifo_len(&s->pending) == 0 && host_fifo_len(&s->callq) == 0 && busy_count(s) == 0;
 }
 
-/* The manager thread's body; upvalue 1 is the pool. */
-static int manager_main(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  int idx = lua_gettop(L);
-  ppool_t *p = check_ppool(L, idx);
-  struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(p->nworkers + 1), 0);
-  while (!p->broken && pump(L, idx, p) && !(p->shutdown && drained(p))) {
+/* The manager's loop, run protected: manager_loop(state). */
+static int manager_loop(lua_State *L) {
+  pstate_t *s = lua_touserdata(L, 1);
+  struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(s->nworkers + 1), 0);
+  for (;;) {
+    pump(L, 1, s);
+    if (s->broken || (s->shutdown && drained(s))) break;
     int n = 0;
-    fds[n++] = (struct pollfd){.fd = p->wake_r, .events = POLLIN};
-    for (int i = 0; i < p->nworkers; i++)
-      fds[n++] = (struct pollfd){.fd = p->w[i].fd, .events = POLLIN};
+    fds[n++] = (struct pollfd){.fd = s->wake_r, .events = POLLIN};
+    for (int i = 0; i < s->nworkers; i++)
+      fds[n++] = (struct pollfd){.fd = s->w[i].fd, .events = POLLIN};
     host_gil_release(L);
     while (poll(fds, (nfds_t)n, -1) < 0 && errno == EINTR) {}
     host_gil_acquire(L);
     if (fds[0].revents) {
       char buf[64];
-      while (read(p->wake_r, buf, sizeof buf) == (ssize_t)sizeof buf) {}
+      while (read(s->wake_r, buf, sizeof buf) == (ssize_t)sizeof buf) {}
     }
-    for (int i = 0; i < p->nworkers && !p->broken; i++) {
-      if (fds[i + 1].revents && p->w[i].fd == fds[i + 1].fd) take_result(L, idx, p, i);
+    for (int i = 0; i < s->nworkers && !s->broken; i++) {
+      worker_t *w = &s->w[i];
+      if (fds[i + 1].revents && w->fd == fds[i + 1].fd &&
+          (w->state == SLOT_IDLE || w->state == SLOT_BUSY))
+        take_result(L, 1, s, i);
     }
   }
-  if (p->broken) {
-    lua_getiuservalue(L, idx, UV_INFO);
+  return 0;
+}
+
+/* Breaks the pool, protected: break_protected(state, why). */
+static int break_protected(lua_State *L) {
+  break_pool(L, 1, lua_touserdata(L, 1), lua_tostring(L, 2));
+  return 0;
+}
+
+/*
+** The manager thread's body; upvalue 1 is the pool's state. Whatever ends
+** its loop (shutdown, a broken pool, or an error of its own, which breaks
+** the pool with that message), it fails what is left, reaps the workers
+** and tells shutdown it is done.
+*/
+static int manager_main(lua_State *L) {
+  lua_settop(L, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  pstate_t *s = lua_touserdata(L, 1);
+  s->manager = host_thread_ident();
+  lua_pushcfunction(L, manager_loop);
+  lua_pushvalue(L, 1);
+  if (host_pcall(L, 1, 0) != LUA_OK) {
+    s->broken = true;
+    const char *msg = host_error_tostring(L);
+    lua_pushfstring(L, "the process pool's manager failed: %s", msg);
+    lua_getiuservalue(L, 1, UV_INFO);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "broken_msg");
+    lua_settop(L, 1);
+  }
+  if (s->broken) {  /* fail what came meanwhile */
+    lua_pushcfunction(L, break_protected);
+    lua_pushvalue(L, 1);
+    lua_getiuservalue(L, 1, UV_INFO);
     lua_getfield(L, -1, "broken_msg");
-    break_pool(L, idx, p, lua_tostring(L, -1));  /* what was submitted meanwhile */
+    lua_remove(L, -2);
+    lua_pcall(L, 2, 0, 0);
+    lua_settop(L, 1);
   }
-  for (int i = 0; i < p->nworkers; i++) retire_worker(L, p, i, false);
-  close_wake_pipe(L, p);
-  p->manager_done = true;
-  host_waitq_notify(p->q);
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);  /* EOF ends them */
+  close_wake_pipe(L, s);
+  s->manager_done = true;
+  host_waitq_notify(s->q);
   return 0;
 }
 
@@ -504,85 +680,119 @@ static int manager_main(lua_State *L) {
 
 /* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
 static int ppool_submit(lua_State *L) {
-  ppool_t *p = check_ppool(L, 1);
+  pstate_t *s = check_pool(L);
   luaL_checkany(L, 2);
-  if (p->broken) {
-    lua_getiuservalue(L, 1, UV_INFO);
+  if (s->broken) {
+    lua_getiuservalue(L, 1, 1);
+    lua_getiuservalue(L, -1, UV_INFO);
     lua_getfield(L, -1, "broken_msg");
     return host_error_raise(L, "BrokenProcessPool", "%s", lua_tostring(L, -1));
   }
-  if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
+  if (s->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
   char *buf;
   size_t len;
   if (host_codec_encode(L, 2, lua_gettop(L) - 1, &buf, &len) != LUA_OK)
     return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+  lua_getiuservalue(L, 1, 1);  /* the state */
+  int sidx = lua_gettop(L);
   lua_createtable(L, 2, 0);
   lua_pushlstring(L, buf, len);
   free(buf);
   lua_rawseti(L, -2, 2);
   host_future_push_new(L);
-  lua_getiuservalue(L, 1, UV_INFO);
+  lua_getiuservalue(L, sidx, UV_INFO);
   lua_getfield(L, -1, "decoder");
   host_future_set_decoder(L, -3);
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);
   lua_insert(L, -2);
-  fifo_push(L, 1, UV_PENDING, &p->pend_tail);
+  host_fifo_push(L, sidx, UV_PENDING, &s->pending);
   /* Hand it to an idle worker now, not through the manager: one wake-up
-  ** less. A worker that died meanwhile is the manager's to find (EOF). */
-  if (!pump(L, 1, p)) wake_manager(p);
+  ** less. */
+  pump(L, sidx, s);
   return 1;
 }
 
 /* ex:shutdown{wait = true, cancel_futures = false} */
 static int ppool_shutdown(lua_State *L) {
-  ppool_t *p = check_ppool(L, 1);
+  pstate_t *s = check_pool(L);
   bool wait, cancel, interrupt;
   host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
   (void)interrupt;  /* only the interpreter pool can interrupt a task */
-  p->shutdown = true;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, 1);  /* 2: the state */
+  s->shutdown = true;
   if (cancel) {
-    for (;;) {
-      fifo_pop(L, 1, UV_PENDING, &p->pend_head, &p->pend_tail);
-      if (lua_isnil(L, -1)) break;
+    while (host_fifo_pop(L, 2, UV_PENDING, &s->pending)) {
       lua_rawgeti(L, -1, 1);
       host_future_cancel(L, -1);
       lua_pop(L, 2);
     }
     lua_pop(L, 1);
   }
-  wake_manager(p);
+  wake_manager(s);
+  if (wait && !s->manager_done && s->manager == host_thread_ident())
+    return luaL_error(L, "cannot join current thread (a done-callback runs on the pool's "
+                      "manager thread and cannot wait for it)");
   host_deadline never = host_deadline_in(-1);
-  while (wait && !p->manager_done) {
-    if (host_waitq_wait(L, p->q, &never) == HOST_WAIT_INTERRUPTED)
+  while (wait && !s->manager_done) {
+    if (host_waitq_wait(L, s->q, &never) == HOST_WAIT_INTERRUPTED)
       return host_raise_interrupt(L);
   }
   return 0;
 }
 
+/*
+** __gc of the pool: nobody can submit any more, so the pool shuts down
+** without waiting (queued work still runs, then the manager reaps the
+** workers and ends). Nothing in a forked child: the pool is the parent's.
+*/
 static int ppool_gc(lua_State *L) {
-  ppool_t *p = check_ppool(L, 1);
+  ppool_t *p = host_object_finalize(L, PPOOL_TYPE);
+  if (p == NULL) return 0;
   host_executor_track(L, 1, PPOOL_TYPE, false);
-  host_waitq_unref(p->q);
-  p->q = NULL;
-  close_wake_pipe(L, p);
+  pstate_t *s = p->s;
+  if (s->owner == getpid() && !s->shutdown) {
+    s->shutdown = true;
+    wake_manager(s);
+  }
+  return 0;
+}
+
+/*
+** __gc of the state: the manager has ended (it anchors the state while it
+** runs); kills what a failed constructor left, closes the wake-up pipe and
+** frees the wait queue. In a forked child the fds are the parent's.
+*/
+static int pstate_gc(lua_State *L) {
+  pstate_t *s = host_object_finalize(L, PSTATE_TYPE);
+  if (s == NULL) return 0;
+  if (s->owner == getpid()) {
+    for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
+    close_wake_pipe(L, s);
+  }
+  host_waitq_unref(s->q);
+  s->q = NULL;
   return 0;
 }
 
 static int ppool_tostring(lua_State *L) {
-  ppool_t *p = check_ppool(L, 1);
-  lua_pushfstring(L, "host.ProcessPoolExecutor (%d workers%s%s): %p", p->nworkers,
-                  p->broken ? ", broken" : "", p->shutdown ? ", shut down" : "", (void *)p);
+  if (host_object_tostring_finalized(L, PPOOL_TYPE)) return 1;
+  ppool_t *p = host_object_check(L, 1, PPOOL_TYPE);
+  pstate_t *s = p->s;
+  lua_pushfstring(L, "host.ProcessPoolExecutor (%d workers%s%s): %p", s->nworkers,
+                  s->broken ? ", broken" : "", s->shutdown ? ", shut down" : "", (void *)p);
   return 1;
 }
 
-/* ex:pids() -> the worker processes' ids (for tests and tools). */
+/* ex:pids() -> the worker processes' ids (0 for none; for tests and tools). */
 static int ppool_pids(lua_State *L) {
-  ppool_t *p = check_ppool(L, 1);
-  lua_createtable(L, p->nworkers, 0);
-  for (int i = 0; i < p->nworkers; i++) {
-    lua_pushinteger(L, p->w[i].pid);
+  ppool_t *p = host_object_check(L, 1, PPOOL_TYPE);
+  pstate_t *s = p->s;
+  lua_createtable(L, s->nworkers, 0);
+  for (int i = 0; i < s->nworkers; i++) {
+    lua_pushinteger(L, s->w[i].pid);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -598,20 +808,20 @@ static int ppool_new(lua_State *L) {
   lua_getfield(L, 1, "max_tasks_per_child");
   lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
   luaL_argcheck(L, max_tasks >= 0, 1, "max_tasks_per_child must be positive");
-  ppool_t *p = lua_newuserdatauv(L, sizeof *p + sizeof(worker_t) * (size_t)n, 4);
-  memset(p, 0, sizeof *p + sizeof(worker_t) * (size_t)n);
-  p->wake_r = p->wake_w = -1;
-  for (int i = 0; i < n; i++) p->w[i].fd = -1;
-  luaL_setmetatable(L, PPOOL_TYPE);
-  int idx = lua_gettop(L);
-  p->q = host_waitq_new();
-  if (p->q == NULL) return luaL_error(L, "not enough memory");
-  p->nworkers = (int)n;
-  p->max_tasks = max_tasks;
-  p->pend_head = p->pend_tail = p->callq_head = p->callq_tail = 1;
+  pstate_t *s = host_object_new(L, sizeof *s + sizeof(worker_t) * (size_t)n, PSTATE_TYPE, 4);
+  int sidx = lua_gettop(L);
+  s->wake_r = s->wake_w = -1;
+  for (int i = 0; i < n; i++) s->w[i].fd = s->w[i].linger = -1;
+  s->owner = getpid();
+  s->nworkers = (int)n;
+  s->max_tasks = max_tasks;
+  host_fifo_init(&s->pending);
+  host_fifo_init(&s->callq);
+  s->q = host_waitq_new();
+  if (s->q == NULL) return luaL_error(L, "not enough memory");
   for (int uv = UV_PENDING; uv <= UV_INFLIGHT; uv++) {
     lua_newtable(L);
-    lua_setiuservalue(L, idx, uv);
+    lua_setiuservalue(L, sidx, uv);
   }
   lua_createtable(L, 0, 4);
   lua_pushvalue(L, 2);
@@ -620,23 +830,33 @@ static int ppool_new(lua_State *L) {
   lua_setfield(L, -2, "initargs");
   lua_pushcfunction(L, host_executor_decoder);
   lua_setfield(L, -2, "decoder");
-  lua_setiuservalue(L, idx, UV_INFO);
+  lua_setiuservalue(L, sidx, UV_INFO);
+  ppool_t *p = host_object_new(L, sizeof *p, PPOOL_TYPE, 1);
+  int idx = lua_gettop(L);
+  p->s = s;
+  lua_pushvalue(L, sidx);
+  lua_setiuservalue(L, idx, 1);
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) != 0) return luaL_fileresult(L, 0, "pipe");
-  p->wake_r = pipefd[0];
-  p->wake_w = pipefd[1];
-  track_fd(L, p->wake_r, true);
-  track_fd(L, p->wake_w, true);
+  s->wake_r = pipefd[0];
+  s->wake_w = pipefd[1];
+  track_fd(L, s->wake_r, true);
+  track_fd(L, s->wake_w, true);
   for (int i = 0; i < n; i++) {  /* every worker before the manager thread */
-    int e = fork_worker(L, idx, p, i);
+    int e = fork_worker(L, sidx, s, i);
     if (e != 0) {
-      for (int j = 0; j < i; j++) retire_worker(L, p, j, true);
-      p->broken = true;
+      for (int j = 0; j < i; j++) retire_worker(L, s, j, 0);
+      s->broken = s->shutdown = true;
       errno = e;
       return luaL_fileresult(L, 0, "fork");
     }
   }
-  host_executor_start(L, idx, PPOOL_TYPE, manager_main, "ProcessPoolManager");
+  lua_pushvalue(L, sidx);
+  lua_pushcclosure(L, manager_main, 1);
+  host_thread_start(L, "ProcessPoolManager", false, 0);
+  lua_pop(L, 1);
+  host_executor_track(L, idx, PPOOL_TYPE, true);
+  lua_settop(L, idx);
   return 1;
 }
 
@@ -647,7 +867,17 @@ static const luaL_Reg ppool_methods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg pstate_methods[] = {
+  {NULL, NULL}
+};
+
+static const luaL_Reg pstate_meta[] = {
+  {"__gc", pstate_gc},
+  {NULL, NULL}
+};
+
 void host_open_process_pool(lua_State *L) {
+  host_type_define(L, PSTATE_TYPE, pstate_methods, pstate_meta, NULL);
   host_executor_define(L, PPOOL_TYPE, ppool_methods, ppool_gc, ppool_tostring);
   lua_pushcfunction(L, ppool_new);
   lua_setfield(L, -2, "ProcessPoolExecutor");

@@ -1,7 +1,9 @@
 -- spec/process_pool_spec.lua: futures.ProcessPoolExecutor over fork(): the
 -- futures API on worker processes, and its faults (a killed worker, a task
 -- that raises or exits, values that cannot cross, Ctrl-C, the parent
--- leaving). Every wait has a timeout.
+-- leaving or killed), and its boundaries (use after __gc, many initargs,
+-- retiring workers, inherited and dropped pools, raising __tostring).
+-- Every wait has a timeout.
 local futures = require 'host.futures'
 local thread = require 'host.thread'
 local herror = require 'host.error'
@@ -26,16 +28,71 @@ local function exists(pid)
   return true
 end
 
--- Waits up to `limit` seconds for every pid to be gone.
-local function all_gone(pids, limit)
+-- Is process pid still running (a zombie does not count: its parent, or
+-- init for an orphan, may be slow to reap it)?
+local function running(pid)
+  local f = io.open('/proc/' .. pid .. '/stat')
+  if not f then return false end
+  local stat = f:read('a') or ''
+  f:close()
+  return stat:match('^%d+ %b() (%a)') ~= 'Z'
+end
+
+-- Waits up to `limit` seconds for every pid to be gone (`alive` tells).
+local function all_gone(pids, limit, alive)
+  alive = alive or exists
   local deadline = require('host.time').monotonic() + limit
   repeat
     local any = false
-    for _, pid in ipairs(pids) do any = any or exists(pid) end
+    for _, pid in ipairs(pids) do any = any or alive(pid) end
     if not any then return true end
     thread.sleep(0.02)
   until require('host.time').monotonic() > deadline
   return false
+end
+
+-- The number of child processes of this process (plus one: the shell that
+-- counts them).
+local function child_count()
+  local p = io.popen('pgrep -c -P ' .. tostring(require('host.spec_pid')))
+  local n = tonumber(p:read('a'):match('%d+'))
+  p:close()
+  return n
+end
+
+-- Runs `script` with host; returns stdout, stderr and the exit code.
+local function run_script(script, limit)
+  local f = sh.tempfile(script)
+  local out, err, code = sh.host_run(sh.quote(f), limit or 20)
+  os.remove(f)
+  return out, err, code
+end
+
+-- The number of times `plain` occurs in s.
+local function count(s, plain)
+  local n, at = 0, 1
+  while true do
+    local i, j = s:find(plain, at, true)
+    if not i then return n end
+    n, at = n + 1, j + 1
+  end
+end
+
+-- A gate a task waits on (at most 10 s) until the parent opens it: so a
+-- done-callback added meanwhile runs on the manager thread.
+local function gate()
+  local path = os.tmpname()
+  os.remove(path)
+  local function wait(p)
+    local t = os.time()
+    while os.time() - t < 10 do
+      local f = io.open(p)
+      if f then f:close() return true end
+    end
+    return false
+  end
+  local function open() assert(io.open(path, 'w')):close() end
+  return path, wait, open
 end
 
 describe('ProcessPoolExecutor', function()
@@ -247,4 +304,287 @@ describe('ProcessPoolExecutor and the parent process', function()
     for pid in out:match('\n(%d+ %d+)\n'):gmatch('%d+') do pids[#pids + 1] = pid end
     assert.is_true(all_gone(pids, T))
   end)
+end)
+
+describe('ProcessPoolExecutor at its boundaries', function()
+  setup(function()
+    local f = assert(io.open('/proc/self/stat'))
+    local pid = tonumber(f:read('a'):match('^(%d+)'))
+    f:close()
+    package.loaded['host.spec_pid'] = pid
+  end)
+
+  it('refuses use after __gc, and its workers are gone', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    assert.are.equal(1, ex:submit(function() return 1 end):result(T))
+    local pids = ex:pids()
+    getmetatable(ex).__gc(ex)
+    local msg = 'attempt to use a finalized host.ProcessPoolExecutor'
+    assert.has_error(function() ex:submit(print) end, msg)
+    assert.has_error(function() ex:shutdown() end, msg)
+    assert.has_error(function() ex:map(print, { 1 }) end, msg)
+    assert.has_error(function() ex:pids() end, msg)
+    assert.matches('^host.ProcessPoolExecutor %(finalized%)', tostring(ex))
+    getmetatable(ex).__gc(ex)  -- again: nothing
+    assert.is_true(all_gone(pids, T))
+  end)
+
+  for _, n in ipairs { 200, 5000 } do
+    it('passes ' .. n .. ' initargs to the initializer', function()
+      local args = {}
+      for i = 1, n do args[i] = i end
+      local init = load('local t = { ... } local s = 0 for i = 1, #t do s = s + t[i] end ' ..
+        'INITARGS_FOR_SPEC = { select("#", ...), s }')
+      local ex <close> = assert(futures.ProcessPoolExecutor {
+        max_workers = 1, initializer = init, initargs = args })
+      local got = ex:submit(load('return INITARGS_FOR_SPEC')):result(T)
+      assert.are.same({ n, n * (n + 1) // 2 }, got)
+    end)
+  end
+
+  it('passes initargs.n values, nils included', function()
+    local init = load('INITARGS_FOR_SPEC = table.pack(...)')
+    local ex <close> = assert(futures.ProcessPoolExecutor {
+      max_workers = 1, initializer = init, initargs = { n = 3, 1, nil, 3 } })
+    assert.are.same({ n = 3, 1, nil, 3 }, ex:submit(load('return INITARGS_FOR_SPEC')):result(T))
+  end)
+
+  for _, workers in ipairs { 1, 2 } do
+    it('loses no task when workers retire after each one (' .. workers .. ' workers)', function()
+      local ex <close> = assert(futures.ProcessPoolExecutor {
+        max_workers = workers, max_tasks_per_child = 1 })
+      local fs = {}
+      for i = 1, 300 do
+        fs[i] = ex:submit(function(x) return x * 2 end, i)
+        -- the next submit then meets a worker retiring after its task
+        if i % 2 == 0 then assert.are.equal((i - 1) * 2, fs[i - 1]:result(T)) end
+      end
+      for i = 1, 300 do assert.are.equal(i * 2, fs[i]:result(T)) end
+    end)
+  end
+
+  it('refuses a pool inherited by fork, in the child', function()
+    local parent_pool <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    package.loaded['spec.inherited_pool'] = parent_pool
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    package.loaded['spec.inherited_pool'] = nil
+    local pid = ex:pids()[1]
+    -- before the fix the worker hangs in the inherited pool's shutdown
+    finally(function()
+      ex:shutdown { wait = false }
+      if not all_gone({ pid }, 2) then os.execute('kill -KILL ' .. pid) end
+      ex:shutdown()
+    end)
+    local got = ex:submit(function()
+      local inherited = package.loaded['spec.inherited_pool']
+      local ok1, e1 = pcall(inherited.submit, inherited, print)
+      local ok2, e2 = pcall(inherited.shutdown, inherited)
+      return { ok1, tostring(e1), ok2, tostring(e2) }
+    end):result(T)
+    local msg = 'cannot use a ProcessPoolExecutor inherited from the parent process'
+    assert.is_false(got[1])
+    assert.matches(msg, got[2], 1, true)
+    assert.is_false(got[3])
+    assert.matches(msg, got[4], 1, true)
+    assert.are.equal(2, parent_pool:submit(function() return 2 end):result(T))
+  end)
+
+  it('reclaims pools dropped without shutdown: workers reaped, fds closed', function()
+    collectgarbage()
+    collectgarbage()
+    local kids0, fds0 = child_count(), fd_count()
+    local pools = {}
+    for i = 1, 10 do
+      pools[i] = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+      assert.are.equal(i, pools[i]:submit(function(x) return x end, i):result(T))
+    end
+    assert.is_true(child_count() >= kids0 + 20)
+    pools = nil  -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    local clock = require('host.time').monotonic
+    local deadline, kids, fds = clock() + T
+    repeat
+      kids, fds = child_count(), fd_count()
+      if kids <= kids0 and fds <= fds0 then break end
+      thread.sleep(0.05)
+    until clock() > deadline
+    assert.is_true(kids <= kids0, ('children: %d at start, %d now'):format(kids0, kids))
+    assert.is_true(fds <= fds0, ('fds: %d at start, %d now'):format(fds0, fds))
+  end)
+
+  it('gives workers of a pool made on another thread a clean signal mask', function()
+    local t = thread.start(function() return futures.ProcessPoolExecutor { max_workers = 1 } end)
+    local ok, ex = t:join(T)
+    assert.is_true(ok)
+    -- the thread that forked the worker is gone: the worker still serves
+    assert.are.equal(1, ex:submit(function() return 1 end):result(T))
+    local pid = ex:pids()[1]
+    local f = ex:submit(function() local t0 = os.time() while os.time() - t0 < 20 do end end)
+    finally(function() os.execute('kill -KILL ' .. pid .. ' 2>/dev/null') ex:shutdown() end)
+    os.execute('kill -TERM ' .. pid)
+    local ok2, err = pcall(f.result, f, T)
+    assert.is_false(ok2)
+    assert.is_true(herror.is(err, 'BrokenProcessPool'), tostring(err))
+    assert.matches('killed by signal 15 (SIGTERM)', err.message, 1, true)
+  end)
+
+  it('says how a worker ended: status 0, another status, a signal', function()
+    -- under valgrind a worker's exit status is valgrind's (its leak check of the fork)
+    local valgrind = os.getenv('HOST_UNDER_VALGRIND')
+    local cases = {
+      { function() os.exit(0) end, valgrind and 'exited with status %d+'
+        or 'it closed its connection to the parent and exited with status 0$' },
+      { function() os.exit(3) end, valgrind and 'exited with status %d+' or 'it exited with status 3$' },
+      { function() os.execute('kill -KILL $PPID') while true do end end,
+        'it was killed by signal 9 %(SIGKILL%)$' },
+    }
+    for _, case in ipairs(cases) do
+      local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+      local f = ex:submit(case[1])
+      local ok, err = pcall(f.result, f, T)
+      assert.is_false(ok)
+      assert.is_true(herror.is(err, 'BrokenProcessPool'), tostring(err))
+      assert.matches(case[2], err.message)
+      ex:shutdown()
+    end
+  end)
+
+  it('refuses shutdown{wait = true} from a done-callback, and exits', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local path = os.tmpname()
+      os.remove(path)
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function(p)
+        local t = os.time()
+        while os.time() - t < 10 do
+          local g = io.open(p)
+          if g then g:close() return 1 end
+        end
+      end, path)
+      local called = thread.Event()
+      f:add_done_callback(function()
+        print('callback', pcall(ex.shutdown, ex))
+        called:set()
+      end)
+      assert(io.open(path, 'w')):close()
+      print('result', f:result(5))
+      print('called', called:wait(5))
+      os.remove(path)
+      print('submit', pcall(ex.submit, ex, print))
+      print('end')
+    ]]
+    assert.are.equal(0, code, err)
+    assert.matches('callback\tfalse\t[^\n]*cannot join current thread', out)
+    assert.matches('result\t1\n', out, 1, true)
+    assert.matches('called\ttrue\n', out, 1, true)
+    assert.matches('submit\tfalse\t[^\n]*cannot schedule new futures after shutdown', out)
+    assert.matches('end\n$', out)
+  end)
+
+  it('keeps a worker whose error __tostring raises out of the parent script', function()
+    local out, err, code = run_script [[
+      print('script start')
+      local futures = require 'host.futures'
+      local herror = require 'host.error'
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function()
+        error(setmetatable({}, { __tostring = function() error('tostring raised') end }))
+      end)
+      print('task', pcall(f.result, f, 5))
+      print('after', ex:submit(function() return 'fine' end):result(5))
+      ex:shutdown()
+      local ex2 = futures.ProcessPoolExecutor { max_workers = 1, initializer = function()
+        error(setmetatable({}, { __tostring = function() error('tostring raised') end }))
+      end }
+      local f2 = ex2:submit(function() return 1 end)
+      local ok, e = pcall(f2.result, f2, 5)
+      print('init', ok, herror.is(e, 'BrokenProcessPool'), e.message)
+      ex2:shutdown()
+      -- a raise in the child outside any task: initargs whose __len raises
+      local made, ex3 = pcall(futures.ProcessPoolExecutor, { max_workers = 1, initializer = print,
+        initargs = setmetatable({}, { __len = function() error('len raised') end }) })
+      if made then
+        local f3 = ex3:submit(function() return 1 end)
+        local ok3, e3 = pcall(f3.result, f3, 5)
+        print('len', ok3, herror.is(e3, 'BrokenProcessPool'), e3.message)
+        ex3:shutdown()
+      else
+        print('not made', ex3)
+      end
+      print('script end')
+    ]]
+    assert.are.equal(0, code, err)
+    assert.are.equal(1, count(out, 'script start'), out)
+    assert.are.equal(1, count(out, 'script end'), out)
+    assert.matches('task\tfalse\t(error object is a table value)', out, 1, true)
+    assert.matches('after\tfine\n', out, 1, true)
+    assert.matches('init\tfalse\ttrue\ta process initializer failed: (error object is a table value)',
+      out, 1, true)
+    assert.matches('len\tfalse\ttrue\ta process initializer failed: [^\n]*len raised', out)
+  end)
+
+  it('survives a done-callback that raises an error whose __tostring raises', function()
+    local out, err, code = run_script [[
+      print('script start')
+      local futures = require 'host.futures'
+      local path = os.tmpname()
+      os.remove(path)
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function(p)
+        local t = os.time()
+        while os.time() - t < 10 do
+          local g = io.open(p)
+          if g then g:close() return 1 end
+        end
+      end, path)
+      f:add_done_callback(function()
+        error(setmetatable({}, { __tostring = function() error('tostring raised') end }))
+      end)
+      assert(io.open(path, 'w')):close()
+      print('first', f:result(5))
+      os.remove(path)
+      print('later', ex:submit(function() return 2 end):result(5))
+      ex:shutdown()
+      print('script end')
+    ]]
+    assert.are.equal(0, code, err)
+    assert.are.equal(1, count(out, 'script start'), out)
+    assert.matches('first\t1\nlater\t2\nscript end\n$', out)
+    assert.matches('exception calling callback for future: (error object is a table value)', err, 1, true)
+  end)
+
+  for _, case in ipairs { { 'KILL', 'main' }, { 'TERM', 'main' }, { 'KILL', 'ended' } } do
+    local sig, maker = case[1], case[2]
+    it('ends busy workers when the parent gets SIG' .. sig .. ' (pool made by the ' ..
+      maker .. ' thread)', function()
+      local f = sh.tempfile([[
+        io.stdout:setvbuf 'no'
+        local futures = require 'host.futures'
+        local thread = require 'host.thread'
+        local function make() return futures.ProcessPoolExecutor { max_workers = 2 } end
+        local ex
+        if ']] .. maker .. [[' == 'main' then ex = make()
+        else ex = select(2, assert(thread.start(make):join(5))) end
+        for i = 1, 2 do
+          ex:submit(function() local t = os.time() while os.time() - t < 60 do end end)
+        end
+        print(table.concat(ex:pids(), ' '))
+        thread.sleep(60)
+      ]])
+      local out = sh.run('o=$(mktemp); ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
+        ' > "$o" 2>&1 & p=$!; for i in $(seq 200); do [ -s "$o" ] && break; sleep 0.05; done;' ..
+        ' sleep 0.2; kill -' .. sig .. ' $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 20)
+      os.remove(f)
+      local pids = {}
+      for pid in (out:match('\n(%d+ %d+)\n') or ''):gmatch('%d+') do pids[#pids + 1] = pid end
+      finally(function()
+        for _, pid in ipairs(pids) do os.execute('kill -KILL ' .. pid .. ' 2>/dev/null') end
+      end)
+      assert.are.equal(2, #pids, out)
+      assert.is_true(all_gone(pids, T, running), out)
+    end)
+  end
 end)
