@@ -21,9 +21,18 @@
 ** formats of one call may interleave with another thread's reads. The
 ** stream's error flag is only ever touched under that lock too.
 **
-** A file that some thread reads without the GIL cannot be closed under it:
-** while it has readers, its close function is swapped for busy_close,
-** which waits for them to finish and then closes it (see `busy`).
+** A file that some thread reads without the GIL cannot be closed under it.
+** The decision (CPython's buffered files make a close wait for the read in
+** progress too): a close waits until every format being read without the
+** GIL has been read, then closes the file; a read call that still has
+** formats to go raises at its next one, with the error a read of a closed
+** file raises ("attempt to use a closed file"; "file is already closed"
+** in lines(); "default input file is closed" in io.read). The format read
+** meanwhile is lost with the call, as the file is. So a close never
+** frees a FILE that a reader uses, and never waits longer than one format
+** of each reader (a pipe whose writer never writes makes it wait, as
+** pclose waits for its command). While a file has readers, its close
+** function is swapped for busy_close, which does the waiting (see `busy`).
 */
 #include <ctype.h>
 #include <errno.h>
@@ -118,12 +127,19 @@ typedef struct reader {
   LStream *p;
   FILE *f;
   busy *b;
+  const char *closed;  /* the error when another thread closes the file */
   bool cleared;   /* clearerr done (liolib clears before the first format) */
   bool error;     /* the stream's error flag after the last read */
 } reader;
 
-/* Lets the other threads run while this one reads (GIL held on entry). */
+/*
+** Lets the other threads run while this one reads (GIL held on entry).
+** A close that another thread began since the call's previous format
+** (the stream is marked closed, its close waits or is done) ends the call
+** with r->closed: the FILE may be gone.
+*/
 static void leave(reader *r) {
+  if (r->p->closef == NULL) luaL_error(r->L, "%s", r->closed);
   if (r->b->readers++ == 0) {
     r->b->closef = r->p->closef;
     r->p->closef = busy_close;
@@ -313,10 +329,12 @@ static int read_chars(reader *r, size_t n) {
 
 /*
 ** liolib's g_read: the formats from stack index `first` on, for the file
-** whose stream is p and whose userdata is at `file` (anchored there).
+** whose stream is p and whose userdata is at `file` (anchored there);
+** `closed` is the error raised if another thread closes it meanwhile.
 */
-static int g_read(lua_State *L, LStream *p, int file, int first) {
-  reader r = { L, p, p->f, get_busy(L, file), false, false };
+static int g_read(lua_State *L, LStream *p, int file, int first,
+                  const char *closed) {
+  reader r = { L, p, p->f, get_busy(L, file), closed, false, false };
   int nargs = lua_gettop(L) - 1;
   int n, success;
   if (nargs == 0) {
@@ -361,13 +379,14 @@ static LStream *tofile(lua_State *L) {
 static int io_read(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, IO_INPUT);
   LStream *p = lua_touserdata(L, -1);
-  if (p->closef == NULL) luaL_error(L, "default input file is closed");
-  return g_read(L, p, lua_gettop(L), 1);
+  const char *closed = "default input file is closed";
+  if (p->closef == NULL) luaL_error(L, "%s", closed);
+  return g_read(L, p, lua_gettop(L), 1, closed);
 }
 
 /* file:read(...) */
 static int f_read(lua_State *L) {
-  return g_read(L, tofile(L), 1, 2);
+  return g_read(L, tofile(L), 1, 2, "attempt to use a closed file");
 }
 
 /* ---- lines ---- */
@@ -383,11 +402,12 @@ static int aux_close(lua_State *L, LStream *p) {
 static int io_readline(lua_State *L) {
   LStream *p = lua_touserdata(L, lua_upvalueindex(1));
   int n = (int)lua_tointeger(L, lua_upvalueindex(2));
-  if (p->closef == NULL) return luaL_error(L, "file is already closed");
+  const char *closed = "file is already closed";
+  if (p->closef == NULL) return luaL_error(L, "%s", closed);
   lua_settop(L, 1);
   luaL_checkstack(L, n, "too many arguments");
   for (int i = 1; i <= n; i++) lua_pushvalue(L, lua_upvalueindex(3 + i));
-  n = g_read(L, p, lua_upvalueindex(1), 2);
+  n = g_read(L, p, lua_upvalueindex(1), 2, closed);
   if (lua_toboolean(L, -n)) return n;
   if (n > 1) return luaL_error(L, "%s", lua_tostring(L, -n + 1));
   if (lua_toboolean(L, lua_upvalueindex(3))) {  /* lines(name) opened it */
