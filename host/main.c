@@ -6,6 +6,7 @@
 ** into an "interrupted!" error inside the running script.
 ** It uses only the public Lua API and bindings/host.h.
 */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,7 +232,10 @@ static int collect_args(char **argv, int *first) {
 
 /*
 ** Applies host's own --switch-* options to the universe. Returns false
-** (after reporting) when one is malformed.
+** (after reporting) when one is malformed or out of the range that
+** thread.setswitchinterval accepts: (0, 3600] seconds, [1, 1e9]
+** instructions. Nothing is clamped: a value outside the range is a typo
+** more often than a wish for the nearest bound.
 */
 static bool apply_switch_options(lua_State *L, char **argv, int script) {
   int last = script > 0 ? script : 1 << 30;
@@ -244,16 +248,21 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
     }
     char *end;
     if (strncmp(a, "--switch-interval=", 18) == 0) {
-      double s = strtod(a + 18, &end);
-      if (*end != '\0' || end == a + 18 || !(s > 0)) {
-        report_message(progname, "--switch-interval needs a positive number of seconds");
+      const char *v = a + 18;
+      double s = strtod(v, &end);
+      if (*end != '\0' || end == v || !(s > 0 && s <= 3600)) {  /* NaN too */
+        fprintf(stderr, "%s: --switch-interval must be a number of seconds in "
+                "(0, 3600], not '%s'\n", progname, v);
         return false;
       }
       host_set_switch_interval(L, s);
     } else if (strncmp(a, "--switch-instructions=", 22) == 0) {
-      long n = strtol(a + 22, &end, 10);
-      if (*end != '\0' || end == a + 22 || n < 1) {
-        report_message(progname, "--switch-instructions needs a positive integer");
+      const char *v = a + 22;
+      errno = 0;
+      long long n = strtoll(v, &end, 10);
+      if (*end != '\0' || end == v || errno == ERANGE || n < 1 || n > 1000000000) {
+        fprintf(stderr, "%s: --switch-instructions must be an integer in "
+                "[1, 1000000000], not '%s'\n", progname, v);
         return false;
       }
       host_set_switch_instructions(L, (int)n);

@@ -117,7 +117,39 @@ describe('host', function()
     assert.matches("'-e' needs argument", err, 1, true)
     _, err, code = sh.host_run('--switch-interval=abc')
     assert.are.equal(1, code)
-    assert.matches('positive number', err, 1, true)
+    assert.matches("--switch-interval must be a number of seconds in (0, 3600], not 'abc'", err, 1, true)
+  end)
+
+  -- 13.8: the ranges of thread.setswitchinterval; before, 1e10 seconds
+  -- became a negative interval and 4294967297 instructions wrapped to 1.
+  it('refuses --switch-* values out of range, naming the option and the range', function()
+    for _, v in ipairs { '1e10', '1e400', 'nan', '-nan', 'inf', '-1', '0', '3600.001', '', '1x' } do
+      local out, err, code = sh.host_run(q('--switch-interval=' .. v) .. " -e 'print(1)'")
+      assert.are.equal(1, code, v)
+      assert.are.equal('', out)
+      assert.are.equal(("host: --switch-interval must be a number of seconds in (0, 3600], not '%s'\n"):format(v), err)
+    end
+    for _, v in ipairs { '4294967297', '1000000001', '0', '-1', '1.5', '', '99999999999999999999999' } do
+      local out, err, code = sh.host_run(q('--switch-instructions=' .. v) .. " -e 'print(1)'")
+      assert.are.equal(1, code, v)
+      assert.are.equal('', out)
+      assert.are.equal(("host: --switch-instructions must be an integer in [1, 1000000000], not '%s'\n"):format(v), err)
+    end
+  end)
+
+  it('takes --switch-* values at the ends of their ranges', function()
+    local get = " -e 'print(require(\"host.thread\").getswitchinterval())'"
+    local cases = {
+      { '--switch-interval=3600', '3600.0\n' },
+      { '--switch-interval=1e-6', '1e-06\n' },
+      { '--switch-instructions=1', '0.005\t1\n' },
+      { '--switch-instructions=1000000000', '0.005\t1000000000\n' },
+    }
+    for _, c in ipairs(cases) do
+      local out, err, code = sh.host_run(c[1] .. get)
+      assert.are.equal(0, code, err)
+      assert.are.equal(c[2], out, c[1])
+    end
   end)
 
   it('lists every option with --help', function()
