@@ -1464,7 +1464,12 @@ int host_codec_decode(lua_State *L, const char *buf, size_t len, unsigned flags,
   decode_call c = {buf, len, flags};
   int base = lua_gettop(L);
   *n = 0;
-  if (!lua_checkstack(L, 2)) return LUA_ERRMEM;
+  if (!lua_checkstack(L, 2)) {
+    /* Lua's preallocated message: pushing it allocates nothing, so it
+       cannot raise; its slot is the one any push may take for granted */
+    lua_pushliteral(L, "not enough memory");
+    return LUA_ERRMEM;
+  }
   lua_pushcfunction(L, decode_call_body);
   lua_pushlightuserdata(L, &c);
   int status = lua_pcall(L, 1, LUA_MULTRET, 0);

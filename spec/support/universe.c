@@ -15,9 +15,14 @@
 **                             every universe this helper touches
 **   universe.encode(...)      host_codec_encode of the arguments, here
 **   universe.decode(s [, functions])  host_codec_decode, here
+**   universe.plain_openlibs()  host_openlibs on a plain luaL_newstate,
+**                             under lua_pcall: its status and message
+**   universe.decode_full(s)   host_codec_decode here with a stack that
+**                             cannot grow: its status and what it pushed
 **
 ** The new universe runs on the caller's OS thread, one call at a time.
 */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,7 +199,53 @@ static int universe_decode(lua_State *L) {
   return n;
 }
 
+/* Opens the standard and host libraries in a plain state (protected). */
+static int open_plain(lua_State *L) {
+  luaL_openlibs(L);
+  host_openlibs(L);
+  return 0;
+}
+
+/* universe.plain_openlibs() -> true, or false, message */
+static int universe_plain_openlibs(lua_State *L) {
+  lua_State *P = luaL_newstate();
+  if (P == NULL) return luaL_error(L, "luaL_newstate: not enough memory");
+  lua_pushcfunction(P, open_plain);
+  int status = lua_pcall(P, 0, 0, 0);
+  lua_pushboolean(L, status == LUA_OK);
+  if (status != LUA_OK) lua_pushstring(L, lua_tostring(P, -1));
+  lua_close(P);
+  return status == LUA_OK ? 1 : 2;
+}
+
+/*
+** universe.decode_full(s) -> status, type of the value pushed (or
+** "nothing"), that value if a string. The stack is filled until it
+** cannot grow by 2, leaving the one slot any push may assume.
+*/
+static int universe_decode_full(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  int base = lua_gettop(L);
+  while (lua_checkstack(L, 2)) lua_pushboolean(L, 1);
+  int top = lua_gettop(L);
+  int n;
+  int status = host_codec_decode(L, s, len, 0, &n);
+  int pushed = lua_gettop(L) - top;
+  char msg[64] = "";
+  const char *type = pushed == 1 ? luaL_typename(L, -1) : pushed == 0 ? "nothing" : "more";
+  if (pushed == 1 && lua_type(L, -1) == LUA_TSTRING)
+    snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+  lua_settop(L, base);
+  lua_pushinteger(L, status);
+  lua_pushstring(L, type);
+  lua_pushstring(L, msg);
+  return 3;
+}
+
 static const luaL_Reg universe_funcs[] = {
+  {"plain_openlibs", universe_plain_openlibs},
+  {"decode_full", universe_decode_full},
   {"new", universe_new},
   {"point", universe_point},
   {"encode", universe_encode},
