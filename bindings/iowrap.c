@@ -37,6 +37,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <locale.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,7 @@
 #define BUSY_TYPE "host.io.busy_record"
 #define MAXARGLINE 250                /* liolib's limit of formats in lines() */
 #define L_MAXLENNUM 200               /* liolib's longest numeral */
-#define READ_ALL_CHUNK 4096
+#define READ_CHUNK 4096              /* first block of read_block */
 
 typedef luaL_Stream LStream;
 
@@ -284,47 +285,43 @@ static int read_line(reader *r, bool chop) {
   return newline || line.len > 0;
 }
 
-/* Format "a": the rest of the file, read under the FILE's lock. */
-static void read_all(reader *r) {
-  owned all = { NULL, 0 };
+/*
+** Up to `max` bytes (to the end of the file), read under the FILE's lock
+** into a malloc'd block that grows with what comes, and pushed. Format "a"
+** is max = SIZE_MAX; a count n is max = n, so a huge count costs what the
+** file holds, not n bytes up front (liolib's luaL_prepbuffsize(n) raises
+** "not enough memory" for io.read(math.maxinteger)). Returns the length.
+*/
+static size_t read_block(reader *r, size_t max) {
+  owned block = { NULL, 0 };
   size_t cap = 0;
   bool failed = false;
   leave(r);
-  for (;;) {
-    if (all.len == cap) {
-      size_t ncap = cap ? cap * 2 : READ_ALL_CHUNK;
-      char *s = ncap > cap ? realloc(all.s, ncap) : NULL;
-      if (s == NULL) {
+  while (block.len < max) {
+    if (block.len == cap) {
+      size_t ncap = cap == 0 ? READ_CHUNK : cap <= SIZE_MAX / 2 ? cap * 2 : SIZE_MAX;
+      if (ncap > max) ncap = max;
+      char *p = realloc(block.s, ncap);
+      if (p == NULL) {
         failed = true;
         break;
       }
-      all.s = s;
+      block.s = p;
       cap = ncap;
     }
-    size_t want = cap - all.len;
-    size_t got = fread(all.s + all.len, 1, want, r->f);
-    all.len += got;
+    size_t want = cap - block.len;
+    size_t got = fread(block.s + block.len, 1, want, r->f);
+    block.len += got;
     if (got < want) break;
   }
   enter(r);
   if (failed) {
-    free(all.s);
+    free(block.s);
     no_memory(r->L);
   }
-  push_owned(r->L, &all);
-}
-
-/* A number n > 0: up to n bytes, into a buffer prepared with the GIL. */
-static int read_chars(reader *r, size_t n) {
-  luaL_Buffer b;
-  luaL_buffinit(r->L, &b);
-  char *p = luaL_prepbuffsize(&b, n);
-  leave(r);
-  size_t nr = fread(p, 1, n, r->f);
-  enter(r);
-  luaL_addsize(&b, nr);
-  luaL_pushresult(&b);
-  return nr > 0;
+  size_t len = block.len;
+  push_owned(r->L, &block);
+  return len;
 }
 
 /*
@@ -345,8 +342,9 @@ static int g_read(lua_State *L, LStream *p, int file, int first,
     success = 1;
     for (n = first; nargs-- && success; n++) {
       if (lua_type(L, n) == LUA_TNUMBER) {
-        size_t l = (size_t)luaL_checkinteger(L, n);
-        success = (l == 0) ? test_eof(&r) : read_chars(&r, l);
+        lua_Integer l = luaL_checkinteger(L, n);
+        luaL_argcheck(L, l >= 0, n, "negative count");
+        success = (l == 0) ? test_eof(&r) : read_block(&r, (size_t)l) > 0;
       } else {
         const char *fmt = luaL_checkstring(L, n);
         if (*fmt == '*') fmt++;  /* skip optional '*' (for compatibility) */
@@ -354,7 +352,7 @@ static int g_read(lua_State *L, LStream *p, int file, int first,
           case 'n': success = read_number(&r); break;
           case 'l': success = read_line(&r, true); break;
           case 'L': success = read_line(&r, false); break;
-          case 'a': read_all(&r); success = 1; break;
+          case 'a': read_block(&r, SIZE_MAX); success = 1; break;
           default: return luaL_argerror(L, n, "invalid format");
         }
       }

@@ -319,3 +319,65 @@ describe('closing a file while another thread reads it', function()
     end
   end)
 end)
+
+describe('reading at the boundaries', function()
+  local name
+  before_each(function() name = sh.tempfile 'abc\ndef\n' end)
+  after_each(function() os.remove(name) end)
+
+  it('a huge count reads what the file holds, without allocating the count', function()
+    -- before: "not enough memory" (liolib allocates n bytes up front; under
+    -- ASan the allocation itself aborts)
+    local f <close> = assert(io.open(name))
+    assert.are.same({ 'abc\ndef\n', n = 1 }, table.pack(f:read(math.maxinteger)))
+    f:seek('set', 0)
+    assert.are.same({ 'ab', 'c\ndef\n', nil, n = 3 }, table.pack(f:read(2, 1e9, 5)))
+    local pieces = {}
+    for piece in io.lines(name, 1e9) do pieces[#pieces + 1] = piece end
+    assert.are.same({ 'abc\ndef\n' }, pieces)
+  end)
+
+  it('a negative count is a bad argument', function()
+    local f <close> = assert(io.open(name))
+    local ok, err = pcall(f.read, f, 'l', -1)
+    assert.is_false(ok)
+    assert.matches("bad argument #3 to '.*' %(negative count%)", err)
+    assert.are.equal('def', f:read 'l')  -- the formats before it were read
+    io.input(name)
+    ok, err = pcall(io.read, -5)
+    io.input():close()
+    io.input(io.stdin)
+    assert.matches('bad argument #1 .*negative count', err)
+  end)
+
+  it('takes 300 formats in io.read and file:read, and 250 in lines', function()
+    local formats = {}
+    for i = 1, 300 do formats[i] = 0 end
+    local f <close> = assert(io.open(name))
+    local r = table.pack(f:read(table.unpack(formats)))
+    assert.are.equal(300, r.n)
+    assert.are.equal('', r[300])
+    io.input(name)
+    r = table.pack(io.read(table.unpack(formats)))
+    io.input():close()
+    io.input(io.stdin)
+    assert.are.equal(300, r.n)
+    local it = io.lines(name, table.unpack(formats, 1, 250))
+    r = table.pack(it())
+    assert.are.equal(250, r.n)
+    assert.are.equal('', r[250])
+    formats[2] = 'a'
+    it = io.lines(name, table.unpack(formats, 1, 250))
+    assert.are.same({ '', 'abc\ndef\n', nil, n = 3 }, table.pack(it()))
+    assert.has_error(function() io.lines(name, table.unpack(formats, 1, 251)) end,
+      "bad argument #252 to 'lines' (too many arguments)")
+  end)
+
+  it('reads nothing from a command that fails, and close reports it', function()
+    local p = io.popen('exec /nonexistent/command 2>/dev/null')
+    assert.are.same({ '', nil, n = 2 }, table.pack(p:read('a', 'l')))
+    assert.are.same({ nil, 'exit', 127 }, { p:close() })
+    assert.has_error(function() p:read 'l' end, 'attempt to use a closed file')
+    assert.has_error(function() p:lines() end, 'attempt to use a closed file')
+  end)
+end)
