@@ -152,6 +152,35 @@ describe('host', function()
     end
   end)
 
+  it('treats odd command lines as lua5.4 does: exit code, output, first error line', function()
+    local cases = { "-e", "-e -e", "-el", "-l", "-e x -e", "-e ''", "-z", "-ez", "--x",
+                    "-- -e", "- -e", "-E -W", "''", "-e 'error()'", "-e 'os.exit(300)'",
+                    "-i -x", "-vx", "-", "-e 'error(\"boom\", 0)'", "-l string -l", "-Wx",
+                    "-E -", "-l=string -e 'print(_G[\"\"] == string)'", "-e 'print(...)' -",
+                    "-e 'print(#arg, arg[1])' -- - x" }
+    for _, args in ipairs(cases) do
+      local out, err, code = sh.host_run(args)
+      local rout, rerr, rcode = sh.run('lua5.4 ' .. args)
+      assert.are.equal(rcode, code, args)
+      assert.are.equal(rout, out, args)
+      assert.are.equal(rerr:match('^lua5%.4:([^\n]*)'), err:match('^host:([^\n]*)'), args)
+    end
+  end)
+
+  it('reports a closed stdin for - and for no script, with exit 1', function()
+    -- CI runs without a stdin; lua5.4 exits 0 after the same message when
+    -- no script is given (it ignores that error), host exits 1
+    for _, args in ipairs { '-', '', '-E -' } do
+      local out, err, code = sh.host_run(args .. ' <&-')
+      assert.are.equal(1, code, args)
+      assert.are.equal('', out)
+      assert.are.equal('host: cannot read stdin: Bad file descriptor\n', err)
+    end
+    local out, _, code = sh.host_run('-i <&-')
+    assert.are.equal(0, code)
+    assert.matches('^Lua 5%.4', out)
+  end)
+
   it('lists every option with --help', function()
     local out, _, code = sh.host_run('--help')
     assert.are.equal(0, code)
