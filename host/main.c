@@ -7,6 +7,7 @@
 ** It uses only the public Lua API and bindings/host.h.
 */
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,11 +147,17 @@ static int dolibrary(lua_State *L, char *spec) {
   return report(L, status);
 }
 
-/* Pushes the script's arguments (everything after it) and returns their count. */
+/*
+** Pushes the script's arguments (arg[1] to #arg, which -e or LUA_INIT may
+** have changed) and returns their count. A negative length means none; a
+** length past the stack's limit is an error (lua.c casts it to int, and
+** a __len of 2^31 + 1 then corrupts its stack).
+*/
 static int push_script_args(lua_State *L) {
   if (lua_getglobal(L, "arg") != LUA_TTABLE)
     luaL_error(L, "'arg' is not a table");
-  int n = (int)luaL_len(L, -1);
+  lua_Integer len = luaL_len(L, -1);
+  int n = len < 0 ? 0 : len > INT_MAX - 3 ? INT_MAX - 3 : (int)len;
   luaL_checkstack(L, n + 3, "too many arguments to script");
   for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
   lua_remove(L, -n - 1);

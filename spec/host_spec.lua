@@ -167,6 +167,28 @@ describe('host', function()
     end
   end)
 
+  it('passes a script #arg arguments whatever __len -e gave arg', function()
+    -- before: a length of 2^31 + 1 became a negative int (SIGSEGV), -1 an
+    -- invalid stack index ("attempt to call a number value")
+    local script = sh.tempfile 'print("script", select("#", ...), ...)'
+    local function run(len)
+      return sh.host_run(q(("arg = setmetatable({'a', 'b'}, {__len = function() return %s end})"):format(len))
+        :gsub('^', '-e ') .. ' ' .. q(script) .. ' x')
+    end
+    for _, len in ipairs { '-5', '-1', 'math.mininteger', '0' } do
+      local out, err, code = run(len)
+      assert.are.same({ 'script\t0\n', '', 0 }, { out, err, code }, len)
+    end
+    assert.are.same({ 'script\t3\ta\tb\tnil\n', '', 0 }, { run('3') })
+    for _, len in ipairs { '2^31 + 1', '2^40', 'math.maxinteger' } do
+      local out, err, code = run(len)
+      assert.are.equal(1, code, len)
+      assert.are.equal('', out)
+      assert.matches('^host: stack overflow %(too many arguments to script%)', err)
+    end
+    os.remove(script)
+  end)
+
   it('reports a closed stdin for - and for no script, with exit 1', function()
     -- CI runs without a stdin; lua5.4 exits 0 after the same message when
     -- no script is given (it ignores that error), host exits 1
