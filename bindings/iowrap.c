@@ -33,6 +33,8 @@
 ** of each reader (a pipe whose writer never writes makes it wait, as
 ** pclose waits for its command). While a file has readers, its close
 ** function is swapped for busy_close, which does the waiting (see `busy`).
+** The standard files are never closed (liolib's io_noclose answers "cannot
+** close standard file" at once), so their reads skip all of this.
 */
 #include <ctype.h>
 #include <errno.h>
@@ -48,6 +50,7 @@
 #define IO_INPUT "_IO_input"          /* liolib's registry key of io.input() */
 #define BUSY "host.io.busy"           /* registry: file -> busy record (weak keys) */
 #define BUSY_TYPE "host.io.busy_record"
+#define NOCLOSE "host.io.noclose"     /* registry: liolib's io_noclose */
 #define MAXARGLINE 250                /* liolib's limit of formats in lines() */
 #define L_MAXLENNUM 200               /* liolib's longest numeral */
 #define READ_CHUNK 4096              /* first block of read_block */
@@ -120,6 +123,19 @@ static int busy_close(lua_State *L) {
   return b->closef(L);
 }
 
+/*
+** The busy record for a read of the file at `file`, whose stream is p; NULL
+** for the standard files, whose close function (io_noclose, kept in the
+** registry by host_wrap_io) closes nothing, and must not wait for a reader
+** of stdin that may never get a line.
+*/
+static busy *reader_busy(lua_State *L, LStream *p, int file) {
+  lua_getfield(L, LUA_REGISTRYINDEX, NOCLOSE);
+  lua_CFunction noclose = lua_tocfunction(L, -1);
+  lua_pop(L, 1);
+  return p->closef == noclose ? NULL : get_busy(L, file);
+}
+
 /* ---- reading ---- */
 
 /* A read call in progress: the file, its record and the stream's state. */
@@ -141,7 +157,7 @@ typedef struct reader {
 */
 static void leave(reader *r) {
   if (r->p->closef == NULL) luaL_error(r->L, "%s", r->closed);
-  if (r->b->readers++ == 0) {
+  if (r->b != NULL && r->b->readers++ == 0) {
     r->b->closef = r->p->closef;
     r->p->closef = busy_close;
   }
@@ -160,7 +176,7 @@ static void enter(reader *r) {
   int saved = errno;
   host_gil_acquire(r->L);
   busy *b = r->b;
-  if (--b->readers == 0) {
+  if (b != NULL && --b->readers == 0) {
     if (!b->closing) r->p->closef = b->closef;
     host_waitq_notify(b->q);
   }
@@ -331,7 +347,7 @@ static size_t read_block(reader *r, size_t max) {
 */
 static int g_read(lua_State *L, LStream *p, int file, int first,
                   const char *closed) {
-  reader r = { L, p, p->f, get_busy(L, file), closed, false, false };
+  reader r = { L, p, p->f, reader_busy(L, p, file), closed, false, false };
   int nargs = lua_gettop(L) - 1;
   int n, success;
   if (nargs == 0) {
@@ -549,6 +565,13 @@ void host_wrap_io(lua_State *L) {
   set_function(L, "__gc", busy_gc);
   lua_pop(L, 1);
   if (lua_getglobal(L, "io") == LUA_TTABLE) {
+    lua_getfield(L, -1, "stdin");
+    LStream *p = luaL_testudata(L, -1, LUA_FILEHANDLE);
+    if (p != NULL && p->closef != NULL) {
+      lua_pushcfunction(L, p->closef);
+      lua_setfield(L, LUA_REGISTRYINDEX, NOCLOSE);
+    }
+    lua_pop(L, 1);
     set_function(L, "read", io_read);
     set_function(L, "lines", io_lines);
     set_function(L, "popen", io_popen);

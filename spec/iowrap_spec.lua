@@ -381,3 +381,34 @@ describe('reading at the boundaries', function()
     assert.has_error(function() p:lines() end, 'attempt to use a closed file')
   end)
 end)
+
+describe('closing a standard file while another thread reads it', function()
+  it('answers "cannot close standard file" at once, and the read goes on', function()
+    -- before: the close waited for the reader of stdin (here, until the
+    -- shell gives up waiting for "closed" and feeds the lines), and the
+    -- reader's second format then raised "attempt to use a closed file"
+    local script = sh.tempfile [[
+      local thread = require 'host.thread'
+      io.stdout:setvbuf 'no'
+      local started = thread.Event()
+      local t = thread.start(function() started:set() return io.stdin:read('l', 'l') end)
+      assert(started:wait(10))
+      thread.sleep(0.05)  -- only makes "the reader is inside its read" likely
+      print('close', io.stdin:close())
+      print('closed', io.type(io.stdin))
+      print('read', t:join(10))
+    ]]
+    local out, err = sh.run(([[
+      d=$(mktemp -d); mkfifo "$d/in"
+      %s %s < "$d/in" > "$d/out" & p=$!
+      exec 3> "$d/in"
+      for i in $(seq 200); do grep -q closed "$d/out" && break; sleep 0.05; done
+      grep -q closed "$d/out" || echo "no close in 10 s"
+      printf 'one\ntwo\n' >&3; exec 3>&-
+      wait $p; echo "rc=$?"; cat "$d/out"; rm -rf "$d"
+    ]]):format(sh.quote(sh.host), sh.quote(script)), 30)
+    os.remove(script)
+    assert.are.equal('', err)
+    assert.are.equal('rc=0\nclose\tnil\tcannot close standard file\nclosed\tfile\nread\ttrue\tone\ttwo\n', out)
+  end)
+end)
