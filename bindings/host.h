@@ -163,8 +163,9 @@ const char *host_error_tostring(lua_State *L);
 ** Encodes the `n` values from stack index `first` (nils included). On
 ** success returns LUA_OK with *buf a malloc'd payload of *len bytes, which
 ** the caller frees with free(). On failure returns the lua_pcall status,
-** leaves the error message on the stack, and sets *buf to NULL. Never
-** raises; the values are left where they are.
+** leaves the error message on the stack, and sets *buf to NULL (a
+** negative `n` is LUA_ERRRUN; more values than the stack can hold again
+** LUA_ERRMEM). Never raises; the values are left where they are.
 */
 int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len);
 

@@ -1428,8 +1428,12 @@ int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len) {
   encode_call c = {.n = n};
   *buf = NULL;
   *len = 0;
+  if (n < 0) {
+    lua_pushliteral(L, "host_codec_encode: negative count of values");
+    return LUA_ERRRUN;
+  }
   first = lua_absindex(L, first);
-  if (!lua_checkstack(L, n + 2)) {
+  if (n > INT_MAX - 2 || !lua_checkstack(L, n + 2)) {
     lua_pushliteral(L, "stack overflow (too many values to encode)");
     return LUA_ERRMEM;
   }

@@ -113,6 +113,14 @@ describe('host.h', function()
     assert.are.equal(1, got)
   end)
 
+  it('host_codec_encode refuses a negative or too large count with a message', function()
+    assert.are.same({ 0, 6 }, { universe.encode_count(2, true, false) })
+    assert.are.same({ 2, 'host_codec_encode: negative count of values' },
+      { universe.encode_count(-1, true) })
+    assert.are.same({ 4, 'stack overflow (too many values to encode)' },
+      { universe.encode_count(math.maxinteger >> 33, true) })
+  end)
+
   it('host_codec_decode pushes its message when the stack cannot grow', function()
     local status, type, msg = universe.decode_full(universe.encode(1, 2))
     assert.are.equal(4, status)  -- LUA_ERRMEM

@@ -19,6 +19,8 @@
 **                             under lua_pcall: its status and message
 **   universe.decode_full(s)   host_codec_decode here with a stack that
 **                             cannot grow: its status and what it pushed
+**   universe.encode_count(n, ...)  host_codec_encode of n values from
+**                             argument 2: its status and message
 **
 ** The new universe runs on the caller's OS thread, one call at a time.
 */
@@ -243,7 +245,24 @@ static int universe_decode_full(lua_State *L) {
   return 3;
 }
 
+/* universe.encode_count(n, ...) -> status, message or payload length */
+static int universe_encode_count(lua_State *L) {
+  int n = (int)luaL_checkinteger(L, 1);
+  char *buf;
+  size_t len;
+  int status = host_codec_encode(L, 2, n, &buf, &len);
+  lua_pushinteger(L, status);
+  if (status == LUA_OK) {
+    free(buf);
+    lua_pushinteger(L, (lua_Integer)len);
+  } else {
+    lua_insert(L, -2);  /* the message after the status */
+  }
+  return 2;
+}
+
 static const luaL_Reg universe_funcs[] = {
+  {"encode_count", universe_encode_count},
   {"plain_openlibs", universe_plain_openlibs},
   {"decode_full", universe_decode_full},
   {"new", universe_new},
