@@ -347,14 +347,16 @@ static size_t read_block(reader *r, size_t max) {
 */
 static int g_read(lua_State *L, LStream *p, int file, int first,
                   const char *closed) {
-  reader r = { L, p, p->f, reader_busy(L, p, file), closed, false, false };
   int nargs = lua_gettop(L) - 1;
+  /* one result per format, and room for the busy record's lookup first
+     (lines() calls with a stack just big enough for its formats) */
+  luaL_checkstack(L, nargs + LUA_MINSTACK, "too many arguments");
+  reader r = { L, p, p->f, reader_busy(L, p, file), closed, false, false };
   int n, success;
   if (nargs == 0) {
     success = read_line(&r, true);
     n = first + 1;
   } else {
-    luaL_checkstack(L, nargs + LUA_MINSTACK, "too many arguments");
     success = 1;
     for (n = first; nargs-- && success; n++) {
       if (lua_type(L, n) == LUA_TNUMBER) {
