@@ -92,6 +92,12 @@ describe('a binding built against an installed host', function()
   it('checks its arguments with the usual errors', function()
     assert.has_error(function() mb.crunch(-1) end, "bad argument #1 to 'crunch' (must be non-negative)")
     assert.has_error(function() mb.read('x') end)
+    assert.has_error(function() mb.read(0, 0 / 0) end, "bad argument #2 to 'read' (timeout is NaN)")
+    local r, w = mb.pipe()
+    assert(mb.write(w, 'x'))
+    assert.are.equal('x', mb.read(r, 1e300))  -- past a billion seconds: no limit
+    mb.close(r)
+    mb.close(w)
     local ok, msg, errno = mb.read(999999, 0)  -- not an open descriptor
     assert.is_nil(ok)
     assert.matches('^read: ', msg)
