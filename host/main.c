@@ -379,7 +379,10 @@ static int load_line(lua_State *L) {
   return status;
 }
 
-/* Prints every value left on the stack, with `print`. */
+/*
+** Prints every value left on the stack, with `print`; an error of print
+** is named like any error (lua.c prints "(null)" for a non-string one).
+*/
 static void print_results(lua_State *L) {
   int n = lua_gettop(L);
   if (n == 0) return;
@@ -388,7 +391,7 @@ static void print_results(lua_State *L) {
   lua_insert(L, 1);
   if (lua_pcall(L, n, 0, 0) != LUA_OK)
     report_message(progname, lua_pushfstring(L, "error calling 'print' (%s)",
-                                             lua_tostring(L, -1)));
+                                             host_error_tostring(L)));
 }
 
 /* The read-eval-print loop. */

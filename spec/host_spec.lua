@@ -69,6 +69,16 @@ describe('host', function()
     assert.matches('6\n', out, 1, true)
   end)
 
+  it("names an error of print at the prompt like any error", function()
+    -- before: "error calling 'print' ((null))" for a non-string error
+    local out, err = sh.host_run('-i', 10, table.concat({
+      'print = function() error(setmetatable({}, {__tostring = function() return "obj" end})) end',
+      '1', 'print = function() error({}) end', '2', 'print = function() error("s") end', '3' }, '\n'))
+    assert.matches('^Lua 5%.4', out)
+    assert.are.equal("error calling 'print' (obj)\nerror calling 'print' ((error object is a table value))\n" ..
+      "error calling 'print' (stdin:1: s)\n", err)
+  end)
+
   it('continues an unfinished statement at the prompt', function()
     local out = sh.host_run('-i', 10, 'for i = 1, 2 do\nprint(i * 10)\nend\n')
     assert.matches('10\n', out, 1, true)
