@@ -632,9 +632,10 @@ static void put_userdata(encoder *E, bool is_key) {
       lua_rawgeti(L, -1, TYPE_DUMP) != LUA_TFUNCTION)
     fail(E, is_key, "userdata", type_name(L, u, "unregistered userdata"));
   lua_pushvalue(L, -3);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
-    const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
-                                                    : "dump returned no string";
+  int status = lua_pcall(L, 1, 1, 0);
+  if (status != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+    /* its error may be any value, its __tostring user code: run protected */
+    const char *why = status != LUA_OK ? host_error_tostring(L) : "dump returned no string";
     lua_rawgeti(L, -2, TYPE_NAME);
     fail(E, is_key, "userdata",
          lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), why));
@@ -1114,8 +1115,8 @@ static void get_userdata(decoder *D) {
   const char *s = get_lstring(D, &n);
   lua_pushlstring(L, s, n);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    const char *why = luaL_tolstring(L, -1, NULL);
-    lua_rawgeti(L, -3, TYPE_NAME);
+    const char *why = host_error_tostring(L);  /* any value: run protected */
+    lua_rawgeti(L, -2, TYPE_NAME);
     luaL_error(L, "cannot load %s: %s", lua_tostring(L, -1), why);
   }
   lua_remove(L, -2);

@@ -445,6 +445,19 @@ describe('host.serialize', function()
       assert.matches('too many values to decode', error_of(universe.decode, nils))
     end)
 
+    it("names a registered type's dump or load error, its __tostring run protected", function()
+      -- before: a dump error that is not a string read "dump returned no
+      -- string"; a load error's raising __tostring escaped as its own error
+      assert.are.equal('cannot serialize userdata at [1] (spec.Bad: bad dump)',
+        error_of(serialize.dumps, universe.bad('dump')))
+      local p = serialize.dumps(universe.bad('load'))
+      assert.are.equal('cannot load spec.Bad: (error object is a table value)',
+        error_of(serialize.loads, p))
+      assert.are.equal('cannot load spec.Bad: (error object is a table value)',
+        error_of(universe.decode, p))
+      assert.are.equal('userdata', type(serialize.loads(serialize.dumps(universe.bad('ok')))))
+    end)
+
     it('returns errors as messages, without raising through the caller', function()
       assert.are.equal('cannot serialize thread at [2] (coroutine)',
         error_of(universe.encode, 1, coroutine.create(print)))

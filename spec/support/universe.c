@@ -21,6 +21,11 @@
 **                             cannot grow: its status and what it pushed
 **   universe.encode_count(n, ...)  host_codec_encode of n values from
 **                             argument 2: its status and message
+**   universe.bad(how)         a "spec.Bad" userdata (registered like
+**                             points): how == "dump" makes its dump raise
+**                             a table whose __tostring gives "bad dump";
+**                             "load" makes its load raise a table whose
+**                             __tostring raises
 **
 ** The new universe runs on the caller's OS thread, one call at a time.
 */
@@ -79,7 +84,36 @@ static int point_load(lua_State *L) {
   return 1;
 }
 
-/* Creates the point type in L and registers it with the codec. */
+#define BAD_TYPE "spec.Bad"
+
+/* Raises a table whose __tostring runs `tostring_code`. */
+static int raise_object(lua_State *L, const char *tostring_code) {
+  lua_newtable(L);
+  lua_newtable(L);
+  if (luaL_loadstring(L, tostring_code) != LUA_OK) return lua_error(L);
+  lua_setfield(L, -2, "__tostring");
+  lua_setmetatable(L, -2);
+  return lua_error(L);
+}
+
+/* The codec's dump function for spec.Bad: its one byte, or an error. */
+static int bad_dump(lua_State *L) {
+  const char *how = luaL_checkudata(L, 1, BAD_TYPE);
+  if (*how == 'd') return raise_object(L, "return 'bad dump'");
+  lua_pushlstring(L, how, 1);
+  return 1;
+}
+
+/* The codec's load function for spec.Bad. */
+static int bad_load(lua_State *L) {
+  const char *s = luaL_checkstring(L, 1);
+  if (*s == 'l') return raise_object(L, "error('__tostring fails')");
+  *(char *)lua_newuserdatauv(L, 1, 0) = *s;
+  luaL_setmetatable(L, BAD_TYPE);
+  return 1;
+}
+
+/* Creates the point and bad types in L and registers them with the codec. */
 static void open_point(lua_State *L) {
   if (luaL_newmetatable(L, POINT_TYPE)) {
     lua_pushcfunction(L, point_index);
@@ -88,6 +122,18 @@ static void open_point(lua_State *L) {
   lua_pop(L, 1);
   if (host_codec_register_udata(L, POINT_TYPE, point_dump, point_load) != LUA_OK)
     lua_error(L);
+  luaL_newmetatable(L, BAD_TYPE);
+  lua_pop(L, 1);
+  if (host_codec_register_udata(L, BAD_TYPE, bad_dump, bad_load) != LUA_OK)
+    lua_error(L);
+}
+
+/* universe.bad(how) */
+static int universe_bad(lua_State *L) {
+  const char *how = luaL_checkstring(L, 1);
+  *(char *)lua_newuserdatauv(L, 1, 0) = how[0];
+  luaL_setmetatable(L, BAD_TYPE);
+  return 1;
 }
 
 /* universe.point(x, y) */
@@ -263,6 +309,7 @@ static int universe_encode_count(lua_State *L) {
 
 static const luaL_Reg universe_funcs[] = {
   {"encode_count", universe_encode_count},
+  {"bad", universe_bad},
   {"plain_openlibs", universe_plain_openlibs},
   {"decode_full", universe_decode_full},
   {"new", universe_new},
