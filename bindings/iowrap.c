@@ -4,12 +4,14 @@
 ** methods of files ("FILE*"), io.popen (and closing what it opened), and
 ** os.execute. Their results, errors and return values are those of Lua
 ** 5.4's liolib.c and loslib.c, whose code this follows (Lua's MIT licence,
-** Copyright (C) 1994-2022 Lua.org, PUC-Rio).
+** Copyright (C) 1994-2022 Lua.org, PUC-Rio), except at two edges: a count
+** reads what the file holds without reserving the count first (liolib's
+** io.read(math.maxinteger) fails with "not enough memory"), and a negative
+** count is a bad argument (liolib's is a huge one).
 **
 ** The GIL goes only around the libc calls that may block, with no Lua API
-** call in between. What they read lands in C memory: a luaL_Buffer prepared
-** before the release (its block is anchored on the stack), the C stack, or
-** a malloc'd block that a protected push turns into a string and frees.
+** call in between. What they read lands in C memory: the C stack, or a
+** malloc'd block that a protected push turns into a string and frees.
 ** Regular files release the GIL too: it costs two atomic operations when
 ** nobody waits, and CPython does the same.
 **
