@@ -33,9 +33,13 @@ extern "C" {
 lua_State *host_newstate(void);
 
 /*
-** Closes a universe made by host_newstate: waits for its non-daemon threads
-** (releasing the GIL meanwhile), then closes the state. Returns false when
-** a thread of the universe ended with an error nobody collected.
+** Closes a universe made by host_newstate: runs the functions registered
+** to run at exit, waits for its non-daemon threads (releasing the GIL
+** meanwhile), then closes the state (daemon threads stay parked) and
+** returns true. Returns false, without closing the state, when
+** host_interrupt interrupts that wait: the non-daemon threads still run,
+** and the program is expected to exit. Errors of threads do not change
+** the result (an unjoined thread's error is printed when it ends).
 */
 bool host_close(lua_State *L);
 
@@ -46,6 +50,11 @@ bool host_close(lua_State *L);
 ** that must play fair with threads: require, coroutine.resume and wrap,
 ** os.exit, and the blocking io.read, io.lines, file:read, file:lines,
 ** io.popen and os.execute (which release the GIL while they block).
+** Any other state (plain luaL_newstate or lua_newstate) is refused with
+** the error "host_openlibs: the lua_State was not made by host_newstate",
+** raised before it changes anything (call it under lua_pcall to catch
+** it): the host libraries need the universe's GIL. The codec functions
+** below need no universe and work on any state.
 */
 void host_openlibs(lua_State *L);
 
@@ -154,8 +163,9 @@ const char *host_error_tostring(lua_State *L);
 ** Encodes the `n` values from stack index `first` (nils included). On
 ** success returns LUA_OK with *buf a malloc'd payload of *len bytes, which
 ** the caller frees with free(). On failure returns the lua_pcall status,
-** leaves the error message on the stack, and sets *buf to NULL. Never
-** raises; the values are left where they are.
+** leaves the error message on the stack, and sets *buf to NULL (a
+** negative `n` is LUA_ERRRUN; more values than the stack can hold again
+** LUA_ERRMEM). Never raises; the values are left where they are.
 */
 int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len);
 
@@ -165,7 +175,10 @@ int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len);
 ** (bytecode) or the globals table are refused unless `flags` has
 ** HOST_CODEC_FUNCTIONS: loading bytecode is only safe from a trusted
 ** source. On failure returns the lua_pcall status with the error message
-** pushed, and *n is 0. Never raises; any input is safe without the flag.
+** pushed, and *n is 0; when L's stack cannot grow for the call, that is
+** LUA_ERRMEM with Lua's "not enough memory" (like any push, it takes the
+** caller's free slot for the message). Never raises; any input is safe
+** without the flag.
 */
 int host_codec_decode(lua_State *L, const char *buf, size_t len, unsigned flags,
                       int *n);

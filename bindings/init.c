@@ -18,7 +18,17 @@ static const luaL_Reg host_libs[] = {
   {NULL, NULL}
 };
 
+/*
+** Refuses a state that has no universe (plain luaL_newstate or
+** lua_newstate): threads, locks, pools and the wrapped stdlib need its GIL,
+** and would find none at their first call. The codec's C API (host.h)
+** needs no universe and works on any state.
+*/
 void host_openlibs(lua_State *L) {
+  if (host_universe_of(L) == NULL) {
+    lua_pushliteral(L, "host_openlibs: the lua_State was not made by host_newstate");
+    lua_error(L);
+  }
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *lib = host_libs; lib->func; lib++) {
     lua_pushcfunction(L, lib->func);

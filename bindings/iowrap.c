@@ -4,12 +4,14 @@
 ** methods of files ("FILE*"), io.popen (and closing what it opened), and
 ** os.execute. Their results, errors and return values are those of Lua
 ** 5.4's liolib.c and loslib.c, whose code this follows (Lua's MIT licence,
-** Copyright (C) 1994-2022 Lua.org, PUC-Rio).
+** Copyright (C) 1994-2022 Lua.org, PUC-Rio), except at two edges: a count
+** reads what the file holds without reserving the count first (liolib's
+** io.read(math.maxinteger) fails with "not enough memory"), and a negative
+** count is a bad argument (liolib's is a huge one).
 **
 ** The GIL goes only around the libc calls that may block, with no Lua API
-** call in between. What they read lands in C memory: a luaL_Buffer prepared
-** before the release (its block is anchored on the stack), the C stack, or
-** a malloc'd block that a protected push turns into a string and frees.
+** call in between. What they read lands in C memory: the C stack, or a
+** malloc'd block that a protected push turns into a string and frees.
 ** Regular files release the GIL too: it costs two atomic operations when
 ** nobody waits, and CPython does the same.
 **
@@ -21,13 +23,25 @@
 ** formats of one call may interleave with another thread's reads. The
 ** stream's error flag is only ever touched under that lock too.
 **
-** A file that some thread reads without the GIL cannot be closed under it:
-** while it has readers, its close function is swapped for busy_close,
-** which waits for them to finish and then closes it (see `busy`).
+** A file that some thread reads without the GIL cannot be closed under it.
+** The decision (CPython's buffered files make a close wait for the read in
+** progress too): a close waits until every format being read without the
+** GIL has been read, then closes the file; a read call that still has
+** formats to go raises at its next one, with the error a read of a closed
+** file raises ("attempt to use a closed file"; "file is already closed"
+** in lines(); "default input file is closed" in io.read). The format read
+** meanwhile is lost with the call, as the file is. So a close never
+** frees a FILE that a reader uses, and never waits longer than one format
+** of each reader (a pipe whose writer never writes makes it wait, as
+** pclose waits for its command). While a file has readers, its close
+** function is swapped for busy_close, which does the waiting (see `busy`).
+** The standard files are never closed (liolib's io_noclose answers "cannot
+** close standard file" at once), so their reads skip all of this.
 */
 #include <ctype.h>
 #include <errno.h>
 #include <locale.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +52,10 @@
 #define IO_INPUT "_IO_input"          /* liolib's registry key of io.input() */
 #define BUSY "host.io.busy"           /* registry: file -> busy record (weak keys) */
 #define BUSY_TYPE "host.io.busy_record"
+#define NOCLOSE "host.io.noclose"     /* registry: liolib's io_noclose */
 #define MAXARGLINE 250                /* liolib's limit of formats in lines() */
 #define L_MAXLENNUM 200               /* liolib's longest numeral */
-#define READ_ALL_CHUNK 4096
+#define READ_CHUNK 4096              /* first block of read_block */
 
 typedef luaL_Stream LStream;
 
@@ -110,6 +125,19 @@ static int busy_close(lua_State *L) {
   return b->closef(L);
 }
 
+/*
+** The busy record for a read of the file at `file`, whose stream is p; NULL
+** for the standard files, whose close function (io_noclose, kept in the
+** registry by host_wrap_io) closes nothing, and must not wait for a reader
+** of stdin that may never get a line.
+*/
+static busy *reader_busy(lua_State *L, LStream *p, int file) {
+  lua_getfield(L, LUA_REGISTRYINDEX, NOCLOSE);
+  lua_CFunction noclose = lua_tocfunction(L, -1);
+  lua_pop(L, 1);
+  return p->closef == noclose ? NULL : get_busy(L, file);
+}
+
 /* ---- reading ---- */
 
 /* A read call in progress: the file, its record and the stream's state. */
@@ -118,13 +146,20 @@ typedef struct reader {
   LStream *p;
   FILE *f;
   busy *b;
+  const char *closed;  /* the error when another thread closes the file */
   bool cleared;   /* clearerr done (liolib clears before the first format) */
   bool error;     /* the stream's error flag after the last read */
 } reader;
 
-/* Lets the other threads run while this one reads (GIL held on entry). */
+/*
+** Lets the other threads run while this one reads (GIL held on entry).
+** A close that another thread began since the call's previous format
+** (the stream is marked closed, its close waits or is done) ends the call
+** with r->closed: the FILE may be gone.
+*/
 static void leave(reader *r) {
-  if (r->b->readers++ == 0) {
+  if (r->p->closef == NULL) luaL_error(r->L, "%s", r->closed);
+  if (r->b != NULL && r->b->readers++ == 0) {
     r->b->closef = r->p->closef;
     r->p->closef = busy_close;
   }
@@ -143,7 +178,7 @@ static void enter(reader *r) {
   int saved = errno;
   host_gil_acquire(r->L);
   busy *b = r->b;
-  if (--b->readers == 0) {
+  if (b != NULL && --b->readers == 0) {
     if (!b->closing) r->p->closef = b->closef;
     host_waitq_notify(b->q);
   }
@@ -268,67 +303,68 @@ static int read_line(reader *r, bool chop) {
   return newline || line.len > 0;
 }
 
-/* Format "a": the rest of the file, read under the FILE's lock. */
-static void read_all(reader *r) {
-  owned all = { NULL, 0 };
+/*
+** Up to `max` bytes (to the end of the file), read under the FILE's lock
+** into a malloc'd block that grows with what comes, and pushed. Format "a"
+** is max = SIZE_MAX; a count n is max = n, so a huge count costs what the
+** file holds, not n bytes up front (liolib's luaL_prepbuffsize(n) raises
+** "not enough memory" for io.read(math.maxinteger)). Returns the length.
+*/
+static size_t read_block(reader *r, size_t max) {
+  owned block = { NULL, 0 };
   size_t cap = 0;
   bool failed = false;
   leave(r);
-  for (;;) {
-    if (all.len == cap) {
-      size_t ncap = cap ? cap * 2 : READ_ALL_CHUNK;
-      char *s = ncap > cap ? realloc(all.s, ncap) : NULL;
-      if (s == NULL) {
+  while (block.len < max) {
+    if (block.len == cap) {
+      size_t ncap = cap == 0 ? READ_CHUNK : cap <= SIZE_MAX / 2 ? cap * 2 : SIZE_MAX;
+      if (ncap > max) ncap = max;
+      char *p = realloc(block.s, ncap);
+      if (p == NULL) {
         failed = true;
         break;
       }
-      all.s = s;
+      block.s = p;
       cap = ncap;
     }
-    size_t want = cap - all.len;
-    size_t got = fread(all.s + all.len, 1, want, r->f);
-    all.len += got;
+    size_t want = cap - block.len;
+    size_t got = fread(block.s + block.len, 1, want, r->f);
+    block.len += got;
     if (got < want) break;
   }
   enter(r);
   if (failed) {
-    free(all.s);
+    free(block.s);
     no_memory(r->L);
   }
-  push_owned(r->L, &all);
-}
-
-/* A number n > 0: up to n bytes, into a buffer prepared with the GIL. */
-static int read_chars(reader *r, size_t n) {
-  luaL_Buffer b;
-  luaL_buffinit(r->L, &b);
-  char *p = luaL_prepbuffsize(&b, n);
-  leave(r);
-  size_t nr = fread(p, 1, n, r->f);
-  enter(r);
-  luaL_addsize(&b, nr);
-  luaL_pushresult(&b);
-  return nr > 0;
+  size_t len = block.len;
+  push_owned(r->L, &block);
+  return len;
 }
 
 /*
 ** liolib's g_read: the formats from stack index `first` on, for the file
-** whose stream is p and whose userdata is at `file` (anchored there).
+** whose stream is p and whose userdata is at `file` (anchored there);
+** `closed` is the error raised if another thread closes it meanwhile.
 */
-static int g_read(lua_State *L, LStream *p, int file, int first) {
-  reader r = { L, p, p->f, get_busy(L, file), false, false };
+static int g_read(lua_State *L, LStream *p, int file, int first,
+                  const char *closed) {
   int nargs = lua_gettop(L) - 1;
+  /* one result per format, and room for the busy record's lookup first
+     (lines() calls with a stack just big enough for its formats) */
+  luaL_checkstack(L, nargs + LUA_MINSTACK, "too many arguments");
+  reader r = { L, p, p->f, reader_busy(L, p, file), closed, false, false };
   int n, success;
   if (nargs == 0) {
     success = read_line(&r, true);
     n = first + 1;
   } else {
-    luaL_checkstack(L, nargs + LUA_MINSTACK, "too many arguments");
     success = 1;
     for (n = first; nargs-- && success; n++) {
       if (lua_type(L, n) == LUA_TNUMBER) {
-        size_t l = (size_t)luaL_checkinteger(L, n);
-        success = (l == 0) ? test_eof(&r) : read_chars(&r, l);
+        lua_Integer l = luaL_checkinteger(L, n);
+        luaL_argcheck(L, l >= 0, n, "negative count");
+        success = (l == 0) ? test_eof(&r) : read_block(&r, (size_t)l) > 0;
       } else {
         const char *fmt = luaL_checkstring(L, n);
         if (*fmt == '*') fmt++;  /* skip optional '*' (for compatibility) */
@@ -336,7 +372,7 @@ static int g_read(lua_State *L, LStream *p, int file, int first) {
           case 'n': success = read_number(&r); break;
           case 'l': success = read_line(&r, true); break;
           case 'L': success = read_line(&r, false); break;
-          case 'a': read_all(&r); success = 1; break;
+          case 'a': read_block(&r, SIZE_MAX); success = 1; break;
           default: return luaL_argerror(L, n, "invalid format");
         }
       }
@@ -361,13 +397,14 @@ static LStream *tofile(lua_State *L) {
 static int io_read(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, IO_INPUT);
   LStream *p = lua_touserdata(L, -1);
-  if (p->closef == NULL) luaL_error(L, "default input file is closed");
-  return g_read(L, p, lua_gettop(L), 1);
+  const char *closed = "default input file is closed";
+  if (p->closef == NULL) luaL_error(L, "%s", closed);
+  return g_read(L, p, lua_gettop(L), 1, closed);
 }
 
 /* file:read(...) */
 static int f_read(lua_State *L) {
-  return g_read(L, tofile(L), 1, 2);
+  return g_read(L, tofile(L), 1, 2, "attempt to use a closed file");
 }
 
 /* ---- lines ---- */
@@ -383,11 +420,12 @@ static int aux_close(lua_State *L, LStream *p) {
 static int io_readline(lua_State *L) {
   LStream *p = lua_touserdata(L, lua_upvalueindex(1));
   int n = (int)lua_tointeger(L, lua_upvalueindex(2));
-  if (p->closef == NULL) return luaL_error(L, "file is already closed");
+  const char *closed = "file is already closed";
+  if (p->closef == NULL) return luaL_error(L, "%s", closed);
   lua_settop(L, 1);
   luaL_checkstack(L, n, "too many arguments");
   for (int i = 1; i <= n; i++) lua_pushvalue(L, lua_upvalueindex(3 + i));
-  n = g_read(L, p, lua_upvalueindex(1), 2);
+  n = g_read(L, p, lua_upvalueindex(1), 2, closed);
   if (lua_toboolean(L, -n)) return n;
   if (n > 1) return luaL_error(L, "%s", lua_tostring(L, -n + 1));
   if (lua_toboolean(L, lua_upvalueindex(3))) {  /* lines(name) opened it */
@@ -531,6 +569,13 @@ void host_wrap_io(lua_State *L) {
   set_function(L, "__gc", busy_gc);
   lua_pop(L, 1);
   if (lua_getglobal(L, "io") == LUA_TTABLE) {
+    lua_getfield(L, -1, "stdin");
+    LStream *p = luaL_testudata(L, -1, LUA_FILEHANDLE);
+    if (p != NULL && p->closef != NULL) {
+      lua_pushcfunction(L, p->closef);
+      lua_setfield(L, LUA_REGISTRYINDEX, NOCLOSE);
+    }
+    lua_pop(L, 1);
     set_function(L, "read", io_read);
     set_function(L, "lines", io_lines);
     set_function(L, "popen", io_popen);

@@ -632,9 +632,10 @@ static void put_userdata(encoder *E, bool is_key) {
       lua_rawgeti(L, -1, TYPE_DUMP) != LUA_TFUNCTION)
     fail(E, is_key, "userdata", type_name(L, u, "unregistered userdata"));
   lua_pushvalue(L, -3);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
-    const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
-                                                    : "dump returned no string";
+  int status = lua_pcall(L, 1, 1, 0);
+  if (status != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+    /* its error may be any value, its __tostring user code: run protected */
+    const char *why = status != LUA_OK ? host_error_tostring(L) : "dump returned no string";
     lua_rawgeti(L, -2, TYPE_NAME);
     fail(E, is_key, "userdata",
          lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), why));
@@ -1114,8 +1115,8 @@ static void get_userdata(decoder *D) {
   const char *s = get_lstring(D, &n);
   lua_pushlstring(L, s, n);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    const char *why = luaL_tolstring(L, -1, NULL);
-    lua_rawgeti(L, -3, TYPE_NAME);
+    const char *why = host_error_tostring(L);  /* any value: run protected */
+    lua_rawgeti(L, -2, TYPE_NAME);
     luaL_error(L, "cannot load %s: %s", lua_tostring(L, -1), why);
   }
   lua_remove(L, -2);
@@ -1428,8 +1429,12 @@ int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len) {
   encode_call c = {.n = n};
   *buf = NULL;
   *len = 0;
+  if (n < 0) {
+    lua_pushliteral(L, "host_codec_encode: negative count of values");
+    return LUA_ERRRUN;
+  }
   first = lua_absindex(L, first);
-  if (!lua_checkstack(L, n + 2)) {
+  if (n > INT_MAX - 2 || !lua_checkstack(L, n + 2)) {
     lua_pushliteral(L, "stack overflow (too many values to encode)");
     return LUA_ERRMEM;
   }
@@ -1464,7 +1469,12 @@ int host_codec_decode(lua_State *L, const char *buf, size_t len, unsigned flags,
   decode_call c = {buf, len, flags};
   int base = lua_gettop(L);
   *n = 0;
-  if (!lua_checkstack(L, 2)) return LUA_ERRMEM;
+  if (!lua_checkstack(L, 2)) {
+    /* Lua's preallocated message: pushing it allocates nothing, so it
+       cannot raise; its slot is the one any push may take for granted */
+    lua_pushliteral(L, "not enough memory");
+    return LUA_ERRMEM;
+  }
   lua_pushcfunction(L, decode_call_body);
   lua_pushlightuserdata(L, &c);
   int status = lua_pcall(L, 1, LUA_MULTRET, 0);

@@ -6,6 +6,8 @@
 ** into an "interrupted!" error inside the running script.
 ** It uses only the public Lua API and bindings/host.h.
 */
+#include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,11 +147,17 @@ static int dolibrary(lua_State *L, char *spec) {
   return report(L, status);
 }
 
-/* Pushes the script's arguments (everything after it) and returns their count. */
+/*
+** Pushes the script's arguments (arg[1] to #arg, which -e or LUA_INIT may
+** have changed) and returns their count. A negative length means none; a
+** length past the stack's limit is an error (lua.c casts it to int, and
+** a __len of 2^31 + 1 then corrupts its stack).
+*/
 static int push_script_args(lua_State *L) {
   if (lua_getglobal(L, "arg") != LUA_TTABLE)
     luaL_error(L, "'arg' is not a table");
-  int n = (int)luaL_len(L, -1);
+  lua_Integer len = luaL_len(L, -1);
+  int n = len < 0 ? 0 : len > INT_MAX - 3 ? INT_MAX - 3 : (int)len;
   luaL_checkstack(L, n + 3, "too many arguments to script");
   for (int i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
   lua_remove(L, -n - 1);
@@ -231,7 +239,10 @@ static int collect_args(char **argv, int *first) {
 
 /*
 ** Applies host's own --switch-* options to the universe. Returns false
-** (after reporting) when one is malformed.
+** (after reporting) when one is malformed or out of the range that
+** thread.setswitchinterval accepts: (0, 3600] seconds, [1, 1e9]
+** instructions. Nothing is clamped: a value outside the range is a typo
+** more often than a wish for the nearest bound.
 */
 static bool apply_switch_options(lua_State *L, char **argv, int script) {
   int last = script > 0 ? script : 1 << 30;
@@ -244,16 +255,21 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
     }
     char *end;
     if (strncmp(a, "--switch-interval=", 18) == 0) {
-      double s = strtod(a + 18, &end);
-      if (*end != '\0' || end == a + 18 || !(s > 0)) {
-        report_message(progname, "--switch-interval needs a positive number of seconds");
+      const char *v = a + 18;
+      double s = strtod(v, &end);
+      if (*end != '\0' || end == v || !(s > 0 && s <= 3600)) {  /* NaN too */
+        fprintf(stderr, "%s: --switch-interval must be a number of seconds in "
+                "(0, 3600], not '%s'\n", progname, v);
         return false;
       }
       host_set_switch_interval(L, s);
     } else if (strncmp(a, "--switch-instructions=", 22) == 0) {
-      long n = strtol(a + 22, &end, 10);
-      if (*end != '\0' || end == a + 22 || n < 1) {
-        report_message(progname, "--switch-instructions needs a positive integer");
+      const char *v = a + 22;
+      errno = 0;
+      long long n = strtoll(v, &end, 10);
+      if (*end != '\0' || end == v || errno == ERANGE || n < 1 || n > 1000000000) {
+        fprintf(stderr, "%s: --switch-instructions must be an integer in "
+                "[1, 1000000000], not '%s'\n", progname, v);
         return false;
       }
       host_set_switch_instructions(L, (int)n);
@@ -363,7 +379,10 @@ static int load_line(lua_State *L) {
   return status;
 }
 
-/* Prints every value left on the stack, with `print`. */
+/*
+** Prints every value left on the stack, with `print`; an error of print
+** is named like any error (lua.c prints "(null)" for a non-string one).
+*/
 static void print_results(lua_State *L) {
   int n = lua_gettop(L);
   if (n == 0) return;
@@ -372,7 +391,7 @@ static void print_results(lua_State *L) {
   lua_insert(L, 1);
   if (lua_pcall(L, n, 0, 0) != LUA_OK)
     report_message(progname, lua_pushfstring(L, "error calling 'print' (%s)",
-                                             lua_tostring(L, -1)));
+                                             host_error_tostring(L)));
 }
 
 /* The read-eval-print loop. */

@@ -4,7 +4,8 @@
 --
 -- "Another thread ran meanwhile" is shown without a clock: the blocked call
 -- can only return because the main thread ran Lua code after it began (it
--- writes to the pipe read), and "both threads were inside crunch at once"
+-- writes to the pipe read, after counting to N: the blocked thread sees the
+-- count when its call returns), and "both threads were inside crunch at once"
 -- is counted by an atomic in the module. Nothing here asserts a duration.
 local thread = require 'host.thread'
 local sh = require 'spec.support.sh'
@@ -57,15 +58,16 @@ describe('a binding built against an installed host', function()
   it('lets another thread run while one blocks in its read', function()
     local r, w = mb.pipe()
     local about_to_block = thread.Event()
+    local counter = { n = 0 }
     local t = thread.start(function()
       about_to_block:set()
-      return mb.read(r, T)  -- returns early only if the main thread writes
+      local data = mb.read(r, T)  -- returns early only if the main thread writes
+      return data, counter.n      -- what the main thread counted meanwhile
     end)
     assert(about_to_block:wait(T))
-    local counter = { n = 0 }
     for _ = 1, N do counter.n = counter.n + 1 end
-    assert(mb.write(w, 'after ' .. counter.n))
-    assert.are.same({ true, 'after ' .. N }, { t:join(T + 5) })
+    assert(mb.write(w, 'after'))
+    assert.are.same({ true, 'after', N }, { t:join(T + 5) })
     assert.are.same({ nil, 'timeout' }, { mb.read(r, 0) })
     mb.close(w)
     assert.are.equal('', mb.read(r, T))
@@ -90,6 +92,12 @@ describe('a binding built against an installed host', function()
   it('checks its arguments with the usual errors', function()
     assert.has_error(function() mb.crunch(-1) end, "bad argument #1 to 'crunch' (must be non-negative)")
     assert.has_error(function() mb.read('x') end)
+    assert.has_error(function() mb.read(0, 0 / 0) end, "bad argument #2 to 'read' (timeout is NaN)")
+    local r, w = mb.pipe()
+    assert(mb.write(w, 'x'))
+    assert.are.equal('x', mb.read(r, 1e300))  -- past a billion seconds: no limit
+    mb.close(r)
+    mb.close(w)
     local ok, msg, errno = mb.read(999999, 0)  -- not an open descriptor
     assert.is_nil(ok)
     assert.matches('^read: ', msg)

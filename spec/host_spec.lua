@@ -69,6 +69,16 @@ describe('host', function()
     assert.matches('6\n', out, 1, true)
   end)
 
+  it("names an error of print at the prompt like any error", function()
+    -- before: "error calling 'print' ((null))" for a non-string error
+    local out, err = sh.host_run('-i', 10, table.concat({
+      'print = function() error(setmetatable({}, {__tostring = function() return "obj" end})) end',
+      '1', 'print = function() error({}) end', '2', 'print = function() error("s") end', '3' }, '\n'))
+    assert.matches('^Lua 5%.4', out)
+    assert.are.equal("error calling 'print' (obj)\nerror calling 'print' ((error object is a table value))\n" ..
+      "error calling 'print' (stdin:1: s)\n", err)
+  end)
+
   it('continues an unfinished statement at the prompt', function()
     local out = sh.host_run('-i', 10, 'for i = 1, 2 do\nprint(i * 10)\nend\n')
     assert.matches('10\n', out, 1, true)
@@ -117,7 +127,90 @@ describe('host', function()
     assert.matches("'-e' needs argument", err, 1, true)
     _, err, code = sh.host_run('--switch-interval=abc')
     assert.are.equal(1, code)
-    assert.matches('positive number', err, 1, true)
+    assert.matches("--switch-interval must be a number of seconds in (0, 3600], not 'abc'", err, 1, true)
+  end)
+
+  -- 13.8: the ranges of thread.setswitchinterval; before, 1e10 seconds
+  -- became a negative interval and 4294967297 instructions wrapped to 1.
+  it('refuses --switch-* values out of range, naming the option and the range', function()
+    for _, v in ipairs { '1e10', '1e400', 'nan', '-nan', 'inf', '-1', '0', '3600.001', '', '1x' } do
+      local out, err, code = sh.host_run(q('--switch-interval=' .. v) .. " -e 'print(1)'")
+      assert.are.equal(1, code, v)
+      assert.are.equal('', out)
+      assert.are.equal(("host: --switch-interval must be a number of seconds in (0, 3600], not '%s'\n"):format(v), err)
+    end
+    for _, v in ipairs { '4294967297', '1000000001', '0', '-1', '1.5', '', '99999999999999999999999' } do
+      local out, err, code = sh.host_run(q('--switch-instructions=' .. v) .. " -e 'print(1)'")
+      assert.are.equal(1, code, v)
+      assert.are.equal('', out)
+      assert.are.equal(("host: --switch-instructions must be an integer in [1, 1000000000], not '%s'\n"):format(v), err)
+    end
+  end)
+
+  it('takes --switch-* values at the ends of their ranges', function()
+    local get = " -e 'print(require(\"host.thread\").getswitchinterval())'"
+    local cases = {
+      { '--switch-interval=3600', '3600.0\n' },
+      { '--switch-interval=1e-6', '1e-06\n' },
+      { '--switch-instructions=1', '0.005\t1\n' },
+      { '--switch-instructions=1000000000', '0.005\t1000000000\n' },
+    }
+    for _, c in ipairs(cases) do
+      local out, err, code = sh.host_run(c[1] .. get)
+      assert.are.equal(0, code, err)
+      assert.are.equal(c[2], out, c[1])
+    end
+  end)
+
+  it('treats odd command lines as lua5.4 does: exit code, output, first error line', function()
+    local cases = { "-e", "-e -e", "-el", "-l", "-e x -e", "-e ''", "-z", "-ez", "--x",
+                    "-- -e", "- -e", "-E -W", "''", "-e 'error()'", "-e 'os.exit(300)'",
+                    "-i -x", "-vx", "-", "-e 'error(\"boom\", 0)'", "-l string -l", "-Wx",
+                    "-E -", "-l=string -e 'print(_G[\"\"] == string)'", "-e 'print(...)' -",
+                    "-e 'print(#arg, arg[1])' -- - x" }
+    for _, args in ipairs(cases) do
+      local out, err, code = sh.host_run(args)
+      local rout, rerr, rcode = sh.run('lua5.4 ' .. args)
+      assert.are.equal(rcode, code, args)
+      assert.are.equal(rout, out, args)
+      assert.are.equal(rerr:match('^lua5%.4:([^\n]*)'), err:match('^host:([^\n]*)'), args)
+    end
+  end)
+
+  it('passes a script #arg arguments whatever __len -e gave arg', function()
+    -- before: a length of 2^31 + 1 became a negative int (SIGSEGV), -1 an
+    -- invalid stack index ("attempt to call a number value")
+    local script = sh.tempfile 'print("script", select("#", ...), ...)'
+    local function run(len)
+      return sh.host_run(q(("arg = setmetatable({'a', 'b'}, {__len = function() return %s end})"):format(len))
+        :gsub('^', '-e ') .. ' ' .. q(script) .. ' x')
+    end
+    for _, len in ipairs { '-5', '-1', 'math.mininteger', '0' } do
+      local out, err, code = run(len)
+      assert.are.same({ 'script\t0\n', '', 0 }, { out, err, code }, len)
+    end
+    assert.are.same({ 'script\t3\ta\tb\tnil\n', '', 0 }, { run('3') })
+    for _, len in ipairs { '2^31 + 1', '2^40', 'math.maxinteger' } do
+      local out, err, code = run(len)
+      assert.are.equal(1, code, len)
+      assert.are.equal('', out)
+      assert.matches('^host: stack overflow %(too many arguments to script%)', err)
+    end
+    os.remove(script)
+  end)
+
+  it('reports a closed stdin for - and for no script, with exit 1', function()
+    -- CI runs without a stdin; lua5.4 exits 0 after the same message when
+    -- no script is given (it ignores that error), host exits 1
+    for _, args in ipairs { '-', '', '-E -' } do
+      local out, err, code = sh.host_run(args .. ' <&-')
+      assert.are.equal(1, code, args)
+      assert.are.equal('', out)
+      assert.are.equal('host: cannot read stdin: Bad file descriptor\n', err)
+    end
+    local out, _, code = sh.host_run('-i <&-')
+    assert.are.equal(0, code)
+    assert.matches('^Lua 5%.4', out)
   end)
 
   it('lists every option with --help', function()

@@ -91,3 +91,40 @@ describe('Debian Lua C modules in threads', function()
     for i = 1, THREADS do assert.are.equal(expected, results[i]) end
   end)
 end)
+
+-- The public C API (bindings/host.h), through the test helper
+-- spec/support/universe.c (13.7).
+describe('host.h', function()
+  local universe = assert(package.loadlib(assert(os.getenv 'HOST_SPEC_UNIVERSE',
+    'HOST_SPEC_UNIVERSE is unset: run the specs with make'), 'luaopen_universe'))()
+
+  it('host_openlibs refuses a state not made by host_newstate', function()
+    -- before, it preloaded the libraries, and thread.count() or
+    -- thread.start() then used a NULL universe (SIGSEGV)
+    local ok, msg = universe.plain_openlibs()
+    assert.is_false(ok)
+    assert.are.equal('host_openlibs: the lua_State was not made by host_newstate', msg)
+  end)
+
+  it('host_openlibs opens a state made by host_newstate', function()
+    local u <close> = universe.new()
+    local got = universe.decode(assert(u:run(
+      'return require("host.thread").count()', universe.encode())))
+    assert.are.equal(1, got)
+  end)
+
+  it('host_codec_encode refuses a negative or too large count with a message', function()
+    assert.are.same({ 0, 6 }, { universe.encode_count(2, true, false) })
+    assert.are.same({ 2, 'host_codec_encode: negative count of values' },
+      { universe.encode_count(-1, true) })
+    assert.are.same({ 4, 'stack overflow (too many values to encode)' },
+      { universe.encode_count(math.maxinteger >> 33, true) })
+  end)
+
+  it('host_codec_decode pushes its message when the stack cannot grow', function()
+    local status, type, msg = universe.decode_full(universe.encode(1, 2))
+    assert.are.equal(4, status)  -- LUA_ERRMEM
+    assert.are.equal('string', type)
+    assert.are.equal('not enough memory', msg)
+  end)
+end)

@@ -430,6 +430,34 @@ describe('host.serialize', function()
       assert.are.equal(print, universe.decode(serialize.dumps(print), true))
     end)
 
+    it('carries as many values as a stack holds, and refuses more with a message', function()
+      local n = valgrind and 10000 or 500000
+      local t = {}
+      for i = 1, n do t[i] = i end
+      local p = serialize.dumps(table.unpack(t, 1, n))
+      local r = table.pack(serialize.loads(p))
+      assert.are.equal(n, r.n)
+      assert.are.equal(n, r[n])
+      assert.are.equal(n, select('#', universe.decode(p)))
+      -- a million nils: more values than one Lua stack holds
+      local nils = HEADER .. '\192\132\61' .. string.rep('\0', 1000000)
+      assert.are.equal('stack overflow (too many values to decode)', error_of(serialize.loads, nils))
+      assert.matches('too many values to decode', error_of(universe.decode, nils))
+    end)
+
+    it("names a registered type's dump or load error, its __tostring run protected", function()
+      -- before: a dump error that is not a string read "dump returned no
+      -- string"; a load error's raising __tostring escaped as its own error
+      assert.are.equal('cannot serialize userdata at [1] (spec.Bad: bad dump)',
+        error_of(serialize.dumps, universe.bad('dump')))
+      local p = serialize.dumps(universe.bad('load'))
+      assert.are.equal('cannot load spec.Bad: (error object is a table value)',
+        error_of(serialize.loads, p))
+      assert.are.equal('cannot load spec.Bad: (error object is a table value)',
+        error_of(universe.decode, p))
+      assert.are.equal('userdata', type(serialize.loads(serialize.dumps(universe.bad('ok')))))
+    end)
+
     it('returns errors as messages, without raising through the caller', function()
       assert.are.equal('cannot serialize thread at [2] (coroutine)',
         error_of(universe.encode, 1, coroutine.create(print)))

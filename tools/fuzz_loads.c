@@ -6,6 +6,9 @@
 ** allocated while decoding stays under a bound proportional to the input's
 ** length; and whatever decodes encodes again and decodes to as many values.
 ** A table type and a userdata type are registered so those paths are fed.
+** The state is a plain lua_newstate, so that its allocator can count: the
+** codec needs no universe (host.h), and host_openlibs would refuse such a
+** state, so only `host.serialize` is opened, straight from its luaopen.
 ** This program owns its statics; the bindings have none.
 */
 #include <stdint.h>
@@ -18,6 +21,7 @@
 #include "lualib.h"
 
 #include "host.h"
+#include "serialize.h"  /* luaopen_host_serialize: bindings/ is on the path */
 
 /* Bytes of Lua memory a decode may allocate per input byte, plus a floor. */
 #define BYTES_PER_INPUT_BYTE 128
@@ -70,7 +74,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argv;
   L = lua_newstate(counting_alloc, NULL);
   luaL_openlibs(L);
-  host_openlibs(L);
+  luaL_requiref(L, "host.serialize", luaopen_host_serialize, 0);
+  lua_pop(L, 1);
   luaL_newmetatable(L, "fuzz.Blob");
   lua_pop(L, 1);
   if (host_codec_register_udata(L, "fuzz.Blob", blob_dump, blob_load) != LUA_OK ||

@@ -52,13 +52,16 @@ static int ms_until(const struct timespec *end) {
 
 /*
 ** mb.read(fd [, timeout]): waits until fd is readable (at most `timeout`
-** seconds; none: forever), then reads what is there. Everything between
+** seconds; none, a negative one or one past a billion seconds: forever),
+** then reads what is there. Everything between
 ** host_gil_release and host_gil_acquire is plain C on C data: the bytes go
 ** to a buffer on the C stack and become a Lua string after the GIL is back.
 */
 static int mb_read(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
   double timeout = luaL_optnumber(L, 2, -1);
+  luaL_argcheck(L, timeout == timeout, 2, "timeout is NaN");
+  if (timeout > 1e9) timeout = -1;  /* (time_t)1e300 would be undefined */
   struct timespec end;
   clock_gettime(CLOCK_MONOTONIC, &end);
   if (timeout >= 0) {

@@ -15,9 +15,21 @@
 **                             every universe this helper touches
 **   universe.encode(...)      host_codec_encode of the arguments, here
 **   universe.decode(s [, functions])  host_codec_decode, here
+**   universe.plain_openlibs()  host_openlibs on a plain luaL_newstate,
+**                             under lua_pcall: its status and message
+**   universe.decode_full(s)   host_codec_decode here with a stack that
+**                             cannot grow: its status and what it pushed
+**   universe.encode_count(n, ...)  host_codec_encode of n values from
+**                             argument 2: its status and message
+**   universe.bad(how)         a "spec.Bad" userdata (registered like
+**                             points): how == "dump" makes its dump raise
+**                             a table whose __tostring gives "bad dump";
+**                             "load" makes its load raise a table whose
+**                             __tostring raises
 **
 ** The new universe runs on the caller's OS thread, one call at a time.
 */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,7 +84,36 @@ static int point_load(lua_State *L) {
   return 1;
 }
 
-/* Creates the point type in L and registers it with the codec. */
+#define BAD_TYPE "spec.Bad"
+
+/* Raises a table whose __tostring runs `tostring_code`. */
+static int raise_object(lua_State *L, const char *tostring_code) {
+  lua_newtable(L);
+  lua_newtable(L);
+  if (luaL_loadstring(L, tostring_code) != LUA_OK) return lua_error(L);
+  lua_setfield(L, -2, "__tostring");
+  lua_setmetatable(L, -2);
+  return lua_error(L);
+}
+
+/* The codec's dump function for spec.Bad: its one byte, or an error. */
+static int bad_dump(lua_State *L) {
+  const char *how = luaL_checkudata(L, 1, BAD_TYPE);
+  if (*how == 'd') return raise_object(L, "return 'bad dump'");
+  lua_pushlstring(L, how, 1);
+  return 1;
+}
+
+/* The codec's load function for spec.Bad. */
+static int bad_load(lua_State *L) {
+  const char *s = luaL_checkstring(L, 1);
+  if (*s == 'l') return raise_object(L, "error('__tostring fails')");
+  *(char *)lua_newuserdatauv(L, 1, 0) = *s;
+  luaL_setmetatable(L, BAD_TYPE);
+  return 1;
+}
+
+/* Creates the point and bad types in L and registers them with the codec. */
 static void open_point(lua_State *L) {
   if (luaL_newmetatable(L, POINT_TYPE)) {
     lua_pushcfunction(L, point_index);
@@ -81,6 +122,18 @@ static void open_point(lua_State *L) {
   lua_pop(L, 1);
   if (host_codec_register_udata(L, POINT_TYPE, point_dump, point_load) != LUA_OK)
     lua_error(L);
+  luaL_newmetatable(L, BAD_TYPE);
+  lua_pop(L, 1);
+  if (host_codec_register_udata(L, BAD_TYPE, bad_dump, bad_load) != LUA_OK)
+    lua_error(L);
+}
+
+/* universe.bad(how) */
+static int universe_bad(lua_State *L) {
+  const char *how = luaL_checkstring(L, 1);
+  *(char *)lua_newuserdatauv(L, 1, 0) = how[0];
+  luaL_setmetatable(L, BAD_TYPE);
+  return 1;
 }
 
 /* universe.point(x, y) */
@@ -194,7 +247,71 @@ static int universe_decode(lua_State *L) {
   return n;
 }
 
+/* Opens the standard and host libraries in a plain state (protected). */
+static int open_plain(lua_State *L) {
+  luaL_openlibs(L);
+  host_openlibs(L);
+  return 0;
+}
+
+/* universe.plain_openlibs() -> true, or false, message */
+static int universe_plain_openlibs(lua_State *L) {
+  lua_State *P = luaL_newstate();
+  if (P == NULL) return luaL_error(L, "luaL_newstate: not enough memory");
+  lua_pushcfunction(P, open_plain);
+  int status = lua_pcall(P, 0, 0, 0);
+  lua_pushboolean(L, status == LUA_OK);
+  if (status != LUA_OK) lua_pushstring(L, lua_tostring(P, -1));
+  lua_close(P);
+  return status == LUA_OK ? 1 : 2;
+}
+
+/*
+** universe.decode_full(s) -> status, type of the value pushed (or
+** "nothing"), that value if a string. The stack is filled until it
+** cannot grow by 2, leaving the one slot any push may assume.
+*/
+static int universe_decode_full(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  int base = lua_gettop(L);
+  while (lua_checkstack(L, 2)) lua_pushboolean(L, 1);
+  int top = lua_gettop(L);
+  int n;
+  int status = host_codec_decode(L, s, len, 0, &n);
+  int pushed = lua_gettop(L) - top;
+  char msg[64] = "";
+  const char *type = pushed == 1 ? luaL_typename(L, -1) : pushed == 0 ? "nothing" : "more";
+  if (pushed == 1 && lua_type(L, -1) == LUA_TSTRING)
+    snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+  lua_settop(L, base);
+  lua_pushinteger(L, status);
+  lua_pushstring(L, type);
+  lua_pushstring(L, msg);
+  return 3;
+}
+
+/* universe.encode_count(n, ...) -> status, message or payload length */
+static int universe_encode_count(lua_State *L) {
+  int n = (int)luaL_checkinteger(L, 1);
+  char *buf;
+  size_t len;
+  int status = host_codec_encode(L, 2, n, &buf, &len);
+  lua_pushinteger(L, status);
+  if (status == LUA_OK) {
+    free(buf);
+    lua_pushinteger(L, (lua_Integer)len);
+  } else {
+    lua_insert(L, -2);  /* the message after the status */
+  }
+  return 2;
+}
+
 static const luaL_Reg universe_funcs[] = {
+  {"encode_count", universe_encode_count},
+  {"bad", universe_bad},
+  {"plain_openlibs", universe_plain_openlibs},
+  {"decode_full", universe_decode_full},
   {"new", universe_new},
   {"point", universe_point},
   {"encode", universe_encode},
