@@ -680,7 +680,8 @@ static int barrier_abort(lua_State *L) {
 /* b.parties, b.n_waiting, b.broken and the methods. */
 static int barrier_index(lua_State *L) {
   barrier_t *b = host_object_check_self(L, BARRIER_TYPE);
-  const char *key = luaL_checkstring(L, 2);
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;  /* b[1], b[{}]: nil */
+  const char *key = lua_tostring(L, 2);
   if (strcmp(key, "parties") == 0) lua_pushinteger(L, b->parties);
   else if (strcmp(key, "n_waiting") == 0) lua_pushinteger(L, b->count);
   else if (strcmp(key, "broken") == 0) lua_pushboolean(L, b->broken);
