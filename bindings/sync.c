@@ -321,6 +321,7 @@ static void lock_restore(lua_State *L, lock_t *lk, int idx, bool reentrant,
                          lua_Integer count, host_tstate *me) {
   const char *tname = reentrant ? RLOCK_TYPE : LOCK_TYPE;
   host_deadline never = host_deadline_in(-1);
+  host_object_check(L, idx, tname);
   while (lk->locked) object_wait(L, idx, tname, &never, false);
   lk->locked = true;
   if (reentrant) {
