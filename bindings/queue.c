@@ -3,10 +3,23 @@
 ** Queue(maxsize), LifoQueue(maxsize), PriorityQueue(maxsize) and
 ** SimpleQueue, for threads of one universe.
 **
-** Items live in the queue's uservalue table; counters are C fields used
-** with the GIL held. Getters, putters and joiners sleep on the queue's one
-** host_waitq, which every change notifies. Timeouts and full/empty answer
-** with nil and a reason; a shut-down queue raises a ShutDown error object.
+** Items live in the queue's uservalue table (a host_fifo for Queue and
+** SimpleQueue, slots 1..n for LifoQueue and PriorityQueue's heap);
+** counters are C fields used with the GIL held. Getters, putters and
+** joiners sleep on the queue's one host_waitq, which every change
+** notifies. Timeouts and full/empty answer with nil and a reason; a
+** shut-down queue raises a ShutDown error object.
+**
+** A PriorityQueue compares items with `<`, which may run a Lua __lt: it
+** may raise, and the GIL may change hands inside it. So a put or get
+** first finds where items go with the heap untouched and the queue marked
+** busy (other threads wait until it is not), and only then moves the
+** items, with no Lua code in between. An error in __lt leaves the queue as
+** it was and is raised by that put or get.
+**
+** __gc wakes the waiters and drops the wait queue; the queue is then
+** finalized and every method raises "attempt to use a finalized
+** host.Queue".
 */
 #include <string.h>
 
@@ -19,21 +32,31 @@
 typedef enum { Q_FIFO, Q_LIFO, Q_PRIORITY } queue_order;
 
 typedef struct queue_t {
-  host_waitq *q;
+  host_object obj;
+  host_waitq *q;           /* NULL once finalized */
+  const char *tname;       /* QUEUE_TYPE or SIMPLE_TYPE */
   queue_order order;
   lua_Integer maxsize;     /* <= 0: unbounded */
-  lua_Integer head, tail;  /* items at [head, tail) of the uservalue table */
+  host_fifo fifo;          /* Q_FIFO: the items */
+  lua_Integer n;           /* Q_LIFO, Q_PRIORITY: the items are at [1, n] */
   lua_Integer unfinished;  /* put and not yet task_done */
+  host_tstate *busy;       /* the thread comparing priority items, or NULL */
   bool shut;
 } queue_t;
 
+/* The Queue or SimpleQueue at 1. */
 static queue_t *check_queue(lua_State *L) {
-  queue_t *q = luaL_testudata(L, 1, QUEUE_TYPE);
-  return q ? q : luaL_checkudata(L, 1, SIMPLE_TYPE);
+  queue_t *q = host_object_test(L, 1, QUEUE_TYPE);
+  return q ? q : host_object_check(L, 1, SIMPLE_TYPE);
+}
+
+/* Raises when the queue at 1 was finalized (during a wait, say). */
+static void check_live(lua_State *L, queue_t *q) {
+  if (q->obj.finalized) host_object_check(L, 1, q->tname);
 }
 
 static lua_Integer queue_size(const queue_t *q) {
-  return q->tail - q->head;
+  return q->order == Q_FIFO ? host_fifo_len(&q->fifo) : q->n;
 }
 
 static bool queue_full(const queue_t *q) {
@@ -44,87 +67,182 @@ static int shut_down_error(lua_State *L) {
   return host_error_raise(L, "ShutDown", "the queue is shut down");
 }
 
-/* Compares heap slots i and j of the items table at t: items[i] < items[j]. */
-static bool heap_less(lua_State *L, int t, lua_Integer i, lua_Integer j) {
-  lua_rawgeti(L, t, i);
-  lua_rawgeti(L, t, j);
-  bool less = lua_compare(L, -2, -1, LUA_OPLT);
-  lua_pop(L, 2);
-  return less;
+/*
+** Waits once on the queue at 1 with the GIL released; raises on an
+** interrupt and when the queue got finalized meanwhile.
+*/
+static host_wait_result queue_wait_once(lua_State *L, queue_t *q,
+                                        const host_deadline *d) {
+  host_wait_result r = host_waitq_wait(L, q->q, d);
+  check_live(L, q);
+  if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
+  return r;
 }
 
-static void heap_swap(lua_State *L, int t, lua_Integer i, lua_Integer j) {
-  lua_rawgeti(L, t, i);
-  lua_rawgeti(L, t, j);
-  lua_rawseti(L, t, i);
-  lua_rawseti(L, t, j);
+/* Waits until no other thread is in the middle of a priority put or get. */
+static void wait_idle(lua_State *L, queue_t *q) {
+  host_deadline never = host_deadline_in(-1);
+  while (q->busy != NULL) {
+    if (q->busy == host_current())
+      luaL_error(L, "cannot use a PriorityQueue from inside its own comparison");
+    queue_wait_once(L, q, &never);
+  }
 }
+
+/* ---- the heap of a PriorityQueue (slots 1..n, smallest at 1) ---- */
+
+/*
+** Protected, with the heap untouched: (items, item, slot) -> where the
+** item put at the new slot `slot` ends up after sifting up.
+*/
+static int heap_find_up(lua_State *L) {
+  lua_Integer p = lua_tointeger(L, 3);
+  while (p > 1) {
+    lua_rawgeti(L, 1, p / 2);
+    bool less = lua_compare(L, 2, -1, LUA_OPLT);
+    lua_pop(L, 1);
+    if (!less) break;
+    p /= 2;
+  }
+  lua_pushinteger(L, p);
+  return 1;
+}
+
+/*
+** Protected, with the heap untouched: (items, last, m) -> where `last`
+** ends up when it fills the hole at slot 1 of a heap of m slots.
+*/
+static int heap_find_down(lua_State *L) {
+  lua_Integer m = lua_tointeger(L, 3), i = 1;
+  while (2 * i <= m) {
+    lua_Integer child = 2 * i;
+    if (child + 1 <= m) {
+      lua_rawgeti(L, 1, child + 1);
+      lua_rawgeti(L, 1, child);
+      if (lua_compare(L, -2, -1, LUA_OPLT)) child++;
+      lua_pop(L, 2);
+    }
+    lua_rawgeti(L, 1, child);
+    bool less = lua_compare(L, -1, 2, LUA_OPLT);
+    lua_pop(L, 1);
+    if (!less) break;
+    i = child;
+  }
+  lua_pushinteger(L, i);
+  return 1;
+}
+
+/*
+** Runs `find` (items at t, the item at v, the count c) with the queue
+** marked busy, and returns its slot; raises its error with the queue
+** unchanged.
+*/
+static lua_Integer heap_find(lua_State *L, queue_t *q, lua_CFunction find,
+                             int t, int v, lua_Integer c) {
+  lua_pushcfunction(L, find);
+  lua_pushvalue(L, t);
+  lua_pushvalue(L, v);
+  lua_pushinteger(L, c);
+  q->busy = host_current();
+  int status = lua_pcall(L, 3, 1, 0);
+  q->busy = NULL;
+  check_live(L, q);
+  host_waitq_notify(q->q);
+  if (status != LUA_OK) lua_error(L);
+  lua_Integer slot = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return slot;
+}
+
+/* Adds the item on top (popped) to the heap in the items table at t. */
+static void heap_put(lua_State *L, queue_t *q, int t) {
+  int v = lua_gettop(L);
+  lua_Integer slot = q->n + 1;
+  lua_Integer p = heap_find(L, q, heap_find_up, t, v, slot);
+  for (lua_Integer a = slot; a > p; a /= 2) {  /* the path moves down a level */
+    lua_rawgeti(L, t, a / 2);
+    lua_rawseti(L, t, a);
+  }
+  lua_rawseti(L, t, p);
+  q->n++;
+}
+
+/* Pushes the smallest item of the heap in the items table at t, removing it. */
+static void heap_get(lua_State *L, queue_t *q, int t) {
+  lua_Integer n = q->n;
+  lua_rawgeti(L, t, n);  /* the last item, to fill the hole at the root */
+  int last = lua_gettop(L);
+  lua_Integer p = n > 1 ? heap_find(L, q, heap_find_down, t, last, n - 1) : 1;
+  lua_rawgeti(L, t, 1);  /* the result */
+  int depth = 0;
+  for (lua_Integer a = p; a > 1; a /= 2) depth++;
+  for (int k = depth - 1; k >= 0; k--) {  /* the path moves up a level */
+    lua_Integer a = p >> k;
+    lua_rawgeti(L, t, a);
+    lua_rawseti(L, t, a / 2);
+  }
+  lua_pushvalue(L, last);
+  lua_rawseti(L, t, p);
+  lua_pushnil(L);
+  lua_rawseti(L, t, n);
+  q->n--;
+  lua_remove(L, last);
+}
+
+/* ---- items ---- */
 
 /* Adds the value on top of the stack (popped) to the queue at 1. */
 static void push_item(lua_State *L, queue_t *q) {
-  lua_getiuservalue(L, 1, 1);
-  lua_insert(L, -2);
-  int t = lua_gettop(L) - 1;
-  lua_Integer slot = q->tail++;
-  lua_rawseti(L, t, slot);
-  q->unfinished++;
-  if (q->order == Q_PRIORITY) {  /* sift up; heap slots are 1-based */
-    while (slot > 1 && heap_less(L, t, slot, slot / 2)) {
-      heap_swap(L, t, slot, slot / 2);
-      slot /= 2;
+  if (q->order == Q_FIFO) {
+    host_fifo_push(L, 1, 1, &q->fifo);
+  } else {
+    lua_getiuservalue(L, 1, 1);
+    lua_insert(L, -2);
+    int t = lua_gettop(L) - 1;
+    if (q->order == Q_PRIORITY) {
+      heap_put(L, q, t);
+    } else {
+      lua_rawseti(L, t, q->n + 1);
+      q->n++;
     }
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  q->unfinished++;
   host_waitq_notify(q->q);
 }
 
 /* Pushes the next item of the queue at 1, removing it. */
 static void pop_item(lua_State *L, queue_t *q) {
-  lua_getiuservalue(L, 1, 1);
-  int t = lua_gettop(L);
   if (q->order == Q_FIFO) {
-    lua_rawgeti(L, t, q->head);
-    lua_pushnil(L);
-    lua_rawseti(L, t, q->head++);
+    host_fifo_pop(L, 1, 1, &q->fifo);
   } else {
-    lua_Integer last = --q->tail;
-    if (q->order == Q_LIFO) {
-      lua_rawgeti(L, t, last);
-    } else {  /* the heap's root, replaced by its last item, sifted down */
-      lua_rawgeti(L, t, 1);
-      lua_rawgeti(L, t, last);
-      lua_rawseti(L, t, 1);
-      lua_Integer i = 1;
-      for (;;) {
-        lua_Integer child = 2 * i;
-        if (child >= last) break;
-        if (child + 1 < last && heap_less(L, t, child + 1, child)) child++;
-        if (!heap_less(L, t, child, i)) break;
-        heap_swap(L, t, child, i);
-        i = child;
-      }
+    lua_getiuservalue(L, 1, 1);
+    int t = lua_gettop(L);
+    if (q->order == Q_PRIORITY) {
+      heap_get(L, q, t);
+    } else {
+      lua_rawgeti(L, t, q->n);
+      lua_pushnil(L);
+      lua_rawseti(L, t, q->n--);
     }
-    lua_pushnil(L);
-    lua_rawseti(L, t, last);
+    lua_remove(L, t);
   }
-  if (queue_size(q) == 0 && q->order == Q_FIFO) q->head = q->tail = 1;
-  lua_remove(L, t);
   host_waitq_notify(q->q);
 }
 
-/* Waits until `ready` holds for q, shutdown, or the deadline; false on timeout. */
+/*
+** Waits until the queue is idle and has space (for_space) or an item, or
+** is shut down: true then; false when `timeout` passes first.
+*/
 static bool queue_wait(lua_State *L, queue_t *q, double timeout, bool for_space) {
   host_deadline d = host_deadline_in(timeout);
+  bool timed_out = timeout == 0;
   for (;;) {
+    wait_idle(L, q);
     if (q->shut) return true;
     if (for_space ? !queue_full(q) : queue_size(q) > 0) return true;
-    if (timeout == 0) return false;
-    host_wait_result r = host_waitq_wait(L, q->q, &d);
-    if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
-    if (r == HOST_WAIT_TIMEOUT) {
-      if (q->shut) return true;
-      return for_space ? !queue_full(q) : queue_size(q) > 0;
-    }
+    if (timed_out) return false;
+    timed_out = queue_wait_once(L, q, &d) == HOST_WAIT_TIMEOUT;
   }
 }
 
@@ -194,7 +312,7 @@ static int queue_is_full(lua_State *L) {
 
 /* q:task_done(): one item put earlier is fully processed. */
 static int queue_task_done(lua_State *L) {
-  queue_t *q = luaL_checkudata(L, 1, QUEUE_TYPE);
+  queue_t *q = host_object_check_self(L, QUEUE_TYPE);
   if (q->unfinished <= 0) return luaL_error(L, "task_done() called too many times");
   if (--q->unfinished == 0) host_waitq_notify(q->q);
   return 0;
@@ -202,12 +320,10 @@ static int queue_task_done(lua_State *L) {
 
 /* q:join([timeout]) -> true when every item is done | nil, "timeout" */
 static int queue_join(lua_State *L) {
-  queue_t *q = luaL_checkudata(L, 1, QUEUE_TYPE);
+  queue_t *q = host_object_check_self(L, QUEUE_TYPE);
   host_deadline d = host_deadline_in(host_opt_timeout(L, 2));
   while (q->unfinished > 0) {
-    host_wait_result r = host_waitq_wait(L, q->q, &d);
-    if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
-    if (r == HOST_WAIT_TIMEOUT && q->unfinished > 0) {
+    if (queue_wait_once(L, q, &d) == HOST_WAIT_TIMEOUT && q->unfinished > 0) {
       luaL_pushfail(L);
       lua_pushliteral(L, "timeout");
       return 2;
@@ -222,46 +338,60 @@ static int queue_join(lua_State *L) {
 ** the queue is empty. `immediate` drops the items left (as done tasks).
 */
 static int queue_shutdown(lua_State *L) {
-  queue_t *q = luaL_checkudata(L, 1, QUEUE_TYPE);
+  queue_t *q = host_object_check_self(L, QUEUE_TYPE);
+  wait_idle(L, q);
   q->shut = true;
   if (lua_toboolean(L, 2)) {
     q->unfinished -= queue_size(q);
     if (q->unfinished < 0) q->unfinished = 0;
     lua_newtable(L);
     lua_setiuservalue(L, 1, 1);
-    q->head = q->tail = 1;
+    host_fifo_init(&q->fifo);
+    q->n = 0;
   }
   host_waitq_notify(q->q);
   return 0;
 }
 
+/* The name of the type whose metatable is upvalue 1 (kept alive by it). */
+static const char *upvalue_tname(lua_State *L) {
+  lua_getfield(L, lua_upvalueindex(1), "__name");
+  const char *tname = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return tname;
+}
+
+/* __gc: wakes the waiters (they raise) and drops the wait queue. */
 static int queue_gc(lua_State *L) {
-  queue_t *q = lua_touserdata(L, 1);
-  host_waitq_unref(q->q);
-  q->q = NULL;
+  queue_t *q = host_object_finalize(L, upvalue_tname(L));
+  if (q != NULL && q->q != NULL) {
+    host_waitq_notify(q->q);
+    host_waitq_unref(q->q);
+    q->q = NULL;
+  }
   return 0;
 }
 
 static int queue_tostring(lua_State *L) {
+  if (host_object_tostring_finalized(L, upvalue_tname(L))) return 1;
   queue_t *q = check_queue(L);
   static const char *const names[] = {"Queue", "LifoQueue", "PriorityQueue"};
-  bool simple = luaL_testudata(L, 1, SIMPLE_TYPE) != NULL;
+  bool simple = strcmp(q->tname, SIMPLE_TYPE) == 0;
   lua_pushfstring(L, "host.%s (%I items%s): %p", simple ? "SimpleQueue" : names[q->order],
-                  queue_size(q), q->shut ? ", shut down" : "", (void *)q);
+                  (LUAI_UACINT)queue_size(q), q->shut ? ", shut down" : "", (void *)q);
   return 1;
 }
 
 /* Makes a queue of the given order and metatable; maxsize at 1. */
 static int make_queue(lua_State *L, queue_order order, const char *tname) {
   lua_Integer maxsize = luaL_optinteger(L, 1, 0);
-  queue_t *q = lua_newuserdatauv(L, sizeof *q, 1);
-  memset(q, 0, sizeof *q);
-  luaL_setmetatable(L, tname);
+  queue_t *q = host_object_new(L, sizeof *q, tname, 1);
   q->q = host_waitq_new();
   if (q->q == NULL) return luaL_error(L, "not enough memory");
+  q->tname = tname;
   q->order = order;
   q->maxsize = maxsize;
-  q->head = q->tail = 1;
+  host_fifo_init(&q->fifo);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
   return 1;
@@ -298,6 +428,10 @@ static const luaL_Reg simple_methods[] = {
   {"qsize", queue_qsize}, {"empty", queue_empty}, {NULL, NULL}
 };
 
+static const luaL_Reg queue_meta[] = {
+  {"__gc", queue_gc}, {"__tostring", queue_tostring}, {NULL, NULL}
+};
+
 static const luaL_Reg queue_funcs[] = {
   {"Queue", queue_new},
   {"LifoQueue", lifo_new},
@@ -306,22 +440,9 @@ static const luaL_Reg queue_funcs[] = {
   {NULL, NULL}
 };
 
-/* Creates metatable tname with `methods` as __index. */
-static void make_type(lua_State *L, const char *tname, const luaL_Reg *methods) {
-  luaL_newmetatable(L, tname);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, queue_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, queue_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
-}
-
 int luaopen_host_queue(lua_State *L) {
-  make_type(L, QUEUE_TYPE, queue_methods);
-  make_type(L, SIMPLE_TYPE, simple_methods);
+  host_type_define(L, QUEUE_TYPE, queue_methods, queue_meta, NULL);
+  host_type_define(L, SIMPLE_TYPE, simple_methods, queue_meta, NULL);
   luaL_newlib(L, queue_funcs);
   return 1;
 }

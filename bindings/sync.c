@@ -9,7 +9,12 @@
 ** that can let a waiter through notifies that queue, and waiters re-check.
 ** acquire returns the object itself (a true value) so that
 **   local _ <close> = lock:acquire()
-** releases it at scope exit; `__close` is release.
+** releases it at scope exit.
+**
+** Each object owns one reference to its wait queue; __gc notifies the
+** queue and drops that reference (a waiter holds its own while it sleeps).
+** After __gc the object is finalized: every method raises "attempt to use
+** a finalized host.Lock" (and so does a waiter woken by the __gc).
 */
 #include <string.h>
 
@@ -24,23 +29,31 @@
 #define EVENT_TYPE "host.Event"
 #define BARRIER_TYPE "host.Barrier"
 
+/* The start of every type's struct: the finalized state and the wait queue. */
+typedef struct sync_head {
+  host_object obj;
+  host_waitq *q;   /* NULL once finalized */
+} sync_head;
+
 /* Lock and RLock: `owner` and `count` are used by RLock only. */
 typedef struct lock_t {
-  host_waitq *q;
+  sync_head h;
   bool locked;
   host_tstate *owner;
   lua_Integer count;
 } lock_t;
 
 typedef struct semaphore_t {
-  host_waitq *q;
+  sync_head h;
   lua_Integer value;
-  lua_Integer bound;   /* BoundedSemaphore's initial value, else 0 */
+  lua_Integer bound;   /* BoundedSemaphore's initial value */
+  bool bounded;
 } semaphore_t;
 
 typedef struct event_t {
-  host_waitq *q;
+  sync_head h;
   bool flag;
+  unsigned long long sets;  /* bumped by each set() that sets the flag */
 } event_t;
 
 /* A thread waiting on a Condition: a node of the FIFO, on its C stack. */
@@ -50,36 +63,54 @@ typedef struct cond_waiter {
 } cond_waiter;
 
 typedef struct condition_t {
-  host_waitq *q;
+  sync_head h;
   cond_waiter *head, *tail;
 } condition_t;
 
 typedef struct barrier_t {
-  host_waitq *q;
+  sync_head h;
   lua_Integer parties;
   lua_Integer count;          /* threads waiting in this cycle */
   unsigned long long cycle;   /* bumped when a cycle completes or is reset */
   unsigned long long reset_cycle;  /* a cycle ended by reset(): its waiters break */
   bool broken;
+  host_tstate *actor;         /* the thread running the action, else NULL */
   double timeout;             /* default for wait, -1 for none */
 } barrier_t;
 
-/* Every type starts with its wait queue: makes the userdata and the queue. */
+/* Makes a zeroed object of type tname and its wait queue. */
 static void *new_object(lua_State *L, size_t size, const char *tname, int nuv) {
-  host_waitq **obj = lua_newuserdatauv(L, size, nuv);
-  memset(obj, 0, size);
-  *obj = host_waitq_new();
-  if (*obj == NULL) luaL_error(L, "not enough memory");
-  luaL_setmetatable(L, tname);
-  return obj;
+  sync_head *h = host_object_new(L, size, tname, nuv);
+  h->q = host_waitq_new();
+  if (h->q == NULL) luaL_error(L, "not enough memory");
+  return h;
 }
 
-/* __gc of every type: drop the object's reference to its queue. */
+/* The name of the type whose metatable is upvalue 1 (kept alive by it). */
+static const char *upvalue_tname(lua_State *L) {
+  lua_getfield(L, lua_upvalueindex(1), "__name");
+  const char *tname = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return tname;
+}
+
+/* __gc of every type: wake the waiters and drop the object's queue. */
 static int object_gc(lua_State *L) {
-  host_waitq **obj = lua_touserdata(L, 1);
-  host_waitq_unref(*obj);
-  *obj = NULL;
+  sync_head *h = host_object_finalize(L, upvalue_tname(L));
+  if (h != NULL && h->q != NULL) {
+    host_waitq_notify(h->q);
+    host_waitq_unref(h->q);
+    h->q = NULL;
+  }
   return 0;
+}
+
+/* __tostring of every type: "host.Lock: 0x..." or "host.Lock (finalized): 0x...". */
+static int object_tostring(lua_State *L) {
+  const char *tname = upvalue_tname(L);
+  if (!host_object_tostring_finalized(L, tname))
+    lua_pushfstring(L, "%s: %p", tname, lua_touserdata(L, 1));
+  return 1;
 }
 
 /* Reads an optional timeout, also accepting `false` for "do not block". */
@@ -89,33 +120,31 @@ static double opt_block_timeout(lua_State *L, int arg) {
 }
 
 /*
-** Waits on q until ready(obj) holds: returns true when it does, false when
-** the deadline passes first. Raises "interrupted!" in an interrupted main
-** thread.
+** Waits once on the queue of the tname at idx with the GIL released.
+** Raises when that object is (or gets, meanwhile) finalized, and on an
+** interrupt when `interruptible`.
 */
-static bool wait_until(lua_State *L, host_waitq *q, const host_deadline *d,
-                       bool (*ready)(void *obj), void *obj) {
-  while (!ready(obj)) {
-    if (d != NULL && !d->never && host_deadline_passed(d)) return false;
-    host_wait_result r = host_waitq_wait(L, q, d);
-    if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
-    if (r == HOST_WAIT_TIMEOUT) return ready(obj);
-  }
-  return true;
+static host_wait_result object_wait(lua_State *L, int idx, const char *tname,
+                                    const host_deadline *d, bool interruptible) {
+  sync_head *h = host_object_check(L, idx, tname);
+  host_wait_result r = interruptible ? host_waitq_wait(L, h->q, d)
+                                     : host_waitq_wait_uninterrupted(L, h->q, d);
+  host_object_check(L, idx, tname);
+  if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
+  return r;
 }
 
 /*
-** luaL_checkudata(L, 1, tname) for the hot methods, without its registry
-** lookup: every method has its type's metatable as upvalue 1.
+** Waits on the tname at idx until ready(obj) holds: returns true when it
+** does, false when the deadline passes first.
 */
-static void *check_self(lua_State *L, const char *tname) {
-  void *p = lua_touserdata(L, 1);
-  if (p != NULL && lua_getmetatable(L, 1)) {
-    bool same = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
-    if (same) return p;
+static bool wait_until(lua_State *L, int idx, const char *tname,
+                       const host_deadline *d, bool (*ready)(void *obj), void *obj) {
+  while (!ready(obj)) {
+    if (host_deadline_passed(d)) return false;
+    if (object_wait(L, idx, tname, d, true) == HOST_WAIT_TIMEOUT) return ready(obj);
   }
-  return luaL_checkudata(L, 1, tname);  /* raises the usual message */
+  return true;
 }
 
 /* ---- Lock and RLock ---- */
@@ -124,47 +153,76 @@ static bool lock_free(void *obj) {
   return !((lock_t *)obj)->locked;
 }
 
-/* Takes `lk` for the calling thread, waiting until d; false on timeout. */
-static bool lock_take(lua_State *L, lock_t *lk, double timeout) {
+/* Takes the lock `lk` (the tname at idx), waiting up to timeout; false on timeout. */
+static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
+                      double timeout) {
   if (!lk->locked) {
     lk->locked = true;
     return true;
   }
   if (timeout == 0) return false;
   host_deadline d = host_deadline_in(timeout);
-  if (!wait_until(L, lk->q, &d, lock_free, lk)) return false;
+  if (!wait_until(L, idx, tname, &d, lock_free, lk)) return false;
   lk->locked = true;
   return true;
 }
 
+/* Takes the RLock `lk` at idx for the calling thread (reentrant); false on timeout. */
+static bool rlock_take(lua_State *L, lock_t *lk, int idx, double timeout) {
+  host_tstate *me = host_current();
+  if (lk->locked && lk->owner == me) {
+    lk->count++;
+    return true;
+  }
+  if (!lock_take(L, lk, idx, RLOCK_TYPE, timeout)) return false;
+  lk->owner = me;
+  lk->count = 1;
+  return true;
+}
+
+static void lock_give(lock_t *lk) {
+  lk->locked = false;
+  host_waitq_notify(lk->h.q);
+}
+
+/* Releases the Lock `lk`; raises when it is not held. */
+static void lock_put(lua_State *L, lock_t *lk) {
+  if (!lk->locked) luaL_error(L, "cannot release un-acquired lock");
+  lock_give(lk);
+}
+
+/* Releases the RLock `lk` once; raises unless the calling thread holds it. */
+static void rlock_put(lua_State *L, lock_t *lk) {
+  if (!lk->locked || lk->owner != host_current())
+    luaL_error(L, "cannot release un-acquired lock");
+  if (--lk->count == 0) {
+    lk->owner = NULL;
+    lock_give(lk);
+  }
+}
+
 /* lock:acquire([timeout]) -> lock | false */
 static int lock_acquire(lua_State *L) {
-  lock_t *lk = check_self(L, LOCK_TYPE);
+  lock_t *lk = host_object_check_self(L, LOCK_TYPE);
   if (!lk->locked) {  /* the fast path */
     if (lua_gettop(L) > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
     lua_pushvalue(L, 1);
     return 1;
   }
-  if (lock_take(L, lk, opt_block_timeout(L, 2))) lua_pushvalue(L, 1);
+  if (lock_take(L, lk, 1, LOCK_TYPE, opt_block_timeout(L, 2))) lua_pushvalue(L, 1);
   else lua_pushboolean(L, 0);
   return 1;
 }
 
-static void lock_give(lock_t *lk) {
-  lk->locked = false;
-  host_waitq_notify(lk->q);
-}
-
+/* lock:release(), and __close(lock, err): reads argument 1 only. */
 static int lock_release(lua_State *L) {
-  lock_t *lk = check_self(L, LOCK_TYPE);
-  if (!lk->locked) return luaL_error(L, "cannot release un-acquired lock");
-  lock_give(lk);
+  lock_put(L, host_object_check_self(L, LOCK_TYPE));
   return 0;
 }
 
 static int lock_locked(lua_State *L) {
-  lock_t *lk = luaL_checkudata(L, 1, LOCK_TYPE);
+  lock_t *lk = host_object_check_self(L, LOCK_TYPE);
   lua_pushboolean(L, lk->locked);
   return 1;
 }
@@ -176,14 +234,8 @@ static int lock_new(lua_State *L) {
 
 /* rlock:acquire([timeout]) -> rlock | false; reentrant for its owner. */
 static int rlock_acquire(lua_State *L) {
-  lock_t *lk = check_self(L, RLOCK_TYPE);
-  host_tstate *me = host_current();
-  if (lk->locked && lk->owner == me) {
-    lk->count++;
-  } else if (lock_take(L, lk, opt_block_timeout(L, 2))) {
-    lk->owner = me;
-    lk->count = 1;
-  } else {
+  lock_t *lk = host_object_check_self(L, RLOCK_TYPE);
+  if (!rlock_take(L, lk, 1, opt_block_timeout(L, 2))) {
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -191,19 +243,14 @@ static int rlock_acquire(lua_State *L) {
   return 1;
 }
 
+/* rlock:release(), and __close(rlock, err): reads argument 1 only. */
 static int rlock_release(lua_State *L) {
-  lock_t *lk = check_self(L, RLOCK_TYPE);
-  if (!lk->locked || lk->owner != host_current())
-    return luaL_error(L, "cannot release un-acquired lock");
-  if (--lk->count == 0) {
-    lk->owner = NULL;
-    lock_give(lk);
-  }
+  rlock_put(L, host_object_check_self(L, RLOCK_TYPE));
   return 0;
 }
 
 static int rlock_locked(lua_State *L) {
-  lock_t *lk = luaL_checkudata(L, 1, RLOCK_TYPE);
+  lock_t *lk = host_object_check_self(L, RLOCK_TYPE);
   lua_pushboolean(L, lk->locked);
   return 1;
 }
@@ -215,13 +262,15 @@ static int rlock_new(lua_State *L) {
 
 /* ---- Condition ---- */
 
-/* The lock of the condition at 1 (its uservalue), with its kind. */
+/*
+** Pushes the lock of the condition at 1 (its uservalue) and returns it,
+** with its kind; raises when that lock is finalized.
+*/
 static lock_t *condition_lock(lua_State *L, bool *reentrant) {
   lua_getiuservalue(L, 1, 1);
-  lock_t *lk = luaL_testudata(L, -1, RLOCK_TYPE);
+  lock_t *lk = host_object_test(L, -1, RLOCK_TYPE);
   *reentrant = lk != NULL;
-  if (lk == NULL) lk = luaL_checkudata(L, -1, LOCK_TYPE);
-  lua_pop(L, 1);
+  if (lk == NULL) lk = host_object_check(L, -1, LOCK_TYPE);
   return lk;
 }
 
@@ -230,7 +279,7 @@ static int condition_new(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
     rlock_new(L);
-  } else if (!luaL_testudata(L, 1, RLOCK_TYPE) && !luaL_testudata(L, 1, LOCK_TYPE)) {
+  } else if (!host_object_test(L, 1, RLOCK_TYPE) && !host_object_test(L, 1, LOCK_TYPE)) {
     return luaL_typeerror(L, 1, "host.Lock or host.RLock");
   }
   lua_settop(L, 1);
@@ -242,32 +291,38 @@ static int condition_new(lua_State *L) {
 
 /* cond:acquire([timeout]) -> cond | false: acquires the condition's lock. */
 static int condition_acquire(lua_State *L) {
-  luaL_checkudata(L, 1, CONDITION_TYPE);
-  lua_settop(L, 2);
-  lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, 3, "acquire");
-  lua_insert(L, 3);
-  lua_rotate(L, 2, -1);  /* acquire, lock, timeout */
-  lua_call(L, 2, 1);
-  if (lua_toboolean(L, -1)) lua_settop(L, 1);
+  host_object_check_self(L, CONDITION_TYPE);
+  double timeout = opt_block_timeout(L, 2);
+  lua_settop(L, 1);
+  bool reentrant;
+  lock_t *lk = condition_lock(L, &reentrant);  /* at 2 */
+  bool got = reentrant ? rlock_take(L, lk, 2, timeout)
+                       : lock_take(L, lk, 2, LOCK_TYPE, timeout);
+  if (!got) lua_pushboolean(L, 0);
+  else lua_settop(L, 1);
   return 1;
 }
 
-/* cond:release(): releases the condition's lock. */
+/* cond:release(), and __close(cond, err): releases the condition's lock. */
 static int condition_release(lua_State *L) {
-  luaL_checkudata(L, 1, CONDITION_TYPE);
-  lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, -1, "release");
-  lua_insert(L, -2);
-  lua_call(L, 1, 0);
+  host_object_check_self(L, CONDITION_TYPE);
+  bool reentrant;
+  lock_t *lk = condition_lock(L, &reentrant);
+  if (reentrant) rlock_put(L, lk);
+  else lock_put(L, lk);
   return 0;
 }
 
-/* Takes `lk` back after a wait, restoring an RLock's count; never times out. */
-static void lock_restore(lua_State *L, lock_t *lk, bool reentrant,
+/*
+** Takes the lock `lk` (at idx) back after a wait, restoring an RLock's
+** count; never times out, and raises only when the lock is finalized.
+*/
+static void lock_restore(lua_State *L, lock_t *lk, int idx, bool reentrant,
                          lua_Integer count, host_tstate *me) {
+  const char *tname = reentrant ? RLOCK_TYPE : LOCK_TYPE;
   host_deadline never = host_deadline_in(-1);
-  while (lk->locked) host_waitq_wait_uninterrupted(L, lk->q, &never);
+  host_object_check(L, idx, tname);
+  while (lk->locked) object_wait(L, idx, tname, &never, false);
   lk->locked = true;
   if (reentrant) {
     lk->owner = me;
@@ -288,17 +343,19 @@ static void unlink_waiter(condition_t *c, cond_waiter *w) {
 }
 
 /*
-** cond:wait([timeout]) -> true when notified, false on timeout. The lock is
-** released while waiting and held again on return, whatever happened.
+** Waits on the condition at 1, whose lock the caller holds, for at most
+** timeout seconds (-1: no limit); returns whether it was notified. The
+** lock is released while waiting and held again on return, whatever
+** happened (unless it was finalized meanwhile).
 */
-static int condition_wait(lua_State *L) {
-  condition_t *c = luaL_checkudata(L, 1, CONDITION_TYPE);
-  double timeout = host_opt_timeout(L, 2);
+static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
+  int top = lua_gettop(L);
   bool reentrant;
   lock_t *lk = condition_lock(L, &reentrant);
+  int lock_idx = lua_gettop(L);
   host_tstate *me = host_current();
   if (!lk->locked || (reentrant && lk->owner != me))
-    return luaL_error(L, "cannot wait on un-acquired lock");
+    luaL_error(L, "cannot wait on un-acquired lock");
   cond_waiter w = {false, NULL};
   if (c->tail) c->tail->next = &w;
   else c->head = &w;
@@ -309,17 +366,30 @@ static int condition_wait(lua_State *L) {
   lock_give(lk);
   host_deadline d = host_deadline_in(timeout);
   host_wait_result r = HOST_WAIT_WOKEN;
-  while (!w.notified && r == HOST_WAIT_WOKEN) r = host_waitq_wait(L, c->q, &d);
-  if (!w.notified) unlink_waiter(c, &w);
-  lock_restore(L, lk, reentrant, count, me);
-  if (r == HOST_WAIT_INTERRUPTED && !w.notified) return host_raise_interrupt(L);
-  lua_pushboolean(L, w.notified);
+  while (!w.notified && r == HOST_WAIT_WOKEN && !c->h.obj.finalized)
+    r = host_waitq_wait(L, c->h.q, &d);
+  if (!w.notified) unlink_waiter(c, &w);  /* no dangling node, whatever follows */
+  lock_restore(L, lk, lock_idx, reentrant, count, me);
+  host_object_check(L, 1, CONDITION_TYPE);  /* finalized while waiting? */
+  if (r == HOST_WAIT_INTERRUPTED && !w.notified) host_raise_interrupt(L);
+  lua_settop(L, top);
+  return w.notified;
+}
+
+/* cond:wait([timeout]) -> true when notified, false on timeout. */
+static int condition_wait(lua_State *L) {
+  condition_t *c = host_object_check_self(L, CONDITION_TYPE);
+  double timeout = host_opt_timeout(L, 2);
+  lua_pushboolean(L, condition_do_wait(L, c, timeout));
   return 1;
 }
 
-/* cond:wait_for(predicate [, timeout]) -> the predicate's last result. */
+/*
+** cond:wait_for(predicate [, timeout]) -> the predicate's last result. An
+** error in the predicate propagates with the lock still held.
+*/
 static int condition_wait_for(lua_State *L) {
-  luaL_checkudata(L, 1, CONDITION_TYPE);
+  condition_t *c = host_object_check_self(L, CONDITION_TYPE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   double timeout = host_opt_timeout(L, 3);
   host_deadline d = host_deadline_in(timeout);
@@ -328,11 +398,8 @@ static int condition_wait_for(lua_State *L) {
     lua_pushvalue(L, 2);
     lua_call(L, 0, 1);
     if (lua_toboolean(L, -1) || host_deadline_passed(&d)) return 1;
-    lua_pushcfunction(L, condition_wait);
-    lua_pushvalue(L, 1);
-    if (d.never) lua_pushnil(L);
-    else lua_pushnumber(L, (lua_Number)host_deadline_left(&d));
-    lua_call(L, 2, 0);
+    lua_pop(L, 1);
+    condition_do_wait(L, c, d.never ? -1 : host_deadline_left(&d));
   }
 }
 
@@ -344,19 +411,20 @@ static void notify_waiters(condition_t *c, lua_Integer n) {
     if (c->head == NULL) c->tail = NULL;
     w->notified = true;
   }
-  host_waitq_notify(c->q);
+  host_waitq_notify(c->h.q);
 }
 
-/* Raises unless the calling thread holds the condition's lock. */
+/* Raises unless the calling thread holds the lock of the condition at 1. */
 static void check_owned(lua_State *L, const char *what) {
   bool reentrant;
   lock_t *lk = condition_lock(L, &reentrant);
   if (!lk->locked || (reentrant && lk->owner != host_current()))
     luaL_error(L, "cannot %s on un-acquired lock", what);
+  lua_pop(L, 1);
 }
 
 static int condition_notify(lua_State *L) {
-  condition_t *c = luaL_checkudata(L, 1, CONDITION_TYPE);
+  condition_t *c = host_object_check_self(L, CONDITION_TYPE);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 0, 2, "count must be non-negative");
   check_owned(L, "notify");
@@ -365,7 +433,7 @@ static int condition_notify(lua_State *L) {
 }
 
 static int condition_notify_all(lua_State *L) {
-  condition_t *c = luaL_checkudata(L, 1, CONDITION_TYPE);
+  condition_t *c = host_object_check_self(L, CONDITION_TYPE);
   check_owned(L, "notify");
   notify_waiters(c, LUA_MAXINTEGER);
   return 0;
@@ -377,18 +445,21 @@ static bool semaphore_positive(void *obj) {
   return ((semaphore_t *)obj)->value > 0;
 }
 
-static semaphore_t *check_semaphore(lua_State *L) {
-  semaphore_t *s = luaL_testudata(L, 1, SEMAPHORE_TYPE);
-  return s ? s : luaL_checkudata(L, 1, BSEMAPHORE_TYPE);
+/* The Semaphore or BoundedSemaphore at 1, with its type name. */
+static semaphore_t *check_semaphore(lua_State *L, const char **tname) {
+  semaphore_t *s = host_object_test(L, 1, SEMAPHORE_TYPE);
+  *tname = s ? SEMAPHORE_TYPE : BSEMAPHORE_TYPE;
+  return s ? s : host_object_check(L, 1, BSEMAPHORE_TYPE);
 }
 
 /* sem:acquire([timeout]) -> sem | false */
 static int semaphore_acquire(lua_State *L) {
-  semaphore_t *s = check_semaphore(L);
+  const char *tname;
+  semaphore_t *s = check_semaphore(L, &tname);
   double timeout = opt_block_timeout(L, 2);
   if (s->value == 0) {
     host_deadline d = host_deadline_in(timeout);
-    if (timeout == 0 || !wait_until(L, s->q, &d, semaphore_positive, s)) {
+    if (timeout == 0 || !wait_until(L, 1, tname, &d, semaphore_positive, s)) {
       lua_pushboolean(L, 0);
       return 1;
     }
@@ -398,20 +469,40 @@ static int semaphore_acquire(lua_State *L) {
   return 1;
 }
 
+/* Adds n >= 1 permits to s; raises past the bound or math.maxinteger. */
+static void semaphore_add(lua_State *L, semaphore_t *s, lua_Integer n) {
+  if (s->bounded && n > s->bound - s->value)
+    luaL_error(L, "semaphore released too many times");
+  if (n > LUA_MAXINTEGER - s->value)
+    luaL_error(L, "semaphore value would exceed math.maxinteger");
+  s->value += n;
+  host_waitq_notify(s->h.q);
+}
+
 /* sem:release([n]) */
 static int semaphore_release(lua_State *L) {
-  semaphore_t *s = check_semaphore(L);
+  const char *tname;
+  semaphore_t *s = check_semaphore(L, &tname);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 1, 2, "n must be one or more");
-  if (s->bound > 0 && s->value + n > s->bound)
-    return luaL_error(L, "semaphore released too many times");
-  s->value += n;
-  host_waitq_notify(s->q);
+  semaphore_add(L, s, n);
+  return 0;
+}
+
+/*
+** __close(sem, err): gives back the one permit that `local _ <close> =
+** sem:acquire()` took. The error being propagated (argument 2) is not
+** looked at.
+*/
+static int semaphore_close(lua_State *L) {
+  const char *tname;
+  semaphore_add(L, check_semaphore(L, &tname), 1);
   return 0;
 }
 
 static int semaphore_value(lua_State *L) {
-  lua_pushinteger(L, check_semaphore(L)->value);
+  const char *tname;
+  lua_pushinteger(L, check_semaphore(L, &tname)->value);
   return 1;
 }
 
@@ -421,7 +512,8 @@ static int make_semaphore(lua_State *L, const char *tname, bool bounded) {
   luaL_argcheck(L, value >= 0, 1, "semaphore initial value must be >= 0");
   semaphore_t *s = new_object(L, sizeof *s, tname, 0);
   s->value = value;
-  s->bound = bounded ? value : 0;
+  s->bound = value;
+  s->bounded = bounded;
   return 1;
 }
 
@@ -435,34 +527,41 @@ static int bsemaphore_new(lua_State *L) {
 
 /* ---- Event ---- */
 
-static bool event_set_p(void *obj) {
-  return ((event_t *)obj)->flag;
-}
-
+/* ev:set(): sets the flag; every thread waiting then returns true. */
 static int event_set(lua_State *L) {
-  event_t *e = luaL_checkudata(L, 1, EVENT_TYPE);
-  e->flag = true;
-  host_waitq_notify(e->q);
+  event_t *e = host_object_check_self(L, EVENT_TYPE);
+  if (!e->flag) {
+    e->flag = true;
+    e->sets++;
+    host_waitq_notify(e->h.q);
+  }
   return 0;
 }
 
 static int event_clear(lua_State *L) {
-  event_t *e = luaL_checkudata(L, 1, EVENT_TYPE);
+  event_t *e = host_object_check_self(L, EVENT_TYPE);
   e->flag = false;
   return 0;
 }
 
 static int event_is_set(lua_State *L) {
-  event_t *e = luaL_checkudata(L, 1, EVENT_TYPE);
+  event_t *e = host_object_check_self(L, EVENT_TYPE);
   lua_pushboolean(L, e->flag);
   return 1;
 }
 
-/* ev:wait([timeout]) -> true when set, false on timeout. */
+/*
+** ev:wait([timeout]) -> true when set, false on timeout. A waiter that a
+** set() woke returns true even if clear() followed before it ran (as
+** CPython since issue 13502): it waits for a set, counted in `sets`.
+*/
 static int event_wait(lua_State *L) {
-  event_t *e = luaL_checkudata(L, 1, EVENT_TYPE);
+  event_t *e = host_object_check_self(L, EVENT_TYPE);
   host_deadline d = host_deadline_in(host_opt_timeout(L, 2));
-  lua_pushboolean(L, wait_until(L, e->q, &d, event_set_p, e));
+  unsigned long long sets = e->sets;
+  while (!e->flag && e->sets == sets && !host_deadline_passed(&d))
+    object_wait(L, 1, EVENT_TYPE, &d, true);
+  lua_pushboolean(L, e->flag || e->sets != sets);
   return 1;
 }
 
@@ -476,11 +575,52 @@ static int event_new(lua_State *L) {
 /* Breaks the barrier: every waiter and later wait raises BrokenBarrierError. */
 static void barrier_break(barrier_t *b) {
   b->broken = true;
-  host_waitq_notify(b->q);
+  host_waitq_notify(b->h.q);
 }
 
 static int broken_error(lua_State *L) {
   return host_error_raise(L, "BrokenBarrierError", "the barrier is broken");
+}
+
+/*
+** Waits while another thread runs the barrier's action (as CPython's
+** threads wait for the Barrier's lock); `what` names the caller for the
+** error raised when the action itself calls it.
+*/
+static void barrier_wait_action(lua_State *L, barrier_t *b, const char *what) {
+  host_deadline never = host_deadline_in(-1);
+  while (b->actor != NULL) {
+    if (b->actor == host_current())
+      luaL_error(L, "cannot %s a barrier from its own action", what);
+    object_wait(L, 1, BARRIER_TYPE, &never, true);
+  }
+}
+
+/*
+** The last arrival at the barrier at 1: runs the action (protected; other
+** threads that call the barrier meanwhile wait), then lets the cycle go.
+** An error in the action breaks the barrier and is raised again, as is.
+*/
+static int barrier_complete(lua_State *L, barrier_t *b, lua_Integer index) {
+  lua_getiuservalue(L, 1, 1);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+  } else {
+    b->actor = host_current();
+    int status = lua_pcall(L, 0, 0, 0);
+    b->actor = NULL;
+    host_object_check(L, 1, BARRIER_TYPE);  /* the action may finalize it */
+    if (status != LUA_OK || b->broken) {  /* the action failed, or aborted */
+      b->count--;
+      barrier_break(b);
+      return status != LUA_OK ? lua_error(L) : broken_error(L);
+    }
+  }
+  b->count = 0;
+  b->cycle++;
+  host_waitq_notify(b->h.q);
+  lua_pushinteger(L, index);
+  return 1;
 }
 
 /*
@@ -489,30 +629,25 @@ static int broken_error(lua_State *L) {
 ** barrier for everyone.
 */
 static int barrier_wait(lua_State *L) {
-  barrier_t *b = luaL_checkudata(L, 1, BARRIER_TYPE);
+  barrier_t *b = host_object_check(L, 1, BARRIER_TYPE);
   double timeout = lua_isnoneornil(L, 2) ? b->timeout : host_opt_timeout(L, 2);
+  lua_settop(L, 1);
+  barrier_wait_action(L, b, "wait on");
   if (b->broken) return broken_error(L);
   lua_Integer index = b->count++;
   unsigned long long cycle = b->cycle;
-  if (b->count == b->parties) {
-    lua_getiuservalue(L, 1, 1);
-    if (!lua_isnil(L, -1) && host_pcall(L, 0, 0) != LUA_OK) {
-      barrier_break(b);
-      return lua_error(L);
-    }
-    b->count = 0;
-    b->cycle++;
-    host_waitq_notify(b->q);
-    lua_pushinteger(L, index);
-    return 1;
-  }
+  if (b->count == b->parties) return barrier_complete(L, b, index);
   host_deadline d = host_deadline_in(timeout);
   while (b->cycle == cycle && !b->broken) {
-    host_wait_result r = host_waitq_wait(L, b->q, &d);
+    host_wait_result r = host_waitq_wait(L, b->h.q, &d);
+    host_object_check(L, 1, BARRIER_TYPE);
     if (b->cycle != cycle) break;
     if (r != HOST_WAIT_WOKEN) {
       barrier_break(b);
-      if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
+      if (r == HOST_WAIT_INTERRUPTED) {
+        b->count--;
+        return host_raise_interrupt(L);
+      }
     }
   }
   if (b->cycle == cycle || b->reset_cycle == cycle + 1) {
@@ -525,31 +660,34 @@ static int barrier_wait(lua_State *L) {
 
 /* barrier:reset(): waiters now break; the barrier starts afresh. */
 static int barrier_reset(lua_State *L) {
-  barrier_t *b = luaL_checkudata(L, 1, BARRIER_TYPE);
+  barrier_t *b = host_object_check(L, 1, BARRIER_TYPE);
+  barrier_wait_action(L, b, "reset");
   if (b->count > 0) {
     b->cycle++;
     b->reset_cycle = b->cycle;
     b->count = 0;
   }
   b->broken = false;
-  host_waitq_notify(b->q);
+  host_waitq_notify(b->h.q);
   return 0;
 }
 
+/* barrier:abort(): breaks the barrier (the action may call it too). */
 static int barrier_abort(lua_State *L) {
-  barrier_break(luaL_checkudata(L, 1, BARRIER_TYPE));
+  barrier_break(host_object_check(L, 1, BARRIER_TYPE));
   return 0;
 }
 
 /* b.parties, b.n_waiting, b.broken and the methods. */
 static int barrier_index(lua_State *L) {
-  barrier_t *b = luaL_checkudata(L, 1, BARRIER_TYPE);
-  const char *key = luaL_checkstring(L, 2);
+  barrier_t *b = host_object_check_self(L, BARRIER_TYPE);
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;  /* b[1], b[{}]: nil */
+  const char *key = lua_tostring(L, 2);
   if (strcmp(key, "parties") == 0) lua_pushinteger(L, b->parties);
   else if (strcmp(key, "n_waiting") == 0) lua_pushinteger(L, b->count);
   else if (strcmp(key, "broken") == 0) lua_pushboolean(L, b->broken);
   else {
-    luaL_getmetafield(L, 1, "methods");
+    lua_getfield(L, lua_upvalueindex(1), "methods");
     lua_getfield(L, -1, key);
   }
   return 1;
@@ -570,30 +708,39 @@ static int barrier_new(lua_State *L) {
   return 1;
 }
 
-/* __tostring of every type: "host.Lock (locked): 0x..." style. */
-static int object_tostring(lua_State *L) {
-  luaL_getmetafield(L, 1, "__name");
-  lua_pushfstring(L, "%s: %p", lua_tostring(L, -1), lua_touserdata(L, 1));
-  return 1;
-}
-
 static const luaL_Reg lock_methods[] = {
   {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
-  {"__close", lock_release}, {NULL, NULL}
+  {NULL, NULL}
+};
+static const luaL_Reg lock_meta[] = {
+  {"__close", lock_release}, {"__gc", object_gc}, {"__tostring", object_tostring},
+  {NULL, NULL}
 };
 static const luaL_Reg rlock_methods[] = {
   {"acquire", rlock_acquire}, {"release", rlock_release}, {"locked", rlock_locked},
-  {"__close", rlock_release}, {NULL, NULL}
+  {NULL, NULL}
+};
+static const luaL_Reg rlock_meta[] = {
+  {"__close", rlock_release}, {"__gc", object_gc}, {"__tostring", object_tostring},
+  {NULL, NULL}
 };
 static const luaL_Reg condition_methods[] = {
   {"acquire", condition_acquire}, {"release", condition_release},
   {"wait", condition_wait}, {"wait_for", condition_wait_for},
   {"notify", condition_notify}, {"notify_all", condition_notify_all},
-  {"__close", condition_release}, {NULL, NULL}
+  {NULL, NULL}
+};
+static const luaL_Reg condition_meta[] = {
+  {"__close", condition_release}, {"__gc", object_gc},
+  {"__tostring", object_tostring}, {NULL, NULL}
 };
 static const luaL_Reg semaphore_methods[] = {
   {"acquire", semaphore_acquire}, {"release", semaphore_release},
-  {"value", semaphore_value}, {"__close", semaphore_release}, {NULL, NULL}
+  {"value", semaphore_value}, {NULL, NULL}
+};
+static const luaL_Reg semaphore_meta[] = {
+  {"__close", semaphore_close}, {"__gc", object_gc},
+  {"__tostring", object_tostring}, {NULL, NULL}
 };
 static const luaL_Reg event_methods[] = {
   {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set},
@@ -603,33 +750,9 @@ static const luaL_Reg barrier_methods[] = {
   {"wait", barrier_wait}, {"reset", barrier_reset}, {"abort", barrier_abort},
   {NULL, NULL}
 };
-
-/*
-** Creates the metatable `tname`: methods reachable through __index (a
-** table, or `index` when given), __close when listed, __gc, __tostring.
-** Each method gets the metatable as upvalue 1 (see check_self).
-*/
-static void make_type(lua_State *L, const char *tname, const luaL_Reg *methods,
-                      lua_CFunction index) {
-  luaL_newmetatable(L, tname);
-  lua_newtable(L);
-  lua_pushvalue(L, -2);
-  luaL_setfuncs(L, methods, 1);  /* the metatable is every method's upvalue */
-  lua_getfield(L, -1, "__close");
-  lua_setfield(L, -3, "__close");
-  lua_pushnil(L);
-  lua_setfield(L, -2, "__close");
-  if (index) {
-    lua_setfield(L, -2, "methods");
-    lua_pushcfunction(L, index);
-  }
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, object_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, object_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
-}
+static const luaL_Reg plain_meta[] = {
+  {"__gc", object_gc}, {"__tostring", object_tostring}, {NULL, NULL}
+};
 
 static const luaL_Reg sync_constructors[] = {
   {"Lock", lock_new},
@@ -643,12 +766,12 @@ static const luaL_Reg sync_constructors[] = {
 };
 
 void host_open_sync(lua_State *L) {
-  make_type(L, LOCK_TYPE, lock_methods, NULL);
-  make_type(L, RLOCK_TYPE, rlock_methods, NULL);
-  make_type(L, CONDITION_TYPE, condition_methods, NULL);
-  make_type(L, SEMAPHORE_TYPE, semaphore_methods, NULL);
-  make_type(L, BSEMAPHORE_TYPE, semaphore_methods, NULL);
-  make_type(L, EVENT_TYPE, event_methods, NULL);
-  make_type(L, BARRIER_TYPE, barrier_methods, barrier_index);
+  host_type_define(L, LOCK_TYPE, lock_methods, lock_meta, NULL);
+  host_type_define(L, RLOCK_TYPE, rlock_methods, rlock_meta, NULL);
+  host_type_define(L, CONDITION_TYPE, condition_methods, condition_meta, NULL);
+  host_type_define(L, SEMAPHORE_TYPE, semaphore_methods, semaphore_meta, NULL);
+  host_type_define(L, BSEMAPHORE_TYPE, semaphore_methods, semaphore_meta, NULL);
+  host_type_define(L, EVENT_TYPE, event_methods, plain_meta, NULL);
+  host_type_define(L, BARRIER_TYPE, barrier_methods, plain_meta, barrier_index);
   luaL_setfuncs(L, sync_constructors, 0);
 }

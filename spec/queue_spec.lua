@@ -104,4 +104,167 @@ describe('host.queue', function()
   it('describes itself with tostring', function()
     assert.matches('^host.Queue %(0 items%)', tostring(queue.Queue()))
   end)
+
+  describe('PriorityQueue with a Lua __lt', function()
+    -- Items that compare through a Lua __lt, which records any non-item it sees.
+    local function item_maker()
+      local seen_bad = {}
+      local mt = {}
+      mt.__lt = function(a, b)
+        if getmetatable(a) ~= mt or getmetatable(b) ~= mt then seen_bad[#seen_bad + 1] = true end
+        if mt.fail == 'all' or (mt.fail and (a.v == mt.fail or b.v == mt.fail)) then
+          error('no order', 0)
+        end
+        return a.v < b.v
+      end
+      return function(v) return setmetatable({ v = v }, mt) end, mt, seen_bad
+    end
+
+    it('gives 4 producers x 2 consumers every item exactly once under preemption', function()
+      local saved = thread.getswitchinterval()
+      thread.setswitchinterval { instructions = 100 }
+      local ok, err = pcall(function()
+        local item, _, seen_bad = item_maker()
+        local q = queue.PriorityQueue()
+        local producers, consumers = {}, {}
+        local N = 5000
+        for p = 1, 4 do
+          producers[p] = thread.start(function()
+            for i = 1, N do assert(q:put(item((p - 1) * N + i), T)) end
+          end)
+        end
+        local counts = {}
+        for c = 1, 2 do
+          consumers[c] = thread.start(function()
+            for _ = 1, 2 * N do
+              local it = q:get(5)
+              if it == nil then return 'lost' end
+              counts[it.v] = (counts[it.v] or 0) + 1
+            end
+            return 'done'
+          end)
+        end
+        for p = 1, 4 do assert.is_true((producers[p]:join(T))) end
+        for c = 1, 2 do assert.are.same({ true, 'done' }, { consumers[c]:join(3 * T) }) end
+        for v = 1, 4 * N do
+          if counts[v] ~= 1 then error(('item %d got %s times'):format(v, tostring(counts[v]))) end
+        end
+        assert.are.equal(0, #seen_bad)
+        assert.are.equal(0, q:qsize())
+      end)
+      thread.setswitchinterval(saved)
+      assert(ok, err)
+    end)
+
+    it('stays intact when __lt raises in put or get: the error comes out, no item is lost', function()
+      local item, mt = item_maker()
+      local q = queue.PriorityQueue()
+      for _, v in ipairs { 5, 3, 8, 1, 9, 2, 7, 4, 6, 10 } do q:put(item(v)) end
+      mt.fail = 0
+      local ok, err = pcall(q.put, q, item(0))
+      assert.is_false(ok)
+      assert.are.equal('no order', err)
+      assert.are.equal(10, q:qsize())
+      mt.fail = 'all'
+      ok, err = pcall(q.get, q, 0)
+      assert.is_false(ok)
+      assert.are.equal('no order', err)
+      assert.are.equal(10, q:qsize())
+      mt.fail = nil
+      for v = 1, 10 do assert.are.equal(v, q:get(0).v) end
+      assert.is_true(q:empty())
+      assert.is_true(q:put(item(1), 0))  -- not left busy
+    end)
+
+    it('refuses to be used from inside its own __lt', function()
+      local q = queue.PriorityQueue()
+      local mt = {}
+      mt.__lt = function(a, b)
+        q:put_nowait(setmetatable({ v = 0 }, mt))
+        return a.v < b.v
+      end
+      q:put(setmetatable({ v = 1 }, mt))
+      local ok, err = pcall(q.put, q, setmetatable({ v = 2 }, mt))
+      assert.is_false(ok)
+      assert.matches('cannot use a PriorityQueue from inside its own comparison', err, 1, true)
+      assert.are.equal(1, q:qsize())
+    end)
+  end)
+
+  describe('a finalized queue', function()
+    local kinds = {
+      { 'host.Queue', queue.Queue }, { 'host.Queue', queue.LifoQueue },
+      { 'host.Queue', queue.PriorityQueue }, { 'host.SimpleQueue', queue.SimpleQueue },
+    }
+
+    it('raises "attempt to use a finalized ..." from every method, and says so in tostring', function()
+      for _, k in ipairs(kinds) do
+        local tname, q = k[1], k[2]()
+        q:put(1)
+        local mt = getmetatable(q)
+        mt.__gc(q)
+        mt.__gc(q)
+        for name, f in pairs(mt.__index) do
+          local ok, err = pcall(f, q, 1)
+          assert.is_false(ok, tname .. ':' .. name)
+          assert.matches('attempt to use a finalized ' .. tname, err, 1, true)
+        end
+        assert.matches('^' .. tname:gsub('%.', '%%.') .. ' %(finalized%): ', tostring(q))
+      end
+    end)
+
+    it('wakes a getter parked on it, which raises', function()
+      local q = queue.Queue()
+      local started = thread.Event()
+      local t = thread.start(function()
+        started:set()
+        return pcall(q.get, q, T)
+      end)
+      assert.is_true(started:wait(T))
+      thread.sleep(0.02)  -- let it park (if not, it raises at once: same result)
+      getmetatable(q).__gc(q)
+      local joined, ok, err = t:join(T)
+      assert.is_true(joined)
+      assert.is_false(ok)
+      assert.matches('attempt to use a finalized host.Queue', err, 1, true)
+    end)
+
+    it('does not crash a finalizer that uses one in a collection or at exit', function()
+      local sh = require 'spec.support.sh'
+      local script = sh.tempfile [[
+        warn '@on'
+        local queue = require 'host.queue'
+        local function use_all(qs, tag)
+          for _, q in ipairs(qs) do
+            for _, m in ipairs { 'put', 'get', 'qsize', 'put_nowait', 'get_nowait' } do
+              local ok, err = pcall(q[m], q, 1)
+              if ok or not tostring(err):find('attempt to use a finalized', 1, true) then
+                io.write(tag, ' ', m, ' ', tostring(err), '\n')
+              end
+            end
+          end
+          io.write(tag, ' ok\n')
+        end
+        local function make_all()
+          local qs = { queue.Queue(), queue.LifoQueue(), queue.PriorityQueue(), queue.SimpleQueue() }
+          for _, q in ipairs(qs) do q:put(2) end
+          return qs
+        end
+        do
+          local holder = {}
+          setmetatable({}, { __gc = function() use_all(holder.qs, 'cycle') end })
+          holder.qs = make_all()
+        end
+        collectgarbage(); collectgarbage()
+        local later = {}
+        setmetatable({}, { __gc = function() use_all(later.qs, 'exit') end })
+        later.qs = make_all()
+      ]]
+      local out, err, code = sh.host_run(sh.quote(script))
+      os.remove(script)
+      assert.are.equal('cycle ok\nexit ok\n', out)
+      assert.are.equal('', err)
+      assert.are.equal(0, code)
+    end)
+  end)
 end)

@@ -317,3 +317,375 @@ describe('Barrier', function()
     assert.has_error(function() thread.Barrier(0) end)
   end)
 end)
+
+-- Every type, with a call of each method that must check the finalized state.
+local function each_type()
+  local function cond_held()
+    return thread.Condition(thread.Lock())
+  end
+  return {
+    { 'host.Lock', thread.Lock, { 'acquire', 'release', 'locked' } },
+    { 'host.RLock', thread.RLock, { 'acquire', 'release', 'locked' } },
+    { 'host.Condition', cond_held, { 'acquire', 'release', 'wait', 'notify', 'notify_all' } },
+    { 'host.Semaphore', thread.Semaphore, { 'acquire', 'release', 'value' } },
+    { 'host.BoundedSemaphore', thread.BoundedSemaphore, { 'acquire', 'release', 'value' } },
+    { 'host.Event', thread.Event, { 'set', 'clear', 'is_set', 'wait' } },
+    { 'host.Barrier', function() return thread.Barrier(2) end, { 'wait', 'reset', 'abort' } },
+  }
+end
+
+describe('a finalized sync object', function()
+  it('raises "attempt to use a finalized ..." from every method, and says so in tostring', function()
+    for _, case in ipairs(each_type()) do
+      local tname, make, methods = case[1], case[2], case[3]
+      local x = make()
+      local mt = getmetatable(x)
+      local wait_for = x.wait_for
+      mt.__gc(x)
+      mt.__gc(x)  -- a second __gc is harmless
+      for _, m in ipairs(methods) do
+        local ok, err = pcall(function() return x[m](x, 0) end)
+        assert.is_false(ok, tname .. ':' .. m)
+        assert.matches('attempt to use a finalized ' .. tname, err, 1, true)
+      end
+      if wait_for then
+        assert.has_error(function() x:wait_for(function() return true end, 0) end,
+          'attempt to use a finalized ' .. tname)
+      end
+      if mt.__close then
+        assert.has_error(function() mt.__close(x, nil) end, 'attempt to use a finalized ' .. tname)
+      end
+      assert.matches('^' .. tname:gsub('%.', '%%.') .. ' %(finalized%): ', tostring(x))
+    end
+  end)
+
+  it('Condition refuses a finalized lock, at creation and after', function()
+    local lk = thread.Lock()
+    local c = thread.Condition(lk)
+    getmetatable(lk).__gc(lk)
+    assert.has_error(function() c:acquire(0) end, 'attempt to use a finalized host.Lock')
+    assert.has_error(function() c:release() end, 'attempt to use a finalized host.Lock')
+    assert.has_error(function() c:notify() end, 'attempt to use a finalized host.Lock')
+    assert.has_error(function() thread.Condition(lk) end, 'attempt to use a finalized host.Lock')
+    -- finalized while a thread waits on the condition: its wait raises
+    local lk2 = thread.Lock()
+    local c2 = thread.Condition(lk2)
+    local started = thread.Event()
+    local t = thread.start(function()
+      c2:acquire(T)
+      started:set()
+      return pcall(c2.wait, c2, T)
+    end)
+    assert.is_true(started:wait(T))
+    assert.are.equal(c2, c2:acquire(T))  -- passes once the waiter has released it
+    c2:notify_all()
+    c2:release()
+    getmetatable(lk2).__gc(lk2)
+    local joined, ok, err = t:join(T)
+    assert.is_true(joined)
+    assert.is_false(ok)
+    assert.matches('attempt to use a finalized host.Lock', err, 1, true)
+  end)
+
+  it('wakes its waiters, which raise, instead of leaving them parked', function()
+    local lk = thread.Lock()
+    lk:acquire(T)
+    local started = thread.Event()
+    local t = thread.start(function()
+      started:set()
+      return pcall(lk.acquire, lk, T)
+    end)
+    assert.is_true(started:wait(T))
+    thread.sleep(0.02)  -- let it park (if not, it raises at once: same result)
+    getmetatable(lk).__gc(lk)
+    local joined, ok, err = t:join(T)
+    assert.is_true(joined)
+    assert.is_false(ok)
+    assert.matches('attempt to use a finalized host.Lock', err, 1, true)
+  end)
+
+  it('wakes a Condition waiter, which raises with the lock held again', function()
+    local lk = thread.Lock()
+    local c = thread.Condition(lk)
+    local started = thread.Event()
+    local t = thread.start(function()
+      c:acquire(T)
+      started:set()
+      local ok, err = pcall(c.wait, c, T)
+      return ok, err, lk:locked()
+    end)
+    assert.is_true(started:wait(T))
+    assert.are.equal(c, c:acquire(T))  -- passes once the waiter has released it
+    c:release()
+    getmetatable(c).__gc(c)
+    local joined, ok, err, held = t:join(T)
+    assert.is_true(joined)
+    assert.is_false(ok)
+    assert.matches('attempt to use a finalized host.Condition', err, 1, true)
+    assert.is_true(held)
+  end)
+
+  it('does not crash a finalizer that uses one in a collection or at exit', function()
+    local sh = require 'spec.support.sh'
+    local script = sh.tempfile [[
+      warn '@on'  -- an error in a finalizer shows on stderr
+      local thread = require 'host.thread'
+      local function use_all(objs, tag)
+        for _, o in ipairs(objs) do
+          for _, m in ipairs(o[3]) do
+            local ok, err = pcall(function() return o[1][m](o[1], 0) end)
+            if ok then io.write(tag, ' ', o[2], ':', m, ' did not raise\n')
+            elseif not tostring(err):find('attempt to use a finalized ' .. o[2], 1, true) then
+              io.write(tag, ' ', o[2], ':', m, ' ', tostring(err), '\n')
+            end
+          end
+        end
+        io.write(tag, ' ok\n')
+      end
+      local function make_all()
+        local lock = { 'acquire', 'release', 'locked' }
+        return {
+          { thread.Lock(), 'host.Lock', lock }, { thread.RLock(), 'host.RLock', lock },
+          { thread.Condition(thread.Lock()), 'host.Condition',
+            { 'acquire', 'release', 'wait', 'notify' } },
+          { thread.Semaphore(1), 'host.Semaphore', { 'acquire', 'release', 'value' } },
+          { thread.BoundedSemaphore(1), 'host.BoundedSemaphore', { 'acquire', 'release' } },
+          { thread.Event(), 'host.Event', { 'set', 'clear', 'wait' } },
+          { thread.Barrier(2), 'host.Barrier', { 'wait', 'reset', 'abort' } },
+        }
+      end
+      -- resurrection: the finalizer is registered first, so it runs last
+      do
+        local holder = {}
+        setmetatable({}, { __gc = function() use_all(holder.objs, 'cycle') end })
+        holder.objs = make_all()
+      end
+      collectgarbage(); collectgarbage()
+      -- at exit: a finalizer using objects made after it
+      local later = {}
+      setmetatable({}, { __gc = function() use_all(later.objs, 'exit') end })
+      later.objs = make_all()
+    ]]
+    local out, err, code = sh.host_run(sh.quote(script))
+    os.remove(script)
+    assert.are.equal('cycle ok\nexit ok\n', out)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+  end)
+end)
+
+describe('__close', function()
+  it('of Lock, RLock and Condition passes the scope error on unchanged, released', function()
+    for _, x in ipairs { thread.Lock(), thread.RLock(), thread.Condition() } do
+      local e = {}
+      local ok, err = pcall(function()
+        local _ <close> = x:acquire(T)
+        error(e)
+      end)
+      assert.is_false(ok)
+      assert.are.equal(e, err)
+      assert.are.equal(x, x:acquire(0))  -- it was released
+      x:release()
+    end
+  end)
+
+  it('of a Semaphore gives its permit back and passes the scope error on unchanged', function()
+    for _, s in ipairs { thread.Semaphore(1), thread.BoundedSemaphore(1) } do
+      for _, e in ipairs { {}, 'oops', 42 } do
+        local ok, err = pcall(function()
+          local _ <close> = s:acquire(T)
+          assert.are.equal(0, s:value())
+          error(e, 0)
+        end)
+        assert.is_false(ok)
+        assert.are.equal(e, err)
+        assert.are.equal(1, s:value())
+      end
+    end
+  end)
+
+  it('of a BoundedSemaphore released by hand inside the scope says so', function()
+    local b = thread.BoundedSemaphore(1)
+    local ok, err = pcall(function()
+      local _ <close> = b:acquire(T)
+      b:release()
+    end)
+    assert.is_false(ok)
+    assert.matches('semaphore released too many times', err, 1, true)
+    assert.are.equal(1, b:value())
+  end)
+end)
+
+describe('counts at the edges', function()
+  it('Semaphore refuses a release past math.maxinteger instead of overflowing', function()
+    local s = thread.Semaphore(1)
+    assert.has_error(function() s:release(math.maxinteger) end,
+      'semaphore value would exceed math.maxinteger')
+    assert.are.equal(1, s:value())
+    s:release(math.maxinteger - 1)
+    assert.are.equal(math.maxinteger, s:value())
+    assert.has_error(function() s:release() end, 'semaphore value would exceed math.maxinteger')
+    local m = thread.Semaphore(math.maxinteger)
+    assert.has_error(function()
+      local _ <close> = m
+    end, 'semaphore value would exceed math.maxinteger')
+    assert.are.equal(m, m:acquire(0))
+    assert.are.equal(math.maxinteger - 1, m:value())
+  end)
+
+  it('BoundedSemaphore refuses a huge release, and bounds at 0 too', function()
+    local b = thread.BoundedSemaphore(1)
+    b:acquire(0)
+    assert.has_error(function() b:release(math.maxinteger) end, 'semaphore released too many times')
+    assert.are.equal(0, b:value())
+    assert.has_error(function() thread.BoundedSemaphore(0):release() end,
+      'semaphore released too many times')
+    local big = thread.BoundedSemaphore(math.maxinteger)
+    assert.are.equal(big, big:acquire(0))
+    big:release()
+    assert.are.equal(math.maxinteger, big:value())
+  end)
+
+  it('rejects negative, zero, fractional and non-number counts', function()
+    for _, n in ipairs { 0, -1, math.mininteger, 1.5, 'x', {} } do
+      assert.has_error(function() thread.Semaphore(1):release(n) end)
+    end
+    for _, n in ipairs { -1, math.mininteger, 0.5, 'x' } do
+      assert.has_error(function() thread.Semaphore(n) end)
+      assert.has_error(function() thread.BoundedSemaphore(n) end)
+      assert.has_error(function() thread.Barrier(n) end)
+    end
+    assert.has_error(function() thread.Barrier(0) end)
+    assert.has_error(function() thread.Barrier(2, 'not a function') end)
+    assert.has_error(function() thread.Barrier(2, nil, -1) end)
+  end)
+
+  it('takes a huge Barrier and a huge notify count', function()
+    local b = thread.Barrier(math.maxinteger)
+    assert.are.equal(math.maxinteger, b.parties)
+    local ok, err = pcall(b.wait, b, 0.01)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'BrokenBarrierError'))
+    assert.are.equal(0, b.n_waiting)
+    local c = thread.Condition()
+    c:acquire(T)
+    c:notify(math.maxinteger)
+    c:notify(0)
+    assert.has_error(function() c:notify(-1) end)
+    assert.has_error(function() c:notify(math.mininteger) end)
+    assert.has_error(function() c:notify(1.5) end)
+    c:release()
+  end)
+
+  it('takes huge and infinite timeouts', function()
+    local lk = thread.Lock()
+    assert.are.equal(lk, lk:acquire(math.huge))
+    local join = spawn(function() return lk:acquire(math.huge) == lk end)
+    lk:release()
+    assert.is_true(join())
+    assert.has_error(function() lk:acquire(0 / 0) end)
+    assert.is_false(thread.Event():wait(0))
+  end)
+end)
+
+describe('Event, CPython issue 13502', function()
+  it('a waiter woken by set() returns true even when clear() follows at once', function()
+    local monotonic = require('host.time').monotonic
+    for _ = 1, 50 do
+      local e, ready = thread.Event(), thread.Event()
+      local t = thread.start(function()
+        ready:set()
+        return e:wait(2)
+      end)
+      assert.is_true(ready:wait(T))
+      -- The waiter may not be parked yet: set and clear until it returns.
+      local joined, got
+      local limit = monotonic() + T
+      repeat
+        e:set()
+        e:clear()
+        joined, got = t:join(0.01)
+      until joined or monotonic() > limit
+      assert.is_true(joined)
+      assert.is_true(got)
+    end
+  end)
+end)
+
+describe('Condition.wait_for', function()
+  it('passes a predicate error on with the lock still held and no waiter left behind', function()
+    local c = thread.Condition(thread.Lock())
+    c:acquire(T)
+    local calls = 0
+    local ok, err = pcall(c.wait_for, c, function()
+      calls = calls + 1
+      if calls == 2 then error('predicate failed', 0) end
+      return false
+    end, 0.01)
+    assert.is_false(ok)
+    assert.are.equal('predicate failed', err)
+    c:notify_all()  -- walks the waiter list: nothing stale in it
+    c:release()
+    assert.are.equal(c, c:acquire(0))
+    c:release()
+  end)
+end)
+
+describe('Barrier action', function()
+  it('leaves n_waiting at 0 after it raises', function()
+    local b = thread.Barrier(1, function() error('action failed', 0) end)
+    assert.has_error(function() b:wait(T) end, 'action failed')
+    assert.is_true(b.broken)
+    assert.are.equal(0, b.n_waiting)
+  end)
+
+  it('may not wait on its own barrier', function()
+    local b
+    b = thread.Barrier(1, function() b:wait(0.5) end)
+    local ok, err = pcall(b.wait, b, T)
+    assert.is_false(ok)
+    assert.matches('cannot wait on a barrier from its own action', tostring(err), 1, true)
+    assert.is_true(b.broken)
+  end)
+
+  it('may not reset its own barrier', function()
+    local b
+    b = thread.Barrier(1, function() b:reset() end)
+    local ok, err = pcall(b.wait, b, T)
+    assert.is_false(ok)
+    assert.matches('cannot reset a barrier from its own action', tostring(err), 1, true)
+    b:reset()
+    assert.is_false(b.broken)
+    assert.is_nil(b[1])
+    assert.is_nil(b[{}])
+  end)
+
+  it('may abort its barrier: the last arrival then raises BrokenBarrierError', function()
+    local b
+    b = thread.Barrier(1, function() b:abort() end)
+    local ok, err = pcall(b.wait, b, T)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'BrokenBarrierError'))
+  end)
+
+  it('holds back a thread that arrives while it runs, to the next cycle', function()
+    local acting, go, late_ready = thread.Event(), thread.Event(), thread.Event()
+    local b = thread.Barrier(2, function()
+      acting:set()
+      assert(go:wait(T))
+    end)
+    local first = spawn(function() return b:wait(T) end)
+    local second = spawn(function() return b:wait(T) end)
+    assert.is_true(acting:wait(T))
+    local late = spawn(function()
+      late_ready:set()
+      return b:wait(T)
+    end)
+    assert.is_true(late_ready:wait(T))
+    acting:clear()
+    go:set()
+    assert.are.equal(1, first() + second())
+    local mine = b:wait(T)  -- pairs with the late thread in the next cycle
+    assert.are.equal(1, mine + late())
+  end)
+end)
