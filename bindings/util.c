@@ -311,7 +311,8 @@ void host_fifo_push(lua_State *L, int obj, int uv, host_fifo *q) {
   obj = lua_absindex(L, obj);
   lua_getiuservalue(L, obj, uv);
   lua_insert(L, -2);
-  lua_rawseti(L, -2, q->tail++);
+  lua_rawseti(L, -2, q->tail);  /* may raise a memory error: move tail after */
+  q->tail++;
   lua_pop(L, 1);
 }
 
