@@ -89,6 +89,13 @@ pid_t host_fork(lua_State *L);
 */
 void host_exit_child(int status);
 
+/*
+** Flushes stdout and stderr, never waiting for another FILE's lock (a
+** thread blocked in io.read holds stdin's): what host_fork, host_exit_child,
+** os.exit and io.popen flush first, instead of fflush(NULL).
+*/
+void host_flush_std(void);
+
 /* True in a child made by host_fork. */
 bool host_in_fork_child(lua_State *L);
 
