@@ -36,7 +36,7 @@ typedef struct thread_rec {
   bool stopped;       /* a main thread whose chunk has ended (joinable) */
   unsigned long ident;
   lua_State *co;      /* the thread's Lua thread; uservalue 2 anchors it */
-  host_waitq *done;   /* joiners wait here */
+  host_waitq *done;   /* joiners wait here; made by the first join that waits */
 } thread_rec;
 
 /* Uservalues of a Thread proxy. */
@@ -59,8 +59,6 @@ static void push_proxies(lua_State *L) {
 /* Makes a new proxy (state T_NEW) with an info table {name=..}; pushes it. */
 static thread_rec *new_proxy(lua_State *L, const char *name) {
   thread_rec *t = host_object_new(L, sizeof *t, THREAD_TYPE, 2);
-  t->done = host_waitq_new();
-  if (t->done == NULL) luaL_error(L, "not enough memory");
   lua_createtable(L, 0, 2);
   if (name != NULL) {
     lua_pushstring(L, name);
@@ -88,7 +86,7 @@ static int main_stopped(lua_State *L) {
   if (!t->obj.finalized && t->state == T_RUNNING) {
     t->state = T_DONE;
     t->stopped = true;
-    host_waitq_notify(t->done);
+    if (t->done != NULL) host_waitq_notify(t->done);
   }
   return 0;
 }
@@ -132,7 +130,7 @@ static void thread_body(lua_State *co, void *arg) {
     t->failed = true;
   }
   t->state = T_DONE;
-  host_waitq_notify(t->done);
+  if (t->done != NULL) host_waitq_notify(t->done);
 }
 
 /*
@@ -273,14 +271,29 @@ static int push_outcome(lua_State *L, thread_rec *t) {
   return n + 1;
 }
 
+/*
+** True when t is the calling thread's proxy. It looks the proxy up without
+** making one: a proxy made while the state closes is never finalized.
+*/
+static bool is_current(lua_State *L, thread_rec *t) {
+  push_proxies(L);
+  host_push_thread_key(L);
+  lua_rawget(L, -2);
+  bool same = lua_touserdata(L, -1) == (void *)t;
+  lua_pop(L, 2);
+  return same;
+}
+
 /* t:join([timeout]): true, results... | false, err | nil, "timeout" */
 static int thread_join(lua_State *L) {
   thread_rec *t = host_object_check_self(L, THREAD_TYPE);
   double timeout = host_opt_timeout(L, 2);
   if (t->state == T_NEW) return luaL_error(L, "cannot join thread before it is started");
-  push_current(L);
-  if (lua_touserdata(L, -1) == (void *)t) return luaL_error(L, "cannot join current thread");
-  lua_pop(L, 1);
+  if (is_current(L, t)) return luaL_error(L, "cannot join current thread");
+  if (t->state != T_DONE && t->done == NULL) {
+    t->done = host_waitq_new();  /* freed by __gc */
+    if (t->done == NULL) return luaL_error(L, "not enough memory");
+  }
   host_deadline d = host_deadline_in(timeout);
   while (t->state != T_DONE) {
     host_wait_result r = host_waitq_wait(L, t->done, &d);
