@@ -358,8 +358,8 @@ static bool gil_contended(host_universe *u) {
 
 /*
 ** What host_gil_release did, so that host_gil_acquire undoes exactly that.
-** A release while the state closes keeps the GIL (finalizers run under it
-** throughout), and so does a release in a state of another universe.
+** A release while the state closes or inside a finalizer keeps the GIL
+** (see in_finalizer), and so does a release in a state of another universe.
 */
 enum { USER_HOLDING, USER_RELEASED, USER_KEPT };
 
