@@ -297,6 +297,7 @@ static int thread_join(lua_State *L) {
   host_deadline d = host_deadline_in(timeout);
   while (t->state != T_DONE) {
     host_wait_result r = host_waitq_wait(L, t->done, &d);
+    if (t->obj.finalized) return host_object_check_self(L, THREAD_TYPE) != NULL;
     if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
     if (r == HOST_WAIT_TIMEOUT && t->state != T_DONE) {
       luaL_pushfail(L);
@@ -355,8 +356,11 @@ static int thread_tostring(lua_State *L) {
 static int thread_gc(lua_State *L) {
   thread_rec *t = host_object_finalize(L, THREAD_TYPE);
   if (t == NULL) return 0;
-  host_waitq_unref(t->done);
-  t->done = NULL;
+  if (t->done != NULL) {
+    host_waitq_notify(t->done);  /* a joiner (a __gc called by hand) raises */
+    host_waitq_unref(t->done);
+    t->done = NULL;
+  }
   if (t->state == T_DONE && t->failed && !t->collected) {
     t->collected = true;
     lua_getiuservalue(L, 1, UV_INFO);
@@ -403,8 +407,10 @@ static int l_sleep(lua_State *L) {
 static int l_setswitchinterval(lua_State *L) {
   if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "instructions");
-    lua_Integer n = luaL_checkinteger(L, -1);
-    luaL_argcheck(L, n >= 1 && n <= 1000000000, 1, "'instructions' must be in [1, 1e9]");
+    int isint;
+    lua_Integer n = lua_tointegerx(L, -1, &isint);
+    luaL_argcheck(L, isint && n >= 1 && n <= 1000000000, 1,
+                  "'instructions' must be an integer in [1, 1e9]");
     host_set_switch_instructions(L, (int)n);
     return 0;
   }
