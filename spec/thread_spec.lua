@@ -494,7 +494,7 @@ describe('host threads at exit', function()
     assert.are.equal('bye\n', out)
   end)
 
-  it('exits with os.exit while another thread is blocked reading stdin', function()
+  it('forks, popens and exits while another thread is blocked reading stdin', function()
     -- stdin is a FIFO opened read-write: it never gets data, never ends.
     local f = sh.tempfile [[
       io.stdout:setvbuf 'no'
@@ -513,13 +513,17 @@ describe('host threads at exit', function()
         return q:read 'l', q:close()
       end)
       print(t:join(10))
+      local ex = require('host.futures').ProcessPoolExecutor { max_workers = 1 }
+      print(ex:submit(function() return 'from-pool' end):result(10))
+      ex:shutdown()
       print('exiting')
       os.exit(3)
     ]]
     local out = sh.run('d=$(mktemp -d); mkfifo "$d/in"; timeout 10 ' .. sh.quote(sh.host) .. ' ' ..
       sh.quote(f) .. ' 0<>"$d/in"; echo "rc=$?"; rm -rf "$d"', 20)
     os.remove(f)
-    assert.are.equal('from-popen\ttrue\texit\t0\ntrue\tfrom-thread\ttrue\texit\t0\nexiting\nrc=3\n', out)
+    assert.are.equal('from-popen\ttrue\texit\t0\ntrue\tfrom-thread\ttrue\texit\t0\n' ..
+                     'from-pool\nexiting\nrc=3\n', out)
   end)
 
   it('ends with SIGPIPE when a spawned thread prints into a closed pipe', function()
