@@ -2,7 +2,9 @@
 ** stdwrap.c: the standard library functions that host replaces so they play
 ** fair with threads (floor 2):
 ** - require: a module that one thread is loading is not loaded again by
-**   another; the second waits (without the GIL) and gets the first's result;
+**   another; the second waits (without the GIL) and gets the first's result,
+**   or a DeadlockError when its wait would close a cycle (circular requires
+**   across threads);
 ** - coroutine.resume and coroutine.wrap: resume through host_resume, so a
 **   thread running inside a coroutine can still be preempted;
 ** - os.exit: from a thread other than the main one, or while other threads

@@ -8,7 +8,11 @@
 ** an ephemeron entry keyed by the thread's Lua thread object, which the
 ** runtime keeps registered while the OS thread runs: so a running thread's
 ** proxy can never be collected, and thread.current() keeps one identity.
-** Every field is read and written with the GIL held.
+** Every field is read and written with the GIL held. After its __gc (at
+** close, or a finalizer that resurrects it) a proxy's methods raise
+** "attempt to use a finalized host.Thread"; its fields stay readable.
+** The main thread's proxy counts as stopped once the main chunk has
+** ended (an exit handler), so another thread can join it.
 */
 #include <limits.h>
 #include <stdio.h>
@@ -33,7 +37,6 @@ typedef struct thread_rec {
   bool collected;     /* join returned the outcome at least once */
   bool daemon;
   bool is_main;       /* the proxy of a thread host did not spawn */
-  bool stopped;       /* a main thread whose chunk has ended (joinable) */
   unsigned long ident;
   lua_State *co;      /* the thread's Lua thread; uservalue 2 anchors it */
   host_waitq *done;   /* joiners wait here; made by the first join that waits */
@@ -85,7 +88,6 @@ static int main_stopped(lua_State *L) {
   thread_rec *t = lua_touserdata(L, lua_upvalueindex(1));
   if (!t->obj.finalized && t->state == T_RUNNING) {
     t->state = T_DONE;
-    t->stopped = true;
     if (t->done != NULL) host_waitq_notify(t->done);
   }
   return 0;
@@ -297,7 +299,8 @@ static int thread_join(lua_State *L) {
   host_deadline d = host_deadline_in(timeout);
   while (t->state != T_DONE) {
     host_wait_result r = host_waitq_wait(L, t->done, &d);
-    if (t->obj.finalized) return host_object_check_self(L, THREAD_TYPE) != NULL;
+    if (t->obj.finalized)  /* its __gc was called by hand meanwhile */
+      return luaL_error(L, "attempt to use a finalized " THREAD_TYPE);
     if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
     if (r == HOST_WAIT_TIMEOUT && t->state != T_DONE) {
       luaL_pushfail(L);
