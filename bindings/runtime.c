@@ -62,6 +62,8 @@
 #define SWITCH_SIGNAL SIGURG          /* default action: ignore */
 #define MAIN_WAIT_SLICE 0.05          /* how often a waiting main thread looks for Ctrl-C */
 #define DEFAULT_SWITCH_INTERVAL 0.005
+#define MIN_SWITCH_INTERVAL 1e-6
+#define MAX_SWITCH_INTERVAL 3600.0
 
 struct host_tstate {
   host_universe *u;
@@ -634,9 +636,15 @@ static void policy_changed(host_universe *u) {
   }
 }
 
+/*
+** The interval is clamped to [1 us, 1 h] (NaN gives 1 us), so the
+** conversion to nanoseconds never overflows whatever a caller passes.
+*/
 void host_set_switch_interval(lua_State *L, double seconds) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return;
+  if (!(seconds >= MIN_SWITCH_INTERVAL)) seconds = MIN_SWITCH_INTERVAL;
+  if (seconds > MAX_SWITCH_INTERVAL) seconds = MAX_SWITCH_INTERVAL;
   atomic_store(&u->interval_ns, (long long)(seconds * 1e9));
   atomic_store(&u->instructions, 0);
   policy_changed(u);

@@ -355,6 +355,9 @@ describe('host.thread at the boundaries', function()
     assert.has_error(function() thread.setswitchinterval {} end,
       "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
     assert.are.equal(0.005, thread.getswitchinterval())
+    thread.setswitchinterval(1e-300)  -- clamped to 1 us, not 0 ns
+    assert.are.equal(1e-6, thread.getswitchinterval())
+    thread.setswitchinterval(0.005)
   end)
 
   it('wakes a joiner with an error when __gc is called by hand on a running thread', function()
