@@ -107,10 +107,12 @@ describe('host.thread', function()
   end)
 
   it('sleeps without holding the GIL', function()
-    -- Another thread must make progress WHILE main is inside sleep. The
-    -- long switch interval keeps preemption from explaining the progress.
+    -- Another thread must make progress WHILE main is inside sleep. With a
+    -- 0.5 s switch interval, preemption cannot explain progress within the
+    -- 0.2 s that main sleeps at most (in slices, so a loaded machine that
+    -- is slow to run the other thread still passes).
     local saved = thread.getswitchinterval()
-    thread.setswitchinterval(0.2)
+    thread.setswitchinterval(0.5)
     local ticks = 0
     local started, stop = thread.Event(), thread.Event()
     local t = thread.start(function()
@@ -119,12 +121,15 @@ describe('host.thread', function()
     end)
     assert.is_true(started:wait(T))
     local before = ticks
-    thread.sleep(0.05)
-    local after = ticks
+    local advanced = false
+    for _ = 1, 20 do
+      thread.sleep(0.01)
+      if ticks > before then advanced = true break end
+    end
     stop:set()
     assert.is_true(t:join(T))
     thread.setswitchinterval(saved)
-    assert.is_true(after > before)
+    assert.is_true(advanced)
     assert.has_error(function() thread.sleep(-1) end)
     assert.has_error(function() thread.sleep('x') end)
     assert.has_error(function() thread.sleep(0 / 0) end)
