@@ -531,7 +531,7 @@ static int io_popen(lua_State *L) {
   luaL_argcheck(L, (mode[0] == 'r' || mode[0] == 'w') && mode[1] == '\0', 2,
                 "invalid mode");
   host_gil_release(L);
-  fflush(NULL);
+  host_flush_std();  /* not fflush(NULL): a blocked reader holds stdin's lock */
   FILE *f = popen(prog, mode);
   int saved = errno;
   host_gil_acquire(L);

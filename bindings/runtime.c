@@ -62,6 +62,8 @@
 #define SWITCH_SIGNAL SIGURG          /* default action: ignore */
 #define MAIN_WAIT_SLICE 0.05          /* how often a waiting main thread looks for Ctrl-C */
 #define DEFAULT_SWITCH_INTERVAL 0.005
+#define MIN_SWITCH_INTERVAL 1e-6
+#define MAX_SWITCH_INTERVAL 3600.0
 
 struct host_tstate {
   host_universe *u;
@@ -307,10 +309,24 @@ static void after_take(host_universe *u, host_tstate *ts) {
   if (ts == &u->main_ts && atomic_load(&u->interrupted)) arm_hook(ts);
 }
 
+static void gil_give(host_universe *u, host_tstate *ts);
+
+/*
+** What a spawned thread does when it is served the GIL while host_close
+** closes the state (only daemon threads run then): it gives the GIL back
+** and parks for good, as CPython's daemon threads do at finalization, so
+** that no Lua code runs beside lua_close and its finalizers.
+*/
+static _Noreturn void park_at_close(host_universe *u, host_tstate *ts) {
+  gil_give(u, ts);
+  for (;;) pause();
+}
+
 /* Takes the GIL for ts: a ticket, then wait for it unless served at once. */
 static void gil_take(host_universe *u, host_tstate *ts) {
   unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
   if (atomic_load(&u->serving) != t) gil_wait_turn(u, t);
+  if (atomic_load(&u->closing) && ts != &u->main_ts) park_at_close(u, ts);
   after_take(u, ts);
 }
 
@@ -344,8 +360,8 @@ static bool gil_contended(host_universe *u) {
 
 /*
 ** What host_gil_release did, so that host_gil_acquire undoes exactly that.
-** A release while the state closes keeps the GIL (finalizers run under it
-** throughout), and so does a release in a state of another universe.
+** A release while the state closes or inside a finalizer keeps the GIL
+** (see in_finalizer), and so does a release in a state of another universe.
 */
 enum { USER_HOLDING, USER_RELEASED, USER_KEPT };
 
@@ -363,12 +379,33 @@ static host_tstate *member_of(lua_State *L) {
   return ts;
 }
 
+/*
+** True when L runs a finalizer (__gc). Lua stops its collector while a
+** finalizer runs (lua_gc answers -1 to everything then), for every thread
+** of the universe: a finalizer that handed the GIL off while it sleeps or
+** blocks in C would let the others allocate with no collection at all, and
+** a loop of such finalizers grows the heap without bound. So inside a
+** finalizer, sleeps and host_gil_release keep the GIL (see runtime.h).
+** The cheap global check comes first; the walk of L's frames (a finalizer
+** is named "__gc" by lua_getinfo) only while some finalizer runs.
+*/
+static bool in_finalizer(lua_State *L) {
+  if (lua_gc(L, LUA_GCISRUNNING, 0) != -1) return false;
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(L, level, &ar); level++) {
+    if (lua_getinfo(L, "n", &ar) && ar.namewhat != NULL && ar.name != NULL &&
+        strcmp(ar.namewhat, "metamethod") == 0 && strcmp(ar.name, "__gc") == 0)
+      return true;
+  }
+  return false;
+}
+
 void host_gil_release(lua_State *L) {
   host_tstate *ts = member_of(L);
   if (ts == NULL) return;
   if (ts->user_release != USER_HOLDING)
     gil_misuse("host_gil_release called twice without host_gil_acquire");
-  if (atomic_load(&ts->u->closing)) {
+  if (atomic_load(&ts->u->closing) || in_finalizer(L)) {
     ts->user_release = USER_KEPT;
     return;
   }
@@ -599,9 +636,15 @@ static void policy_changed(host_universe *u) {
   }
 }
 
+/*
+** The interval is clamped to [1 us, 1 h] (NaN gives 1 us), so the
+** conversion to nanoseconds never overflows whatever a caller passes.
+*/
 void host_set_switch_interval(lua_State *L, double seconds) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return;
+  if (!(seconds >= MIN_SWITCH_INTERVAL)) seconds = MIN_SWITCH_INTERVAL;
+  if (seconds > MAX_SWITCH_INTERVAL) seconds = MAX_SWITCH_INTERVAL;
   atomic_store(&u->interval_ns, (long long)(seconds * 1e9));
   atomic_store(&u->instructions, 0);
   policy_changed(u);
@@ -664,10 +707,17 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
   ts->body = body;
   ts->arg = arg;
   ts->policy_seen = atomic_load(&u->policy_epoch);  /* inherits co's hook */
-  /* Spawned threads take no asynchronous signal but the switch signal. */
+  /*
+  ** Spawned threads take no asynchronous signal but the switch signal.
+  ** SIGPIPE is synchronous (sent to the thread that wrote to a closed
+  ** pipe): unblocked, it ends the process as it does for the main thread
+  ** (`host script | head -1` exits 141, like lua5.4), where blocked it
+  ** stayed pending and print went on writing to the closed pipe forever.
+  */
   sigset_t all, old;
   sigfillset(&all);
   sigdelset(&all, SWITCH_SIGNAL);
+  sigdelset(&all, SIGPIPE);
   register_thread_key(L, ts, co);  /* anchors co before the GIL can go */
   pthread_mutex_lock(&u->threads_mu);
   reap_finished(u);
@@ -717,8 +767,18 @@ bool host_in_fork_child(lua_State *L) {
   return u != NULL && u->fork_child;
 }
 
+/*
+** Flushes the standard output streams before fork or exit. Not fflush(NULL):
+** it takes every FILE's lock, and a thread blocked in io.read holds
+** stdin's until a line arrives. Other files flush when closed.
+*/
+void host_flush_std(void) {
+  fflush(stdout);
+  fflush(stderr);
+}
+
 void host_exit_child(int status) {
-  fflush(NULL);
+  host_flush_std();
   syscall(SYS_exit_group, status);  /* not _exit: sanitizers hook that too */
   _exit(status);
 }
@@ -731,7 +791,7 @@ void host_exit_child(int status) {
 */
 pid_t host_fork(lua_State *L) {
   host_universe *u = host_universe_of(L);
-  fflush(NULL);  /* or the child would write the parent's buffered output again */
+  host_flush_std();  /* or the child would write the parent's buffered output again */
   pthread_mutex_lock(&u->threads_mu);
   reap_finished(u);
   pid_t pid = fork();
@@ -844,17 +904,22 @@ void host_waitq_notify(host_waitq *q) {
   }
 }
 
+/*
+** Sleeps until d, without the GIL unless the state closes or L runs a
+** finalizer (in_finalizer): then the GIL is kept, and a sleep of 0 returns
+** at once. The main thread looks for an interrupt every slice.
+*/
 bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts == NULL) {
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &d->at, NULL) == EINTR) {}
     return true;
   }
-  (void)L;
   host_universe *u = ts->u;
   bool is_main = ts == &u->main_ts;
+  bool keep = atomic_load(&u->closing) || in_finalizer(L);
   bool ok = true;
-  gil_give(u, ts);
+  if (!keep) gil_give(u, ts);
   while (!host_deadline_passed(d)) {
     if (is_main && atomic_load(&u->interrupted)) {
       ok = false;
@@ -864,6 +929,6 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
     if (slice.never) slice = host_deadline_in(3600);
     clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &slice.at, NULL);
   }
-  gil_take(u, ts);
+  if (!keep) gil_take(u, ts);
   return ok;
 }

@@ -43,9 +43,23 @@ void host_push_thread_key(lua_State *L);
 /* host_gil_release and host_gil_acquire are public: see host.h. */
 
 /*
-** True while host_close closes L's universe: finalizers run then, and
-** nothing may wait for another thread (host_gil_release keeps the GIL).
+** Finalizers. Lua stops its collector for the whole universe while a
+** __gc runs. Decision: inside a finalizer, host_gil_release keeps the GIL
+** and host_unlocked_sleep sleeps holding it (a sleep of 0 returns at
+** once), so no other thread allocates with the collector stopped (a loop
+** of finalizers calling thread.sleep(0) grew the heap without bound).
+** Waits for another thread (host_waitq_wait, host_cond_wait: join, locks,
+** events, queues, futures) still hand the GIL off, since only another
+** thread can end them; the collector stays stopped meanwhile.
+**
+** Closing. While host_close closes the state (its finalizers run), the
+** GIL is kept the same way, and a spawned (daemon) thread served the GIL
+** parks for good instead of running (CPython's daemon threads at
+** finalization): so a wait inside a finalizer at close may hand the GIL
+** off, but no other thread's Lua code runs beside lua_close.
 */
+
+/* True while host_close closes L's universe (see "Closing" above). */
 bool host_closing(lua_State *L);
 
 /* Number of times the GIL changed hands in L's universe. */
@@ -57,8 +71,12 @@ unsigned long long host_gil_switches(lua_State *L);
 ** Starts an OS thread that runs `body(arg)` in L's universe with its own
 ** Lua thread `co` (made by the caller with lua_newthread and anchored by
 ** it). The new thread takes the GIL before calling body and releases it
-** after; body runs with the GIL held. `daemon` threads do not hold up
-** host_close. Returns 0 or an errno value. Called with the GIL held.
+** after; body runs with the GIL held, and leaves at least LUA_MINSTACK
+** free slots on co (the runtime pushes there after it). `daemon` threads
+** do not hold up host_close. Spawned threads block every asynchronous
+** signal but the switch signal; SIGPIPE stays deliverable, so a write to
+** a closed pipe ends the process as it does from the main thread.
+** Returns 0 or an errno value. Called with the GIL held.
 */
 int host_spawn(lua_State *L, lua_State *co, bool daemon,
                void (*body)(lua_State *co, void *arg), void *arg,
@@ -88,6 +106,13 @@ pid_t host_fork(lua_State *L);
 ** final report about threads the child never had).
 */
 void host_exit_child(int status);
+
+/*
+** Flushes stdout and stderr, never waiting for another FILE's lock (a
+** thread blocked in io.read holds stdin's): what host_fork, host_exit_child,
+** os.exit and io.popen flush first, instead of fflush(NULL).
+*/
+void host_flush_std(void);
 
 /* True in a child made by host_fork. */
 bool host_in_fork_child(lua_State *L);
@@ -149,7 +174,10 @@ void host_waitq_notify(host_waitq *q);
 host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
                                                const host_deadline *d);
 
-/* Sleeps until `d` without the GIL; returns false when interrupted. */
+/*
+** Sleeps until `d` without the GIL (with it in a finalizer or at close);
+** returns false when interrupted.
+*/
 bool host_unlocked_sleep(lua_State *L, const host_deadline *d);
 
 /* Forgets an interrupt of L's universe that has not been raised yet. */

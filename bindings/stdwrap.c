@@ -2,7 +2,9 @@
 ** stdwrap.c: the standard library functions that host replaces so they play
 ** fair with threads (floor 2):
 ** - require: a module that one thread is loading is not loaded again by
-**   another; the second waits (without the GIL) and gets the first's result;
+**   another; the second waits (without the GIL) and gets the first's result,
+**   or a DeadlockError when its wait would close a cycle (circular requires
+**   across threads);
 ** - coroutine.resume and coroutine.wrap: resume through host_resume, so a
 **   thread running inside a coroutine can still be preempted;
 ** - os.exit: from a thread other than the main one, or while other threads
@@ -18,6 +20,7 @@
 #include "stdwrap.h"
 
 #define LOADING "host.loading"   /* registry: module name -> loader's thread key */
+#define WAITING "host.require_waiting"  /* registry: thread key -> name it waits for */
 
 /* ---- require ---- */
 
@@ -31,8 +34,40 @@ static int push_loaded(lua_State *L, int name) {
 }
 
 /*
-** require(name), serialised per module. Upvalue 1 is the original require,
-** upvalue 2 a wait queue userdata (holding a host_waitq pointer).
+** True when the caller (thread key at `me`) waiting for the module whose
+** loader is the thread key on top would close a cycle of module locks: the
+** loader waits for a module whose loader waits ... for one the caller
+** loads. Each wait is checked here before it starts, with the GIL held, so
+** the graph of waits never has a cycle and the walk ends.
+*/
+static bool would_deadlock(lua_State *L, int loading, int waiting, int me) {
+  lua_pushvalue(L, -1);
+  for (;;) {
+    if (lua_rawequal(L, -1, me)) break;
+    if (lua_rawget(L, waiting) == LUA_TNIL) break;  /* the loader runs */
+    lua_rawget(L, loading);  /* the loader of what it waits for */
+    if (lua_isnil(L, -1)) break;
+  }
+  bool cycle = lua_rawequal(L, -1, me);
+  lua_pop(L, 1);
+  return cycle;
+}
+
+/* Records (name at `name`) or forgets (name 0) what thread `me` waits for. */
+static void set_waiting(lua_State *L, int waiting, int me, int name) {
+  lua_pushvalue(L, me);
+  if (name != 0) lua_pushvalue(L, name);
+  else lua_pushnil(L);
+  lua_rawset(L, waiting);
+}
+
+/*
+** require(name), serialised per module: a module lock per name, held by
+** the thread that runs its loader. A thread whose wait would close a cycle
+** of these locks (circular requires across threads) raises a DeadlockError
+** instead, as CPython's import raises _DeadlockError. Upvalue 1 is the
+** original require, upvalue 2 a wait queue userdata (holding a host_waitq
+** pointer).
 */
 static int host_require(lua_State *L) {
   luaL_checkstring(L, 1);
@@ -47,17 +82,30 @@ static int host_require(lua_State *L) {
     return 2;
   }
   host_waitq *q = *(host_waitq **)lua_touserdata(L, lua_upvalueindex(2));
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LOADING);  /* 2 */
-  host_push_thread_key(L);                           /* 3 */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LOADING);   /* 2 */
+  host_push_thread_key(L);                            /* 3 */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, WAITING);   /* 4 */
   host_deadline never = host_deadline_in(-1);
   for (;;) {
     lua_pushvalue(L, 1);
     int owner = lua_rawget(L, 2);
     bool mine = lua_rawequal(L, -1, 3);
+    if (owner == LUA_TNIL || mine) {
+      lua_pop(L, 1);
+      break;
+    }
+    bool cycle = would_deadlock(L, 2, 4, 3);
     lua_pop(L, 1);
-    if (owner == LUA_TNIL || mine) break;
-    if (host_waitq_wait(L, q, &never) == HOST_WAIT_INTERRUPTED)
-      return host_raise_interrupt(L);
+    if (cycle) {
+      set_waiting(L, 4, 3, 0);
+      return host_error_raise(L, "DeadlockError",
+                              "deadlock detected by the module lock of '%s' "
+                              "(circular require across threads)", lua_tostring(L, 1));
+    }
+    set_waiting(L, 4, 3, 1);
+    host_wait_result r = host_waitq_wait(L, q, &never);
+    set_waiting(L, 4, 3, 0);
+    if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
   if (push_loaded(L, 1)) return 1;  /* another thread loaded it meanwhile */
   lua_pop(L, 1);
@@ -207,7 +255,7 @@ static int host_exit(lua_State *L) {
   host_reap_threads(L);
   if (close && host_is_main_thread() && host_thread_count(L) == 1)
     host_close(L);  /* what lua_close does, plus exit handlers and the universe */
-  fflush(NULL);
+  host_flush_std();
   exit(code);
 }
 

@@ -8,8 +8,13 @@
 ** an ephemeron entry keyed by the thread's Lua thread object, which the
 ** runtime keeps registered while the OS thread runs: so a running thread's
 ** proxy can never be collected, and thread.current() keeps one identity.
-** Every field is read and written with the GIL held.
+** Every field is read and written with the GIL held. After its __gc (at
+** close, or a finalizer that resurrects it) a proxy's methods raise
+** "attempt to use a finalized host.Thread"; its fields stay readable.
+** The main thread's proxy counts as stopped once the main chunk has
+** ended (an exit handler), so another thread can join it.
 */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,6 +31,7 @@
 typedef enum { T_NEW, T_RUNNING, T_DONE } thread_state;
 
 typedef struct thread_rec {
+  host_object obj;    /* first: the finalized state */
   thread_state state;
   bool failed;        /* the target raised; its error is on co's stack */
   bool collected;     /* join returned the outcome at least once */
@@ -33,14 +39,14 @@ typedef struct thread_rec {
   bool is_main;       /* the proxy of a thread host did not spawn */
   unsigned long ident;
   lua_State *co;      /* the thread's Lua thread; uservalue 2 anchors it */
-  host_waitq *done;   /* joiners wait here */
+  host_waitq *done;   /* joiners wait here; made by the first join that waits */
 } thread_rec;
 
 /* Uservalues of a Thread proxy. */
 enum { UV_INFO = 1, UV_CO = 2 };
 
 static thread_rec *check_thread(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, THREAD_TYPE);
+  return host_object_check(L, idx, THREAD_TYPE);
 }
 
 /* Pushes the registry's weak-keyed table of proxies. */
@@ -55,11 +61,7 @@ static void push_proxies(lua_State *L) {
 
 /* Makes a new proxy (state T_NEW) with an info table {name=..}; pushes it. */
 static thread_rec *new_proxy(lua_State *L, const char *name) {
-  thread_rec *t = lua_newuserdatauv(L, sizeof *t, 2);
-  memset(t, 0, sizeof *t);
-  luaL_setmetatable(L, THREAD_TYPE);
-  t->done = host_waitq_new();
-  if (t->done == NULL) luaL_error(L, "not enough memory");
+  thread_rec *t = host_object_new(L, sizeof *t, THREAD_TYPE, 2);
   lua_createtable(L, 0, 2);
   if (name != NULL) {
     lua_pushstring(L, name);
@@ -76,30 +78,61 @@ static thread_rec *new_proxy(lua_State *L, const char *name) {
   return t;
 }
 
+/*
+** Registered with host_atexit for the main thread's proxy (upvalue 1): the
+** main chunk has ended, so the main thread counts as stopped and its
+** joiners return, as CPython's threading._shutdown stops _main_thread
+** before it waits for the other threads.
+*/
+static int main_stopped(lua_State *L) {
+  thread_rec *t = lua_touserdata(L, lua_upvalueindex(1));
+  if (!t->obj.finalized && t->state == T_RUNNING) {
+    t->state = T_DONE;
+    if (t->done != NULL) host_waitq_notify(t->done);
+  }
+  return 0;
+}
+
 /* Pushes the proxy of the calling OS thread, making one for a main thread. */
 static void push_current(lua_State *L) {
   push_proxies(L);
   host_push_thread_key(L);
   if (lua_rawget(L, -2) == LUA_TNIL) {
     lua_pop(L, 1);
-    thread_rec *t = new_proxy(L, host_is_main_thread() ? "MainThread" : NULL);
+    bool main = host_is_main_thread();
+    thread_rec *t = new_proxy(L, main ? "MainThread" : NULL);
     t->state = T_RUNNING;
     t->is_main = true;
     t->ident = host_thread_ident();
     host_push_thread_key(L);
     lua_pushvalue(L, -2);
     lua_rawset(L, -4);
+    if (main) {
+      lua_pushvalue(L, -1);
+      lua_pushcclosure(L, main_stopped, 1);
+      host_atexit(L);
+    }
   }
   lua_remove(L, -2);
 }
 
-/* The body of a spawned thread: call the target, keep the outcome on co. */
+/*
+** The body of a spawned thread: call the target, keep the outcome on co.
+** co keeps LUA_MINSTACK free slots above the outcome for whoever pushes
+** on it next (the runtime's bookkeeping, a join); an outcome too large for
+** that is replaced by an error.
+*/
 static void thread_body(lua_State *co, void *arg) {
   thread_rec *t = arg;
   int status = host_pcall(co, lua_gettop(co) - 1, LUA_MULTRET);
   t->failed = status != LUA_OK;
+  if (!lua_checkstack(co, LUA_MINSTACK)) {
+    lua_settop(co, 0);
+    lua_pushliteral(co, "too many results to keep");
+    t->failed = true;
+  }
   t->state = T_DONE;
-  host_waitq_notify(t->done);
+  if (t->done != NULL) host_waitq_notify(t->done);
 }
 
 /*
@@ -110,6 +143,8 @@ static void start_proxy(lua_State *L, int idx, int nargs) {
   thread_rec *t = check_thread(L, idx);
   if (t->state != T_NEW) luaL_error(L, "threads can only be started once");
   lua_State *co = lua_newthread(L);
+  if (!lua_checkstack(co, nargs + 1 + LUA_MINSTACK))
+    luaL_error(L, "stack overflow (too many arguments)");
   lua_insert(L, -(nargs + 2));
   lua_xmove(L, co, nargs + 1);
   /* co stays anchored in the proxy, and the proxy in the ephemeron */
@@ -136,24 +171,44 @@ void host_thread_start(lua_State *L, const char *name, bool daemon, int nargs) {
   start_proxy(L, lua_absindex(L, -(nargs + 2)), nargs);
 }
 
+/*
+** The number of arguments in the args table at idx: args.n when present,
+** else #args; -1 when that is not an integer in [0, INT_MAX / 2] (the
+** stack check then refuses what does not fit).
+*/
+static int args_count(lua_State *L, int idx) {
+  lua_Integer n;
+  int isint = 1;
+  idx = lua_absindex(L, idx);
+  if (lua_getfield(L, idx, "n") == LUA_TNIL) n = luaL_len(L, idx);
+  else n = lua_tointegerx(L, -1, &isint);
+  lua_pop(L, 1);
+  return isint && n >= 0 && n <= INT_MAX / 2 ? (int)n : -1;
+}
+
+#define BAD_ARGS_N "'args.n' (or #args) must be a non-negative integer"
+
 /* thread.Thread{target = f, args = {...}, name = s, daemon = b} */
 static int thread_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
   lua_getfield(L, 1, "target");
   luaL_argexpected(L, lua_isfunction(L, -1), 1, "table with a function 'target'");
   lua_getfield(L, 1, "name");
   const char *name = lua_tostring(L, -1);
   luaL_argcheck(L, name != NULL || lua_isnil(L, -1), 1, "'name' must be a string");
-  thread_rec *t = new_proxy(L, name);
-  lua_getfield(L, 1, "daemon");
-  t->daemon = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  /* info.target, info.args: kept until start */
-  lua_getiuservalue(L, -1, UV_INFO);
-  lua_pushvalue(L, 2);
-  lua_setfield(L, -2, "target");
   lua_getfield(L, 1, "args");
   luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "'args' to be a table");
+  luaL_argcheck(L, lua_isnil(L, -1) || args_count(L, -1) >= 0, 1, BAD_ARGS_N);
+  lua_getfield(L, 1, "daemon");
+  bool daemon = lua_toboolean(L, -1);
+  thread_rec *t = new_proxy(L, name);  /* 6 */
+  t->daemon = daemon;
+  /* info.target, info.args: kept until start */
+  lua_getiuservalue(L, 6, UV_INFO);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "target");
+  lua_pushvalue(L, 4);
   lua_setfield(L, -2, "args");
   lua_pop(L, 1);
   return 1;
@@ -161,18 +216,17 @@ static int thread_new(lua_State *L) {
 
 /* t:start(): runs target(table.unpack(args, 1, args.n or #args)). */
 static int thread_start(lua_State *L) {
-  check_thread(L, 1);
+  host_object_check_self(L, THREAD_TYPE);
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, UV_INFO);
   lua_getfield(L, 2, "target");
   if (lua_isnil(L, -1)) return luaL_error(L, "threads can only be started once");
   int nargs = 0;
   if (lua_getfield(L, 2, "args") == LUA_TTABLE) {
-    lua_getfield(L, -1, "n");
-    nargs = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (int)luaL_len(L, -2);
-    lua_pop(L, 1);
+    nargs = args_count(L, -1);
+    if (nargs < 0) return luaL_error(L, BAD_ARGS_N);
     luaL_checkstack(L, nargs + 2, "too many arguments");
-    for (int i = 1; i <= nargs; i++) lua_geti(L, -1 - (i - 1), i);
+    for (int i = 1; i <= nargs; i++) lua_geti(L, -i, i);
     lua_remove(L, -nargs - 1);
   } else {
     lua_pop(L, 1);
@@ -199,29 +253,54 @@ static int thread_start_fn(lua_State *L) {
 
 /*
 ** Pushes the outcome of a finished thread: true and its results, or false
-** and its error. The values stay on its stack for later joins.
+** and its error. The values stay on its stack for later joins; they are
+** copied one at a time, so co needs one free slot (thread_body leaves it
+** more) and L room for all of them.
 */
 static int push_outcome(lua_State *L, thread_rec *t) {
+  if (t->co == NULL) {  /* a main thread, stopped: no results */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   int n = lua_gettop(t->co);
   luaL_checkstack(L, n + 1, "too many results to join");
   lua_pushboolean(L, !t->failed);
-  for (int i = 1; i <= n; i++) lua_pushvalue(t->co, i);
-  lua_xmove(t->co, L, n);
+  for (int i = 1; i <= n; i++) {
+    lua_pushvalue(t->co, i);
+    lua_xmove(t->co, L, 1);
+  }
   t->collected = true;
   return n + 1;
 }
 
+/*
+** True when t is the calling thread's proxy. It looks the proxy up without
+** making one: a proxy made while the state closes is never finalized.
+*/
+static bool is_current(lua_State *L, thread_rec *t) {
+  push_proxies(L);
+  host_push_thread_key(L);
+  lua_rawget(L, -2);
+  bool same = lua_touserdata(L, -1) == (void *)t;
+  lua_pop(L, 2);
+  return same;
+}
+
 /* t:join([timeout]): true, results... | false, err | nil, "timeout" */
 static int thread_join(lua_State *L) {
-  thread_rec *t = check_thread(L, 1);
+  thread_rec *t = host_object_check_self(L, THREAD_TYPE);
   double timeout = host_opt_timeout(L, 2);
   if (t->state == T_NEW) return luaL_error(L, "cannot join thread before it is started");
-  push_current(L);
-  if (lua_touserdata(L, -1) == (void *)t) return luaL_error(L, "cannot join current thread");
-  lua_pop(L, 1);
+  if (is_current(L, t)) return luaL_error(L, "cannot join current thread");
+  if (t->state != T_DONE && t->done == NULL) {
+    t->done = host_waitq_new();  /* freed by __gc */
+    if (t->done == NULL) return luaL_error(L, "not enough memory");
+  }
   host_deadline d = host_deadline_in(timeout);
   while (t->state != T_DONE) {
     host_wait_result r = host_waitq_wait(L, t->done, &d);
+    if (t->obj.finalized)  /* its __gc was called by hand meanwhile */
+      return luaL_error(L, "attempt to use a finalized " THREAD_TYPE);
     if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
     if (r == HOST_WAIT_TIMEOUT && t->state != T_DONE) {
       luaL_pushfail(L);
@@ -233,15 +312,18 @@ static int thread_join(lua_State *L) {
 }
 
 static int thread_is_alive(lua_State *L) {
-  thread_rec *t = check_thread(L, 1);
+  thread_rec *t = host_object_check_self(L, THREAD_TYPE);
   lua_pushboolean(L, t->state == T_RUNNING);
   return 1;
 }
 
-/* t.name, t.ident, t.daemon, and the methods. */
+/*
+** t.name, t.ident, t.daemon, and the methods (upvalue 1 is the metatable).
+** The fields stay readable after __gc: they are plain values.
+*/
 static int thread_index(lua_State *L) {
-  thread_rec *t = check_thread(L, 1);
-  const char *key = luaL_checkstring(L, 2);
+  thread_rec *t = luaL_checkudata(L, 1, THREAD_TYPE);
+  const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "";
   if (strcmp(key, "ident") == 0) {
     if (t->state == T_NEW) lua_pushnil(L);
     else lua_pushinteger(L, (lua_Integer)t->ident);
@@ -251,14 +333,16 @@ static int thread_index(lua_State *L) {
     lua_getiuservalue(L, 1, UV_INFO);
     lua_getfield(L, -1, "name");
   } else {
-    luaL_getmetafield(L, 1, "methods");
-    lua_getfield(L, -1, key);
+    lua_getfield(L, lua_upvalueindex(1), "methods");
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
   }
   return 1;
 }
 
 static int thread_tostring(lua_State *L) {
-  thread_rec *t = check_thread(L, 1);
+  if (host_object_tostring_finalized(L, THREAD_TYPE)) return 1;
+  thread_rec *t = host_object_check_self(L, THREAD_TYPE);
   static const char *const states[] = {"initial", "started", "stopped"};
   lua_getiuservalue(L, 1, UV_INFO);
   lua_getfield(L, -1, "name");
@@ -267,10 +351,21 @@ static int thread_tostring(lua_State *L) {
   return 1;
 }
 
-/* __gc: an error that nobody joined is reported, not lost. */
+/*
+** __gc: an error that nobody joined is reported, not lost (its __tostring
+** runs protected), and the wait queue is released. A daemon thread still
+** running at close keeps its outcome: it never runs again.
+*/
 static int thread_gc(lua_State *L) {
-  thread_rec *t = check_thread(L, 1);
+  thread_rec *t = host_object_finalize(L, THREAD_TYPE);
+  if (t == NULL) return 0;
+  if (t->done != NULL) {
+    host_waitq_notify(t->done);  /* a joiner (a __gc called by hand) raises */
+    host_waitq_unref(t->done);
+    t->done = NULL;
+  }
   if (t->state == T_DONE && t->failed && !t->collected) {
+    t->collected = true;
     lua_getiuservalue(L, 1, UV_INFO);
     lua_getfield(L, -1, "name");
     lua_pushvalue(t->co, -1);
@@ -279,10 +374,7 @@ static int thread_gc(lua_State *L) {
     fprintf(stderr, "host: error in thread '%s' (never joined):\n%s\n",
             lua_tostring(L, -2), msg);
     fflush(stderr);
-    t->collected = true;
   }
-  host_waitq_unref(t->done);
-  t->done = NULL;
   return 0;
 }
 
@@ -318,8 +410,10 @@ static int l_sleep(lua_State *L) {
 static int l_setswitchinterval(lua_State *L) {
   if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "instructions");
-    lua_Integer n = luaL_checkinteger(L, -1);
-    luaL_argcheck(L, n >= 1 && n <= 1000000000, 1, "'instructions' must be in [1, 1e9]");
+    int isint;
+    lua_Integer n = lua_tointegerx(L, -1, &isint);
+    luaL_argcheck(L, isint && n >= 1 && n <= 1000000000, 1,
+                  "'instructions' must be an integer in [1, 1e9]");
     host_set_switch_instructions(L, (int)n);
     return 0;
   }
@@ -348,8 +442,18 @@ static int l_switches(lua_State *L) {
 
 /* ---- thread.local(): fields per OS thread ---- */
 
+/*
+** A thread.local() object holds no C resource: its per-thread tables live
+** in its uservalue (thread key -> table, weak keys). It has no __gc, so it
+** keeps working in finalizers, even after being collected once.
+*/
+typedef struct local_rec {
+  host_object obj;
+} local_rec;
+
 /* Pushes the table of the calling thread inside local object at 1. */
 static void push_local_table(lua_State *L) {
+  host_object_check_self(L, LOCAL_TYPE);
   lua_getiuservalue(L, 1, 1);
   host_push_thread_key(L);
   if (lua_rawget(L, -2) == LUA_TNIL) {
@@ -371,21 +475,26 @@ static int local_index(lua_State *L) {
 
 static int local_newindex(lua_State *L) {
   push_local_table(L);
+  luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "index is nil");
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);
   lua_rawset(L, -3);
   return 0;
 }
 
+static int local_tostring(lua_State *L) {
+  lua_pushfstring(L, LOCAL_TYPE ": %p", host_object_check_self(L, LOCAL_TYPE));
+  return 1;
+}
+
 static int l_local(lua_State *L) {
-  lua_newuserdatauv(L, 0, 1);
+  host_object_new(L, sizeof(local_rec), LOCAL_TYPE, 1);
   lua_newtable(L);  /* thread key -> its table, weak keys */
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, LOCAL_TYPE);
   return 1;
 }
 
@@ -397,15 +506,18 @@ static const luaL_Reg thread_methods[] = {
 };
 
 static const luaL_Reg thread_meta[] = {
-  {"__index", thread_index},
   {"__tostring", thread_tostring},
   {"__gc", thread_gc},
   {NULL, NULL}
 };
 
+static const luaL_Reg local_methods[] = {
+  {NULL, NULL}
+};
+
 static const luaL_Reg local_meta[] = {
-  {"__index", local_index},
   {"__newindex", local_newindex},
+  {"__tostring", local_tostring},
   {NULL, NULL}
 };
 
@@ -424,14 +536,8 @@ static const luaL_Reg thread_funcs[] = {
 };
 
 int luaopen_host_thread(lua_State *L) {
-  if (luaL_newmetatable(L, THREAD_TYPE)) {
-    luaL_setfuncs(L, thread_meta, 0);
-    luaL_newlib(L, thread_methods);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, LOCAL_TYPE)) luaL_setfuncs(L, local_meta, 0);
-  lua_pop(L, 1);
+  host_type_define(L, THREAD_TYPE, thread_methods, thread_meta, thread_index);
+  host_type_define(L, LOCAL_TYPE, local_methods, local_meta, local_index);
   luaL_newlib(L, thread_funcs);
   host_open_sync(L);
   return 1;

@@ -178,27 +178,108 @@ describe('the GIL traps', function()
     package.preload['spec_flaky_module'] = nil
   end)
 
-  it('lets a finalizer block: other threads run, with the GC paused meanwhile', function()
-    -- Decision: a blocking call inside __gc still releases the GIL (no
-    -- deadlock), so other threads run while Lua's GC is stopped for the
-    -- finalizer; collectgarbage() then answers fail (nil) in them.
-    local ev = thread.Event()
+  it('raises DeadlockError on a circular require across two threads', function()
+    -- Thread A loads a, which requires b; thread B loads b, which requires
+    -- a. The second to wait would close the cycle: it raises (CPython:
+    -- _DeadlockError), its b is unlocked, and A finishes loading.
+    local a_in, b_in = thread.Event(), thread.Event()
+    local entered = {}
+    package.preload.spec_cyc_a = function()
+      if entered.a then return 'a again' end
+      entered.a = true
+      a_in:set()
+      assert(b_in:wait(T))
+      return 'a+' .. require 'spec_cyc_b'
+    end
+    package.preload.spec_cyc_b = function()
+      if entered.b then return 'b again' end
+      entered.b = true
+      b_in:set()
+      assert(a_in:wait(T))
+      return 'b+' .. require 'spec_cyc_a'
+    end
+    -- daemon threads: a deadlock left unbroken must not hold up the exit
+    local function loader(m)
+      local t = thread.Thread { daemon = true, target = pcall, args = { require, m } }
+      return t:start()
+    end
+    local ta, tb = loader 'spec_cyc_a', loader 'spec_cyc_b'
+    local ra, rb = { ta:join(10) }, { tb:join(10) }
+    for _, m in ipairs { 'spec_cyc_a', 'spec_cyc_b' } do
+      package.loaded[m], package.preload[m] = nil, nil
+    end
+    assert.is_true(ra[1])
+    assert.is_true(rb[1])
+    local failed = ra[2] and rb or ra
+    local loaded = ra[2] and ra or rb
+    assert.is_false(failed[2])
+    assert.is_true(require('host.error').is(failed[3], 'DeadlockError'))
+    assert.matches("deadlock detected by the module lock of 'spec_cyc_[ab]'", tostring(failed[3]))
+    assert.is_true(loaded[2])
+    assert.matches('^[ab]%+[ab] again$', loaded[3])
+  end)
+
+  it('lets a finalizer wait for another thread, with the GC paused meanwhile', function()
+    -- Decision: a wait for another thread inside __gc (an Event, a Lock, a
+    -- join) still releases the GIL (no deadlock), so other threads run
+    -- while Lua's GC is stopped for the finalizer; collectgarbage() then
+    -- answers fail (nil) in them.
+    local ev, back = thread.Event(), thread.Event()
     local seen = {}
     local t = thread.start(function()
       assert(ev:wait(T))
       seen.gc = collectgarbage('count')
       seen.ran = true
+      back:set()
     end)
     do
       setmetatable({}, { __gc = function()
         ev:set()
-        thread.sleep(0.1)  -- the other thread runs now
+        seen.waited = back:wait(T)  -- the other thread runs now
       end })
     end
     collectgarbage()
     assert.is_true(t:join(T))
     assert.is_true(seen.ran)
+    assert.is_true(seen.waited)
     assert.is_nil(seen.gc)
+  end)
+
+  it('keeps the GIL in a finalizer that sleeps, so collection keeps up', function()
+    -- Decision: thread.sleep (and host_gil_release) inside __gc keeps the
+    -- GIL; sleep(0) there returns at once. Handing it off let the other
+    -- thread allocate with the GC stopped: the heap grew without bound
+    -- (3 GB in 12 s). Main makes such garbage until the other thread has
+    -- made 2e6 tables, or until the heap has grown by 64 MB.
+    local limit = 64 * 1024
+    local stop = thread.Event()
+    local made = 0
+    local t = thread.start(function()
+      while not stop:is_set() do
+        local x = { made, made + 1 }
+        made = x[2]
+      end
+      return true
+    end)
+    -- Lua's own count: the resident set would include a sanitizer's
+    -- quarantine. collectgarbage answers nil while a finalizer has
+    -- stopped the collector: main must never see that.
+    local start = collectgarbage 'count'
+    local grown, stopped = 0, 0
+    local mt = { __gc = function() thread.sleep(0) end }
+    local i = 0
+    while made < 2e6 and grown < limit and stopped < 10 do
+      i = i + 1
+      setmetatable({}, mt)
+      if i % 1000 == 0 then
+        local kb = collectgarbage 'count'
+        if kb then grown = math.max(grown, kb - start) else stopped = stopped + 1 end
+      end
+    end
+    stop:set()
+    assert.are.same({ true, true }, { t:join(T) })
+    assert.are.equal(0, stopped)
+    assert.is_true(grown < limit, ('grew by %.0f KB'):format(grown))
   end)
 
   it('does not preempt a thread while its own debug hook is set', function()

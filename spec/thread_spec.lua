@@ -107,13 +107,32 @@ describe('host.thread', function()
   end)
 
   it('sleeps without holding the GIL', function()
+    -- Another thread must make progress WHILE main is inside sleep. With a
+    -- 0.5 s switch interval, preemption cannot explain progress within the
+    -- 0.2 s that main sleeps at most (in slices, so a loaded machine that
+    -- is slow to run the other thread still passes).
+    local saved = thread.getswitchinterval()
+    thread.setswitchinterval(0.5)
     local ticks = 0
-    local t = thread.start(function() for _ = 1, 1e6 do ticks = ticks + 1 end end)
-    thread.sleep(0.05)
+    local started, stop = thread.Event(), thread.Event()
+    local t = thread.start(function()
+      started:set()
+      while not stop:is_set() do ticks = ticks + 1 end
+    end)
+    assert.is_true(started:wait(T))
+    local before = ticks
+    local advanced = false
+    for _ = 1, 20 do
+      thread.sleep(0.01)
+      if ticks > before then advanced = true break end
+    end
+    stop:set()
     assert.is_true(t:join(T))
-    assert.are.equal(1e6, ticks)
+    thread.setswitchinterval(saved)
+    assert.is_true(advanced)
     assert.has_error(function() thread.sleep(-1) end)
     assert.has_error(function() thread.sleep('x') end)
+    assert.has_error(function() thread.sleep(0 / 0) end)
   end)
 
   it('keeps thread.local() fields per thread', function()
@@ -213,6 +232,213 @@ describe('host.thread', function()
   end)
 end)
 
+describe('host.thread at the boundaries', function()
+  local function run(code, limit)
+    local f = sh.tempfile(code)
+    local out, err, rc = sh.host_run(sh.quote(f), limit or 20)
+    os.remove(f)
+    return out, err, rc
+  end
+
+  it('joins a thread that returned 5000 and 100000 values', function()
+    local out, err, rc = run [[
+      local thread = require 'host.thread'
+      for _, n in ipairs { 5000, 100000 } do
+        local t = thread.start(function() return table.unpack({}, 1, n) end)
+        local r = table.pack(t:join(10))
+        print(n, r.n, r[1], select('#', t:join(10)))
+      end
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('5000\t5001\ttrue\t5001\n100000\t100001\ttrue\t100001\n', out)
+  end)
+
+  it('starts a thread with thousands of arguments', function()
+    local out, err, rc = run [[
+      local thread = require 'host.thread'
+      local args = {}
+      for i = 1, 5000 do args[i] = i end
+      local t = thread.start(function(...) return select('#', ...), (select(5000, ...)) end,
+                             table.unpack(args))
+      print(t:join(10))
+      args.n = 5000
+      t = thread.Thread { target = function(...) return select('#', ...) end, args = args }
+      t:start()
+      print(t:join(10))
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('true\t5000\t5000\ntrue\t5000\n', out)
+  end)
+
+  it('checks args.n: a non-negative integer that fits the stack', function()
+    local out, err, rc = run [[
+      local thread = require 'host.thread'
+      local f = function(...) return select('#', ...) end
+      for _, n in ipairs { -1, 2.5, 'x', math.mininteger } do
+        print(pcall(thread.Thread, { target = f, args = { n = n } }))
+      end
+      print(pcall(function() thread.Thread { target = f, args = { n = 1e6 } }:start() end))
+      -- changed after construction: checked again by start
+      local args = { n = 1 }
+      local t = thread.Thread { target = f, args = args }
+      args.n = -5
+      print(pcall(t.start, t))
+      args.n = 2
+      t:start()
+      print(t:join(10))
+      t = thread.Thread { target = f, args = { 1, 2, 3 } }  -- no n: #args
+      t:start()
+      print(t:join(10))
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    local lines = {}
+    for line in out:gmatch '[^\n]+' do lines[#lines + 1] = line end
+    assert.are.equal(8, #lines)
+    for i = 1, 4 do
+      assert.matches("^false\t.*bad argument #1 to '[%w.]*Thread' %('args.n' %(or #args%) must be a non%-negative integer%)",
+                     lines[i])
+    end
+    assert.matches('^false\t.*stack overflow', lines[5])
+    assert.matches("^false\t.*'args.n' %(or #args%) must be a non%-negative integer", lines[6])
+    assert.are.equal('true\t2', lines[7])
+    assert.are.equal('true\t3', lines[8])
+  end)
+
+  it('raises "attempt to use a finalized host.Thread" after __gc', function()
+    -- The keeper is marked for finalization before the Thread, so the
+    -- Thread's __gc runs first and the keeper resurrects a finalized one.
+    local out, err, rc = run [[
+      local thread = require 'host.thread'
+      local saved
+      do
+        local keeper = setmetatable({}, { __gc = function(o) saved = o.t end })
+        keeper.t = thread.Thread { target = function() end, name = 'gone' }
+        keeper.t:start()
+        keeper.t:join(10)
+      end
+      collectgarbage() collectgarbage()
+      print(pcall(saved.join, saved, 1))
+      print(pcall(saved.is_alive, saved))
+      print(pcall(saved.start, saved))
+      print(saved.name, tostring(saved):match '^host.Thread %(finalized%)' ~= nil)
+      getmetatable(saved).__gc(saved)  -- again, by hand: nothing happens
+      print('alive')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    local msg = 'attempt to use a finalized host.Thread'
+    assert.are.equal(('false\t%s\nfalse\t%s\nfalse\t%s\ngone\ttrue\nalive\n'):format(msg, msg, msg),
+                     out:gsub('\t[^\t\n]*:%d+: ', '\t'))
+  end)
+
+  it('refuses bad selves and keys without crashing', function()
+    local t = thread.Thread { target = function() end }
+    assert.has_error(function() t.join(42) end)
+    assert.has_error(function() t.start({}) end)
+    assert.has_error(function() t.is_alive(io.stdout) end)
+    assert.is_nil(t[1])
+    assert.is_nil(t[t])
+    local loc = thread['local']()
+    local mt = getmetatable(loc)
+    assert.has_error(function() mt.__index(42, 'x') end)
+    assert.has_error(function() mt.__newindex({}, 'x', 1) end)
+    assert.has_error(function() loc[nil] = 1 end)
+    assert.matches('^host.local: ', tostring(loc))
+    assert.has_error(function() thread.Thread { target = print, name = {} } end,
+      "bad argument #1 to 'Thread' ('name' must be a string)")
+    assert.has_error(function() thread.Thread { target = print, args = 3 } end)
+    assert.has_error(function() thread.setswitchinterval(1 / 0) end)
+    assert.has_error(function() thread.setswitchinterval(-1 / 0) end)
+    assert.has_error(function() thread.setswitchinterval(0 / 0) end)
+    assert.has_error(function() thread.setswitchinterval(1e308) end)
+    assert.has_error(function() thread.setswitchinterval { instructions = math.maxinteger } end)
+    assert.has_error(function() thread.setswitchinterval { instructions = 1.5 } end)
+    assert.has_error(function() thread.setswitchinterval { instructions = -1 } end)
+    assert.has_error(function() thread.setswitchinterval {} end,
+      "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
+    assert.are.equal(0.005, thread.getswitchinterval())
+    thread.setswitchinterval(1e-300)  -- clamped to 1 us, not 0 ns
+    assert.is_true(math.abs(thread.getswitchinterval() - 1e-6) < 1e-12)
+    thread.setswitchinterval(0.005)
+  end)
+
+  it('wakes a joiner with an error when __gc is called by hand on a running thread', function()
+    local ev = thread.Event()
+    local t = thread.start(function() return ev:wait(T) end)
+    local waiting = thread.Event()
+    local j = thread.start(function()
+      waiting:set()
+      return pcall(t.join, t, T)
+    end)
+    assert.is_true(waiting:wait(T))
+    thread.sleep(0.05)  -- let it block in join (it raises the same either way)
+    getmetatable(t).__gc(t)
+    local ok, joined, err = j:join(T)
+    ev:set()
+    assert.is_true(ok)
+    assert.is_false(joined)
+    assert.matches('attempt to use a finalized host.Thread', err, 1, true)
+    assert.matches('^host.Thread %(finalized%)', tostring(t))
+  end)
+
+  it('reports an unjoined error whose __tostring raises, with the fallback', function()
+    local _, err, rc = run [[
+      local thread = require 'host.thread'
+      local bad = setmetatable({}, { __tostring = function() error('no string for you') end })
+      thread.start(function() error(bad) end)
+    ]]
+    assert.are.equal(0, rc)
+    assert.matches("error in thread 'Thread%-%d+' %(never joined%):\n%(error object is a table value%)", err)
+  end)
+
+  it('lets another thread join the main thread once the main chunk ends', function()
+    -- CPython's threading._shutdown stops the main thread before it waits
+    -- for the others, so main_thread().join() returns there.
+    local out, err, rc = run [[
+      local thread = require 'host.thread'
+      local main = thread.current()
+      thread.start(function()
+        local r = table.pack(main:join(10))
+        print('joined', r.n, r[1], main:is_alive(), tostring(main):match 'stopped' ~= nil)
+      end)
+      print('main done', main:is_alive())
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('main done\ttrue\njoined\t1\ttrue\tfalse\ttrue\n', out)
+  end)
+
+  it('keeps daemon threads from running while the state closes', function()
+    -- Finalizers at close that sleep or join release the GIL no more to
+    -- daemon threads: these park for good, as CPython's do at shutdown.
+    local out, err, rc = run [[
+      io.stdout:setvbuf 'no'
+      local thread = require 'host.thread'
+      local closing = false
+      local spinner = thread.Thread { daemon = true, target = function()
+        while true do
+          if closing then io.stderr:write('daemon ran during close\n') os.exit(9) end
+        end
+      end }
+      spinner:start()
+      local sleeper = thread.Thread { daemon = true, target = function() thread.sleep(30) end }
+      sleeper:start()
+      KEEP = setmetatable({}, { __gc = function()
+        closing = true
+        thread.sleep(0.1)
+        print('join at close', sleeper:join(0.1))
+      end })
+      print('main done')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('main done\njoin at close\tnil\ttimeout\n', out)
+  end)
+end)
+
 describe('host threads at exit', function()
   local function run(code)
     local f = sh.tempfile(code)
@@ -274,6 +500,55 @@ describe('host threads at exit', function()
     ]]
     assert.are.equal(3, rc)
     assert.are.equal('bye\n', out)
+  end)
+
+  it('forks, popens and exits while another thread is blocked reading stdin', function()
+    -- stdin is a FIFO opened read-write: it never gets data, never ends.
+    local f = sh.tempfile [[
+      io.stdout:setvbuf 'no'
+      local thread = require 'host.thread'
+      local reading = thread.Event()
+      thread.Thread { daemon = true, target = function()
+        reading:set()
+        return io.read 'l'
+      end }:start()
+      assert(reading:wait(10))
+      thread.sleep(0.1)  -- let it block inside read
+      local p = assert(io.popen('echo from-popen'))
+      print(p:read 'l', p:close())
+      local t = thread.start(function()
+        local q = assert(io.popen('echo from-thread'))
+        return q:read 'l', q:close()
+      end)
+      print(t:join(10))
+      local ex = require('host.futures').ProcessPoolExecutor { max_workers = 1 }
+      print(ex:submit(function() return 'from-pool' end):result(10))
+      ex:shutdown()
+      print('exiting')
+      os.exit(3)
+    ]]
+    local out = sh.run('d=$(mktemp -d); mkfifo "$d/in"; timeout 10 ' .. sh.quote(sh.host) .. ' ' ..
+      sh.quote(f) .. ' 0<>"$d/in"; echo "rc=$?"; rm -rf "$d"', 20)
+    os.remove(f)
+    assert.are.equal('from-popen\ttrue\texit\t0\ntrue\tfrom-thread\ttrue\texit\t0\n' ..
+                     'from-pool\nexiting\nrc=3\n', out)
+  end)
+
+  it('ends with SIGPIPE when a spawned thread prints into a closed pipe', function()
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      local t = thread.start(function() while true do print('line') end end)
+      t:join(30)
+    ]]
+    local out, err = sh.run('(timeout 10 ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
+      '; echo "rc=$?" >&2) | head -1', 20)
+    local ref_f = sh.tempfile 'while true do print("line") end'
+    local _, ref_err = sh.run('(timeout 10 lua5.4 ' .. sh.quote(ref_f) .. '; echo "rc=$?" >&2) | head -1', 20)
+    os.remove(f)
+    os.remove(ref_f)
+    assert.are.equal('line\n', out)
+    assert.are.equal('rc=141\n', ref_err)
+    assert.are.equal(ref_err, err)
   end)
 
   it('runs the script with --switch-instructions for the whole run', function()
