@@ -107,19 +107,17 @@ static void top_tolstring(lua_State *L) {
 }
 
 /*
-** __tostring: "Kind: message", then the traceback and the cause if
-** present. The pieces go on the stack and are joined at the end: the
-** message's and cause's own __tostring may push anything, which an open
-** luaL_Buffer would not survive.
+** Pushes "Kind: message" and the traceback of the error object at idx as
+** pieces on the stack; returns how many. The pieces stay on the stack and
+** are joined later: a message's own __tostring may push anything, which
+** an open luaL_Buffer would not survive.
 */
-static int error_tostring(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
-  luaL_checkstack(L, 8, NULL);
-  lua_getfield(L, 1, "kind");
+static int push_error_pieces(lua_State *L, int idx) {
+  luaL_checkstack(L, 6, NULL);
+  lua_getfield(L, idx, "kind");
   top_tolstring(L);
   int pieces = 1;
-  if (lua_getfield(L, 1, "message") != LUA_TNIL) {
+  if (lua_getfield(L, idx, "message") != LUA_TNIL) {
     top_tolstring(L);
     lua_pushliteral(L, ": ");
     lua_insert(L, -2);
@@ -127,22 +125,59 @@ static int error_tostring(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, 1, "traceback") == LUA_TSTRING) {
+  if (lua_getfield(L, idx, "traceback") == LUA_TSTRING) {
     lua_pushliteral(L, "\n");
     lua_insert(L, -2);
     pieces += 2;
   } else {
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, 1, "cause") != LUA_TNIL) {
-    top_tolstring(L);
+  return pieces;
+}
+
+/*
+** __tostring: "Kind: message" and the traceback, then each cause after
+** "caused by: ". The chain of error objects is walked here, not through
+** their __tostring, so that a cause cycle (e.cause = e) ends with a note
+** instead of a C stack overflow. Stack: 1 the error, 2 the errors said, 3
+** the text so far, 4 the error being said.
+*/
+static int error_tostring(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_newtable(L);
+  lua_pushliteral(L, "");
+  lua_pushvalue(L, 1);
+  for (;;) {
+    lua_pushvalue(L, 4);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, 2);
+    lua_pushvalue(L, 3);
+    lua_concat(L, 1 + push_error_pieces(L, 4));
+    lua_replace(L, 3);
+    if (lua_getfield(L, 4, "cause") == LUA_TNIL) break;
+    lua_pushvalue(L, 3);
     lua_pushliteral(L, "\ncaused by: ");
-    lua_insert(L, -2);
-    pieces += 2;
-  } else {
-    lua_pop(L, 1);
+    if (host_error_is(L, 5, NULL)) {
+      lua_pushvalue(L, 5);
+      if (lua_rawget(L, 2) == LUA_TNIL) {  /* a new one: say it next */
+        lua_pop(L, 1);
+        lua_concat(L, 2);
+        lua_replace(L, 3);
+        lua_replace(L, 4);
+        continue;
+      }
+      lua_pop(L, 1);
+      lua_pushliteral(L, "(an error said above: the causes form a cycle)");
+    } else {
+      lua_pushvalue(L, 5);
+      top_tolstring(L);
+    }
+    lua_concat(L, 3);
+    lua_replace(L, 3);
+    break;
   }
-  lua_concat(L, pieces);
+  lua_settop(L, 3);
   return 1;
 }
 

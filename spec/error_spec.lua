@@ -51,6 +51,16 @@ describe('host.error', function()
     assert.matches('no way', err, 1, true)
   end)
 
+  it('says a chain of causes that loops back, once', function()
+    local a = herror.new('A', 'one')
+    a.cause = herror.new('B', 'two', a)
+    assert.are.equal('A: one\ncaused by: B: two\ncaused by: (an error said above: the causes form a cycle)',
+      tostring(a))
+    local self = herror.new('X', 'self')
+    self.cause = self
+    assert.are.equal('X: self\ncaused by: (an error said above: the causes form a cycle)', tostring(self))
+  end)
+
   it('refuses a missing kind', function()
     assert.has_error(function() herror.new() end,
       "bad argument #1 to 'new' (string expected, got no value)")
