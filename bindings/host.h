@@ -104,8 +104,11 @@ void host_set_switch_instructions(lua_State *L, int n);
 ** calls runs alone unless it releases the GIL.
 **
 ** Decisions: both are no-ops when L's universe is not the one the calling
-** thread runs in (a state from plain luaL_newstate, say), and while
-** host_close is closing the state (finalizers run with the GIL held then).
+** thread runs in (a state from plain luaL_newstate, say), while host_close
+** is closing the state, and inside a finalizer (__gc): a finalizer that
+** let other threads run would pause the collector for all of them. So a
+** binding's __gc must not block, with the GIL "released", on something
+** only another Lua thread of the universe can end.
 ** Releasing twice, acquiring without a release, or releasing from a
 ** thread that does not hold the GIL prints "host: fatal: ..." and aborts:
 ** going on would let two threads into the Lua heap at once.
