@@ -567,45 +567,52 @@ static future_set *push_future_set(lua_State *L, int arg) {
   return s;
 }
 
+/* One future of a blocking wait on several, and the waiter's node in its list. */
+typedef struct wait_slot {
+  host_future *f;
+  waiter_node node;
+} wait_slot;
+
 /*
-** Blocks until one of the n futures (none done when the caller looked)
-** fires the waiter or the deadline passes. The waiter is in every future's
-** list only during this call; one found done already counts as fired.
-** The caller holds a reference to each future.
+** Blocks until one of the futures of slots[0..n) (none done when the
+** caller looked) fires the waiter or the deadline passes. The waiter is in
+** every future's list only during this call; one found done already counts
+** as fired. The caller keeps each future alive during the call, and the
+** slots belong to this call alone.
 */
-static host_wait_result wait_any(lua_State *L, host_future **fs, lua_Integer n,
+static host_wait_result wait_any(lua_State *L, wait_slot *slots, lua_Integer n,
                                  const host_deadline *d) {
   if (n == 0) return HOST_WAIT_WOKEN;  /* nothing to wait for: look again */
-  waiter_node *nodes = lua_newuserdatauv(L, (size_t)n * sizeof *nodes, 0);
   multi_waiter w;
   pthread_mutex_init(&w.mu, NULL);
   host_cond_init(&w.cv);
   w.fired = 0;
   for (lua_Integer i = 0; i < n; i++) {
-    nodes[i].w = &w;
-    pthread_mutex_lock(&fs[i]->mu);
-    if (is_done(fs[i]->state)) w.fired++;  /* no lock on w needed: not yet shared */
-    nodes[i].next = fs[i]->waiters;
-    fs[i]->waiters = &nodes[i];
-    pthread_mutex_unlock(&fs[i]->mu);
+    host_future *f = slots[i].f;
+    slots[i].node.w = &w;
+    pthread_mutex_lock(&f->mu);
+    if (is_done(f->state)) w.fired++;  /* no lock on w needed: not yet shared */
+    slots[i].node.next = f->waiters;
+    f->waiters = &slots[i].node;
+    pthread_mutex_unlock(&f->mu);
   }
   host_wait_result r = HOST_WAIT_WOKEN;
   pthread_mutex_lock(&w.mu);
   if (w.fired == 0) r = host_cond_wait(L, &w.mu, &w.cv, d);  /* unlocks */
   else pthread_mutex_unlock(&w.mu);
   for (lua_Integer i = 0; i < n; i++) {
-    pthread_mutex_lock(&fs[i]->mu);
-    for (waiter_node **p = &fs[i]->waiters; *p != NULL; p = &(*p)->next) {
-      if (*p == &nodes[i]) {
-        *p = nodes[i].next;
+    host_future *f = slots[i].f;
+    pthread_mutex_lock(&f->mu);
+    for (waiter_node **p = &f->waiters; *p != NULL; p = &(*p)->next) {
+      if (*p == &slots[i].node) {
+        *p = slots[i].node.next;
         break;
       }
     }
-    pthread_mutex_unlock(&fs[i]->mu);
+    pthread_mutex_unlock(&f->mu);
   }
   pthread_mutex_destroy(&w.mu);
   pthread_cond_destroy(&w.cv);
-  lua_pop(L, 1);
   return r;
 }
 
@@ -662,11 +669,11 @@ static int l_wait(lua_State *L) {
   future_set *s = push_future_set(L, 1);
   int set = lua_gettop(L);
   host_deadline d = host_deadline_in(timeout);
-  host_future **pending = lua_newuserdatauv(L, sizeof *pending * (size_t)(s->n > 0 ? s->n : 1), 0);
+  wait_slot *pending = lua_newuserdatauv(L, sizeof *pending * (size_t)(s->n > 0 ? s->n : 1), 0);
   while (!wait_satisfied(s, mode) && !host_deadline_passed(&d)) {
     lua_Integer np = 0;  /* wait only on those not done: a done one wakes at once */
     for (lua_Integer i = 0; i < s->n; i++)
-      if (!is_done(host_future_state_of(s->fs[i]))) pending[np++] = s->fs[i];
+      if (!is_done(host_future_state_of(s->fs[i]))) pending[np++].f = s->fs[i];
     if (wait_any(L, pending, np, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
   lua_pop(L, 1);
@@ -682,6 +689,24 @@ static int l_wait(lua_State *L) {
   }
   set_release(s);
   return 2;
+}
+
+/*
+** wait_any on the futures of the set s, through a copy that holds its own
+** references: another thread may take futures from s meanwhile (the same
+** iterator called from two threads).
+*/
+static host_wait_result wait_pending(lua_State *L, future_set *s, const host_deadline *d) {
+  lua_Integer n = s->n;
+  wait_slot *slots = lua_newuserdatauv(L, sizeof *slots * (size_t)n, 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    slots[i].f = s->fs[i];
+    host_future_ref(slots[i].f);
+  }
+  host_wait_result r = wait_any(L, slots, n, d);
+  for (lua_Integer i = 0; i < n; i++) host_future_unref(slots[i].f);
+  lua_pop(L, 1);
+  return r;
 }
 
 /*
@@ -711,7 +736,7 @@ static int as_completed_next(lua_State *L) {
     if (host_deadline_passed(&d))
       return host_error_raise(L, "TimeoutError", "%I (of %I) futures unfinished", s->n,
                               lua_tointeger(L, lua_upvalueindex(3)));
-    if (wait_any(L, s->fs, s->n, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
+    if (wait_pending(L, s, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
 }
 

@@ -391,6 +391,33 @@ describe('futures.wait and as_completed', function()
     assert.is_true(t:join(T))
   end)
 
+  it('gives each future once when two threads share one as_completed iterator', function()
+    local fs = {}
+    for i = 1, 300 do fs[i] = futures.Future() end
+    local it = futures.as_completed(fs, T)
+    local function drain()
+      local got = {}
+      for f in it do got[#got + 1] = f:result(0) end
+      return got
+    end
+    local a, b = thread.start(drain), thread.start(drain)
+    for i = 1, 300 do
+      fs[i]:set_result(i)
+      if i % 3 == 0 then
+        collectgarbage()
+        thread.sleep(0.001)  -- pacing: both threads are often inside the wait at once
+      end
+    end
+    local oka, got_a = a:join(T)
+    local okb, got_b = b:join(T)
+    assert.is_true(oka)
+    assert.is_true(okb)
+    local count = {}
+    for _, v in ipairs(got_a) do count[v] = (count[v] or 0) + 1 end
+    for _, v in ipairs(got_b) do count[v] = (count[v] or 0) + 1 end
+    for i = 1, 300 do assert.are.equal(1, count[i]) end
+  end)
+
   it('keeps waiting safely while another thread drops or finalizes the futures', function()
     local fs = {}
     for i = 1, 200 do fs[i] = futures.Future() end
