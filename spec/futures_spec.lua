@@ -225,6 +225,24 @@ describe('Future', function()
     assert.are.same({ true, 'shut down' }, { t:join(T) })
   end)
 
+  it('keeps the first outcome when a task completes its own future, and the worker lives on', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+    local gate = thread.Event()
+    local f
+    f = ex:submit(function()
+      gate:wait(T)
+      f:set_result('set by the task')
+      return 'returned'
+    end)
+    gate:set()
+    assert.are.equal('set by the task', f:result(T))
+    local ok, got = pcall(function() return ex:submit(function() return 'next' end):result(1) end)
+    local t = thread.start(function() ex:shutdown() end)
+    assert.is_true(t:join(T))
+    assert.is_true(ok, got)
+    assert.are.equal('next', got)
+  end)
+
   it('rejects what is not a future', function()
     assert.has_error(function() futures.Future().result(nil) end)
     assert.has_error(function() futures.wait({ 1 }) end)
