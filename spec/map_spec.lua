@@ -1,6 +1,7 @@
--- spec/map_spec.lua: Executor.map at its boundaries (many tables, results
--- released as the loop goes, the timeout, argument errors), on a
--- ThreadPoolExecutor. Every wait has a timeout.
+-- spec/map_spec.lua: what executor.c gives every pool: Executor.map at its
+-- boundaries (many tables, results released as the loop goes, the timeout,
+-- argument errors), on a ThreadPoolExecutor, and the checks of the options
+-- every pool's constructor shares. Every wait has a timeout.
 local futures = require 'host.futures'
 local thread = require 'host.thread'
 local herror = require 'host.error'
@@ -138,5 +139,23 @@ describe('Executor.map', function()
     assert.are.same({ 2, 4 }, { it() })
     assert.is_nil(it())
     assert.is_nil(it())
+  end)
+end)
+
+describe('executor options', function()
+  it('name the option and the type it got', function()
+    for _, name in ipairs { 'ThreadPoolExecutor', 'ProcessPoolExecutor', 'InterpreterPoolExecutor' } do
+      local new = futures[name]
+      local function message(options)
+        return select(2, pcall(new, options)):match('%((.*)%)$')
+      end
+      assert.are.equal("'max_workers' must be an integer, got string", message { max_workers = 'x' })
+      assert.are.equal("'max_workers' must be an integer, got number", message { max_workers = 1.5 })
+      assert.are.equal("'max_workers' must be in [1, 1024]", message { max_workers = 0 })
+      assert.are.equal("'initializer' must be a function, got number", message { initializer = 1 })
+      assert.are.equal("'initargs' must be a table, got number", message { initargs = 5 })
+      assert.are.equal("'initargs.n' must be a non-negative integer",
+        message { initializer = print, initargs = { n = -1 } })
+    end
   end)
 end)
