@@ -8,6 +8,8 @@
 ** A universe looks at it through one proxy userdata ("host.Future") whose
 ** uservalues hold the outcome as Lua values, the done-callbacks, and the
 ** decoder that turns a payload into values when someone asks for them.
+** The proxy owns one reference; its __gc drops it, and any later use of the
+** proxy raises "attempt to use a finalized host.Future".
 */
 #ifndef HOST_FUTURE_H
 #define HOST_FUTURE_H
@@ -31,7 +33,7 @@ typedef enum host_future_state {
 /* Pushes a new Future proxy with a new PENDING future; returns the future. */
 host_future *host_future_push_new(lua_State *L);
 
-/* The future of the proxy at idx (raises unless it is a host.Future). */
+/* The future of the proxy at idx (raises unless it is a live host.Future). */
 host_future *host_future_check(lua_State *L, int idx);
 
 /* Takes / drops a reference (atomic; the last drop frees). */
