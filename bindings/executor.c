@@ -1,8 +1,10 @@
 /*
-** executor.c: Executor.map, shared by every pool (see executor.h). With
-** chunksize > 1 the items travel in chunks: one submit runs a whole chunk
-** through `_run_chunk` (a C function of host.futures, so the process pool
-** can send it by name) and the iterator unpacks the chunk's results.
+** executor.c: what the pools share (see executor.h): their metatables,
+** their options, and Executor.map, written once on top of each pool's
+** `submit`. With chunksize > 1 the items travel in chunks: one submit runs
+** a whole chunk through `_run_chunk` (a C function of host.futures, so the
+** process pool can send it by name) and the iterator unpacks the chunk's
+** results.
 */
 #include <limits.h>
 #include <string.h>
@@ -13,7 +15,36 @@
 #include "runtime.h"
 #include "thread.h"
 
-#define MAP_STATE "host.map_state"
+#define MAP_STATE "host.MapState"
+
+/*
+** The state of one map, behind its iterator (upvalue 1) and its closing
+** value. Uservalues: the futures (1..count; each is dropped once consumed,
+** so its results live only as long as the loop keeps them: CPython's
+** bpo-14406), and with chunks the current chunk's results, flat (each
+** dropped once given), and their counts when they differ per item. It
+** holds no C resource, so it needs no __gc: a resurrected one still works.
+*/
+typedef struct map_state {
+  host_object obj;
+  lua_Integer count;    /* futures submitted */
+  lua_Integer pos;      /* futures consumed */
+  lua_Integer index;    /* items given */
+  double deadline;      /* host_now() seconds, or -1 for none */
+  double timeout;       /* as the caller gave it, for the message */
+  bool chunked;
+  lua_Integer cm;       /* items of the current chunk */
+  lua_Integer cpos;     /* of them given */
+  lua_Integer fpos;     /* values of the chunk given */
+  lua_Integer uniform;  /* values per item of the chunk, or -1: see UV_COUNTS */
+} map_state;
+
+enum { UV_FUTURES = 1, UV_CHUNK = 2, UV_COUNTS = 3 };
+
+/* A table size hint for n slots (0 when n does not fit one). */
+static int size_hint(lua_Integer n) {
+  return n >= 0 && n <= INT_MAX / 2 ? (int)n : 0;
+}
 
 /* True when the argument at idx is map's options table, not an iterable. */
 static bool is_options(lua_State *L, int idx) {
@@ -38,7 +69,8 @@ static int run_chunk(lua_State *L) {
   lua_Integer m = luaL_checkinteger(L, 2);
   lua_Integer k = luaL_checkinteger(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
-  luaL_argcheck(L, m >= 0 && k >= 0 && k <= 250, 2, "bad chunk shape");
+  luaL_argcheck(L, m >= 0 && m <= INT_MAX, 2, "bad chunk size");
+  luaL_argcheck(L, k >= 0 && k <= INT_MAX - 2, 3, "bad argument count");
   lua_settop(L, 4);
   lua_createtable(L, (int)m, 0);  /* 5: the results, flat */
   lua_createtable(L, (int)m, 0);  /* 6: the count of each item's results */
@@ -66,114 +98,128 @@ static int run_chunk(lua_State *L) {
   return 3;
 }
 
-/* Cancels the futures of the state table at idx after position `pos`. */
-static void cancel_rest(lua_State *L, int idx) {
-  lua_getfield(L, idx, "pos");
-  lua_Integer pos = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  lua_Integer count = luaL_len(L, idx);
-  for (lua_Integer i = pos + 1; i <= count; i++) {
-    lua_rawgeti(L, idx, i);
-    host_future_cancel(L, -1);
+/*
+** Cancels the futures of the map state at st from position `first` on
+** (those still pending), and marks every future consumed.
+*/
+static void cancel_from(lua_State *L, int st, map_state *s, lua_Integer first) {
+  lua_getiuservalue(L, st, UV_FUTURES);
+  for (lua_Integer i = first; i <= s->count; i++) {
+    if (lua_rawgeti(L, -1, i) != LUA_TNIL) host_future_cancel(L, -1);
     lua_pop(L, 1);
   }
-  lua_pushinteger(L, count);
-  lua_setfield(L, idx, "pos");
+  lua_pop(L, 1);
+  s->pos = s->count;
 }
 
-/* __close of map's closing value (the state table): cancel the rest. */
+/* __close of map's closing value (the state): cancel what is not consumed. */
 static int map_close(lua_State *L) {
-  cancel_rest(L, 1);
+  map_state *s = host_object_check_self(L, MAP_STATE);
+  cancel_from(L, 1, s, s->pos + 1);
   return 0;
 }
 
-/* Protected body of one wait: result of the future at 1 with timeout at 2. */
-static int future_result_of(lua_State *L) {
-  return host_future_result(L, 1, host_opt_timeout(L, 2));
-}
-
 /*
-** Pushes the results of the state's next future (waiting at most until the
-** state's deadline) and returns their count; 0 when none is left. On an
-** error, cancels the futures after it and raises the error.
+** Pushes the results of the next future of the map state at st (waiting
+** at most until the state's deadline) and returns their count; -1 when
+** none is left. When the wait times out, that future and the ones after
+** it are cancelled and a TimeoutError that names the map's timeout is
+** raised; when the future failed or was cancelled, the ones after it are
+** cancelled and its error raised.
 */
-static int next_outcome(lua_State *L, int st) {
-  lua_getfield(L, st, "pos");
-  lua_Integer pos = lua_tointeger(L, -1) + 1;
-  lua_pop(L, 1);
-  if (pos > luaL_len(L, st)) return -1;
-  lua_pushinteger(L, pos);
-  lua_setfield(L, st, "pos");
-  lua_getfield(L, st, "deadline");
-  double deadline = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  int base = lua_gettop(L);
-  lua_pushcfunction(L, future_result_of);
-  lua_rawgeti(L, st, pos);
-  if (deadline < 0) lua_pushnil(L);
-  else lua_pushnumber(L, (lua_Number)(deadline > host_now() ? deadline - host_now() : 0));
-  if (lua_pcall(L, 2, LUA_MULTRET, 0) != LUA_OK) {
-    cancel_rest(L, st);
-    lua_error(L);
+static int next_outcome(lua_State *L, int st, map_state *s) {
+  if (s->pos >= s->count) return -1;
+  lua_Integer pos = s->pos + 1;
+  lua_getiuservalue(L, st, UV_FUTURES);
+  int futures = lua_gettop(L);
+  lua_rawgeti(L, futures, pos);
+  int fut = futures + 1;
+  double now = s->deadline < 0 ? 0 : host_now();
+  host_deadline d = host_deadline_in(s->deadline < 0 ? -1 : s->deadline > now ? s->deadline - now : 0);
+  host_future_state state = host_future_wait(L, fut, &d);
+  if (state != HOST_FUTURE_FINISHED && state != HOST_FUTURE_CANCELLED) {
+    cancel_from(L, st, s, pos);
+    return host_error_raise(L, "TimeoutError", "map timed out after %f seconds", s->timeout);
   }
-  return lua_gettop(L) - base;
+  s->pos = pos;
+  lua_pushnil(L);
+  lua_rawseti(L, futures, pos);
+  if (state == HOST_FUTURE_CANCELLED || host_future_failed(host_future_check(L, fut)))
+    cancel_from(L, st, s, pos + 1);
+  int n = host_future_result(L, fut, 0);  /* raises its error */
+  lua_rotate(L, futures, n);
+  lua_pop(L, 2);
+  return n;
 }
 
 /*
-** The iterator; upvalue 1 is the state table: the futures at 1.., `pos`
-** (futures consumed), `index` (items given), `deadline` (absolute, or -1),
-** and with chunks `chunk` (the current chunk's results, flat), `counts`,
-** `cm` (its item count), `cpos` (items given) and `fpos` (values given).
+** Takes the chunk `_run_chunk` returned (its n results on top, popped)
+** as the state's current chunk.
 */
+static void take_chunk(lua_State *L, int st, map_state *s, int n) {
+  if (n != 3 || !lua_istable(L, -3) || !lua_isinteger(L, -1) ||
+      !(lua_isinteger(L, -2) || lua_istable(L, -2)))
+    luaL_error(L, "map: a chunk came back malformed");
+  s->cm = lua_tointeger(L, -1);
+  s->cpos = s->fpos = 0;
+  s->uniform = lua_isinteger(L, -2) ? lua_tointeger(L, -2) : -1;
+  lua_pop(L, 1);
+  lua_setiuservalue(L, st, UV_COUNTS);
+  lua_setiuservalue(L, st, UV_CHUNK);
+}
+
+/*
+** Pushes the next item's values from the current chunk of the state at
+** st (dropping each from the chunk) and returns their count.
+*/
+static int give_from_chunk(lua_State *L, int st, map_state *s) {
+  s->cpos++;
+  lua_Integer count = s->uniform;
+  if (count < 0) {
+    lua_getiuservalue(L, st, UV_COUNTS);
+    lua_rawgeti(L, -1, s->cpos);
+    count = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+  }
+  if (count < 0 || count > INT_MAX - 2) luaL_error(L, "map: a chunk came back malformed");
+  luaL_checkstack(L, (int)count + 2, "too many results");
+  lua_getiuservalue(L, st, UV_CHUNK);
+  int chunk = lua_gettop(L);
+  for (lua_Integer r = 1; r <= count; r++) {
+    lua_rawgeti(L, chunk, s->fpos + r);
+    lua_pushnil(L);
+    lua_rawseti(L, chunk, s->fpos + r);
+  }
+  s->fpos += count;
+  lua_remove(L, chunk);
+  if (s->cpos == s->cm) {  /* the chunk is used up */
+    lua_pushnil(L);
+    lua_setiuservalue(L, st, UV_CHUNK);
+    lua_pushnil(L);
+    lua_setiuservalue(L, st, UV_COUNTS);
+  }
+  return (int)count;
+}
+
+/* The iterator; upvalue 1 is the state. Gives `index, results...`. */
 static int map_next(lua_State *L) {
   int st = lua_upvalueindex(1);
-  lua_getfield(L, st, "index");
-  lua_Integer index = lua_tointeger(L, -1) + 1;
-  lua_getfield(L, st, "chunked");
-  bool chunked = lua_toboolean(L, -1);
-  lua_pop(L, 2);
-  if (!chunked) {
-    lua_pushinteger(L, index);
-    int n = next_outcome(L, st);
-    if (n < 0) return 0;
-    lua_pushinteger(L, index);
-    lua_setfield(L, st, "index");
-    return n + 1;
-  }
-  for (;;) {  /* chunked: give the current chunk's next item, or fetch one */
-    lua_getfield(L, st, "cpos");
-    lua_Integer cpos = lua_tointeger(L, -1) + 1;
-    lua_getfield(L, st, "cm");
-    lua_Integer cm = lua_tointeger(L, -1);
-    lua_pop(L, 2);
-    if (cpos <= cm) {
-      lua_getfield(L, st, "chunk");
-      int chunk = lua_gettop(L);
-      lua_getfield(L, st, "fpos");
-      lua_Integer fpos = lua_tointeger(L, -1);
-      lua_getfield(L, st, "counts");
-      lua_Integer count = lua_isinteger(L, -1) ? lua_tointeger(L, -1)
-                                              : (lua_rawgeti(L, -1, cpos), lua_tointeger(L, -1));
-      lua_settop(L, chunk);
-      lua_pushinteger(L, cpos);
-      lua_setfield(L, st, "cpos");
-      lua_pushinteger(L, fpos + count);
-      lua_setfield(L, st, "fpos");
-      lua_pushinteger(L, index);
-      lua_setfield(L, st, "index");
-      luaL_checkstack(L, (int)count + 1, "too many results");
-      lua_pushinteger(L, index);
-      for (lua_Integer r = 1; r <= count; r++) lua_rawgeti(L, chunk, fpos + r);
-      return (int)count + 1;
+  map_state *s = host_object_check(L, st, MAP_STATE);
+  lua_settop(L, 0);
+  lua_pushinteger(L, s->index + 1);
+  for (;;) {
+    if (s->chunked && s->cpos < s->cm) {
+      int n = give_from_chunk(L, st, s);
+      s->index++;
+      return n + 1;
     }
-    if (next_outcome(L, st) < 0) return 0;
-    lua_setfield(L, st, "cm");  /* _run_chunk's three results */
-    lua_setfield(L, st, "counts");
-    lua_setfield(L, st, "chunk");
-    lua_pushinteger(L, 0);
-    lua_setfield(L, st, "cpos");
-    lua_pushinteger(L, 0);
-    lua_setfield(L, st, "fpos");
+    int n = next_outcome(L, st, s);
+    if (n < 0) return 0;
+    if (!s->chunked) {
+      s->index++;
+      return n + 1;
+    }
+    take_chunk(L, st, s, n);
   }
 }
 
@@ -196,6 +242,10 @@ static int submit_all(lua_State *L) {
   lua_Integer n = lua_tointeger(L, lua_upvalueindex(2));
   lua_Integer chunksize = lua_tointeger(L, lua_upvalueindex(3));
   int fn = first + k, st = fn + 1;
+  map_state *s = lua_touserdata(L, st);
+  lua_getiuservalue(L, st, UV_FUTURES);
+  int futures = lua_gettop(L);
+  luaL_checkstack(L, k + 8, "too many tables");
   for (lua_Integer i = 1; i <= n; i += chunksize) {
     if (chunksize > 1) {
       lua_Integer m = n - i + 1 < chunksize ? n - i + 1 : chunksize;
@@ -203,7 +253,7 @@ static int submit_all(lua_State *L) {
       lua_pushvalue(L, fn);
       lua_pushinteger(L, m);
       lua_pushinteger(L, k);
-      lua_createtable(L, (int)(m * k), 0);
+      lua_createtable(L, size_hint(m * k), 0);
       for (lua_Integer j = 0; j < m; j++) {
         for (int a = 0; a < k; a++) {
           lua_geti(L, first + a, i + j);
@@ -216,22 +266,48 @@ static int submit_all(lua_State *L) {
       for (int j = 0; j < k; j++) lua_geti(L, first + j, i);
       submit(L, k + 1);
     }
-    lua_rawseti(L, st, luaL_len(L, st) + 1);
+    lua_rawseti(L, futures, ++s->count);
   }
   return 0;
 }
 
-int host_executor_map(lua_State *L) {
+/* Reads map's chunksize from the options table at arg. */
+static lua_Integer chunksize_field(lua_State *L, int arg) {
+  lua_Integer chunksize = 1;
+  if (lua_getfield(L, arg, "chunksize") != LUA_TNIL) {
+    int isint;
+    chunksize = lua_tointegerx(L, -1, &isint);
+    if (!isint)
+      luaL_argerror(L, arg, lua_pushfstring(L, "'chunksize' must be an integer, got %s",
+                                            luaL_typename(L, -1)));
+    luaL_argcheck(L, chunksize >= 1, arg, "'chunksize' must be >= 1");
+  }
+  lua_pop(L, 1);
+  return chunksize;
+}
+
+/*
+** ex:map(fn, t1, t2, ... [, {timeout =, chunksize =}]): submits
+** fn(t1[i], t2[i], ...) for i up to the shortest table, through ex:submit,
+** and returns a generic-for iterator giving `i, results...` in order, with a
+** closing value that cancels what has not started when the loop is left.
+** The timeout counts from the call; a task's error is raised at its turn.
+** Upvalue 1: the executor type's metatable.
+*/
+static int executor_map(lua_State *L) {
+  int has_meta = lua_getmetatable(L, 1);
+  if (!has_meta || !lua_rawequal(L, -1, lua_upvalueindex(1))) {
+    lua_getfield(L, lua_upvalueindex(1), "__name");
+    return luaL_typeerror(L, 1, lua_tostring(L, -1));
+  }
+  lua_pop(L, 1);
   int top = lua_gettop(L);
   luaL_checkany(L, 2);
   double timeout = -1;
   lua_Integer chunksize = 1;
   if (top >= 4 && is_options(L, top)) {
-    lua_getfield(L, top, "timeout");
-    timeout = host_opt_timeout(L, -1);
-    lua_getfield(L, top, "chunksize");
-    chunksize = luaL_optinteger(L, -1, 1);
-    luaL_argcheck(L, chunksize >= 1, top, "chunksize must be >= 1");
+    timeout = host_future_timeout_field(L, top, "timeout");
+    chunksize = chunksize_field(L, top);
     lua_settop(L, --top);
   }
   luaL_argcheck(L, top >= 3, 3, "at least one table of arguments expected");
@@ -242,13 +318,16 @@ int host_executor_map(lua_State *L) {
     lua_Integer len = luaL_len(L, j);
     if (len < n) n = len;
   }
-  lua_newtable(L);  /* the state */
+  luaL_checkstack(L, k + 12, "too many tables");
+  map_state *s = host_object_new(L, sizeof *s, MAP_STATE, 3);
   int st = lua_gettop(L);
-  lua_pushnumber(L, (lua_Number)(timeout < 0 ? -1 : host_now() + timeout));
-  lua_setfield(L, st, "deadline");
-  lua_pushboolean(L, chunksize > 1);
-  lua_setfield(L, st, "chunked");
-  /* submit_all(self, t1..tk, self, fn, st) with upvalues k, n, chunksize, module */
+  lua_createtable(L, size_hint(n / chunksize + 1), 0);
+  lua_setiuservalue(L, st, UV_FUTURES);
+  s->timeout = timeout;
+  s->deadline = timeout < 0 ? -1 : host_now() + timeout;
+  s->chunked = chunksize > 1;
+  s->uniform = -1;
+  /* submit_all(self, t1..tk, fn, st) with upvalues k, n, chunksize, module */
   lua_pushinteger(L, k);
   lua_pushinteger(L, n);
   lua_pushinteger(L, chunksize);
@@ -261,11 +340,10 @@ int host_executor_map(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_pushvalue(L, st);
   if (lua_pcall(L, k + 3, 0, 0) != LUA_OK) {  /* cancel what was submitted */
-    cancel_rest(L, st);
+    cancel_from(L, st, s, 1);
     return lua_error(L);
   }
   lua_settop(L, st);
-  luaL_setmetatable(L, MAP_STATE);
   lua_pushvalue(L, st);
   lua_pushcclosure(L, map_next, 1);
   lua_pushnil(L);
@@ -317,7 +395,11 @@ void host_executor_track(lua_State *L, int idx, const char *tname, bool add) {
   lua_pop(L, 1);
 }
 
-/* __close of every pool: shutdown{wait = true}, through its own method. */
+/*
+** __close of every pool: shutdown{wait = true}, through its own method
+** (which checks that the pool is not finalized). Argument 2, the error
+** that closes the scope, is not an option table: it is not passed on.
+*/
 static int executor_close(lua_State *L) {
   lua_getfield(L, 1, "shutdown");
   lua_pushvalue(L, 1);
@@ -346,30 +428,37 @@ static int shutdown_live(lua_State *L) {
 
 void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *methods,
                           lua_CFunction gc, lua_CFunction tostring) {
-  if (luaL_newmetatable(L, tname)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_pushcfunction(L, host_executor_map);
-    lua_setfield(L, -2, "map");
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, executor_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    push_live_key(L, tname);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_pushcclosure(L, shutdown_live, 1);
-    host_atexit(L);
-    lua_rawset(L, LUA_REGISTRYINDEX);
+  if (luaL_getmetatable(L, tname) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
   }
   lua_pop(L, 1);
+  const luaL_Reg meta[] = {
+    {"__gc", gc}, {"__close", executor_close}, {"__tostring", tostring}, {NULL, NULL}
+  };
+  host_type_define(L, tname, methods, meta, NULL);
+  luaL_getmetatable(L, tname);
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, executor_map, 1);
+  lua_setfield(L, -2, "map");
+  lua_pop(L, 2);
+  push_live_key(L, tname);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, shutdown_live, 1);
+  host_atexit(L);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+/* Raises "bad argument #1 ('field' must be <what>, got <type>)" for the value on top. */
+static int option_type_error(lua_State *L, const char *field, const char *what) {
+  return luaL_argerror(L, 1, lua_pushfstring(L, "'%s' must be %s, got %s", field, what,
+                                             luaL_typename(L, -1)));
 }
 
 lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
@@ -379,14 +468,18 @@ lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
   }
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  lua_getfield(L, 1, "max_workers");
-  lua_Integer n = lua_isnil(L, -1) ? default_workers : luaL_checkinteger(L, -1);
-  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "max_workers must be in [1, 1024]");
+  lua_Integer n = default_workers;
+  if (lua_getfield(L, 1, "max_workers") != LUA_TNIL) {
+    int isint;
+    n = lua_tointegerx(L, -1, &isint);
+    if (!isint) option_type_error(L, "max_workers", "an integer");
+  }
+  luaL_argcheck(L, n >= 1 && n <= 1024, 1, "'max_workers' must be in [1, 1024]");
   lua_pop(L, 1);
   lua_getfield(L, 1, "initializer");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_isfunction(L, -1), 1, "function as 'initializer'");
+  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) option_type_error(L, "initializer", "a function");
   lua_getfield(L, 1, "initargs");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "table as 'initargs'");
+  if (!lua_isnil(L, -1) && !lua_istable(L, -1)) option_type_error(L, "initargs", "a table");
   if (lua_istable(L, -1)) {
     lua_getfield(L, -1, "n");
     luaL_argcheck(L, lua_isnil(L, -1) || (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0),
@@ -438,12 +531,17 @@ void host_executor_start(lua_State *L, int idx, const char *tname,
   lua_settop(L, idx);
 }
 
+static const luaL_Reg map_methods[] = {
+  {NULL, NULL}
+};
+
+static const luaL_Reg map_meta[] = {
+  {"__close", map_close},
+  {NULL, NULL}
+};
+
 void host_open_executor(lua_State *L) {
-  if (luaL_newmetatable(L, MAP_STATE)) {
-    lua_pushcfunction(L, map_close);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
+  host_type_define(L, MAP_STATE, map_methods, map_meta, NULL);
   lua_pushcfunction(L, run_chunk);
   lua_setfield(L, -2, "_run_chunk");
 }

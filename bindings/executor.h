@@ -1,6 +1,7 @@
 /*
 ** executor.h: what the three executors share (floor 3): `map`, written
-** once on top of each pool's `submit`, and each pool's opener.
+** once on top of each pool's `submit`, their metatables and options, and
+** each pool's opener.
 */
 #ifndef HOST_EXECUTOR_H
 #define HOST_EXECUTOR_H
@@ -9,15 +10,6 @@
 
 #include "lua.h"
 #include "lauxlib.h"
-
-/*
-** ex:map(fn, t1, t2, ... [, {timeout =, chunksize =}]): submits
-** fn(t1[i], t2[i], ...) for i up to the shortest table, through ex:submit,
-** and returns a generic-for iterator giving `i, results...` in order, with a
-** closing value that cancels what has not started when the loop is left.
-** The timeout counts from the call; a task's error is raised at its turn.
-*/
-int host_executor_map(lua_State *L);
 
 /*
 ** decoder(bytes, ok) -> the outcome table {n = k, values...} of a future
@@ -31,9 +23,15 @@ void host_executor_shutdown_options(lua_State *L, int idx, bool *wait, bool *can
                                     bool *interrupt);
 
 /*
-** Defines the metatable of executor type tname: `methods` (plus `map`) as
-** __index, __gc, __tostring, and __close = shutdown{wait = true}; and an
-** exit handler that shuts down every live pool of the type (see track).
+** Defines the metatable of executor type tname with host_type_define:
+** `methods` plus `map` as __index, __gc, __tostring, and __close =
+** shutdown{wait = true}; and an exit handler that shuts down every live
+** pool of the type (see track). ex:map(fn, t1, t2, ... [, {timeout =,
+** chunksize =}]) submits fn(t1[i], t2[i], ...) for i up to the shortest
+** table through ex:submit, and returns a generic-for iterator giving
+** `i, results...` in order, with a closing value that cancels what has
+** not started when the loop is left. The timeout counts from the call; a
+** task's error is raised at its turn.
 */
 void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *methods,
                           lua_CFunction gc, lua_CFunction tostring);

@@ -4,15 +4,23 @@
 **
 ** The C future's state is guarded by its mutex, because a thread outside
 ** the universe may complete it. The proxy's uservalues (outcome, callbacks,
-** decoder) are Lua values, touched with the GIL held. A completer stores the
-** outcome first, then flips the state under the mutex and wakes waiters, so
-** a waiter that sees FINISHED finds the outcome in place.
+** decoder) are Lua values, touched with the GIL held. A completer from
+** outside the universe stores its payload and flips the state in one
+** critical section. A completer in the universe (GIL held) first claims the
+** future by flipping the state, so a second completion changes nothing,
+** and stores the outcome before it lets the GIL go: a waiter that sees
+** FINISHED needs the GIL to read the outcome, and finds it in place.
 **
-** Waiting on several futures (wait, as_completed) installs one waiter node
-** per future in that future's list for the duration of one blocking call;
-** completion signals every waiter in the list.
+** Waiting on several futures (wait, as_completed) takes a reference to
+** each (a "future set" userdata owns them, so an error or another thread
+** dropping the futures frees nothing under the waiter) and installs one
+** waiter node per future in that future's list for the duration of one
+** blocking call; completion signals every waiter in the list.
 */
+#include <limits.h>
 #include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +29,7 @@
 #include "runtime.h"
 
 #define FUTURE_TYPE "host.Future"
+#define SET_TYPE "host.FutureSet"
 
 /* Uservalues of a proxy. */
 enum { UV_OUTCOME = 1, UV_CALLBACKS = 2, UV_DECODER = 3, UV_INTERRUPTER = 4 };
@@ -51,7 +60,9 @@ struct host_future {
   waiter_node *waiters;
 };
 
+/* A universe's view of a future; it owns one reference (NULL once finalized). */
 typedef struct proxy {
+  host_object obj;
   host_future *f;
 } proxy;
 
@@ -126,20 +137,25 @@ bool host_future_set_payload(host_future *f, bool ok, char *bytes, size_t len) {
 /* ---- proxies ---- */
 
 host_future *host_future_check(lua_State *L, int idx) {
-  return ((proxy *)luaL_checkudata(L, idx, FUTURE_TYPE))->f;
+  return ((proxy *)host_object_check(L, idx, FUTURE_TYPE))->f;
+}
+
+/* The future of the proxy at 1, for the methods (upvalue 1: the metatable). */
+static host_future *check_self(lua_State *L) {
+  return ((proxy *)host_object_check_self(L, FUTURE_TYPE))->f;
 }
 
 host_future *host_future_push_new(lua_State *L) {
-  proxy *p = lua_newuserdatauv(L, sizeof *p, 4);
-  p->f = NULL;
-  luaL_setmetatable(L, FUTURE_TYPE);
+  proxy *p = host_object_new(L, sizeof *p, FUTURE_TYPE, 4);
   p->f = future_new();
   if (p->f == NULL) luaL_error(L, "not enough memory");
   return p->f;
 }
 
+/* __gc: drops the proxy's reference; later uses raise (see util.h). */
 static int future_gc(lua_State *L) {
-  proxy *p = luaL_checkudata(L, 1, FUTURE_TYPE);
+  proxy *p = host_object_finalize(L, FUTURE_TYPE);
+  if (p == NULL) return 0;
   host_future_unref(p->f);
   p->f = NULL;
   return 0;
@@ -175,48 +191,58 @@ void host_future_run_callbacks(lua_State *L, int idx) {
   pthread_mutex_unlock(&f->mu);
   if (!run) return;
   if (lua_getiuservalue(L, idx, UV_CALLBACKS) == LUA_TTABLE) {
-    lua_Integer n = luaL_len(L, -1);
+    lua_pushnil(L);  /* forget them before any runs: each runs once */
+    lua_setiuservalue(L, idx, UV_CALLBACKS);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
       lua_rawgeti(L, -1, i);
       call_callback(L, idx);
     }
   }
   lua_pop(L, 1);
-  lua_pushnil(L);
-  lua_setiuservalue(L, idx, UV_CALLBACKS);
 }
 
-/* Stores the outcome table on top (popped) and finishes the future. */
-static void finish_with(lua_State *L, int idx, bool failed) {
-  idx = lua_absindex(L, idx);
+/*
+** Finishes the proxy at idx with the outcome table on top (popped) and runs
+** its callbacks; returns false, storing nothing, when it was done already.
+** The state flips first and the outcome is stored before the GIL can go
+** (lua_setiuservalue neither allocates nor calls Lua).
+*/
+static bool finish_with(lua_State *L, int idx, bool failed) {
   host_future *f = host_future_check(L, idx);
-  lua_setiuservalue(L, idx, UV_OUTCOME);
   pthread_mutex_lock(&f->mu);
   bool fresh = !is_done(f->state);
   if (fresh) finish_locked(f, HOST_FUTURE_FINISHED, failed);
   pthread_mutex_unlock(&f->mu);
-  if (!fresh) luaL_error(L, "invalid state: the future is already done");
+  if (!fresh) {
+    lua_pop(L, 1);
+    return false;
+  }
+  lua_setiuservalue(L, idx, UV_OUTCOME);
   host_future_run_callbacks(L, idx);
+  return true;
 }
 
-void host_future_set_result(lua_State *L, int idx, int n) {
+bool host_future_set_result(lua_State *L, int idx, int n) {
   idx = lua_absindex(L, idx);
+  host_future_check(L, idx);
   lua_createtable(L, n, 1);
   lua_insert(L, -(n + 1));
   for (int i = n; i >= 1; i--) lua_rawseti(L, -(i + 1), i);  /* table under vi */
   lua_pushinteger(L, n);
   lua_setfield(L, -2, "n");
-  finish_with(L, idx, false);
+  return finish_with(L, idx, false);
 }
 
-void host_future_set_error(lua_State *L, int idx) {
+bool host_future_set_error(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
+  host_future_check(L, idx);
   lua_createtable(L, 1, 1);
   lua_insert(L, -2);
   lua_rawseti(L, -2, 1);
   lua_pushinteger(L, 1);
   lua_setfield(L, -2, "n");
-  finish_with(L, idx, true);
+  return finish_with(L, idx, true);
 }
 
 void host_future_set_decoder(lua_State *L, int idx) {
@@ -240,6 +266,13 @@ bool host_future_cancel(lua_State *L, int idx) {
   return cancelled;
 }
 
+bool host_future_failed(host_future *f) {
+  pthread_mutex_lock(&f->mu);
+  bool failed = f->state == HOST_FUTURE_FINISHED && f->failed;
+  pthread_mutex_unlock(&f->mu);
+  return failed;
+}
+
 /*
 ** Waits (GIL released) until f is done or the deadline passes. Returns the
 ** state; raises "interrupted!" in an interrupted main thread.
@@ -255,6 +288,10 @@ static host_future_state wait_done(lua_State *L, host_future *f, const host_dead
     host_wait_result r = host_cond_wait(L, &f->mu, &f->cv, d);  /* unlocks */
     if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
   }
+}
+
+host_future_state host_future_wait(lua_State *L, int idx, const host_deadline *d) {
+  return wait_done(L, host_future_check(L, idx), d);
 }
 
 /*
@@ -314,13 +351,13 @@ int host_future_result(lua_State *L, int idx, double timeout) {
 
 /* future:result([timeout]): every value the task returned, or raises. */
 static int future_result(lua_State *L) {
-  host_future_check(L, 1);
+  check_self(L);
   return host_future_result(L, 1, host_opt_timeout(L, 2));
 }
 
 /* future:exception([timeout]): the task's error, or nil. */
 static int future_exception(lua_State *L) {
-  host_future *f = host_future_check(L, 1);
+  host_future *f = check_self(L);
   double timeout = host_opt_timeout(L, 2);
   host_deadline d = host_deadline_in(timeout);
   check_waited(L, wait_done(L, f, &d), timeout);
@@ -337,7 +374,7 @@ static int future_exception(lua_State *L) {
 ** "interrupted!"; the answer is then true too.
 */
 static int future_cancel(lua_State *L) {
-  host_future *f = host_future_check(L, 1);
+  host_future *f = check_self(L);
   bool interrupt = false;
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "interrupt");
@@ -362,29 +399,29 @@ static int future_cancel(lua_State *L) {
 }
 
 static int future_cancelled(lua_State *L) {
-  lua_pushboolean(L, host_future_state_of(host_future_check(L, 1)) == HOST_FUTURE_CANCELLED);
+  lua_pushboolean(L, host_future_state_of(check_self(L)) == HOST_FUTURE_CANCELLED);
   return 1;
 }
 
 static int future_running(lua_State *L) {
-  lua_pushboolean(L, host_future_state_of(host_future_check(L, 1)) == HOST_FUTURE_RUNNING);
+  lua_pushboolean(L, host_future_state_of(check_self(L)) == HOST_FUTURE_RUNNING);
   return 1;
 }
 
 static int future_done(lua_State *L) {
-  lua_pushboolean(L, is_done(host_future_state_of(host_future_check(L, 1))));
+  lua_pushboolean(L, is_done(host_future_state_of(check_self(L))));
   return 1;
 }
 
 /* future:add_done_callback(fn): fn(future) when done, or at once. */
 static int future_add_done_callback(lua_State *L) {
-  host_future *f = host_future_check(L, 1);
+  host_future *f = check_self(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
   pthread_mutex_lock(&f->mu);
   bool now = is_done(f->state) && f->callbacks_ran;
   pthread_mutex_unlock(&f->mu);
   if (now) {
-    lua_pushvalue(L, 2);
     call_callback(L, 1);
     return 0;
   }
@@ -395,7 +432,7 @@ static int future_add_done_callback(lua_State *L) {
     lua_setiuservalue(L, 1, UV_CALLBACKS);
   }
   lua_pushvalue(L, 2);
-  lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
   pthread_mutex_lock(&f->mu);
   f->has_callbacks = true;
   pthread_mutex_unlock(&f->mu);
@@ -405,7 +442,7 @@ static int future_add_done_callback(lua_State *L) {
 
 /* future:set_running_or_notify_cancel(), for code that runs futures itself. */
 static int future_set_running(lua_State *L) {
-  host_future *f = host_future_check(L, 1);
+  host_future *f = check_self(L);
   if (host_future_set_running(f)) {
     lua_pushboolean(L, 1);
     return 1;
@@ -416,24 +453,30 @@ static int future_set_running(lua_State *L) {
   return 1;
 }
 
+/* The InvalidStateError of a second set_result or set_exception. */
+static int already_done(lua_State *L) {
+  return host_error_raise(L, "InvalidStateError", "the future is already done");
+}
+
 /* future:set_result(...): finishes it with these values. */
 static int future_lua_set_result(lua_State *L) {
-  host_future_check(L, 1);
-  host_future_set_result(L, 1, lua_gettop(L) - 1);
+  check_self(L);
+  if (!host_future_set_result(L, 1, lua_gettop(L) - 1)) return already_done(L);
   return 0;
 }
 
 /* future:set_exception(err): finishes it with this error. */
 static int future_lua_set_exception(lua_State *L) {
-  host_future_check(L, 1);
+  check_self(L);
   luaL_checkany(L, 2);
   lua_settop(L, 2);
-  host_future_set_error(L, 1);
+  if (!host_future_set_error(L, 1)) return already_done(L);
   return 0;
 }
 
 static int future_tostring(lua_State *L) {
-  host_future *f = host_future_check(L, 1);
+  if (host_object_tostring_finalized(L, FUTURE_TYPE)) return 1;
+  host_future *f = check_self(L);
   static const char *const names[] = {"pending", "running", "cancelled", "finished"};
   host_future_state s = host_future_state_of(f);
   lua_pushfstring(L, "host.Future (%s%s): %p", names[s],
@@ -446,169 +489,264 @@ static int future_new_lua(lua_State *L) {
   return 1;
 }
 
+double host_future_timeout_field(lua_State *L, int arg, const char *field) {
+  double t = -1;
+  if (lua_getfield(L, arg, field) != LUA_TNIL) {
+    int isnum;
+    t = (double)lua_tonumberx(L, -1, &isnum);
+    if (!isnum)
+      luaL_argerror(L, arg, lua_pushfstring(L, "'%s' must be a number, got %s", field,
+                                            luaL_typename(L, -1)));
+    if (!(t >= 0))
+      luaL_argerror(L, arg, lua_pushfstring(L, "'%s' must be a non-negative number", field));
+  }
+  lua_pop(L, 1);
+  return t;
+}
+
 /* ---- waiting on several futures ---- */
 
-/* The futures of the array at idx, checked; n set to their count. */
-static host_future **collect_futures(lua_State *L, int idx, lua_Integer *n) {
-  luaL_checktype(L, idx, LUA_TTABLE);
-  *n = luaL_len(L, idx);
-  host_future **fs = lua_newuserdatauv(L, sizeof *fs * (size_t)(*n > 0 ? *n : 1), 0);
-  for (lua_Integer i = 1; i <= *n; i++) {
-    lua_rawgeti(L, idx, i);
-    proxy *p = luaL_testudata(L, -1, FUTURE_TYPE);
-    if (p == NULL)
-      luaL_error(L, "bad argument #%d (host.Future expected at [%I], got %s)", idx, i,
-                 luaL_typename(L, -1));
-    fs[i - 1] = p->f;
-    lua_pop(L, 1);
-  }
-  return fs;
+/*
+** The futures a wait or an as_completed looks at, without duplicates: a
+** reference to each in fs[0..n), their proxies at 1..n of uservalue 1.
+** __gc drops the references.
+*/
+typedef struct future_set {
+  host_object obj;
+  lua_Integer n;
+  host_future *fs[];
+} future_set;
+
+/* Drops the references of the set s (its proxies stay in uservalue 1). */
+static void set_release(future_set *s) {
+  for (lua_Integer i = 0; i < s->n; i++) host_future_unref(s->fs[i]);
+  s->n = 0;
+}
+
+static int set_gc(lua_State *L) {
+  future_set *s = host_object_finalize(L, SET_TYPE);
+  if (s != NULL) set_release(s);
+  return 0;
 }
 
 /*
-** Blocks until one of the n futures (none done when the caller looked)
-** fires the waiter or the deadline passes. The waiter is in every future's
-** list only during this call; one found done already counts as fired.
+** Pushes the set of the futures in the array at arg (argument `arg` of the
+** caller, for messages). Raises if an entry is not a host.Future.
 */
-static host_wait_result wait_any(lua_State *L, host_future **fs, lua_Integer n,
+static future_set *push_future_set(lua_State *L, int arg) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_Unsigned len = lua_rawlen(L, arg);
+  if (len > (SIZE_MAX - sizeof(future_set)) / sizeof(host_future *) || len > INT_MAX)
+    luaL_argerror(L, arg, "too many futures");
+  future_set *s = host_object_new(L, sizeof *s + (size_t)len * sizeof(host_future *), SET_TYPE, 1);
+  int set = lua_gettop(L);
+  lua_createtable(L, (int)len, 0);  /* the proxies, at set + 1 */
+  lua_createtable(L, 0, (int)len);  /* proxy -> true, to skip duplicates */
+  int seen = set + 2;
+  for (lua_Integer i = 1; i <= (lua_Integer)len; i++) {
+    lua_rawgeti(L, arg, i);
+    proxy *p = host_object_test(L, -1, FUTURE_TYPE);
+    if (p == NULL)
+      luaL_argerror(L, arg, lua_pushfstring(L, "host.Future expected at index %I, got %s", i,
+                                            luaL_typename(L, -1)));
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, seen) != LUA_TNIL) {
+      lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, seen);
+    host_future_ref(p->f);
+    s->fs[s->n++] = p->f;
+    lua_rawseti(L, set + 1, s->n);
+  }
+  lua_pop(L, 1);
+  lua_setiuservalue(L, set, 1);
+  return s;
+}
+
+/* One future of a blocking wait on several, and the waiter's node in its list. */
+typedef struct wait_slot {
+  host_future *f;
+  waiter_node node;
+} wait_slot;
+
+/*
+** Blocks until one of the futures of slots[0..n) (none done when the
+** caller looked) fires the waiter or the deadline passes. The waiter is in
+** every future's list only during this call; one found done already counts
+** as fired. The caller keeps each future alive during the call, and the
+** slots belong to this call alone.
+*/
+static host_wait_result wait_any(lua_State *L, wait_slot *slots, lua_Integer n,
                                  const host_deadline *d) {
+  if (n == 0) return HOST_WAIT_WOKEN;  /* nothing to wait for: look again */
   multi_waiter w;
   pthread_mutex_init(&w.mu, NULL);
   host_cond_init(&w.cv);
   w.fired = 0;
-  waiter_node *nodes = calloc((size_t)n, sizeof *nodes);
-  if (nodes == NULL) luaL_error(L, "not enough memory");
   for (lua_Integer i = 0; i < n; i++) {
-    nodes[i].w = &w;
-    pthread_mutex_lock(&fs[i]->mu);
-    if (is_done(fs[i]->state)) w.fired++;  /* no lock on w needed: not yet shared */
-    nodes[i].next = fs[i]->waiters;
-    fs[i]->waiters = &nodes[i];
-    pthread_mutex_unlock(&fs[i]->mu);
+    host_future *f = slots[i].f;
+    slots[i].node.w = &w;
+    pthread_mutex_lock(&f->mu);
+    if (is_done(f->state)) w.fired++;  /* no lock on w needed: not yet shared */
+    slots[i].node.next = f->waiters;
+    f->waiters = &slots[i].node;
+    pthread_mutex_unlock(&f->mu);
   }
   host_wait_result r = HOST_WAIT_WOKEN;
   pthread_mutex_lock(&w.mu);
   if (w.fired == 0) r = host_cond_wait(L, &w.mu, &w.cv, d);  /* unlocks */
   else pthread_mutex_unlock(&w.mu);
   for (lua_Integer i = 0; i < n; i++) {
-    pthread_mutex_lock(&fs[i]->mu);
-    for (waiter_node **p = &fs[i]->waiters; *p != NULL; p = &(*p)->next) {
-      if (*p == &nodes[i]) {
-        *p = nodes[i].next;
+    host_future *f = slots[i].f;
+    pthread_mutex_lock(&f->mu);
+    for (waiter_node **p = &f->waiters; *p != NULL; p = &(*p)->next) {
+      if (*p == &slots[i].node) {
+        *p = slots[i].node.next;
         break;
       }
     }
-    pthread_mutex_unlock(&fs[i]->mu);
+    pthread_mutex_unlock(&f->mu);
   }
-  free(nodes);
   pthread_mutex_destroy(&w.mu);
   pthread_cond_destroy(&w.cv);
   return r;
 }
 
-/* Is the wait of futures.wait over for return_when `mode`? */
-static bool wait_satisfied(host_future **fs, lua_Integer n, const char *mode) {
+enum { FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED };
+static const char *const wait_modes[] = {"FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", NULL};
+
+/*
+** Is the wait of futures.wait over for return_when `mode`? A cancelled
+** future counts as done, not as raised (CPython's FIRST_EXCEPTION).
+*/
+static bool wait_satisfied(future_set *s, int mode) {
   lua_Integer done = 0;
-  for (lua_Integer i = 0; i < n; i++) {
-    pthread_mutex_lock(&fs[i]->mu);
-    bool d = is_done(fs[i]->state);
-    bool raised = fs[i]->state == HOST_FUTURE_FINISHED && fs[i]->failed;
-    pthread_mutex_unlock(&fs[i]->mu);
+  for (lua_Integer i = 0; i < s->n; i++) {
+    pthread_mutex_lock(&s->fs[i]->mu);
+    bool d = is_done(s->fs[i]->state);
+    bool raised = s->fs[i]->state == HOST_FUTURE_FINISHED && s->fs[i]->failed;
+    pthread_mutex_unlock(&s->fs[i]->mu);
     if (d) done++;
-    if (raised && strcmp(mode, "FIRST_EXCEPTION") == 0) return true;
-    if (d && strcmp(mode, "FIRST_COMPLETED") == 0) return true;
+    if ((raised && mode == FIRST_EXCEPTION) || (d && mode == FIRST_COMPLETED)) return true;
   }
-  return done == n;
+  return done == s->n;
+}
+
+/* Reads wait's return_when from the options table at 2. */
+static int wait_mode(lua_State *L) {
+  int mode = ALL_COMPLETED;
+  if (lua_getfield(L, 2, "return_when") != LUA_TNIL) {
+    const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (name == NULL)
+      luaL_argerror(L, 2, lua_pushfstring(L, "'return_when' must be a string, got %s",
+                                          luaL_typename(L, -1)));
+    for (mode = 0; wait_modes[mode] != NULL; mode++)
+      if (strcmp(wait_modes[mode], name) == 0) break;
+    if (wait_modes[mode] == NULL)
+      luaL_argerror(L, 2, lua_pushfstring(L, "invalid return_when '%s'", name));
+  }
+  lua_pop(L, 1);
+  return mode;
 }
 
 /*
-** futures.wait(fs, {timeout =, return_when =}) -> done, not_done
-** (two arrays, in the order of fs).
+** futures.wait(fs [, {timeout =, return_when =}]) -> done, not_done (two
+** arrays, in the order of fs, each future once).
 */
 static int l_wait(lua_State *L) {
-  lua_Integer n;
-  host_future **fs = collect_futures(L, 1, &n);
+  lua_settop(L, 2);
   double timeout = -1;
-  const char *mode = "ALL_COMPLETED";
-  if (!lua_isnoneornil(L, 2)) {
+  int mode = ALL_COMPLETED;
+  if (!lua_isnil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
-    lua_getfield(L, 2, "timeout");
-    timeout = host_opt_timeout(L, -1);
-    lua_getfield(L, 2, "return_when");
-    mode = luaL_optstring(L, -1, mode);
-    lua_pop(L, 2);
-    luaL_argcheck(L, strcmp(mode, "ALL_COMPLETED") == 0 || strcmp(mode, "FIRST_COMPLETED") == 0 ||
-                  strcmp(mode, "FIRST_EXCEPTION") == 0, 2, "invalid return_when");
+    timeout = host_future_timeout_field(L, 2, "timeout");
+    mode = wait_mode(L);
   }
+  future_set *s = push_future_set(L, 1);
+  int set = lua_gettop(L);
   host_deadline d = host_deadline_in(timeout);
-  host_future **pending = lua_newuserdatauv(L, sizeof *pending * (size_t)(n > 0 ? n : 1), 0);
-  while (!wait_satisfied(fs, n, mode) && !host_deadline_passed(&d)) {
+  wait_slot *pending = lua_newuserdatauv(L, sizeof *pending * (size_t)(s->n > 0 ? s->n : 1), 0);
+  while (!wait_satisfied(s, mode) && !host_deadline_passed(&d)) {
     lua_Integer np = 0;  /* wait only on those not done: a done one wakes at once */
-    for (lua_Integer i = 0; i < n; i++)
-      if (!is_done(host_future_state_of(fs[i]))) pending[np++] = fs[i];
+    for (lua_Integer i = 0; i < s->n; i++)
+      if (!is_done(host_future_state_of(s->fs[i]))) pending[np++].f = s->fs[i];
     if (wait_any(L, pending, np, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
   lua_pop(L, 1);
+  lua_getiuservalue(L, set, 1);
   lua_newtable(L);
   int done = lua_gettop(L);
   lua_newtable(L);
-  for (lua_Integer i = 1; i <= n; i++) {
-    int into = is_done(host_future_state_of(fs[i - 1])) ? done : done + 1;
-    lua_Integer at = luaL_len(L, into) + 1;
-    lua_rawgeti(L, 1, i);
-    lua_rawseti(L, into, at);
+  lua_Integer ndone = 0, nnot = 0;
+  for (lua_Integer i = 0; i < s->n; i++) {
+    bool isdone = is_done(host_future_state_of(s->fs[i]));
+    lua_rawgeti(L, set + 1, i + 1);
+    lua_rawseti(L, isdone ? done : done + 1, isdone ? ++ndone : ++nnot);
   }
+  set_release(s);
   return 2;
 }
 
 /*
-** The iterator of as_completed. Upvalues: 1 the array of futures still to
-** give, 2 the deadline's seconds left at creation, 3 the creation time.
+** wait_any on the futures of the set s, through a copy that holds its own
+** references: another thread may take futures from s meanwhile (the same
+** iterator called from two threads).
+*/
+static host_wait_result wait_pending(lua_State *L, future_set *s, const host_deadline *d) {
+  lua_Integer n = s->n;
+  wait_slot *slots = lua_newuserdatauv(L, sizeof *slots * (size_t)n, 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    slots[i].f = s->fs[i];
+    host_future_ref(slots[i].f);
+  }
+  host_wait_result r = wait_any(L, slots, n, d);
+  for (lua_Integer i = 0; i < n; i++) host_future_unref(slots[i].f);
+  lua_pop(L, 1);
+  return r;
+}
+
+/*
+** The iterator of as_completed. Upvalues: 1 the set of futures still to
+** give, 2 the deadline (host_now() seconds, or -1 for none), 3 how many
+** futures it was given.
 */
 static int as_completed_next(lua_State *L) {
-  int pending = lua_upvalueindex(1);
-  double timeout = lua_tonumber(L, lua_upvalueindex(2));
-  double started = lua_tonumber(L, lua_upvalueindex(3));
-  host_deadline d = host_deadline_in(timeout < 0 ? -1 : timeout - (host_now() - started));
+  future_set *s = host_object_check(L, lua_upvalueindex(1), SET_TYPE);
+  double at = lua_tonumber(L, lua_upvalueindex(2));
+  host_deadline d = host_deadline_in(at < 0 ? -1 : at > host_now() ? at - host_now() : 0);
+  lua_getiuservalue(L, lua_upvalueindex(1), 1);
+  int proxies = lua_gettop(L);
   for (;;) {
-    lua_Integer n;
-    host_future **fs = collect_futures(L, pending, &n);
-    if (n == 0) return 0;
-    for (lua_Integer i = 1; i <= n; i++) {
-      if (!is_done(host_future_state_of(fs[i - 1]))) continue;
-      lua_rawgeti(L, pending, i);
-      lua_rawgeti(L, pending, n);  /* fill the hole with the last one */
-      lua_rawseti(L, pending, i);
+    if (s->n == 0) return 0;
+    for (lua_Integer i = 0; i < s->n; i++) {
+      if (!is_done(host_future_state_of(s->fs[i]))) continue;
+      lua_rawgeti(L, proxies, i + 1);
+      host_future_unref(s->fs[i]);  /* fill the hole with the last one */
+      s->fs[i] = s->fs[--s->n];
+      lua_rawgeti(L, proxies, s->n + 1);
+      lua_rawseti(L, proxies, i + 1);
       lua_pushnil(L);
-      lua_rawseti(L, pending, n);
+      lua_rawseti(L, proxies, s->n + 1);
       return 1;
     }
     if (host_deadline_passed(&d))
-      return host_error_raise(L, "TimeoutError", "%I (of %I) futures unfinished", n, n);
-    if (wait_any(L, fs, n, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
-    lua_pop(L, 1);
+      return host_error_raise(L, "TimeoutError", "%I (of %I) futures unfinished", s->n,
+                              lua_tointeger(L, lua_upvalueindex(3)));
+    if (wait_pending(L, s, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
 }
 
 /* futures.as_completed(fs [, timeout]): iterates futures as they finish. */
 static int l_as_completed(lua_State *L) {
   double timeout = host_opt_timeout(L, 2);
-  lua_Integer n;
-  collect_futures(L, 1, &n);
-  lua_createtable(L, (int)n, 0);
-  for (lua_Integer i = 1; i <= n; i++) {  /* a copy, without duplicates */
-    lua_rawgeti(L, 1, i);
-    bool seen = false;
-    for (lua_Integer j = 1; j < i && !seen; j++) {
-      lua_rawgeti(L, 1, j);
-      seen = lua_rawequal(L, -1, -2);
-      lua_pop(L, 1);
-    }
-    if (seen) lua_pop(L, 1);
-    else lua_rawseti(L, -2, luaL_len(L, -2) + 1);
-  }
-  lua_pushnumber(L, (lua_Number)timeout);
-  lua_pushnumber(L, (lua_Number)host_now());
+  lua_settop(L, 2);
+  future_set *s = push_future_set(L, 1);
+  lua_pushnumber(L, (lua_Number)(timeout < 0 ? -1 : host_now() + timeout));
+  lua_pushinteger(L, s->n);
   lua_pushcclosure(L, as_completed_next, 3);
   return 1;
 }
@@ -627,6 +765,21 @@ static const luaL_Reg future_methods[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg future_meta[] = {
+  {"__gc", future_gc},
+  {"__tostring", future_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg set_methods[] = {
+  {NULL, NULL}
+};
+
+static const luaL_Reg set_meta[] = {
+  {"__gc", set_gc},
+  {NULL, NULL}
+};
+
 static const luaL_Reg future_funcs[] = {
   {"Future", future_new_lua},
   {"wait", l_wait},
@@ -635,20 +788,11 @@ static const luaL_Reg future_funcs[] = {
 };
 
 void host_open_future(lua_State *L) {
-  if (luaL_newmetatable(L, FUTURE_TYPE)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, future_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, future_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, future_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  host_type_define(L, FUTURE_TYPE, future_methods, future_meta, NULL);
+  host_type_define(L, SET_TYPE, set_methods, set_meta, NULL);
   luaL_setfuncs(L, future_funcs, 0);
-  static const char *const modes[] = {"FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"};
-  for (int i = 0; i < 3; i++) {
-    lua_pushstring(L, modes[i]);
-    lua_setfield(L, -2, modes[i]);
+  for (int i = 0; wait_modes[i] != NULL; i++) {
+    lua_pushstring(L, wait_modes[i]);
+    lua_setfield(L, -2, wait_modes[i]);
   }
 }

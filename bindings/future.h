@@ -8,6 +8,8 @@
 ** A universe looks at it through one proxy userdata ("host.Future") whose
 ** uservalues hold the outcome as Lua values, the done-callbacks, and the
 ** decoder that turns a payload into values when someone asks for them.
+** The proxy owns one reference; its __gc drops it, and any later use of the
+** proxy raises "attempt to use a finalized host.Future".
 */
 #ifndef HOST_FUTURE_H
 #define HOST_FUTURE_H
@@ -16,6 +18,8 @@
 #include <stddef.h>
 
 #include "lua.h"
+
+#include "util.h"
 
 typedef struct host_future host_future;
 
@@ -29,7 +33,7 @@ typedef enum host_future_state {
 /* Pushes a new Future proxy with a new PENDING future; returns the future. */
 host_future *host_future_push_new(lua_State *L);
 
-/* The future of the proxy at idx (raises unless it is a host.Future). */
+/* The future of the proxy at idx (raises unless it is a live host.Future). */
 host_future *host_future_check(lua_State *L, int idx);
 
 /* Takes / drops a reference (atomic; the last drop frees). */
@@ -44,12 +48,19 @@ host_future_state host_future_state_of(host_future *f);
 
 /*
 ** Completes the proxy at idx (GIL held) with the n values on top of the
-** stack (popped), then runs its callbacks in this thread.
+** stack (popped), then runs its callbacks in this thread. Returns false,
+** storing nothing, when it was done already (cancelled, say).
 */
-void host_future_set_result(lua_State *L, int idx, int n);
+bool host_future_set_result(lua_State *L, int idx, int n);
 
-/* Completes the proxy at idx with the error on top (popped); runs callbacks. */
-void host_future_set_error(lua_State *L, int idx);
+/*
+** Completes the proxy at idx with the error on top (popped) and runs its
+** callbacks; false, storing nothing, when it was done already.
+*/
+bool host_future_set_error(lua_State *L, int idx);
+
+/* True when f finished with an error. */
+bool host_future_failed(host_future *f);
 
 /*
 ** Completes f from any thread: `bytes` (malloc'd, owned by the future from
@@ -91,6 +102,18 @@ bool host_future_cancel(lua_State *L, int idx);
 ** count. Raises the task's error, a TimeoutError or a CancelledError.
 */
 int host_future_result(lua_State *L, int idx, double timeout);
+
+/*
+** Waits for the proxy at idx (GIL released) until it is done or `d`
+** passes, and returns its state. Raises only "interrupted!".
+*/
+host_future_state host_future_wait(lua_State *L, int idx, const host_deadline *d);
+
+/*
+** Reads the timeout field `field` of the options table at arg: -1 when
+** absent; raises "bad argument #arg" for a non-number or a negative one.
+*/
+double host_future_timeout_field(lua_State *L, int arg, const char *field);
 
 /* Adds Future, wait, as_completed and the wait constants to the table on top. */
 void host_open_future(lua_State *L);

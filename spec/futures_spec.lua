@@ -77,6 +77,172 @@ describe('Future', function()
     assert.matches('callback broke', err, 1, true)
   end)
 
+  it('raises on a Future used after its __gc, in place of a crash', function()
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local f = futures.Future()
+      f:set_result(42)
+      local mt = getmetatable(f)
+      mt.__gc(f)
+      mt.__gc(f)  -- a second __gc is harmless
+      for _, m in ipairs { 'result', 'exception', 'done', 'cancel', 'cancelled', 'running',
+                           'set_result', 'set_exception', 'add_done_callback',
+                           'set_running_or_notify_cancel' } do
+        print(m, pcall(f[m], f, print))
+      end
+      print(tostring(f):match('^host%.Future %(finalized%)') ~= nil)
+      print(pcall(futures.wait, { f }))
+      -- a finalizer that touches a Future collected in the same cycle: the
+      -- Future, made later, is finalized first
+      local holder = setmetatable({}, { __gc = function(o)
+        print('finalizer', pcall(o.f.result, o.f, 1))
+      end })
+      holder.f = futures.Future()
+      holder.f:set_result(1)
+      holder = nil
+      collectgarbage()
+      collectgarbage()
+      print('end')
+    ]]
+    local out, err, code = sh.host_run(sh.quote(f))
+    os.remove(f)
+    assert.are.equal(0, code, err)
+    local msg = 'attempt to use a finalized host.Future'
+    local expected = {}
+    for _, m in ipairs { 'result', 'exception', 'done', 'cancel', 'cancelled', 'running',
+                         'set_result', 'set_exception', 'add_done_callback',
+                         'set_running_or_notify_cancel' } do
+      expected[#expected + 1] = m .. '\tfalse\t' .. msg
+    end
+    expected[#expected + 1] = 'true'
+    expected[#expected + 1] = 'false\t' .. msg
+    expected[#expected + 1] = 'finalizer\tfalse\t' .. msg
+    expected[#expected + 1] = 'end'
+    assert.are.equal(table.concat(expected, '\n') .. '\n', out)
+  end)
+
+  it('refuses a second set_result or set_exception with InvalidStateError, keeping the first', function()
+    local f = futures.Future()
+    local calls = 0
+    f:add_done_callback(function() calls = calls + 1 end)
+    f:set_result(1)
+    local ok, err = pcall(f.set_result, f, 2)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'InvalidStateError'))
+    assert.are.equal('the future is already done', err.message)
+    ok, err = pcall(f.set_exception, f, 'boom')
+    assert.is_true(herror.is(err, 'InvalidStateError'))
+    assert.are.equal(1, f:result(0))
+    assert.is_nil(f:exception(0))
+    assert.are.equal(1, calls)
+    local e = futures.Future()
+    e:set_exception('first')
+    assert.is_true(herror.is(select(2, pcall(e.set_exception, e, 'second')), 'InvalidStateError'))
+    assert.is_true(herror.is(select(2, pcall(e.set_result, e, 'value')), 'InvalidStateError'))
+    assert.are.equal('first', e:exception(0))
+    local c = futures.Future()
+    c:cancel()
+    assert.is_true(herror.is(select(2, pcall(c.set_result, c, 1)), 'InvalidStateError'))
+    assert.is_true(c:cancelled())
+  end)
+
+  it('checks result and exception timeouts: -1 and NaN raise, 1e300 and inf wait', function()
+    local f = futures.Future()
+    assert.has_error(function() f:result(-1) end,
+      "bad argument #1 to 'result' (timeout must be a non-negative number)")
+    assert.has_error(function() f:result(0 / 0) end,
+      "bad argument #1 to 'result' (timeout must be a non-negative number)")
+    assert.has_error(function() f:exception(-1) end,
+      "bad argument #1 to 'exception' (timeout must be a non-negative number)")
+    local go = thread.Event()
+    local t = thread.start(function() go:wait(T) f:set_result('late') end)
+    go:set()
+    assert.are.equal('late', f:result(1e300))
+    assert.are.equal('late', f:result(math.huge))
+    assert.is_nil(f:exception(1e300))
+    assert.is_true(t:join(T))
+  end)
+
+  it('raises CancelledError from exception() after cancel', function()
+    local f = futures.Future()
+    f:cancel()
+    local ok, err = pcall(f.exception, f, 1e300)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'CancelledError'))
+  end)
+
+  it('rejects a callback that is not a function, naming the argument', function()
+    local f = futures.Future()
+    assert.has_error(function() f:add_done_callback(1) end,
+      "bad argument #1 to 'add_done_callback' (function expected, got number)")
+    assert.has_error(function() f:add_done_callback() end,
+      "bad argument #1 to 'add_done_callback' (function expected, got no value)")
+    f:set_result(1)  -- the refused ones did not stay behind
+  end)
+
+  it('reports a callback error whose __tostring raises with the fallback, and keeps the thread pool worker', function()
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local bad = setmetatable({}, { __tostring = function() error('tostring broke') end })
+      local fut = futures.Future()
+      fut:add_done_callback(function() error(bad) end)
+      fut:add_done_callback(function() print('second ran') end)
+      fut:set_result(1)
+      local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+      local gate = thread.Event()
+      local g = ex:submit(function() gate:wait(5) return 'first' end)
+      g:add_done_callback(function() error(bad) end)  -- runs on the worker
+      gate:set()
+      print(g:result(5))
+      print(ex:submit(function() return 'second task' end):result(5))
+      ex:shutdown()
+      print('shut down')
+    ]]
+    local out, err, code = sh.host_run(sh.quote(f))
+    os.remove(f)
+    assert.are.equal(0, code, err)
+    assert.are.equal('second ran\nfirst\nsecond task\nshut down\n', out)
+    local line = 'host: exception calling callback for future: (error object is a table value)\n'
+    assert.are.equal(line .. line, err)
+  end)
+
+  it('refuses shutdown() from a done-callback on the pool\'s own worker, without a deadlock', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+    local gate, called = thread.Event(), thread.Event()
+    local f = ex:submit(function() gate:wait(T) return 1 end)
+    local got
+    f:add_done_callback(function()
+      got = { pcall(ex.shutdown, ex) }
+      called:set()
+    end)
+    gate:set()
+    assert.are.equal(1, f:result(T))
+    assert.is_true(called:wait(T))
+    assert.is_false(got[1])
+    assert.matches('cannot join current thread', got[2], 1, true)
+    local t = thread.start(function() ex:shutdown() return 'shut down' end)
+    assert.are.same({ true, 'shut down' }, { t:join(T) })
+  end)
+
+  it('keeps the first outcome when a task completes its own future, and the worker lives on', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+    local gate = thread.Event()
+    local f
+    f = ex:submit(function()
+      gate:wait(T)
+      f:set_result('set by the task')
+      return 'returned'
+    end)
+    gate:set()
+    assert.are.equal('set by the task', f:result(T))
+    local ok, got = pcall(function() return ex:submit(function() return 'next' end):result(T) end)
+    local t = thread.start(function() ex:shutdown() end)
+    assert.is_true(t:join(T))
+    assert.is_true(ok, got)
+    assert.are.equal('next', got)
+  end)
+
   it('rejects what is not a future', function()
     assert.has_error(function() futures.Future().result(nil) end)
     assert.has_error(function() futures.wait({ 1 }) end)
@@ -117,6 +283,184 @@ describe('futures.wait and as_completed', function()
     assert.is_true(herror.is(err, 'TimeoutError'))
     assert.are.same({ 'b', 'a' }, seen)
     t:join(T)
+  end)
+  it('waits without an options table (the documented form)', function()
+    local a, b = futures.Future(), futures.Future()
+    a:set_result(1)
+    local go = thread.Event()
+    local t = thread.start(function() go:wait(T) b:set_result(2) end)
+    go:set()
+    local done, not_done = futures.wait({ a, b })
+    assert.are.same({ a, b }, done)
+    assert.are.same({}, not_done)
+    assert.is_true(t:join(T))
+    done, not_done = futures.wait({})
+    assert.are.same({}, done)
+    assert.are.same({}, not_done)
+  end)
+
+  it('gives each future once when the array repeats it', function()
+    local a, b = futures.Future(), futures.Future()
+    a:set_result(1)
+    local done, not_done = futures.wait({ a, b, a, b, a }, { timeout = 0 })
+    assert.are.same({ a }, done)
+    assert.are.same({ b }, not_done)
+    b:set_result(2)
+    local n = 0
+    for _ in futures.as_completed({ a, a, b, b }, T) do n = n + 1 end
+    assert.are.equal(2, n)
+  end)
+
+  it('does not count a cancelled future as an exception in FIRST_EXCEPTION', function()
+    local c, p = futures.Future(), futures.Future()
+    c:cancel()
+    local done, not_done = futures.wait({ c, p }, { timeout = 0.05, return_when = futures.FIRST_EXCEPTION })
+    assert.are.same({ c }, done)
+    assert.are.same({ p }, not_done)
+    p:cancel()  -- all done: returns at once although none raised
+    done, not_done = futures.wait({ c, p }, { timeout = T, return_when = futures.FIRST_EXCEPTION })
+    assert.are.same({ c, p }, done)
+    assert.are.same({}, not_done)
+  end)
+
+  it('names the argument in its errors', function()
+    assert.has_error(function() futures.wait({ futures.Future(), 1 }) end,
+      "bad argument #1 to 'wait' (host.Future expected at index 2, got number)")
+    assert.has_error(function() futures.as_completed({ {} }) end,
+      "bad argument #1 to 'as_completed' (host.Future expected at index 1, got table)")
+    assert.has_error(function() futures.wait(5) end,
+      "bad argument #1 to 'wait' (table expected, got number)")
+    assert.has_error(function() futures.wait({}, { timeout = -1 }) end,
+      "bad argument #2 to 'wait' ('timeout' must be a non-negative number)")
+    assert.has_error(function() futures.wait({}, { timeout = 'soon' }) end,
+      "bad argument #2 to 'wait' ('timeout' must be a number, got string)")
+    assert.has_error(function() futures.wait({}, { return_when = 'SOMETIMES' }) end,
+      "bad argument #2 to 'wait' (invalid return_when 'SOMETIMES')")
+    assert.has_error(function() futures.wait({}, { return_when = 1 }) end,
+      "bad argument #2 to 'wait' ('return_when' must be a string, got number)")
+    assert.has_error(function() futures.as_completed({}, -1) end,
+      "bad argument #2 to 'as_completed' (timeout must be a non-negative number)")
+  end)
+
+  -- A bug here would make as_completed wait forever: a watchdog completes
+  -- the futures after T seconds, so the spec fails instead of hanging.
+  local function watchdog(...)
+    local fs, finished = { ... }, thread.Event()
+    local t = thread.start(function()
+      if not finished:wait(T) then
+        for _, f in ipairs(fs) do if not f:done() then f:set_result('watchdog') end end
+      end
+    end)
+    return function() finished:set() assert.is_true(t:join(T)) end
+  end
+
+  it('times out as_completed with a timeout of 0, counting the original total', function()
+    local a, b, c = futures.Future(), futures.Future(), futures.Future()
+    a:set_result(1)
+    local stop = watchdog(b, c)
+    local got = {}
+    local ok, err = pcall(function()
+      for f in futures.as_completed({ a, b, c }, 0) do got[#got + 1] = f end
+    end)
+    stop()
+    assert.are.same({ a }, got)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'TimeoutError'))
+    assert.are.equal('2 (of 3) futures unfinished', err.message)
+  end)
+
+  it('times out as_completed when its time passed during the loop body', function()
+    local a, b, c = futures.Future(), futures.Future(), futures.Future()
+    a:set_result(1)
+    local stop = watchdog(b, c)
+    local got = {}
+    local ok, err = pcall(function()
+      for f in futures.as_completed({ a, b, c }, 0.05) do
+        got[#got + 1] = f
+        thread.sleep(0.1)  -- the loop body outlasts the timeout
+      end
+    end)
+    stop()
+    assert.are.same({ a }, got)
+    assert.is_true(herror.is(err, 'TimeoutError'))
+    assert.are.equal('2 (of 3) futures unfinished', err.message)
+  end)
+
+  it('waits on 10000 futures, half done, half completed by a thread', function()
+    local fs = {}
+    for i = 1, 10000 do fs[i] = futures.Future() end
+    for i = 1, 10000, 2 do fs[i]:set_result(i) end
+    local go = thread.Event()
+    local t = thread.start(function()
+      go:wait(T)
+      for i = 2, 10000, 2 do fs[i]:set_result(i) end
+    end)
+    go:set()
+    local n, sum = 0, 0
+    for f in futures.as_completed(fs, T) do
+      n = n + 1
+      sum = sum + f:result(0)
+    end
+    assert.are.equal(10000, n)
+    assert.are.equal(10000 * 10001 // 2, sum)
+    local done, not_done = futures.wait(fs, { timeout = T })
+    assert.are.equal(10000, #done)
+    assert.are.equal(0, #not_done)
+    assert.is_true(t:join(T))
+  end)
+
+  it('gives each future once when two threads share one as_completed iterator', function()
+    local fs = {}
+    for i = 1, 300 do fs[i] = futures.Future() end
+    local it = futures.as_completed(fs, T)
+    local function drain()
+      local got = {}
+      for f in it do got[#got + 1] = f:result(0) end
+      return got
+    end
+    local a, b = thread.start(drain), thread.start(drain)
+    for i = 1, 300 do
+      fs[i]:set_result(i)
+      if i % 3 == 0 then
+        collectgarbage()
+        thread.sleep(0.001)  -- pacing: both threads are often inside the wait at once
+      end
+    end
+    local oka, got_a = a:join(T)
+    local okb, got_b = b:join(T)
+    assert.is_true(oka)
+    assert.is_true(okb)
+    local count = {}
+    for _, v in ipairs(got_a) do count[v] = (count[v] or 0) + 1 end
+    for _, v in ipairs(got_b) do count[v] = (count[v] or 0) + 1 end
+    for i = 1, 300 do assert.are.equal(1, count[i]) end
+  end)
+
+  it('keeps waiting safely while another thread drops or finalizes the futures', function()
+    local fs = {}
+    for i = 1, 200 do fs[i] = futures.Future() end
+    local keep = fs[1]
+    local go = thread.Event()
+    -- no preemption: t runs only once the main thread blocks inside wait
+    local interval = thread.getswitchinterval()
+    thread.setswitchinterval(100)
+    local t = thread.start(function()
+      go:wait(T)
+      local mt = getmetatable(keep)
+      for i = 2, 100 do mt.__gc(fs[i]) end  -- finalized by hand
+      for i = 2, 200 do fs[i] = nil end     -- and dropped
+      collectgarbage()
+      collectgarbage()
+      keep:set_result('kept')
+    end)
+    go:set()
+    local ok, done, not_done = pcall(futures.wait, fs, { timeout = T, return_when = futures.FIRST_COMPLETED })
+    thread.setswitchinterval(interval)
+    assert.is_true(t:join(T))
+    assert.is_true(ok, done)
+    assert.are.same({ keep }, done)
+    assert.are.equal(199, #not_done)
+    assert.matches('finalized', tostring(not_done[1]), 1, true)
   end)
 end)
 

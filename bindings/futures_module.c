@@ -1,6 +1,7 @@
 /*
-** futures.c: `require "host.futures"`, the module table: the Future API
-** (future.c), map's chunk runner (executor.c) and the executors.
+** futures_module.c: `require "host.futures"`, the module table: the
+** Future API (future.c), map's chunk runner (executor.c) and the three
+** executors (executor_thread.c, executor_process.c, executor_state.c).
 */
 #include "lauxlib.h"
 

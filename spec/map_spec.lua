@@ -1,0 +1,161 @@
+-- spec/map_spec.lua: what executor.c gives every pool: Executor.map at its
+-- boundaries (many tables, results released as the loop goes, the timeout,
+-- argument errors), on a ThreadPoolExecutor, and the checks of the options
+-- every pool's constructor shares. Every wait has a timeout.
+local futures = require 'host.futures'
+local thread = require 'host.thread'
+local herror = require 'host.error'
+local sh = require 'spec.support.sh'
+
+local T = 10
+
+describe('Executor.map', function()
+  it('maps over 100 and 300 tables, with and without chunks', function()
+    -- a stack overflow in C is a crash: run it in a subprocess
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local ex = futures.ThreadPoolExecutor { max_workers = 2 }
+      local function count_and_sum(...)
+        local s = 0
+        for _, v in ipairs { ... } do s = s + v end
+        return select('#', ...), s
+      end
+      for _, k in ipairs { 100, 300 } do
+        for _, chunksize in ipairs { 1, 2 } do
+          local args = {}
+          for j = 1, k do args[j] = { j, j + 1, j + 2 } end
+          args[k + 1] = { chunksize = chunksize, timeout = 10 }
+          local line = {}
+          for i, n, s in ex:map(count_and_sum, table.unpack(args, 1, k + 1)) do
+            line[#line + 1] = i .. ':' .. n .. ':' .. s
+          end
+          print(k, chunksize, table.concat(line, ' '))
+        end
+      end
+      ex:shutdown()
+    ]]
+    local out, err, code = sh.host_run(sh.quote(f))
+    os.remove(f)
+    assert.are.equal(0, code, err)
+    local expected = {}
+    for _, k in ipairs { 100, 300 } do
+      for _, chunksize in ipairs { 1, 2 } do
+        local line = {}
+        for i = 1, 3 do line[i] = i .. ':' .. k .. ':' .. (k * (k + 1) // 2 + k * (i - 1)) end
+        expected[#expected + 1] = k .. '\t' .. chunksize .. '\t' .. table.concat(line, ' ')
+      end
+    end
+    assert.are.equal(table.concat(expected, '\n') .. '\n', out)
+  end)
+
+  -- Runs a map of 4 items whose results are fresh tables and reports, when
+  -- item 3 is given, which results are still alive somewhere.
+  local function alive_at_third(ex, options)
+    local alive = setmetatable({}, { __mode = 'k' })
+    local seen
+    for i, result in ex:map(function(x) return { x } end, { 1, 2, 3, 4 }, options) do
+      alive[result] = i
+      result = nil  -- luacheck: ignore (the loop keeps nothing of item i)
+      if i == 3 then
+        collectgarbage()
+        collectgarbage()
+        seen = {}
+        for _, v in pairs(alive) do seen[v] = true end
+      end
+    end
+    return seen
+  end
+
+  it('lets a result be collected once the loop has moved past it (bpo-14406)', function()
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 2 }
+    local seen = alive_at_third(ex, { timeout = T })
+    assert.is_nil(seen[1])
+    assert.is_nil(seen[2])
+    seen = alive_at_third(ex, { timeout = T, chunksize = 4 })  -- inside one chunk too
+    assert.is_nil(seen[1])
+    assert.is_nil(seen[2])
+  end)
+
+  it('cancels the item whose wait timed out, and names the timeout it was given', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+    local gate = thread.Event()
+    local blocker = ex:submit(function() gate:wait(T) end)  -- keeps the map's items pending
+    local ran = {}
+    local ok, err = pcall(function()
+      for _ in ex:map(function(x) ran[#ran + 1] = x end, { 1, 2, 3 }, { timeout = 0.05 }) do end
+    end)
+    gate:set()
+    blocker:result(T)
+    local t = thread.start(function() ex:shutdown() end)
+    assert.is_true(t:join(T))
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'TimeoutError'))
+    assert.are.equal('map timed out after 0.05 seconds', err.message)
+    assert.are.same({}, ran)
+  end)
+
+  it('cancels the items after one that raised', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+    local gate = thread.Event()
+    local ran, given = {}, {}
+    local ok, err = pcall(function()
+      for i in ex:map(function(x)
+        ran[#ran + 1] = x
+        if x == 1 then error('item one') end
+        gate:wait(T)  -- item 2 holds the only worker: item 3 is still pending
+      end, { 1, 2, 3 }) do
+        given[#given + 1] = i
+      end
+    end)
+    gate:set()
+    local t = thread.start(function() ex:shutdown() end)
+    assert.is_true(t:join(T))
+    assert.is_false(ok)
+    assert.matches('item one', err, 1, true)
+    assert.are.same({}, given)
+    assert.is_nil(ran[3])
+  end)
+
+  it('names the argument in its errors', function()
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
+    assert.has_error(function() ex:map(print, { 1 }, { timeout = 'soon' }) end,
+      "bad argument #3 to 'map' ('timeout' must be a number, got string)")
+    assert.has_error(function() ex:map(print, { 1 }, { timeout = -1 }) end,
+      "bad argument #3 to 'map' ('timeout' must be a non-negative number)")
+    assert.has_error(function() ex:map(print, { 1 }, { chunksize = 'big' }) end,
+      "bad argument #3 to 'map' ('chunksize' must be an integer, got string)")
+    assert.has_error(function() ex:map(print, { 1 }, { chunksize = 0 }) end,
+      "bad argument #3 to 'map' ('chunksize' must be >= 1)")
+    assert.has_error(function() ex:map(print, { 1 }, 5) end,
+      "bad argument #3 to 'map' (table expected, got number)")
+    assert.has_error(function() ex.map(5, print, { 1 }) end,
+      "bad argument #1 to 'map' (host.ThreadPoolExecutor expected, got number)")
+  end)
+
+  it('keeps working when the iterator is called again after the end', function()
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
+    local it = ex:map(function(x) return x * 2 end, { 1, 2 })
+    assert.are.same({ 1, 2 }, { it() })
+    assert.are.same({ 2, 4 }, { it() })
+    assert.is_nil(it())
+    assert.is_nil(it())
+  end)
+end)
+
+describe('executor options', function()
+  it('name the option and the type it got', function()
+    for _, name in ipairs { 'ThreadPoolExecutor', 'ProcessPoolExecutor', 'InterpreterPoolExecutor' } do
+      local new = futures[name]
+      local function message(options)
+        return select(2, pcall(new, options)):match('%((.*)%)$')
+      end
+      assert.are.equal("'max_workers' must be an integer, got string", message { max_workers = 'x' })
+      assert.are.equal("'max_workers' must be an integer, got number", message { max_workers = 1.5 })
+      assert.are.equal("'max_workers' must be in [1, 1024]", message { max_workers = 0 })
+      assert.are.equal("'initializer' must be a function, got number", message { initializer = 1 })
+      assert.are.equal("'initargs' must be a table, got number", message { initargs = 5 })
+      assert.are.equal("'initargs.n' must be a non-negative integer",
+        message { initializer = print, initargs = { n = -1 } })
+    end
+  end)
+end)
