@@ -246,9 +246,12 @@ static int submit_all(lua_State *L) {
   lua_getiuservalue(L, st, UV_FUTURES);
   int futures = lua_gettop(L);
   luaL_checkstack(L, k + 8, "too many tables");
-  for (lua_Integer i = 1; i <= n; i += chunksize) {
+  /* counted by what is done, so that no sum passes n (a chunksize or a
+  ** __len of math.maxinteger would overflow `i += chunksize`) */
+  for (lua_Integer done = 0; done < n; done += (chunksize < n - done ? chunksize : n - done)) {
+    lua_Integer i = done + 1;
     if (chunksize > 1) {
-      lua_Integer m = n - i + 1 < chunksize ? n - i + 1 : chunksize;
+      lua_Integer m = n - done < chunksize ? n - done : chunksize;
       lua_getfield(L, lua_upvalueindex(4), "_run_chunk");
       lua_pushvalue(L, fn);
       lua_pushinteger(L, m);
@@ -295,11 +298,8 @@ static lua_Integer chunksize_field(lua_State *L, int arg) {
 ** Upvalue 1: the executor type's metatable.
 */
 static int executor_map(lua_State *L) {
-  int has_meta = lua_getmetatable(L, 1);
-  if (!has_meta || !lua_rawequal(L, -1, lua_upvalueindex(1))) {
-    lua_getfield(L, lua_upvalueindex(1), "__name");
-    return luaL_typeerror(L, 1, lua_tostring(L, -1));
-  }
+  lua_getfield(L, lua_upvalueindex(1), "__name");  /* anchored in the metatable */
+  host_object_check_self(L, lua_tostring(L, -1));
   lua_pop(L, 1);
   int top = lua_gettop(L);
   luaL_checkany(L, 2);

@@ -132,6 +132,25 @@ describe('Executor.map', function()
       "bad argument #1 to 'map' (host.ThreadPoolExecutor expected, got number)")
   end)
 
+  it('takes a chunksize and a __len of math.maxinteger, and refuses a finalized pool', function()
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
+    local got = {}
+    for i, v in ex:map(function(x) return x end, { 1, 2, 3 }, { chunksize = math.maxinteger, timeout = 10 }) do
+      got[i] = v
+    end
+    assert.are.same({ 1, 2, 3 }, got)
+    local huge = setmetatable({}, { __len = function() return math.maxinteger end })
+    local n = 0
+    for _ in ex:map(function(x) return x end, { 'a', 'b' }, huge, { chunksize = math.maxinteger - 1, timeout = 10 }) do
+      n = n + 1
+    end
+    assert.are.equal(2, n)
+    local dropped = futures.ThreadPoolExecutor { max_workers = 1 }
+    getmetatable(dropped).__gc(dropped)
+    assert.has_error(function() dropped:map(print, { 1 }) end,
+      'attempt to use a finalized host.ThreadPoolExecutor')
+  end)
+
   it('keeps working when the iterator is called again after the end', function()
     local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
     local it = ex:map(function(x) return x * 2 end, { 1, 2 })
