@@ -359,6 +359,7 @@ int host_executor_decoder(lua_State *L) {
   lua_settop(L, 2);
   int n = 0;
   if (host_codec_decode(L, bytes, len, HOST_CODEC_FUNCTIONS, &n) != LUA_OK) return lua_error(L);
+  luaL_checkstack(L, 2, "too many results");  /* the codec left room for the values only */
   lua_createtable(L, n, 1);
   lua_insert(L, 3);
   for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);

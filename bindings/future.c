@@ -225,6 +225,7 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
 
 bool host_future_set_result(lua_State *L, int idx, int n) {
   idx = lua_absindex(L, idx);
+  luaL_checkstack(L, 4, "too many results");  /* after a LUA_MULTRET call: no room */
   host_future_check(L, idx);
   lua_createtable(L, n, 1);
   lua_insert(L, -(n + 1));
@@ -236,6 +237,7 @@ bool host_future_set_result(lua_State *L, int idx, int n) {
 
 bool host_future_set_error(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
+  luaL_checkstack(L, 4, NULL);
   host_future_check(L, idx);
   lua_createtable(L, 1, 1);
   lua_insert(L, -2);

@@ -151,6 +151,21 @@ describe('Executor.map', function()
       'attempt to use a finalized host.ThreadPoolExecutor')
   end)
 
+  it('carries 30 and 300 results per task through every pool, by submit and by map', function()
+    local function many(r) return table.unpack({}, 1, r) end
+    for _, name in ipairs { 'ThreadPoolExecutor', 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local ex <close> = assert(futures[name] { max_workers = 1 })
+      for _, r in ipairs { 30, 300 } do
+        assert.are.equal(r, select('#', ex:submit(many, r):result(10)), name)
+        for _, chunksize in ipairs { 1, 2 } do
+          local it = ex:map(many, { r, r }, { chunksize = chunksize, timeout = 10 })
+          assert.are.same({ r, r }, { select('#', it()) - 1, select('#', it()) - 1 }, name)
+          assert.is_nil(it())
+        end
+      end
+    end
+  end)
+
   it('keeps working when the iterator is called again after the end', function()
     local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
     local it = ex:map(function(x) return x * 2 end, { 1, 2 })
