@@ -456,12 +456,6 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
   lua_rawset(L, LUA_REGISTRYINDEX);
 }
 
-/* Raises "bad argument #1 ('field' must be <what>, got <type>)" for the value on top. */
-static int option_type_error(lua_State *L, const char *field, const char *what) {
-  return luaL_argerror(L, 1, lua_pushfstring(L, "'%s' must be %s, got %s", field, what,
-                                             luaL_typename(L, -1)));
-}
-
 lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
@@ -473,14 +467,14 @@ lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
   if (lua_getfield(L, 1, "max_workers") != LUA_TNIL) {
     int isint;
     n = lua_tointegerx(L, -1, &isint);
-    if (!isint) option_type_error(L, "max_workers", "an integer");
+    if (!isint) host_field_error(L, 1, "max_workers", "an integer");
   }
   luaL_argcheck(L, n >= 1 && n <= 1024, 1, "'max_workers' must be in [1, 1024]");
   lua_pop(L, 1);
   lua_getfield(L, 1, "initializer");
-  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) option_type_error(L, "initializer", "a function");
+  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) host_field_error(L, 1, "initializer", "a function");
   lua_getfield(L, 1, "initargs");
-  if (!lua_isnil(L, -1) && !lua_istable(L, -1)) option_type_error(L, "initargs", "a table");
+  if (!lua_isnil(L, -1) && !lua_istable(L, -1)) host_field_error(L, 1, "initargs", "a table");
   if (lua_istable(L, -1)) {
     lua_getfield(L, -1, "n");
     luaL_argcheck(L, lua_isnil(L, -1) || (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0),

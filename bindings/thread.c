@@ -193,12 +193,12 @@ static int thread_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   lua_getfield(L, 1, "target");
-  luaL_argexpected(L, lua_isfunction(L, -1), 1, "table with a function 'target'");
+  if (!lua_isfunction(L, -1)) host_field_error(L, 1, "target", "a function");
   lua_getfield(L, 1, "name");
   const char *name = lua_tostring(L, -1);
   luaL_argcheck(L, name != NULL || lua_isnil(L, -1), 1, "'name' must be a string");
   lua_getfield(L, 1, "args");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_istable(L, -1), 1, "'args' to be a table");
+  if (!lua_isnil(L, -1) && !lua_istable(L, -1)) host_field_error(L, 1, "args", "a table");
   luaL_argcheck(L, lua_isnil(L, -1) || args_count(L, -1) >= 0, 1, BAD_ARGS_N);
   lua_getfield(L, 1, "daemon");
   bool daemon = lua_toboolean(L, -1);

@@ -54,6 +54,11 @@ double host_opt_timeout(lua_State *L, int arg) {
   return t;
 }
 
+int host_field_error(lua_State *L, int arg, const char *field, const char *what) {
+  return luaL_argerror(L, arg, lua_pushfstring(L, "'%s' must be %s, got %s", field, what,
+                                               luaL_typename(L, -1)));
+}
+
 /* ---- the error object ---- */
 
 /* Pushes the shared metatable of error objects, creating it on first use. */

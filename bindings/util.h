@@ -43,6 +43,12 @@ bool host_deadline_passed(const host_deadline *d);
 */
 double host_opt_timeout(lua_State *L, int arg);
 
+/*
+** Raises "bad argument #arg ('field' must be <what>, got <type>)" for the
+** value on top, a field of the options table at arg.
+*/
+int host_field_error(lua_State *L, int arg, const char *field, const char *what);
+
 /* ---- userdata types ---- */
 
 /*
