@@ -639,9 +639,12 @@ describe('ThreadPoolExecutor', function()
   end)
 
   it('rejects bad arguments', function()
-    assert.has_error(function() futures.ThreadPoolExecutor { max_workers = 0 } end)
-    assert.has_error(function() futures.ThreadPoolExecutor { initializer = 1 } end)
-    assert.has_error(function() futures.ThreadPoolExecutor(5) end)
+    assert.has_error(function() futures.ThreadPoolExecutor { max_workers = 0 } end,
+      "bad argument #1 to 'ThreadPoolExecutor' ('max_workers' must be in [1, 1024])")
+    assert.has_error(function() futures.ThreadPoolExecutor { initializer = 1 } end,
+      "bad argument #1 to 'ThreadPoolExecutor' ('initializer' must be a function, got number)")
+    assert.has_error(function() futures.ThreadPoolExecutor(5) end,
+      "bad argument #1 to 'ThreadPoolExecutor' (table expected, got number)")
     local ex <close> = futures.ThreadPoolExecutor()
     assert.has_error(function() ex:submit() end)
     assert.has_error(function() ex:map(print) end)

@@ -191,10 +191,14 @@ describe('host.thread', function()
     assert.are.same({ 0.001, 500 }, { thread.getswitchinterval() })
     thread.setswitchinterval(before)
     assert.are.same({ before }, { thread.getswitchinterval() })
-    assert.has_error(function() thread.setswitchinterval(0) end)
-    assert.has_error(function() thread.setswitchinterval(-1) end)
-    assert.has_error(function() thread.setswitchinterval { instructions = 0 } end)
-    assert.has_error(function() thread.setswitchinterval('x') end)
+    assert.has_error(function() thread.setswitchinterval(0) end,
+      "bad argument #1 to 'setswitchinterval' (interval must be in (0, 3600] seconds)")
+    assert.has_error(function() thread.setswitchinterval(-1) end,
+      "bad argument #1 to 'setswitchinterval' (interval must be in (0, 3600] seconds)")
+    assert.has_error(function() thread.setswitchinterval { instructions = 0 } end,
+      "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
+    assert.has_error(function() thread.setswitchinterval('x') end,
+      "bad argument #1 to 'setswitchinterval' (number expected, got string)")
   end)
 
   it('preempts a busy thread so a waiting one runs (interval policy)', function()
@@ -217,8 +221,10 @@ describe('host.thread', function()
   it('rejects bad arguments with Lua-style messages', function()
     assert.has_error(function() thread.start(42) end,
       "bad argument #1 to 'start' (function expected, got number)")
-    assert.has_error(function() thread.Thread { target = 1 } end)
-    assert.has_error(function() thread.Thread(1) end)
+    assert.has_error(function() thread.Thread { target = 1 } end,
+      "bad argument #1 to 'Thread' ('target' must be a function, got number)")
+    assert.has_error(function() thread.Thread(1) end,
+      "bad argument #1 to 'Thread' (table expected, got number)")
     local t = thread.start(function() end)
     assert.has_error(function() t:join(-1) end)
     assert.has_error(function() t:join('soon') end)
@@ -343,20 +349,31 @@ describe('host.thread at the boundaries', function()
     assert.is_nil(t[t])
     local loc = thread['local']()
     local mt = getmetatable(loc)
-    assert.has_error(function() mt.__index(42, 'x') end)
-    assert.has_error(function() mt.__newindex({}, 'x', 1) end)
-    assert.has_error(function() loc[nil] = 1 end)
+    assert.has_error(function() mt.__index(42, 'x') end,
+      "bad argument #1 to '__index' (host.local expected, got number)")
+    assert.has_error(function() mt.__newindex({}, 'x', 1) end,
+      "bad argument #1 to '__newindex' (host.local expected, got table)")
+    assert.has_error(function() loc[nil] = 1 end,
+      "bad argument #2 to 'newindex' (index is nil)")
     assert.matches('^host.local: ', tostring(loc))
     assert.has_error(function() thread.Thread { target = print, name = {} } end,
       "bad argument #1 to 'Thread' ('name' must be a string)")
-    assert.has_error(function() thread.Thread { target = print, args = 3 } end)
-    assert.has_error(function() thread.setswitchinterval(1 / 0) end)
-    assert.has_error(function() thread.setswitchinterval(-1 / 0) end)
-    assert.has_error(function() thread.setswitchinterval(0 / 0) end)
-    assert.has_error(function() thread.setswitchinterval(1e308) end)
-    assert.has_error(function() thread.setswitchinterval { instructions = math.maxinteger } end)
-    assert.has_error(function() thread.setswitchinterval { instructions = 1.5 } end)
-    assert.has_error(function() thread.setswitchinterval { instructions = -1 } end)
+    assert.has_error(function() thread.Thread { target = print, args = 3 } end,
+      "bad argument #1 to 'Thread' ('args' must be a table, got number)")
+    assert.has_error(function() thread.setswitchinterval(1 / 0) end,
+      "bad argument #1 to 'setswitchinterval' (interval must be in (0, 3600] seconds)")
+    assert.has_error(function() thread.setswitchinterval(-1 / 0) end,
+      "bad argument #1 to 'setswitchinterval' (interval must be in (0, 3600] seconds)")
+    assert.has_error(function() thread.setswitchinterval(0 / 0) end,
+      "bad argument #1 to 'setswitchinterval' (interval must be in (0, 3600] seconds)")
+    assert.has_error(function() thread.setswitchinterval(1e308) end,
+      "bad argument #1 to 'setswitchinterval' (interval must be in (0, 3600] seconds)")
+    assert.has_error(function() thread.setswitchinterval { instructions = math.maxinteger } end,
+      "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
+    assert.has_error(function() thread.setswitchinterval { instructions = 1.5 } end,
+      "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
+    assert.has_error(function() thread.setswitchinterval { instructions = -1 } end,
+      "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
     assert.has_error(function() thread.setswitchinterval {} end,
       "bad argument #1 to 'setswitchinterval' ('instructions' must be an integer in [1, 1e9])")
     assert.are.equal(0.005, thread.getswitchinterval())
