@@ -168,6 +168,8 @@ static int worker_exit(lua_State *L) {
     const char *msg = lua_pushfstring(L, "os.exit(%d) in a thread of an interpreter pool's "
                                       "worker ends only that thread", code);
     host_error_push(L, "SystemExit", msg, 0);
+    lua_pushinteger(L, code);
+    lua_setfield(L, -2, "code");
     return lua_error(L);
   }
   const char *what = NULL;
@@ -244,7 +246,8 @@ static lua_State *worker_universe(ipool *p, wslot *ws) {
 /*
 ** Marks user code (`what`, and the task's future f or NULL) running in
 ** slot ws, or with what NULL, over; then no interrupt meant for it is left
-** pending. Returns the STOP_ value it ended with.
+** pending. An initializer that starts after shutdown{interrupt = true} is
+** interrupted at once. Returns the STOP_ value it ended with.
 */
 static int set_busy(ipool *p, wslot *ws, const char *what, host_future *f) {
   pthread_mutex_lock(&p->mu);
@@ -252,6 +255,10 @@ static int set_busy(ipool *p, wslot *ws, const char *what, host_future *f) {
   ws->busy = what;
   ws->current = f;
   host_clear_interrupt(ws->L);
+  if (what != NULL && f == NULL && p->interrupting) {
+    atomic_store(&ws->stop, STOP_INTERRUPT);
+    host_interrupt_sticky(ws->L);
+  }
   pthread_mutex_unlock(&p->mu);
   return stop;
 }
