@@ -302,6 +302,29 @@ describe('the GIL traps', function()
     assert.are.same({ 'hooked', 'main' }, order)
   end)
 
+  it('lets Ctrl-C reach a script that set its own debug hook, and keeps the hook', function()
+    -- The interrupt puts the user's hook aside for one hook call, as lua.c's
+    -- SIGINT handler does, and puts it back: the hook still runs afterwards.
+    local script = sh.tempfile [[
+      io.stdout:setvbuf 'no'
+      local calls = 0
+      local function hook() calls = calls + 1 end
+      debug.sethook(hook, '', 1000)
+      print 'ready'
+      local ok, e = pcall(function() while true do end end)
+      local before = calls
+      for _ = 1, 1e5 do end
+      print('caught', e, calls > before, debug.gethook() == hook)
+    ]]
+    local q = sh.quote
+    local out = sh.run('o=$(mktemp); ' .. q(sh.host) .. ' ' .. q(script) ..
+      ' > "$o" & p=$!; for i in $(seq 200); do grep -q ready "$o" 2>/dev/null && break; sleep 0.05; done;' ..
+      ' kill -INT $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 15)
+    os.remove(script)
+    assert.matches('rc=0\n', out)
+    assert.matches('caught\tinterrupted!\ttrue\ttrue\n', out)
+  end)
+
   it('identifies OS threads with C thread-locals, not LUA_EXTRASPACE', function()
     -- A coroutine created in the main thread reports the thread that runs it.
     local co = coroutine.create(function() return thread.current() end)
