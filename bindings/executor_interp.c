@@ -207,7 +207,17 @@ static int guarded_handler(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* xpcall(f, msgh, ...) in a worker universe: upvalue 1 the original, 2 the slot. */
+/* The continuation of guarded_xpcall: the results are all that is left. */
+static int guarded_xpcall_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/*
+** xpcall(f, msgh, ...) in a worker universe: upvalue 1 the original, 2 the
+** slot. The original's results pass through, and f may yield.
+*/
 static int guarded_xpcall(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_pushvalue(L, 2);
@@ -216,8 +226,8 @@ static int guarded_xpcall(lua_State *L) {
   lua_replace(L, 2);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, guarded_xpcall_k);
+  return guarded_xpcall_k(L, LUA_OK, 0);
 }
 
 /* Opens a worker's universe: the libraries, host.futures, its xpcall and os.exit. */

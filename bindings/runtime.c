@@ -502,16 +502,16 @@ static void universe_hook(lua_State *L, lua_Debug *ar) {
   (void)host_now();  /* an intercepted call: pending signals run here */
 #endif
   restore_hook(ts, L);
+  if (gil_contended(u)) {
+    gil_give(u, ts);
+    gil_take(u, ts);
+  }
   if (interrupt_wanted(ts)) {
     if (!can_raise(L, ar) || atomic_load(&u->stopping)) arm_hook(ts, L);
     if (can_raise(L, ar)) {
       atomic_store(&u->interrupted, false);
       luaL_error(L, "interrupted!");
     }
-  }
-  if (gil_contended(u)) {
-    gil_give(u, ts);
-    gil_take(u, ts);
   }
 }
 

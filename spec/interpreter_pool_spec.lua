@@ -449,6 +449,18 @@ describe('InterpreterPoolExecutor', function()
       .. 'callback\tfalse\tinterrupted!\nsethook\tfalse\tinterrupted!\nserved\n', out)
   end)
 
+  it("keeps a worker's xpcall yieldable and its message handler called", function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    assert.are.same({ n = 5, 'y', true, 'r', false, 'handled: boom' }, table.pack(ex:submit(function()
+      local co = coroutine.wrap(function()
+        return xpcall(function() coroutine.yield('y') return 'r' end, debug.traceback)
+      end)
+      local y = co()
+      local ok, r = co()
+      return y, ok, r, xpcall(error, function(m) return 'handled: ' .. m end, 'boom', 0)
+    end):result(T)))
+  end)
+
   it('interrupts the pools a task made when shutdown{interrupt = true} closes its worker', function()
     local out, err, code = run_script [[
       local futures = require 'host.futures'
