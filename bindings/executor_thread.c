@@ -13,7 +13,6 @@
 ** so its idle workers end. An exit handler shuts every live pool down so
 ** that host's exit waits for the queued work and not for idle workers.
 */
-#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -295,7 +294,7 @@ static void copy_initargs(lua_State *L, int idx) {
   lua_getfield(L, idx, "n");
   lua_Integer n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : luaL_len(L, idx);
   lua_pop(L, 1);
-  luaL_argcheck(L, n >= 0 && n <= INT_MAX / 2, 1, "too many initargs");
+  if (n < 0 || n > LUAI_MAXSTACK) luaL_error(L, "too many initargs (%I)", n);
   lua_createtable(L, (int)n, 1);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, idx, i);
