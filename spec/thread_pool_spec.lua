@@ -157,6 +157,9 @@ describe('ThreadPoolExecutor', function()
     args[1], args[2], args.n = 'changed', 'added', 3
     ex:submit(print):result(T)  -- the worker starts now
     assert.are.same({ n = 2, 'original' }, seen)
+    local ok, err = pcall(futures.ThreadPoolExecutor, { initargs = { n = 100000000 }, initializer = print })
+    assert.is_false(ok)
+    assert.matches('too many initargs (100000000)', err, 1, true)
   end)
 
   it('refuses to start after interpreter shutdown began, so exit does not hang', function()
