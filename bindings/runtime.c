@@ -124,6 +124,13 @@ struct host_waitq {
   int refs;      /* owner + waiters; under the GIL */
 };
 
+/*
+** The records of the universes the calling OS thread runs Lua code in,
+** innermost first (linked by `outer`): host_newstate pushes one, host_close
+** takes it out. A thread that made a second universe (an embedder's, the
+** spec helper's) goes on running the first one's code too, so whatever
+** has a lua_State finds its record with member_of, not by the innermost.
+*/
 static _Thread_local host_tstate *current_ts = NULL;
 
 static void universe_hook(lua_State *L, lua_Debug *ar);
@@ -212,9 +219,11 @@ static void register_thread_key(lua_State *L, host_tstate *ts, lua_State *key) {
   lua_pop(L, 1);
 }
 
+static host_tstate *member_of(lua_State *L);
+
 void host_push_thread_key(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, THREAD_KEYS);
-  lua_rawgetp(L, -1, current_ts);
+  lua_rawgetp(L, -1, member_of(L));
   lua_remove(L, -2);
 }
 
@@ -274,12 +283,15 @@ static void arm_hook(host_tstate *ts, lua_State *L) {
   lua_sethook(L, universe_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
-/* SWITCH_SIGNAL: arm the hook if this thread holds the GIL right now. */
+/*
+** SWITCH_SIGNAL: arm the hook in each universe whose GIL this thread holds
+** right now (the signal does not say which universe asked).
+*/
 static void on_switch_signal(int sig) {
   (void)sig;
   int saved = errno;
-  host_tstate *ts = current_ts;
-  if (ts != NULL && atomic_load(&ts->holding)) arm_hook(ts, atomic_load(&ts->running));
+  for (host_tstate *ts = current_ts; ts != NULL; ts = ts->outer)
+    if (atomic_load(&ts->holding)) arm_hook(ts, atomic_load(&ts->running));
   errno = saved;
 }
 
@@ -401,11 +413,17 @@ static void gil_misuse(const char *what) {
   abort();
 }
 
+/* The calling thread's record in universe u, or NULL. */
+static host_tstate *tstate_in(host_universe *u) {
+  host_tstate *ts = current_ts;
+  while (ts != NULL && ts->u != u) ts = ts->outer;
+  return ts;
+}
+
 /* The calling thread's record if it runs Lua code in L's universe. */
 static host_tstate *member_of(lua_State *L) {
-  host_tstate *ts = current_ts;
-  if (ts == NULL || host_universe_of(L) != ts->u) return NULL;
-  return ts;
+  host_universe *u = host_universe_of(L);
+  return u != NULL ? tstate_in(u) : NULL;
 }
 
 /*
@@ -495,7 +513,7 @@ static bool can_raise(lua_State *L, lua_Debug *ar) {
 ** next instruction raises again, wherever a pcall caught the last one.
 */
 static void universe_hook(lua_State *L, lua_Debug *ar) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts == NULL) return;
   host_universe *u = ts->u;
 #ifdef HOST_POLL_HOOK
@@ -640,13 +658,20 @@ static void run_atexit(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Takes ts out of the calling thread's list of records. */
+static void leave_universe(host_tstate *ts) {
+  host_tstate **p = &current_ts;
+  while (*p != NULL && *p != ts) p = &(*p)->outer;
+  if (*p == ts) *p = ts->outer;
+}
+
 bool host_close(lua_State *L) {
   host_universe *u = host_universe_of(L);
   host_tstate *ts = &u->main_ts;
   atomic_store(&u->exiting, true);
   run_atexit(L);
   if (!wait_nondaemon(u, ts)) {
-    current_ts = ts->outer;
+    leave_universe(ts);
     return false;  /* interrupted: threads still run, leave the state be */
   }
   atomic_store(&u->closing, true);
@@ -655,7 +680,7 @@ bool host_close(lua_State *L) {
   reap_finished(u);
   bool daemons_left = u->threads != NULL;
   pthread_mutex_unlock(&u->threads_mu);
-  current_ts = ts->outer;
+  leave_universe(ts);
   if (!daemons_left) universe_free(u);
   return true;
 }
@@ -687,12 +712,12 @@ bool host_exiting(lua_State *L) {
 }
 
 void host_check_interrupt(lua_State *L) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts != NULL && interrupt_wanted(ts)) host_raise_interrupt(L);
 }
 
 int host_raise_interrupt(lua_State *L) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts != NULL) atomic_store(&ts->u->interrupted, false);
   return luaL_error(L, "interrupted!");
 }
@@ -700,8 +725,8 @@ int host_raise_interrupt(lua_State *L) {
 /* Records a new policy and applies it to the calling thread at once. */
 static void policy_changed(host_universe *u) {
   atomic_fetch_add(&u->policy_epoch, 1);
-  host_tstate *ts = current_ts;
-  if (ts != NULL && ts->u == u) {
+  host_tstate *ts = tstate_in(u);
+  if (ts != NULL) {
     ts->policy_seen = atomic_load(&u->policy_epoch);
     set_base_hook(ts, atomic_load(&ts->running));
   }
@@ -735,7 +760,7 @@ double host_get_switch_interval(lua_State *L, int *instructions) {
 }
 
 int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts == NULL) return lua_resume(co, L, nargs, nresults);
   lua_State *outer = atomic_load(&ts->running);
   atomic_store(&ts->running, co);
@@ -869,7 +894,7 @@ pid_t host_fork(lua_State *L) {
   reap_finished(u);
   pid_t pid = fork();
   pthread_mutex_unlock(&u->threads_mu);  /* in the child, reset_after_fork remakes it */
-  if (pid == 0) reset_after_fork(u, current_ts);
+  if (pid == 0) reset_after_fork(u, tstate_in(u));
   return pid;
 }
 
@@ -912,11 +937,11 @@ void host_waitq_unref(host_waitq *q) {
 ** locked (so no signal sent under mu after the caller's check is lost):
 ** gives the GIL up, waits once on cv, unlocks mu (before the GIL comes back,
 ** or a signaller holding the GIL and wanting mu would deadlock) and takes
-** the GIL again. A watching main thread waits in slices to see Ctrl-C.
+** the GIL again. A watching main thread waits in slices to see Ctrl-C. ts
+** is the caller's record in the universe whose GIL it holds.
 */
-static host_wait_result cond_wait(pthread_mutex_t *mu, pthread_cond_t *cv,
+static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_cond_t *cv,
                                   const host_deadline *d, bool watch) {
-  host_tstate *ts = current_ts;
   host_universe *u = ts->u;
   bool is_main = watch && ts == &u->main_ts;
   host_wait_result result = HOST_WAIT_WOKEN;
@@ -943,30 +968,27 @@ static host_wait_result cond_wait(pthread_mutex_t *mu, pthread_cond_t *cv,
 
 host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
                                 pthread_cond_t *cv, const host_deadline *d) {
-  (void)L;
-  return cond_wait(mu, cv, d, true);
+  return cond_wait(member_of(L), mu, cv, d, true);
 }
 
 /* The wait behind host_waitq_wait; `watch` says if an interrupt ends it. */
-static host_wait_result waitq_wait(host_waitq *q, const host_deadline *d,
+static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadline *d,
                                    bool watch) {
   q->refs++;
   pthread_mutex_lock(&q->mu);
-  host_wait_result result = cond_wait(&q->mu, &q->cv, d, watch);
+  host_wait_result result = cond_wait(member_of(L), &q->mu, &q->cv, d, watch);
   host_waitq_unref(q);
   return result;
 }
 
 host_wait_result host_waitq_wait(lua_State *L, host_waitq *q,
                                  const host_deadline *d) {
-  (void)L;
-  return waitq_wait(q, d, true);
+  return waitq_wait(L, q, d, true);
 }
 
 host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
                                                const host_deadline *d) {
-  (void)L;
-  return waitq_wait(q, d, false);
+  return waitq_wait(L, q, d, false);
 }
 
 void host_waitq_notify(host_waitq *q) {

@@ -325,6 +325,27 @@ describe('the GIL traps', function()
     assert.matches('caught\tinterrupted!\ttrue\ttrue\n', out)
   end)
 
+  it("hands its GIL off while a second universe is open on the same OS thread", function()
+    -- host_newstate in this thread (the spec helper, an embedder) made the
+    -- new universe the thread's innermost: waits here once gave that one's
+    -- GIL up instead of this one's, and a join timed out.
+    local universe = assert(package.loadlib(assert(os.getenv 'HOST_SPEC_UNIVERSE',
+      'HOST_SPEC_UNIVERSE is unset: run the specs with make'), 'luaopen_universe'))()
+    local u = universe.new()
+    local t = thread.start(function() return 'joined' end)
+    assert.are.same({ true, 'joined' }, { t:join(T) })
+    local woke = false
+    local s = thread.start(function() woke = true end)
+    local deadline = require('host.time').monotonic() + T
+    while not woke and require('host.time').monotonic() < deadline do
+      thread.sleep(0.01)  -- releases this universe's GIL: s runs meanwhile
+    end
+    assert.is_true(woke)
+    assert.is_true((s:join(T)))
+    assert.are.equal(3, universe.decode(u:run('return ...', universe.encode(3))))
+    u:close()
+  end)
+
   it('identifies OS threads with C thread-locals, not LUA_EXTRASPACE', function()
     -- A coroutine created in the main thread reports the thread that runs it.
     local co = coroutine.create(function() return thread.current() end)
