@@ -17,14 +17,15 @@
 ** that the program drops is collected: its __gc shuts it down (as
 ** shutdown{wait = false}), its queued work still runs, and its threads end.
 **
-** An interrupt can stop a runaway task (what CPython lacks): the task's
-** universe gets host_interrupt, the hook that lua.c arms for Ctrl-C, and
-** the task fails with "interrupted!". It comes from
-** future:cancel{interrupt = true} or shutdown{cancel_futures = true,
-** interrupt = true}. It stays raised until the task's own frame ends: in a
-** worker universe pcall, xpcall and coroutine.resume raise it again when
-** they return. os.exit in a worker stops only its task the same way: the
-** task's future fails with a SystemExit error.
+** An interrupt can stop a runaway task or initializer (what CPython
+** lacks): the worker's universe gets host_interrupt_sticky, the hook that
+** lua.c arms for Ctrl-C made to raise "interrupted!" again at every
+** instruction until the task's own frame ends, so no pcall keeps it. It
+** comes from future:cancel{interrupt = true} or shutdown{interrupt = true};
+** the latter also reaches the pools that the worker's tasks made, when the
+** worker closes. os.exit in a task stops only that task the same way: its
+** future fails with a SystemExit error. (os.exit in another thread of the
+** worker's universe ends only that thread.)
 */
 #include <errno.h>
 #include <signal.h>
@@ -73,6 +74,7 @@ typedef struct ipool {
   item *head, *tail;       /* work */
   item *done;              /* completed futures, for the manager */
   bool shutdown, broken, manager_done;
+  bool interrupting;       /* shutdown{interrupt = true}: nested pools too */
   bool manager_running;    /* manager_ident is the manager's thread */
   unsigned long manager_ident;
   int alive;               /* workers not yet ended */
@@ -151,50 +153,25 @@ static void push_exit_error(lua_State *L, const char *what, int code) {
 }
 
 /*
-** Raises again what stops the user code of slot ws, if anything does: an
-** interrupt or an os.exit is not over until the task's own frame ends.
-** Only the worker's main thread runs the task.
-*/
-static void raise_if_stopping(lua_State *L, wslot *ws) {
-  if (!host_is_main_thread()) return;
-  int stop = atomic_load(&ws->stop);
-  if (stop == STOP_INTERRUPT) {
-    luaL_error(L, "interrupted!");
-  } else if (stop == STOP_EXIT) {
-    push_exit_error(L, "task", ws->exit_code);
-    lua_error(L);
-  }
-}
-
-/* The continuation of guard_catch: the caught call returned. */
-static int guard_catch_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  raise_if_stopping(L, (wslot *)ctx);
-  return lua_gettop(L);
-}
-
-/*
-** pcall, xpcall and coroutine.resume in a worker universe: upvalue 1 is
-** the original, 2 the worker's slot. The original's results pass through
-** (and it may yield), unless the task must stop: then that goes on.
-*/
-static int guard_catch(lua_State *L) {
-  wslot *ws = lua_touserdata(L, lua_upvalueindex(2));
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, (lua_KContext)ws, guard_catch_k);
-  return guard_catch_k(L, LUA_OK, (lua_KContext)ws);
-}
-
-/*
-** os.exit in a worker universe (upvalue 1: the slot): it cannot end the
-** process, which other tasks and the caller's script share. It stops the
-** running task (or initializer), whose future fails with SystemExit.
+** os.exit in a worker universe (upvalue 1: the slot, 2: the pool): it
+** cannot end the process, which other tasks and the caller's script share.
+** From the worker's own thread it stops the running task (or initializer),
+** whose future fails with SystemExit. From another thread of the universe
+** (one a task started, which may outlive it) it ends only that thread, as
+** Python's sys.exit does in a thread: no task is blamed for it.
 */
 static int worker_exit(lua_State *L) {
   wslot *ws = lua_touserdata(L, lua_upvalueindex(1));
   int code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
                                  : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  if (!host_is_main_thread()) {
+    const char *msg = lua_pushfstring(L, "os.exit(%d) in a thread of an interpreter pool's "
+                                      "worker ends only that thread", code);
+    host_error_push(L, "SystemExit", msg, 0);
+    lua_pushinteger(L, code);
+    lua_setfield(L, -2, "code");
+    return lua_error(L);
+  }
   const char *what = NULL;
   ipool *p = lua_touserdata(L, lua_upvalueindex(2));
   pthread_mutex_lock(&p->mu);
@@ -202,7 +179,7 @@ static int worker_exit(lua_State *L) {
     what = ws->busy;
     if (atomic_load(&ws->stop) != STOP_EXIT) ws->exit_code = code;
     atomic_store(&ws->stop, STOP_EXIT);
-    host_interrupt(ws->L);  /* the task, should this be another thread */
+    host_interrupt_sticky(ws->L);  /* until the task's frame ends */
   }
   pthread_mutex_unlock(&p->mu);
   if (what != NULL) {
@@ -214,15 +191,46 @@ static int worker_exit(lua_State *L) {
   return lua_error(L);
 }
 
-/* Replaces t[name] (t on top) by closure f over the old value and ws. */
-static void guard_field(lua_State *L, const char *name, lua_CFunction f, wslot *ws) {
-  lua_getfield(L, -1, name);
-  lua_pushlightuserdata(L, ws);
-  lua_pushcclosure(L, f, 2);
-  lua_setfield(L, -2, name);
+/*
+** The message handler xpcall gets in a worker universe: upvalue 1 is the
+** user's handler, 2 the slot. While the task must stop, the user's handler
+** is not called: an interrupt raised by the hook reaches it with hooks off
+** (Lua calls a message handler inside the raising hook), where a loop in
+** it could never be interrupted.
+*/
+static int guarded_handler(lua_State *L) {
+  wslot *ws = lua_touserdata(L, lua_upvalueindex(2));
+  if (host_is_main_thread() && atomic_load(&ws->stop) != STOP_NONE) return lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
 }
 
-/* Opens a worker's universe: the libraries, host.futures, the guards. */
+/* The continuation of guarded_xpcall: the results are all that is left. */
+static int guarded_xpcall_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/*
+** xpcall(f, msgh, ...) in a worker universe: upvalue 1 the original, 2 the
+** slot. The original's results pass through, and f may yield.
+*/
+static int guarded_xpcall(lua_State *L) {
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushcclosure(L, guarded_handler, 2);
+  lua_replace(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, guarded_xpcall_k);
+  return guarded_xpcall_k(L, LUA_OK, 0);
+}
+
+/* Opens a worker's universe: the libraries, host.futures, its xpcall and os.exit. */
 static lua_State *worker_universe(ipool *p, wslot *ws) {
   lua_State *L = host_newstate();
   if (L == NULL) return NULL;
@@ -231,12 +239,10 @@ static lua_State *worker_universe(ipool *p, wslot *ws) {
   lua_getglobal(L, "require");  /* map's chunks name host.futures._run_chunk */
   lua_pushliteral(L, "host.futures");
   if (host_pcall(L, 1, 0) != LUA_OK) lua_pop(L, 1);
-  lua_pushglobaltable(L);
-  guard_field(L, "pcall", guard_catch, ws);
-  guard_field(L, "xpcall", guard_catch, ws);
-  lua_pop(L, 1);
-  if (lua_getglobal(L, "coroutine") == LUA_TTABLE) guard_field(L, "resume", guard_catch, ws);
-  lua_pop(L, 1);
+  lua_getglobal(L, "xpcall");
+  lua_pushlightuserdata(L, ws);
+  lua_pushcclosure(L, guarded_xpcall, 2);
+  lua_setglobal(L, "xpcall");
   if (lua_getglobal(L, "os") == LUA_TTABLE) {
     lua_pushlightuserdata(L, ws);
     lua_pushlightuserdata(L, p);
@@ -250,7 +256,8 @@ static lua_State *worker_universe(ipool *p, wslot *ws) {
 /*
 ** Marks user code (`what`, and the task's future f or NULL) running in
 ** slot ws, or with what NULL, over; then no interrupt meant for it is left
-** pending. Returns the STOP_ value it ended with.
+** pending. An initializer that starts after shutdown{interrupt = true} is
+** interrupted at once. Returns the STOP_ value it ended with.
 */
 static int set_busy(ipool *p, wslot *ws, const char *what, host_future *f) {
   pthread_mutex_lock(&p->mu);
@@ -258,6 +265,10 @@ static int set_busy(ipool *p, wslot *ws, const char *what, host_future *f) {
   ws->busy = what;
   ws->current = f;
   host_clear_interrupt(ws->L);
+  if (what != NULL && f == NULL && p->interrupting) {
+    atomic_store(&ws->stop, STOP_INTERRUPT);
+    host_interrupt_sticky(ws->L);
+  }
   pthread_mutex_unlock(&p->mu);
   return stop;
 }
@@ -385,6 +396,8 @@ static void serve(lua_State *L, ipool *p, wslot *ws) {
   }
 }
 
+static int stop_nested(lua_State *L);
+
 /* The OS thread of one worker: its own universe, serving tasks. */
 static void *worker_thread(void *arg) {
   ipool *p = ((worker_arg *)arg)->p;
@@ -397,7 +410,12 @@ static void *worker_thread(void *arg) {
   if (L != NULL && run_initializer(L, p, ws)) serve(L, p, ws);
   pthread_mutex_lock(&p->mu);
   ws->L = NULL;
+  bool interrupting = p->interrupting;
   pthread_mutex_unlock(&p->mu);
+  if (L != NULL && interrupting) {
+    lua_pushcfunction(L, stop_nested);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
+  }
   if (L != NULL) host_close(L);  /* waits for the threads the tasks started */
   pthread_mutex_lock(&p->mu);
   p->alive--;
@@ -545,7 +563,7 @@ static int interrupt_task(lua_State *L) {
     if (ws->current == f && ws->L != NULL) {
       int none = STOP_NONE;
       atomic_compare_exchange_strong(&ws->stop, &none, STOP_INTERRUPT);
-      host_interrupt(ws->L);
+      host_interrupt_sticky(ws->L);
       hit = true;
     }
   }
@@ -641,18 +659,16 @@ static void cancel_items(lua_State *L, item *it, int inflight) {
 }
 
 /*
-** ex:shutdown{wait = true, cancel_futures = false, interrupt = false}:
-** `interrupt` also interrupts the tasks running now. The pool refuses
-** work from here on, callbacks of the cancelled futures included. From the
-** manager (a done-callback), waiting would wait for itself: refused.
+** Shuts p down without waiting: it refuses work from here on; `cancel`
+** cancels its queued items (their proxies in the table at inflight; their
+** callbacks run here), `interrupt` interrupts the user code its workers
+** run now (tasks and initializers) and, when each worker closes, the pools
+** that its tasks made. Returns true when called from p's manager.
 */
-static int ipool_shutdown(lua_State *L) {
-  iproxy *px = check_ipool(L, 1);
-  ipool *p = px->p;
-  bool wait, cancel, interrupt;
-  host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
+static bool stop_pool(lua_State *L, ipool *p, bool cancel, bool interrupt, int inflight) {
   item *queued = NULL;
   pthread_mutex_lock(&p->mu);
+  if (interrupt) p->interrupting = true;
   begin_shutdown(p);
   if (cancel) {
     queued = p->head;
@@ -661,17 +677,50 @@ static int ipool_shutdown(lua_State *L) {
   if (interrupt) {
     for (int i = 0; i < p->nworkers; i++) {
       wslot *ws = &p->w[i];
-      if (ws->current != NULL && ws->L != NULL) {
+      if (ws->busy != NULL && ws->L != NULL) {
         int none = STOP_NONE;
         atomic_compare_exchange_strong(&ws->stop, &none, STOP_INTERRUPT);
-        host_interrupt(ws->L);
+        host_interrupt_sticky(ws->L);
       }
     }
   }
   bool own = p->manager_running && p->manager_ident == host_thread_ident();
   pthread_mutex_unlock(&p->mu);
+  cancel_items(L, queued, inflight);
+  return own;
+}
+
+#define MANAGED IPOOL_TYPE ".managed"  /* registry: handle -> its futures in flight */
+
+/*
+** In a worker's universe about to close after shutdown{interrupt = true}:
+** every interpreter pool that the worker's tasks made (even one they
+** dropped, whose manager still runs) is shut down the same way, so a
+** runaway task there does not hold the worker's close up. Run protected.
+*/
+static int stop_nested(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, MANAGED) != LUA_TTABLE) return 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    ihandle *h = lua_touserdata(L, -2);
+    if (h->p != NULL) stop_pool(L, h->p, true, true, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+/*
+** ex:shutdown{wait = true, cancel_futures = false, interrupt = false}:
+** see stop_pool. From the manager (a done-callback), waiting would wait
+** for itself: refused.
+*/
+static int ipool_shutdown(lua_State *L) {
+  iproxy *px = check_ipool(L, 1);
+  ipool *p = px->p;
+  bool wait, cancel, interrupt;
+  host_executor_shutdown_options(L, 2, &wait, &cancel, &interrupt);
   lua_getiuservalue(L, 1, 1);
-  cancel_items(L, queued, lua_gettop(L));
+  bool own = stop_pool(L, p, cancel, interrupt, lua_gettop(L));
   if (!wait) return 0;
   if (own)
     return luaL_error(L, "cannot join current thread (a done-callback cannot wait for its own pool)");
@@ -731,6 +780,7 @@ static void encode_initializer(lua_State *L, ipool *p) {
 */
 static int ipool_new(lua_State *L) {
   lua_Integer n = host_executor_options(L, host_executor_cores());
+  if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_settop(L, 1);
   iproxy *px = host_object_new(L, sizeof *px, IPOOL_TYPE, 2);
   int idx = lua_gettop(L);
@@ -764,6 +814,19 @@ static int ipool_new(lua_State *L) {
   /* the manager thread, over the handle and the table of futures in flight */
   lua_getiuservalue(L, idx, 2);
   lua_getiuservalue(L, idx, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, MANAGED);  /* for stop_nested, weak keys */
+  if (!lua_getmetatable(L, -1)) {
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
   lua_pushcclosure(L, manager_main, 2);
   host_thread_start(L, "InterpreterPoolManager", false, 0);
   lua_settop(L, idx);

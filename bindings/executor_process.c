@@ -229,7 +229,7 @@ static int worker_main(lua_State *L) {
     bool sent = send_frame(fd, kind, out, outlen);
     free(out);
     lua_settop(L, base);
-    fflush(NULL);
+    host_flush_std();  /* not fflush(NULL): a task's thread may block in io.read */
     if (!sent) break;
   }
   return 0;
@@ -500,7 +500,12 @@ static void pump(lua_State *L, int sidx, pstate_t *s) {
   }
 }
 
-/* Wakes the manager (GIL held), unless it is gone. */
+/*
+** Wakes the manager (GIL held), unless it is gone. The write cannot raise
+** SIGPIPE (which spawned threads no longer block): the read end is closed
+** only with the write end, both under the GIL (close_wake_pipe), and the
+** forked workers, which close their copies, never write here.
+*/
 static void wake_manager(pstate_t *s) {
   char c = 1;
   if (s->wake_w < 0) return;
@@ -805,6 +810,7 @@ static int ppool_pids(lua_State *L) {
 */
 static int ppool_new(lua_State *L) {
   lua_Integer n = host_executor_options(L, host_executor_cores());
+  if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_getfield(L, 1, "max_tasks_per_child");
   lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
   luaL_argcheck(L, max_tasks >= 0, 1, "max_tasks_per_child must be positive");

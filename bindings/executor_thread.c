@@ -30,14 +30,18 @@ typedef struct pool_state {
   host_waitq *q;
   lua_Integer max_workers;
   lua_Integer threads;     /* workers started and not yet ended */
-  lua_Integer idle_tokens; /* workers that went idle and no submit claimed */
+  lua_Integer idle;        /* workers parked in their wait (woken ones too,
+                              until they run again): CPython's _idle_semaphore */
   lua_Integer started;     /* for worker names */
   host_fifo items;         /* work items, in uservalue UV_ITEMS */
   bool shutdown;
   bool broken;
 } pool_state;
 
-/* State uservalues: 1 the work items, 2 {prefix, initializer, initargs, workers}. */
+/*
+** State uservalues: 1 the work items, 2 {prefix, initializer, initargs (a
+** copy made at construction), workers, broken_msg}.
+*/
 enum { UV_ITEMS = 1, UV_INFO = 2 };
 
 /* The pool object; its uservalue 1 is the state, which s points to. */
@@ -114,6 +118,10 @@ static bool run_initializer(lua_State *L, int idx, pool_state *p) {
   if (host_pcall(L, 1, 0) == LUA_OK) return true;
   p->broken = true;
   const char *why = lua_pushfstring(L, "a thread initializer failed: %s", host_error_tostring(L));
+  lua_getiuservalue(L, idx, UV_INFO);  /* info.broken_msg: what later submits say */
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "broken_msg");
+  lua_pop(L, 1);
   drain_items(L, idx, p, why);
   host_waitq_notify(p->q);
   lua_pop(L, 2);
@@ -140,38 +148,54 @@ static int worker_main(lua_State *L) {
       }
       lua_pop(L, 1);
       if (p->shutdown || p->broken) break;
-      p->idle_tokens++;
+      p->idle++;
       host_waitq_wait_uninterrupted(L, p->q, &never);
+      p->idle--;
     }
   }
   p->threads--;
-  if (p->idle_tokens > p->threads) p->idle_tokens = p->threads;
   host_waitq_notify(p->q);
   return 0;
 }
 
-/* Starts one more worker for the state at idx, named prefix_N. */
-static void start_worker(lua_State *L, int idx, pool_state *p) {
-  lua_getiuservalue(L, idx, UV_INFO);
+/* Starts one more worker for the state at 1, named prefix_N; run protected. */
+static int start_worker(lua_State *L) {
+  pool_state *p = lua_touserdata(L, 1);
+  lua_getiuservalue(L, 1, UV_INFO);
   lua_getfield(L, -1, "prefix");
   const char *name = lua_pushfstring(L, "%s_%I", lua_tostring(L, -1), p->started++);
-  lua_pushvalue(L, idx);
+  lua_pushvalue(L, 1);
   lua_pushcclosure(L, worker_main, 1);
   host_thread_start(L, name, false, 0);
   p->threads++;
-  lua_pop(L, 4);
+  return 0;
 }
 
-/* ex:submit(fn, ...) -> Future */
+/*
+** ex:submit(fn, ...) -> Future. A worker is started when the queue would
+** hold more items than workers are parked (CPython's _adjust_thread_count),
+** before the item is queued: when no worker can start and none runs, submit
+** raises and nothing is queued; when others run, one of them takes the item.
+*/
 static int pool_submit(lua_State *L) {
   host_object_check(L, 1, POOL_TYPE);
   luaL_checkany(L, 2);
   pool_state *p = check_pool(L);
   int st = lua_gettop(L);
-  if (p->broken)
-    return host_error_raise(L, "BrokenThreadPool",
-                            "a thread initializer failed; the pool cannot run tasks");
+  if (p->broken) {
+    lua_getiuservalue(L, st, UV_INFO);
+    lua_getfield(L, -1, "broken_msg");
+    return host_error_raise(L, "BrokenThreadPool", "%s", lua_tostring(L, -1));
+  }
   if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
+  if ((lua_Integer)host_fifo_len(&p->items) + 1 > p->idle && p->threads < p->max_workers) {
+    lua_pushcfunction(L, start_worker);
+    lua_pushvalue(L, st);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      if (p->threads == 0) return lua_error(L);
+      lua_pop(L, 1);
+    }
+  }
   int n = st - 3;  /* arguments after fn */
   lua_createtable(L, n + 2, 1);
   host_future_push_new(L);
@@ -186,8 +210,6 @@ static int pool_submit(lua_State *L) {
   lua_pushvalue(L, -2);
   host_fifo_push(L, st, UV_ITEMS, &p->items);
   host_waitq_notify(p->q);
-  if (p->idle_tokens > 0) p->idle_tokens--;
-  else if (p->threads < p->max_workers) start_worker(L, st, p);
   return 1;
 }
 
@@ -264,11 +286,31 @@ static lua_Integer default_workers(void) {
 }
 
 /*
+** Pushes a copy of the initargs table at idx, {n = n, ...} (n its `n` or
+** its length), as CPython keeps the initargs tuple: a worker started
+** later does not see what the program changed in the table since.
+*/
+static void copy_initargs(lua_State *L, int idx) {
+  lua_getfield(L, idx, "n");
+  lua_Integer n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : luaL_len(L, idx);
+  lua_pop(L, 1);
+  if (n < 0 || n > LUAI_MAXSTACK) luaL_error(L, "too many initargs (%I)", n);
+  lua_createtable(L, (int)n, 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, idx, i);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+}
+
+/*
 ** futures.ThreadPoolExecutor{max_workers =, thread_name_prefix =,
 ** initializer =, initargs =}
 */
 static int pool_new(lua_State *L) {
   lua_Integer max = host_executor_options(L, default_workers());
+  if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_getfield(L, 1, "thread_name_prefix");
   luaL_argexpected(L, lua_isnil(L, -1) || lua_isstring(L, -1), 1, "string as 'thread_name_prefix'");
   /* the state first: at exit, finalizers run newest first, the pool's before it */
@@ -294,7 +336,8 @@ static int pool_new(lua_State *L) {
   lua_setfield(L, -2, "prefix");
   lua_pushvalue(L, 2);
   lua_setfield(L, -2, "initializer");
-  lua_pushvalue(L, 3);
+  if (lua_istable(L, 3)) copy_initargs(L, 3);
+  else lua_pushnil(L);
   lua_setfield(L, -2, "initargs");
   lua_newtable(L);  /* thread key -> true for each worker, weak keys */
   lua_createtable(L, 0, 1);

@@ -77,6 +77,11 @@ struct host_tstate {
   bool finished;                  /* body done; waits to be joined */
   int user_release;               /* host_gil_release's state: a USER_ value */
   host_tstate *outer;             /* what this OS thread had before (nesting) */
+  /* a user's hook that an interrupt put aside (see arm_hook): set by the
+  ** signal handler and read by universe_hook, both on this OS thread */
+  lua_Hook saved_hook;
+  int saved_mask, saved_count;
+  _Atomic(lua_State *) saved_for;  /* the state it belongs to, or NULL */
   host_tstate *next;              /* in the universe's list of spawned threads */
   void (*body)(lua_State *co, void *arg);
   void *arg;
@@ -101,6 +106,8 @@ struct host_universe {
   atomic_int instructions;        /* > 0: the jittered instruction policy */
   atomic_uint policy_epoch;
   atomic_bool interrupted;
+  atomic_bool stopping;           /* host_interrupt_sticky: raised until cleared */
+  atomic_bool exiting;            /* host_close has begun (its exit handlers ran) */
   bool fork_child;                /* this is a worker forked by the pool */
   atomic_bool closing;            /* host_close is closing the state */
   /* spawned threads: list, counts (under threads_mu) */
@@ -117,6 +124,13 @@ struct host_waitq {
   int refs;      /* owner + waiters; under the GIL */
 };
 
+/*
+** The records of the universes the calling OS thread runs Lua code in,
+** innermost first (linked by `outer`): host_newstate pushes one, host_close
+** takes it out. A thread that made a second universe (an embedder's, the
+** spec helper's) goes on running the first one's code too, so whatever
+** has a lua_State finds its record with member_of, not by the innermost.
+*/
 static _Thread_local host_tstate *current_ts = NULL;
 
 static void universe_hook(lua_State *L, lua_Debug *ar);
@@ -205,9 +219,11 @@ static void register_thread_key(lua_State *L, host_tstate *ts, lua_State *key) {
   lua_pop(L, 1);
 }
 
+static host_tstate *member_of(lua_State *L);
+
 void host_push_thread_key(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, THREAD_KEYS);
-  lua_rawgetp(L, -1, current_ts);
+  lua_rawgetp(L, -1, member_of(L));
   lua_remove(L, -2);
 }
 
@@ -238,19 +254,44 @@ static void set_base_hook(host_tstate *ts, lua_State *L) {
   }
 }
 
-/* Arms the one-shot hook on what `ts` runs, unless a hook is there already. */
-static void arm_hook(host_tstate *ts) {
-  lua_State *L = atomic_load(&ts->running);
-  if (lua_gethook(L) == NULL)
-    lua_sethook(L, universe_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+/* True when an interrupt waits to be raised in thread ts (its universe's main). */
+static bool interrupt_wanted(host_tstate *ts) {
+  host_universe *u = ts->u;
+  return ts == &u->main_ts && (atomic_load(&u->interrupted) || atomic_load(&u->stopping));
 }
 
-/* SWITCH_SIGNAL: arm the hook if this thread holds the GIL right now. */
+/*
+** Arms the one-shot hook on L, which thread ts runs. A hook already there
+** stays: the universe's own count hook (it fires anyway), or a user's
+** (debug.sethook), which keeps the thread from being preempted. But an
+** interrupt does not wait: it makes the universe's hook one-shot, and puts a
+** user's hook aside in ts for universe_hook to put back (so debug.sethook
+** cannot make a task deaf to interrupts). Async-signal-safe (lua_sethook
+** is, as lua.c relies on for Ctrl-C).
+*/
+static void arm_hook(host_tstate *ts, lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  if (h == universe_hook && !interrupt_wanted(ts)) return;  /* it comes anyway */
+  if (h != NULL && h != universe_hook) {
+    lua_State *pending = atomic_load(&ts->saved_for);
+    if (!interrupt_wanted(ts) || (pending != NULL && pending != L)) return;
+    ts->saved_hook = h;
+    ts->saved_mask = lua_gethookmask(L);
+    ts->saved_count = lua_gethookcount(L);
+    atomic_store(&ts->saved_for, L);
+  }
+  lua_sethook(L, universe_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/*
+** SWITCH_SIGNAL: arm the hook in each universe whose GIL this thread holds
+** right now (the signal does not say which universe asked).
+*/
 static void on_switch_signal(int sig) {
   (void)sig;
   int saved = errno;
-  host_tstate *ts = current_ts;
-  if (ts != NULL && atomic_load(&ts->holding)) arm_hook(ts);
+  for (host_tstate *ts = current_ts; ts != NULL; ts = ts->outer)
+    if (atomic_load(&ts->holding)) arm_hook(ts, atomic_load(&ts->running));
   errno = saved;
 }
 
@@ -306,7 +347,7 @@ static void after_take(host_universe *u, host_tstate *ts) {
     ts->policy_seen = atomic_load(&u->policy_epoch);
     set_base_hook(ts, atomic_load(&ts->running));
   }
-  if (ts == &u->main_ts && atomic_load(&u->interrupted)) arm_hook(ts);
+  if (interrupt_wanted(ts)) arm_hook(ts, atomic_load(&ts->running));
 }
 
 static void gil_give(host_universe *u, host_tstate *ts);
@@ -372,11 +413,17 @@ static void gil_misuse(const char *what) {
   abort();
 }
 
+/* The calling thread's record in universe u, or NULL. */
+static host_tstate *tstate_in(host_universe *u) {
+  host_tstate *ts = current_ts;
+  while (ts != NULL && ts->u != u) ts = ts->outer;
+  return ts;
+}
+
 /* The calling thread's record if it runs Lua code in L's universe. */
 static host_tstate *member_of(lua_State *L) {
-  host_tstate *ts = current_ts;
-  if (ts == NULL || host_universe_of(L) != ts->u) return NULL;
-  return ts;
+  host_universe *u = host_universe_of(L);
+  return u != NULL ? tstate_in(u) : NULL;
 }
 
 /*
@@ -435,26 +482,54 @@ unsigned long long host_gil_switches(lua_State *L) {
   return u ? atomic_load(&u->switches) : 0;
 }
 
+/* Puts back the hook L had before the one-shot hook: a user's, or the base. */
+static void restore_hook(host_tstate *ts, lua_State *L) {
+  if (atomic_load(&ts->saved_for) == L) {
+    lua_Hook h = ts->saved_hook;
+    int mask = ts->saved_mask, count = ts->saved_count;
+    atomic_store(&ts->saved_for, NULL);  /* a signal now sees our hook: no race */
+    lua_sethook(L, h, mask, count);
+  } else {
+    set_base_hook(ts, L);
+  }
+}
+
+/*
+** False at the call or return of a C function: an error raised there could
+** land in a message handler (host_pcall's traceback) while an error is
+** being handled, and turn it into "error in error handling".
+*/
+static bool can_raise(lua_State *L, lua_Debug *ar) {
+  if (ar->event == LUA_HOOKCOUNT || ar->event == LUA_HOOKLINE) return true;
+  return lua_getinfo(L, "S", ar) && ar->what[0] != 'C';
+}
+
 /*
 ** The universe's hook, armed one-shot on request, or as the count hook of
-** the instruction policy or of polling builds. It restores the base hook,
-** raises a pending interrupt in the main thread, and yields the GIL when
-** another thread waits for it.
+** the instruction policy or of polling builds. It restores the hook that
+** was there before, raises a pending interrupt in the main thread, and
+** yields the GIL when another thread waits for it. A sticky interrupt
+** (host_interrupt_sticky) arms the hook again before it raises, so the
+** next instruction raises again, wherever a pcall caught the last one.
 */
 static void universe_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts == NULL) return;
   host_universe *u = ts->u;
 #ifdef HOST_POLL_HOOK
   (void)host_now();  /* an intercepted call: pending signals run here */
 #endif
-  set_base_hook(ts, L);
-  if (ts == &u->main_ts && atomic_exchange(&u->interrupted, false))
-    luaL_error(L, "interrupted!");
+  restore_hook(ts, L);
   if (gil_contended(u)) {
     gil_give(u, ts);
     gil_take(u, ts);
+  }
+  if (interrupt_wanted(ts)) {
+    if (!can_raise(L, ar) || atomic_load(&u->stopping)) arm_hook(ts, L);
+    if (can_raise(L, ar)) {
+      atomic_store(&u->interrupted, false);
+      luaL_error(L, "interrupted!");
+    }
   }
 }
 
@@ -583,12 +658,20 @@ static void run_atexit(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Takes ts out of the calling thread's list of records. */
+static void leave_universe(host_tstate *ts) {
+  host_tstate **p = &current_ts;
+  while (*p != NULL && *p != ts) p = &(*p)->outer;
+  if (*p == ts) *p = ts->outer;
+}
+
 bool host_close(lua_State *L) {
   host_universe *u = host_universe_of(L);
   host_tstate *ts = &u->main_ts;
+  atomic_store(&u->exiting, true);
   run_atexit(L);
   if (!wait_nondaemon(u, ts)) {
-    current_ts = ts->outer;
+    leave_universe(ts);
     return false;  /* interrupted: threads still run, leave the state be */
   }
   atomic_store(&u->closing, true);
@@ -597,7 +680,7 @@ bool host_close(lua_State *L) {
   reap_finished(u);
   bool daemons_left = u->threads != NULL;
   pthread_mutex_unlock(&u->threads_mu);
-  current_ts = ts->outer;
+  leave_universe(ts);
   if (!daemons_left) universe_free(u);
   return true;
 }
@@ -609,19 +692,32 @@ void host_interrupt(lua_State *L) {
   pthread_kill(u->main_ts.pthread, SWITCH_SIGNAL);
 }
 
+void host_interrupt_sticky(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL) return;
+  atomic_store(&u->stopping, true);
+  pthread_kill(u->main_ts.pthread, SWITCH_SIGNAL);
+}
+
 void host_clear_interrupt(lua_State *L) {
   host_universe *u = host_universe_of(L);
-  if (u != NULL) atomic_store(&u->interrupted, false);
+  if (u == NULL) return;
+  atomic_store(&u->stopping, false);
+  atomic_store(&u->interrupted, false);
+}
+
+bool host_exiting(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  return u != NULL && atomic_load(&u->exiting);
 }
 
 void host_check_interrupt(lua_State *L) {
-  host_tstate *ts = current_ts;
-  if (ts != NULL && ts == &ts->u->main_ts && atomic_load(&ts->u->interrupted))
-    host_raise_interrupt(L);
+  host_tstate *ts = member_of(L);
+  if (ts != NULL && interrupt_wanted(ts)) host_raise_interrupt(L);
 }
 
 int host_raise_interrupt(lua_State *L) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts != NULL) atomic_store(&ts->u->interrupted, false);
   return luaL_error(L, "interrupted!");
 }
@@ -629,8 +725,8 @@ int host_raise_interrupt(lua_State *L) {
 /* Records a new policy and applies it to the calling thread at once. */
 static void policy_changed(host_universe *u) {
   atomic_fetch_add(&u->policy_epoch, 1);
-  host_tstate *ts = current_ts;
-  if (ts != NULL && ts->u == u) {
+  host_tstate *ts = tstate_in(u);
+  if (ts != NULL) {
     ts->policy_seen = atomic_load(&u->policy_epoch);
     set_base_hook(ts, atomic_load(&ts->running));
   }
@@ -664,7 +760,7 @@ double host_get_switch_interval(lua_State *L, int *instructions) {
 }
 
 int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = member_of(L);
   if (ts == NULL) return lua_resume(co, L, nargs, nresults);
   lua_State *outer = atomic_load(&ts->running);
   atomic_store(&ts->running, co);
@@ -672,6 +768,7 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
     set_base_hook(ts, co);
   int status = lua_resume(co, L, nargs, nresults);
   atomic_store(&ts->running, outer);
+  if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */
   return status;
 }
 
@@ -759,6 +856,7 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   atomic_store(&u->holder, ts);
   ts->pthread = pthread_self();
   atomic_store(&u->interrupted, false);
+  atomic_store(&u->stopping, false);
   u->fork_child = true;
 }
 
@@ -796,7 +894,7 @@ pid_t host_fork(lua_State *L) {
   reap_finished(u);
   pid_t pid = fork();
   pthread_mutex_unlock(&u->threads_mu);  /* in the child, reset_after_fork remakes it */
-  if (pid == 0) reset_after_fork(u, current_ts);
+  if (pid == 0) reset_after_fork(u, tstate_in(u));
   return pid;
 }
 
@@ -839,16 +937,16 @@ void host_waitq_unref(host_waitq *q) {
 ** locked (so no signal sent under mu after the caller's check is lost):
 ** gives the GIL up, waits once on cv, unlocks mu (before the GIL comes back,
 ** or a signaller holding the GIL and wanting mu would deadlock) and takes
-** the GIL again. A watching main thread waits in slices to see Ctrl-C.
+** the GIL again. A watching main thread waits in slices to see Ctrl-C. ts
+** is the caller's record in the universe whose GIL it holds.
 */
-static host_wait_result cond_wait(pthread_mutex_t *mu, pthread_cond_t *cv,
+static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_cond_t *cv,
                                   const host_deadline *d, bool watch) {
-  host_tstate *ts = current_ts;
   host_universe *u = ts->u;
   bool is_main = watch && ts == &u->main_ts;
   host_wait_result result = HOST_WAIT_WOKEN;
   gil_give(u, ts);
-  if (is_main && atomic_load(&u->interrupted)) {
+  if (is_main && interrupt_wanted(ts)) {
     result = HOST_WAIT_INTERRUPTED;
   } else {
     int rc;
@@ -860,7 +958,7 @@ static host_wait_result cond_wait(pthread_mutex_t *mu, pthread_cond_t *cv,
     } else {
       rc = pthread_cond_timedwait(cv, mu, &d->at);
     }
-    if (is_main && atomic_load(&u->interrupted)) result = HOST_WAIT_INTERRUPTED;
+    if (is_main && interrupt_wanted(ts)) result = HOST_WAIT_INTERRUPTED;
     else if (rc == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
   }
   pthread_mutex_unlock(mu);
@@ -870,30 +968,27 @@ static host_wait_result cond_wait(pthread_mutex_t *mu, pthread_cond_t *cv,
 
 host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
                                 pthread_cond_t *cv, const host_deadline *d) {
-  (void)L;
-  return cond_wait(mu, cv, d, true);
+  return cond_wait(member_of(L), mu, cv, d, true);
 }
 
 /* The wait behind host_waitq_wait; `watch` says if an interrupt ends it. */
-static host_wait_result waitq_wait(host_waitq *q, const host_deadline *d,
+static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadline *d,
                                    bool watch) {
   q->refs++;
   pthread_mutex_lock(&q->mu);
-  host_wait_result result = cond_wait(&q->mu, &q->cv, d, watch);
+  host_wait_result result = cond_wait(member_of(L), &q->mu, &q->cv, d, watch);
   host_waitq_unref(q);
   return result;
 }
 
 host_wait_result host_waitq_wait(lua_State *L, host_waitq *q,
                                  const host_deadline *d) {
-  (void)L;
-  return waitq_wait(q, d, true);
+  return waitq_wait(L, q, d, true);
 }
 
 host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
                                                const host_deadline *d) {
-  (void)L;
-  return waitq_wait(q, d, false);
+  return waitq_wait(L, q, d, false);
 }
 
 void host_waitq_notify(host_waitq *q) {
@@ -921,7 +1016,7 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
   bool ok = true;
   if (!keep) gil_give(u, ts);
   while (!host_deadline_passed(d)) {
-    if (is_main && atomic_load(&u->interrupted)) {
+    if (is_main && interrupt_wanted(ts)) {
       ok = false;
       break;
     }

@@ -180,8 +180,26 @@ host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
 */
 bool host_unlocked_sleep(lua_State *L, const host_deadline *d);
 
-/* Forgets an interrupt of L's universe that has not been raised yet. */
+/*
+** Interrupts L's universe until host_clear_interrupt: its main thread's
+** Lua code fails with "interrupted!" at every instruction (and its waits
+** end), so no pcall, xpcall, message handler, __close or coroutine can
+** swallow it, and a debug.sethook hook does not hide it. What it cannot
+** reach: a C function that never returns to Lua, a user's hook function
+** and a __gc finalizer (Lua runs both with hooks off). Async-signal-safe.
+** The interpreter pool stops a task with it.
+*/
+void host_interrupt_sticky(lua_State *L);
+
+/* Forgets an interrupt of L's universe (sticky or not) not raised yet. */
 void host_clear_interrupt(lua_State *L);
+
+/*
+** True once host_close has begun on L's universe (its exit handlers ran or
+** run): the pools refuse to start then, as CPython refuses new futures
+** after interpreter shutdown, since no exit handler would stop them.
+*/
+bool host_exiting(lua_State *L);
 
 /* Raises "interrupted!" when the main thread has an interrupt pending. */
 void host_check_interrupt(lua_State *L);

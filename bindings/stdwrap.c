@@ -10,7 +10,9 @@
 ** - os.exit: from a thread other than the main one, or while other threads
 **   run, it exits without closing the state (closing it would free memory
 **   that the other threads are using).
-** The blocking io and os functions are replaced in iowrap.c.
+** The blocking io and os functions are replaced in iowrap.c. Every state
+** these run in is a universe (host_openlibs refuses any other), and every
+** thread that runs them has its host_tstate.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,13 +76,6 @@ static int host_require(lua_State *L) {
   lua_settop(L, 1);
   if (push_loaded(L, 1)) return 1;  /* the fast path */
   lua_pop(L, 1);
-  if (host_current() == NULL || host_universe_of(L) == NULL) {
-    /* a state not made by host_newstate (an embedder's, the fuzzer's) */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, 1, 2);
-    return 2;
-  }
   host_waitq *q = *(host_waitq **)lua_touserdata(L, lua_upvalueindex(2));
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LOADING);   /* 2 */
   host_push_thread_key(L);                            /* 3 */
@@ -238,20 +233,14 @@ static int child_exit(lua_State *L) {
 }
 
 /*
-** os.exit([code [, close]]): upvalue 1 is the original, for states that are
-** not host universes. Closing the state (host_close) is only safe when no
-** other thread runs Lua code in it; otherwise it exits without closing.
+** os.exit([code [, close]]). Closing the state (host_close) is only safe
+** when no other thread runs Lua code in it; otherwise it exits without
+** closing.
 */
 static int host_exit(lua_State *L) {
   if (host_in_fork_child(L)) return child_exit(L);
   bool close = lua_toboolean(L, 2);
   int code = exit_code(L);
-  if (host_universe_of(L) == NULL) {  /* an embedder's plain state */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 0);
-    return 0;
-  }
   host_reap_threads(L);
   if (close && host_is_main_thread() && host_thread_count(L) == 1)
     host_close(L);  /* what lua_close does, plus exit handlers and the universe */
@@ -259,19 +248,15 @@ static int host_exit(lua_State *L) {
   exit(code);
 }
 
-/* Replaces t[name] (t on top of the stack) by a closure of f over the old. */
-static void wrap_field(lua_State *L, const char *name, lua_CFunction f) {
-  lua_getfield(L, -1, name);
-  lua_pushcclosure(L, f, 1);
-  lua_setfield(L, -2, name);
-}
-
 void host_wrap_stdlib(lua_State *L) {
   lua_getglobal(L, "require");
   push_waitq_box(L);
   lua_pushcclosure(L, host_require, 2);
   lua_setglobal(L, "require");
-  if (lua_getglobal(L, "os") == LUA_TTABLE) wrap_field(L, "exit", host_exit);
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushcfunction(L, host_exit);
+    lua_setfield(L, -2, "exit");
+  }
   lua_pop(L, 1);
   if (lua_getglobal(L, "coroutine") == LUA_TTABLE) {
     lua_pushcfunction(L, co_resume);

@@ -302,6 +302,50 @@ describe('the GIL traps', function()
     assert.are.same({ 'hooked', 'main' }, order)
   end)
 
+  it('lets Ctrl-C reach a script that set its own debug hook, and keeps the hook', function()
+    -- The interrupt puts the user's hook aside for one hook call, as lua.c's
+    -- SIGINT handler does, and puts it back: the hook still runs afterwards.
+    local script = sh.tempfile [[
+      io.stdout:setvbuf 'no'
+      local calls = 0
+      local function hook() calls = calls + 1 end
+      debug.sethook(hook, '', 1000)
+      print 'ready'
+      local ok, e = pcall(function() while true do end end)
+      local before = calls
+      for _ = 1, 1e5 do end
+      print('caught', e, calls > before, debug.gethook() == hook)
+    ]]
+    local q = sh.quote
+    local out = sh.run('o=$(mktemp); ' .. q(sh.host) .. ' ' .. q(script) ..
+      ' > "$o" & p=$!; for i in $(seq 200); do grep -q ready "$o" 2>/dev/null && break; sleep 0.05; done;' ..
+      ' kill -INT $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 15)
+    os.remove(script)
+    assert.matches('rc=0\n', out)
+    assert.matches('caught\tinterrupted!\ttrue\ttrue\n', out)
+  end)
+
+  it("hands its GIL off while a second universe is open on the same OS thread", function()
+    -- host_newstate in this thread (the spec helper, an embedder) made the
+    -- new universe the thread's innermost: waits here once gave that one's
+    -- GIL up instead of this one's, and a join timed out.
+    local universe = assert(package.loadlib(assert(os.getenv 'HOST_SPEC_UNIVERSE',
+      'HOST_SPEC_UNIVERSE is unset: run the specs with make'), 'luaopen_universe'))()
+    local u = universe.new()
+    local t = thread.start(function() return 'joined' end)
+    assert.are.same({ true, 'joined' }, { t:join(T) })
+    local woke = false
+    local s = thread.start(function() woke = true end)
+    local deadline = require('host.time').monotonic() + T
+    while not woke and require('host.time').monotonic() < deadline do
+      thread.sleep(0.01)  -- releases this universe's GIL: s runs meanwhile
+    end
+    assert.is_true(woke)
+    assert.is_true((s:join(T)))
+    assert.are.equal(3, universe.decode(u:run('return ...', universe.encode(3))))
+    u:close()
+  end)
+
   it('identifies OS threads with C thread-locals, not LUA_EXTRASPACE', function()
     -- A coroutine created in the main thread reports the thread that runs it.
     local co = coroutine.create(function() return thread.current() end)

@@ -395,4 +395,134 @@ describe('InterpreterPoolExecutor', function()
     end
     assert.is_true(os_threads() <= start)
   end)
+  it('interrupts a runaway initializer on shutdown{interrupt = true}; the pool breaks', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 2, initializer = function() while true do end end }
+      local f = ex:submit(function() return 1 end)
+      ex:shutdown { cancel_futures = true, interrupt = true }
+      local ok, e = pcall(f.result, f, 10)
+      print(ok, e:is('CancelledError') or e:is('BrokenInterpreterPool'))
+      local g = futures.InterpreterPoolExecutor { max_workers = 1, initializer = function() while true do end end }
+      g:shutdown { interrupt = true }
+      print(select(2, pcall(g.submit, g, print)))
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.matches('^false\ttrue\n', out)
+    assert.matches('\nBrokenInterpreterPool: an interpreter initializer failed: [^\n]*interrupted!', out)
+  end)
+
+  it('interrupts a task whatever it catches with: xpcall handlers, __close, callbacks, hooks', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 4 }
+      local tasks = {
+        handler = function() xpcall(function() while true do end end, function() while true do end end) end,
+        close = function()
+          local x <close> = setmetatable({}, { __close = function() while true do end end })
+          while true do end
+        end,
+        callback = function()
+          local futures = require 'host.futures'
+          while true do
+            local f = futures.Future()
+            f:add_done_callback(function() while true do end end)
+            f:set_result(1)
+          end
+        end,
+        sethook = function() debug.sethook(function() end, '', 1e8); while true do end end,
+      }
+      for _, name in ipairs { 'handler', 'close', 'callback', 'sethook' } do
+        local f = ex:submit(tasks[name])
+        while not f:running() do thread.sleep(0.002) end
+        f:cancel { interrupt = true }
+        local ok, e = pcall(f.result, f, 10)
+        print(name, ok, tostring(e):match('interrupted!') or tostring(e))
+      end
+      print(ex:submit(function() return 'served' end):result(10))
+      ex:shutdown()
+    ]]
+    assert.are.equal(0, code)
+    assert.are.equal('handler\tfalse\tinterrupted!\nclose\tfalse\tinterrupted!\n'
+      .. 'callback\tfalse\tinterrupted!\nsethook\tfalse\tinterrupted!\nserved\n', out)
+  end)
+
+  it("keeps a worker's xpcall yieldable and its message handler called", function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    assert.are.same({ n = 5, 'y', true, 'r', false, 'handled: boom' }, table.pack(ex:submit(function()
+      local co = coroutine.wrap(function()
+        return xpcall(function() coroutine.yield('y') return 'r' end, debug.traceback)
+      end)
+      local y = co()
+      local ok, r = co()
+      return y, ok, r, xpcall(error, function(m) return 'handled: ' .. m end, 'boom', 0)
+    end):result(T)))
+  end)
+
+  it('interrupts the pools a task made when shutdown{interrupt = true} closes its worker', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function()
+        local futures = require 'host.futures'
+        local inner = futures.InterpreterPoolExecutor { max_workers = 1 }
+        return inner:submit(function() while true do end end):result()
+      end)
+      while not f:running() do thread.sleep(0.002) end
+      print(f:cancel { interrupt = true })
+      print(pcall(f.result, f, 10) == false)
+      ex:shutdown { cancel_futures = true, interrupt = true }
+      print('shut down')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('true\ntrue\nshut down\n', out)
+  end)
+
+  it('ends only the thread that calls os.exit outside the task thread, blaming no task', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 1 }
+      print(ex:submit(function()
+        local thread = require 'host.thread'
+        GO = thread.Event()
+        LEFT = thread.Thread { target = function() GO:wait(10); os.exit(9) end, daemon = true }
+        LEFT:start()
+        return 'task 1 done'
+      end):result(10))
+      print(ex:submit(function()
+        GO:set()
+        local ok, e = LEFT:join(10)
+        return 'task 2 done', ok, e.code, e.message
+      end):result(10))
+      ex:shutdown()
+      print('the script goes on')
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('task 1 done\ntask 2 done\tfalse\t9\t'
+      .. "os.exit(9) in a thread of an interpreter pool's worker ends only that thread\n"
+      .. 'the script goes on\n', out)
+  end)
+
+  it('refuses to start after interpreter shutdown began, so exit does not hang', function()
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local main = thread.current()
+      thread.start(function()
+        main:join(10)
+        local ok, ex = pcall(futures.InterpreterPoolExecutor, { max_workers = 1 })
+        if ok then KEEP = ex; ex:submit(print, 'late task ran'):result(5) end
+        io.stderr:write(tostring(ok), ' ', tostring(ex), '\n')
+      end)
+      print('main ends')
+    ]]
+    assert.are.equal(0, code)
+    assert.are.equal('main ends\n', out)
+    assert.matches('^false [^\n]*cannot start a new pool after interpreter shutdown\n$', err)
+  end)
 end)

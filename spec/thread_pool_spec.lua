@@ -52,14 +52,13 @@ describe('ThreadPoolExecutor', function()
     assert.are.same({ n = 3, 'a' }, got)
   end)
 
-  it('breaks, and keeps its worker, when gathering the initargs raises', function()
+  it('gathers the initargs at construction: a raising __len raises there', function()
+    -- The initargs are copied when the pool is made (see 'copies the initargs'),
+    -- so no worker can meet this error later.
     local args = setmetatable({}, { __len = function() error('no length') end })
-    local ex = futures.ThreadPoolExecutor { max_workers = 1, initargs = args, initializer = print }
-    local ok, err = pcall(function() return ex:submit(print):result(T) end)
+    local ok, err = pcall(futures.ThreadPoolExecutor, { max_workers = 1, initargs = args, initializer = print })
     assert.is_false(ok)
-    assert.is_true(herror.is(err, 'BrokenThreadPool'))
-    assert.matches('no length', err.message, 1, true)
-    ex:shutdown()  -- returns: the worker ended, it did not die
+    assert.matches('no length', err, 1, true)
   end)
 
   it('survives error objects whose __tostring raises: task, initializer, done-callback', function()
@@ -117,5 +116,106 @@ describe('ThreadPoolExecutor', function()
     gate:set()
     assert.is_true(fs[1]:result(T))
     for i = 2, 5 do assert.are.equal(i, fs[i]:result(T)) end
+  end)
+  it('counts its idle workers exactly, so a blocked pool still starts its last worker', function()
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 3 }
+    local go = thread.Event()
+    local a = ex:submit(function() return go:wait(T) end)
+    local b = ex:submit(function() return go:wait(T) end)
+    go:set()
+    assert.is_true(a:result(T))
+    assert.is_true(b:result(T))
+    -- Each submit wakes every idle worker; one that finds nothing must not
+    -- count itself idle twice (the count once grew with every such wake-up).
+    for i = 1, 50 do assert.are.equal(i, ex:submit(function() return i end):result(T)) end
+    local e1, e2 = thread.Event(), thread.Event()
+    local x = ex:submit(function() return e1:wait(T) end)
+    local y = ex:submit(function() return e2:wait(T) end)
+    local z = ex:submit(function() e1:set(); e2:set(); return 'z ran' end)
+    assert.are.equal('z ran', z:result(T))
+    assert.is_true(x:result(T))
+    assert.is_true(y:result(T))
+  end)
+
+  it('keeps the initializer failure as the reason later submits give', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1, initializer = function() error('init boom') end }
+    local ok, err = pcall(function() return ex:submit(print):result(T) end)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'BrokenThreadPool'))
+    ok, err = pcall(ex.submit, ex, print)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'BrokenThreadPool'))
+    assert.matches('a thread initializer failed: .*init boom', err.message)
+    ex:shutdown()
+  end)
+
+  it('copies the initargs at construction (a later change is not seen)', function()
+    local seen
+    local args = { 'original', n = 2 }
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 1, initargs = args,
+      initializer = function(...) seen = table.pack(...) end }
+    args[1], args[2], args.n = 'changed', 'added', 3
+    ex:submit(print):result(T)  -- the worker starts now
+    assert.are.same({ n = 2, 'original' }, seen)
+    local ok, err = pcall(futures.ThreadPoolExecutor, { initargs = { n = 100000000 }, initializer = print })
+    assert.is_false(ok)
+    assert.matches('too many initargs (100000000)', err, 1, true)
+  end)
+
+  it('refuses to start after interpreter shutdown began, so exit does not hang', function()
+    -- a thread, and a task of a pool, make a pool once the main chunk ended
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local main = thread.current()
+      local function late(who)
+        main:join(10)
+        local ok, ex = pcall(futures.ThreadPoolExecutor, { max_workers = 1 })
+        if ok then KEEP = ex; ex:submit(print, 'late task ran'):result(5) end
+        io.stderr:write(who, ' ', tostring(ok), ' ', tostring(ex), '\n')
+      end
+      thread.start(late, 'thread')
+      futures.ThreadPoolExecutor { max_workers = 1 }:submit(late, 'task')
+      print('main ends')
+    ]]
+    assert.are.equal(0, code)
+    assert.are.equal('main ends\n', out)
+    assert.matches('thread false [^\n]*cannot start a new pool after interpreter shutdown\n', err)
+    assert.matches('task false [^\n]*cannot start a new pool after interpreter shutdown\n', err)
+  end)
+
+  it('runs no task whose submit raised because no worker could start', function()
+    -- Under an address-space limit thread stacks run out; 0.4 GB is far more
+    -- than host needs. A sanitizer build cannot start under it: skipped.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local big = futures.ThreadPoolExecutor { max_workers = 1000 }
+      local go, full = thread.Event(), false
+      for _ = 1, 1000 do
+        big:submit(function() go:wait(20) end)  -- never raises: the pool has workers
+        local ok, t = pcall(thread.start, function() end)
+        if not ok then full = true break end
+        t:join(10)
+      end
+      local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+      local runs = 0
+      local ok, err = pcall(ex.submit, ex, function() runs = runs + 1 end)
+      print(full, ok, (tostring(err):match('cannot start thread')))
+      go:set()
+      big:shutdown()
+      local start = require('host.time').monotonic()
+      while thread.count() > 1 and require('host.time').monotonic() < start + 10 do thread.sleep(0.01) end
+      ex:submit(function() runs = runs + 1 end):result(10)
+      ex:shutdown()
+      print(runs)
+    ]]
+    local out, err, code = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f), 30)
+    os.remove(f)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('true\tfalse\tcannot start thread\n1\n', out)
   end)
 end)
