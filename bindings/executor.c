@@ -144,7 +144,7 @@ static int next_outcome(lua_State *L, int st, map_state *s) {
   s->pos = pos;
   lua_pushnil(L);
   lua_rawseti(L, futures, pos);
-  if (state == HOST_FUTURE_CANCELLED || host_future_failed(host_future_check(L, fut)))
+  if (state == HOST_FUTURE_CANCELLED || host_future_failed(host_future_of(L, fut)))
     cancel_from(L, st, s, pos + 1);
   int n = host_future_result(L, fut, 0);  /* raises its error */
   lua_rotate(L, futures, n);

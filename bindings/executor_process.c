@@ -402,7 +402,7 @@ static int busy_count(pstate_t *s) {
 /* Fails the future of the item on top (popped) with BrokenProcessPool. */
 static void fail_item(lua_State *L, const char *why) {
   lua_rawgeti(L, -1, 1);
-  host_future *f = host_future_check(L, -1);
+  host_future *f = host_future_of(L, -1);
   host_future_state st = host_future_state_of(f);
   if (st == HOST_FUTURE_PENDING || st == HOST_FUTURE_RUNNING) {
     host_error_push(L, "BrokenProcessPool", why, 0);
@@ -485,7 +485,7 @@ static void pump(lua_State *L, int sidx, pstate_t *s) {
       break;
     }
     lua_rawgeti(L, -1, 1);
-    bool runs = host_future_set_running(host_future_check(L, -1));
+    bool runs = host_future_set_running(host_future_of(L, -1));
     lua_pop(L, 1);
     if (runs) host_fifo_push(L, sidx, UV_CALLQ, &s->callq);
     else lua_pop(L, 1);  /* cancelled while pending */
@@ -591,7 +591,7 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
     return;
   }
   lua_rawgeti(L, -1, 1);
-  host_future_set_payload(host_future_check(L, -1), head[4] == FRAME_OK, payload, len);
+  host_future_set_payload(host_future_of(L, -1), head[4] == FRAME_OK, payload, len);
   host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
   lua_pop(L, 3);
   if (retire) {

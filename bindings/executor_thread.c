@@ -64,7 +64,7 @@ static void drain_items(lua_State *L, int idx, pool_state *p, const char *broken
     lua_rawgeti(L, -1, 1);  /* the future */
     if (broken_msg == NULL) {
       host_future_cancel(L, -1);
-    } else if (host_future_set_running(host_future_check(L, -1))) {
+    } else if (host_future_set_running(host_future_of(L, -1))) {
       host_error_push(L, "BrokenThreadPool", broken_msg, 0);
       host_future_set_error(L, -2);
     }
@@ -78,7 +78,7 @@ static void run_item(lua_State *L) {
   int item = lua_gettop(L);
   lua_rawgeti(L, item, 1);
   int future = lua_gettop(L);
-  if (!host_future_set_running(host_future_check(L, future))) {
+  if (!host_future_set_running(host_future_of(L, future))) {
     lua_settop(L, item - 1);  /* cancelled meanwhile */
     return;
   }

@@ -90,6 +90,7 @@ void host_future_unref(host_future *f) {
 }
 
 host_future_state host_future_state_of(host_future *f) {
+  if (f == NULL) return HOST_FUTURE_CANCELLED;
   pthread_mutex_lock(&f->mu);
   host_future_state s = f->state;
   pthread_mutex_unlock(&f->mu);
@@ -97,6 +98,7 @@ host_future_state host_future_state_of(host_future *f) {
 }
 
 bool host_future_set_running(host_future *f) {
+  if (f == NULL) return false;
   pthread_mutex_lock(&f->mu);
   bool ok = f->state == HOST_FUTURE_PENDING;
   if (ok) f->state = HOST_FUTURE_RUNNING;
@@ -122,6 +124,10 @@ static bool is_done(host_future_state s) {
 }
 
 bool host_future_set_payload(host_future *f, bool ok, char *bytes, size_t len) {
+  if (f == NULL) {
+    free(bytes);
+    return false;
+  }
   pthread_mutex_lock(&f->mu);
   bool fresh = !is_done(f->state);
   if (fresh) {
@@ -140,6 +146,10 @@ host_future *host_future_check(lua_State *L, int idx) {
   return ((proxy *)host_object_check(L, idx, FUTURE_TYPE))->f;
 }
 
+host_future *host_future_of(lua_State *L, int idx) {
+  return ((proxy *)luaL_checkudata(L, idx, FUTURE_TYPE))->f;  /* NULL once finalized */
+}
+
 /* The future of the proxy at 1, for the methods (upvalue 1: the metatable). */
 static host_future *check_self(lua_State *L) {
   return ((proxy *)host_object_check_self(L, FUTURE_TYPE))->f;
@@ -152,7 +162,10 @@ host_future *host_future_push_new(lua_State *L) {
   return p->f;
 }
 
-/* __gc: drops the proxy's reference; later uses raise (see util.h). */
+/*
+** __gc: drops the proxy's reference; later uses raise (see util.h), and a
+** pool that still holds the proxy skips it (host_future_of).
+*/
 static int future_gc(lua_State *L) {
   proxy *p = host_object_finalize(L, FUTURE_TYPE);
   if (p == NULL) return 0;
@@ -176,6 +189,7 @@ static void call_callback(lua_State *L, int idx) {
 }
 
 bool host_future_wants_callbacks(host_future *f) {
+  if (f == NULL) return false;
   pthread_mutex_lock(&f->mu);
   bool wants = f->has_callbacks && !f->callbacks_ran;
   pthread_mutex_unlock(&f->mu);
@@ -184,7 +198,8 @@ bool host_future_wants_callbacks(host_future *f) {
 
 void host_future_run_callbacks(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
-  host_future *f = host_future_check(L, idx);
+  host_future *f = host_future_of(L, idx);
+  if (f == NULL) return;
   pthread_mutex_lock(&f->mu);
   bool run = is_done(f->state) && !f->callbacks_ran;
   if (run) f->callbacks_ran = true;
@@ -209,11 +224,11 @@ void host_future_run_callbacks(lua_State *L, int idx) {
 ** (lua_setiuservalue neither allocates nor calls Lua).
 */
 static bool finish_with(lua_State *L, int idx, bool failed) {
-  host_future *f = host_future_check(L, idx);
-  pthread_mutex_lock(&f->mu);
-  bool fresh = !is_done(f->state);
+  host_future *f = host_future_of(L, idx);
+  if (f != NULL) pthread_mutex_lock(&f->mu);
+  bool fresh = f != NULL && !is_done(f->state);
   if (fresh) finish_locked(f, HOST_FUTURE_FINISHED, failed);
-  pthread_mutex_unlock(&f->mu);
+  if (f != NULL) pthread_mutex_unlock(&f->mu);
   if (!fresh) {
     lua_pop(L, 1);
     return false;
@@ -226,7 +241,7 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
 bool host_future_set_result(lua_State *L, int idx, int n) {
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, 4, "too many results");  /* after a LUA_MULTRET call: no room */
-  host_future_check(L, idx);
+  host_future_of(L, idx);
   lua_createtable(L, n, 1);
   lua_insert(L, -(n + 1));
   for (int i = n; i >= 1; i--) lua_rawseti(L, -(i + 1), i);  /* table under vi */
@@ -238,7 +253,7 @@ bool host_future_set_result(lua_State *L, int idx, int n) {
 bool host_future_set_error(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, 4, NULL);
-  host_future_check(L, idx);
+  host_future_of(L, idx);
   lua_createtable(L, 1, 1);
   lua_insert(L, -2);
   lua_rawseti(L, -2, 1);
@@ -256,7 +271,8 @@ void host_future_set_interrupter(lua_State *L, int idx) {
 }
 
 bool host_future_cancel(lua_State *L, int idx) {
-  host_future *f = host_future_check(L, idx);
+  host_future *f = host_future_of(L, idx);
+  if (f == NULL) return false;
   pthread_mutex_lock(&f->mu);
   bool cancelled = f->state == HOST_FUTURE_CANCELLED;
   if (f->state == HOST_FUTURE_PENDING) {
@@ -269,6 +285,7 @@ bool host_future_cancel(lua_State *L, int idx) {
 }
 
 bool host_future_failed(host_future *f) {
+  if (f == NULL) return false;
   pthread_mutex_lock(&f->mu);
   bool failed = f->state == HOST_FUTURE_FINISHED && f->failed;
   pthread_mutex_unlock(&f->mu);

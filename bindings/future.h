@@ -36,6 +36,14 @@ host_future *host_future_push_new(lua_State *L);
 /* The future of the proxy at idx (raises unless it is a live host.Future). */
 host_future *host_future_check(lua_State *L, int idx);
 
+/*
+** For the pools, which hold proxies in their queues: the future of the
+** proxy at idx, or NULL when the proxy was finalized (a __gc called by
+** hand). A finalized proxy counts as a cancelled future: the functions
+** below accept it (and NULL) and do nothing, so a pool skips its item.
+*/
+host_future *host_future_of(lua_State *L, int idx);
+
 /* Takes / drops a reference (atomic; the last drop frees). */
 void host_future_ref(host_future *f);
 void host_future_unref(host_future *f);

@@ -251,6 +251,36 @@ describe('Future', function()
   end)
 end)
 
+describe('a Future finalized while a pool holds it', function()
+  it('is skipped by every pool, which goes on serving', function()
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      for _, kind in ipairs { 'ThreadPoolExecutor', 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+        local ex = assert(futures[kind] { max_workers = 1 })
+        local running = ex:submit(function() local t = os.clock() + 0.2 while os.clock() < t do end return 1 end)
+        running:add_done_callback(function() end)
+        while not running:running() and not running:done() do thread.sleep(0.005) end
+        getmetatable(running).__gc(running)
+        local fs = {}
+        for i = 1, 30 do
+          fs[i] = ex:submit(function() return i end)
+          if i % 3 == 0 then getmetatable(fs[i]).__gc(fs[i]) end
+        end
+        local ok = 0
+        for i = 1, 30 do if i % 3 ~= 0 and fs[i]:result(10) == i then ok = ok + 1 end end
+        ex:shutdown()
+        print(kind, ok)
+      end
+    ]]
+    local out, err, code = sh.host_run(sh.quote(f), 60)
+    os.remove(f)
+    assert.are.equal('ThreadPoolExecutor\t20\nInterpreterPoolExecutor\t20\nProcessPoolExecutor\t20\n', out)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+  end)
+end)
+
 describe('futures.wait and as_completed', function()
   it('waits in each mode and returns done, not_done', function()
     local a, b, c = futures.Future(), futures.Future(), futures.Future()
