@@ -811,9 +811,13 @@ static int ppool_pids(lua_State *L) {
 static int ppool_new(lua_State *L) {
   lua_Integer n = host_executor_options(L, host_executor_cores());
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
-  lua_getfield(L, 1, "max_tasks_per_child");
-  lua_Integer max_tasks = luaL_optinteger(L, -1, 0);
-  luaL_argcheck(L, max_tasks >= 0, 1, "max_tasks_per_child must be positive");
+  lua_Integer max_tasks = 0;  /* no limit */
+  if (lua_getfield(L, 1, "max_tasks_per_child") != LUA_TNIL) {
+    int isint;
+    max_tasks = lua_tointegerx(L, -1, &isint);
+    if (!isint) host_field_error(L, 1, "max_tasks_per_child", "an integer");
+    luaL_argcheck(L, max_tasks >= 1, 1, "'max_tasks_per_child' must be >= 1");
+  }
   pstate_t *s = host_object_new(L, sizeof *s + sizeof(worker_t) * (size_t)n, PSTATE_TYPE, 4);
   int sidx = lua_gettop(L);
   s->wake_r = s->wake_w = -1;

@@ -312,7 +312,7 @@ static int pool_new(lua_State *L) {
   lua_Integer max = host_executor_options(L, default_workers());
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_getfield(L, 1, "thread_name_prefix");
-  luaL_argexpected(L, lua_isnil(L, -1) || lua_isstring(L, -1), 1, "string as 'thread_name_prefix'");
+  if (!lua_isnil(L, -1) && !lua_isstring(L, -1)) host_field_error(L, 1, "thread_name_prefix", "a string");
   /* the state first: at exit, finalizers run newest first, the pool's before it */
   pool_state *p = host_object_new(L, sizeof *p, STATE_TYPE, 2);
   int st = lua_gettop(L);

@@ -673,6 +673,8 @@ describe('ThreadPoolExecutor', function()
       "bad argument #1 to 'ThreadPoolExecutor' ('max_workers' must be in [1, 1024])")
     assert.has_error(function() futures.ThreadPoolExecutor { initializer = 1 } end,
       "bad argument #1 to 'ThreadPoolExecutor' ('initializer' must be a function, got number)")
+    assert.has_error(function() futures.ThreadPoolExecutor { thread_name_prefix = {} } end,
+      "bad argument #1 to 'ThreadPoolExecutor' ('thread_name_prefix' must be a string, got table)")
     assert.has_error(function() futures.ThreadPoolExecutor(5) end,
       "bad argument #1 to 'ThreadPoolExecutor' (table expected, got number)")
     local ex <close> = futures.ThreadPoolExecutor()

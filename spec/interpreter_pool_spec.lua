@@ -175,8 +175,10 @@ describe('InterpreterPoolExecutor', function()
     local got = {}
     for i, v in ex:map(function(x) return -x end, { 1, 2, 3 }, { chunksize = 2 }) do got[i] = v end
     assert.are.same({ -1, -2, -3 }, got)
-    assert.has_error(function() futures.InterpreterPoolExecutor { max_workers = 0 } end)
-    assert.has_error(function() futures.InterpreterPoolExecutor { initializer = 5 } end)
+    assert.has_error(function() futures.InterpreterPoolExecutor { max_workers = 0 } end,
+      "bad argument #1 to 'InterpreterPoolExecutor' ('max_workers' must be in [1, 1024])")
+    assert.has_error(function() futures.InterpreterPoolExecutor { initializer = 5 } end,
+      "bad argument #1 to 'InterpreterPoolExecutor' ('initializer' must be a function, got number)")
     assert.has_error(function() futures.InterpreterPoolExecutor { initializer = function() end, initargs = { io.stdout } } end)
   end)
 
