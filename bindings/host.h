@@ -60,7 +60,9 @@ void host_openlibs(lua_State *L);
 
 /*
 ** Makes the Lua code running in L's universe fail with "interrupted!" at
-** its next instruction, the way lua.c handles Ctrl-C. Async-signal-safe.
+** its next instruction, the way lua.c handles Ctrl-C, also under a hook the
+** script set with debug.sethook (put aside for that one call). Async-
+** signal-safe.
 */
 void host_interrupt(lua_State *L);
 
