@@ -7,13 +7,7 @@ local sh = require 'spec.support.sh'
 
 local T = 10
 
--- Runs a Lua script in a host subprocess (at most 20 s); returns out, err, code.
-local function run_script(text)
-  local f = sh.tempfile(text)
-  local out, err, code = sh.host_run(sh.quote(f), 20)
-  os.remove(f)
-  return out, err, code
-end
+local run_script = sh.host_script
 
 -- Waits (polling, at most T seconds) until the future runs.
 local function wait_running(f)

@@ -63,13 +63,7 @@ local function child_count()
   return n
 end
 
--- Runs `script` with host; returns stdout, stderr and the exit code.
-local function run_script(script, limit)
-  local f = sh.tempfile(script)
-  local out, err, code = sh.host_run(sh.quote(f), limit or 20)
-  os.remove(f)
-  return out, err, code
-end
+local run_script = sh.host_script
 
 -- The number of times `plain` occurs in s.
 local function count(s, plain)

@@ -49,4 +49,13 @@ function sh.tempfile(text)
   return name
 end
 
+-- Runs the Lua source `text` as a script with host, at most `limit` seconds
+-- (default 20); returns stdout, stderr, exit code.
+function sh.host_script(text, limit, stdin)
+  local name = sh.tempfile(text)
+  local out, err, code = sh.host_run(sh.quote(name), limit, stdin)
+  os.remove(name)
+  return out, err, code
+end
+
 return sh
