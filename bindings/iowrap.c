@@ -416,7 +416,13 @@ static int aux_close(lua_State *L, LStream *p) {
   return cf(L);
 }
 
-/* The iterator of lines(): upvalues file, n, toclose, formats 1..n. */
+/*
+** The iterator of lines(): upvalues file, n, toclose, formats 1..n. At the
+** end of the file, lines(name) closes the file, unless another thread
+** closed it, or began to, while this one read without the GIL: that close
+** (which may be waiting for this very read) closes it, and the loop just
+** ends here.
+*/
 static int io_readline(lua_State *L) {
   LStream *p = lua_touserdata(L, lua_upvalueindex(1));
   int n = (int)lua_tointeger(L, lua_upvalueindex(2));
@@ -428,7 +434,7 @@ static int io_readline(lua_State *L) {
   n = g_read(L, p, lua_upvalueindex(1), 2, closed);
   if (lua_toboolean(L, -n)) return n;
   if (n > 1) return luaL_error(L, "%s", lua_tostring(L, -n + 1));
-  if (lua_toboolean(L, lua_upvalueindex(3))) {  /* lines(name) opened it */
+  if (lua_toboolean(L, lua_upvalueindex(3)) && p->closef != NULL) {
     lua_settop(L, 0);
     lua_pushvalue(L, lua_upvalueindex(1));
     aux_close(L, p);

@@ -412,3 +412,166 @@ describe('closing a standard file while another thread reads it', function()
     assert.are.equal('rc=0\nclose\tnil\tcannot close standard file\nclosed\tfile\nread\ttrue\tone\ttwo\n', out)
   end)
 end)
+
+-- The iterator of io.lines(name) closes its file at the end of the file,
+-- and its fourth value (the for loop's closing value) closes it when the
+-- loop ends; another thread may be reading the same file meanwhile. Run in
+-- a subprocess: before the fix, the second of two closes called through a
+-- NULL pointer (SIGSEGV): the iterator at the end of the file closed again
+-- a file whose close (by another thread) waited for this very read.
+describe('io.lines(name) shared by threads', function()
+  -- Runs `text` with host (arguments: a file of `lines` numbered lines,
+  -- then a free temporary name); returns its output, after checking that
+  -- it ended cleanly.
+  local function run(text, lines)
+    local script = sh.tempfile(text)
+    local name = os.tmpname()
+    local w = assert(io.open(name, 'w'))
+    for i = 1, lines or 0 do w:write(i, '\n') end
+    w:close()
+    local spare = os.tmpname()
+    os.remove(spare)
+    local out, err, code = sh.host_run(('%s %s %s'):format(sh.quote(script), sh.quote(name), sh.quote(spare)), 30)
+    os.remove(script)
+    os.remove(name)
+    os.remove(spare)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    return out
+  end
+
+  -- Reads lines with `it` until it ends or raises; counts them in
+  -- counts[j] and marks each line number in `seen` (a line seen twice is
+  -- an error). Returns how it ended: 'end' or the error's text.
+  local drain = [[
+    local function drain(it, j, counts, seen)
+      counts[j] = 0
+      local ok, e = pcall(function()
+        for l in it do
+          local i = tonumber(l)
+          assert(not seen[i], 'line seen twice: ' .. l)
+          seen[i] = true
+          counts[j] = counts[j] + 1
+        end
+      end)
+      return ok and 'end' or (tostring(e):match('file is already closed') or tostring(e))
+    end
+  ]]
+
+  it('a close while another thread waits in the read: the close waits, the loop ends', function()
+    -- the reader waits on a FIFO whose writer writes nothing, then ends
+    local out = run([[
+      local thread = require 'host.thread'
+      local _, fifo = ...
+      assert(os.execute("mkfifo '" .. fifo .. "'"))
+      local writer = io.popen("sleep 0.5 > '" .. fifo .. "'")
+      local it, _, _, f = io.lines(fifo)
+      local started = thread.Event()
+      local t = thread.start(function()
+        started:set()
+        local n = 0
+        for _ in it do n = n + 1 end
+        return n
+      end)
+      assert(started:wait(10))
+      thread.sleep(0.1)  -- only makes "t waits in the read" likely
+      print('close', pcall(f.close, f))
+      local ok, r = t:join(10)
+      print('join', ok, (tostring(r):gsub('^.*: ', '')))
+      print(io.type(f))
+      writer:close()
+    ]])
+    local close, join = out:match('^close\t([^\n]*)\njoin\t([^\n]*)\nclosed file\n$')
+    assert(close, out)
+    -- the close came while t waited (the usual order): it waited for the
+    -- read, t's loop ended at the end of the file; or t came first
+    if close == 'true\ttrue' then
+      assert(join == 'true\t0' or join == 'false\tfile is already closed', out)
+    else
+      assert.are.equal('false\tattempt to use a closed file', close)
+      assert.are.equal('true\t0', join)
+    end
+  end)
+
+  it('two threads reach the end of the file: each ends cleanly or with the documented error', function()
+    local out = run(drain .. [[
+      local thread = require 'host.thread'
+      local name = ...
+      local outcomes = {}
+      for _ = 1, 5 do
+        local it, _, _, f = io.lines(name)
+        local counts, seen = {}, {}
+        local ts = {}
+        for j = 1, 2 do ts[j] = thread.start(drain, it, j, counts, seen) end
+        for j = 1, 2 do
+          local ok, how = ts[j]:join(10)
+          assert(ok, how)
+          assert(how == 'end' or how == 'file is already closed', how)
+          outcomes[how] = true
+        end
+        assert(counts[1] + counts[2] == 100000, counts[1] + counts[2])
+        assert(io.type(f) == 'closed file')
+      end
+      print(outcomes['end'])
+    ]], 100000)
+    assert.are.equal('true\n', out)
+  end)
+
+  it('a thread leaves the loop (its closing value closes the file) while another reads', function()
+    local out = run(drain .. [[
+      local thread = require 'host.thread'
+      local name = ...
+      for round = 1, 5 do
+        local it, _, _, f = io.lines(name)
+        local counts, seen = {}, {}
+        local b = thread.start(drain, it, 2, counts, seen)
+        -- the main thread's own for loop, which breaks: its closing value
+        -- closes the file (unless b reached the end of the file first)
+        local n, how = 0, 'end'
+        local ok, e = pcall(function()
+          for l in it, nil, nil, f do
+            local i = tonumber(l)
+            assert(not seen[i], 'line seen twice: ' .. l)
+            seen[i] = true
+            n = n + 1
+            if n == 50000 + round * 10000 then how = 'break' break end
+          end
+        end)
+        if not ok then how = tostring(e):match('file is already closed') or tostring(e) end
+        local bok, bhow = b:join(10)
+        assert(bok, bhow)
+        assert(bhow == 'end' or bhow == 'file is already closed', bhow)
+        assert(how == 'end' or how == 'break' or how == 'file is already closed', how)
+        assert(io.type(f) == 'closed file')
+      end
+      print('done')
+    ]], 200000)
+    assert.are.equal('done\n', out)
+  end)
+
+  it('several threads share one iterator over a big file: every line once, no crash', function()
+    local out = run(drain .. [[
+      local thread = require 'host.thread'
+      local name = ...
+      local outcomes = {}
+      for _ = 1, 10 do
+        local it, _, _, f = io.lines(name)
+        local counts, seen = {}, {}
+        local ts = {}
+        for j = 1, 6 do ts[j] = thread.start(drain, it, j, counts, seen) end
+        local total = 0
+        for j = 1, 6 do
+          local ok, how = ts[j]:join(10)
+          assert(ok, how)
+          assert(how == 'end' or how == 'file is already closed', how)
+          outcomes[how] = true
+          total = total + counts[j]
+        end
+        assert(total == 50000, total)
+        assert(io.type(f) == 'closed file')
+      end
+      print(outcomes['end'])
+    ]], 50000)
+    assert.are.equal('true\n', out)
+  end)
+end)
