@@ -475,10 +475,13 @@ lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
   if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) host_field_error(L, 1, "initializer", "a function");
   lua_getfield(L, 1, "initargs");
   if (!lua_isnil(L, -1) && !lua_istable(L, -1)) host_field_error(L, 1, "initargs", "a table");
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "n");
-    luaL_argcheck(L, lua_isnil(L, -1) || (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0),
-                  1, "'initargs.n' must be a non-negative integer");
+  if (lua_istable(L, -1)) {  /* n: at most half of Lua's stack limit, as a Thread's args */
+    int isint = 1;
+    lua_Integer count = 0;
+    if (lua_getfield(L, -1, "n") != LUA_TNIL) count = lua_tointegerx(L, -1, &isint);
+    if (!isint || count < 0 || count > LUAI_MAXSTACK / 2)
+      luaL_argerror(L, 1, lua_pushfstring(L, "'initargs.n' must be an integer in [0, %d]",
+                                          LUAI_MAXSTACK / 2));
     lua_pop(L, 1);
   }
   return n;

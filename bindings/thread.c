@@ -13,10 +13,16 @@
 ** "attempt to use a finalized host.Thread"; its fields stay readable.
 ** The main thread's proxy counts as stopped once the main chunk has
 ** ended (an exit handler), so another thread can join it.
+**
+** In a child made by host_fork only the thread that forked goes on: as in
+** CPython's threading._after_fork, every other thread of the parent counts
+** as stopped there (a proxy records the pid of the process its thread ran
+** in). One that was still running at the fork has no outcome in the child:
+** joining it raises.
 */
-#include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "modules.h"
 #include "runtime.h"
@@ -38,6 +44,7 @@ typedef struct thread_rec {
   bool daemon;
   bool is_main;       /* the proxy of a thread host did not spawn */
   unsigned long ident;
+  pid_t pid;          /* the process the thread ran in when started */
   lua_State *co;      /* the thread's Lua thread; uservalue 2 anchors it */
   host_waitq *done;   /* joiners wait here; made by the first join that waits */
 } thread_rec;
@@ -104,6 +111,7 @@ static void push_current(lua_State *L) {
     t->state = T_RUNNING;
     t->is_main = true;
     t->ident = host_thread_ident();
+    t->pid = getpid();
     host_push_thread_key(L);
     lua_pushvalue(L, -2);
     lua_rawset(L, -4);
@@ -138,10 +146,14 @@ static void thread_body(lua_State *co, void *arg) {
 /*
 ** Starts the thread of proxy at `idx` with the function and arguments on
 ** top of the stack (nargs of them, the function below). Pops them.
+** Returns 0, or the errno of a failed thread creation: the proxy is then
+** left as it was (not started).
 */
-static void start_proxy(lua_State *L, int idx, int nargs) {
+static int start_proxy(lua_State *L, int idx, int nargs) {
   thread_rec *t = check_thread(L, idx);
   if (t->state != T_NEW) luaL_error(L, "threads can only be started once");
+  if (host_closing(L))  /* no spawned thread runs again: a join would hang */
+    luaL_error(L, "cannot start a thread while host closes the state");
   lua_State *co = lua_newthread(L);
   if (!lua_checkstack(co, nargs + 1 + LUA_MINSTACK))
     luaL_error(L, "stack overflow (too many arguments)");
@@ -157,24 +169,49 @@ static void start_proxy(lua_State *L, int idx, int nargs) {
   lua_rawset(L, -3);
   lua_pop(L, 1);
   t->state = T_RUNNING;
+  t->pid = getpid();
   int rc = host_spawn(L, co, t->daemon, thread_body, t, &t->ident);
-  if (rc != 0) {
+  if (rc != 0) {  /* undo: forget co */
     t->state = T_NEW;
-    luaL_error(L, "cannot start thread: %s", strerror(rc));
+    t->co = NULL;
+    push_proxies(L);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setiuservalue(L, idx, UV_CO);
   }
+  return rc;
+}
+
+/* Pushes the failure of a thread creation: nil, message, errno. */
+static int push_start_failure(lua_State *L, int rc) {
+  luaL_pushfail(L);
+  lua_pushfstring(L, "cannot start thread: %s", strerror(rc));
+  lua_pushinteger(L, rc);
+  return 3;
 }
 
 void host_thread_start(lua_State *L, const char *name, bool daemon, int nargs) {
   thread_rec *t = new_proxy(L, name);
   t->daemon = daemon;
   lua_insert(L, -(nargs + 2));
-  start_proxy(L, lua_absindex(L, -(nargs + 2)), nargs);
+  int rc = start_proxy(L, lua_absindex(L, -(nargs + 2)), nargs);
+  if (rc != 0) luaL_error(L, "cannot start thread: %s", strerror(rc));
 }
 
 /*
+** The most arguments a Thread's args may hold: half of Lua's stack limit
+** (LUAI_MAXSTACK), so that the caller's stack and the new thread's both
+** have room for them and start does not fail later on a count it took.
+*/
+#define MAX_ARGS (LUAI_MAXSTACK / 2)
+
+/*
 ** The number of arguments in the args table at idx: args.n when present,
-** else #args; -1 when that is not an integer in [0, INT_MAX / 2] (the
-** stack check then refuses what does not fit).
+** else #args; -1 when that is not an integer in [0, MAX_ARGS].
 */
 static int args_count(lua_State *L, int idx) {
   lua_Integer n;
@@ -183,10 +220,11 @@ static int args_count(lua_State *L, int idx) {
   if (lua_getfield(L, idx, "n") == LUA_TNIL) n = luaL_len(L, idx);
   else n = lua_tointegerx(L, -1, &isint);
   lua_pop(L, 1);
-  return isint && n >= 0 && n <= INT_MAX / 2 ? (int)n : -1;
+  return isint && n >= 0 && n <= MAX_ARGS ? (int)n : -1;
 }
 
-#define BAD_ARGS_N "'args.n' (or #args) must be a non-negative integer"
+/* The message for a bad args count (the limit is MAX_ARGS). */
+#define BAD_ARGS_N "'args.n' (or #args) must be an integer in [0, %d]"
 
 /* thread.Thread{target = f, args = {...}, name = s, daemon = b} */
 static int thread_new(lua_State *L) {
@@ -199,7 +237,8 @@ static int thread_new(lua_State *L) {
   luaL_argcheck(L, name != NULL || lua_isnil(L, -1), 1, "'name' must be a string");
   lua_getfield(L, 1, "args");
   if (!lua_isnil(L, -1) && !lua_istable(L, -1)) host_field_error(L, 1, "args", "a table");
-  luaL_argcheck(L, lua_isnil(L, -1) || args_count(L, -1) >= 0, 1, BAD_ARGS_N);
+  if (!lua_isnil(L, -1) && args_count(L, -1) < 0)
+    luaL_argerror(L, 1, lua_pushfstring(L, BAD_ARGS_N, MAX_ARGS));
   lua_getfield(L, 1, "daemon");
   bool daemon = lua_toboolean(L, -1);
   thread_rec *t = new_proxy(L, name);  /* 6 */
@@ -214,7 +253,11 @@ static int thread_new(lua_State *L) {
   return 1;
 }
 
-/* t:start(): runs target(table.unpack(args, 1, args.n or #args)). */
+/*
+** t:start(): runs target(table.unpack(args, 1, args.n or #args)); returns
+** t, or nil, message, errno when no thread could be made (t can be
+** started again then).
+*/
 static int thread_start(lua_State *L) {
   host_object_check_self(L, THREAD_TYPE);
   lua_settop(L, 1);
@@ -224,14 +267,15 @@ static int thread_start(lua_State *L) {
   int nargs = 0;
   if (lua_getfield(L, 2, "args") == LUA_TTABLE) {
     nargs = args_count(L, -1);
-    if (nargs < 0) return luaL_error(L, BAD_ARGS_N);
+    if (nargs < 0) return luaL_error(L, BAD_ARGS_N, MAX_ARGS);
     luaL_checkstack(L, nargs + 2, "too many arguments");
     for (int i = 1; i <= nargs; i++) lua_geti(L, -i, i);
     lua_remove(L, -nargs - 1);
   } else {
     lua_pop(L, 1);
   }
-  start_proxy(L, 1, nargs);
+  int rc = start_proxy(L, 1, nargs);
+  if (rc != 0) return push_start_failure(L, rc);
   lua_pushnil(L);
   lua_setfield(L, 2, "target");
   lua_pushnil(L);
@@ -240,13 +284,17 @@ static int thread_start(lua_State *L) {
   return 1;
 }
 
-/* thread.start(f, ...): a new thread running f(...), started. */
+/*
+** thread.start(f, ...): a new thread running f(...), started; or nil,
+** message, errno when no thread could be made.
+*/
 static int thread_start_fn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 1;
   new_proxy(L, NULL);
   lua_insert(L, 1);
-  start_proxy(L, 1, nargs);
+  int rc = start_proxy(L, 1, nargs);
+  if (rc != 0) return push_start_failure(L, rc);
   lua_settop(L, 1);
   return 1;
 }
@@ -286,12 +334,23 @@ static bool is_current(lua_State *L, thread_rec *t) {
   return same;
 }
 
+/*
+** True when t's thread ran in a parent of this process (made by host_fork)
+** and did not fork it: its OS thread does not exist here.
+*/
+static bool is_inherited(lua_State *L, thread_rec *t) {
+  return t->state != T_NEW && host_in_fork_child(L) && t->pid != getpid() &&
+         !is_current(L, t);
+}
+
 /* t:join([timeout]): true, results... | false, err | nil, "timeout" */
 static int thread_join(lua_State *L) {
   thread_rec *t = host_object_check_self(L, THREAD_TYPE);
   double timeout = host_opt_timeout(L, 2);
   if (t->state == T_NEW) return luaL_error(L, "cannot join thread before it is started");
   if (is_current(L, t)) return luaL_error(L, "cannot join current thread");
+  if (t->state == T_RUNNING && is_inherited(L, t))
+    return luaL_error(L, "cannot join a thread of the parent process (inherited by fork)");
   if (t->state != T_DONE && t->done == NULL) {
     t->done = host_waitq_new();  /* freed by __gc */
     if (t->done == NULL) return luaL_error(L, "not enough memory");
@@ -313,8 +372,32 @@ static int thread_join(lua_State *L) {
 
 static int thread_is_alive(lua_State *L) {
   thread_rec *t = host_object_check_self(L, THREAD_TYPE);
-  lua_pushboolean(L, t->state == T_RUNNING);
+  lua_pushboolean(L, t->state == T_RUNNING && !is_inherited(L, t));
   return 1;
+}
+
+/*
+** t.name = s (any time) and t.daemon = b (before start), as Python's
+** Thread properties; other fields cannot be set.
+*/
+static int thread_newindex(lua_State *L) {
+  thread_rec *t = host_object_check(L, 1, THREAD_TYPE);
+  const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (key != NULL && strcmp(key, "name") == 0) {
+    if (lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TNUMBER)
+      return luaL_error(L, "'name' must be a string, got %s", luaL_typename(L, 3));
+    lua_getiuservalue(L, 1, UV_INFO);
+    lua_pushstring(L, lua_tostring(L, 3));
+    lua_setfield(L, -2, "name");
+  } else if (key != NULL && strcmp(key, "daemon") == 0) {
+    if (t->state != T_NEW) return luaL_error(L, "cannot set daemon status of active thread");
+    t->daemon = lua_toboolean(L, 3);
+  } else if (key != NULL) {
+    return luaL_error(L, "cannot set field '%s' of a " THREAD_TYPE, key);
+  } else {
+    return luaL_error(L, "cannot set a %s field of a " THREAD_TYPE, luaL_typename(L, 2));
+  }
+  return 0;
 }
 
 /*
@@ -346,8 +429,9 @@ static int thread_tostring(lua_State *L) {
   static const char *const states[] = {"initial", "started", "stopped"};
   lua_getiuservalue(L, 1, UV_INFO);
   lua_getfield(L, -1, "name");
+  thread_state state = is_inherited(L, t) ? T_DONE : t->state;
   lua_pushfstring(L, "host.Thread (%s, %s%s): %p", lua_tostring(L, -1),
-                  states[t->state], t->daemon ? " daemon" : "", (void *)t);
+                  states[state], t->daemon ? " daemon" : "", (void *)t);
   return 1;
 }
 
@@ -507,6 +591,7 @@ static const luaL_Reg thread_methods[] = {
 
 static const luaL_Reg thread_meta[] = {
   {"__tostring", thread_tostring},
+  {"__newindex", thread_newindex},
   {"__gc", thread_gc},
   {NULL, NULL}
 };

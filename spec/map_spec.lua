@@ -188,8 +188,10 @@ describe('executor options', function()
       assert.are.equal("'max_workers' must be in [1, 1024]", message { max_workers = 0 })
       assert.are.equal("'initializer' must be a function, got number", message { initializer = 1 })
       assert.are.equal("'initargs' must be a table, got number", message { initargs = 5 })
-      assert.are.equal("'initargs.n' must be a non-negative integer",
-        message { initializer = print, initargs = { n = -1 } })
+      for _, n in ipairs { -1, 1.5, math.maxinteger, 500001 } do
+        assert.are.equal("'initargs.n' must be an integer in [0, 500000]",
+          message { initializer = print, initargs = { n = n } })
+      end
     end
   end)
 end)
