@@ -32,12 +32,14 @@ describe('Lock', function()
   it('times out, or not, while another thread holds it', function()
     local lk = thread.Lock()
     lk:acquire(T)
+    local tried = thread.Event()
     local join = spawn(function()
-      local a = lk:acquire(0.05)        -- passes: still held
-      local b = lk:acquire(T)           -- does not pass: released below
+      local a = lk:acquire(0.05)        -- times out: still held
+      tried:set()
+      local b = lk:acquire(T)           -- passes: released below
       return a, b == lk
     end)
-    thread.sleep(0.2)
+    assert.is_true(tried:wait(T))
     lk:release()
     local timed_out, got = join()
     assert.is_false(timed_out)
