@@ -44,15 +44,24 @@ typedef struct queue_t {
   bool shut;
 } queue_t;
 
-/* The Queue or SimpleQueue at 1. */
-static queue_t *check_queue(lua_State *L) {
-  queue_t *q = host_object_test(L, 1, QUEUE_TYPE);
-  return q ? q : host_object_check(L, 1, SIMPLE_TYPE);
-}
-
 /* Raises when the queue at 1 was finalized (during a wait, say). */
 static void check_live(lua_State *L, queue_t *q) {
   if (q->obj.finalized) host_object_check(L, 1, q->tname);
+}
+
+/* The Queue or SimpleQueue at 1. */
+static queue_t *check_queue(lua_State *L) {
+  if (lua_getmetatable(L, 1)) {  /* the fast path: upvalue 1 is the method's own type */
+    bool own = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (own) {
+      queue_t *q = lua_touserdata(L, 1);
+      check_live(L, q);
+      return q;
+    }
+  }
+  queue_t *q = host_object_test(L, 1, QUEUE_TYPE);
+  return q ? q : host_object_check(L, 1, SIMPLE_TYPE);
 }
 
 static lua_Integer queue_size(const queue_t *q) {
