@@ -13,7 +13,7 @@ local q = sh.quote
 
 local T = 10        -- seconds: the limit of every wait below
 local N = 1000      -- increments the main thread makes while another blocks
-local CRUNCH = os.getenv 'HOST_UNDER_VALGRIND' and 200000 or 20000000
+local CRUNCH = 20000000
 
 -- Runs a shell command (at most `limit` seconds) and fails with its output.
 local function must(cmd, limit)
@@ -75,9 +75,15 @@ describe('a binding built against an installed host', function()
   end)
 
   it('runs two threads inside its CPU-heavy function at the same time', function()
+    if os.getenv 'HOST_UNDER_VALGRIND' then
+      -- valgrind runs one thread at a time: whether two are ever inside crunch
+      -- together is up to its scheduler (1 of 3 CI runs saw no overlap)
+      pending('valgrind serializes threads')
+      return
+    end
     local expected = mb.crunch(1000)
     local function work()
-      for _ = 1, 500 do  -- stops at the first overlap; more tries for a loaded machine
+      for _ = 1, 50 do  -- stops at the first overlap
         if mb.overlap() >= 2 then break end
         mb.crunch(CRUNCH)
       end
