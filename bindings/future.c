@@ -241,7 +241,7 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
 bool host_future_set_result(lua_State *L, int idx, int n) {
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, 4, "too many results");  /* after a LUA_MULTRET call: no room */
-  host_future_of(L, idx);
+  host_future_of(L, idx);  /* a bad idx raises before the values move */
   lua_createtable(L, n, 1);
   lua_insert(L, -(n + 1));
   for (int i = n; i >= 1; i--) lua_rawseti(L, -(i + 1), i);  /* table under vi */
@@ -253,7 +253,7 @@ bool host_future_set_result(lua_State *L, int idx, int n) {
 bool host_future_set_error(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, 4, NULL);
-  host_future_of(L, idx);
+  host_future_of(L, idx);  /* a bad idx raises before the values move */
   lua_createtable(L, 1, 1);
   lua_insert(L, -2);
   lua_rawseti(L, -2, 1);

@@ -525,8 +525,9 @@ static void universe_hook(lua_State *L, lua_Debug *ar) {
     gil_take(u, ts);
   }
   if (interrupt_wanted(ts)) {
-    if (!can_raise(L, ar) || atomic_load(&u->stopping)) arm_hook(ts, L);
-    if (can_raise(L, ar)) {
+    bool raise_here = can_raise(L, ar);
+    if (!raise_here || atomic_load(&u->stopping)) arm_hook(ts, L);
+    if (raise_here) {
       atomic_store(&u->interrupted, false);
       luaL_error(L, "interrupted!");
     }
