@@ -281,6 +281,29 @@ describe('a Future finalized while a pool holds it', function()
   end)
 end)
 
+describe('a pool made after interpreter shutdown began', function()
+  -- (the thread pool's own spec also makes one from a task of a pool)
+  for _, kind in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+    it('is refused, so exit does not hang: ' .. kind, function()
+      local out, err, code = sh.host_script(([[
+        local futures = require 'host.futures'
+        local thread = require 'host.thread'
+        local main = thread.current()
+        thread.start(function()
+          main:join(10)
+          local ok, ex = pcall(futures.%s, { max_workers = 1 })
+          if ok then KEEP = ex; ex:submit(print, 'late task ran'):result(5) end
+          io.stderr:write(tostring(ok), ' ', tostring(ex), '\n')
+        end)
+        print('main ends')
+      ]]):format(kind))
+      assert.are.equal(0, code)
+      assert.are.equal('main ends\n', out)
+      assert.matches('^false [^\n]*cannot start a new pool after interpreter shutdown\n$', err)
+    end)
+  end
+end)
+
 describe('futures.wait and as_completed', function()
   it('waits in each mode and returns done, not_done', function()
     local a, b, c = futures.Future(), futures.Future(), futures.Future()
