@@ -7,8 +7,10 @@
 -- the line right before its fence is exactly `<!-- not run -->` (invisible
 -- on GitHub): that marks a list of signatures, which is not Lua, and the
 -- spec checks that such a block does not compile (a block that does should
--- run). A run passes when host exits 0, writes nothing to stderr, and its
--- stdout is exactly the lines that the block's `-->` comments show:
+-- run). Other info strings that start with `lua` (```Lua, ```lua-sig...)
+-- are refused, so the marker is the only way to skip a block. A run passes
+-- when host exits 0, writes nothing to stderr, and its stdout is exactly
+-- the lines that the block's `-->` comments show:
 --  * The first `-->` on a source line starts an expected output line: the
 --    rest of the source line is its text. Expected lines are taken in the
 --    order they appear in the block. A statement that prints several lines
@@ -140,7 +142,7 @@ describe('README.md', function()
   for _, b in ipairs(blocks) do
     if b.info == 'lua' and b.not_run then
       it(('marks the block at line %d as not run, and it is not Lua'):format(b.line), function()
-        assert.is_nil(load(b.text), ('%s:%d: a block marked <!-- not run --> compiles: run it'):format(README, b.line))
+        assert(not load(b.text), ('%s:%d: a block marked <!-- not run --> compiles: run it'):format(README, b.line))
       end)
     elseif b.info == 'lua' then
       runs = runs + 1
@@ -155,8 +157,12 @@ describe('README.md', function()
     end
   end
 
-  it('has lua blocks to run', function()
+  it('has lua blocks to run, and marks no Lua block any other way', function()
     assert.is_true(runs >= 1)
+    for _, b in ipairs(blocks) do
+      assert(b.info == 'lua' or not b.info:lower():match '^lua',
+        ('%s:%d: ```%s: write ```lua (and <!-- not run --> before it if it is not code)'):format(README, b.line, b.info))
+    end
   end)
 
   it('shows a C module that builds as shown, loads into host and works', function()
