@@ -16,6 +16,8 @@ LDFLAGS ?=
 WARNINGS = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 LUA_CFLAGS ?= $(shell pkg-config --cflags lua5.4)
 LUA_LIBS ?= $(shell pkg-config --libs lua5.4)
+# The prompt's line editing and history; linked into the program only.
+READLINE_LIBS ?= -lreadline
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARNINGS) $(CFLAGS) $(LUA_CFLAGS) \
              -Ibindings -pthread -MMD -MP
 # -rdynamic: users' bindings loaded with require call host_* from the program.
@@ -27,7 +29,7 @@ HOST_OBJ = $(BUILD)/obj/main.o
 HOST = $(BUILD)/host
 
 # Debian packages each kind of work needs.
-DEPS_BUILD = make gcc pkg-config liblua5.4-dev
+DEPS_BUILD = make gcc pkg-config liblua5.4-dev libreadline-dev
 DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem
 DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
 DEPS = tools/deps.sh
@@ -43,7 +45,7 @@ SPECS ?= spec
 all: $(HOST)
 
 $(HOST): $(HOST_OBJ) $(BUILD)/libhost.a
-	$(CC) -o $@ $(HOST_OBJ) $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl
+	$(CC) -o $@ $(HOST_OBJ) $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) $(READLINE_LIBS) -lm -ldl
 
 $(BUILD)/libhost.a: $(BINDING_OBJ)
 	rm -f $@
