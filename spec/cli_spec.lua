@@ -13,10 +13,13 @@ local function prompt(input, args)
   return sh.host_run((args or [[-e "_PROMPT='' _PROMPT2=''"]]) .. ' -i', 10, input)
 end
 
--- Makes a new temporary directory and returns its name.
+-- Makes a new temporary directory, removed when the running spec ends
+-- (passed or failed), and returns its name.
 local function tempdir()
-  local out = sh.run 'mktemp -d'
-  return (out:gsub('\n$', ''))
+  local dir = sh.run 'mktemp -d':gsub('\n$', '')
+  assert(dir:match '^/tmp/', dir)
+  finally(function() sh.run('rm -rf ' .. q(dir)) end)
+  return dir
 end
 
 describe('host at the prompt', function()
@@ -78,7 +81,6 @@ describe('host at the prompt', function()
                   "f:write('x') f:close() end)"):format(fifo)
     local out = sh.run(('mkfifo %s && { echo %s; read l < %s; echo "print(\'joined\', t:join(5))"; } | %s -i')
       :format(q(fifo), q(line), q(fifo), q(sh.host)), 10)
-    sh.run('rm -rf ' .. q(dir))
     assert.matches('joined\ttrue\n', out, 1, true)
   end)
 
@@ -104,7 +106,6 @@ describe('host on the command line', function()
     sh.run('ln -s ' .. q(sh.host) .. ' ' .. q(link))
     local _, err, code = sh.run(q(link) .. [[ -e 'error("boom")']])
     local _, uerr = sh.run(q(link) .. ' -z')
-    sh.run('rm -rf ' .. q(dir))
     assert.are.equal(1, code)
     assert.matches('^' .. link:gsub('%p', '%%%0') .. ': %(command line%):1: boom\nstack traceback:\n', err)
     assert.matches('usage: ' .. link, uerr, 1, true)
@@ -225,7 +226,6 @@ describe('make install', function()
     _, err, code = sh.run(make .. 'uninstall', 60)
     assert.are.equal(0, code, err)
     local left = sh.run('find ' .. q(dir) .. ' | sort')
-    sh.run('rm -rf ' .. q(dir))
     assert.are.equal(dir .. '\n' .. dir .. '/other\n' .. dir .. '/other/host\n', left)
   end)
 end)
