@@ -16,6 +16,8 @@ LDFLAGS ?=
 WARNINGS = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 LUA_CFLAGS ?= $(shell pkg-config --cflags lua5.4)
 LUA_LIBS ?= $(shell pkg-config --libs lua5.4)
+# The prompt's line editing and history; linked into the program only.
+READLINE_LIBS ?= -lreadline
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARNINGS) $(CFLAGS) $(LUA_CFLAGS) \
              -Ibindings -pthread -MMD -MP
 # -rdynamic: users' bindings loaded with require call host_* from the program.
@@ -26,9 +28,10 @@ BINDING_OBJ = $(BINDING_SRC:bindings/%.c=$(BUILD)/obj/%.o)
 HOST_OBJ = $(BUILD)/obj/main.o
 HOST = $(BUILD)/host
 
-# Debian packages each kind of work needs.
-DEPS_BUILD = make gcc pkg-config liblua5.4-dev
-DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem
+# Debian packages each kind of work needs (libreadline-dev: the prompt;
+# groff-base: the spec that renders the man page).
+DEPS_BUILD = make gcc pkg-config liblua5.4-dev libreadline-dev
+DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem groff-base
 DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
 DEPS = tools/deps.sh
 
@@ -43,7 +46,7 @@ SPECS ?= spec
 all: $(HOST)
 
 $(HOST): $(HOST_OBJ) $(BUILD)/libhost.a
-	$(CC) -o $@ $(HOST_OBJ) $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl
+	$(CC) -o $@ $(HOST_OBJ) $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) $(READLINE_LIBS) -lm -ldl
 
 $(BUILD)/libhost.a: $(BINDING_OBJ)
 	rm -f $@
@@ -198,22 +201,56 @@ $(FUZZ_DIR)/fuzz_loads: tools/fuzz_loads.c $(BUILD)/libhost.a
 # host.pc is for modules loaded by the program (no libraries: the program
 # exports them); host-embed.pc for C programs that link the bindings in.
 # Both find their prefix from where they lie, so any DESTDIR works.
+# install records the directories it had to make in $(DIRS_MADE), so that
+# uninstall removes those (once empty) and no others: a /usr/local/bin that
+# was there before stays. Without DESTDIR, install warns when another
+# `host` (Debian's bind9-host: the DNS lookup tool) and this one hide each
+# other on PATH, or when $(PREFIX)/bin is not on PATH.
 
 LIBDIR = $(PREFIX)/lib
 INCDIR = $(PREFIX)/include/host
+MANDIR = $(PREFIX)/share/man/man1
+SHAREDIR = $(PREFIX)/share/host
+INSTALL_DIRS = $(PREFIX)/bin $(INCDIR) $(LIBDIR)/pkgconfig $(MANDIR) $(SHAREDIR)
+DIRS_MADE = $(SHAREDIR)/dirs-made
+INSTALLED = $(PREFIX)/bin/host $(INCDIR)/host.h $(LIBDIR)/libhost.a \
+            $(LIBDIR)/pkgconfig/host.pc $(LIBDIR)/pkgconfig/host-embed.pc \
+            $(MANDIR)/host.1
 install: $(HOST)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(INCDIR) $(DESTDIR)$(LIBDIR)/pkgconfig
+	@made=$$(for d in $(INSTALL_DIRS); do \
+	    while [ "$$d" != / ] && [ "$$d" != . ] && [ ! -d "$(DESTDIR)$$d" ]; do \
+	      echo "$$d"; d=$$(dirname "$$d"); done; done); \
+	  install -d $(addprefix $(DESTDIR),$(INSTALL_DIRS)) && \
+	  { cat "$(DESTDIR)$(DIRS_MADE)" 2>/dev/null; echo "$$made"; } | sed '/^$$/d' | sort -u \
+	    > "$(DESTDIR)$(DIRS_MADE).tmp" && mv "$(DESTDIR)$(DIRS_MADE).tmp" "$(DESTDIR)$(DIRS_MADE)"
 	install -m 755 $(HOST) $(DESTDIR)$(PREFIX)/bin/host
 	install -m 644 bindings/host.h $(DESTDIR)$(INCDIR)/host.h
 	install -m 644 $(BUILD)/libhost.a $(DESTDIR)$(LIBDIR)/libhost.a
 	install -m 644 tools/host.pc.in $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
 	install -m 644 tools/host-embed.pc.in $(DESTDIR)$(LIBDIR)/pkgconfig/host-embed.pc
+	install -m 644 host/host.1 $(DESTDIR)$(MANDIR)/host.1
+	@[ -n "$(DESTDIR)" ] || { \
+	  bin=$$(cd "$(PREFIX)/bin" && pwd -P); mine=; IFS=:; \
+	  for d in $$PATH; do \
+	    [ -n "$$d" ] && [ -x "$$d/host" ] && [ ! -d "$$d/host" ] || continue; \
+	    if [ "$$(cd "$$d" 2>/dev/null && pwd -P)" = "$$bin" ]; then mine=1; \
+	    elif [ -z "$$mine" ]; then \
+	      echo "warning: $$d/host comes first on PATH, so 'host' runs it, not $(PREFIX)/bin/host;"; \
+	      echo "  put $(PREFIX)/bin before $$d in PATH, or run $(PREFIX)/bin/host"; \
+	    else \
+	      echo "warning: $(PREFIX)/bin/host hides $$d/host on PATH (Debian's bind9-host"; \
+	      echo "  installs its DNS lookup tool as host); run that one as $$d/host"; \
+	    fi; \
+	  done; \
+	  [ -n "$$mine" ] || echo "note: $(PREFIX)/bin is not on PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\""; \
+	  echo "man page: MANPATH=\"$(PREFIX)/share/man:\" man host"; }
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/host $(DESTDIR)$(INCDIR)/host.h \
-	      $(DESTDIR)$(LIBDIR)/libhost.a $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc \
-	      $(DESTDIR)$(LIBDIR)/pkgconfig/host-embed.pc
-	-rmdir $(DESTDIR)$(INCDIR)
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	@if [ -f "$(DESTDIR)$(DIRS_MADE)" ]; then \
+	  dirs=$$(sort -r "$(DESTDIR)$(DIRS_MADE)"); rm -f "$(DESTDIR)$(DIRS_MADE)"; \
+	  for d in $$dirs; do rmdir "$(DESTDIR)$$d" 2>/dev/null || true; done; \
+	else rmdir "$(DESTDIR)$(INCDIR)" 2>/dev/null || true; fi
 
 clean:
 	rm -rf build

@@ -24,6 +24,9 @@
 extern "C" {
 #endif
 
+/* host's version: `host --version` and `require "host".version` say it. */
+#define HOST_VERSION "0.1"
+
 /* ---- universes ---- */
 
 /*

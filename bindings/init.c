@@ -7,7 +7,16 @@
 #include "serialize.h"
 #include "stdwrap.h"
 
+/* The `host` module: what scripts may ask of the program (its version). */
+static int luaopen_host(lua_State *L) {
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, HOST_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
 static const luaL_Reg host_libs[] = {
+  {"host", luaopen_host},
   {"host.error", luaopen_host_error},
   {"host.generator", luaopen_host_generator},
   {"host.time", luaopen_host_time},

@@ -2,9 +2,11 @@
 ** host/main.c: the `host` command line, shaped after Lua's own lua.c.
 ** It parses options, sets up one universe with every host library
 ** preloaded, runs the script (or -e chunks, stdin, the prompt) under
-** lua_pcall, reports uncaught errors with a traceback, and turns Ctrl-C
-** into an "interrupted!" error inside the running script.
-** It uses only the public Lua API and bindings/host.h.
+** lua_pcall, reports uncaught errors with lua.c's message handler, and
+** turns Ctrl-C into an "interrupted!" error inside the running script.
+** The prompt reads lines with GNU readline (editing and history), as
+** Debian's lua5.4 does. It uses only the public Lua API and
+** bindings/host.h.
 */
 #include <errno.h>
 #include <limits.h>
@@ -13,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <readline/readline.h>
+#include <readline/history.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -23,16 +28,21 @@
 #define PROGNAME "host"
 #define PROMPT "> "
 #define PROMPT2 ">> "
-#define LINE_MAX_INPUT 4096
 
 /*
-** The state the SIGINT handler interrupts. The program owns one universe,
-** so this static belongs to the program, not to the bindings.
+** The state the SIGINT handler interrupts, and the name errors start with
+** (argv[0], as lua.c does). The program owns one universe, so these
+** statics belong to the program, not to the bindings.
 */
 static lua_State *interrupt_target = NULL;
 static const char *progname = PROGNAME;
 
-/* Prints the usage text, host's own options included. */
+/* host's own options that take a value, as --opt=V or --opt V. */
+static const char *const value_options[] = {
+  "--switch-interval", "--switch-instructions", NULL
+};
+
+/* Prints the usage text: lua5.4's options, host's, environment, docs. */
 static void print_usage(FILE *out) {
   fprintf(out,
     "usage: %s [options] [script [args]]\n"
@@ -44,12 +54,22 @@ static void print_usage(FILE *out) {
     "  -v        show version information\n"
     "  -E        ignore environment variables\n"
     "  -W        turn warnings on\n"
-    "  --switch-interval=S       preempt threads every S seconds (default 0.005)\n"
-    "  --switch-instructions=N   preempt threads every ~N VM instructions,\n"
-    "                            jittered (for exposing races; ~2x slower)\n"
-    "  --help    show this help and exit\n"
     "  --        stop handling options\n"
-    "  -         stop handling options and execute stdin\n",
+    "  -         stop handling options and execute stdin\n"
+    "host's own options:\n"
+    "  --switch-interval S       preempt threads every S seconds (default 0.005),\n"
+    "                            S in (0, 3600]; also --switch-interval=S\n"
+    "  --switch-instructions N   preempt threads every ~N VM instructions,\n"
+    "                            jittered (for exposing races; ~2x slower),\n"
+    "                            N in [1, 1000000000]; also --switch-instructions=N\n"
+    "  --version show host's version and exit\n"
+    "  --help    show this help and exit\n"
+    "Environment (ignored with -E, except INPUTRC):\n"
+    "  LUA_INIT_5_4, LUA_INIT    Lua code to run first, or @file to run a file\n"
+    "  LUA_PATH_5_4, LUA_PATH    where require looks for Lua modules\n"
+    "  LUA_CPATH_5_4, LUA_CPATH  where require looks for C modules\n"
+    "  INPUTRC   readline's init file for the prompt (default ~/.inputrc)\n"
+    "Documentation: man host; README.md of host's sources.\n",
     progname);
   fflush(out);
 }
@@ -77,23 +97,33 @@ static void on_sigint(int sig) {
 }
 
 /*
-** Message handler of the program: strings and error objects get a
-** traceback; other values are converted with __tostring or named by type.
+** Message handler of the program, lua.c's: a string or a number gets a
+** traceback; an object whose __tostring gives a string is that string
+** alone; anything else is "(error object is a X value)" and a traceback.
+** The __tostring runs protected (one that raises counts as none), called
+** from here as lua.c calls it, so debug.getinfo sees the same levels. A
+** host.error object records its traceback first (its __tostring shows it).
 */
-static int program_msghandler(lua_State *L) {
-  if (!lua_isstring(L, 1) && !host_error_is(L, 1, NULL)) {
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (host_error_is(L, 1, NULL)) host_msghandler(L);
     lua_settop(L, 1);
-    host_error_tostring(L);
-    luaL_traceback(L, L, lua_tostring(L, -1), 1);
-    return 1;
+    if (luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL) {
+      lua_pushvalue(L, 1);
+      if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+        return 1;
+    }
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
-  return host_msghandler(L);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
 }
 
 /* Calls the function under the values on the stack, with Ctrl-C armed. */
 static int docall(lua_State *L, int nargs, int nresults) {
   int base = lua_gettop(L) - nargs;
-  lua_pushcfunction(L, program_msghandler);
+  lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
   interrupt_target = L;
   signal(SIGINT, on_sigint);
@@ -103,8 +133,15 @@ static int docall(lua_State *L, int nargs, int nresults) {
   return status;
 }
 
+/* -v: exactly lua5.4's line. */
 static void print_version(void) {
-  printf("%s (host)\n", LUA_COPYRIGHT);
+  printf("%s\n", LUA_COPYRIGHT);
+  fflush(stdout);
+}
+
+/* --version: host's own version, then the Lua it was built with. */
+static void print_host_version(void) {
+  printf("host %s\n%s\n", HOST_VERSION, LUA_COPYRIGHT);
   fflush(stdout);
 }
 
@@ -183,12 +220,37 @@ enum {
   HAS_V = 4,
   HAS_E = 8,
   HAS_EXEC = 16,
-  HAS_HELP = 32
+  HAS_HELP = 32,
+  HAS_VERSION = 64
 };
 
 /*
+** The value option `a` names (--switch-interval or --switch-interval=V
+** gives "--switch-interval"), or NULL.
+*/
+static const char *value_option(const char *a) {
+  for (const char *const *o = value_options; *o != NULL; o++) {
+    size_t n = strlen(*o);
+    if (strncmp(a, *o, n) == 0 && (a[n] == '\0' || a[n] == '=')) return *o;
+  }
+  return NULL;
+}
+
+/*
+** The value of the value option at argv[*i] ("--opt=V" or "--opt V"),
+** moving *i past it; NULL for any other argument.
+*/
+static const char *option_value(char **argv, int *i) {
+  const char *opt = value_option(argv[*i]);
+  if (opt == NULL) return NULL;
+  const char *v = argv[*i] + strlen(opt);
+  if (*v == '=') return v + 1;
+  return argv[++*i];
+}
+
+/*
 ** Scans the options. Returns the flags and sets *first to the index of the
-** script (argc when there is none). A bad option sets HAS_ERROR and *first
+** script (0 when there is none). A bad option sets HAS_ERROR and *first
 ** to the offending index.
 */
 static int collect_args(char **argv, int *first) {
@@ -197,11 +259,15 @@ static int collect_args(char **argv, int *first) {
   for (i = 1; argv[i] != NULL; i++) {
     *first = i;
     if (argv[i][0] != '-') return flags;  /* the script */
-    if (strncmp(argv[i], "--switch-", 9) == 0) continue;  /* host's own */
-    if (strcmp(argv[i], "--help") == 0) return flags | HAS_HELP;
+    if (argv[i][1] == '-' && argv[i][2] != '\0') {  /* a long option */
+      if (strcmp(argv[i], "--help") == 0) return flags | HAS_HELP;
+      if (strcmp(argv[i], "--version") == 0) return flags | HAS_VERSION;
+      if (value_option(argv[i]) == NULL) return flags | HAS_ERROR;
+      if (option_value(argv, &i) == NULL) return flags | HAS_ERROR;
+      continue;
+    }
     switch (argv[i][1]) {
       case '-':
-        if (argv[i][2] != '\0') return flags | HAS_ERROR;
         *first = argv[i + 1] != NULL ? i + 1 : 0;
         return flags;
       case '\0':
@@ -253,9 +319,11 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
       i++;
       continue;
     }
+    const char *opt = value_option(a);
+    const char *v = option_value(argv, &i);
+    if (v == NULL) continue;
     char *end;
-    if (strncmp(a, "--switch-interval=", 18) == 0) {
-      const char *v = a + 18;
+    if (strcmp(opt, "--switch-interval") == 0) {
       double s = strtod(v, &end);
       if (*end != '\0' || end == v || !(s > 0 && s <= 3600)) {  /* NaN too */
         fprintf(stderr, "%s: --switch-interval must be a number of seconds in "
@@ -263,8 +331,7 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
         return false;
       }
       host_set_switch_interval(L, s);
-    } else if (strncmp(a, "--switch-instructions=", 22) == 0) {
-      const char *v = a + 22;
+    } else {
       errno = 0;
       long long n = strtoll(v, &end, 10);
       if (*end != '\0' || end == v || errno == ERANGE || n < 1 || n > 1000000000) {
@@ -273,10 +340,6 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
         return false;
       }
       host_set_switch_instructions(L, (int)n);
-    } else if (strncmp(a, "--switch-", 9) == 0) {
-      fprintf(stderr, "%s: unrecognized option '%s'\n", progname, a);
-      print_usage(stderr);
-      return false;
     }
   }
   return true;
@@ -288,6 +351,7 @@ static bool run_args(lua_State *L, char **argv, int script) {
   for (int i = 1; argv[i] != NULL && i < last; i++) {
     const char *a = argv[i];
     if (a[0] != '-' || strcmp(a, "--") == 0) break;
+    if (option_value(argv, &i) != NULL) continue;  /* host's --switch-* */
     switch (a[1]) {
       case 'e':
       case 'l': {
@@ -320,62 +384,115 @@ static int handle_luainit(lua_State *L) {
 
 /* ---- the interactive prompt ---- */
 
-/* Reads one line with a prompt; false at end of input. */
+/* Protected part of push_prompt: tostring of argument 1. */
+static int prompt_tostring(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/*
+** Pushes the prompt to show: _PROMPT (first line) or _PROMPT2 through
+** tostring, as lua.c does, or the default when the global is nil. A
+** __tostring that fails is reported and the default is shown.
+*/
+static const char *push_prompt(lua_State *L, bool first) {
+  const char *fallback = first ? PROMPT : PROMPT2;
+  lua_pushcfunction(L, prompt_tostring);
+  if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
+    lua_pop(L, 2);
+    lua_pushstring(L, fallback);
+  } else if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    report_message(progname, lua_pushfstring(L, "error in prompt (%s)",
+                                             host_error_tostring(L)));
+    lua_pop(L, 2);
+    lua_pushstring(L, fallback);
+  }
+  return lua_tostring(L, -1);
+}
+
+/* Protected part of read_line: pushes the C string argument 1. */
+static int push_text(lua_State *L) {
+  lua_pushstring(L, (const char *)lua_touserdata(L, 1));
+  return 1;
+}
+
+/*
+** Shows the prompt, reads one line with readline (the GIL released, so
+** other threads run meanwhile) and pushes it; false at end of input.
+*/
 static bool read_line(lua_State *L, bool first) {
-  char buffer[LINE_MAX_INPUT];
-  fputs(first ? PROMPT : PROMPT2, stdout);
-  fflush(stdout);
-  if (fgets(buffer, sizeof buffer, stdin) == NULL) return false;
-  size_t len = strlen(buffer);
-  if (len > 0 && buffer[len - 1] == '\n') buffer[--len] = '\0';
-  lua_pushlstring(L, buffer, len);
+  const char *prompt = push_prompt(L, first);  /* anchored on the stack */
+  host_gil_release(L);
+  char *line = readline(prompt);
+  host_gil_acquire(L);
+  lua_pop(L, 1);
+  if (line == NULL) return false;
+  /* pushed protected: readline's memory is freed before any error */
+  lua_pushcfunction(L, push_text);
+  lua_pushlightuserdata(L, line);
+  int status = lua_pcall(L, 1, 1, 0);
+  free(line);
+  if (status != LUA_OK) lua_error(L);
   return true;
 }
 
-/* True when the load error on the stack means "the chunk is unfinished". */
+/* Puts a non-empty entry (its text on top of the stack) in the history. */
+static void save_line(lua_State *L) {
+  const char *text = lua_tostring(L, -1);
+  if (text[0] != '\0') add_history(text);
+}
+
+/* True when the load error on top of the stack means "unfinished chunk". */
 static bool incomplete(lua_State *L, int status) {
   if (status != LUA_ERRSYNTAX) return false;
   size_t lmsg;
   const char *msg = lua_tolstring(L, -1, &lmsg);
   static const char eof_mark[] = "<eof>";
   size_t lmark = sizeof eof_mark - 1;
-  if (lmsg >= lmark && strcmp(msg + lmsg - lmark, eof_mark) == 0) {
-    lua_pop(L, 1);
-    return true;
-  }
-  return false;
+  return lmsg >= lmark && strcmp(msg + lmsg - lmark, eof_mark) == 0;
 }
 
 /*
-** Compiles the line on the stack, first as "return <line>" so an expression
-** prints its value, then as a statement, reading more lines while the
-** chunk is unfinished. Leaves the function (or error) on the stack.
+** Compiles the entry whose first line is on the stack (slot 1): a leading
+** '=' means "return"; then it is tried as "return <line>;" (an expression
+** prints its values; the ';' keeps "f();" a statement, as in lua.c), and
+** else as a statement, reading more lines while the chunk is unfinished.
+** What the user typed goes into the history. Leaves only the function
+** (or the error) on the stack.
 */
 static int load_line(lua_State *L) {
-  const char *line = lua_tostring(L, -1);
-  const char *retline = lua_pushfstring(L, "return %s", line);
+  const char *typed = lua_tostring(L, 1);
+  if (typed[0] == '=') lua_pushfstring(L, "return %s", typed + 1);
+  else lua_pushvalue(L, 1);
+  const char *retline = lua_pushfstring(L, "return %s;", lua_tostring(L, 2));
   int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
   if (status == LUA_OK) {
-    lua_remove(L, -2);  /* the "return" text */
-    lua_remove(L, -2);  /* the line */
-    return status;
-  }
-  lua_pop(L, 2);  /* error and "return" text */
-  for (;;) {
-    size_t len;
-    const char *chunk = lua_tolstring(L, -1, &len);
-    status = luaL_loadbuffer(L, chunk, len, "=stdin");
-    if (!incomplete(L, status)) break;
-    if (!read_line(L, false)) {
-      lua_pushliteral(L, "unexpected end of input");
-      status = LUA_ERRSYNTAX;
-      break;
+    lua_pushvalue(L, 1);
+    save_line(L);
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 2);  /* error and "return" text */
+    for (;;) {
+      size_t len;
+      const char *chunk = lua_tolstring(L, 2, &len);
+      status = luaL_loadbuffer(L, chunk, len, "=stdin");
+      if (!incomplete(L, status) || !read_line(L, false)) break;
+      lua_remove(L, -2);  /* the "<eof>" error */
+      for (int slot = 1; slot <= 2; slot++) {  /* add the line to both texts */
+        lua_pushvalue(L, slot);
+        lua_pushliteral(L, "\n");
+        lua_pushvalue(L, -3);
+        lua_concat(L, 3);
+        lua_replace(L, slot);
+      }
+      lua_pop(L, 1);
     }
-    lua_pushliteral(L, "\n");
-    lua_insert(L, -2);
-    lua_concat(L, 3);
+    lua_pushvalue(L, 1);
+    save_line(L);
+    lua_pop(L, 1);
   }
-  lua_remove(L, -2);  /* the source text */
+  lua_replace(L, 1);
+  lua_settop(L, 1);
   return status;
 }
 
@@ -398,6 +515,7 @@ static void print_results(lua_State *L) {
 static void do_repl(lua_State *L) {
   const char *saved = progname;
   progname = NULL;
+  rl_readline_name = "host";  /* for $if host in ~/.inputrc */
   for (;;) {
     lua_settop(L, 0);
     if (!read_line(L, true)) break;
@@ -418,11 +536,12 @@ static void do_repl(lua_State *L) {
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = (char **)lua_touserdata(L, 2);
+  if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
   int script = 0;
   int flags = collect_args(argv, &script);
   if (flags & HAS_ERROR) {
     const char *bad = argv[script];
-    if (bad[1] == 'e' || bad[1] == 'l')
+    if (bad[1] == 'e' || bad[1] == 'l' || value_option(bad) != NULL)
       fprintf(stderr, "%s: '%s' needs argument\n", progname, bad);
     else
       fprintf(stderr, "%s: unrecognized option '%s'\n", progname, bad);
@@ -431,6 +550,11 @@ static int pmain(lua_State *L) {
   }
   if (flags & HAS_HELP) {
     print_usage(stdout);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (flags & HAS_VERSION) {
+    print_host_version();
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -464,7 +588,8 @@ static int pmain(lua_State *L) {
 int main(int argc, char **argv) {
   lua_State *L = host_newstate();
   if (L == NULL) {
-    report_message(progname, "cannot create state: not enough memory");
+    report_message(argv[0] != NULL && argv[0][0] != '\0' ? argv[0] : progname,
+                   "cannot create state: not enough memory");
     return EXIT_FAILURE;
   }
   lua_pushcfunction(L, pmain);

@@ -2,6 +2,8 @@
 -- what lua5.4 does for the same command line.
 local sh = require 'spec.support.sh'
 local q = sh.quote
+-- Errors start with the program's name as it was run (argv[0]), as in lua.c.
+local P = sh.host:gsub('%p', '%%%0')
 
 describe('host', function()
   it('exits 0 after a script that succeeds, 1 after one that fails', function()
@@ -104,17 +106,17 @@ describe('host', function()
     local _, err, code = sh.host_run(q(script))
     os.remove(script)
     assert.are.equal(1, code)
-    assert.matches('^host: [^\n]*:1: boom\nstack traceback:\n', err)
+    assert.matches('^' .. P .. ': [^\n]*:1: boom\nstack traceback:\n', err)
     assert.matches("in local 'f'", err, 1, true)
   end)
 
   it('prints a non-string error with __tostring, or names its type', function()
     local _, err = sh.host_run([[-e 'error(setmetatable({}, {__tostring = function() return "custom!" end}))']])
-    assert.matches('^host: custom!\n', err)
+    assert.matches('^' .. P .. ': custom!\n', err)
     _, err = sh.host_run("-e 'error({})'")
-    assert.matches('^host: %(error object is a table value%)', err)
+    assert.matches('^' .. P .. ': %(error object is a table value%)', err)
     _, err = sh.host_run("-e 'error(nil)'")
-    assert.matches('^host: %(error object is a nil value%)', err)
+    assert.matches('^' .. P .. ': %(error object is a nil value%)', err)
   end)
 
   it('refuses unknown options with the usage text and exit 1', function()
@@ -137,13 +139,13 @@ describe('host', function()
       local out, err, code = sh.host_run(q('--switch-interval=' .. v) .. " -e 'print(1)'")
       assert.are.equal(1, code, v)
       assert.are.equal('', out)
-      assert.are.equal(("host: --switch-interval must be a number of seconds in (0, 3600], not '%s'\n"):format(v), err)
+      assert.are.equal(sh.host .. (": --switch-interval must be a number of seconds in (0, 3600], not '%s'\n"):format(v), err)
     end
     for _, v in ipairs { '4294967297', '1000000001', '0', '-1', '1.5', '', '99999999999999999999999' } do
       local out, err, code = sh.host_run(q('--switch-instructions=' .. v) .. " -e 'print(1)'")
       assert.are.equal(1, code, v)
       assert.are.equal('', out)
-      assert.are.equal(("host: --switch-instructions must be an integer in [1, 1000000000], not '%s'\n"):format(v), err)
+      assert.are.equal(sh.host .. (": --switch-instructions must be an integer in [1, 1000000000], not '%s'\n"):format(v), err)
     end
   end)
 
@@ -173,7 +175,7 @@ describe('host', function()
       local rout, rerr, rcode = sh.run('lua5.4 ' .. args)
       assert.are.equal(rcode, code, args)
       assert.are.equal(rout, out, args)
-      assert.are.equal(rerr:match('^lua5%.4:([^\n]*)'), err:match('^host:([^\n]*)'), args)
+      assert.are.equal(rerr:match('^lua5%.4:([^\n]*)'), err:match('^' .. P .. ':([^\n]*)'), args)
     end
   end)
 
@@ -194,7 +196,7 @@ describe('host', function()
       local out, err, code = run(len)
       assert.are.equal(1, code, len)
       assert.are.equal('', out)
-      assert.matches('^host: stack overflow %(too many arguments to script%)', err)
+      assert.matches('^' .. P .. ': stack overflow %(too many arguments to script%)', err)
     end
     os.remove(script)
   end)
@@ -206,7 +208,7 @@ describe('host', function()
       local out, err, code = sh.host_run(args .. ' <&-')
       assert.are.equal(1, code, args)
       assert.are.equal('', out)
-      assert.are.equal('host: cannot read stdin: Bad file descriptor\n', err)
+      assert.are.equal(sh.host .. ': cannot read stdin: Bad file descriptor\n', err)
     end
     local out, _, code = sh.host_run('-i <&-')
     assert.are.equal(0, code)
@@ -255,6 +257,6 @@ describe('host', function()
   it('reports an uncaught interrupt with exit 1', function()
     local out, err = interrupt 'while true do end'
     assert.matches('rc=1\n', out, 1, true)
-    assert.matches('host: interrupted!', err, 1, true)
+    assert.matches(sh.host .. ': interrupted!', err, 1, true)
   end)
 end)
