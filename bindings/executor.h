@@ -41,10 +41,12 @@ void host_executor_track(lua_State *L, int idx, const char *tname, bool add);
 
 /*
 ** Reads the options every pool's constructor shares from the table at 1
-** (an empty one when absent): returns max_workers (default_workers when
-** absent; 1..1024), and leaves initializer at 2 and initargs at 3, checked.
+** (an empty one when absent), whose keys must be among `known` (the
+** pool's whole list): returns max_workers (default_workers when absent;
+** 1..1024), and leaves initializer at 2 and initargs at 3, checked.
 */
-lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers);
+lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers,
+                                  const char *const known[]);
 
 /*
 ** Pushes the initializer and its arguments from the info table at `info`

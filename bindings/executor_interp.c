@@ -594,7 +594,7 @@ static bool refused(lua_State *L, ipool *p) {
 static int ipool_submit(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
   ipool *p = px->p;
-  luaL_checkany(L, 2);
+  host_check_callable(L, 2);
   int nvalues = lua_gettop(L) - 1;  /* fn and its arguments, from 2 */
   if (refused(L, p)) return lua_error(L);
   lua_getiuservalue(L, 1, 1);
@@ -779,7 +779,8 @@ static void encode_initializer(lua_State *L, ipool *p) {
 ** The initializer and its arguments are encoded now and run in each worker.
 */
 static int ipool_new(lua_State *L) {
-  lua_Integer n = host_executor_options(L, host_executor_cores());
+  static const char *const known[] = {"max_workers", "initializer", "initargs", NULL};
+  lua_Integer n = host_executor_options(L, host_executor_cores(), known);
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_settop(L, 1);
   iproxy *px = host_object_new(L, sizeof *px, IPOOL_TYPE, 2);

@@ -686,7 +686,7 @@ static int manager_main(lua_State *L) {
 /* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
 static int ppool_submit(lua_State *L) {
   pstate_t *s = check_pool(L);
-  luaL_checkany(L, 2);
+  host_check_callable(L, 2);
   if (s->broken) {
     lua_getiuservalue(L, 1, 1);
     lua_getiuservalue(L, -1, UV_INFO);
@@ -809,7 +809,9 @@ static int ppool_pids(lua_State *L) {
 ** fork or a socket fails.
 */
 static int ppool_new(lua_State *L) {
-  lua_Integer n = host_executor_options(L, host_executor_cores());
+  static const char *const known[] = {"max_workers", "initializer", "initargs",
+                                      "max_tasks_per_child", NULL};
+  lua_Integer n = host_executor_options(L, host_executor_cores(), known);
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_Integer max_tasks = 0;  /* no limit */
   if (lua_getfield(L, 1, "max_tasks_per_child") != LUA_TNIL) {
