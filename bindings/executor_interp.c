@@ -80,6 +80,7 @@ typedef struct ipool {
   int alive;               /* workers not yet ended */
   char *init;              /* encoded initializer and initargs, or NULL */
   size_t init_len;
+  char *path, *cpath;      /* the creator's package.path and cpath, or NULL */
   char *broken_msg;
   int nworkers;
   wslot w[];
@@ -116,6 +117,8 @@ static void ipool_unref(ipool *p) {
   pthread_cond_destroy(&p->done_cv);
   pthread_cond_destroy(&p->end_cv);
   free(p->init);
+  free(p->path);
+  free(p->cpath);
   free(p->broken_msg);
   free(p);
 }
@@ -230,12 +233,28 @@ static int guarded_xpcall(lua_State *L) {
   return guarded_xpcall_k(L, LUA_OK, 0);
 }
 
-/* Opens a worker's universe: the libraries, host.futures, its xpcall and os.exit. */
+/* Sets package[field] in L to s, when both exist. */
+static void set_package_field(lua_State *L, const char *field, const char *s) {
+  if (s == NULL) return;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
+    lua_pushstring(L, s);
+    lua_setfield(L, -2, field);
+  }
+  lua_pop(L, 2);
+}
+
+/*
+** Opens a worker's universe: the libraries with the creator's
+** package.path and cpath, host.futures, its xpcall and os.exit.
+*/
 static lua_State *worker_universe(ipool *p, wslot *ws) {
   lua_State *L = host_newstate();
   if (L == NULL) return NULL;
   luaL_openlibs(L);
   host_openlibs(L);
+  set_package_field(L, "path", p->path);
+  set_package_field(L, "cpath", p->cpath);
   lua_getglobal(L, "require");  /* map's chunks name host.futures._run_chunk */
   lua_pushliteral(L, "host.futures");
   if (host_pcall(L, 1, 0) != LUA_OK) lua_pop(L, 1);
@@ -775,6 +794,19 @@ static void encode_initializer(lua_State *L, ipool *p) {
 }
 
 /*
+** Copies package[field] of the caller's universe into *out (left NULL
+** when it is not a string, or memory runs out: workers keep the default).
+*/
+static void copy_package_field(lua_State *L, const char *field, char **out) {
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE &&
+      lua_getfield(L, -1, field) == LUA_TSTRING)
+    *out = strdup(lua_tostring(L, -1));
+  lua_settop(L, top);
+}
+
+/*
 ** futures.InterpreterPoolExecutor{max_workers =, initializer =, initargs =}.
 ** The initializer and its arguments are encoded now and run in each worker.
 */
@@ -802,6 +834,8 @@ static int ipool_new(lua_State *L) {
   atomic_fetch_add(&p->refs, 1);
   h->p = p;
   lua_setiuservalue(L, idx, 2);
+  copy_package_field(L, "path", &p->path);
+  copy_package_field(L, "cpath", &p->cpath);
   encode_initializer(L, p);
   int e = start_workers(p);
   if (e != 0) {

@@ -503,4 +503,26 @@ describe('InterpreterPoolExecutor', function()
       .. "os.exit(9) in a thread of an interpreter pool's worker ends only that thread\n"
       .. 'the script goes on\n', out)
   end)
+
+  it("starts its workers with the creator's package.path and package.cpath", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir ' .. sh.quote(dir)))
+    local f = assert(io.open(dir .. '/misuse_pool_mod.lua', 'w'))
+    f:write("return { answer = 42 }")
+    f:close()
+    local path, cpath = package.path, package.cpath
+    package.path = dir .. '/?.lua;' .. path
+    package.cpath = dir .. '/?.so;' .. cpath
+    local ok, ex = pcall(futures.InterpreterPoolExecutor, { max_workers = 1 })
+    package.path, package.cpath = path, cpath
+    assert(ok, ex)
+    local r = { ex:submit(function()
+      return require('misuse_pool_mod').answer, package.path, package.cpath
+    end):result(T) }
+    ex:shutdown()
+    os.remove(dir .. '/misuse_pool_mod.lua')
+    os.remove(dir)
+    assert.are.same({ 42, dir .. '/?.lua;' .. path, dir .. '/?.so;' .. cpath }, r)
+  end)
 end)
