@@ -107,3 +107,53 @@ describe('an unknown option', function()
     ex:shutdown { wait = true, cancel_futures = false, interrupt = false }
   end)
 end)
+
+describe('print', function()
+  local sh = require 'spec.support.sh'
+
+  it('never mixes two lines printed at once by several worker universes', function()
+    local workers, lines = 3, 4000
+    local out, err, code = sh.host_script(([[
+      local futures = require 'host.futures'
+      local ex = futures.InterpreterPoolExecutor { max_workers = %d }
+      local fs = {}
+      for w = 1, %d do
+        fs[w] = ex:submit(function(id, n)
+          local pad = string.rep(string.char(96 + id), 40)
+          for i = 1, n do print('w', id, i, pad, pad) end
+        end, w, %d)
+      end
+      for _, f in ipairs(fs) do f:result(60) end
+      ex:shutdown()
+    ]]):format(workers, workers, lines), 60)
+    assert.are.equal(0, code, err)
+    local whole, seen = 0, {}
+    for line in out:gmatch '[^\n]*\n' do
+      local id, i, a, b = line:match '^w\t(%d+)\t(%d+)\t(%l+)\t(%l+)\n$'
+      local pad = id and string.rep(string.char(96 + tonumber(id)), 40)
+      if not (pad and a == pad and b == pad) then error('a mixed line: ' .. line, 0) end
+      seen[id .. ':' .. i] = true
+      whole = whole + 1
+    end
+    assert.are.equal(workers * lines, whole)
+    for w = 1, workers do assert.is_true(seen[w .. ':' .. lines]) end
+  end)
+
+  it('prints as Lua 5.4 does: tostring, __tostring, __name, tabs, newline, errors', function()
+    local script = sh.tempfile [[
+      print()
+      print(nil, true, 1, 2.5, 'a\0b', -0.0, 1e300 * 10)
+      print(setmetatable({}, { __tostring = function() return 'T' end }), 'x')
+      print(setmetatable({}, { __name = 'My.Type' }), {})
+      print(pcall(print, setmetatable({}, { __tostring = function() return 1 end })))
+      print(pcall(print, setmetatable({}, { __tostring = function() error('boom', 0) end })))
+      io.write('no newline')
+      print('then a line')
+    ]]
+    local got, _, code = sh.host_run(sh.quote(script))
+    local want = sh.run('lua5.4 ' .. sh.quote(script))
+    os.remove(script)
+    assert.are.equal(0, code)
+    assert.are.equal(want:gsub('0x%x+', 'ADDR'), (got:gsub('0x%x+', 'ADDR')))
+  end)
+end)
