@@ -374,6 +374,59 @@ static int executor_map(lua_State *L) {
   return 4;
 }
 
+#define STACK_TRACEBACK "stack traceback:"
+
+void host_executor_remote_traceback(lua_State *L, const char *who) {
+  int err = lua_gettop(L) - 1;
+  luaL_checkstack(L, 4, NULL);
+  if (host_error_is(L, err, NULL) && lua_getfield(L, err, "traceback") == LUA_TSTRING) {
+    const char *own = lua_tostring(L, -1);  /* luaL_traceback's, made in the task */
+    size_t head = strncmp(own, STACK_TRACEBACK, strlen(STACK_TRACEBACK)) == 0
+                  ? strlen(STACK_TRACEBACK) : 0;
+    lua_pushstring(L, own + head);
+    lua_replace(L, err + 1);
+    lua_pop(L, 1);
+  } else if (host_error_is(L, err, NULL)) {
+    lua_pop(L, 1);
+  }
+  if (lua_type(L, err + 1) != LUA_TSTRING) {
+    lua_pushnil(L);
+    lua_replace(L, err + 1);
+    return;
+  }
+  lua_pushfstring(L, "remote traceback (%s):%s", who, lua_tostring(L, err + 1));
+  lua_replace(L, err + 1);
+}
+
+/*
+** Joins the error value at idx (the outcome's first value) and the remote
+** traceback text on top (popped): see host_executor_decoder.
+*/
+static void join_remote_traceback(lua_State *L, int idx) {
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    lua_pushfstring(L, "%s\n%s\n", lua_tostring(L, idx), lua_tostring(L, -1));
+    lua_replace(L, idx);
+  } else if (host_error_is(L, idx, NULL)) {
+    if (lua_getfield(L, idx, "remote_traceback") == LUA_TSTRING) {  /* a nested pool's */
+      lua_pushliteral(L, "\n\n");
+      lua_pushvalue(L, -3);
+      lua_concat(L, 3);
+      lua_replace(L, -2);
+    } else {
+      lua_pop(L, 1);
+    }
+    lua_setfield(L, idx, "remote_traceback");
+    lua_pushnil(L);
+    lua_setfield(L, idx, "traceback");
+    return;
+  }
+  lua_pop(L, 1);
+}
+
 int host_executor_decoder(lua_State *L) {
   size_t len;
   const char *bytes = luaL_checklstring(L, 1, &len);
@@ -381,7 +434,12 @@ int host_executor_decoder(lua_State *L) {
   lua_settop(L, 2);
   int n = 0;
   if (host_codec_decode(L, bytes, len, HOST_CODEC_FUNCTIONS, &n) != LUA_OK) return lua_error(L);
-  luaL_checkstack(L, 2, "too many results");  /* the codec left room for the values only */
+  luaL_checkstack(L, 4, "too many results");  /* the codec left room for the values only */
+  if (!ok && n >= 2) {  /* the error and its remote traceback */
+    lua_settop(L, 4);
+    join_remote_traceback(L, 3);
+    n = 1;
+  }
   lua_createtable(L, n, 1);
   lua_insert(L, 3);
   for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);

@@ -340,17 +340,25 @@ static bool run_initializer(lua_State *L, ipool *p, wslot *ws) {
 }
 
 /*
-** Encodes the error on top (popped) into *buf. An error the codec cannot
-** carry crosses as its text (__tostring run protected), as the process
-** pool sends it.
+** Encodes the failure on top of worker `index`'s universe (the error, then
+** its traceback from host_pcall_task or nil; both popped) into *buf: the
+** error and its remote traceback text. An error the codec cannot carry
+** crosses as its text (__tostring run protected), as the process pool
+** sends it.
 */
-static void encode_error(lua_State *L, char **buf, size_t *len) {
-  if (host_codec_encode(L, lua_gettop(L), 1, buf, len) != LUA_OK) {
+static void encode_error(lua_State *L, int index, char **buf, size_t *len) {
+  const char *who = lua_pushfstring(L, "interpreter pool worker %d", index + 1);
+  lua_insert(L, -3);
+  host_executor_remote_traceback(L, who);
+  int err = lua_gettop(L) - 1;
+  if (host_codec_encode(L, err, 2, buf, len) != LUA_OK) {
     lua_pop(L, 1);  /* the codec's complaint */
+    lua_pushvalue(L, err);
     host_error_tostring(L);
-    if (host_codec_encode(L, lua_gettop(L), 1, buf, len) != LUA_OK) lua_pop(L, 1);
+    lua_replace(L, err);
+    if (host_codec_encode(L, err, 2, buf, len) != LUA_OK) lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  lua_pop(L, 3);
 }
 
 /* Runs one task (its payload) in L and completes its future; posts it. */
@@ -358,11 +366,13 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   int base = lua_gettop(L);
   int n = 0;
   int status = host_codec_decode(L, it->payload, it->len, HOST_CODEC_FUNCTIONS, &n);
-  if (status == LUA_OK) status = host_pcall(L, n - 1, LUA_MULTRET);
+  if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
+  else lua_pushnil(L);  /* a payload that does not decode has no traceback */
   int stop = set_busy(p, ws, NULL, NULL);  /* no interrupt lands after this */
   if (stop == STOP_EXIT) {
     lua_settop(L, base);
     push_exit_error(L, "task", ws->exit_code);
+    lua_pushnil(L);
     status = LUA_ERRRUN;
   }
   char *buf = NULL;
@@ -371,8 +381,9 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   if (ok && host_codec_encode(L, base + 1, lua_gettop(L) - base, &buf, &len) != LUA_OK) {
     ok = false;  /* an unserializable result fails that future alone */
     lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
+    lua_pushnil(L);
   }
-  if (!ok) encode_error(L, &buf, &len);
+  if (!ok) encode_error(L, (int)(ws - p->w), &buf, &len);
   lua_settop(L, base);
   host_future_set_payload(it->f, ok, buf, len);
   bool wake = host_future_wants_callbacks(it->f);

@@ -31,7 +31,8 @@
 **
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
-** ERROR (one error value, with the worker's traceback) or INIT_FAILED.
+** ERROR (the error value and the text of the worker's traceback of the
+** task's own frames, or nil) or INIT_FAILED (the same, for the initializer).
 ** The state's fields are used with the GIL held; the manager releases it
 ** around poll, reads and writes, with what it uses anchored.
 */
@@ -154,13 +155,23 @@ static bool send_frame(int fd, int kind, const char *payload, size_t len) {
 
 /* ---- the worker process ---- */
 
-/* Encodes the error on top as a payload, falling back to its tostring. */
+/*
+** Encodes the failure on top (the error value, then its traceback from
+** host_pcall_task or nil) as a payload: the error and its remote traceback
+** text, the error as its tostring when the codec cannot carry it.
+*/
 static char *encode_error(lua_State *L, size_t *len) {
+  char who[48];
+  snprintf(who, sizeof who, "worker process %ld", (long)getpid());
+  host_executor_remote_traceback(L, who);
+  int err = lua_gettop(L) - 1;
   char *buf;
-  if (host_codec_encode(L, lua_gettop(L), 1, &buf, len) == LUA_OK) return buf;
+  if (host_codec_encode(L, err, 2, &buf, len) == LUA_OK) return buf;
   lua_pop(L, 1);                     /* the codec's complaint */
+  lua_pushvalue(L, err);
   host_error_tostring(L);            /* the error as a string */
-  if (host_codec_encode(L, lua_gettop(L), 1, &buf, len) != LUA_OK) lua_error(L);
+  lua_replace(L, err);
+  if (host_codec_encode(L, err, 2, &buf, len) != LUA_OK) lua_error(L);
   return buf;
 }
 
@@ -195,7 +206,7 @@ static int worker_main(lua_State *L) {
   close_pool_fds(L, fd);
   lua_pushcfunction(L, run_initializer);
   lua_pushvalue(L, 1);
-  if (host_pcall(L, 1, 0) != LUA_OK) {
+  if (host_pcall_task(L, 1, 0) != LUA_OK) {
     size_t len;
     char *buf = encode_error(L, &len);
     send_frame(fd, FRAME_INIT_FAILED, buf, len);
@@ -214,7 +225,8 @@ static int worker_main(lua_State *L) {
     int n = 0;
     int status = host_codec_decode(L, in, len, HOST_CODEC_FUNCTIONS, &n);
     free(in);
-    if (status == LUA_OK) status = host_pcall(L, n - 1, LUA_MULTRET);
+    if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
+    else lua_pushnil(L);  /* a payload that does not decode has no traceback */
     char *out;
     size_t outlen;
     int kind = FRAME_OK;
@@ -224,6 +236,7 @@ static int worker_main(lua_State *L) {
     } else if (host_codec_encode(L, base + 1, lua_gettop(L) - base, &out, &outlen) != LUA_OK) {
       kind = FRAME_ERROR;  /* an unserializable result fails that future alone */
       lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
+      lua_pushnil(L);
       out = encode_error(L, &outlen);
     }
     bool sent = send_frame(fd, kind, out, outlen);

@@ -1,7 +1,8 @@
 /*
-** util.c: deadlines, the error object, the protected-call helper, the
-** userdata type helper (finalized state, checks) and FIFOs in uservalues
-** (floor 0). The error object is a table {kind, message, traceback, cause}
+** util.c: deadlines, checks of arguments (callables, option names), the
+** error object, the protected-call helpers, the userdata type helper
+** (finalized state, checks) and FIFOs in uservalues (floor 0). The error
+** object is a table {kind, message, traceback, cause, remote_traceback}
 ** whose metatable is the registry's "host.Error"; `require "host.error"`
 ** exposes it to Lua as error.new(kind, message [, cause]) and
 ** error.is(value, kind).
@@ -304,13 +305,15 @@ static void top_tolstring(lua_State *L) {
 }
 
 /*
-** Pushes "Kind: message" and the traceback of the error object at idx as
-** pieces on the stack; returns how many. The pieces stay on the stack and
-** are joined later: a message's own __tostring may push anything, which
-** an open luaL_Buffer would not survive.
+** Pushes "Kind: message", the remote traceback (a pool worker's, see
+** executor.h) and the traceback of the error object at idx as pieces on
+** the stack, a blank line between the two tracebacks; returns how many.
+** The pieces stay on the stack and are joined later: a message's own
+** __tostring may push anything, which an open luaL_Buffer would not
+** survive.
 */
 static int push_error_pieces(lua_State *L, int idx) {
-  luaL_checkstack(L, 6, NULL);
+  luaL_checkstack(L, 10, NULL);
   lua_getfield(L, idx, "kind");
   top_tolstring(L);
   int pieces = 1;
@@ -322,8 +325,17 @@ static int push_error_pieces(lua_State *L, int idx) {
   } else {
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, idx, "traceback") == LUA_TSTRING) {
+  bool remote = lua_getfield(L, idx, "remote_traceback") == LUA_TSTRING;
+  if (remote) {
     lua_pushliteral(L, "\n");
+    lua_insert(L, -2);
+    pieces += 2;
+  } else {
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, idx, "traceback") == LUA_TSTRING) {
+    if (remote) lua_pushliteral(L, "\n\n");
+    else lua_pushliteral(L, "\n");
     lua_insert(L, -2);
     pieces += 2;
   } else {
