@@ -46,6 +46,16 @@ describe('submit and map', function()
     local callable = setmetatable({}, { __call = function(_, x) return x * 2 end })
     assert.are.equal(8, ex:submit(callable, 4):result(T))
   end)
+
+  it('accept a table with __call whose metatable the codec carries, in the process pool', function()
+    local mt = { __call = function(self, x) return self.k * x end }
+    serialize.register('misuse_spec.Mul', mt)
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    assert.are.equal(15, ex:submit(setmetatable({ k = 3 }, mt), 5):result(T))
+    local got = {}
+    for i, v in ex:map(setmetatable({ k = 2 }, mt), { 1, 2 }) do got[i] = v end
+    assert.are.same({ 2, 4 }, got)
+  end)
 end)
 
 describe('an unknown option', function()
