@@ -194,22 +194,42 @@ static int stack_depth(lua_State *L) {
   return lo + 1;
 }
 
+#define TAIL_CALLS "\n\t(...tail calls...)"
+#define SKIPPING "\n\t...\t("
+
 /*
-** Pushes luaL_traceback's line for `level` (the first line it prints
-** from there): "\n\t<where>: in <what>".
+** Pushes luaL_traceback's lines for levels from `first` on, at most
+** `count` of them and not past a skip of luaL_traceback's own, each
+** "\n\t<where>: in <what>" with the tail-call note that may follow it;
+** returns how many levels it pushed.
 */
-static void push_frame_line(lua_State *L, int level) {
-  luaL_traceback(L, L, NULL, level);
+static int push_frame_lines(lua_State *L, int first, int count) {
+  luaL_traceback(L, L, NULL, first);
   const char *t = lua_tostring(L, -1);
-  const char *start = strchr(t, '\n');
-  if (start == NULL) {
-    lua_pop(L, 1);
-    lua_pushliteral(L, "");
-    return;
+  const char *start = strchr(t, '\n'), *end = start;
+  int n = 0;
+  while (end != NULL && n < count && strncmp(end, SKIPPING, strlen(SKIPPING)) != 0) {
+    end = strstr(end + 1, "\n\t");
+    if (end == NULL || strncmp(end, TAIL_CALLS, strlen(TAIL_CALLS)) != 0) n++;
   }
-  const char *end = strstr(start + 1, "\n\t");
-  lua_pushlstring(L, start, end != NULL ? (size_t)(end - start) : strlen(start));
+  if (start == NULL) lua_pushliteral(L, "");
+  else lua_pushlstring(L, start, end != NULL ? (size_t)(end - start) : strlen(start));
   lua_remove(L, -2);
+  return n;
+}
+
+/*
+** Joins the lines of levels first..last to the string on top. Each
+** luaL_traceback walks the whole stack, so it is called again only where
+** the one before skipped levels (at most three calls for TRACE_TAIL).
+*/
+static void add_frame_lines(lua_State *L, int first, int last) {
+  for (int level = first; level <= last; ) {
+    int n = push_frame_lines(L, level, last - level + 1);
+    lua_concat(L, 2);
+    if (n <= 0) break;  /* the stack ended: nothing more to say */
+    level += n;
+  }
 }
 
 /*
@@ -221,16 +241,18 @@ static void push_frame_line(lua_State *L, int level) {
 static int task_msghandler(lua_State *L) {
   int k = stack_depth(L) - 1 - (int)lua_tointeger(L, lua_upvalueindex(1));
   if (k <= 0) return 1;
-  luaL_checkstack(L, TRACE_HEAD + TRACE_TAIL + 4, NULL);
-  int top = lua_gettop(L);
-  for (int level = 1; level <= k; level++) {
-    if (k > TRACE_HEAD + TRACE_TAIL && level == TRACE_HEAD + 1) {
-      lua_pushfstring(L, "\n\t...\t(skipping %d levels)", k - TRACE_HEAD - TRACE_TAIL);
-      level = k - TRACE_TAIL + 1;
-    }
-    push_frame_line(L, level);
+  /* luaL_traceback counts on as much; after a stack overflow there may
+  ** be no room: then the error goes without a traceback, its message kept */
+  if (!lua_checkstack(L, LUA_MINSTACK)) return 1;
+  lua_pushliteral(L, "");
+  if (k <= TRACE_HEAD + TRACE_TAIL) {
+    add_frame_lines(L, 1, k);
+  } else {
+    add_frame_lines(L, 1, TRACE_HEAD);
+    lua_pushfstring(L, "\n\t...\t(skipping %d levels)", k - TRACE_HEAD - TRACE_TAIL);
+    lua_concat(L, 2);
+    add_frame_lines(L, k - TRACE_TAIL + 1, k);
   }
-  lua_concat(L, lua_gettop(L) - top);
   lua_rawseti(L, lua_upvalueindex(2), 1);
   return 1;
 }
