@@ -175,13 +175,6 @@ static char *encode_error(lua_State *L, size_t *len) {
   return buf;
 }
 
-/* Calls the initializer of the info table at 1 with its initargs. */
-static int run_initializer(lua_State *L) {
-  int n = host_executor_push_initializer(L, 1);
-  if (n >= 0) lua_call(L, n, 0);
-  return 0;
-}
-
 /* Closes, in a new child, every fd of every process pool of the parent. */
 static void close_pool_fds(lua_State *L, int keep) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_FDS) == LUA_TTABLE) {
@@ -204,9 +197,8 @@ static int worker_main(lua_State *L) {
   int fd = (int)lua_tointeger(L, 2);
   lua_Integer max_tasks = lua_tointeger(L, 3);
   close_pool_fds(L, fd);
-  lua_pushcfunction(L, run_initializer);
-  lua_pushvalue(L, 1);
-  if (host_pcall_task(L, 1, 0) != LUA_OK) {
+  int nargs = host_executor_push_initializer(L, 1);
+  if (nargs >= 0 && host_pcall_task(L, nargs, 0) != LUA_OK) {
     size_t len;
     char *buf = encode_error(L, &len);
     send_frame(fd, FRAME_INIT_FAILED, buf, len);
