@@ -189,6 +189,16 @@ static void close_pool_fds(lua_State *L, int keep) {
 }
 
 /*
+** get_initializer(info) -> the initializer and its initargs (nothing when
+** there is none): reading initargs runs their __len, which may raise.
+*/
+static int get_initializer(lua_State *L) {
+  lua_settop(L, 1);
+  int n = host_executor_push_initializer(L, 1);
+  return n < 0 ? 0 : n + 1;
+}
+
+/*
 ** The life of a worker process, run protected: worker_main(info, fd,
 ** max_tasks) closes the parent's other pool fds, runs the initializer,
 ** then serves tasks until the parent closes its end or max_tasks are done.
@@ -197,8 +207,13 @@ static int worker_main(lua_State *L) {
   int fd = (int)lua_tointeger(L, 2);
   lua_Integer max_tasks = lua_tointeger(L, 3);
   close_pool_fds(L, fd);
-  int nargs = host_executor_push_initializer(L, 1);
-  if (nargs >= 0 && host_pcall_task(L, nargs, 0) != LUA_OK) {
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, get_initializer);
+  lua_pushvalue(L, 1);
+  int init = host_pcall_task(L, 1, LUA_MULTRET);
+  if (init == LUA_OK && lua_gettop(L) > top)  /* the initializer's own frames alone */
+    init = host_pcall_task(L, lua_gettop(L) - top - 1, 0);
+  if (init != LUA_OK) {
     size_t len;
     char *buf = encode_error(L, &len);
     send_frame(fd, FRAME_INIT_FAILED, buf, len);
