@@ -376,17 +376,22 @@ static int executor_map(lua_State *L) {
 
 #define STACK_TRACEBACK "stack traceback:"
 
+/*
+** An error object that already has a traceback (host_msghandler gave it
+** one in the task, e.g. in a thread whose join raised it again) keeps
+** that one: it says where the error began.
+*/
 void host_executor_remote_traceback(lua_State *L, const char *who) {
   int err = lua_gettop(L) - 1;
   luaL_checkstack(L, 4, NULL);
-  if (host_error_is(L, err, NULL) && lua_getfield(L, err, "traceback") == LUA_TSTRING) {
-    const char *own = lua_tostring(L, -1);  /* luaL_traceback's, made in the task */
-    size_t head = strncmp(own, STACK_TRACEBACK, strlen(STACK_TRACEBACK)) == 0
-                  ? strlen(STACK_TRACEBACK) : 0;
-    lua_pushstring(L, own + head);
-    lua_replace(L, err + 1);
-    lua_pop(L, 1);
-  } else if (host_error_is(L, err, NULL)) {
+  if (host_error_is(L, err, NULL)) {
+    if (lua_getfield(L, err, "traceback") == LUA_TSTRING) {
+      const char *own = lua_tostring(L, -1);
+      size_t head = strncmp(own, STACK_TRACEBACK, strlen(STACK_TRACEBACK)) == 0
+                    ? strlen(STACK_TRACEBACK) : 0;
+      lua_pushstring(L, own + head);
+      lua_replace(L, err + 1);
+    }
     lua_pop(L, 1);
   }
   if (lua_type(L, err + 1) != LUA_TSTRING) {
