@@ -46,15 +46,35 @@ static int size_hint(lua_Integer n) {
   return n >= 0 && n <= INT_MAX / 2 ? (int)n : 0;
 }
 
-/* True when the argument at idx is map's options table, not an iterable. */
+/*
+** True when the last argument, at idx, is map's options table, not an
+** iterable: a table with no item 1 and a string key of its own (so that
+** a misspelt option is reported, not mapped over as an empty table), or,
+** when it has a metatable (an iterable may be an object), a timeout or a
+** chunksize.
+*/
 static bool is_options(lua_State *L, int idx) {
   if (!lua_istable(L, idx)) return false;
   bool array = lua_rawgeti(L, idx, 1) != LUA_TNIL;
-  lua_getfield(L, idx, "timeout");
-  lua_getfield(L, idx, "chunksize");
-  bool options = !array && (!lua_isnil(L, -1) || !lua_isnil(L, -2));
-  lua_pop(L, 3);
-  return options;
+  lua_pop(L, 1);
+  if (array) return false;
+  if (lua_getmetatable(L, idx)) {
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "timeout");
+    lua_getfield(L, idx, "chunksize");
+    bool options = !lua_isnil(L, -1) || !lua_isnil(L, -2);
+    lua_pop(L, 2);
+    return options;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_pop(L, 1);
+      return true;
+    }
+  }
+  return false;
 }
 
 /*
@@ -302,10 +322,12 @@ static int executor_map(lua_State *L) {
   host_object_check_self(L, lua_tostring(L, -1));
   lua_pop(L, 1);
   int top = lua_gettop(L);
-  luaL_checkany(L, 2);
+  host_check_callable(L, 2);
   double timeout = -1;
   lua_Integer chunksize = 1;
   if (top >= 4 && is_options(L, top)) {
+    static const char *const known[] = {"timeout", "chunksize", NULL};
+    host_check_options(L, top, known);
     timeout = host_future_timeout_field(L, top, "timeout");
     chunksize = chunksize_field(L, top);
     lua_settop(L, --top);
@@ -352,6 +374,64 @@ static int executor_map(lua_State *L) {
   return 4;
 }
 
+#define STACK_TRACEBACK "stack traceback:"
+
+/*
+** An error object that already has a traceback (host_msghandler gave it
+** one in the task, e.g. in a thread whose join raised it again) keeps
+** that one: it says where the error began.
+*/
+void host_executor_remote_traceback(lua_State *L, const char *who) {
+  int err = lua_gettop(L) - 1;
+  luaL_checkstack(L, 4, NULL);
+  if (host_error_is(L, err, NULL)) {
+    if (lua_getfield(L, err, "traceback") == LUA_TSTRING) {
+      const char *own = lua_tostring(L, -1);
+      size_t head = strncmp(own, STACK_TRACEBACK, strlen(STACK_TRACEBACK)) == 0
+                    ? strlen(STACK_TRACEBACK) : 0;
+      lua_pushstring(L, own + head);
+      lua_replace(L, err + 1);
+    }
+    lua_pop(L, 1);
+  }
+  if (lua_type(L, err + 1) != LUA_TSTRING) {
+    lua_pushnil(L);
+    lua_replace(L, err + 1);
+    return;
+  }
+  lua_pushfstring(L, "remote traceback (%s):%s", who, lua_tostring(L, err + 1));
+  lua_replace(L, err + 1);
+}
+
+/*
+** Joins the error value at idx (the outcome's first value) and the remote
+** traceback text on top (popped): see host_executor_decoder.
+*/
+static void join_remote_traceback(lua_State *L, int idx) {
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    lua_pushfstring(L, "%s\n%s\n", lua_tostring(L, idx), lua_tostring(L, -1));
+    lua_replace(L, idx);
+  } else if (host_error_is(L, idx, NULL)) {
+    if (lua_getfield(L, idx, "remote_traceback") == LUA_TSTRING) {  /* a nested pool's */
+      lua_pushliteral(L, "\n\n");
+      lua_pushvalue(L, -3);
+      lua_concat(L, 3);
+      lua_replace(L, -2);
+    } else {
+      lua_pop(L, 1);
+    }
+    lua_setfield(L, idx, "remote_traceback");
+    lua_pushnil(L);
+    lua_setfield(L, idx, "traceback");
+    return;
+  }
+  lua_pop(L, 1);
+}
+
 int host_executor_decoder(lua_State *L) {
   size_t len;
   const char *bytes = luaL_checklstring(L, 1, &len);
@@ -359,7 +439,12 @@ int host_executor_decoder(lua_State *L) {
   lua_settop(L, 2);
   int n = 0;
   if (host_codec_decode(L, bytes, len, HOST_CODEC_FUNCTIONS, &n) != LUA_OK) return lua_error(L);
-  luaL_checkstack(L, 2, "too many results");  /* the codec left room for the values only */
+  luaL_checkstack(L, 4, "too many results");  /* the codec left room for the values only */
+  if (!ok && n >= 2) {  /* the error and its remote traceback */
+    lua_settop(L, 4);
+    join_remote_traceback(L, 3);
+    n = 1;
+  }
   lua_createtable(L, n, 1);
   lua_insert(L, 3);
   for (int i = n; i >= 1; i--) lua_rawseti(L, 3, i);
@@ -374,6 +459,8 @@ void host_executor_shutdown_options(lua_State *L, int idx, bool *wait, bool *can
   *cancel = *interrupt = false;
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
+  static const char *const known[] = {"wait", "cancel_futures", "interrupt", NULL};
+  host_check_options(L, idx, known);
   if (lua_getfield(L, idx, "wait") != LUA_TNIL) *wait = lua_toboolean(L, -1);
   *cancel = lua_getfield(L, idx, "cancel_futures") != LUA_TNIL && lua_toboolean(L, -1);
   *interrupt = lua_getfield(L, idx, "interrupt") != LUA_TNIL && lua_toboolean(L, -1);
@@ -456,13 +543,15 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
   lua_rawset(L, LUA_REGISTRYINDEX);
 }
 
-lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers) {
+lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers,
+                                  const char *const known[]) {
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
     lua_newtable(L);
   }
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
+  host_check_options(L, 1, known);
   lua_Integer n = default_workers;
   if (lua_getfield(L, 1, "max_workers") != LUA_TNIL) {
     int isint;

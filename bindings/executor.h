@@ -15,8 +15,22 @@
 ** decoder(bytes, ok) -> the outcome table {n = k, values...} of a future
 ** whose result or error came encoded by the codec from another universe
 ** or process (functions allowed: the pools made those bytes themselves).
+** An error comes as the error value and its remote traceback text (see
+** host_executor_remote_traceback), joined here: a string error becomes
+** "message\n<remote traceback>\n", an error object gets the text as its
+** `remote_traceback` (after any it had) and no `traceback`, so the
+** caller's own traceback is added where it is raised again, after it.
 */
 int host_executor_decoder(lua_State *L);
+
+/*
+** For a task that failed in a worker: on top, the error value and its
+** traceback from host_pcall_task (or nil). Replaces the traceback with the
+** text the caller is shown: "remote traceback (<who>):\n\t<frame>...",
+** from the error object's own traceback when it has one; nil when there
+** is none.
+*/
+void host_executor_remote_traceback(lua_State *L, const char *who);
 
 /* Reads shutdown's options {wait = true, cancel_futures, interrupt} at idx. */
 void host_executor_shutdown_options(lua_State *L, int idx, bool *wait, bool *cancel,
@@ -41,10 +55,12 @@ void host_executor_track(lua_State *L, int idx, const char *tname, bool add);
 
 /*
 ** Reads the options every pool's constructor shares from the table at 1
-** (an empty one when absent): returns max_workers (default_workers when
-** absent; 1..1024), and leaves initializer at 2 and initargs at 3, checked.
+** (an empty one when absent), whose keys must be among `known` (the
+** pool's whole list): returns max_workers (default_workers when absent;
+** 1..1024), and leaves initializer at 2 and initargs at 3, checked.
 */
-lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers);
+lua_Integer host_executor_options(lua_State *L, lua_Integer default_workers,
+                                  const char *const known[]);
 
 /*
 ** Pushes the initializer and its arguments from the info table at `info`

@@ -80,6 +80,7 @@ typedef struct ipool {
   int alive;               /* workers not yet ended */
   char *init;              /* encoded initializer and initargs, or NULL */
   size_t init_len;
+  char *path, *cpath;      /* the creator's package.path and cpath, or NULL */
   char *broken_msg;
   int nworkers;
   wslot w[];
@@ -116,6 +117,8 @@ static void ipool_unref(ipool *p) {
   pthread_cond_destroy(&p->done_cv);
   pthread_cond_destroy(&p->end_cv);
   free(p->init);
+  free(p->path);
+  free(p->cpath);
   free(p->broken_msg);
   free(p);
 }
@@ -230,12 +233,28 @@ static int guarded_xpcall(lua_State *L) {
   return guarded_xpcall_k(L, LUA_OK, 0);
 }
 
-/* Opens a worker's universe: the libraries, host.futures, its xpcall and os.exit. */
+/* Sets package[field] in L to s, when both exist. */
+static void set_package_field(lua_State *L, const char *field, const char *s) {
+  if (s == NULL) return;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
+    lua_pushstring(L, s);
+    lua_setfield(L, -2, field);
+  }
+  lua_pop(L, 2);
+}
+
+/*
+** Opens a worker's universe: the libraries with the creator's
+** package.path and cpath, host.futures, its xpcall and os.exit.
+*/
 static lua_State *worker_universe(ipool *p, wslot *ws) {
   lua_State *L = host_newstate();
   if (L == NULL) return NULL;
   luaL_openlibs(L);
   host_openlibs(L);
+  set_package_field(L, "path", p->path);
+  set_package_field(L, "cpath", p->cpath);
   lua_getglobal(L, "require");  /* map's chunks name host.futures._run_chunk */
   lua_pushliteral(L, "host.futures");
   if (host_pcall(L, 1, 0) != LUA_OK) lua_pop(L, 1);
@@ -321,17 +340,25 @@ static bool run_initializer(lua_State *L, ipool *p, wslot *ws) {
 }
 
 /*
-** Encodes the error on top (popped) into *buf. An error the codec cannot
-** carry crosses as its text (__tostring run protected), as the process
-** pool sends it.
+** Encodes the failure on top of worker `index`'s universe (the error, then
+** its traceback from host_pcall_task or nil; both popped) into *buf: the
+** error and its remote traceback text. An error the codec cannot carry
+** crosses as its text (__tostring run protected), as the process pool
+** sends it.
 */
-static void encode_error(lua_State *L, char **buf, size_t *len) {
-  if (host_codec_encode(L, lua_gettop(L), 1, buf, len) != LUA_OK) {
+static void encode_error(lua_State *L, int index, char **buf, size_t *len) {
+  const char *who = lua_pushfstring(L, "interpreter pool worker %d", index + 1);
+  lua_insert(L, -3);
+  host_executor_remote_traceback(L, who);
+  int err = lua_gettop(L) - 1;
+  if (host_codec_encode(L, err, 2, buf, len) != LUA_OK) {
     lua_pop(L, 1);  /* the codec's complaint */
+    lua_pushvalue(L, err);
     host_error_tostring(L);
-    if (host_codec_encode(L, lua_gettop(L), 1, buf, len) != LUA_OK) lua_pop(L, 1);
+    lua_replace(L, err);
+    if (host_codec_encode(L, err, 2, buf, len) != LUA_OK) lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  lua_pop(L, 3);
 }
 
 /* Runs one task (its payload) in L and completes its future; posts it. */
@@ -339,11 +366,13 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   int base = lua_gettop(L);
   int n = 0;
   int status = host_codec_decode(L, it->payload, it->len, HOST_CODEC_FUNCTIONS, &n);
-  if (status == LUA_OK) status = host_pcall(L, n - 1, LUA_MULTRET);
+  if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
+  else lua_pushnil(L);  /* a payload that does not decode has no traceback */
   int stop = set_busy(p, ws, NULL, NULL);  /* no interrupt lands after this */
   if (stop == STOP_EXIT) {
     lua_settop(L, base);
     push_exit_error(L, "task", ws->exit_code);
+    lua_pushnil(L);
     status = LUA_ERRRUN;
   }
   char *buf = NULL;
@@ -352,8 +381,9 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   if (ok && host_codec_encode(L, base + 1, lua_gettop(L) - base, &buf, &len) != LUA_OK) {
     ok = false;  /* an unserializable result fails that future alone */
     lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
+    lua_pushnil(L);
   }
-  if (!ok) encode_error(L, &buf, &len);
+  if (!ok) encode_error(L, (int)(ws - p->w), &buf, &len);
   lua_settop(L, base);
   host_future_set_payload(it->f, ok, buf, len);
   bool wake = host_future_wants_callbacks(it->f);
@@ -594,7 +624,7 @@ static bool refused(lua_State *L, ipool *p) {
 static int ipool_submit(lua_State *L) {
   iproxy *px = check_ipool(L, 1);
   ipool *p = px->p;
-  luaL_checkany(L, 2);
+  host_check_callable(L, 2);
   int nvalues = lua_gettop(L) - 1;  /* fn and its arguments, from 2 */
   if (refused(L, p)) return lua_error(L);
   lua_getiuservalue(L, 1, 1);
@@ -775,11 +805,25 @@ static void encode_initializer(lua_State *L, ipool *p) {
 }
 
 /*
+** Copies package[field] of the caller's universe into *out (left NULL
+** when it is not a string, or memory runs out: workers keep the default).
+*/
+static void copy_package_field(lua_State *L, const char *field, char **out) {
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE &&
+      lua_getfield(L, -1, field) == LUA_TSTRING)
+    *out = strdup(lua_tostring(L, -1));
+  lua_settop(L, top);
+}
+
+/*
 ** futures.InterpreterPoolExecutor{max_workers =, initializer =, initargs =}.
 ** The initializer and its arguments are encoded now and run in each worker.
 */
 static int ipool_new(lua_State *L) {
-  lua_Integer n = host_executor_options(L, host_executor_cores());
+  static const char *const known[] = {"max_workers", "initializer", "initargs", NULL};
+  lua_Integer n = host_executor_options(L, host_executor_cores(), known);
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_settop(L, 1);
   iproxy *px = host_object_new(L, sizeof *px, IPOOL_TYPE, 2);
@@ -801,6 +845,8 @@ static int ipool_new(lua_State *L) {
   atomic_fetch_add(&p->refs, 1);
   h->p = p;
   lua_setiuservalue(L, idx, 2);
+  copy_package_field(L, "path", &p->path);
+  copy_package_field(L, "cpath", &p->cpath);
   encode_initializer(L, p);
   int e = start_workers(p);
   if (e != 0) {

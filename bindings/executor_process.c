@@ -31,7 +31,8 @@
 **
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
-** ERROR (one error value, with the worker's traceback) or INIT_FAILED.
+** ERROR (the error value and the text of the worker's traceback of the
+** task's own frames, or nil) or INIT_FAILED (the same, for the initializer).
 ** The state's fields are used with the GIL held; the manager releases it
 ** around poll, reads and writes, with what it uses anchored.
 */
@@ -154,21 +155,24 @@ static bool send_frame(int fd, int kind, const char *payload, size_t len) {
 
 /* ---- the worker process ---- */
 
-/* Encodes the error on top as a payload, falling back to its tostring. */
+/*
+** Encodes the failure on top (the error value, then its traceback from
+** host_pcall_task or nil) as a payload: the error and its remote traceback
+** text, the error as its tostring when the codec cannot carry it.
+*/
 static char *encode_error(lua_State *L, size_t *len) {
+  char who[48];
+  snprintf(who, sizeof who, "worker process %ld", (long)getpid());
+  host_executor_remote_traceback(L, who);
+  int err = lua_gettop(L) - 1;
   char *buf;
-  if (host_codec_encode(L, lua_gettop(L), 1, &buf, len) == LUA_OK) return buf;
+  if (host_codec_encode(L, err, 2, &buf, len) == LUA_OK) return buf;
   lua_pop(L, 1);                     /* the codec's complaint */
+  lua_pushvalue(L, err);
   host_error_tostring(L);            /* the error as a string */
-  if (host_codec_encode(L, lua_gettop(L), 1, &buf, len) != LUA_OK) lua_error(L);
+  lua_replace(L, err);
+  if (host_codec_encode(L, err, 2, &buf, len) != LUA_OK) lua_error(L);
   return buf;
-}
-
-/* Calls the initializer of the info table at 1 with its initargs. */
-static int run_initializer(lua_State *L) {
-  int n = host_executor_push_initializer(L, 1);
-  if (n >= 0) lua_call(L, n, 0);
-  return 0;
 }
 
 /* Closes, in a new child, every fd of every process pool of the parent. */
@@ -185,6 +189,16 @@ static void close_pool_fds(lua_State *L, int keep) {
 }
 
 /*
+** get_initializer(info) -> the initializer and its initargs (nothing when
+** there is none): reading initargs runs their __len, which may raise.
+*/
+static int get_initializer(lua_State *L) {
+  lua_settop(L, 1);
+  int n = host_executor_push_initializer(L, 1);
+  return n < 0 ? 0 : n + 1;
+}
+
+/*
 ** The life of a worker process, run protected: worker_main(info, fd,
 ** max_tasks) closes the parent's other pool fds, runs the initializer,
 ** then serves tasks until the parent closes its end or max_tasks are done.
@@ -193,9 +207,13 @@ static int worker_main(lua_State *L) {
   int fd = (int)lua_tointeger(L, 2);
   lua_Integer max_tasks = lua_tointeger(L, 3);
   close_pool_fds(L, fd);
-  lua_pushcfunction(L, run_initializer);
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, get_initializer);
   lua_pushvalue(L, 1);
-  if (host_pcall(L, 1, 0) != LUA_OK) {
+  int init = host_pcall_task(L, 1, LUA_MULTRET);
+  if (init == LUA_OK && lua_gettop(L) > top)  /* the initializer's own frames alone */
+    init = host_pcall_task(L, lua_gettop(L) - top - 1, 0);
+  if (init != LUA_OK) {
     size_t len;
     char *buf = encode_error(L, &len);
     send_frame(fd, FRAME_INIT_FAILED, buf, len);
@@ -214,7 +232,8 @@ static int worker_main(lua_State *L) {
     int n = 0;
     int status = host_codec_decode(L, in, len, HOST_CODEC_FUNCTIONS, &n);
     free(in);
-    if (status == LUA_OK) status = host_pcall(L, n - 1, LUA_MULTRET);
+    if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
+    else lua_pushnil(L);  /* a payload that does not decode has no traceback */
     char *out;
     size_t outlen;
     int kind = FRAME_OK;
@@ -224,6 +243,7 @@ static int worker_main(lua_State *L) {
     } else if (host_codec_encode(L, base + 1, lua_gettop(L) - base, &out, &outlen) != LUA_OK) {
       kind = FRAME_ERROR;  /* an unserializable result fails that future alone */
       lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
+      lua_pushnil(L);
       out = encode_error(L, &outlen);
     }
     bool sent = send_frame(fd, kind, out, outlen);
@@ -686,7 +706,7 @@ static int manager_main(lua_State *L) {
 /* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
 static int ppool_submit(lua_State *L) {
   pstate_t *s = check_pool(L);
-  luaL_checkany(L, 2);
+  host_check_callable(L, 2);
   if (s->broken) {
     lua_getiuservalue(L, 1, 1);
     lua_getiuservalue(L, -1, UV_INFO);
@@ -809,7 +829,9 @@ static int ppool_pids(lua_State *L) {
 ** fork or a socket fails.
 */
 static int ppool_new(lua_State *L) {
-  lua_Integer n = host_executor_options(L, host_executor_cores());
+  static const char *const known[] = {"max_workers", "initializer", "initargs",
+                                      "max_tasks_per_child", NULL};
+  lua_Integer n = host_executor_options(L, host_executor_cores(), known);
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_Integer max_tasks = 0;  /* no limit */
   if (lua_getfield(L, 1, "max_tasks_per_child") != LUA_TNIL) {

@@ -179,7 +179,7 @@ static int start_worker(lua_State *L) {
 */
 static int pool_submit(lua_State *L) {
   host_object_check(L, 1, POOL_TYPE);
-  luaL_checkany(L, 2);
+  host_check_callable(L, 2);
   pool_state *p = check_pool(L);
   int st = lua_gettop(L);
   if (p->broken) {
@@ -309,7 +309,9 @@ static void copy_initargs(lua_State *L, int idx) {
 ** initializer =, initargs =}
 */
 static int pool_new(lua_State *L) {
-  lua_Integer max = host_executor_options(L, default_workers());
+  static const char *const known[] = {"max_workers", "thread_name_prefix", "initializer",
+                                      "initargs", NULL};
+  lua_Integer max = host_executor_options(L, default_workers(), known);
   if (host_exiting(L)) return luaL_error(L, "cannot start a new pool after interpreter shutdown");
   lua_getfield(L, 1, "thread_name_prefix");
   if (!lua_isnil(L, -1) && !lua_isstring(L, -1)) host_field_error(L, 1, "thread_name_prefix", "a string");

@@ -396,6 +396,7 @@ static int future_cancel(lua_State *L) {
   host_future *f = check_self(L);
   bool interrupt = false;
   if (lua_istable(L, 2)) {
+    host_check_options(L, 2, (const char *const[]){"interrupt", NULL});
     lua_getfield(L, 2, "interrupt");
     interrupt = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -682,6 +683,7 @@ static int l_wait(lua_State *L) {
   int mode = ALL_COMPLETED;
   if (!lua_isnil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
+    host_check_options(L, 2, (const char *const[]){"timeout", "return_when", NULL});
     timeout = host_future_timeout_field(L, 2, "timeout");
     mode = wait_mode(L);
   }

@@ -1373,6 +1373,8 @@ static int serialize_loads(lua_State *L) {
   bool functions = false;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
+    static const char *const known[] = {"functions", NULL};
+    host_check_options(L, 2, known);
     lua_getfield(L, 2, "functions");
     functions = lua_toboolean(L, -1);
   }

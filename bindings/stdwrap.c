@@ -9,7 +9,9 @@
 **   thread running inside a coroutine can still be preempted;
 ** - os.exit: from a thread other than the main one, or while other threads
 **   run, it exits without closing the state (closing it would free memory
-**   that the other threads are using).
+**   that the other threads are using);
+** - print: each call writes its whole line at once, so lines printed at the
+**   same time by threads of several universes never mix.
 ** The blocking io and os functions are replaced in iowrap.c. Every state
 ** these run in is a universe (host_openlibs refuses any other), and every
 ** thread that runs them has its host_tstate.
@@ -248,7 +250,39 @@ static int host_exit(lua_State *L) {
   exit(code);
 }
 
+/* ---- print ---- */
+
+/*
+** print(...), as Lua's: each value through luaL_tolstring (so __tostring
+** and __name), tabs between them, a newline, then stdout is flushed. But
+** the line is built first and written with one fwrite under stdout's lock:
+** Lua's print writes each piece on its own, and the pieces of two
+** universes' lines (each universe has its own GIL) came out mixed. A
+** raising __tostring now leaves nothing written, not half a line.
+*/
+static int host_print(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  size_t len;
+  const char *line = lua_tolstring(L, -1, &len);
+  flockfile(stdout);
+  fwrite(line, 1, len, stdout);
+  fflush(stdout);
+  funlockfile(stdout);
+  return 0;
+}
+
 void host_wrap_stdlib(lua_State *L) {
+  lua_pushcfunction(L, host_print);
+  lua_setglobal(L, "print");
   lua_getglobal(L, "require");
   push_waitq_box(L);
   lua_pushcclosure(L, host_require, 2);

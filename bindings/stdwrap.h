@@ -8,8 +8,8 @@
 #include "lua.h"
 
 /*
-** Replaces require, coroutine.resume/wrap and os.exit in L's globals, then
-** calls host_wrap_io.
+** Replaces require, print, coroutine.resume/wrap and os.exit in L's
+** globals, then calls host_wrap_io.
 */
 void host_wrap_stdlib(lua_State *L);
 

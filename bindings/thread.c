@@ -229,6 +229,7 @@ static int args_count(lua_State *L, int idx) {
 /* thread.Thread{target = f, args = {...}, name = s, daemon = b} */
 static int thread_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  host_check_options(L, 1, (const char *const[]){"target", "name", "args", "daemon", NULL});
   lua_settop(L, 1);
   lua_getfield(L, 1, "target");
   if (!lua_isfunction(L, -1)) host_field_error(L, 1, "target", "a function");
@@ -493,6 +494,7 @@ static int l_sleep(lua_State *L) {
 */
 static int l_setswitchinterval(lua_State *L) {
   if (lua_istable(L, 1)) {
+    host_check_options(L, 1, (const char *const[]){"instructions", NULL});
     lua_getfield(L, 1, "instructions");
     int isint;
     lua_Integer n = lua_tointegerx(L, -1, &isint);

@@ -1,7 +1,8 @@
 /*
-** util.c: deadlines, the error object, the protected-call helper, the
-** userdata type helper (finalized state, checks) and FIFOs in uservalues
-** (floor 0). The error object is a table {kind, message, traceback, cause}
+** util.c: deadlines, checks of arguments (callables, option names), the
+** error object, the protected-call helpers, the userdata type helper
+** (finalized state, checks) and FIFOs in uservalues (floor 0). The error
+** object is a table {kind, message, traceback, cause, remote_traceback}
 ** whose metatable is the registry's "host.Error"; `require "host.error"`
 ** exposes it to Lua as error.new(kind, message [, cause]) and
 ** error.is(value, kind).
@@ -59,6 +60,220 @@ int host_field_error(lua_State *L, int arg, const char *field, const char *what)
                                                luaL_typename(L, -1)));
 }
 
+/* ---- checks of arguments ---- */
+
+void host_check_callable(lua_State *L, int arg) {
+  if (lua_isfunction(L, arg)) return;
+  if (luaL_getmetafield(L, arg, "__call") != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  luaL_typeerror(L, arg, "function");
+}
+
+#define OPTION_MAX 64  /* longer names are compared by prefix only */
+
+/* c in lower case (ASCII: option names are identifiers). */
+static int lower(int c) {
+  return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+}
+
+/* The edit distance of a and b, case ignored; both at most OPTION_MAX long. */
+static size_t edit_distance(const char *a, size_t la, const char *b, size_t lb) {
+  size_t row[OPTION_MAX + 1];
+  for (size_t j = 0; j <= lb; j++) row[j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= lb; j++) {
+      size_t up = row[j];
+      size_t best = diag + (lower(a[i - 1]) != lower(b[j - 1]));
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[lb];
+}
+
+/* True when the shorter of a and b (at least 3 long) begins the other, case ignored. */
+static bool prefix_match(const char *a, size_t la, const char *b, size_t lb) {
+  size_t n = la < lb ? la : lb;
+  if (n < 3) return false;
+  for (size_t i = 0; i < n; i++)
+    if (lower(a[i]) != lower(b[i])) return false;
+  return true;
+}
+
+/*
+** The known option closest to key: the one at the smallest edit distance
+** when that is small (at most 2, or a third of the name), else one that
+** key begins or that begins key; NULL when none is close.
+*/
+static const char *closest_option(const char *key, size_t len, const char *const known[]) {
+  const char *best = NULL, *prefixed = NULL;
+  size_t best_d = (size_t)-1;
+  for (int i = 0; known[i] != NULL; i++) {
+    size_t kl = strlen(known[i]);
+    if (prefixed == NULL && prefix_match(key, len, known[i], kl)) prefixed = known[i];
+    if (len > OPTION_MAX || kl > OPTION_MAX) continue;
+    size_t d = edit_distance(key, len, known[i], kl);
+    if (d < best_d && (d <= 2 || d <= kl / 3)) {
+      best = known[i];
+      best_d = d;
+    }
+  }
+  return best != NULL ? best : prefixed;
+}
+
+/* Raises the argument error for the unknown key on top of the stack. */
+static int unknown_option(lua_State *L, int arg, const char *const known[]) {
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    if (lua_type(L, -1) == LUA_TNUMBER)
+      return luaL_argerror(L, arg, lua_pushfstring(L, "unknown option [%s]", lua_tostring(L, -1)));
+    return luaL_argerror(L, arg, lua_pushfstring(L, "unknown option (a %s key)",
+                                                 luaL_typename(L, -1)));
+  }
+  size_t len;
+  const char *key = lua_tolstring(L, -1, &len);
+  const char *near = closest_option(key, len, known);
+  if (near != NULL)
+    return luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s' (did you mean '%s'?)",
+                                                 key, near));
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 0; known[i] != NULL; i++) {
+    if (i > 0) luaL_addstring(&b, ", ");
+    luaL_addchar(&b, '\'');
+    luaL_addstring(&b, known[i]);
+    luaL_addchar(&b, '\'');
+  }
+  luaL_pushresult(&b);
+  return luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s' (known options: %s)",
+                                               key, lua_tostring(L, -1)));
+}
+
+void host_check_options(lua_State *L, int arg, const char *const known[]) {
+  arg = lua_absindex(L, arg);
+  luaL_checkstack(L, 4, NULL);
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    lua_pop(L, 1);
+    bool found = false;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      const char *key = lua_tostring(L, -1);
+      for (int i = 0; known[i] != NULL && !found; i++) found = strcmp(key, known[i]) == 0;
+    }
+    if (!found) {
+      lua_pushvalue(L, -1);  /* a copy to convert: lua_next needs the key as it is */
+      unknown_option(L, arg, known);
+    }
+  }
+}
+
+/* ---- tracebacks of a task's own frames ---- */
+
+#define TRACE_HEAD 10  /* frames shown before the skipped ones, as lauxlib */
+#define TRACE_TAIL 11  /* frames shown after them */
+
+/* The number of levels on L's stack (level 0 is the running function). */
+static int stack_depth(lua_State *L) {
+  lua_Debug ar;
+  if (!lua_getstack(L, 0, &ar)) return 0;
+  int lo = 0, hi = 1;  /* lo is a level, hi is past the end once the loop ends */
+  while (lua_getstack(L, hi, &ar)) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (lua_getstack(L, mid, &ar)) lo = mid;
+    else hi = mid;
+  }
+  return lo + 1;
+}
+
+#define TAIL_CALLS "\n\t(...tail calls...)"
+#define SKIPPING "\n\t...\t("
+
+/*
+** Pushes luaL_traceback's lines for levels from `first` on, at most
+** `count` of them and not past a skip of luaL_traceback's own, each
+** "\n\t<where>: in <what>" with the tail-call note that may follow it;
+** returns how many levels it pushed.
+*/
+static int push_frame_lines(lua_State *L, int first, int count) {
+  luaL_traceback(L, L, NULL, first);
+  const char *t = lua_tostring(L, -1);
+  const char *start = strchr(t, '\n'), *end = start;
+  int n = 0;
+  while (end != NULL && n < count && strncmp(end, SKIPPING, strlen(SKIPPING)) != 0) {
+    end = strstr(end + 1, "\n\t");
+    if (end == NULL || strncmp(end, TAIL_CALLS, strlen(TAIL_CALLS)) != 0) n++;
+  }
+  if (start == NULL) lua_pushliteral(L, "");
+  else lua_pushlstring(L, start, end != NULL ? (size_t)(end - start) : strlen(start));
+  lua_remove(L, -2);
+  return n;
+}
+
+/*
+** Joins the lines of levels first..last to the string on top. Each
+** luaL_traceback walks the whole stack, so it is called again only where
+** the one before skipped levels (at most three calls for TRACE_TAIL).
+*/
+static void add_frame_lines(lua_State *L, int first, int last) {
+  for (int level = first; level <= last; ) {
+    int n = push_frame_lines(L, level, last - level + 1);
+    lua_concat(L, 2);
+    if (n <= 0) break;  /* the stack ended: nothing more to say */
+    level += n;
+  }
+}
+
+/*
+** Message handler of host_pcall_task; upvalue 1: the depth of the stack
+** under the called code, 2: a table where the traceback of the frames
+** above it goes ([1]). Levels 1..k are the called code's frames; the
+** middle ones are skipped past TRACE_HEAD + TRACE_TAIL, as lauxlib does.
+*/
+static int task_msghandler(lua_State *L) {
+  int k = stack_depth(L) - 1 - (int)lua_tointeger(L, lua_upvalueindex(1));
+  if (k <= 0) return 1;
+  /* luaL_traceback counts on as much; after a stack overflow there may
+  ** be no room: then the error goes without a traceback, its message kept */
+  if (!lua_checkstack(L, LUA_MINSTACK)) return 1;
+  lua_pushliteral(L, "");
+  if (k <= TRACE_HEAD + TRACE_TAIL) {
+    add_frame_lines(L, 1, k);
+  } else {
+    add_frame_lines(L, 1, TRACE_HEAD);
+    lua_pushfstring(L, "\n\t...\t(skipping %d levels)", k - TRACE_HEAD - TRACE_TAIL);
+    lua_concat(L, 2);
+    add_frame_lines(L, k - TRACE_TAIL + 1, k);
+  }
+  lua_rawseti(L, lua_upvalueindex(2), 1);
+  return 1;
+}
+
+int host_pcall_task(lua_State *L, int nargs, int nresults) {
+  luaL_checkstack(L, 3, "no room to call a task");
+  int base = lua_gettop(L) - nargs;
+  lua_pushinteger(L, stack_depth(L));
+  lua_createtable(L, 1, 0);
+  lua_pushcclosure(L, task_msghandler, 2);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nresults, base);
+  if (status != LUA_OK) {
+    lua_getupvalue(L, base, 2);
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+  lua_remove(L, base);
+  return status;
+}
+
 /* ---- the error object ---- */
 
 /* Pushes the shared metatable of error objects, creating it on first use. */
@@ -112,13 +327,15 @@ static void top_tolstring(lua_State *L) {
 }
 
 /*
-** Pushes "Kind: message" and the traceback of the error object at idx as
-** pieces on the stack; returns how many. The pieces stay on the stack and
-** are joined later: a message's own __tostring may push anything, which
-** an open luaL_Buffer would not survive.
+** Pushes "Kind: message", the remote traceback (a pool worker's, see
+** executor.h) and the traceback of the error object at idx as pieces on
+** the stack, a blank line between the two tracebacks; returns how many.
+** The pieces stay on the stack and are joined later: a message's own
+** __tostring may push anything, which an open luaL_Buffer would not
+** survive.
 */
 static int push_error_pieces(lua_State *L, int idx) {
-  luaL_checkstack(L, 6, NULL);
+  luaL_checkstack(L, 10, NULL);
   lua_getfield(L, idx, "kind");
   top_tolstring(L);
   int pieces = 1;
@@ -130,8 +347,17 @@ static int push_error_pieces(lua_State *L, int idx) {
   } else {
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, idx, "traceback") == LUA_TSTRING) {
+  bool remote = lua_getfield(L, idx, "remote_traceback") == LUA_TSTRING;
+  if (remote) {
     lua_pushliteral(L, "\n");
+    lua_insert(L, -2);
+    pieces += 2;
+  } else {
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, idx, "traceback") == LUA_TSTRING) {
+    if (remote) lua_pushliteral(L, "\n\n");
+    else lua_pushliteral(L, "\n");
     lua_insert(L, -2);
     pieces += 2;
   } else {

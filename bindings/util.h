@@ -49,6 +49,31 @@ double host_opt_timeout(lua_State *L, int arg);
 */
 int host_field_error(lua_State *L, int arg, const char *field, const char *what);
 
+/*
+** Checks that the value at arg can be called: a function, or a value whose
+** metatable has __call. Raises "bad argument #arg to 'f' (function
+** expected, got <type>)" otherwise.
+*/
+void host_check_callable(lua_State *L, int arg);
+
+/*
+** Checks that every key of the options table at arg is one of `known`
+** (NULL-terminated). Raises "bad argument #arg to 'f' (unknown option
+** 'maxworkers' (did you mean 'max_workers'?))", naming the closest known
+** option, or listing them all when none is close.
+*/
+void host_check_options(lua_State *L, int arg, const char *const known[]);
+
+/*
+** host_pcall for code that runs on behalf of another universe or process
+** (a pool's task): on error it leaves the error value and then the
+** traceback of the called code's own frames (a string "\n\t<frame>..."
+** with only the frames above this call, or nil) and returns the status.
+** The error value itself is left as it was raised: no traceback is added
+** to it.
+*/
+int host_pcall_task(lua_State *L, int nargs, int nresults);
+
 /* ---- userdata types ---- */
 
 /*

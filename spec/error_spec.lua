@@ -19,6 +19,16 @@ describe('host.error', function()
     assert.are.equal('TimeoutError: too slow\ncaused by: disk', tostring(e))
   end)
 
+  it('says a remote traceback before its own, a blank line between', function()
+    local e = herror.new('ValueError', 'bad')
+    e.remote_traceback = 'remote traceback (worker process 1):\n\tw.lua:1: in main chunk'
+    assert.are.equal('ValueError: bad\nremote traceback (worker process 1):\n\tw.lua:1: in main chunk',
+      tostring(e))
+    e.traceback = 'stack traceback:\n\tc.lua:2: in main chunk'
+    assert.are.equal('ValueError: bad\nremote traceback (worker process 1):\n\tw.lua:1: in main chunk' ..
+      '\n\nstack traceback:\n\tc.lua:2: in main chunk', tostring(e))
+  end)
+
   it('is told apart from other values', function()
     assert.is_false(herror.is({ kind = 'TimeoutError' }, 'TimeoutError'))
     assert.is_false(herror.is('TimeoutError: x', 'TimeoutError'))

@@ -108,8 +108,8 @@ describe('InterpreterPoolExecutor', function()
     local f = ex:submit(function() error('in a worker') end)
     local ok, err = pcall(f.result, f, T)
     assert.is_false(ok)
-    assert.matches('in a worker', err, 1, true)
-    assert.matches('stack traceback:', err, 1, true)
+    assert.matches('in a worker\nremote traceback (interpreter pool worker 1):\n\t', err, 1, true)
+    assert.matches("in function 'error'", err, 1, true)
     local e = ex:submit(function() error(require('host.error').new('ValueError', 'typed')) end)
     ok, err = pcall(e.result, e, T)
     assert.is_true(herror.is(err, 'ValueError'))
@@ -249,7 +249,7 @@ describe('InterpreterPoolExecutor', function()
     end)
     local ok, err = pcall(f.result, f, T)
     assert.is_false(ok)
-    assert.are.equal('my error text', err)
+    assert.matches('^my error text\nremote traceback %(interpreter pool worker 1%):\n', err)
   end)
 
   it('fails the task that calls os.exit, and nothing else', function()
@@ -502,5 +502,27 @@ describe('InterpreterPoolExecutor', function()
     assert.are.equal('task 1 done\ntask 2 done\tfalse\t9\t'
       .. "os.exit(9) in a thread of an interpreter pool's worker ends only that thread\n"
       .. 'the script goes on\n', out)
+  end)
+
+  it("starts its workers with the creator's package.path and package.cpath", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir ' .. sh.quote(dir)))
+    local f = assert(io.open(dir .. '/misuse_pool_mod.lua', 'w'))
+    f:write("return { answer = 42 }")
+    f:close()
+    local path, cpath = package.path, package.cpath
+    package.path = dir .. '/?.lua;' .. path
+    package.cpath = dir .. '/?.so;' .. cpath
+    local ok, ex = pcall(futures.InterpreterPoolExecutor, { max_workers = 1 })
+    package.path, package.cpath = path, cpath
+    assert(ok, ex)
+    local r = { ex:submit(function()
+      return require('misuse_pool_mod').answer, package.path, package.cpath
+    end):result(T) }
+    ex:shutdown()
+    os.remove(dir .. '/misuse_pool_mod.lua')
+    os.remove(dir)
+    assert.are.same({ 42, dir .. '/?.lua;' .. path, dir .. '/?.so;' .. cpath }, r)
   end)
 end)

@@ -133,14 +133,72 @@ describe('ProcessPoolExecutor', function()
     assert.are.same({ 1, 4, 9, 16, 25, 36, 49 }, got)
   end)
 
-  it('raises a task error carrying the worker traceback', function()
+  it('raises a task error carrying the worker traceback of the task alone', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
-    local f = ex:submit(function() error('worker broke') end)
+    local function inner() error('worker broke') end
+    local f = ex:submit(function() inner() end)
     local ok, err = pcall(f.result, f, T)
     assert.is_false(ok)
-    assert.matches('worker broke', err, 1, true)
-    assert.matches('stack traceback:', err, 1, true)
+    -- the task's frames only: not the pool's constructor (the fork point) nor this spec
+    local pid = ex:pids()[1]
+    assert.matches('^spec/process_pool_spec.lua:%d+: worker broke\n' ..
+      'remote traceback %(worker process ' .. pid .. '%):\n' ..
+      "\t%[C%]: in function 'error'\n" ..
+      "\tspec/process_pool_spec.lua:%d+: in upvalue 'inner'\n" ..
+      '\tspec/process_pool_spec.lua:%d+: in function <spec/process_pool_spec.lua:%d+>\n$', err)
     assert.are.equal('fine', ex:submit(function() return 'fine' end):result(T))
+  end)
+
+  it('shows the worker traceback, then the caller traceback, apart', function()
+    local out, err, code = sh.host_script [[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local function task() error('remote boom') end
+      local f = ex:submit(task)
+      local function wait_for_it() return f:result(10) end
+      wait_for_it()
+    ]]
+    assert.are.equal(1, code, out)
+    local remote, caller = err:match '^host: [^\n]*:3: remote boom\n(remote traceback %(worker process %d+%):\n.-)\n\n(stack traceback:\n.*)$'
+    assert(remote, err)
+    assert.matches("^remote traceback %(worker process %d+%):\n\t%[C%]: in function 'error'\n\t[^\n]*:3: in function <[^\n]*:3>$", remote)
+    assert.matches("^stack traceback:\n\t%[C%]: in method 'result'\n\t[^\n]*:5: in local 'wait_for_it'\n\t[^\n]*:6: in main chunk\n", caller)
+    assert.is_nil(err:find('ProcessPoolExecutor', 1, true))
+    assert.is_nil(err:find('stack traceback:', err:find('stack traceback:', 1, true) + 1, true))
+  end)
+
+  it('skips the middle of a deep task traceback, ending at the task', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local f = ex:submit(function()
+      local function rec(n) if n == 0 then error('deep') end return rec(n - 1) + 0 end
+      local r = rec(50)
+      return r
+    end)
+    local ok, err = pcall(f.result, f, T)
+    assert.is_false(ok)
+    local frames = select(2, err:gsub('\n\t', ''))
+    assert.are.equal(22, frames)  -- 10, the skip line, 11: as luaL_traceback
+    assert.matches('\n\t...\t(skipping 32 levels)\n', err, 1, true)
+    assert.matches('\n\tspec/process_pool_spec.lua:%d+: in function <spec/process_pool_spec.lua:%d+>\n$', err)
+  end)
+
+  it('gives an error object the worker traceback as remote_traceback', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local f = ex:submit(function() error(require('host.error').new('ValueError', 'typed')) end)
+    local ok, err = pcall(f.result, f, T)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'ValueError'))
+    assert.is_nil(err.traceback)  -- where it is raised again in the caller adds it
+    assert.matches("^remote traceback %(worker process %d+%):\n\t%[C%]: in function 'error'\n\t", err.remote_traceback)
+    assert.matches('^ValueError: typed\nremote traceback %(worker process %d+%):\n', tostring(err))
+    local _, stderr, code = sh.host_script [[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      ex:submit(function() error(require('host.error').new('ValueError', 'typed')) end):result(10)
+    ]]
+    assert.are.equal(1, code)
+    assert.matches('^host: ValueError: typed\nremote traceback %(worker process %d+%):\n\t[^\n]*\n\t[^\n]*\n\n' ..
+      "stack traceback:\n\t%[C%]: in method 'result'\n", stderr)
   end)
 
   it('refuses an unserializable argument at submit, naming its path', function()
