@@ -8,6 +8,7 @@ local futures = require 'host.futures'
 local thread = require 'host.thread'
 local herror = require 'host.error'
 local sh = require 'spec.support.sh'
+local P = sh.host:gsub('%p', '%%%0')  -- errors start with the program's path
 
 local T = 10
 
@@ -159,7 +160,7 @@ describe('ProcessPoolExecutor', function()
       wait_for_it()
     ]]
     assert.are.equal(1, code, out)
-    local remote, caller = err:match '^host: [^\n]*:3: remote boom\n(remote traceback %(worker process %d+%):\n.-)\n\n(stack traceback:\n.*)$'
+    local remote, caller = err:match('^' .. P .. ': [^\n]*:3: remote boom\n(remote traceback %(worker process %d+%):\n.-)\n\n(stack traceback:\n.*)$')
     assert(remote, err)
     assert.matches("^remote traceback %(worker process %d+%):\n\t%[C%]: in function 'error'\n\t[^\n]*:3: in function <[^\n]*:3>$", remote)
     assert.matches("^stack traceback:\n\t%[C%]: in method 'result'\n\t[^\n]*:5: in local 'wait_for_it'\n\t[^\n]*:6: in main chunk\n", caller)
@@ -197,7 +198,7 @@ describe('ProcessPoolExecutor', function()
       ex:submit(function() error(require('host.error').new('ValueError', 'typed')) end):result(10)
     ]]
     assert.are.equal(1, code)
-    assert.matches('^host: ValueError: typed\nremote traceback %(worker process %d+%):\n\t[^\n]*\n\t[^\n]*\n\n' ..
+    assert.matches('^' .. P .. ': ValueError: typed\nremote traceback %(worker process %d+%):\n\t[^\n]*\n\t[^\n]*\n\n' ..
       "stack traceback:\n\t%[C%]: in method 'result'\n", stderr)
   end)
 
