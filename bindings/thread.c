@@ -1,8 +1,10 @@
 /*
 ** thread.c: `require "host.thread"`, the twin of Python's threading.
-** Thread objects (OS threads that share the universe's heap), the module's
-** functions (current, count, sleep, local, the switch interval) and the
-** registration of the synchronisation types of sync.c.
+** Thread objects (OS threads that share the universe's heap) and Timers
+** (Threads that call a function after a delay unless cancelled), the
+** module's functions (current, enumerate, main_thread, count, sleep,
+** local, the switch interval, excepthook) and the registration of the
+** synchronisation types of sync.c.
 **
 ** A Thread's record lives in its proxy userdata. The proxy is the value of
 ** an ephemeron entry keyed by the thread's Lua thread object, which the
@@ -184,9 +186,6 @@ static void push_current(lua_State *L) {
 }
 
 /* ---- reporting a thread's error: the excepthook ---- */
-
-/* At most this many bytes of an error's text go into a tostring. */
-#define SHORT_ERROR 60
 
 /*
 ** Pushes the name of the Thread at idx (its info table's), or "?" for
