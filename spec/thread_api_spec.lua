@@ -122,6 +122,24 @@ describe('a thread error is reported when the thread ends', function()
     assert.matches('Exception in thread Thread%-3 %(ident %d+%):\n[^\n]*third error\n', err)
   end)
 
+  it('is silent for SystemExit (os.exit in a thread of an interpreter pool worker), as CPython', function()
+    local out, err, rc = sh.host_script([[
+      local futures = require 'host.futures'
+      local ex <close> = futures.InterpreterPoolExecutor { max_workers = 1 }
+      print(ex:submit(function()
+        local thread = require 'host.thread'
+        local t = thread.start(function() os.exit(3) end)
+        local d = os.time() + 5
+        while t:is_alive() and os.time() <= d do thread.sleep(0.01) end
+        local ok, e = t:join(5)
+        return ok, (tostring(e):match '^SystemExit')
+      end):result(10))
+    ]], 30)
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('false\tSystemExit\n', out)
+  end)
+
   it('gives the traceback of an error value that carries none', function()
     local _, err, rc = sh.host_script([[
       local thread = require 'host.thread'
