@@ -7,12 +7,7 @@ local sh = require 'spec.support.sh'
 
 local T = 5  -- every blocking call's timeout
 
--- Waits (at most T seconds) until t has stopped, without joining it.
-local function wait_stopped(t)
-  local d = os.time() + T
-  while t:is_alive() and os.time() <= d do thread.sleep(0.01) end
-end
-
+-- How many times `pat` occurs in s.
 local function count(s, pat)
   local n = 0
   for _ in s:gmatch(pat) do n = n + 1 end
