@@ -494,13 +494,66 @@ static int future_lua_set_exception(lua_State *L) {
   return 0;
 }
 
+/* At most this many bytes of an error's text go into a future's tostring. */
+#define SHORT_ERROR 60
+
+/*
+** Protected part of future_tostring for the finished proxy at 1: pushes
+** "returned N values", "raised Kind" (an error object's kind) or "raised"
+** and the first line of the error's text, cut at SHORT_ERROR bytes. It may
+** decode a payload, as result() would.
+*/
+static int describe_outcome(lua_State *L) {
+  host_future *f = ((proxy *)lua_touserdata(L, 1))->f;
+  push_outcome(L, 1, f);
+  if (!f->failed) {
+    lua_getfield(L, -1, "n");
+    lua_Integer n = lua_tointeger(L, -1);
+    lua_pushfstring(L, "returned %I value%s", n, n == 1 ? "" : "s");
+    return 1;
+  }
+  lua_rawgeti(L, -1, 1);
+  if (host_error_is(L, -1, NULL)) {
+    lua_pushliteral(L, "kind");
+    lua_rawget(L, -2);
+  } else {
+    host_error_tostring(L);
+  }
+  size_t len;
+  const char *text = lua_tolstring(L, -1, &len);
+  if (text == NULL) text = "?";
+  const char *nl = strchr(text, '\n');
+  size_t line = nl != NULL ? (size_t)(nl - text) : len;
+  bool cut = line > SHORT_ERROR;
+  lua_pushliteral(L, "raised ");
+  lua_pushlstring(L, text, cut ? SHORT_ERROR : line);
+  if (cut) lua_pushliteral(L, "...");
+  lua_concat(L, cut ? 3 : 2);
+  return 1;
+}
+
+/*
+** __tostring: `host.Future (pending)`, `(running)`, `(cancelled)`,
+** `(finished, returned 1 value)` or `(finished, raised TimeoutError)`, as
+** CPython's Future repr. The error's __tostring runs protected.
+*/
 static int future_tostring(lua_State *L) {
   if (host_object_tostring_finalized(L, FUTURE_TYPE)) return 1;
   host_future *f = check_self(L);
   static const char *const names[] = {"pending", "running", "cancelled", "finished"};
   host_future_state s = host_future_state_of(f);
-  lua_pushfstring(L, "host.Future (%s%s): %p", names[s],
-                  s == HOST_FUTURE_FINISHED && f->failed ? ", raised" : "", (void *)f);
+  if (s != HOST_FUTURE_FINISHED) {
+    lua_pushfstring(L, "host.Future (%s)", names[s]);
+    return 1;
+  }
+  lua_settop(L, 1);
+  lua_pushcfunction(L, describe_outcome);
+  lua_pushvalue(L, 1);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushstring(L, f->failed ? "raised" : "returned");
+  }
+  lua_pushfstring(L, "host.Future (finished, %s)", lua_tostring(L, -1));
   return 1;
 }
 

@@ -88,6 +88,17 @@ static Generator *check_generator(lua_State *L, int arg) {
 }
 
 /*
+** True while a finalizer runs in L's universe: Lua stops its collector for
+** that time (lua_gc answers -1). A finalizer is never preempted, so a
+** generator it resumes is resumed with plain lua_resume, which the
+** runtime's preemption does not follow (another thread that runs while a
+** finalizer waits for it is then preempted only between its resumes).
+*/
+static bool in_finalizer(lua_State *L) {
+  return lua_gc(L, LUA_GCISRUNNING, 0) == -1;
+}
+
+/*
 ** The one place a generator's coroutine is resumed, after lcorolib.c's
 ** auxresume: moves `nargs` values from L to co and resumes it with them.
 ** On a yield or a return, *nres values come back on L; on an error, the
@@ -100,7 +111,9 @@ static int resume_generator(lua_State *L, lua_State *co, int nargs, int *nres) {
     return LUA_ERRRUN;
   }
   lua_xmove(L, co, nargs);
-  int status = host_resume(L, co, nargs, nres);  /* preemption follows it */
+  /* preemption follows it; not inside a finalizer (see gen_gc) */
+  int status = in_finalizer(L) ? lua_resume(co, L, nargs, nres)
+                               : host_resume(L, co, nargs, nres);
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, *nres + 4)) {  /* the results, and room to disarm a throw */
       lua_pop(co, *nres);
@@ -518,6 +531,59 @@ static int gen_enumerate(lua_State *L) {
   return 3;
 }
 
+/* Protected part of gen_gc: closes the generator at 1. */
+static int close_protected(lua_State *L) {
+  close_generator(L, 1);
+  return 0;
+}
+
+/* Turns the error on top of L into a warning about a collected generator. */
+static void warn_gc_error(lua_State *L) {
+  const char *msg = host_error_tostring(L);
+  lua_warning(L, "error closing a collected host.Generator: ", 1);
+  lua_warning(L, msg, 0);
+  lua_pop(L, 1);
+}
+
+/*
+** __gc: a generator collected while suspended is closed, as CPython's
+** generator finalizer calls close(): GeneratorExit is raised where it
+** waits, so its <close> variables run (a lock it holds is released) and
+** so do its pcall handlers. It runs inside a finalizer, so it cannot
+** yield out: a generator that yields while closing, or an error, becomes
+** a warning (Lua's way for errors in __gc), and whatever <close> variables
+** it still has pending are then closed as coroutine.close closes them.
+** The hooks of the coroutines it delegates to are removed first: a hook
+** (the instruction policy's) would let the finalizer be preempted. Lua
+** runs every finalizer when the state closes: a generator still
+** suspended then is closed the same way.
+*/
+static int gen_gc(lua_State *L) {
+  Generator *g = check_generator(L, 1);
+  if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
+    return 0;  /* not started, done, or resumed behind its back */
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, 1);  /* 2: its coroutine, kept while it closes */
+  lua_State *co = g->co;
+  for (lua_State *c = co;;) {
+    lua_sethook(c, NULL, 0, 0);
+    Generator *sub = delegate_of(c);
+    if (sub == NULL || sub->co == NULL) break;
+    c = sub->co;
+  }
+  lua_pushcfunction(L, close_protected);
+  lua_pushvalue(L, 1);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) warn_gc_error(L);
+  if (lua_status(co) == LUA_YIELD) {  /* it yielded instead of closing */
+    if (lua_resetthread(co) != LUA_OK) {
+      lua_xmove(co, L, 1);
+      warn_gc_error(L);
+    }
+    if (g->co == co) set_dead(L, L, 1, g);
+  }
+  return 0;
+}
+
 /* __tostring: "host.Generator: 0x... (suspended)". */
 static int gen_tostring(lua_State *L) {
   Generator *g = check_generator(L, 1);
@@ -660,6 +726,7 @@ static const luaL_Reg generator_methods[] = {
 static const luaL_Reg generator_metamethods[] = {
   {"__call", gen_call},
   {"__close", gen_close},
+  {"__gc", gen_gc},
   {"__tostring", gen_tostring},
   {"__index", NULL},  /* placeholder */
   {NULL, NULL}

@@ -42,7 +42,11 @@ lua_State *host_newstate(void);
 ** returns true. Returns false, without closing the state, when
 ** host_interrupt interrupts that wait: the non-daemon threads still run,
 ** and the program is expected to exit. Errors of threads do not change
-** the result (an unjoined thread's error is printed when it ends).
+** the result (so `host` exits 0 after a thread failed, as CPython does):
+** a thread's error goes to `thread.excepthook` (by default printed on
+** stderr) when the thread ends, unless a join was waiting for it then
+** (that join returns it); an error neither reported nor joined is
+** printed when its Thread object is collected, at the latest here.
 */
 bool host_close(lua_State *L);
 

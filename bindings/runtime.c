@@ -1028,3 +1028,7 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
   if (!keep) gil_take(u, ts);
   return ok;
 }
+
+unsigned long host_main_thread_ident(lua_State *L) {
+  return (unsigned long)host_universe_of(L)->main_ts.pthread;
+}

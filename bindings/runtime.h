@@ -123,6 +123,9 @@ int host_thread_count(lua_State *L);
 /* The identifier of the calling OS thread (as `Thread.ident` shows it). */
 unsigned long host_thread_ident(void);
 
+/* The identifier of the main thread of L's universe (a host_newstate one). */
+unsigned long host_main_thread_ident(lua_State *L);
+
 /* ---- waiting without the GIL ---- */
 
 /*

@@ -1,8 +1,10 @@
 /*
 ** thread.c: `require "host.thread"`, the twin of Python's threading.
-** Thread objects (OS threads that share the universe's heap), the module's
-** functions (current, count, sleep, local, the switch interval) and the
-** registration of the synchronisation types of sync.c.
+** Thread objects (OS threads that share the universe's heap) and Timers
+** (Threads that call a function after a delay unless cancelled), the
+** module's functions (current, enumerate, main_thread, count, sleep,
+** local, the switch interval, excepthook) and the registration of the
+** synchronisation types of sync.c.
 **
 ** A Thread's record lives in its proxy userdata. The proxy is the value of
 ** an ephemeron entry keyed by the thread's Lua thread object, which the
@@ -19,8 +21,18 @@
 ** as stopped there (a proxy records the pid of the process its thread ran
 ** in). One that was still running at the fork has no outcome in the child:
 ** joining it raises.
+**
+** A thread whose target raised reports its error when it ends, as
+** CPython's threading.excepthook does: the module's `excepthook` (the
+** registry keeps the module table) gets {thread, error, traceback}. It is
+** not reported when a join was waiting for the thread then (that join
+** returns the error); an error that neither a join returned nor the end
+** reported is reported by __gc, so none is lost or said twice.
 */
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -33,6 +45,8 @@
 #define LOCAL_TYPE "host.local"
 #define PROXIES "host.thread_proxies"   /* registry: key thread -> proxy */
 #define COUNTER "host.thread_counter"   /* registry: last "Thread-N" */
+#define STARTS "host.thread_starts"     /* registry: threads started so far */
+#define MODULE "host.thread_module"     /* registry: the module table */
 
 typedef enum { T_NEW, T_RUNNING, T_DONE } thread_state;
 
@@ -41,12 +55,20 @@ typedef struct thread_rec {
   thread_state state;
   bool failed;        /* the target raised; its error is on co's stack */
   bool collected;     /* join returned the outcome at least once */
+  bool reported;      /* its error went to the excepthook (or __gc said it) */
   bool daemon;
   bool is_main;       /* the proxy of a thread host did not spawn */
+  bool timer;         /* made by thread.Timer */
+  bool cancelled;     /* a Timer's cancel() came before it fired */
+  bool fired;         /* a Timer's function was called */
   unsigned long ident;
   pid_t pid;          /* the process the thread ran in when started */
+  lua_Integer seq;    /* start order (the main thread's is 0), for enumerate */
+  double join_end;    /* when the last join to wait for it gives up (host_now) */
+  double interval;    /* a Timer's delay in seconds */
   lua_State *co;      /* the thread's Lua thread; uservalue 2 anchors it */
   host_waitq *done;   /* joiners wait here; made by the first join that waits */
+  host_waitq *timer_q;  /* a Timer waits here for its delay or a cancel */
 } thread_rec;
 
 /* Uservalues of a Thread proxy. */
@@ -100,22 +122,38 @@ static int main_stopped(lua_State *L) {
   return 0;
 }
 
-/* Pushes the proxy of the calling OS thread, making one for a main thread. */
-static void push_current(lua_State *L) {
+/* The next start number: threads are listed by enumerate in start order. */
+static lua_Integer next_seq(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, STARTS);
+  lua_Integer n = lua_tointeger(L, -1) + 1;
+  lua_pop(L, 1);
+  lua_pushinteger(L, n);
+  lua_setfield(L, LUA_REGISTRYINDEX, STARTS);
+  return n;
+}
+
+/*
+** Pushes the proxy of L's universe's main thread, made the first time it
+** is asked for (from any thread). It is stopped from the start when made
+** once host_close has begun, or in a forked child by a thread that is not
+** the main one (the main thread does not exist there); else main_stopped
+** stops it at exit.
+*/
+static void push_main(lua_State *L) {
   push_proxies(L);
-  host_push_thread_key(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   if (lua_rawget(L, -2) == LUA_TNIL) {
     lua_pop(L, 1);
-    bool main = host_is_main_thread();
-    thread_rec *t = new_proxy(L, main ? "MainThread" : NULL);
-    t->state = T_RUNNING;
+    thread_rec *t = new_proxy(L, "MainThread");
+    bool gone = host_exiting(L) || (host_in_fork_child(L) && !host_is_main_thread());
+    t->state = gone ? T_DONE : T_RUNNING;
     t->is_main = true;
-    t->ident = host_thread_ident();
+    t->ident = host_main_thread_ident(L);
     t->pid = getpid();
-    host_push_thread_key(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     lua_pushvalue(L, -2);
     lua_rawset(L, -4);
-    if (main) {
+    if (!gone) {
       lua_pushvalue(L, -1);
       lua_pushcclosure(L, main_stopped, 1);
       host_atexit(L);
@@ -124,21 +162,177 @@ static void push_current(lua_State *L) {
   lua_remove(L, -2);
 }
 
+/* Pushes the proxy of the calling OS thread, making one for a main thread. */
+static void push_current(lua_State *L) {
+  if (host_is_main_thread()) {
+    push_main(L);
+    return;
+  }
+  push_proxies(L);
+  host_push_thread_key(L);
+  if (lua_rawget(L, -2) == LUA_TNIL) {  /* a thread host did not spawn */
+    lua_pop(L, 1);
+    thread_rec *t = new_proxy(L, NULL);
+    t->state = T_RUNNING;
+    t->is_main = true;
+    t->ident = host_thread_ident();
+    t->pid = getpid();
+    t->seq = next_seq(L);
+    host_push_thread_key(L);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+}
+
+/* ---- reporting a thread's error: the excepthook ---- */
+
+/*
+** Pushes the name of the Thread at idx (its info table's), or "?" for
+** anything else, and returns it.
+*/
+static const char *push_thread_name(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (luaL_testudata(L, idx, THREAD_TYPE) == NULL) {
+    lua_pushliteral(L, "?");
+  } else {
+    lua_getiuservalue(L, idx, UV_INFO);
+    lua_getfield(L, -1, "name");
+    lua_remove(L, -2);
+    if (!lua_isstring(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "?");
+    }
+  }
+  return lua_tostring(L, -1);
+}
+
+/*
+** thread.__excepthook__(info), the default thread.excepthook: prints
+** "Exception in thread NAME (ident N):" and the error (its __tostring, run
+** protected) with its traceback on stderr. A SystemExit error is silent,
+** as in CPython.
+*/
+static int l_default_excepthook(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "thread");  /* 2 */
+  lua_getfield(L, 1, "error");   /* 3 */
+  lua_getfield(L, 1, "traceback");  /* 4 */
+  if (host_error_is(L, 3, "SystemExit")) return 0;
+  thread_rec *t = luaL_testudata(L, 2, THREAD_TYPE);
+  const char *name = push_thread_name(L, 2);
+  /* strings and error objects carry their traceback; say it for others */
+  bool with_tb = lua_isstring(L, 4) && lua_type(L, 3) != LUA_TSTRING &&
+                 !host_error_is(L, 3, NULL);
+  lua_pushvalue(L, 3);
+  const char *msg = host_error_tostring(L);
+  if (t != NULL && t->state != T_NEW)
+    fprintf(stderr, "Exception in thread %s (ident %lu):\n%s\n", name, t->ident, msg);
+  else
+    fprintf(stderr, "Exception in thread %s:\n%s\n", name, msg);
+  if (with_tb) fprintf(stderr, "%s\n", lua_tostring(L, 4));
+  fflush(stderr);
+  return 0;
+}
+
+/*
+** The message handler of a thread's target: host_msghandler's, after it
+** keeps the traceback as a string in the info table (upvalue 1) for the
+** excepthook, whatever the error value is.
+*/
+static int thread_msghandler(lua_State *L) {
+  luaL_traceback(L, L, NULL, 1);
+  lua_setfield(L, lua_upvalueindex(1), "traceback");
+  lua_settop(L, 1);
+  return host_msghandler(L);
+}
+
+/*
+** Hands the error at `err` on L (a thread's Lua thread, whose proxy is at
+** `proxy`) to thread.excepthook, run protected. A hook that raises or
+** cannot be called is reported, and the error then goes to the default
+** hook, so it is never lost. Leaves L's stack as it found it.
+*/
+static void report_error(lua_State *L, int proxy, int err) {
+  int top = lua_gettop(L);
+  lua_createtable(L, 0, 3);  /* info */
+  lua_pushvalue(L, proxy);
+  lua_setfield(L, -2, "thread");
+  lua_pushvalue(L, err);
+  lua_setfield(L, -2, "error");
+  lua_getiuservalue(L, proxy, UV_INFO);
+  lua_getfield(L, -1, "traceback");
+  lua_setfield(L, -3, "traceback");
+  lua_pop(L, 1);
+  int info = lua_gettop(L);
+  lua_pushnil(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, MODULE) == LUA_TTABLE) {
+    lua_pushliteral(L, "excepthook");
+    lua_rawget(L, -2);
+    lua_replace(L, -3);
+  }
+  lua_pop(L, 1);
+  bool custom = lua_toboolean(L, -1) && lua_tocfunction(L, -1) != l_default_excepthook;
+  if (custom) {
+    lua_pushvalue(L, info);
+    if (host_pcall(L, 1, 0) == LUA_OK) {
+      lua_settop(L, top);
+      return;
+    }
+    fprintf(stderr, "Exception in thread.excepthook:\n%s\n", host_error_tostring(L));
+    fflush(stderr);
+  }
+  lua_pushcfunction(L, l_default_excepthook);
+  lua_pushvalue(L, info);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* out of memory */
+    const char *why = host_error_tostring(L);
+    fprintf(stderr, "host: cannot report an error of thread %s: %s\n",
+            push_thread_name(L, proxy), why);
+    fflush(stderr);
+  }
+  lua_settop(L, top);
+}
+
+/*
+** True while a join waits for t (so it will return t's outcome): the
+** latest deadline among the joins that waited has not passed. A join
+** that ended early (interrupted) may leave this true: __gc then reports.
+*/
+static bool join_waiting(const thread_rec *t) {
+  return t->join_end > host_now();
+}
+
 /*
 ** The body of a spawned thread: call the target, keep the outcome on co.
 ** co keeps LUA_MINSTACK free slots above the outcome for whoever pushes
 ** on it next (the runtime's bookkeeping, a join); an outcome too large for
-** that is replaced by an error.
+** that is replaced by an error. An error is reported before the thread
+** counts as stopped (as CPython runs its excepthook), unless a join waits
+** for it.
 */
 static void thread_body(lua_State *co, void *arg) {
   thread_rec *t = arg;
-  int status = host_pcall(co, lua_gettop(co) - 1, LUA_MULTRET);
+  push_proxies(co);
+  lua_pushthread(co);
+  lua_rawget(co, -2);  /* the proxy: the ephemeron keeps it while co runs */
+  lua_getiuservalue(co, -1, UV_INFO);
+  lua_pushcclosure(co, thread_msghandler, 1);
+  lua_insert(co, 1);
+  lua_rotate(co, 2, 2);  /* handler, proxies, proxy, target, args... */
+  int status = lua_pcall(co, lua_gettop(co) - 4, LUA_MULTRET, 1);
   t->failed = status != LUA_OK;
   if (!lua_checkstack(co, LUA_MINSTACK)) {
-    lua_settop(co, 0);
+    lua_settop(co, 3);
     lua_pushliteral(co, "too many results to keep");
     t->failed = true;
   }
+  if (t->failed && !join_waiting(t)) {
+    t->reported = true;
+    report_error(co, 3, 4);
+  }
+  lua_rotate(co, 1, -3);
+  lua_pop(co, 3);  /* only the outcome stays */
   t->state = T_DONE;
   if (t->done != NULL) host_waitq_notify(t->done);
 }
@@ -170,6 +364,7 @@ static int start_proxy(lua_State *L, int idx, int nargs) {
   lua_pop(L, 1);
   t->state = T_RUNNING;
   t->pid = getpid();
+  t->seq = next_seq(L);
   int rc = host_spawn(L, co, t->daemon, thread_body, t, &t->ident);
   if (rc != 0) {  /* undo: forget co */
     t->state = T_NEW;
@@ -226,13 +421,16 @@ static int args_count(lua_State *L, int idx) {
 /* The message for a bad args count (the limit is MAX_ARGS). */
 #define BAD_ARGS_N "'args.n' (or #args) must be an integer in [0, %d]"
 
-/* thread.Thread{target = f, args = {...}, name = s, daemon = b} */
+/*
+** thread.Thread{target = f, args = {...}, name = s, daemon = b}; without
+** a target it runs nothing (or the `run` function set on it).
+*/
 static int thread_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   host_check_options(L, 1, (const char *const[]){"target", "name", "args", "daemon", NULL});
   lua_settop(L, 1);
   lua_getfield(L, 1, "target");
-  if (!lua_isfunction(L, -1)) host_field_error(L, 1, "target", "a function");
+  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) host_field_error(L, 1, "target", "a function");
   lua_getfield(L, 1, "name");
   const char *name = lua_tostring(L, -1);
   luaL_argcheck(L, name != NULL || lua_isnil(L, -1), 1, "'name' must be a string");
@@ -254,17 +452,22 @@ static int thread_new(lua_State *L) {
   return 1;
 }
 
+/* What a Thread without a target runs. */
+static int run_nothing(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
 /*
-** t:start(): runs target(table.unpack(args, 1, args.n or #args)); returns
-** t, or nil, message, errno when no thread could be made (t can be
-** started again then).
+** Pushes the target and args of the Thread whose info table is at 2, or
+** a function that does nothing; returns the number of arguments.
 */
-static int thread_start(lua_State *L) {
-  host_object_check_self(L, THREAD_TYPE);
-  lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_INFO);
-  lua_getfield(L, 2, "target");
-  if (lua_isnil(L, -1)) return luaL_error(L, "threads can only be started once");
+static int push_target(lua_State *L) {
+  if (lua_getfield(L, 2, "target") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, run_nothing);
+    return 0;
+  }
   int nargs = 0;
   if (lua_getfield(L, 2, "args") == LUA_TTABLE) {
     nargs = args_count(L, -1);
@@ -275,14 +478,62 @@ static int thread_start(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
-  int rc = start_proxy(L, 1, nargs);
-  if (rc != 0) return push_start_failure(L, rc);
+  return nargs;
+}
+
+/*
+** Pushes what the Thread at 1 (info table at 2) runs: the `run` set on it,
+** called with the Thread, else its target. Returns the argument count.
+*/
+static int push_run(lua_State *L) {
+  if (lua_getfield(L, 2, "run") == LUA_TFUNCTION) {
+    lua_pushvalue(L, 1);
+    return 1;
+  }
+  lua_pop(L, 1);
+  return push_target(L);
+}
+
+/* Drops the target and args of the Thread whose info table is at 2. */
+static void forget_target(lua_State *L) {
   lua_pushnil(L);
   lua_setfield(L, 2, "target");
   lua_pushnil(L);
   lua_setfield(L, 2, "args");
+}
+
+/*
+** t:start(): runs target(table.unpack(args, 1, args.n or #args)) (or the
+** `run` set on t, as run(t)); returns t, or nil, message, errno when no
+** thread could be made (t can be started again then).
+*/
+static int thread_start(lua_State *L) {
+  thread_rec *t = host_object_check_self(L, THREAD_TYPE);
+  lua_settop(L, 1);
+  if (t->state != T_NEW) return luaL_error(L, "threads can only be started once");
+  lua_getiuservalue(L, 1, UV_INFO);
+  int nargs = push_run(L);
+  int rc = start_proxy(L, 1, nargs);
+  if (rc != 0) return push_start_failure(L, rc);
+  forget_target(L);
   lua_settop(L, 1);
   return 1;
+}
+
+/*
+** t:run(), Python's Thread.run: calls the target with its args in the
+** calling thread and returns what it returns; the target and args are
+** then dropped, as CPython does, so a later run or start runs nothing.
+** A `run` set on t replaces this method.
+*/
+static int thread_run(lua_State *L) {
+  host_object_check_self(L, THREAD_TYPE);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_INFO);
+  int nargs = push_target(L);
+  forget_target(L);
+  lua_call(L, nargs, LUA_MULTRET);
+  return lua_gettop(L) - 2;
 }
 
 /*
@@ -344,6 +595,12 @@ static bool is_inherited(lua_State *L, thread_rec *t) {
          !is_current(L, t);
 }
 
+/* Records that a join waits for t until `timeout` seconds from now (< 0: forever). */
+static void note_joiner(thread_rec *t, double timeout) {
+  double end = timeout < 0 ? HUGE_VAL : host_now() + timeout;
+  if (end > t->join_end) t->join_end = end;
+}
+
 /* t:join([timeout]): true, results... | false, err | nil, "timeout" */
 static int thread_join(lua_State *L) {
   thread_rec *t = host_object_check_self(L, THREAD_TYPE);
@@ -356,6 +613,7 @@ static int thread_join(lua_State *L) {
     t->done = host_waitq_new();  /* freed by __gc */
     if (t->done == NULL) return luaL_error(L, "not enough memory");
   }
+  note_joiner(t, timeout);
   host_deadline d = host_deadline_in(timeout);
   while (t->state != T_DONE) {
     host_wait_result r = host_waitq_wait(L, t->done, &d);
@@ -379,7 +637,8 @@ static int thread_is_alive(lua_State *L) {
 
 /*
 ** t.name = s (any time) and t.daemon = b (before start), as Python's
-** Thread properties; other fields cannot be set.
+** Thread properties, and t.run = f (before start), Python's override of
+** run: start then runs f(t). Other fields cannot be set.
 */
 static int thread_newindex(lua_State *L) {
   thread_rec *t = host_object_check(L, 1, THREAD_TYPE);
@@ -393,6 +652,13 @@ static int thread_newindex(lua_State *L) {
   } else if (key != NULL && strcmp(key, "daemon") == 0) {
     if (t->state != T_NEW) return luaL_error(L, "cannot set daemon status of active thread");
     t->daemon = lua_toboolean(L, 3);
+  } else if (key != NULL && strcmp(key, "run") == 0) {
+    if (t->state != T_NEW) return luaL_error(L, "cannot set 'run' of a started thread");
+    if (!lua_isnil(L, 3) && !lua_isfunction(L, 3))
+      return luaL_error(L, "'run' must be a function, got %s", luaL_typename(L, 3));
+    lua_getiuservalue(L, 1, UV_INFO);
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "run");
   } else if (key != NULL) {
     return luaL_error(L, "cannot set field '%s' of a " THREAD_TYPE, key);
   } else {
@@ -402,8 +668,9 @@ static int thread_newindex(lua_State *L) {
 }
 
 /*
-** t.name, t.ident, t.daemon, and the methods (upvalue 1 is the metatable).
-** The fields stay readable after __gc: they are plain values.
+** t.name, t.ident, t.daemon, and the methods (upvalue 1 is the metatable):
+** `run` is the one set on t if any, `cancel` is a Timer's only. The fields
+** stay readable after __gc: they are plain values.
 */
 static int thread_index(lua_State *L) {
   thread_rec *t = luaL_checkudata(L, 1, THREAD_TYPE);
@@ -416,6 +683,11 @@ static int thread_index(lua_State *L) {
   } else if (strcmp(key, "name") == 0) {
     lua_getiuservalue(L, 1, UV_INFO);
     lua_getfield(L, -1, "name");
+  } else if (strcmp(key, "run") == 0 && lua_getiuservalue(L, 1, UV_INFO) == LUA_TTABLE &&
+             lua_getfield(L, -1, "run") != LUA_TNIL) {
+    /* the run set on t */
+  } else if (strcmp(key, "cancel") == 0 && !t->timer) {
+    lua_pushnil(L);  /* only Timers have it */
   } else {
     lua_getfield(L, lua_upvalueindex(1), "methods");
     lua_pushvalue(L, 2);
@@ -424,22 +696,97 @@ static int thread_index(lua_State *L) {
   return 1;
 }
 
+/*
+** __tostring, after CPython's Thread repr: `host.Thread "worker" (started,
+** daemon, ident 1234)`; the states are initial, started and stopped, with
+** "raised" for a thread whose target raised. A Timer says host.Timer and,
+** once cancelled before it fired, "cancelled".
+*/
 static int thread_tostring(lua_State *L) {
   if (host_object_tostring_finalized(L, THREAD_TYPE)) return 1;
   thread_rec *t = host_object_check_self(L, THREAD_TYPE);
   static const char *const states[] = {"initial", "started", "stopped"};
-  lua_getiuservalue(L, 1, UV_INFO);
-  lua_getfield(L, -1, "name");
   thread_state state = is_inherited(L, t) ? T_DONE : t->state;
-  lua_pushfstring(L, "host.Thread (%s, %s%s): %p", lua_tostring(L, -1),
-                  states[state], t->daemon ? " daemon" : "", (void *)t);
+  lua_settop(L, 1);
+  const char *name = push_thread_name(L, 1);
+  lua_pushfstring(L, "%s \"%s\" (%s", t->timer ? "host.Timer" : THREAD_TYPE, name,
+                  states[state]);
+  lua_remove(L, 2);
+  if (t->daemon) lua_pushliteral(L, ", daemon");
+  if (state == T_DONE && t->failed) lua_pushliteral(L, ", raised");
+  if (t->timer && t->cancelled) lua_pushliteral(L, ", cancelled");
+  if (state != T_NEW) lua_pushfstring(L, ", ident %I", (lua_Integer)t->ident);
+  lua_pushliteral(L, ")");
+  lua_concat(L, lua_gettop(L) - 1);
   return 1;
 }
 
+/* ---- thread.Timer ---- */
+
 /*
-** __gc: an error that nobody joined is reported, not lost (its __tostring
-** runs protected), and the wait queue is released. A daemon thread still
-** running at close keeps its outcome: it never runs again.
+** The target of a Timer (its proxy is upvalue 1): waits for the interval
+** or a cancel, then calls the function with its arguments (the target's
+** own) unless cancelled. A __gc called by hand meanwhile cancels it.
+*/
+static int timer_target(lua_State *L) {
+  thread_rec *t = lua_touserdata(L, lua_upvalueindex(1));
+  host_deadline d = host_deadline_in(t->interval);
+  while (!t->cancelled && !t->obj.finalized && !host_deadline_passed(&d))
+    host_waitq_wait(L, t->timer_q, &d);  /* a spawned thread: never interrupted */
+  if (t->cancelled || t->obj.finalized) return 0;
+  t->fired = true;
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/*
+** thread.Timer(interval, f, ...): a Thread (not started) that calls
+** f(...) after `interval` seconds unless cancelled, as Python's
+** threading.Timer. The interval must be a number >= 0.
+*/
+static int l_timer(lua_State *L) {
+  lua_Number interval = luaL_checknumber(L, 1);
+  luaL_argcheck(L, interval >= 0, 1, "interval must be a non-negative number");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  int nargs = lua_gettop(L) - 1;  /* f and its arguments */
+  lua_createtable(L, nargs, 1);
+  for (int i = 1; i <= nargs; i++) {
+    lua_pushvalue(L, i + 1);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, nargs);
+  lua_setfield(L, -2, "n");
+  thread_rec *t = new_proxy(L, NULL);
+  t->timer = true;
+  t->interval = (double)interval;
+  t->timer_q = host_waitq_new();  /* freed by __gc */
+  if (t->timer_q == NULL) return luaL_error(L, "not enough memory");
+  lua_getiuservalue(L, -1, UV_INFO);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, timer_target, 1);
+  lua_setfield(L, -2, "target");
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "args");
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* timer:cancel(): a Timer that has not fired yet never will. */
+static int thread_cancel(lua_State *L) {
+  thread_rec *t = host_object_check_self(L, THREAD_TYPE);
+  if (!t->timer) return luaL_error(L, "only a host.Timer can be cancelled");
+  if (!t->fired && !t->cancelled) {
+    t->cancelled = true;
+    host_waitq_notify(t->timer_q);
+  }
+  return 0;
+}
+
+/*
+** __gc: an error that no join returned and the thread's end did not
+** report (a join waited then, and left without it) is reported now, with
+** the default hook's words, and the wait queues are released. A daemon
+** thread still running at close keeps its outcome: it never runs again.
 */
 static int thread_gc(lua_State *L) {
   thread_rec *t = host_object_finalize(L, THREAD_TYPE);
@@ -449,16 +796,25 @@ static int thread_gc(lua_State *L) {
     host_waitq_unref(t->done);
     t->done = NULL;
   }
-  if (t->state == T_DONE && t->failed && !t->collected) {
-    t->collected = true;
-    lua_getiuservalue(L, 1, UV_INFO);
-    lua_getfield(L, -1, "name");
+  if (t->timer_q != NULL) {
+    host_waitq_notify(t->timer_q);  /* a waiting Timer (a __gc called by hand) ends */
+    host_waitq_unref(t->timer_q);
+    t->timer_q = NULL;
+  }
+  if (t->state == T_DONE && t->failed && !t->collected && !t->reported) {
+    t->reported = true;
+    lua_pushcfunction(L, l_default_excepthook);
+    lua_createtable(L, 0, 3);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "thread");
     lua_pushvalue(t->co, -1);
     lua_xmove(t->co, L, 1);
-    const char *msg = host_error_tostring(L);
-    fprintf(stderr, "host: error in thread '%s' (never joined):\n%s\n",
-            lua_tostring(L, -2), msg);
-    fflush(stderr);
+    lua_setfield(L, -2, "error");
+    lua_getiuservalue(L, 1, UV_INFO);
+    lua_getfield(L, -1, "traceback");
+    lua_setfield(L, -3, "traceback");
+    lua_pop(L, 1);
+    lua_call(L, 1, 0);  /* raises only for memory: Lua makes that a warning */
   }
   return 0;
 }
@@ -467,6 +823,76 @@ static int thread_gc(lua_State *L) {
 
 static int l_current(lua_State *L) {
   push_current(L);
+  return 1;
+}
+
+/* One live Thread in enumerate's scratch array: its start order and its place. */
+typedef struct live_entry {
+  lua_Integer seq;
+  int at;
+} live_entry;
+
+static int by_seq(const void *a, const void *b) {
+  lua_Integer x = ((const live_entry *)a)->seq, y = ((const live_entry *)b)->seq;
+  return (x > y) - (x < y);
+}
+
+/*
+** Pushes a list of every live Thread of the universe (started, not
+** stopped, not a thread of a parent process), the main one first, then in
+** start order; returns how many.
+*/
+static int push_live(lua_State *L) {
+  push_main(L);
+  lua_pop(L, 1);  /* made if missing; it is in the proxies table now */
+  push_proxies(L);
+  int proxies = lua_gettop(L);
+  lua_newtable(L);  /* the live ones, unordered */
+  int found = lua_gettop(L);
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, proxies)) {
+    thread_rec *t = luaL_testudata(L, -1, THREAD_TYPE);
+    if (t != NULL && !t->obj.finalized && t->state == T_RUNNING && !is_inherited(L, t)) {
+      if (n == INT_MAX) return luaL_error(L, "too many threads");
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, found, ++n);
+    }
+    lua_pop(L, 1);
+  }
+  live_entry *e = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *e, 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, found, i + 1);
+    e[i].seq = ((thread_rec *)lua_touserdata(L, -1))->seq;
+    e[i].at = i + 1;
+    lua_pop(L, 1);
+  }
+  qsort(e, (size_t)n, sizeof *e, by_seq);
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, found, e[i].at);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_replace(L, proxies);
+  lua_settop(L, proxies);
+  return n;
+}
+
+/* thread.enumerate(): the live Threads, main first, then in start order. */
+static int l_enumerate(lua_State *L) {
+  push_live(L);
+  return 1;
+}
+
+/* thread.active_count(): how many Threads enumerate() lists. */
+static int l_active_count(lua_State *L) {
+  lua_pushinteger(L, push_live(L));
+  return 1;
+}
+
+/* thread.main_thread(): the Thread of the universe's main thread. */
+static int l_main_thread(lua_State *L) {
+  push_main(L);
   return 1;
 }
 
@@ -588,6 +1014,8 @@ static const luaL_Reg thread_methods[] = {
   {"start", thread_start},
   {"join", thread_join},
   {"is_alive", thread_is_alive},
+  {"run", thread_run},
+  {"cancel", thread_cancel},
   {NULL, NULL}
 };
 
@@ -614,6 +1042,11 @@ static const luaL_Reg thread_funcs[] = {
   {"current", l_current},
   {"count", l_count},
   {"ident", l_ident},
+  {"get_ident", l_ident},
+  {"enumerate", l_enumerate},
+  {"active_count", l_active_count},
+  {"main_thread", l_main_thread},
+  {"Timer", l_timer},
   {"sleep", l_sleep},
   {"local", l_local},
   {"setswitchinterval", l_setswitchinterval},
@@ -626,6 +1059,12 @@ int luaopen_host_thread(lua_State *L) {
   host_type_define(L, THREAD_TYPE, thread_methods, thread_meta, thread_index);
   host_type_define(L, LOCAL_TYPE, local_methods, local_meta, local_index);
   luaL_newlib(L, thread_funcs);
+  lua_pushcfunction(L, l_default_excepthook);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__excepthook__");
+  lua_setfield(L, -2, "excepthook");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, MODULE);  /* where a thread finds excepthook */
   host_open_sync(L);
   return 1;
 }

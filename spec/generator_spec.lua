@@ -519,3 +519,94 @@ describe('host.generator', function()
     end)
   end)
 end)
+
+describe('a generator dropped without close', function()
+  local thread = require 'host.thread'
+  local sh = require 'spec.support.sh'
+
+  -- Drops every reference the caller gave up: two full cycles, as the
+  -- generator and its coroutine die together.
+  local function collect()
+    collectgarbage()
+    collectgarbage()
+  end
+
+  it('is closed when collected: GeneratorExit where it waits, so its <close> lock is released', function()
+    local lock = thread.Lock()
+    local seen = {}
+    local g = generator.wrap(function()
+      local _ <close> = lock:acquire()
+      local ok, err = pcall(yield, 1)
+      seen[#seen + 1] = not ok and herror.is(err, 'GeneratorExit')
+      error(err)
+    end)()
+    assert.are.equal(1, g:next())
+    assert.is_true(lock:locked())
+    g = nil
+    collect()
+    assert.is_false(lock:locked())
+    assert.are.same({ true }, seen)
+    assert.is_true(lock:acquire(5) ~= false)  -- another user gets it
+    lock:release()
+  end)
+
+  it('closes what a generator it delegates to holds, and nothing of one not started or finished', function()
+    local closed = {}
+    local function closer(name)
+      return setmetatable({}, { __close = function() closed[#closed + 1] = name end })
+    end
+    local inner = generator.wrap(function() local _ <close> = closer('inner') yield(1) end)
+    local outer = generator.wrap(function() local _ <close> = closer('outer') yield_from(inner()) end)
+    local g = outer()
+    assert.are.equal(1, g:next())
+    local fresh = generator.wrap(function() closed[#closed + 1] = 'fresh ran' end)()
+    local done = generator.wrap(function() local _ <close> = closer('done') end)()
+    assert.has_error(function() done:next() end)
+    assert.are.same({ 'done' }, closed)
+    g, fresh, done = nil, nil, nil
+    collect()
+    assert.are.same({ 'done', 'inner', 'outer' }, closed)
+  end)
+
+  it('that yields while closing, or whose close raises, is a warning, and its <close> variables still run', function()
+    local out, err, rc = sh.host_script([[
+      local generator = require 'host.generator'
+      warn('@on')
+      local stubborn = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function(_, e) print('stubborn closed', e) end })
+        while true do pcall(generator.yield, 1) end
+      end)()
+      stubborn:next()
+      local raising = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function() error('close failed') end })
+        generator.yield(1)
+      end)()
+      raising:next()
+      stubborn, raising = nil, nil
+      collectgarbage() collectgarbage()
+      print('went on')
+    ]])
+    assert.are.equal(0, rc)
+    assert.are.equal('stubborn closed\tnil\nwent on\n', out)
+    assert.matches('Lua warning: error closing a collected host.Generator: RuntimeError: generator ignored GeneratorExit\n', err, 1, true)
+    assert.matches('Lua warning: error closing a collected host.Generator: [^\n]*close failed\n', err)
+  end)
+
+  it('is closed when the state closes at exit, and a lock it holds is released then', function()
+    local out, err, rc = sh.host_script([[
+      local thread = require 'host.thread'
+      local generator = require 'host.generator'
+      LOCK = thread.Lock()
+      KEEP = generator.wrap(function()
+        local _ <close> = LOCK:acquire()
+        local _ <close> = setmetatable({}, { __close = function() print('closing at exit') end })
+        generator.yield()
+      end)()
+      KEEP:next()
+      print('main done', LOCK:locked())
+    ]])
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('main done\ttrue\nclosing at exit\n', out)
+  end)
+end)
