@@ -93,6 +93,7 @@ struct host_tstate {
   host_tstate *wait_holder;
   int wait_kind;                  /* a W_ value */
   bool wait_watch;                /* an interrupt (or a deadlock) ends the wait */
+  bool wait_timed;                /* the wait has a deadline */
   host_waitq *wait_q;             /* the queue it sleeps on, or NULL */
   host_tstate *wait_next;         /* in wait_q's list of waiters */
 };
@@ -1044,6 +1045,7 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
                                 pthread_cond_t *cv, const host_deadline *d) {
   host_tstate *ts = member_of(L);
   ts->wait_kind = W_TIMED;  /* a thread outside the universe may end it */
+  ts->wait_timed = !d->never;
   host_wait_result result = cond_wait(ts, mu, cv, d, true);
   wait_done(ts);
   return result;
@@ -1064,6 +1066,7 @@ static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadl
   q->waiters = ts;
   ts->wait_watch = watch;
   ts->wait_kind = W_TIMED;
+  ts->wait_timed = !d->never;
   if (d->never && !atomic_load(&u->closing)) {
     ts->wait_kind = W_BLOCKED;
     u->nblocked++;
@@ -1156,6 +1159,7 @@ static void wait_done(host_tstate *ts) {
   ts->wait_obj = NULL;
   ts->wait_holder = NULL;
   ts->wait_kind = W_NONE;
+  ts->wait_timed = false;
   ts->wait_q = NULL;
   ts->wait_next = NULL;
 }
@@ -1185,6 +1189,13 @@ static int live_threads(host_universe *u, host_tstate **out, int max) {
     n++;
   }
   pthread_mutex_unlock(&u->threads_mu);
+  int shown = n < max ? n : max;
+  for (int i = 1; i < shown; i++) {  /* by number: the order they started in */
+    host_tstate *x = out[i];
+    int j = i;
+    for (; j > 0 && out[j - 1]->num > x->num; j--) out[j] = out[j - 1];
+    out[j] = x;
+  }
   return n;
 }
 
@@ -1289,7 +1300,8 @@ static void push_state(lua_State *L, host_tstate *ts, host_tstate *self) {
     lua_pushliteral(L, "waiting for ");
     push_wait_what(L, ts);
     push_where(L, co);
-    lua_concat(L, 3);
+    lua_pushstring(L, ts->wait_timed ? ", with a timeout" : "");
+    lua_concat(L, 4);
   } else if (ts == self) {
     lua_pushliteral(L, "running (this thread)");
   } else if (ts->user_release == USER_RELEASED) {
@@ -1323,7 +1335,7 @@ static int dump_body(lua_State *L) {
     lua_pushfstring(L, " (ident %I): ", (LUAI_UACINT)(lua_Integer)(unsigned long)ts->pthread);
     push_state(L, ts, self);
     lua_pushliteral(L, "\n");
-    luaL_traceback(L, co, NULL, ts == self ? skip + 1 : 0);
+    luaL_traceback(L, co, NULL, ts == self ? skip + 1 : 0);  /* level 0: dump_body */
     lua_concat(L, 7);
   }
   if (n > MAX_SHOWN) lua_pushfstring(L, "\n\n... and %d more threads", n - MAX_SHOWN);
@@ -1350,7 +1362,7 @@ static int run_stopped(lua_State *L, lua_CFunction f, lua_Integer arg) {
 }
 
 void host_push_dump(lua_State *L, int skip) {
-  run_stopped(L, dump_body, skip + 1);
+  run_stopped(L, dump_body, skip);
 }
 
 void host_dump_tracebacks(lua_State *L, FILE *out) {

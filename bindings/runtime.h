@@ -235,7 +235,9 @@ void host_push_thread_label(lua_State *L, host_tstate *ts);
 /*
 ** Pushes the dump of every thread of L's universe (what host_dump_tracebacks
 ** prints): each thread's label, what it waits for and where, and the
-** traceback of the coroutine it runs. `skip` frames of the caller are left out.
+** traceback of the coroutine it runs. The calling thread's traceback
+** starts at the C function that calls host_push_dump, or `skip` levels
+** above it.
 */
 void host_push_dump(lua_State *L, int skip);
 

@@ -840,7 +840,7 @@ static int l_dump_tracebacks(lua_State *L) {
     if (p->closef == NULL) return luaL_error(L, "attempt to use a closed file");
     out = p->f;
   }
-  host_push_dump(L, 0);
+  host_push_dump(L, 1);
   size_t len;
   const char *text = lua_tolstring(L, -1, &len);
   fwrite(text, 1, len, out);

@@ -47,6 +47,8 @@ static void print_usage(FILE *out) {
     "  --switch-interval=S       preempt threads every S seconds (default 0.005)\n"
     "  --switch-instructions=N   preempt threads every ~N VM instructions,\n"
     "                            jittered (for exposing races; ~2x slower)\n"
+    "  --dump-tracebacks-after=S print every thread's traceback once after S\n"
+    "                            seconds (Ctrl-\\ / SIGQUIT prints it any time)\n"
     "  --help    show this help and exit\n"
     "  --        stop handling options\n"
     "  -         stop handling options and execute stdin\n",
@@ -68,6 +70,13 @@ static int report(lua_State *L, int status) {
     lua_pop(L, 1);
   }
   return status;
+}
+
+/* SIGQUIT: every thread's traceback on stderr (the program goes on). */
+static lua_State *dump_target = NULL;
+static void on_sigquit(int sig) {
+  (void)sig;
+  if (dump_target) host_dump_request(dump_target);
 }
 
 /* SIGINT: restore the default action (a second Ctrl-C kills) and interrupt. */
@@ -198,6 +207,7 @@ static int collect_args(char **argv, int *first) {
     *first = i;
     if (argv[i][0] != '-') return flags;  /* the script */
     if (strncmp(argv[i], "--switch-", 9) == 0) continue;  /* host's own */
+    if (strncmp(argv[i], "--dump-tracebacks-after=", 24) == 0) continue;
     if (strcmp(argv[i], "--help") == 0) return flags | HAS_HELP;
     switch (argv[i][1]) {
       case '-':
@@ -273,6 +283,15 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
         return false;
       }
       host_set_switch_instructions(L, (int)n);
+    } else if (strncmp(a, "--dump-tracebacks-after=", 24) == 0) {
+      const char *v = a + 24;
+      double s = strtod(v, &end);
+      if (*end != '\0' || end == v || !(s >= 0 && s <= 1e9)) {
+        fprintf(stderr, "%s: --dump-tracebacks-after must be a number of seconds in "
+                "[0, 1e9], not '%s'\n", progname, v);
+        return false;
+      }
+      host_dump_later(L, s);
     } else if (strncmp(a, "--switch-", 9) == 0) {
       fprintf(stderr, "%s: unrecognized option '%s'\n", progname, a);
       print_usage(stderr);
@@ -467,12 +486,20 @@ int main(int argc, char **argv) {
     report_message(progname, "cannot create state: not enough memory");
     return EXIT_FAILURE;
   }
+  if (host_dump_watch(L) == 0) {
+    dump_target = L;
+    signal(SIGQUIT, on_sigquit);
+  }
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   int status = lua_pcall(L, 2, 1, 0);
   int ok = lua_toboolean(L, -1);
   report(L, status);
+  interrupt_target = L;  /* Ctrl-C at exit says which threads hold it up */
+  signal(SIGINT, on_sigint);
   int threads_ok = host_close(L);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGQUIT, SIG_DFL);
   return (ok && status == LUA_OK && threads_ok) ? EXIT_SUCCESS : EXIT_FAILURE;
 }
