@@ -38,8 +38,10 @@ lua_State *host_newstate(void);
 ** to run at exit, waits for its non-daemon threads (releasing the GIL
 ** meanwhile), then closes the state (daemon threads stay parked) and
 ** returns true. Returns false, without closing the state, when
-** host_interrupt interrupts that wait: the non-daemon threads still run,
-** and the program is expected to exit. Errors of threads do not change
+** host_interrupt interrupts that wait (the dump of every thread is printed
+** on stderr then), or when those threads can never end (every thread of
+** the universe is blocked: the deadlock report and the dump are printed):
+** the non-daemon threads still run, and the program is expected to exit. Errors of threads do not change
 ** the result (an unjoined thread's error is printed when it ends).
 */
 bool host_close(lua_State *L);

@@ -1428,6 +1428,15 @@ static int report_body(lua_State *L) {
                          "and no other thread can release it)");
       lua_concat(L, 2);
     }
+    host_tstate *m = &u->main_ts;
+    if (start != m) {  /* the main thread waits for the cycle, off it */
+      lua_pushliteral(L, "; ");
+      host_push_thread_label(L, m);
+      lua_pushliteral(L, " waits for ");
+      push_wait_what(L, m);
+      push_where(L, m == self ? L : atomic_load(&m->running));
+      lua_concat(L, 6);
+    }
     return 1;
   }
   lua_pushliteral(L, "deadlock: every thread waits and none can wake another:");
@@ -1451,10 +1460,12 @@ static int report_body(lua_State *L) {
 ** an interpreter pool completes it from outside). Then the main thread
 ** raises a DeadlockError naming the cycle; when it cannot (it waits for
 ** the non-daemon threads at exit, or where an interrupt cannot reach it),
-** the report and the dump go to stderr, and an exit wait fails.
+** the report and the dump go to stderr, and an exit wait fails. A child
+** made by host_fork (a pool's worker) is left alone: its records of the
+** parent's threads are stale.
 */
 static void check_deadlock(host_universe *u, lua_State *L) {
-  if (u->nblocked == 0 || atomic_load(&u->closing) || atomic_load(&u->deadlock) ||
+  if (u->nblocked == 0 || u->fork_child || atomic_load(&u->closing) ||
       atomic_load(&u->interrupted) || atomic_load(&u->stopping))
     return;
   pthread_mutex_lock(&u->threads_mu);
@@ -1463,11 +1474,13 @@ static void check_deadlock(host_universe *u, lua_State *L) {
   pthread_mutex_unlock(&u->threads_mu);
   host_tstate *m = &u->main_ts;
   if (u->nblocked < total || m->wait_kind != W_BLOCKED || exit_ends) return;
+  bool can_raise = m->wait_q != NULL && m->wait_watch;
+  if (can_raise && atomic_load(&u->deadlock)) return;  /* it is about to raise */
   if (run_stopped(L, report_body, 0) != LUA_OK) {
     lua_pop(L, 1);
     return;
   }
-  if (m->wait_q != NULL && m->wait_watch) {
+  if (can_raise) {
     lua_setfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
     atomic_store(&u->deadlock, true);
     if (tstate_in(u) != m) host_waitq_notify(m->wait_q);

@@ -94,6 +94,43 @@ describe('deadlock detection', function()
       'thread took it, and no other thread can release it%)\nfalse\n$', out)
   end)
 
+  it('names a cycle the main thread waits for from outside it', function()
+    local out, err, rc = run [[
+      local A, B = thread.Lock(), thread.Lock()
+      local e1, e2 = thread.Event(), thread.Event()
+      local a = thread.Thread{ name = 'a', daemon = true, target = function()
+        A:acquire(); e1:set(); e2:wait(10); B:acquire()
+      end }
+      local b = thread.Thread{ name = 'b', daemon = true, target = function()
+        B:acquire(); e2:set(); e1:wait(10); A:acquire()
+      end }
+      a:start(); b:start()
+      local ok, e = pcall(a.join, a)
+      print(herror.is(e, 'DeadlockError'), e.message)
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.matches('^true\tdeadlock: thread %d "%a" waits for host%.Lock 0x%x+ %(locked by ' ..
+      'thread %d "%a"%), which waits for host%.Lock 0x%x+ %(locked by thread %d "%a"%); ' ..
+      'thread 1 "MainThread" waits for host%.Thread 0x%x+ %(join of thread 2 "a"%) at [^\n]+:14\n$', out)
+  end)
+
+  it('counts idle pool workers as blocked: only a submit wakes them', function()
+    local out, err, rc = run [[
+      local ex = futures.ThreadPoolExecutor{ max_workers = 2 }
+      assert(ex:submit(function() return 1 end):result(10) == 1)
+      local q = queue.Queue()
+      local ok, e = pcall(q.get, q)
+      print(herror.is(e, 'DeadlockError'), e.message)
+      ex:shutdown()
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.matches('^true\tdeadlock: every thread waits and none can wake another: ' ..
+      'thread 1 "MainThread" waits for host%.Queue 0x%x+ %(get: empty%) at [^\n]+:8; ' ..
+      'thread 2 "[^"]+" waits for host%.ThreadPoolExecutor 0x%x+ %(idle worker: no work%)', out)
+  end)
+
   it('ends an uncaught DeadlockError with its traceback and status 1', function()
     local out, err, rc = run [[
       local lock = thread.Lock()
