@@ -13,6 +13,12 @@
 ** thread is running (what lua.c does for SIGINT). The hook gives the GIL up
 ** and queues again. Nobody waiting costs nothing.
 **
+** Waits keep a record of what each thread waits for (host_wait_on): the
+** dumps print it, and the deadlock detector counts the threads blocked
+** without a deadline; when all are, no thread can wake another, and the
+** main thread raises a DeadlockError. The dump watcher is a C thread that
+** takes the GIL to print the dump on request (SIGQUIT) or after a delay.
+**
 ** Ownership: the universe owns every host_tstate of its spawned threads;
 ** host_close joins the finished ones and frees the universe unless a daemon
 ** thread still runs (then the universe stays allocated for it to park on).
@@ -141,7 +147,7 @@ struct host_universe {
   bool exit_wait;                 /* the main thread waits for non-daemon threads */
   atomic_bool deadlock;           /* the main thread is to raise DeadlockError */
   /* the dump watcher (host_dump_watch) */
-  bool watching;
+  atomic_bool watching;            /* read by host_dump_request, a signal handler's */
   pthread_t watcher;
   host_tstate watcher_ts;
   sem_t watch_sem;
@@ -507,8 +513,8 @@ void host_gil_acquire(lua_State *L) {
   int was = ts->user_release;
   if (was == USER_HOLDING)
     gil_misuse("host_gil_acquire called without host_gil_release");
-  ts->user_release = USER_HOLDING;
   if (was == USER_RELEASED) gil_take(ts->u, ts);
+  ts->user_release = USER_HOLDING;  /* with the GIL: a dump reads it */
 }
 
 bool host_closing(lua_State *L) {
@@ -928,7 +934,7 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   u->nblocked = 0;
   u->exit_wait = false;
   atomic_store(&u->deadlock, false);
-  u->watching = false;
+  atomic_store(&u->watching, false);
   pthread_mutex_init(&u->later_mu, NULL);
   u->later_set = false;
 }
@@ -1362,7 +1368,10 @@ static int run_stopped(lua_State *L, lua_CFunction f, lua_Integer arg) {
 }
 
 void host_push_dump(lua_State *L, int skip) {
-  run_stopped(L, dump_body, skip);
+  if (host_universe_of(L) == NULL)
+    lua_pushliteral(L, "host: no tracebacks (the state was not made by host_newstate)\n");
+  else
+    run_stopped(L, dump_body, skip);
 }
 
 void host_dump_tracebacks(lua_State *L, FILE *out) {
@@ -1533,7 +1542,7 @@ static void *watcher_main(void *arg) {
 int host_dump_watch(lua_State *L) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return EINVAL;
-  if (u->watching) return 0;
+  if (atomic_load(&u->watching)) return 0;
   lua_State *co = lua_newthread(L);
   lua_setfield(L, LUA_REGISTRYINDEX, WATCHER_KEY);
   tstate_init(&u->watcher_ts, u, co);
@@ -1549,13 +1558,13 @@ int host_dump_watch(lua_State *L) {
     sem_destroy(&u->watch_sem);
     return rc;
   }
-  u->watching = true;
+  atomic_store(&u->watching, true);
   return 0;
 }
 
 void host_dump_request(lua_State *L) {
   host_universe *u = host_universe_of(L);
-  if (u == NULL || !u->watching) return;
+  if (u == NULL || !atomic_load(&u->watching)) return;
   atomic_store(&u->dump_wanted, true);
   sem_post(&u->watch_sem);
 }
@@ -1571,18 +1580,18 @@ int host_dump_later(lua_State *L, double seconds) {
   u->later_set = seconds >= 0;
   if (seconds >= 0) u->later = host_deadline_in(seconds);
   pthread_mutex_unlock(&u->later_mu);
-  if (u->watching) sem_post(&u->watch_sem);
+  if (atomic_load(&u->watching)) sem_post(&u->watch_sem);
   return 0;
 }
 
 /* Stops the watcher and waits for it to end; GIL held (it gives it up meanwhile). */
 static void watcher_stop(host_universe *u, host_tstate *ts) {
-  if (!u->watching) return;
+  if (!atomic_load(&u->watching)) return;
+  atomic_store(&u->watching, false);  /* no request posts to the semaphore now */
   atomic_store(&u->watch_stop, true);
   sem_post(&u->watch_sem);
   gil_give(u, ts);
   pthread_join(u->watcher, NULL);
   gil_take(u, ts);
   sem_destroy(&u->watch_sem);
-  u->watching = false;
 }

@@ -9,7 +9,11 @@
 ** that can let a waiter through notifies that queue, and waiters re-check.
 ** acquire returns the object itself (a true value) so that
 **   local _ <close> = lock:acquire()
-** releases it at scope exit.
+** releases it at scope exit. With a timeout, acquire returns false, which
+** `<close>` accepts too (the block would run without the lock): the form
+** for `<close>` is hold(timeout), which raises TimeoutError instead.
+** tostring shows the state (who holds a lock, a semaphore's value); every
+** wait tells the runtime what it waits for (dumps, deadlock detection).
 **
 ** Each object owns one reference to its wait queue; __gc notifies the
 ** queue and drops that reference (a waiter holds its own while it sleeps).

@@ -293,6 +293,17 @@ describe('dumps of every thread', function()
       "\t%[C%]: in method 'acquire'\n\t[^\n]+:10: in function", out)
   end)
 
+  it('refuses what is not an open file, and a delay out of range', function()
+    local thread = require 'host.thread'
+    assert.has_error(function() thread.dump_tracebacks(42) end,
+                     "bad argument #1 to 'dump_tracebacks' (FILE* expected, got number)")
+    local f = io.tmpfile()
+    f:close()
+    assert.has_error(function() thread.dump_tracebacks(f) end, 'attempt to use a closed file')
+    assert.has_error(function() thread.dump_tracebacks_later(-1) end,
+                     "bad argument #1 to 'dump_tracebacks_later' (seconds must be in [0, 1e9])")
+  end)
+
   it('SIGQUIT prints the dump on stderr and the program goes on, blocked or spinning', function()
     local out, err, rc = run [[
       local pid = io.popen('echo $PPID'):read 'l'
