@@ -229,6 +229,41 @@ describe('deadlock detection', function()
       assert.are.equal('42\n', out)
     end)
 
+    it('many waiters on barriers, semaphores and conditions, notified in turn', function()
+      local out, err, rc = run [[
+        local n = 6
+        local bar = thread.Barrier(n)
+        local sem = thread.Semaphore(0)
+        local cond = thread.Condition()
+        local round = 0
+        local ts = {}
+        for i = 1, n - 1 do
+          ts[i] = thread.start(function()
+            for r = 1, 200 do
+              bar:wait()
+              sem:acquire()
+              cond:acquire()
+              while round < r do cond:wait() end
+              cond:release()
+            end
+          end)
+        end
+        for r = 1, 200 do
+          bar:wait()
+          sem:release(n - 1)
+          cond:acquire()
+          round = r
+          cond:notify_all()
+          cond:release()
+        end
+        for i = 1, n - 1 do assert(ts[i]:join()) end
+        print('rounds', round)
+      ]]
+      assert.are.equal('', err)
+      assert.are.equal(0, rc)
+      assert.are.equal('rounds\t200\n', out)
+    end)
+
     it('waiters that were notified but have not run yet (ping-pong)', function()
       local out, err, rc = run [[
         local a, b = queue.Queue(), queue.Queue()
