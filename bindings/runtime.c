@@ -1539,12 +1539,26 @@ static void *watcher_main(void *arg) {
 
 #define WATCHER_KEY "host.dump_watcher"  /* registry: the watcher's Lua thread */
 
+/* Protected: makes the watcher's Lua thread, anchored in the registry. */
+static int new_watcher_thread(lua_State *L) {
+  lua_newthread(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, WATCHER_KEY);
+  return 1;
+}
+
 int host_dump_watch(lua_State *L) {
   host_universe *u = host_universe_of(L);
   if (u == NULL) return EINVAL;
   if (atomic_load(&u->watching)) return 0;
-  lua_State *co = lua_newthread(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, WATCHER_KEY);
+  if (!lua_checkstack(L, 2)) return ENOMEM;
+  lua_pushcfunction(L, new_watcher_thread);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return ENOMEM;
+  }
+  lua_State *co = lua_tothread(L, -1);
+  lua_pop(L, 1);  /* the registry anchors it */
   tstate_init(&u->watcher_ts, u, co);
   u->watcher_ts.num = 0;
   sem_init(&u->watch_sem, 0, 0);

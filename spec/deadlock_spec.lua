@@ -403,8 +403,8 @@ describe('dumps of every thread', function()
       local main = thread.current()
       thread.Thread{ name = 'slow', target = function()
         while main:is_alive() do thread.sleep(0.01) end  -- the main chunk has ended
-        io.popen('kill -INT ' .. pid):close()
-        thread.sleep(5)
+        io.popen('(sleep 0.2; kill -INT ' .. pid .. ') >/dev/null 2>&1 &'):close()
+        thread.sleep(5)  -- where the dump finds it
       end }:start()
       print 'main done'
     ]]
