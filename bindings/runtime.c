@@ -1252,17 +1252,24 @@ static bool push_thread_name(lua_State *L, host_tstate *ts) {
   return false;
 }
 
+/*
+** ts is only looked at while it is known to be live: pushing may run a
+** finalizer that starts a thread, which frees the records of ended ones.
+*/
 void host_push_thread_label(lua_State *L, host_tstate *ts) {
   host_universe *u = host_universe_of(L);
   if (ts == NULL || u == NULL || !is_live(u, ts)) {
     lua_pushliteral(L, "a thread that has ended");
-  } else if (push_thread_name(L, ts)) {
-    lua_pushfstring(L, "thread %d \"%s\"", ts->num, lua_tostring(L, -1));
+    return;
+  }
+  int num = ts->num;
+  if (push_thread_name(L, ts)) {  /* ts is only a key there */
+    lua_pushfstring(L, "thread %d \"%s\"", num, lua_tostring(L, -1));
     lua_remove(L, -2);
   } else if (ts == &u->main_ts) {
     lua_pushliteral(L, "thread 1 \"MainThread\"");
   } else {
-    lua_pushfstring(L, "thread %d", ts->num);
+    lua_pushfstring(L, "thread %d", num);
   }
 }
 
@@ -1328,6 +1335,7 @@ static void push_state(lua_State *L, host_tstate *ts, host_tstate *self) {
 static int dump_body(lua_State *L) {
   int skip = (int)lua_tointeger(L, 1);
   lua_settop(L, 0);
+  luaL_checkstack(L, 40, "no room for the dump");
   host_universe *u = host_universe_of(L);
   host_tstate *self = member_of(L);
   host_tstate *list[MAX_SHOWN];
@@ -1357,7 +1365,7 @@ static int dump_body(lua_State *L) {
 ** result or its error message.
 */
 static int run_stopped(lua_State *L, lua_CFunction f, lua_Integer arg) {
-  if (!lua_checkstack(L, LUA_MINSTACK)) return LUA_ERRMEM;
+  luaL_checkstack(L, 3, "no room for the dump");
   int running = lua_gc(L, LUA_GCISRUNNING, 0);
   if (running == 1) lua_gc(L, LUA_GCSTOP, 0);
   lua_pushcfunction(L, f);
@@ -1418,6 +1426,7 @@ static int report_body(lua_State *L) {
   int n = live_threads(u, list, MAX_SHOWN);
   if (n > MAX_SHOWN) n = MAX_SHOWN;
   lua_settop(L, 0);
+  luaL_checkstack(L, 40, "no room for the report");
   host_tstate *start = find_cycle(u, list, n);
   if (start != NULL) {
     for (host_tstate *c = wait_next_of(u, start); c != start; c = wait_next_of(u, c))
@@ -1485,6 +1494,7 @@ static void check_deadlock(host_universe *u, lua_State *L) {
   if (u->nblocked < total || m->wait_kind != W_BLOCKED || exit_ends) return;
   bool can_raise = m->wait_q != NULL && m->wait_watch;
   if (can_raise && atomic_load(&u->deadlock)) return;  /* it is about to raise */
+  if (!lua_checkstack(L, LUA_MINSTACK)) return;  /* what follows must not raise */
   if (run_stopped(L, report_body, 0) != LUA_OK) {
     lua_pop(L, 1);
     return;
