@@ -762,6 +762,7 @@ static int ppool_shutdown(lua_State *L) {
                       "manager thread and cannot wait for it)");
   host_deadline never = host_deadline_in(-1);
   while (wait && !s->manager_done) {
+    host_wait_on(L, "host.ProcessPoolExecutor", "shutdown: its manager to end", s, NULL);
     if (host_waitq_wait(L, s->q, &never) == HOST_WAIT_INTERRUPTED)
       return host_raise_interrupt(L);
   }

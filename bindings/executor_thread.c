@@ -149,6 +149,7 @@ static int worker_main(lua_State *L) {
       lua_pop(L, 1);
       if (p->shutdown || p->broken) break;
       p->idle++;
+      host_wait_on(L, "host.ThreadPoolExecutor", "idle worker: no work", p, NULL);
       host_waitq_wait_uninterrupted(L, p->q, &never);
       p->idle--;
     }
@@ -238,6 +239,7 @@ static int pool_shutdown(lua_State *L) {
     return luaL_error(L, "cannot join current thread (a task cannot wait for its own pool)");
   host_deadline never = host_deadline_in(-1);
   while (wait && p->threads > 0) {
+    host_wait_on(L, "host.ThreadPoolExecutor", "shutdown: its workers to end", p, NULL);
     if (host_waitq_wait(L, p->q, &never) == HOST_WAIT_INTERRUPTED)
       return host_raise_interrupt(L);
   }

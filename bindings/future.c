@@ -304,6 +304,7 @@ static host_future_state wait_done(lua_State *L, host_future *f, const host_dead
       pthread_mutex_unlock(&f->mu);
       return s;
     }
+    host_wait_on(L, "host.Future", "pending", f, NULL);
     host_wait_result r = host_cond_wait(L, &f->mu, &f->cv, d);  /* unlocks */
     if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
   }
@@ -671,6 +672,7 @@ static host_wait_result wait_any(lua_State *L, wait_slot *slots, lua_Integer n,
   }
   host_wait_result r = HOST_WAIT_WOKEN;
   pthread_mutex_lock(&w.mu);
+  host_wait_on(L, "futures.wait", NULL, NULL, NULL);
   if (w.fired == 0) r = host_cond_wait(L, &w.mu, &w.cv, d);  /* unlocks */
   else pthread_mutex_unlock(&w.mu);
   for (lua_Integer i = 0; i < n; i++) {

@@ -16,6 +16,7 @@
 #define HOST_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -40,13 +41,16 @@ lua_State *host_newstate(void);
 ** to run at exit, waits for its non-daemon threads (releasing the GIL
 ** meanwhile), then closes the state (daemon threads stay parked) and
 ** returns true. Returns false, without closing the state, when
-** host_interrupt interrupts that wait: the non-daemon threads still run,
-** and the program is expected to exit. Errors of threads do not change
-** the result (so `host` exits 0 after a thread failed, as CPython does):
-** a thread's error goes to `thread.excepthook` (by default printed on
-** stderr) when the thread ends, unless a join was waiting for it then
-** (that join returns it); an error neither reported nor joined is
-** printed when its Thread object is collected, at the latest here.
+** host_interrupt interrupts that wait (the dump of every thread is then
+** printed on stderr), or when those threads can never end (every thread of
+** the universe is blocked: the deadlock report and the dump are printed):
+** the non-daemon threads still run, and the program is expected to exit.
+** Errors of threads do not change the result (so `host` exits 0 after a
+** thread failed, as CPython does): a thread's error goes to
+** `thread.excepthook` (by default printed on stderr) when the thread ends,
+** unless a join was waiting for it then (that join returns it); an error
+** neither reported nor joined is printed when its Thread object is
+** collected, at the latest here.
 */
 bool host_close(lua_State *L);
 
@@ -78,6 +82,36 @@ void host_set_switch_interval(lua_State *L, double seconds);
 
 /* Preemption policy of L's universe: every ~n VM instructions, jittered. */
 void host_set_switch_instructions(lua_State *L, int n);
+
+/* ---- tracebacks of every thread (Python's faulthandler) ---- */
+
+/*
+** Writes to `out` the traceback of every thread of L's universe and what
+** each one waits for (`waiting for host.Lock 0x... (locked by thread 3
+** "worker") at worker.lua:12`), as `thread.dump_tracebacks` does. GIL held.
+*/
+void host_dump_tracebacks(lua_State *L, FILE *out);
+
+/*
+** Starts the dump watcher of L's universe (once; GIL held): a C thread that
+** takes the GIL to print the dump on stderr when host_dump_request asks, or
+** when the delay of host_dump_later passes, even while every Lua thread
+** blocks or one spins. host_close stops it. Returns 0 or an errno value.
+*/
+int host_dump_watch(lua_State *L);
+
+/*
+** Asks the watcher (host_dump_watch) for a dump on stderr; the program goes
+** on. Async-signal-safe: a SIGQUIT handler calls it.
+*/
+void host_dump_request(lua_State *L);
+
+/*
+** Dumps once on stderr after `seconds` (starting the watcher), replacing a
+** dump asked before; a negative `seconds` cancels it. GIL held. Returns 0
+** or an errno value.
+*/
+int host_dump_later(lua_State *L, double seconds);
 
 /* ---- the GIL, around a blocking or CPU-heavy part of a C function ---- */
 

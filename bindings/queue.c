@@ -81,7 +81,8 @@ static int shut_down_error(lua_State *L) {
 ** interrupt and when the queue got finalized meanwhile.
 */
 static host_wait_result queue_wait_once(lua_State *L, queue_t *q,
-                                        const host_deadline *d) {
+                                        const host_deadline *d, const char *detail) {
+  host_wait_on(L, q->tname, detail, q, detail == NULL ? q->busy : NULL);
   host_wait_result r = host_waitq_wait(L, q->q, d);
   check_live(L, q);
   if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
@@ -94,7 +95,7 @@ static void wait_idle(lua_State *L, queue_t *q) {
   while (q->busy != NULL) {
     if (q->busy == host_current())
       luaL_error(L, "cannot use a PriorityQueue from inside its own comparison");
-    queue_wait_once(L, q, &never);
+    queue_wait_once(L, q, &never, NULL);
   }
 }
 
@@ -251,7 +252,8 @@ static bool queue_wait(lua_State *L, queue_t *q, double timeout, bool for_space)
     if (q->shut) return true;
     if (for_space ? !queue_full(q) : queue_size(q) > 0) return true;
     if (timed_out) return false;
-    timed_out = queue_wait_once(L, q, &d) == HOST_WAIT_TIMEOUT;
+    timed_out = queue_wait_once(L, q, &d, for_space ? "put: full" : "get: empty") ==
+                HOST_WAIT_TIMEOUT;
   }
 }
 
@@ -332,7 +334,8 @@ static int queue_join(lua_State *L) {
   queue_t *q = host_object_check_self(L, QUEUE_TYPE);
   host_deadline d = host_deadline_in(host_opt_timeout(L, 2));
   while (q->unfinished > 0) {
-    if (queue_wait_once(L, q, &d) == HOST_WAIT_TIMEOUT && q->unfinished > 0) {
+    if (queue_wait_once(L, q, &d, "join: unfinished tasks") == HOST_WAIT_TIMEOUT &&
+        q->unfinished > 0) {
       luaL_pushfail(L);
       lua_pushliteral(L, "timeout");
       return 2;
@@ -386,8 +389,14 @@ static int queue_tostring(lua_State *L) {
   queue_t *q = check_queue(L);
   static const char *const names[] = {"Queue", "LifoQueue", "PriorityQueue"};
   bool simple = strcmp(q->tname, SIMPLE_TYPE) == 0;
-  lua_pushfstring(L, "host.%s (%I items%s): %p", simple ? "SimpleQueue" : names[q->order],
-                  (LUAI_UACINT)queue_size(q), q->shut ? ", shut down" : "", (void *)q);
+  lua_pushfstring(L, "host.%s (size=%I", simple ? "SimpleQueue" : names[q->order],
+                  (LUAI_UACINT)queue_size(q));
+  if (q->maxsize > 0) lua_pushfstring(L, "/%I", (LUAI_UACINT)q->maxsize);
+  else lua_pushliteral(L, "");
+  if (simple) lua_pushliteral(L, "");
+  else lua_pushfstring(L, ", unfinished=%I", (LUAI_UACINT)q->unfinished);
+  lua_pushfstring(L, "%s): %p", q->shut ? ", shut down" : "", (void *)q);
+  lua_concat(L, 4);
   return 1;
 }
 

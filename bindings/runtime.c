@@ -13,11 +13,18 @@
 ** thread is running (what lua.c does for SIGINT). The hook gives the GIL up
 ** and queues again. Nobody waiting costs nothing.
 **
+** Waits keep a record of what each thread waits for (host_wait_on): the
+** dumps print it, and the deadlock detector counts the threads blocked
+** without a deadline; when all are, no thread can wake another, and the
+** main thread raises a DeadlockError. The dump watcher is a C thread that
+** takes the GIL to print the dump on request (SIGQUIT) or after a delay.
+**
 ** Ownership: the universe owns every host_tstate of its spawned threads;
 ** host_close joins the finished ones and frees the universe unless a daemon
 ** thread still runs (then the universe stays allocated for it to park on).
 */
 #include <errno.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -85,7 +92,25 @@ struct host_tstate {
   host_tstate *next;              /* in the universe's list of spawned threads */
   void (*body)(lua_State *co, void *arg);
   void *arg;
+  int num;                        /* 1 for the main thread, then 2, 3, ... */
+  /* what it waits for (host_wait_on), all under the GIL; see "waits" below */
+  const char *wait_what, *wait_detail;
+  const void *wait_obj;
+  host_tstate *wait_holder;
+  int wait_kind;                  /* a W_ value */
+  bool wait_watch;                /* an interrupt (or a deadlock) ends the wait */
+  bool wait_timed;                /* the wait has a deadline */
+  host_waitq *wait_q;             /* the queue it sleeps on, or NULL */
+  host_tstate *wait_next;         /* in wait_q's list of waiters */
 };
+
+/*
+** How a thread waits. W_BLOCKED: in host_waitq_wait without a deadline and
+** not notified since; only such threads count in the universe's nblocked.
+** W_WOKEN: notified, not yet running again. W_TIMED: any other wait (a
+** deadline, host_cond_wait, a sleep): something else will end it.
+*/
+enum { W_NONE, W_TIMED, W_BLOCKED, W_WOKEN };
 
 struct gil_slot {
   pthread_mutex_t mu;
@@ -116,12 +141,27 @@ struct host_universe {
   host_tstate *threads;
   int running;
   int nondaemon;
+  int last_num;                   /* the number of the last thread made */
+  /* deadlock detection (under the GIL) */
+  int nblocked;                   /* threads in W_BLOCKED */
+  bool exit_wait;                 /* the main thread waits for non-daemon threads */
+  atomic_bool deadlock;           /* the main thread is to raise DeadlockError */
+  /* the dump watcher (host_dump_watch) */
+  atomic_bool watching;            /* read by host_dump_request, a signal handler's */
+  pthread_t watcher;
+  host_tstate watcher_ts;
+  sem_t watch_sem;
+  atomic_bool dump_wanted, watch_stop;
+  pthread_mutex_t later_mu;
+  bool later_set;                 /* a dump is due at `later` */
+  host_deadline later;
 };
 
 struct host_waitq {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int refs;      /* owner + waiters; under the GIL */
+  host_tstate *waiters;  /* linked by wait_next; under the GIL */
 };
 
 /*
@@ -134,6 +174,11 @@ struct host_waitq {
 static _Thread_local host_tstate *current_ts = NULL;
 
 static void universe_hook(lua_State *L, lua_Debug *ar);
+static void check_deadlock(host_universe *u, lua_State *L);
+static void wait_done(host_tstate *ts);
+static void watcher_stop(host_universe *u, host_tstate *ts);
+
+#define DEADLOCK_REPORT "host.deadlock_report"  /* registry: the pending DeadlockError's message */
 
 /* ---- small helpers ---- */
 
@@ -468,8 +513,8 @@ void host_gil_acquire(lua_State *L) {
   int was = ts->user_release;
   if (was == USER_HOLDING)
     gil_misuse("host_gil_acquire called without host_gil_release");
-  ts->user_release = USER_HOLDING;
   if (was == USER_RELEASED) gil_take(ts->u, ts);
+  ts->user_release = USER_HOLDING;  /* with the GIL: a dump reads it */
 }
 
 bool host_closing(lua_State *L) {
@@ -571,6 +616,8 @@ lua_State *host_newstate(void) {
   host_cond_init(&u->threads_cv);
   atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
   tstate_init(&u->main_ts, u, L);
+  u->main_ts.num = u->last_num = 1;
+  pthread_mutex_init(&u->later_mu, NULL);
   u->main_ts.outer = current_ts;
   current_ts = &u->main_ts;
   install_switch_handler();
@@ -605,6 +652,7 @@ static void universe_free(host_universe *u) {
   }
   pthread_mutex_destroy(&u->threads_mu);
   pthread_cond_destroy(&u->threads_cv);
+  pthread_mutex_destroy(&u->later_mu);
   free(u);
 }
 
@@ -613,14 +661,20 @@ static void universe_free(host_universe *u) {
 ** the main thread was interrupted meanwhile; the GIL is held again on return.
 */
 static bool wait_nondaemon(host_universe *u, host_tstate *ts) {
-  bool ok = true;
+  bool ok = true, deadlocked = false;
   pthread_mutex_lock(&u->threads_mu);
   if (u->nondaemon > 0) {
     pthread_mutex_unlock(&u->threads_mu);
+    ts->wait_what = "the non-daemon threads to end (at exit)";
+    ts->wait_kind = W_BLOCKED;  /* only those threads can end it */
+    u->nblocked++;
+    u->exit_wait = true;
+    check_deadlock(u, u->main);
     gil_give(u, ts);
     pthread_mutex_lock(&u->threads_mu);
     while (u->nondaemon > 0) {
-      if (atomic_load(&u->interrupted)) {
+      deadlocked = atomic_load(&u->deadlock);
+      if (atomic_load(&u->interrupted) || deadlocked) {
         ok = false;
         break;
       }
@@ -629,6 +683,13 @@ static bool wait_nondaemon(host_universe *u, host_tstate *ts) {
     }
     pthread_mutex_unlock(&u->threads_mu);
     gil_take(u, ts);
+    u->exit_wait = false;
+    u->nblocked--;
+    wait_done(ts);
+    if (!ok && !deadlocked) {  /* Ctrl-C: say what holds exit up */
+      fputs("host: interrupted while waiting for non-daemon threads at exit:\n", stderr);
+      host_dump_tracebacks(u->main, stderr);
+    }
   } else {
     pthread_mutex_unlock(&u->threads_mu);
   }
@@ -675,6 +736,7 @@ bool host_close(lua_State *L) {
     leave_universe(ts);
     return false;  /* interrupted: threads still run, leave the state be */
   }
+  watcher_stop(u, ts);
   atomic_store(&u->closing, true);
   lua_close(L);  /* the GIL stays held: parked daemon threads never resume */
   pthread_mutex_lock(&u->threads_mu);
@@ -719,6 +781,13 @@ void host_check_interrupt(lua_State *L) {
 
 int host_raise_interrupt(lua_State *L) {
   host_tstate *ts = member_of(L);
+  if (ts != NULL && ts == &ts->u->main_ts && atomic_exchange(&ts->u->deadlock, false)) {
+    lua_getfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
+    const char *msg = lua_tostring(L, -1);
+    return host_error_raise(L, "DeadlockError", "%s", msg ? msg : "deadlock");
+  }
   if (ts != NULL) atomic_store(&ts->u->interrupted, false);
   return luaL_error(L, "interrupted!");
 }
@@ -789,6 +858,7 @@ static void *thread_main(void *arg) {
   ts->finished = true;
   pthread_cond_broadcast(&u->threads_cv);
   pthread_mutex_unlock(&u->threads_mu);
+  check_deadlock(u, ts->L);  /* those left may all be blocked now */
   SPAWNED_GIVE(u, ts);
   current_ts = NULL;
   return NULL;
@@ -823,6 +893,7 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
   int rc = pthread_create(&ts->pthread, NULL, thread_main, ts);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc == 0) {
+    ts->num = ++u->last_num;
     ts->next = u->threads;
     u->threads = ts;
     u->running++;
@@ -859,6 +930,13 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   atomic_store(&u->interrupted, false);
   atomic_store(&u->stopping, false);
   u->fork_child = true;
+  /* the other threads' waits are gone with them; no watcher runs here */
+  u->nblocked = 0;
+  u->exit_wait = false;
+  atomic_store(&u->deadlock, false);
+  atomic_store(&u->watching, false);
+  pthread_mutex_init(&u->later_mu, NULL);
+  u->later_set = false;
 }
 
 bool host_in_fork_child(lua_State *L) {
@@ -922,6 +1000,7 @@ host_waitq *host_waitq_new(void) {
   pthread_mutex_init(&q->mu, NULL);
   host_cond_init(&q->cv);
   q->refs = 1;
+  q->waiters = NULL;
   return q;
 }
 
@@ -947,7 +1026,7 @@ static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_
   bool is_main = watch && ts == &u->main_ts;
   host_wait_result result = HOST_WAIT_WOKEN;
   gil_give(u, ts);
-  if (is_main && interrupt_wanted(ts)) {
+  if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
     result = HOST_WAIT_INTERRUPTED;
   } else {
     int rc;
@@ -959,7 +1038,8 @@ static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_
     } else {
       rc = pthread_cond_timedwait(cv, mu, &d->at);
     }
-    if (is_main && interrupt_wanted(ts)) result = HOST_WAIT_INTERRUPTED;
+    if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock)))
+      result = HOST_WAIT_INTERRUPTED;
     else if (rc == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
   }
   pthread_mutex_unlock(mu);
@@ -969,15 +1049,47 @@ static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_
 
 host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
                                 pthread_cond_t *cv, const host_deadline *d) {
-  return cond_wait(member_of(L), mu, cv, d, true);
+  host_tstate *ts = member_of(L);
+  ts->wait_kind = W_TIMED;  /* a thread outside the universe may end it */
+  ts->wait_timed = !d->never;
+  host_wait_result result = cond_wait(ts, mu, cv, d, true);
+  wait_done(ts);
+  return result;
 }
 
-/* The wait behind host_waitq_wait; `watch` says if an interrupt ends it. */
+/*
+** The wait behind host_waitq_wait; `watch` says if an interrupt ends it.
+** The waiter is on q's list while it waits; without a deadline it counts
+** as blocked until notified, and may find the universe deadlocked.
+*/
 static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadline *d,
                                    bool watch) {
+  host_tstate *ts = member_of(L);
+  host_universe *u = ts->u;
   q->refs++;
-  pthread_mutex_lock(&q->mu);
-  host_wait_result result = cond_wait(member_of(L), &q->mu, &q->cv, d, watch);
+  ts->wait_q = q;
+  ts->wait_next = q->waiters;
+  q->waiters = ts;
+  ts->wait_watch = watch;
+  ts->wait_kind = W_TIMED;
+  ts->wait_timed = !d->never;
+  if (d->never && !atomic_load(&u->closing)) {
+    ts->wait_kind = W_BLOCKED;
+    u->nblocked++;
+    check_deadlock(u, L);
+  }
+  host_wait_result result;
+  if (watch && ts == &u->main_ts && atomic_load(&u->deadlock)) {
+    result = HOST_WAIT_INTERRUPTED;  /* the caller raises the DeadlockError */
+  } else {
+    pthread_mutex_lock(&q->mu);
+    result = cond_wait(ts, &q->mu, &q->cv, d, watch);
+  }
+  if (ts->wait_kind == W_BLOCKED) u->nblocked--;
+  host_tstate **p = &q->waiters;
+  while (*p != NULL && *p != ts) p = &(*p)->wait_next;
+  if (*p == ts) *p = ts->wait_next;
+  wait_done(ts);
   host_waitq_unref(q);
   return result;
 }
@@ -992,8 +1104,21 @@ host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
   return waitq_wait(L, q, d, false);
 }
 
+int host_waitq_waiters(const host_waitq *q) {
+  int n = 0;
+  for (const host_tstate *w = q->waiters; w != NULL; w = w->wait_next) n++;
+  return n;
+}
+
+/* Wakes the waiters of q; those blocked count as running from now on. */
 void host_waitq_notify(host_waitq *q) {
   if (q->refs > 1) {  /* somebody waits */
+    for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
+      if (w->wait_kind == W_BLOCKED) {
+        w->wait_kind = W_WOKEN;
+        w->u->nblocked--;
+      }
+    }
     pthread_mutex_lock(&q->mu);
     pthread_cond_broadcast(&q->cv);
     pthread_mutex_unlock(&q->mu);
@@ -1015,6 +1140,8 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
   bool is_main = ts == &u->main_ts;
   bool keep = atomic_load(&u->closing) || in_finalizer(L);
   bool ok = true;
+  ts->wait_what = "sleep";
+  ts->wait_kind = W_TIMED;
   if (!keep) gil_give(u, ts);
   while (!host_deadline_passed(d)) {
     if (is_main && interrupt_wanted(ts)) {
@@ -1026,9 +1153,474 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
     clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &slice.at, NULL);
   }
   if (!keep) gil_take(u, ts);
+  wait_done(ts);
   return ok;
 }
 
+/* ---- waits, dumps and deadlock detection ---- */
+
+/* Forgets what ts waited for (its wait has ended). */
+static void wait_done(host_tstate *ts) {
+  ts->wait_what = ts->wait_detail = NULL;
+  ts->wait_obj = NULL;
+  ts->wait_holder = NULL;
+  ts->wait_kind = W_NONE;
+  ts->wait_timed = false;
+  ts->wait_q = NULL;
+  ts->wait_next = NULL;
+}
+
+void host_wait_on(lua_State *L, const char *what, const char *detail,
+                  const void *obj, host_tstate *holder) {
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return;
+  ts->wait_what = what;
+  ts->wait_detail = detail;
+  ts->wait_obj = obj;
+  ts->wait_holder = holder;
+}
+
+/*
+** The running threads of u, main first, into `out` (at most `max`);
+** returns how many there are. GIL held, so none starts or ends meanwhile.
+*/
+static int live_threads(host_universe *u, host_tstate **out, int max) {
+  int n = 0;
+  if (max > 0) out[n] = &u->main_ts;
+  n++;
+  pthread_mutex_lock(&u->threads_mu);
+  for (host_tstate *ts = u->threads; ts != NULL; ts = ts->next) {
+    if (ts->finished) continue;
+    if (n < max) out[n] = ts;
+    n++;
+  }
+  pthread_mutex_unlock(&u->threads_mu);
+  int shown = n < max ? n : max;
+  for (int i = 1; i < shown; i++) {  /* by number: the order they started in */
+    host_tstate *x = out[i];
+    int j = i;
+    for (; j > 0 && out[j - 1]->num > x->num; j--) out[j] = out[j - 1];
+    out[j] = x;
+  }
+  return n;
+}
+
+/* True when ts is a running thread of u (a lock's owner may have ended). */
+static bool is_live(host_universe *u, host_tstate *ts) {
+  if (ts == &u->main_ts) return true;
+  bool found = false;
+  pthread_mutex_lock(&u->threads_mu);
+  for (host_tstate *it = u->threads; it != NULL && !found; it = it->next)
+    found = it == ts && !it->finished;
+  pthread_mutex_unlock(&u->threads_mu);
+  return found;
+}
+
+host_tstate *host_tstate_of_ident(lua_State *L, unsigned long ident) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL) return NULL;
+  if ((unsigned long)u->main_ts.pthread == ident) return &u->main_ts;
+  host_tstate *found = NULL;
+  pthread_mutex_lock(&u->threads_mu);
+  for (host_tstate *ts = u->threads; ts != NULL && found == NULL; ts = ts->next)
+    if (!ts->finished && (unsigned long)ts->pthread == ident) found = ts;
+  pthread_mutex_unlock(&u->threads_mu);
+  return found;
+}
+
+#define THREAD_PROXIES "host.thread_proxies"  /* thread.c's: key thread -> Thread */
+
+/*
+** Pushes the name of thread ts, read raw from thread.c's tables (its Thread
+** proxy's info table): true when found, else nothing is pushed.
+*/
+static bool push_thread_name(lua_State *L, host_tstate *ts) {
+  if (!lua_checkstack(L, 5)) return false;
+  int top = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, THREAD_KEYS) == LUA_TTABLE &&
+      lua_rawgetp(L, -1, ts) == LUA_TTHREAD &&
+      lua_getfield(L, LUA_REGISTRYINDEX, THREAD_PROXIES) == LUA_TTABLE) {
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, -2) == LUA_TUSERDATA && lua_getiuservalue(L, -1, 1) == LUA_TTABLE &&
+        lua_getfield(L, -1, "name") == LUA_TSTRING) {
+      lua_replace(L, top + 1);
+      lua_settop(L, top + 1);
+      return true;
+    }
+  }
+  lua_settop(L, top);
+  return false;
+}
+
+/*
+** ts is only looked at while it is known to be live: pushing may run a
+** finalizer that starts a thread, which frees the records of ended ones.
+*/
+void host_push_thread_label(lua_State *L, host_tstate *ts) {
+  host_universe *u = host_universe_of(L);
+  if (ts == NULL || u == NULL || !is_live(u, ts)) {
+    lua_pushliteral(L, "a thread that has ended");
+    return;
+  }
+  int num = ts->num;
+  if (push_thread_name(L, ts)) {  /* ts is only a key there */
+    lua_pushfstring(L, "thread %d \"%s\"", num, lua_tostring(L, -1));
+    lua_remove(L, -2);
+  } else if (ts == &u->main_ts) {
+    lua_pushliteral(L, "thread 1 \"MainThread\"");
+  } else {
+    lua_pushfstring(L, "thread %d", num);
+  }
+}
+
+/* Pushes what ts waits for: `host.Lock 0x... (locked by thread 3 "w")`. */
+static void push_wait_what(lua_State *L, host_tstate *ts) {
+  const char *what = ts->wait_what ? ts->wait_what : "a wait queue";
+  if (ts->wait_obj != NULL) lua_pushfstring(L, "%s %p", what, ts->wait_obj);
+  else lua_pushstring(L, what);
+  if (ts->wait_detail != NULL || ts->wait_holder != NULL) {
+    lua_pushfstring(L, " (%s", ts->wait_detail ? ts->wait_detail : "held by");
+    if (ts->wait_holder != NULL) {
+      lua_pushliteral(L, " ");
+      host_push_thread_label(L, ts->wait_holder);
+      lua_concat(L, 3);
+    }
+    lua_pushliteral(L, ")");
+    lua_concat(L, 3);
+  }
+}
+
+/* Pushes " at file:line" for the innermost Lua frame of co, or "". */
+static void push_where(lua_State *L, lua_State *co) {
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(co, level, &ar); level++) {
+    if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
+      lua_pushfstring(L, " at %s:%d", ar.short_src, ar.currentline);
+      return;
+    }
+  }
+  lua_pushliteral(L, "");
+}
+
+/* Pushes the state line of thread ts for a dump made by thread `self`. */
+static void push_state(lua_State *L, host_tstate *ts, host_tstate *self) {
+  lua_State *co = ts == self ? L : atomic_load(&ts->running);
+  if (ts->wait_what != NULL && strcmp(ts->wait_what, "sleep") == 0) {
+    lua_pushliteral(L, "sleeping");
+    push_where(L, co);
+    lua_concat(L, 2);
+  } else if (ts->wait_kind != W_NONE) {
+    lua_pushliteral(L, "waiting for ");
+    push_wait_what(L, ts);
+    push_where(L, co);
+    lua_pushstring(L, ts->wait_timed ? ", with a timeout" : "");
+    lua_concat(L, 4);
+  } else if (ts == self) {
+    lua_pushliteral(L, "running (this thread)");
+  } else if (ts->user_release == USER_RELEASED) {
+    lua_pushliteral(L, "in a blocking call (GIL released)");
+    push_where(L, co);
+    lua_concat(L, 2);
+  } else {
+    lua_pushliteral(L, "runnable (waiting for the GIL)");
+    push_where(L, co);
+    lua_concat(L, 2);
+  }
+}
+
+/* The most threads a dump or a deadlock report shows. */
+#define MAX_SHOWN 256
+
+/* The body of host_push_dump, run protected: (skip) -> the dump. */
+static int dump_body(lua_State *L) {
+  int skip = (int)lua_tointeger(L, 1);
+  lua_settop(L, 0);
+  luaL_checkstack(L, 40, "no room for the dump");
+  host_universe *u = host_universe_of(L);
+  host_tstate *self = member_of(L);
+  host_tstate *list[MAX_SHOWN];
+  int n = live_threads(u, list, MAX_SHOWN);
+  lua_pushfstring(L, "host: tracebacks of %d thread%s", n, n == 1 ? "" : "s");
+  for (int i = 0; i < n && i < MAX_SHOWN; i++) {
+    host_tstate *ts = list[i];
+    lua_State *co = ts == self ? L : atomic_load(&ts->running);
+    lua_pushliteral(L, "\n\n");
+    host_push_thread_label(L, ts);
+    lua_pushfstring(L, " (ident %I): ", (LUAI_UACINT)(lua_Integer)(unsigned long)ts->pthread);
+    push_state(L, ts, self);
+    lua_pushliteral(L, "\n");
+    luaL_traceback(L, co, NULL, ts == self ? skip + 1 : 0);  /* level 0: dump_body */
+    lua_concat(L, 7);
+  }
+  if (n > MAX_SHOWN) lua_pushfstring(L, "\n\n... and %d more threads", n - MAX_SHOWN);
+  else lua_pushliteral(L, "");
+  lua_pushliteral(L, "\n");
+  lua_concat(L, 3);
+  return 1;
+}
+
+/*
+** Runs f(L, arg) protected with the collector stopped (so no finalizer
+** runs and no thread record is freed while it reads them); pushes its
+** result or its error message.
+*/
+static int run_stopped(lua_State *L, lua_CFunction f, lua_Integer arg) {
+  luaL_checkstack(L, 3, "no room for the dump");
+  int running = lua_gc(L, LUA_GCISRUNNING, 0);
+  if (running == 1) lua_gc(L, LUA_GCSTOP, 0);
+  lua_pushcfunction(L, f);
+  lua_pushinteger(L, arg);
+  int status = lua_pcall(L, 1, 1, 0);
+  if (running == 1) lua_gc(L, LUA_GCRESTART, 0);
+  return status;
+}
+
+void host_push_dump(lua_State *L, int skip) {
+  if (host_universe_of(L) == NULL)
+    lua_pushliteral(L, "host: no tracebacks (the state was not made by host_newstate)\n");
+  else
+    run_stopped(L, dump_body, skip);
+}
+
+void host_dump_tracebacks(lua_State *L, FILE *out) {
+  host_push_dump(L, 0);
+  size_t len;
+  const char *s = lua_tolstring(L, -1, &len);
+  if (s != NULL) fwrite(s, 1, len, out);
+  fflush(out);
+  lua_pop(L, 1);
+}
+
+/* The next thread in the wait-for graph: the holder of what ts waits for. */
+static host_tstate *wait_next_of(host_universe *u, host_tstate *ts) {
+  host_tstate *h = ts->wait_holder;
+  return h != NULL && h->wait_kind == W_BLOCKED && is_live(u, h) ? h : NULL;
+}
+
+/*
+** A thread on a wait-for cycle of the blocked threads, found from `start`
+** (the main thread first, then each thread), or NULL when there is none.
+*/
+static host_tstate *find_cycle(host_universe *u, host_tstate **list, int n) {
+  for (int i = 0; i < n; i++) {
+    host_tstate *x = list[i];
+    int steps = 0;
+    while (x != NULL && steps <= n) {
+      x = wait_next_of(u, x);
+      steps++;
+    }
+    if (x != NULL) return x;
+  }
+  return NULL;
+}
+
+/*
+** The body of the deadlock report, run protected: pushes the message of
+** the DeadlockError, naming the wait-for cycle when there is one (from the
+** main thread when it is on it), else what every thread waits for.
+*/
+static int report_body(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  host_tstate *self = member_of(L);
+  host_tstate *list[MAX_SHOWN];
+  int n = live_threads(u, list, MAX_SHOWN);
+  if (n > MAX_SHOWN) n = MAX_SHOWN;
+  lua_settop(L, 0);
+  luaL_checkstack(L, 40, "no room for the report");
+  host_tstate *start = find_cycle(u, list, n);
+  if (start != NULL) {
+    for (host_tstate *c = wait_next_of(u, start); c != start; c = wait_next_of(u, c))
+      if (c == &u->main_ts) start = c;  /* from the main thread, when on it */
+    lua_pushliteral(L, "deadlock: ");
+    host_push_thread_label(L, start);
+    lua_pushliteral(L, " waits for ");
+    push_wait_what(L, start);
+    lua_concat(L, 4);
+    for (host_tstate *c = wait_next_of(u, start); c != start; c = wait_next_of(u, c)) {
+      lua_pushliteral(L, ", which waits for ");
+      push_wait_what(L, c);
+      lua_concat(L, 3);
+    }
+    if (start->wait_holder == start) {
+      lua_pushliteral(L, ", which it holds itself (a coroutine of that thread took it, "
+                         "and no other thread can release it)");
+      lua_concat(L, 2);
+    }
+    host_tstate *m = &u->main_ts;
+    if (start != m) {  /* the main thread waits for the cycle, off it */
+      lua_pushliteral(L, "; ");
+      host_push_thread_label(L, m);
+      lua_pushliteral(L, " waits for ");
+      push_wait_what(L, m);
+      push_where(L, m == self ? L : atomic_load(&m->running));
+      lua_concat(L, 6);
+    }
+    return 1;
+  }
+  lua_pushliteral(L, "deadlock: every thread waits and none can wake another:");
+  for (int i = 0; i < n; i++) {
+    lua_pushstring(L, i == 0 ? " " : "; ");
+    host_push_thread_label(L, list[i]);
+    lua_pushliteral(L, " waits for ");
+    push_wait_what(L, list[i]);
+    push_where(L, list[i] == self ? L : atomic_load(&list[i]->running));
+    lua_concat(L, 6);
+  }
+  return 1;
+}
+
+/*
+** Called with the GIL held when a thread starts a wait without a deadline
+** and when a thread ends. When every thread of the universe is blocked in
+** such a wait and none has been notified since, no thread can ever wake
+** another: a thread in blocking I/O, asleep, running or waiting with a
+** deadline is not blocked, and neither is a future's wait (a process or
+** an interpreter pool completes it from outside). Then the main thread
+** raises a DeadlockError naming the cycle; when it cannot (it waits for
+** the non-daemon threads at exit, or where an interrupt cannot reach it),
+** the report and the dump go to stderr, and an exit wait fails. A child
+** made by host_fork (a pool's worker) is left alone: its records of the
+** parent's threads are stale.
+*/
+static void check_deadlock(host_universe *u, lua_State *L) {
+  if (u->nblocked == 0 || u->fork_child || atomic_load(&u->closing) ||
+      atomic_load(&u->interrupted) || atomic_load(&u->stopping))
+    return;
+  pthread_mutex_lock(&u->threads_mu);
+  int total = u->running + 1;
+  bool exit_ends = u->exit_wait && u->nondaemon == 0;  /* the last one just ended */
+  pthread_mutex_unlock(&u->threads_mu);
+  host_tstate *m = &u->main_ts;
+  if (u->nblocked < total || m->wait_kind != W_BLOCKED || exit_ends) return;
+  bool can_raise = m->wait_q != NULL && m->wait_watch;
+  if (can_raise && atomic_load(&u->deadlock)) return;  /* it is about to raise */
+  if (!lua_checkstack(L, LUA_MINSTACK)) return;  /* what follows must not raise */
+  if (run_stopped(L, report_body, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (can_raise) {
+    lua_setfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
+    atomic_store(&u->deadlock, true);
+    if (tstate_in(u) != m) host_waitq_notify(m->wait_q);
+    return;
+  }
+  fprintf(stderr, "host: %s\n", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  host_dump_tracebacks(L, stderr);
+  if (u->exit_wait) atomic_store(&u->deadlock, true);
+}
+
+/* ---- the dump watcher ---- */
+
+/*
+** The watcher's loop: sleeps on its semaphore (posted by host_dump_request,
+** host_dump_later and host_close) or until a dump_later deadline, and
+** takes the GIL to print the dump on stderr.
+*/
+static void *watcher_main(void *arg) {
+  host_universe *u = arg;
+  host_tstate *ts = &u->watcher_ts;
+  current_ts = ts;
+  while (!atomic_load(&u->watch_stop)) {
+    pthread_mutex_lock(&u->later_mu);
+    bool timed = u->later_set;
+    host_deadline d = u->later;
+    pthread_mutex_unlock(&u->later_mu);
+    if (timed) sem_clockwait(&u->watch_sem, CLOCK_MONOTONIC, &d.at);
+    else sem_wait(&u->watch_sem);
+    if (atomic_load(&u->watch_stop)) break;
+    bool due = false;
+    pthread_mutex_lock(&u->later_mu);
+    if (u->later_set && host_deadline_passed(&u->later)) {
+      u->later_set = false;
+      due = true;
+    }
+    pthread_mutex_unlock(&u->later_mu);
+    if (atomic_exchange(&u->dump_wanted, false) || due) {
+      gil_take(u, ts);
+      host_dump_tracebacks(ts->L, stderr);
+      gil_give(u, ts);
+    }
+  }
+  current_ts = NULL;
+  return NULL;
+}
+
+#define WATCHER_KEY "host.dump_watcher"  /* registry: the watcher's Lua thread */
+
+/* Protected: makes the watcher's Lua thread, anchored in the registry. */
+static int new_watcher_thread(lua_State *L) {
+  lua_newthread(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, WATCHER_KEY);
+  return 1;
+}
+
+int host_dump_watch(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL) return EINVAL;
+  if (atomic_load(&u->watching)) return 0;
+  if (!lua_checkstack(L, 2)) return ENOMEM;
+  lua_pushcfunction(L, new_watcher_thread);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return ENOMEM;
+  }
+  lua_State *co = lua_tothread(L, -1);
+  lua_pop(L, 1);  /* the registry anchors it */
+  tstate_init(&u->watcher_ts, u, co);
+  u->watcher_ts.num = 0;
+  sem_init(&u->watch_sem, 0, 0);
+  atomic_store(&u->watch_stop, false);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&u->watcher, NULL, watcher_main, u);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    sem_destroy(&u->watch_sem);
+    return rc;
+  }
+  atomic_store(&u->watching, true);
+  return 0;
+}
+
+void host_dump_request(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL || !atomic_load(&u->watching)) return;
+  atomic_store(&u->dump_wanted, true);
+  sem_post(&u->watch_sem);
+}
+
+int host_dump_later(lua_State *L, double seconds) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL) return EINVAL;
+  if (seconds >= 0) {
+    int rc = host_dump_watch(L);
+    if (rc != 0) return rc;
+  }
+  pthread_mutex_lock(&u->later_mu);
+  u->later_set = seconds >= 0;
+  if (seconds >= 0) u->later = host_deadline_in(seconds);
+  pthread_mutex_unlock(&u->later_mu);
+  if (atomic_load(&u->watching)) sem_post(&u->watch_sem);
+  return 0;
+}
+
+/* Stops the watcher and waits for it to end; GIL held (it gives it up meanwhile). */
+static void watcher_stop(host_universe *u, host_tstate *ts) {
+  if (!atomic_load(&u->watching)) return;
+  atomic_store(&u->watching, false);  /* no request posts to the semaphore now */
+  atomic_store(&u->watch_stop, true);
+  sem_post(&u->watch_sem);
+  gil_give(u, ts);
+  pthread_join(u->watcher, NULL);
+  gil_take(u, ts);
+  sem_destroy(&u->watch_sem);
+}
+
+/* The identifier of L's universe's main thread (as `Thread.ident` shows it). */
 unsigned long host_main_thread_ident(lua_State *L) {
   return (unsigned long)host_universe_of(L)->main_ts.pthread;
 }

@@ -170,6 +170,9 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
 /* Initialises a condition variable that times out on CLOCK_MONOTONIC. */
 void host_cond_init(pthread_cond_t *cv);
 
+/* The number of threads waiting on q now (GIL held). */
+int host_waitq_waiters(const host_waitq *q);
+
 /* Wakes every waiter of q (GIL held). */
 void host_waitq_notify(host_waitq *q);
 
@@ -209,6 +212,37 @@ void host_check_interrupt(lua_State *L);
 
 /* Raises "interrupted!" (after a wait said HOST_WAIT_INTERRUPTED). */
 int host_raise_interrupt(lua_State *L);
+
+/* ---- what a thread waits for: dumps and deadlock detection ---- */
+
+/*
+** Says what the calling thread's next wait (host_waitq_wait, host_cond_wait)
+** is for, GIL held: `what` is the type ("host.Lock"), `detail` its state
+** ("locked by"), both static strings; `obj` the object (its address is
+** printed); `holder` the one thread that can end the wait (a lock's owner,
+** a joined thread), or NULL. The wait clears it when it returns, so call it
+** before each wait. A thread of L's universe blocked without a deadline in
+** host_waitq_wait counts as blocked for deadlock detection until the queue
+** is notified; host_cond_wait waits (which a thread outside the universe
+** may end) never count.
+*/
+void host_wait_on(lua_State *L, const char *what, const char *detail,
+                  const void *obj, host_tstate *holder);
+
+/* The record of the running thread of L's universe whose ident is `ident`, or NULL. */
+host_tstate *host_tstate_of_ident(lua_State *L, unsigned long ident);
+
+/* Pushes `thread 3 "worker"` for ts (1 is the main thread; the name when known). */
+void host_push_thread_label(lua_State *L, host_tstate *ts);
+
+/*
+** Pushes the dump of every thread of L's universe (what host_dump_tracebacks
+** prints): each thread's label, what it waits for and where, and the
+** traceback of the coroutine it runs. The calling thread's traceback
+** starts at the C function that calls host_push_dump, or `skip` levels
+** above it.
+*/
+void host_push_dump(lua_State *L, int skip);
 
 /* ---- preemption ---- */
 

@@ -100,6 +100,7 @@ static int host_require(lua_State *L) {
                               "(circular require across threads)", lua_tostring(L, 1));
     }
     set_waiting(L, 4, 3, 1);
+    host_wait_on(L, "a module lock (require)", NULL, NULL, NULL);
     host_wait_result r = host_waitq_wait(L, q, &never);
     set_waiting(L, 4, 3, 0);
     if (r == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);

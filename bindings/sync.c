@@ -9,13 +9,18 @@
 ** that can let a waiter through notifies that queue, and waiters re-check.
 ** acquire returns the object itself (a true value) so that
 **   local _ <close> = lock:acquire()
-** releases it at scope exit.
+** releases it at scope exit. With a timeout, acquire returns false, which
+** `<close>` accepts too (the block would run without the lock): the form
+** for `<close>` is hold(timeout), which raises TimeoutError instead.
+** tostring shows the state (who holds a lock, a semaphore's value); every
+** wait tells the runtime what it waits for (dumps, deadlock detection).
 **
 ** Each object owns one reference to its wait queue; __gc notifies the
 ** queue and drops that reference (a waiter holds its own while it sleeps).
 ** After __gc the object is finalized: every method raises "attempt to use
 ** a finalized host.Lock" (and so does a waiter woken by the __gc).
 */
+#include <stdio.h>
 #include <string.h>
 
 #include "runtime.h"
@@ -35,7 +40,11 @@ typedef struct sync_head {
   host_waitq *q;   /* NULL once finalized */
 } sync_head;
 
-/* Lock and RLock: `owner` and `count` are used by RLock only. */
+/*
+** Lock and RLock: `owner` is the thread that took it (a Lock's is only
+** shown by tostring, dumps and deadlock reports: another thread may
+** release a Lock); `count` is used by RLock only.
+*/
 typedef struct lock_t {
   sync_head h;
   bool locked;
@@ -105,12 +114,83 @@ static int object_gc(lua_State *L) {
   return 0;
 }
 
-/* __tostring of every type: "host.Lock: 0x..." or "host.Lock (finalized): 0x...". */
+/* Pushes the state of lock lk: "unlocked", `locked by thread 2 "w"`. */
+static void push_lock_state(lua_State *L, const lock_t *lk) {
+  if (!lk->locked) {
+    lua_pushliteral(L, "unlocked");
+  } else if (lk->owner == NULL) {
+    lua_pushliteral(L, "locked");
+  } else {
+    lua_pushliteral(L, "locked by ");
+    host_push_thread_label(L, lk->owner);
+    lua_concat(L, 2);
+  }
+}
+
+/*
+** Pushes the state that tostring shows for the object h of type tname, as
+** CPython's repr does: "locked by thread 2 \"w\"", "value=3/3, waiters=0".
+*/
+static void push_state(lua_State *L, sync_head *h, const char *tname) {
+  int waiters = host_waitq_waiters(h->q);
+  if (strcmp(tname, LOCK_TYPE) == 0) {
+    push_lock_state(L, (lock_t *)h);
+  } else if (strcmp(tname, RLOCK_TYPE) == 0) {
+    lock_t *lk = (lock_t *)h;
+    push_lock_state(L, lk);
+    if (lk->locked) {
+      lua_pushfstring(L, ", count=%I", (LUAI_UACINT)lk->count);
+      lua_concat(L, 2);
+    }
+  } else if (strcmp(tname, SEMAPHORE_TYPE) == 0) {
+    semaphore_t *s = (semaphore_t *)h;
+    lua_pushfstring(L, "value=%I, waiters=%d", (LUAI_UACINT)s->value, waiters);
+  } else if (strcmp(tname, BSEMAPHORE_TYPE) == 0) {
+    semaphore_t *s = (semaphore_t *)h;
+    lua_pushfstring(L, "value=%I/%I, waiters=%d", (LUAI_UACINT)s->value,
+                    (LUAI_UACINT)s->bound, waiters);
+  } else if (strcmp(tname, EVENT_TYPE) == 0) {
+    lua_pushstring(L, ((event_t *)h)->flag ? "set" : "unset");
+  } else if (strcmp(tname, CONDITION_TYPE) == 0) {
+    int n = 0;
+    for (cond_waiter *w = ((condition_t *)h)->head; w != NULL; w = w->next) n++;
+    lua_pushfstring(L, "waiters=%d", n);
+  } else {
+    barrier_t *b = (barrier_t *)h;
+    lua_pushfstring(L, "%swaiters=%I/%I", b->broken ? "broken, " : "",
+                    (LUAI_UACINT)b->count, (LUAI_UACINT)b->parties);
+  }
+}
+
+/*
+** __tostring of every type: `host.Lock (locked by thread 2 "w"): 0x...`,
+** or "host.Lock (finalized): 0x...".
+*/
 static int object_tostring(lua_State *L) {
   const char *tname = upvalue_tname(L);
-  if (!host_object_tostring_finalized(L, tname))
-    lua_pushfstring(L, "%s: %p", tname, lua_touserdata(L, 1));
+  if (host_object_tostring_finalized(L, tname)) return 1;
+  sync_head *h = host_object_check_self(L, tname);
+  lua_pushfstring(L, "%s (", tname);
+  push_state(L, h, tname);
+  lua_pushfstring(L, "): %p", (void *)h);
+  lua_concat(L, 3);
   return 1;
+}
+
+/* Says what the calling thread waits for on h, the tname at idx (see host_wait_on). */
+static void describe_wait(lua_State *L, sync_head *h, const char *tname) {
+  if (strcmp(tname, LOCK_TYPE) == 0 || strcmp(tname, RLOCK_TYPE) == 0) {
+    lock_t *lk = (lock_t *)h;
+    host_wait_on(L, tname, lk->owner ? "locked by" : "locked", h, lk->owner);
+  } else if (strcmp(tname, EVENT_TYPE) == 0) {
+    host_wait_on(L, tname, "unset", h, NULL);
+  } else if (strcmp(tname, BARRIER_TYPE) == 0) {
+    barrier_t *b = (barrier_t *)h;
+    host_wait_on(L, tname, b->actor ? "its action runs in" : "waiting for the other parties",
+                 h, b->actor);
+  } else {
+    host_wait_on(L, tname, "value=0", h, NULL);
+  }
 }
 
 /* Reads an optional timeout, also accepting `false` for "do not block". */
@@ -127,6 +207,7 @@ static double opt_block_timeout(lua_State *L, int arg) {
 static host_wait_result object_wait(lua_State *L, int idx, const char *tname,
                                     const host_deadline *d, bool interruptible) {
   sync_head *h = host_object_check(L, idx, tname);
+  describe_wait(L, h, tname);
   host_wait_result r = interruptible ? host_waitq_wait(L, h->q, d)
                                      : host_waitq_wait_uninterrupted(L, h->q, d);
   host_object_check(L, idx, tname);
@@ -158,12 +239,14 @@ static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
                       double timeout) {
   if (!lk->locked) {
     lk->locked = true;
+    lk->owner = host_current();
     return true;
   }
   if (timeout == 0) return false;
   host_deadline d = host_deadline_in(timeout);
   if (!wait_until(L, idx, tname, &d, lock_free, lk)) return false;
   lk->locked = true;
+  lk->owner = host_current();
   return true;
 }
 
@@ -182,6 +265,7 @@ static bool rlock_take(lua_State *L, lock_t *lk, int idx, double timeout) {
 
 static void lock_give(lock_t *lk) {
   lk->locked = false;
+  lk->owner = NULL;
   host_waitq_notify(lk->h.q);
 }
 
@@ -207,6 +291,7 @@ static int lock_acquire(lua_State *L) {
   if (!lk->locked) {  /* the fast path */
     if (lua_gettop(L) > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
+    lk->owner = host_current();
     lua_pushvalue(L, 1);
     return 1;
   }
@@ -324,10 +409,8 @@ static void lock_restore(lua_State *L, lock_t *lk, int idx, bool reentrant,
   host_object_check(L, idx, tname);
   while (lk->locked) object_wait(L, idx, tname, &never, false);
   lk->locked = true;
-  if (reentrant) {
-    lk->owner = me;
-    lk->count = count;
-  }
+  lk->owner = me;
+  if (reentrant) lk->count = count;
 }
 
 /* Removes waiter w from the condition's FIFO if it is still there. */
@@ -366,8 +449,10 @@ static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
   lock_give(lk);
   host_deadline d = host_deadline_in(timeout);
   host_wait_result r = HOST_WAIT_WOKEN;
-  while (!w.notified && r == HOST_WAIT_WOKEN && !c->h.obj.finalized)
+  while (!w.notified && r == HOST_WAIT_WOKEN && !c->h.obj.finalized) {
+    host_wait_on(L, CONDITION_TYPE, "waiting for notify", c, NULL);
     r = host_waitq_wait(L, c->h.q, &d);
+  }
   if (!w.notified) unlink_waiter(c, &w);  /* no dangling node, whatever follows */
   lock_restore(L, lk, lock_idx, reentrant, count, me);
   host_object_check(L, 1, CONDITION_TYPE);  /* finalized while waiting? */
@@ -639,6 +724,7 @@ static int barrier_wait(lua_State *L) {
   if (b->count == b->parties) return barrier_complete(L, b, index);
   host_deadline d = host_deadline_in(timeout);
   while (b->cycle == cycle && !b->broken) {
+    host_wait_on(L, BARRIER_TYPE, "waiting for the other parties", b, NULL);
     host_wait_result r = host_waitq_wait(L, b->h.q, &d);
     host_object_check(L, 1, BARRIER_TYPE);
     if (b->cycle != cycle) break;
@@ -708,9 +794,82 @@ static int barrier_new(lua_State *L) {
   return 1;
 }
 
+/* ---- hold: the acquire for `<close>` that cannot run unlocked ---- */
+
+/*
+** x:hold([timeout]) -> x, for `local _ <close> = x:hold(0.5)`: acquires
+** like `acquire` but raises TimeoutError when the timeout passes, where
+** acquire returns false (a value `<close>` accepts, so the block would run
+** without the lock). `acquire` is the type's acquire method.
+*/
+static int hold_with(lua_State *L, lua_CFunction acquire) {
+  lua_settop(L, 2);
+  acquire(L);
+  if (lua_toboolean(L, -1)) return 1;
+  lua_settop(L, 2);
+  double timeout = lua_isboolean(L, 2) ? 0 : host_opt_timeout(L, 2);
+  luaL_tolstring(L, 1, NULL);
+  return host_error_raise(L, "TimeoutError", "could not acquire %s within %f seconds",
+                          lua_tostring(L, -1), timeout);
+}
+
+static int lock_acquire(lua_State *L);
+static int rlock_acquire(lua_State *L);
+static int condition_acquire(lua_State *L);
+static int semaphore_acquire(lua_State *L);
+
+static int lock_hold(lua_State *L) {
+  return hold_with(L, lock_acquire);
+}
+
+static int rlock_hold(lua_State *L) {
+  return hold_with(L, rlock_acquire);
+}
+
+static int condition_hold(lua_State *L) {
+  return hold_with(L, condition_acquire);
+}
+
+static int semaphore_hold(lua_State *L) {
+  return hold_with(L, semaphore_acquire);
+}
+
+/* ---- dumps: thread.dump_tracebacks and friends ---- */
+
+/* thread.dump_tracebacks([file]): every thread's traceback, to file (default io.stderr). */
+static int l_dump_tracebacks(lua_State *L) {
+  FILE *out = stderr;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_Stream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    if (p->closef == NULL) return luaL_error(L, "attempt to use a closed file");
+    out = p->f;
+  }
+  host_push_dump(L, 1);
+  size_t len;
+  const char *text = lua_tolstring(L, -1, &len);
+  fwrite(text, 1, len, out);
+  fflush(out);
+  return 0;
+}
+
+/* thread.dump_tracebacks_later(seconds): one dump on stderr after seconds. */
+static int l_dump_tracebacks_later(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s <= 1e9, 1, "seconds must be in [0, 1e9]");
+  int rc = host_dump_later(L, (double)s);
+  if (rc != 0) return luaL_error(L, "cannot start the dump watcher: %s", strerror(rc));
+  return 0;
+}
+
+/* thread.cancel_dump_tracebacks_later(): forgets the dump asked for. */
+static int l_cancel_dump_tracebacks_later(lua_State *L) {
+  host_dump_later(L, -1);
+  return 0;
+}
+
 static const luaL_Reg lock_methods[] = {
   {"acquire", lock_acquire}, {"release", lock_release}, {"locked", lock_locked},
-  {NULL, NULL}
+  {"hold", lock_hold}, {NULL, NULL}
 };
 static const luaL_Reg lock_meta[] = {
   {"__close", lock_release}, {"__gc", object_gc}, {"__tostring", object_tostring},
@@ -718,7 +877,7 @@ static const luaL_Reg lock_meta[] = {
 };
 static const luaL_Reg rlock_methods[] = {
   {"acquire", rlock_acquire}, {"release", rlock_release}, {"locked", rlock_locked},
-  {NULL, NULL}
+  {"hold", rlock_hold}, {NULL, NULL}
 };
 static const luaL_Reg rlock_meta[] = {
   {"__close", rlock_release}, {"__gc", object_gc}, {"__tostring", object_tostring},
@@ -726,7 +885,7 @@ static const luaL_Reg rlock_meta[] = {
 };
 static const luaL_Reg condition_methods[] = {
   {"acquire", condition_acquire}, {"release", condition_release},
-  {"wait", condition_wait}, {"wait_for", condition_wait_for},
+  {"hold", condition_hold}, {"wait", condition_wait}, {"wait_for", condition_wait_for},
   {"notify", condition_notify}, {"notify_all", condition_notify_all},
   {NULL, NULL}
 };
@@ -736,7 +895,7 @@ static const luaL_Reg condition_meta[] = {
 };
 static const luaL_Reg semaphore_methods[] = {
   {"acquire", semaphore_acquire}, {"release", semaphore_release},
-  {"value", semaphore_value}, {NULL, NULL}
+  {"hold", semaphore_hold}, {"value", semaphore_value}, {NULL, NULL}
 };
 static const luaL_Reg semaphore_meta[] = {
   {"__close", semaphore_close}, {"__gc", object_gc},
@@ -762,6 +921,9 @@ static const luaL_Reg sync_constructors[] = {
   {"BoundedSemaphore", bsemaphore_new},
   {"Event", event_new},
   {"Barrier", barrier_new},
+  {"dump_tracebacks", l_dump_tracebacks},
+  {"dump_tracebacks_later", l_dump_tracebacks_later},
+  {"cancel_dump_tracebacks_later", l_cancel_dump_tracebacks_later},
   {NULL, NULL}
 };
 

@@ -616,6 +616,7 @@ static int thread_join(lua_State *L) {
   note_joiner(t, timeout);
   host_deadline d = host_deadline_in(timeout);
   while (t->state != T_DONE) {
+    host_wait_on(L, THREAD_TYPE, "join of", t, host_tstate_of_ident(L, t->ident));
     host_wait_result r = host_waitq_wait(L, t->done, &d);
     if (t->obj.finalized)  /* its __gc was called by hand meanwhile */
       return luaL_error(L, "attempt to use a finalized " THREAD_TYPE);

@@ -39,7 +39,7 @@ static const char *progname = PROGNAME;
 
 /* host's own options that take a value, as --opt=V or --opt V. */
 static const char *const value_options[] = {
-  "--switch-interval", "--switch-instructions", NULL
+  "--switch-interval", "--switch-instructions", "--dump-tracebacks-after", NULL
 };
 
 /* Prints the usage text: lua5.4's options, host's, environment, docs. */
@@ -62,6 +62,8 @@ static void print_usage(FILE *out) {
     "  --switch-instructions N   preempt threads every ~N VM instructions,\n"
     "                            jittered (for exposing races; ~2x slower),\n"
     "                            N in [1, 1000000000]; also --switch-instructions=N\n"
+    "  --dump-tracebacks-after S print every thread's traceback once after S\n"
+    "                            seconds (Ctrl-\\ / SIGQUIT prints it any time)\n"
     "  --version show host's version and exit\n"
     "  --help    show this help and exit\n"
     "Environment (ignored with -E, except INPUTRC):\n"
@@ -88,6 +90,13 @@ static int report(lua_State *L, int status) {
     lua_pop(L, 1);
   }
   return status;
+}
+
+/* SIGQUIT: every thread's traceback on stderr (the program goes on). */
+static lua_State *dump_target = NULL;
+static void on_sigquit(int sig) {
+  (void)sig;
+  if (dump_target) host_dump_request(dump_target);
 }
 
 /* SIGINT: restore the default action (a second Ctrl-C kills) and interrupt. */
@@ -331,6 +340,14 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
         return false;
       }
       host_set_switch_interval(L, s);
+    } else if (strcmp(opt, "--dump-tracebacks-after") == 0) {
+      double s = strtod(v, &end);
+      if (*end != '\0' || end == v || !(s >= 0 && s <= 1e9)) {  /* NaN too */
+        fprintf(stderr, "%s: --dump-tracebacks-after must be a number of seconds in "
+                "[0, 1e9], not '%s'\n", progname, v);
+        return false;
+      }
+      host_dump_later(L, s);
     } else {
       errno = 0;
       long long n = strtoll(v, &end, 10);
@@ -592,12 +609,20 @@ int main(int argc, char **argv) {
                    "cannot create state: not enough memory");
     return EXIT_FAILURE;
   }
+  if (host_dump_watch(L) == 0) {
+    dump_target = L;
+    signal(SIGQUIT, on_sigquit);
+  }
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   int status = lua_pcall(L, 2, 1, 0);
   int ok = lua_toboolean(L, -1);
   report(L, status);
+  interrupt_target = L;  /* Ctrl-C at exit says which threads hold it up */
+  signal(SIGINT, on_sigint);
   int threads_ok = host_close(L);
+  signal(SIGINT, SIG_DFL);
+  signal(SIGQUIT, SIG_DFL);
   return (ok && status == LUA_OK && threads_ok) ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -26,7 +26,7 @@ describe('Lock', function()
     assert.is_false(lk:acquire(false))
     lk:release()
     assert.is_false(lk:locked())
-    assert.matches('^host.Lock: ', tostring(lk))
+    assert.matches('^host.Lock %(unlocked%): 0x', tostring(lk))
   end)
 
   it('times out, or not, while another thread holds it', function()
@@ -689,5 +689,93 @@ describe('Barrier action', function()
     assert.are.equal(1, first() + second())
     local mine = b:wait(T)  -- pairs with the late thread in the next cycle
     assert.are.equal(1, mine + late())
+  end)
+end)
+
+describe('tostring shows the state, as CPython\'s repr does', function()
+  local function state(x) return tostring(x):match '^host%.%a+ %((.*)%): ' end
+
+  it('for Lock and RLock: who holds them, and the count', function()
+    local lk, rl = thread.Lock(), thread.RLock()
+    assert.are.equal('unlocked', state(lk))
+    lk:acquire()
+    assert.are.equal('locked by thread 1 "MainThread"', state(lk))
+    local got, release = thread.Event(), thread.Event()
+    local join = spawn(function()
+      rl:acquire(); rl:acquire()
+      got:set()
+      release:wait(T)
+      rl:release(); rl:release()
+    end)
+    assert.is_true(got:wait(T))
+    assert.matches('^locked by thread %d+ "Thread%-%d+", count=2$', state(rl))
+    release:set()
+    join()
+    lk:release()
+    assert.are.equal('unlocked', state(rl))
+    assert.are.equal('unlocked', state(lk))
+  end)
+
+  it('for Semaphore, BoundedSemaphore, Event, Condition and Barrier', function()
+    local s, b = thread.Semaphore(3), thread.BoundedSemaphore(3)
+    b:acquire()
+    assert.are.equal('value=3, waiters=0', state(s))
+    assert.are.equal('value=2/3, waiters=0', state(b))
+    assert.matches('^host%.BoundedSemaphore ', tostring(b))
+    local ev = thread.Event()
+    assert.are.equal('unset', state(ev))
+    ev:set()
+    assert.are.equal('set', state(ev))
+    assert.are.equal('waiters=0', state(thread.Condition()))
+    local bar = thread.Barrier(3)
+    assert.are.equal('waiters=0/3', state(bar))
+    assert.has_error(function() bar:wait(0.01) end)
+    assert.are.equal('broken, waiters=0/3', state(bar))
+  end)
+
+  it('counts the threads waiting on a semaphore', function()
+    local s = thread.Semaphore(0)
+    local join = spawn(function() return s:acquire(T) ~= false end)
+    for _ = 1, 1000 do
+      if state(s) == 'value=0, waiters=1' then break end
+      thread.sleep(0.005)
+    end
+    assert.are.equal('value=0, waiters=1', state(s))
+    s:release()
+    assert.is_true(join())
+  end)
+end)
+
+describe('hold, the acquire for <close> that cannot run unlocked', function()
+  it('returns the object, released at scope exit', function()
+    for _, x in ipairs { thread.Lock(), thread.RLock(), thread.Condition(), thread.Semaphore(1) } do
+      do
+        local h <close> = x:hold(T)
+        assert.are.equal(x, h)
+        if x.locked then assert.is_true(x:locked()) end
+      end
+      if x.locked then assert.is_false(x:locked()) end
+      if x.value then assert.are.equal(1, x:value()) end
+    end
+  end)
+
+  it('raises TimeoutError where acquire(timeout) would return false', function()
+    local lk = thread.Lock()
+    lk:acquire()
+    local ran = false
+    local ok, err = pcall(function()
+      local _ <close> = lk:hold(0.01)
+      ran = true
+    end)
+    assert.is_false(ok)
+    assert.is_false(ran)
+    assert.is_true(herror.is(err, 'TimeoutError'))
+    assert.matches('could not acquire host.Lock (locked by thread 1 "MainThread"): 0x', err.message, 1, true)
+    assert.matches('within 0.01 seconds', err.message, 1, true)
+    assert.is_true(lk:locked())  -- still the caller's: the failed hold released nothing
+    lk:release()
+    local sem = thread.Semaphore(0)
+    assert.is_true(herror.is(select(2, pcall(sem.hold, sem, 0)), 'TimeoutError'))
+    assert.are.equal(0, sem:value())
   end)
 end)
