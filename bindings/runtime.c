@@ -565,7 +565,8 @@ static void universe_hook(lua_State *L, lua_Debug *ar) {
   (void)host_now();  /* an intercepted call: pending signals run here */
 #endif
   restore_hook(ts, L);
-  if (gil_contended(u)) {
+  /* a coroutine a finalizer resumed keeps the GIL, as the finalizer does */
+  if (gil_contended(u) && lua_gc(L, LUA_GCISRUNNING, 0) != -1) {
     gil_give(u, ts);
     gil_take(u, ts);
   }

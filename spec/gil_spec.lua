@@ -282,6 +282,32 @@ describe('the GIL traps', function()
     assert.is_true(grown < limit, ('grew by %.0f KB'):format(grown))
   end)
 
+  it('keeps the GIL in a coroutine that a finalizer resumes', function()
+    -- before: the preemption hook of the resumed coroutine handed the GIL
+    -- off, so another thread ran (and allocated) inside the finalizer
+    local in_gc, ran_during = false, false
+    local stop = thread.Event()
+    local spinning = thread.Event()
+    local t = thread.start(function()
+      spinning:set()
+      while not stop:is_set() do if in_gc then ran_during = true end end
+    end)
+    assert.is_true(spinning:wait(T))
+    setmetatable({}, { __gc = function()
+      in_gc = true
+      local co = coroutine.create(function()
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.1 do end  -- 20 switch intervals
+      end)
+      coroutine.resume(co)
+      in_gc = false
+    end })
+    collectgarbage()
+    stop:set()
+    assert.is_true(t:join(T))
+    assert.is_false(ran_during)
+  end)
+
   it('does not preempt a thread while its own debug hook is set', function()
     -- Decision: debug.sethook wins; while a user hook is set the thread is
     -- not preempted (blocking calls still release the GIL).
