@@ -88,17 +88,6 @@ static Generator *check_generator(lua_State *L, int arg) {
 }
 
 /*
-** True while a finalizer runs in L's universe: Lua stops its collector for
-** that time (lua_gc answers -1). A finalizer is never preempted, so a
-** generator it resumes is resumed with plain lua_resume, which the
-** runtime's preemption does not follow (another thread that runs while a
-** finalizer waits for it is then preempted only between its resumes).
-*/
-static bool in_finalizer(lua_State *L) {
-  return lua_gc(L, LUA_GCISRUNNING, 0) == -1;
-}
-
-/*
 ** The one place a generator's coroutine is resumed, after lcorolib.c's
 ** auxresume: moves `nargs` values from L to co and resumes it with them.
 ** On a yield or a return, *nres values come back on L; on an error, the
@@ -111,9 +100,8 @@ static int resume_generator(lua_State *L, lua_State *co, int nargs, int *nres) {
     return LUA_ERRRUN;
   }
   lua_xmove(L, co, nargs);
-  /* preemption follows it; not inside a finalizer (see gen_gc) */
-  int status = in_finalizer(L) ? lua_resume(co, L, nargs, nres)
-                               : host_resume(L, co, nargs, nres);
+  /* preemption follows it; inside a finalizer it keeps the GIL (runtime.h) */
+  int status = host_resume(L, co, nargs, nres);
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, *nres + 4)) {  /* the results, and room to disarm a throw */
       lua_pop(co, *nres);

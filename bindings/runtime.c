@@ -82,6 +82,7 @@ struct host_tstate {
   unsigned policy_seen;           /* the policy epoch its hook follows */
   bool daemon;
   bool finished;                  /* body done; waits to be joined */
+  int finalizer_resumes;          /* coroutines a finalizer of this thread resumes */
   int user_release;               /* host_gil_release's state: a USER_ value */
   host_tstate *outer;             /* what this OS thread had before (nesting) */
   /* a user's hook that an interrupt put aside (see arm_hook): set by the
@@ -177,6 +178,8 @@ static void universe_hook(lua_State *L, lua_Debug *ar);
 static void check_deadlock(host_universe *u, lua_State *L);
 static void wait_done(host_tstate *ts);
 static void watcher_stop(host_universe *u, host_tstate *ts);
+static void push_wait_what(lua_State *L, host_tstate *ts);
+static void push_where(lua_State *L, lua_State *co);
 
 #define DEADLOCK_REPORT "host.deadlock_report"  /* registry: the pending DeadlockError's message */
 
@@ -483,6 +486,8 @@ static host_tstate *member_of(lua_State *L) {
 */
 static bool in_finalizer(lua_State *L) {
   if (lua_gc(L, LUA_GCISRUNNING, 0) != -1) return false;
+  host_tstate *ts = member_of(L);
+  if (ts != NULL && ts->finalizer_resumes > 0) return true;  /* see host_resume */
   lua_Debug ar;
   for (int level = 0; lua_getstack(L, level, &ar); level++) {
     if (lua_getinfo(L, "n", &ar) && ar.namewhat != NULL && ar.name != NULL &&
@@ -565,8 +570,9 @@ static void universe_hook(lua_State *L, lua_Debug *ar) {
   (void)host_now();  /* an intercepted call: pending signals run here */
 #endif
   restore_hook(ts, L);
-  /* a coroutine a finalizer resumed keeps the GIL, as the finalizer does */
-  if (gil_contended(u) && lua_gc(L, LUA_GCISRUNNING, 0) != -1) {
+  /* a finalizer (and a coroutine it resumed) keeps the GIL; another thread
+  ** that runs while a finalizer waits for it is preempted as usual */
+  if (gil_contended(u) && !in_finalizer(L)) {
     gil_give(u, ts);
     gil_take(u, ts);
   }
@@ -834,11 +840,15 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
   host_tstate *ts = member_of(L);
   if (ts == NULL) return lua_resume(co, L, nargs, nresults);
   lua_State *outer = atomic_load(&ts->running);
+  /* a coroutine that a finalizer resumes runs in that finalizer too */
+  bool finalizing = in_finalizer(L);
+  if (finalizing) ts->finalizer_resumes++;
   atomic_store(&ts->running, co);
   if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
     set_base_hook(ts, co);
   int status = lua_resume(co, L, nargs, nresults);
   atomic_store(&ts->running, outer);
+  if (finalizing) ts->finalizer_resumes--;
   if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */
   return status;
 }
@@ -1058,6 +1068,42 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
   return result;
 }
 
+/* Protected part of closing_wait_fails: pushes its report. */
+static int closing_report(lua_State *L) {
+  host_tstate *ts = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_pushliteral(L, "deadlock: a wait without a timeout while host closes the state, "
+                     "when no other thread runs: waiting for ");
+  push_wait_what(L, ts);
+  push_where(L, atomic_load(&ts->running));
+  lua_concat(L, 3);
+  return 1;
+}
+
+/*
+** A wait without a deadline while host_close closes the state (a finalizer
+** at exit, a generator closed then) can never end: no other thread of the
+** universe runs again (daemon threads park). Says so on stderr, since an
+** error in a finalizer is only a warning, and arms the DeadlockError that
+** host_raise_interrupt raises. False when there is no room to report.
+*/
+static bool closing_wait_fails(lua_State *L, host_tstate *ts) {
+  if (ts != &ts->u->main_ts || !lua_checkstack(L, 4)) return false;
+  lua_pushcfunction(L, closing_report);
+  lua_pushlightuserdata(L, ts);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    wait_done(ts);
+    lua_pop(L, 1);
+    return false;
+  }
+  wait_done(ts);
+  fprintf(stderr, "host: %s\n", lua_tostring(L, -1));
+  fflush(stderr);
+  lua_setfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
+  atomic_store(&ts->u->deadlock, true);
+  return true;
+}
+
 /*
 ** The wait behind host_waitq_wait; `watch` says if an interrupt ends it.
 ** The waiter is on q's list while it waits; without a deadline it counts
@@ -1067,6 +1113,8 @@ static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadl
                                    bool watch) {
   host_tstate *ts = member_of(L);
   host_universe *u = ts->u;
+  if (d->never && watch && atomic_load(&u->closing) && closing_wait_fails(L, ts))
+    return HOST_WAIT_INTERRUPTED;  /* the caller raises the DeadlockError */
   q->refs++;
   ts->wait_q = q;
   ts->wait_next = q->waiters;

@@ -308,6 +308,53 @@ describe('the GIL traps', function()
     assert.is_false(ran_during)
   end)
 
+  it('keeps the GIL while a collected generator closes, even when it sleeps', function()
+    -- before: the generator's coroutine had no __gc frame, so its sleep
+    -- handed the GIL off and the other thread ran with the GC stopped
+    local generator = require 'host.generator'
+    local in_close, ran_during = false, false
+    local stop = thread.Event()
+    local spinning = thread.Event()
+    local t = thread.start(function()
+      spinning:set()
+      while not stop:is_set() do if in_close then ran_during = true end end
+    end)
+    assert.is_true(spinning:wait(T))
+    local g = generator.wrap(function()
+      pcall(coroutine.yield, 1)
+      in_close = true
+      thread.sleep(0.05)
+      local co = coroutine.wrap(function() thread.sleep(0.05) end)
+      co()
+      in_close = false
+    end)()
+    g:next()
+    g = nil
+    collectgarbage()
+    collectgarbage()
+    stop:set()
+    assert.is_true(t:join(T))
+    assert.is_false(in_close)
+    assert.is_false(ran_during)
+  end)
+
+  it('still preempts other threads while a finalizer waits for one of them', function()
+    -- A finalizer's join hands the GIL off; A spins until B, which needs
+    -- the GIL, has run. Before: no thread was preempted while any
+    -- finalizer ran, so A spun for ever (the subprocess hit its limit).
+    local out, err, code = sh.host_script([[
+      local thread = require 'host.thread'
+      local flag = false
+      local b = thread.start(function() thread.sleep(0.05) flag = true end)
+      local a = thread.start(function() while not flag do end end)
+      setmetatable({}, { __gc = function() print('joined', a:join(10)) end })
+      collectgarbage()
+      print('b', b:join(10))
+    ]], 30)
+    assert.are.equal(0, code, err)
+    assert.are.equal('joined\ttrue\nb\ttrue\n', out)
+  end)
+
   it('does not preempt a thread while its own debug hook is set', function()
     -- Decision: debug.sethook wins; while a user hook is set the thread is
     -- not preempted (blocking calls still release the GIL).
