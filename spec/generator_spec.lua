@@ -342,6 +342,44 @@ describe('host.generator', function()
       assert.are.equal('partial', g:result())
     end)
 
+    it('of a generator nothing can see it from ends its coroutine all the same', function()
+      local co
+      local g = generator.wrap(function()
+        co = coroutine.running()
+        local x = yield(1)
+        return x
+      end)()
+      g:next()
+      assert.is_nil(g:close())
+      assert.are.equal('dead', g:status())
+      assert.are.equal('dead', coroutine.status(co))
+      assert.is_false(coroutine.resume(co))
+      assert_kind(error_of(g.next, g), 'StopIteration')
+    end)
+
+    it('reaches a generic for\'s closing value and a <close> variable of a caller frame', function()
+      local seen = {}
+      local function closer(name)
+        return setmetatable({}, { __close = function(_, e) seen[#seen + 1] = name .. ':' .. tostring(herror.is(e, 'GeneratorExit')) end })
+      end
+      local function inner()
+        for x in function(_, i) if not i then return 1 end end, nil, nil, closer('for') do
+          yield(x)
+        end
+      end
+      local g = generator.wrap(inner)()
+      g:next()
+      g:close()
+      local h = generator.wrap(function()
+        local _ <close> = closer('outer')
+        local function deeper() yield(1) end
+        deeper()
+      end)()
+      h:next()
+      h:close()
+      assert.are.same({ 'for:true', 'outer:true' }, seen)
+    end)
+
     it('happens at the end of a <close> variable', function()
       local closed = false
       do
