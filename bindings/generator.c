@@ -110,16 +110,21 @@ static bool in_finalizer(lua_State *L) {
 /*
 ** The one place a generator's coroutine is resumed, after lcorolib.c's
 ** auxresume: moves `nargs` values from L to co and resumes it with them.
-** On a yield or a return, *nres values come back on L; on an error, the
-** error.
+** With nargs -1, co is started: its stack holds its body and the call's
+** arguments already. On a yield or a return, *nres values come back on L;
+** on an error, the error.
 */
 static int resume_generator(lua_State *L, lua_State *co, int nargs, int *nres) {
-  if (!lua_checkstack(co, nargs)) {
+  if (nargs < 0) {
+    nargs = lua_gettop(co) - 1;
+    if (nargs < 0) nargs = 0;  /* started behind its back: lua_resume refuses */
+  } else if (!lua_checkstack(co, nargs)) {
     lua_pop(L, nargs);
     lua_pushliteral(L, "too many arguments to resume");
     return LUA_ERRRUN;
+  } else {
+    lua_xmove(L, co, nargs);
   }
-  lua_xmove(L, co, nargs);
   /* preemption follows it; not inside a finalizer (see gen_gc) */
   int status = in_finalizer(L) ? lua_resume(co, L, nargs, nres)
                                : host_resume(L, co, nargs, nres);
@@ -322,9 +327,7 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
         }
       }
       lua_pop(L, nargs);
-      nargs = lua_gettop(g->co) - 1;  /* the body starts with the call's arguments */
-      luaL_checkstack(L, nargs, "too many arguments");
-      lua_xmove(g->co, L, nargs);
+      nargs = -1;  /* the body starts with the call's arguments, on co already */
       break;
     case GEN_SUSPENDED:
       break;

@@ -501,6 +501,17 @@ describe('host.generator', function()
     end)
   end)
 
+  describe('whose coroutine is reached behind their back', function()
+    it('fail cleanly when it was closed before they started', function()
+      local g = generator.wrap(function(a) return a end)(5)
+      assert.is_true(coroutine.close(debug.getuservalue(g, 1)))
+      local ok, err = pcall(g.next, g)
+      assert.is_false(ok)
+      assert.are.equal('cannot resume dead coroutine', err)
+      assert.are.equal('dead', g:status())
+    end)
+  end)
+
   describe('bad arguments', function()
     it('are refused with the usual messages', function()
       assert.has_error(function() generator.wrap(42) end,
