@@ -621,7 +621,12 @@ static void warn_gc_error(lua_State *L) {
 ** The hooks of the coroutines it delegates to are removed first: a hook
 ** (the instruction policy's) would let the finalizer be preempted. Lua
 ** runs every finalizer when the state closes: a generator still
-** suspended then is closed the same way.
+** suspended then is closed the same way. One that would close quietly
+** (see closes_quietly) is only dropped, its coroutine not even reset:
+** freeing a stack inside a finalizer lowers the collector's debt, which
+** postpones Lua's next cycle by as much (generators dropped suspended,
+** 200 000 in a row, peaked at 67 MB with the reset, 0.8 MB without). A
+** coroutine.running() leaked from its body stays suspended.
 */
 static int gen_gc(lua_State *L) {
   Generator *g = check_generator(L, 1);
@@ -630,11 +635,7 @@ static int gen_gc(lua_State *L) {
   lua_settop(L, 1);
   lua_State *co = g->co;
   if (closes_quietly(co, plain_yield(L, 2))) {  /* no pcall, no error object */
-    if (lua_resetthread(co) != LUA_OK) {
-      lua_xmove(co, L, 1);
-      warn_gc_error(L);
-    }
-    set_dead(L, L, 1, g);
+    set_dead(L, L, 1, g);  /* co is garbage, unless a coroutine.running() leaked it */
     return 0;
   }
   lua_getiuservalue(L, 1, 1);  /* 2: its coroutine, kept while it closes */
