@@ -342,6 +342,44 @@ describe('host.generator', function()
       assert.are.equal('partial', g:result())
     end)
 
+    it('of a generator nothing can see it from ends its coroutine all the same', function()
+      local co
+      local g = generator.wrap(function()
+        co = coroutine.running()
+        local x = yield(1)
+        return x
+      end)()
+      g:next()
+      assert.is_nil(g:close())
+      assert.are.equal('dead', g:status())
+      assert.are.equal('dead', coroutine.status(co))
+      assert.is_false(coroutine.resume(co))
+      assert_kind(error_of(g.next, g), 'StopIteration')
+    end)
+
+    it('reaches a generic for\'s closing value and a <close> variable of a caller frame', function()
+      local seen = {}
+      local function closer(name)
+        return setmetatable({}, { __close = function(_, e) seen[#seen + 1] = name .. ':' .. tostring(herror.is(e, 'GeneratorExit')) end })
+      end
+      local function inner()
+        for x in function(_, i) if not i then return 1 end end, nil, nil, closer('for') do
+          yield(x)
+        end
+      end
+      local g = generator.wrap(inner)()
+      g:next()
+      g:close()
+      local h = generator.wrap(function()
+        local _ <close> = closer('outer')
+        local function deeper() yield(1) end
+        deeper()
+      end)()
+      h:next()
+      h:close()
+      assert.are.same({ 'for:true', 'outer:true' }, seen)
+    end)
+
     it('happens at the end of a <close> variable', function()
       local closed = false
       do
@@ -463,6 +501,17 @@ describe('host.generator', function()
     end)
   end)
 
+  describe('whose coroutine is reached behind their back', function()
+    it('fail cleanly when it was closed before they started', function()
+      local g = generator.wrap(function(a) return a end)(5)
+      assert.is_true(coroutine.close(debug.getuservalue(g, 1)))
+      local ok, err = pcall(g.next, g)
+      assert.is_false(ok)
+      assert.are.equal('cannot resume dead coroutine', err)
+      assert.are.equal('dead', g:status())
+    end)
+  end)
+
   describe('bad arguments', function()
     it('are refused with the usual messages', function()
       assert.has_error(function() generator.wrap(42) end,
@@ -548,6 +597,32 @@ describe('a generator dropped without close', function()
     assert.are.same({ true }, seen)
     assert.is_true(lock:acquire(5) ~= false)  -- another user gets it
     lock:release()
+  end)
+
+  it('with nothing to close is dropped without growing the heap', function()
+    -- In a fresh state, as the effect is relative to the heap's size:
+    -- resetting each coroutine inside its finalizer postponed Lua's cycles
+    -- until the heap held tens of MB of them.
+    local out, err, rc = sh.host_script([[
+      local generator = require 'host.generator'
+      local gen = generator.wrap(function()
+        local current = generator.yield()
+        while true do current = math.min(generator.yield(current), current) end
+      end)
+      local peak = 0
+      for round = 1, 20 do
+        for i = 1, 5000 do
+          local g = gen()
+          g:next()
+          g:send(i)
+        end
+        peak = math.max(peak, collectgarbage 'count')
+      end
+      print(peak < 4 * 1024, peak)
+    ]])
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.matches('^true\t', out)
   end)
 
   it('closes what a generator it delegates to holds, and nothing of one not started or finished', function()
