@@ -28,7 +28,7 @@ HOST = $(BUILD)/host
 
 # Debian packages each kind of work needs.
 DEPS_BUILD = make gcc pkg-config liblua5.4-dev
-DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem
+DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem librsvg2-bin
 DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
 DEPS = tools/deps.sh
 
@@ -98,10 +98,15 @@ test:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory run-specs
 
+# The experiment scripts; their pictures (SVG) go to $(DEMO_OUT).
+# DEMO_QUICK=1 runs them on a small workload (what spec/experiments_spec.lua does).
+DEMO_OUT ?= $(BUILD)/demo
 demo:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory $(HOST)
-	@for s in $(wildcard scripts/*.lua); do echo "== $$s"; $(HOST) $$s || exit 1; done
+	@for s in $(wildcard scripts/*.lua); do echo "== $$s"; \
+	  HOST_DEMO_OUT=$(DEMO_OUT) HOST_DEMO_QUICK=$(DEMO_QUICK) $(HOST) $$s || exit 1; echo; done
+	@echo "Pictures written to $(DEMO_OUT)/:"; ls -1 $(DEMO_OUT)/*.svg | sed 's/^/  /'
 
 # ASan+UBSan over the bindings and over a Lua core built from Debian's
 # source with the same sanitizers and LUA_USE_APICHECK, so that a misuse of
