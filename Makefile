@@ -167,10 +167,19 @@ soak:
 	@$(MAKE) --no-print-directory $(HOST)
 	$(HOST) --switch-instructions=1000 tools/soak.lua $(SOAK_ROUNDS)
 
+# Every bench/*_bench.lua through bench/run.lua: figures as medians with
+# min-max, a summary table of the goals (met / MISSED), $(BUILD)/bench.json
+# and $(BUILD)/bench.svg. bench/futex_pingpong.c is the C floor under the
+# GIL hand-off figure. `host bench/readme_table.lua` turns bench.json into
+# the README's "What it costs" table.
 bench:
 	@$(DEPS) $(DEPS_TEST)
-	@$(MAKE) --no-print-directory $(HOST)
-	@for b in bench/*_bench.lua; do $(HOST) $$b || exit 1; done
+	@$(MAKE) --no-print-directory $(HOST) $(BUILD)/bench/futex_pingpong
+	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
+
+$(BUILD)/bench/futex_pingpong: bench/futex_pingpong.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -O2 -pthread -o $@ $<
 
 # libFuzzer on the codec's decoder (tools/fuzz_loads.c), for FUZZ_SECONDS,
 # seeded with valid payloads that tools/fuzz_corpus.lua writes with the plain

@@ -8,6 +8,7 @@ local q = sh.quote
 package.path = 'scripts/lib/?.lua;' .. package.path
 local measure = require 'measure'
 local chart = require 'chart'
+local json = require 'json'
 
 -- A fresh directory for pictures.
 local function tempdir()
@@ -147,6 +148,61 @@ describe('scripts/lib/chart.lua', function()
     local dir = tempdir()
     chart.write(dir .. '/c.svg', svg)
     assert.are.equal('\137PNG', render(dir .. '/c.svg'):sub(1, 4))
+    os.execute('rm -rf ' .. q(dir))
+  end)
+end)
+
+describe('make bench (bench/run.lua)', function()
+  -- Two fake benchmarks with fixed figures, and one that fails.
+  local fake = [[
+    local bench = dofile 'bench/lib.lua'
+    local s = bench.measure.summary
+    bench.figure { name = 'fast thing', value = s { 1e-6, 2e-6, 3e-6 }, unit = 'us', scale = 1e6,
+                   ref = s { 8e-6, 10e-6, 12e-6 }, ref_name = 'CPython', goal = { op = '<=', value = 0.25, on = 'ratio' } }
+    bench.figure { name = 'slow thing', value = s { 5e-9, 6e-9, 7e-9 }, unit = 'ns', scale = 1e9,
+                   goal = { op = '<=', value = 4, on = 'value' } }
+    bench.figure { name = 'speedup', value = s { 1.5, 1.9, 2 }, unit = 'x', goal = { op = '>=', value = 1.8, on = 'value' } }
+    bench.figure { name = 'plain figure', value = bench.once(3), unit = 'B' }
+  ]]
+
+  it('prints a summary of the goals, writes bench.json and bench.svg, and says where', function()
+    local dir = tempdir()
+    local good = dir .. '/good_bench.lua'
+    local bad = dir .. '/bad_bench.lua'
+    local f = assert(io.open(good, 'w')) f:write(fake) f:close()
+    f = assert(io.open(bad, 'w')) f:write 'error("broken bench")' f:close()
+    local out, _, code = sh.run(('%s bench/run.lua %s %s %s'):format(q(sh.host), q(dir), q(good), q(bad)), 60)
+    assert.are.equal(1, code)  -- one benchmark failed
+    assert.matches('FAILED: ' .. bad:gsub('%p', '%%%0'), out)
+    local summary = out:match '== Summary: figures with a goal\n(.*)$'
+    assert.is_truthy(summary)
+    assert.matches('machine: %d+ cores', summary)
+    assert.matches('fast thing[^\n]* 2 us %(1%-3%)[^\n]*CPython 10 us[^\n]*0%.2x[^\n]*<= 0%.25x CPython%s+met', summary)
+    assert.matches('slow thing[^\n]*6 ns %(5%-7%)[^\n]*<= 4 ns%s+MISSED', summary)
+    assert.matches('speedup[^\n]*1%.9 x[^\n]*>= 1%.8x%s+met', summary)
+    assert.is_falsy(summary:find('plain figure', 1, true))  -- no goal, not in the summary
+    assert.matches('3 goals: 2 met, 1 MISSED', summary)
+    assert.matches('Wrote ' .. dir:gsub('%p', '%%%0') .. '/bench.json and ' .. dir:gsub('%p', '%%%0') .. '/bench.svg',
+      summary)
+
+    local doc = json.decode(assert(slurp(dir .. '/bench.json')))
+    assert.are.equal(4, #doc.figures)
+    local fast = doc.figures[1]
+    assert.are.same({ 'fast thing', 2, 'us', 1, 3, 'CPython', 10, true },
+      { fast.name, fast.value, fast.unit, fast.spread[1], fast.spread[2], fast.reference.name,
+        fast.reference.value, fast.met })
+    assert.are.same({ '<=', 0.25, 'ratio' }, { fast.goal.op, fast.goal.value, fast.goal.on })
+    assert.are.equal(false, doc.figures[2].met)
+    assert.is_number(doc.machine.cores)
+    assert.is_boolean(doc.machine.busy)
+
+    local svg = check_picture(dir .. '/bench.svg', { 'fast thing' })
+    assert.are.equal(1, count(svg, 'class="bar"'))   -- one figure has a reference
+    assert.are.equal(1, count(svg, 'class="goal"'))  -- and a goal on its ratio
+
+    local table_md = sh.run(('%s bench/readme_table.lua %s'):format(q(sh.host), q(dir .. '/bench.json')))
+    assert.matches('| fast thing | 2 us %(1–3%) | CPython 10 us | 0%.2x | <= 0%.25x CPython: met |', table_md)
+    assert.matches('| slow thing | 6 ns %(5–7%) |  |  | <= 4 ns: %*%*MISSED%*%* |', table_md)
     os.execute('rm -rf ' .. q(dir))
   end)
 end)

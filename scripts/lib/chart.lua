@@ -57,6 +57,7 @@ end
 -- Horizontal grouped bars.
 -- spec = { title =, subtitle =, unit = 'seconds', note =,
 --   groups = { { label =, bars = { { label =, value =, min =, max =, color =,
+--                                     goal = a red tick at this value,
 --                                     text = label printed after the bar } } } },
 --   marks = { { value =, label = } }  -- vertical reference lines }
 function chart.bars(spec)
@@ -67,7 +68,7 @@ function chart.bars(spec)
   local rows = 0
   for _, g in ipairs(spec.groups) do
     for _, b in ipairs(g.bars) do
-      max = math.max(max, b.max or b.value, b.value)
+      max = math.max(max, b.max or b.value, b.value, b.goal or 0)
       rows = rows + 1
     end
     if #g.bars > 1 and g.label then rows = rows + 1 end
@@ -99,6 +100,11 @@ function chart.bars(spec)
         out[#out + 1] = ('<path class="whisker" d="M%s %sH%s M%s %sV%s M%s %sV%s" stroke="#222" '
           .. 'stroke-width="1.2" fill="none"/>'):format(n(x1), n(cy), n(x2), n(x1), n(cy - 5), n(cy + 5),
           n(x2), n(cy - 5), n(cy + 5))
+      end
+      if b.goal then
+        local gx = xof(b.goal)
+        out[#out + 1] = ('<path class="goal" d="M%s %sV%s" stroke="#c00" stroke-width="2.5"><title>goal %s</title></path>')
+          :format(n(gx), n(y - 2), n(y + bar_h + 2), num(b.goal))
       end
       out[#out + 1] = ('<text class="value" x="%s" y="%s">%s</text>')
         :format(n(math.max(xof(b.value), b.max and xof(b.max) or 0) + 6), n(y + 13),
