@@ -125,13 +125,14 @@ function bench.figure(f)
   local scale = f.scale or 1
   local v = measure.scale(f.value, scale)
   local rec = { name = f.name, value = v.median, unit = f.unit, spread = { v.min, v.max }, runs = v.n }
-  local line = ('%-52s %8s %s (%s-%s)'):format(f.name, fmt(v.median), f.unit, fmt(v.min), fmt(v.max))
+  local u = f.unit == 'x' and 'x' or ' ' .. f.unit
+  local line = ('%-52s %8s%s (%s-%s)'):format(f.name, fmt(v.median), u, fmt(v.min), fmt(v.max))
   if f.ref then
     local r = measure.scale(f.ref, f.ref_scale or scale)
     local ratio = measure.ratio(v, r)
     rec.reference = { name = f.ref_name, value = r.median, spread = { r.min, r.max } }
     rec.ratio, rec.ratio_spread = ratio.median, { ratio.min, ratio.max }
-    line = line .. ('  %s %s %s  = %sx'):format(f.ref_name, fmt(r.median), f.unit, fmt(ratio.median))
+    line = line .. ('  %s %s%s  = %sx'):format(f.ref_name, fmt(r.median), u, fmt(ratio.median))
   end
   local g = f.goal
   if g then
