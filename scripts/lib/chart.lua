@@ -41,6 +41,28 @@ local function axis(max)
   return math.ceil(max / step) * step, step
 end
 
+-- Splits `text` into lines of at most `width` characters, at spaces.
+local function wrap(text, width)
+  local lines, line = {}, ''
+  for word in text:gmatch '%S+' do
+    if #line > 0 and #line + 1 + #word > width then
+      lines[#lines + 1] = line
+      line = word
+    else
+      line = #line > 0 and (line .. ' ' .. word) or word
+    end
+  end
+  if #line > 0 then lines[#lines + 1] = line end
+  return lines
+end
+
+-- The note under a chart, one <text> per wrapped line, from baseline y.
+local function note(out, text, y, width)
+  for i, l in ipairs(wrap(text, width // 7)) do
+    out[#out + 1] = ('<text class="note" x="10" y="%s" fill="#555">%s</text>'):format(n(y + (i - 1) * 16), esc(l))
+  end
+end
+
 local function header(w, h, title, subtitle)
   local out = {
     ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
@@ -71,30 +93,32 @@ function chart.bars(spec)
       max = math.max(max, b.max or b.value, b.value, b.goal or 0)
       rows = rows + 1
     end
-    if #g.bars > 1 and g.label then rows = rows + 1 end
+    if (#g.bars > 1 or spec.headings) and g.label then rows = rows + 1 end
   end
   for _, m in ipairs(spec.marks or {}) do max = math.max(max, m.value) end
   local hi, step = axis(max)
-  local height = top + rows * (bar_h + 4) + #spec.groups * gap + 60 + (spec.note and 18 or 0)
+  local note_lines = spec.note and #wrap(spec.note, width // 7) or 0
+  local height = top + rows * (bar_h + 4) + #spec.groups * gap + 60 + note_lines * 16
   local out = header(width, height, spec.title, spec.subtitle)
   local function xof(v) return label_w + v / hi * plot_w end
   local y = top
   local plot_top = y
   for gi, g in ipairs(spec.groups) do
-    if #g.bars > 1 and g.label then
+    local heading = (#g.bars > 1 or spec.headings) and g.label
+    if heading then
       out[#out + 1] = ('<text class="group" x="10" y="%s" font-weight="bold">%s</text>')
         :format(n(y + 13), esc(g.label))
       y = y + 18
     end
     for bi, b in ipairs(g.bars) do
-      local label = #g.bars > 1 and b.label or (g.label or b.label)
-      local color = b.color or PALETTE[((#g.bars > 1 and bi or gi) - 1) % #PALETTE + 1]
+      local label = heading and b.label or (g.label or b.label)
+      local color = b.color or PALETTE[((heading and bi or gi) - 1) % #PALETTE + 1]
       local w = math.max(0, xof(b.value) - label_w)
       out[#out + 1] = ('<text class="label" x="%d" y="%s" text-anchor="end">%s</text>')
         :format(label_w - 6, n(y + 13), esc(label))
       out[#out + 1] = ('<rect class="bar" x="%d" y="%s" width="%s" height="%d" fill="%s">'
         .. '<title>%s: %s %s</title></rect>'):format(label_w, n(y), n(w), bar_h, color,
-        esc((g.label and #g.bars > 1) and (g.label .. ', ' .. b.label) or label), num(b.value), esc(spec.unit or ''))
+        esc(heading and (g.label .. ', ' .. b.label) or label), num(b.value), esc(spec.unit or ''))
       if b.min and b.max then
         local x1, x2, cy = xof(b.min), xof(b.max), y + bar_h / 2
         out[#out + 1] = ('<path class="whisker" d="M%s %sH%s M%s %sV%s M%s %sV%s" stroke="#222" '
@@ -132,9 +156,7 @@ function chart.bars(spec)
       .. '<text class="mark" x="%s" y="%d" fill="#c00" text-anchor="middle">%s</text>')
       :format(n(x), plot_top - 4, n(base), n(x), plot_top - 6, esc(m.label or num(m.value)))
   end
-  if spec.note then
-    out[#out + 1] = ('<text class="note" x="10" y="%s" fill="#555">%s</text>'):format(n(base + 52), esc(spec.note))
-  end
+  if spec.note then note(out, spec.note, base + 52, width) end
   out[#out + 1] = '</svg>\n'
   return table.concat(out, '\n')
 end
@@ -145,7 +167,9 @@ end
 --                points = { { x =, y =, min =, max = } } } } }
 function chart.lines(spec)
   local width, height = spec.width or 700, spec.height or 440
-  local left, right, top, bottom = 70, 190, spec.subtitle and 60 or 44, 60 + (spec.note and 18 or 0)
+  local note_lines = spec.note and #wrap(spec.note, width // 7) or 0
+  height = height + note_lines * 16
+  local left, right, top, bottom = 70, 190, spec.subtitle and 60 or 44, 60 + note_lines * 16
   local xmax, ymax, xmin = 0, 0, math.huge
   for _, s in ipairs(spec.series) do
     for _, p in ipairs(s.points) do
@@ -198,9 +222,7 @@ function chart.lines(spec)
       :format(left + pw + 12, ly, left + pw + 34, color, s.dashed and ' stroke-dasharray="6 4"' or '',
               left + pw + 40, ly + 4, esc(s.label))
   end
-  if spec.note then
-    out[#out + 1] = ('<text class="note" x="10" y="%d" fill="#555">%s</text>'):format(height - 8, esc(spec.note))
-  end
+  if spec.note then note(out, spec.note, height - note_lines * 16 + 4, width) end
   out[#out + 1] = '</svg>\n'
   return table.concat(out, '\n')
 end
