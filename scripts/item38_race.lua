@@ -67,7 +67,7 @@ local how_many = quick and 10000 or 100000  -- 10^5, as in the book
 local expected = 5 * how_many
 local RUNS = quick and 2 or 5
 
-local watch = measure.watch()
+local watch = measure.watch(quick and 0.1)
 local machine = watch.machine
 print(('Item 38: 5 threads x %d increments of one shared counter, %d runs per policy'):format(how_many, RUNS))
 print(('on %d cores (%s), load average %.2f at start'):format(machine.cores, machine.model, machine.load[1]))

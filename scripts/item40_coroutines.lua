@@ -305,7 +305,7 @@ local ROUNDS = quick and 3 or 7
 local N_SEND, N_CREATE, N_LIFE = quick and 20000 or 500000, quick and 5000 or 100000, quick and 10 or 100
 local ALIVE_N, THREADS = quick and 10000 or 100000, quick and 100 or 2000
 
-local watch = measure.watch()
+local watch = measure.watch(quick and 0.1)
 local machine = watch.machine
 print(('What it costs, on %d cores (%s), load average %.2f at start; median of %d rounds (min-max):')
   :format(machine.cores, machine.model, machine.load[1], ROUNDS))

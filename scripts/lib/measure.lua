@@ -115,23 +115,34 @@ local function ticks()
   return busy, total, own
 end
 
--- Starts watching the machine. watch:stop() returns a report:
--- { machine =, load_start =, load_end =, others = cores the rest of the
---   machine kept busy on average, seconds =, busy = bool, reasons = {...} }.
-function measure.watch()
+-- Cores that the rest of the machine kept busy between two tick readings.
+local function others_between(a, b, cores)
+  local dtotal = b[2] - a[2]
+  if dtotal <= 0 then return 0 end
+  return math.max(0, (b[1] - a[1]) - (b[3] - a[3])) / dtotal * cores
+end
+
+-- Starts watching the machine: first a probe of `probe` seconds (default
+-- 0.5) of what other processes use right now, then the run. The 1-minute
+-- load average is reported but not judged: it still counts this program's
+-- own work of the last minute. watch:stop() returns a report:
+-- { machine =, load_start =, load_end =, others_start = cores other
+--   processes used during the probe, others = cores they used on average
+--   during the run, seconds =, busy = bool, reasons = {...} }.
+function measure.watch(probe)
   local m = measure.machine()
-  local busy0, total0, own0 = ticks()
-  local t0 = time.monotonic()
+  local p0 = { ticks() }
+  time.sleep(probe or 0.5)
+  local t0, p1 = time.monotonic(), { ticks() }
+  local others_start = others_between(p0, p1, m.cores)
   local w = { machine = m }
   function w.stop()
-    local busy1, total1, own1 = ticks()
-    local r = { machine = m, load_start = m.load[1], load_end = measure.loadavg()[1],
-                seconds = time.monotonic() - t0, reasons = {} }
-    local dtotal = total1 - total0
-    r.others = dtotal > 0 and math.max(0, (busy1 - busy0) - (own1 - own0)) / dtotal * m.cores or 0
-    if r.load_start > m.cores then
-      r.reasons[#r.reasons + 1] = ('the load average at start (%.2f) exceeded the %d cores')
-        :format(r.load_start, m.cores)
+    local p2 = { ticks() }
+    local r = { machine = m, load_start = m.load[1], load_end = measure.loadavg()[1], others_start = others_start,
+                others = others_between(p1, p2, m.cores), seconds = time.monotonic() - t0, reasons = {} }
+    if r.others_start > measure.BUSY_CORES then
+      r.reasons[#r.reasons + 1] = ('other processes were using %.2f of the %d cores when it began')
+        :format(r.others_start, m.cores)
     end
     if r.others > measure.BUSY_CORES then
       r.reasons[#r.reasons + 1] = ('other processes kept %.2f of the %d cores busy meanwhile')
@@ -151,8 +162,8 @@ measure.WIDE = 0.3
 -- Prints the machine line of a watch report.
 function measure.describe(r)
   return ('machine: %d cores, %s; load average %.2f at start, %.2f at end; '
-    .. 'other processes used %.2f cores during the run')
-    :format(r.machine.cores, r.machine.model, r.load_start, r.load_end, r.others)
+    .. 'other processes used %.2f cores when it began, %.2f during the run')
+    :format(r.machine.cores, r.machine.model, r.load_start, r.load_end, r.others_start, r.others)
 end
 
 -- Directory where the pictures go: $HOST_DEMO_OUT, else build/demo. Made if missing.
