@@ -16,7 +16,8 @@ local function fmt(x)
   if math.abs(x) >= 100 then return ('%.0f'):format(x) end
   return ('%.3g'):format(x)
 end
-local function cell(s) return (tostring(s):gsub('|', '\\|')) end
+-- A table cell: | escaped, and < before a letter (<close>) kept from reading as HTML.
+local function cell(s) return (tostring(s):gsub('|', '\\|'):gsub('<(%a)', '&lt;%1')) end
 
 print('| figure | host (median, min–max) | reference | host / reference | goal |')
 print('|---|---|---|---|---|')
