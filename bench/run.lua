@@ -129,7 +129,7 @@ local spath = chart.write(outdir .. '/bench.svg', chart.bars {
   title = 'host against its references (time or size, host / reference; lower is better except speedups)',
   subtitle = ('%d cores, %s; load %.2f -> %.2f; others used %.2f cores%s'):format(machine.cores, machine.model,
     report.load_start, report.load_end, report.others, report.busy and ' (BUSY)' or ''),
-  unit = 'x reference', groups = groups, label_width = 400, width = 1100, right = 260,
+  unit = 'x reference (log scale)', groups = groups, label_width = 400, width = 1100, right = 260, log = true,
   marks = { { value = 1, label = '1x' } },
   note = 'bars: median ratio; whiskers: the widest range from min-max of both; red tick: the goal',
 })

@@ -77,7 +77,8 @@ local function header(w, h, title, subtitle)
 end
 
 -- Horizontal grouped bars.
--- spec = { title =, subtitle =, unit = 'seconds', note =,
+-- spec = { title =, subtitle =, unit = 'seconds', note =, log = true for a
+--   logarithmic axis (values > 0), headings = true to head every group,
 --   groups = { { label =, bars = { { label =, value =, min =, max =, color =,
 --                                     goal = a red tick at this value,
 --                                     text = label printed after the bar } } } },
@@ -100,7 +101,39 @@ function chart.bars(spec)
   local note_lines = spec.note and #wrap(spec.note, width // 7) or 0
   local height = top + rows * (bar_h + 4) + #spec.groups * gap + 60 + note_lines * 16
   local out = header(width, height, spec.title, spec.subtitle)
-  local function xof(v) return label_w + v / hi * plot_w end
+  local ticks = {}
+  local xof
+  if spec.log then
+    -- A logarithmic axis from the decade below the smallest value to the
+    -- decade above the largest, ticks at 1, 2 and 5 of each decade.
+    local least = math.huge
+    for _, g in ipairs(spec.groups) do
+      for _, b in ipairs(g.bars) do
+        for _, v in ipairs { b.value, b.min or b.value, b.goal or b.value } do
+          if v > 0 then least = math.min(least, v) end
+        end
+      end
+    end
+    local lo = 10 ^ math.floor(math.log(least < math.huge and least or 1, 10))
+    local top_ = 10 ^ math.ceil(math.log(max > 0 and max or 1, 10))
+    if top_ <= lo then top_ = lo * 10 end
+    local span = math.log(top_ / lo, 10)
+    xof = function(v) return label_w + math.log(math.max(v, lo) / lo, 10) / span * plot_w end
+    local d = lo
+    while d <= top_ * 1.001 do
+      for _, k in ipairs { 1, 2, 5 } do
+        if d * k <= top_ * 1.001 then ticks[#ticks + 1] = d * k end
+      end
+      d = d * 10
+    end
+  else
+    xof = function(v) return label_w + v / hi * plot_w end
+    local v = 0
+    while v <= hi + step / 2 do
+      ticks[#ticks + 1] = v
+      v = v + step
+    end
+  end
   local y = top
   local plot_top = y
   for gi, g in ipairs(spec.groups) do
@@ -141,12 +174,10 @@ function chart.bars(spec)
   local base = y
   out[#out + 1] = ('<path d="M%d %dV%s H%s" stroke="#444" fill="none"/>'):format(label_w, plot_top - 4, n(base),
     n(label_w + plot_w))
-  local v = 0
-  while v <= hi + step / 2 do
+  for _, v in ipairs(ticks) do
     local x = xof(v)
     out[#out + 1] = ('<path d="M%s %sV%s" stroke="#444"/><text class="tick" x="%s" y="%s" text-anchor="middle">%s</text>')
       :format(n(x), n(base), n(base + 4), n(x), n(base + 16), num(v))
-    v = v + step
   end
   out[#out + 1] = ('<text class="unit" x="%s" y="%s" text-anchor="middle">%s</text>')
     :format(n(label_w + plot_w / 2), n(base + 32), esc(spec.unit or ''))
