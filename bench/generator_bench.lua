@@ -142,7 +142,6 @@ print('bytes', bytes_per_generator(100000))
 ]==]
 
 local N_CREATE, N_SEND, N_LIFE = 100000, 500000, 100
-local measure = bench.measure
 
 -- python3 runs its 7 rounds of each kernel, then ours run 7 alternating rounds.
 local py = {}

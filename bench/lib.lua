@@ -13,19 +13,11 @@ local bench = { measure = measure }
 
 bench.host = arg and arg[-1] or 'host'
 
--- Seconds of wall time that `f` takes.
-bench.time = measure.time
-
 -- Sample of seconds per operation of f(n), over `runs` runs (default 5).
 function bench.per_op(f, n, runs)
   local t = {}
   for i = 1, runs or 5 do t[i] = measure.time(f, n) / n end
   return measure.summary(t)
-end
-
--- Sample of seconds of f(), over `runs` runs (default 5).
-function bench.sample(f, runs)
-  return measure.runs(f, runs or 5)
 end
 
 -- A sample of one value (a figure measured once, such as a memory size).

@@ -40,13 +40,6 @@ function measure.time(f, ...)
   return time.monotonic() - t0
 end
 
--- Times f() `runs` times; returns the sample of seconds.
-function measure.runs(f, runs)
-  local t = {}
-  for i = 1, runs do t[i] = measure.time(f) end
-  return measure.summary(t)
-end
-
 -- Runs each function of `fs` (a list) once per round for `rounds` rounds,
 -- alternating them so that a change in the machine's load hits all alike.
 -- Returns one sample of seconds per function, in order.
