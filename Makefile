@@ -29,9 +29,10 @@ HOST_OBJ = $(BUILD)/obj/main.o
 HOST = $(BUILD)/host
 
 # Debian packages each kind of work needs (libreadline-dev: the prompt;
-# groff-base: the spec that renders the man page).
+# groff-base: the spec that renders the man page; librsvg2-bin: the spec
+# that renders the experiments' pictures).
 DEPS_BUILD = make gcc pkg-config liblua5.4-dev libreadline-dev
-DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem groff-base
+DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem groff-base librsvg2-bin
 DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
 DEPS = tools/deps.sh
 
@@ -101,10 +102,15 @@ test:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory run-specs
 
+# The experiment scripts; their pictures (SVG) go to $(DEMO_OUT).
+# DEMO_QUICK=1 runs them on a small workload (what spec/experiments_spec.lua does).
+DEMO_OUT ?= $(BUILD)/demo
 demo:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory $(HOST)
-	@for s in $(wildcard scripts/*.lua); do echo "== $$s"; $(HOST) $$s || exit 1; done
+	@for s in $(wildcard scripts/*.lua); do echo "== $$s"; \
+	  HOST_DEMO_OUT=$(DEMO_OUT) HOST_DEMO_QUICK=$(DEMO_QUICK) $(HOST) $$s || exit 1; echo; done
+	@echo "Pictures written to $(DEMO_OUT)/:"; ls -1 $(DEMO_OUT)/*.svg | sed 's/^/  /'
 
 # ASan+UBSan over the bindings and over a Lua core built from Debian's
 # source with the same sanitizers and LUA_USE_APICHECK, so that a misuse of
@@ -165,10 +171,19 @@ soak:
 	@$(MAKE) --no-print-directory $(HOST)
 	$(HOST) --switch-instructions=1000 tools/soak.lua $(SOAK_ROUNDS)
 
+# Every bench/*_bench.lua through bench/run.lua: figures as medians with
+# min-max, a summary table of the goals (met / MISSED), $(BUILD)/bench.json
+# and $(BUILD)/bench.svg. bench/futex_pingpong.c is the C floor under the
+# GIL hand-off figure. `host bench/readme_table.lua` turns bench.json into
+# the README's "What it costs" table.
 bench:
 	@$(DEPS) $(DEPS_TEST)
-	@$(MAKE) --no-print-directory $(HOST)
-	@for b in bench/*_bench.lua; do $(HOST) $$b || exit 1; done
+	@$(MAKE) --no-print-directory $(HOST) $(BUILD)/bench/futex_pingpong
+	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
+
+$(BUILD)/bench/futex_pingpong: bench/futex_pingpong.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -O2 -pthread -o $@ $<
 
 # libFuzzer on the codec's decoder (tools/fuzz_loads.c), for FUZZ_SECONDS,
 # seeded with valid payloads that tools/fuzz_corpus.lua writes with the plain

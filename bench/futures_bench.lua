@@ -1,27 +1,30 @@
 -- bench/futures_bench.lua: host.futures' ThreadPoolExecutor against
--- CPython's, in the same run. Goals from issue 7.
+-- CPython's, in the same run. Goals from issue 17.
 local bench = dofile 'bench/lib.lua'
+local measure = bench.measure
 local futures = require 'host.futures'
 
 local python = [[
-import time
 from concurrent.futures import ThreadPoolExecutor
 ex = ThreadPoolExecutor(max_workers=2)
 def tiny(n):
     for _ in range(n): ex.submit(int).result()
 def mapped(n):
     for _ in ex.map(abs, range(n)): pass
+numbers = numbers * 3
 def serial(_): list(map(gcd, numbers))
 def pooled(_): list(ex.map(gcd, numbers))
 print("submit_result", per_op(tiny, 20000))
 print("map_item", per_op(mapped, 50000, 3))
-print("gcd_serial", per_op(serial, 1, 3))
-print("gcd_pool", per_op(pooled, 1, 3))
+ts, tp = [], []
+for _ in range(5):
+    t0 = time.perf_counter(); serial(1); t1 = time.perf_counter(); pooled(1); t2 = time.perf_counter()
+    ts.append(t1 - t0); tp.append(t2 - t1)
+print("gcd_speedup", *(a / b for a, b in zip(ts, tp)))
 ex.shutdown()
 ]]
 
 local py = bench.python(python)
-
 local per_op = bench.per_op
 
 local ex = futures.ThreadPoolExecutor { max_workers = 2 }
@@ -35,20 +38,23 @@ local function mapped(n)
   for _ in ex:map(math.abs, items) do end
 end
 
-local gcd, numbers = bench.gcd, bench.numbers
+-- Item 41 on threads: the book's 4 pairs, 3 times over.
+local gcd, numbers = bench.gcd, {}
+for _ = 1, 3 do table.move(bench.numbers, 1, 4, #numbers + 1, numbers) end
 local function serial() for _, p in ipairs(numbers) do gcd(p) end end
 local function pooled() for _ in ex:map(gcd, numbers) do end end
 
-local function figure(...) bench.figure(py, ...) end
-
-figure('submit_result', 'ThreadPool(2) submit + result, tiny task', per_op(tiny, 20000), 'us', 1e6, '<= 4 us')
-figure('map_item', 'ThreadPool(2) map, per item', per_op(mapped, 50000, 3), 'us', 1e6)
-local s, p = per_op(serial, 1, 3), per_op(pooled, 1, 3)
-bench.report('Item 41 gcd serial', s, 's')
-bench.report('Item 41 gcd ThreadPool(2)', p, 's')
-bench.ratio('Item 41 ThreadPool(2) speedup over serial', s, p, 'about 1.0 under the GIL')
-if py.gcd_serial then
-  bench.ratio('Item 41 ThreadPool(2) speedup (python3)', py.gcd_serial, py.gcd_pool)
-  bench.ratio('Item 41 gcd ThreadPool(2) host/python3', p, py.gcd_pool)
+bench.figure { name = 'ThreadPool(2) submit + result, tiny task', value = per_op(tiny, 20000), unit = 'us', scale = 1e6,
+               ref = py.submit_result, ref_name = 'CPython',
+               goal = py.submit_result and { op = '<=', value = 0.25, on = 'ratio' } }
+bench.figure { name = 'ThreadPool(2) map, per item', value = per_op(mapped, 50000, 3), unit = 'us', scale = 1e6,
+               ref = py.map_item, ref_name = 'CPython' }
+-- Item 41 on threads: serial time over pool time, round by round.
+local speedups = {}
+for i = 1, 5 do
+  local s = measure.time(serial)
+  speedups[i] = s / measure.time(pooled)
 end
+bench.figure { name = 'Item 41 ThreadPool(2) speedup (one GIL: none)', value = measure.summary(speedups),
+               unit = 'x', ref = py.gcd_speedup, ref_name = 'CPython' }
 ex:shutdown()

@@ -1,12 +1,13 @@
 -- bench/pools_bench.lua: the parallel pools. ProcessPoolExecutor against
--- CPython's (fork), InterpreterPoolExecutor against the process pool, and
--- Item 41's speedup with 2 workers, in the same run. Goals from issues 8, 9.
+-- CPython's (fork), InterpreterPoolExecutor against host's ThreadPool, and
+-- Item 41's speedup with 2 workers, in the same run. Goals from issues 8,
+-- 9 and 17.
 local bench = dofile 'bench/lib.lua'
+local measure = bench.measure
 local futures = require 'host.futures'
-local time = require 'host.time'
 
 local python = [[
-import time, multiprocessing
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 def noop(): pass
 if __name__ == '__main__':
@@ -27,7 +28,6 @@ if __name__ == '__main__':
 ]]
 
 local py = bench.python(python)
-
 local per_op = bench.per_op
 local noop = function() end
 
@@ -41,31 +41,36 @@ local function mapped_on(ex)
   return function(n) for _ in ex:map(math.abs, table.move(items, 1, n, 1, {}), { chunksize = 100 }) do end end
 end
 
-local function figure(...) bench.figure(py, ...) end
-
+local tp = assert(futures.ThreadPoolExecutor { max_workers = 2 })
 local pp = assert(futures.ProcessPoolExecutor { max_workers = 2 })
 local ip = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
-local pp_tiny, ip_tiny = per_op(tiny_on(pp), 2000, 3), per_op(tiny_on(ip), 2000, 3)
-figure('submit_result', 'ProcessPool(2) submit + result, tiny task', pp_tiny, 'us', 1e6, '<= 20 us')
-bench.report('InterpreterPool(2) submit + result, tiny task', ip_tiny * 1e6, 'us')
-bench.ratio('InterpreterPool/ProcessPool submit + result', ip_tiny, pp_tiny, 'InterpreterPool <= 10 us')
-figure('map_chunk100', 'ProcessPool(2) map chunksize 100, per task', per_op(mapped_on(pp), 100000, 3),
-       'us', 1e6, '<= 0.5 us')
-bench.report('InterpreterPool(2) map chunksize 100, per task', per_op(mapped_on(ip), 100000, 3) * 1e6, 'us')
+local tp_tiny, pp_tiny, ip_tiny = per_op(tiny_on(tp), 2000, 3), per_op(tiny_on(pp), 2000, 3), per_op(tiny_on(ip), 2000, 3)
+bench.figure { name = 'ProcessPool(2) submit + result, tiny task', value = pp_tiny, unit = 'us', scale = 1e6,
+               ref = py.submit_result, ref_name = 'CPython',
+               goal = py.submit_result and { op = '<=', value = 0.12, on = 'ratio' } }
+bench.figure { name = 'InterpreterPool(2) submit + result, tiny task', value = ip_tiny, unit = 'us', scale = 1e6,
+               ref = tp_tiny, ref_name = "host's ThreadPool(2)", goal = { op = '<=', value = 1.2, on = 'ratio' } }
+bench.figure { name = 'ProcessPool(2) map chunksize 100, per task', value = per_op(mapped_on(pp), 100000, 3),
+               unit = 'us', scale = 1e6, ref = py.map_chunk100, ref_name = 'CPython',
+               goal = py.map_chunk100 and { op = '<=', value = 0.3, on = 'ratio' } }
+bench.figure { name = 'InterpreterPool(2) map chunksize 100, per task', value = per_op(mapped_on(ip), 100000, 3),
+               unit = 'us', scale = 1e6 }
+tp:shutdown()
 pp:shutdown()
 ip:shutdown()
 
 local function cycle(make) return function(n)
   for _ = 1, n do local ex = assert(make()) ex:submit(noop):result() ex:shutdown() end
 end end
-figure('start_one_shutdown', 'ProcessPool(2) start + 1 task + shutdown',
-       per_op(cycle(function() return futures.ProcessPoolExecutor { max_workers = 2 } end), 10, 3),
-       'ms', 1e3, '<= 2 ms')
-local start = per_op(cycle(function() return futures.InterpreterPoolExecutor { max_workers = 1 } end), 20, 3)
-bench.report('InterpreterPool(1) start + 1 task + shutdown (one universe)', start * 1e6, 'us')
-print('  (LuaLanes, REFERENCE.md: 111 us per lane without stdlib, 395 us with all)')
+bench.figure { name = 'ProcessPool(2) start + 1 task + shutdown', unit = 'ms', scale = 1e3,
+               value = per_op(cycle(function() return futures.ProcessPoolExecutor { max_workers = 2 } end), 10, 3),
+               ref = py.start_one_shutdown, ref_name = 'CPython',
+               goal = py.start_one_shutdown and { op = '<=', value = 0.1, on = 'ratio' } }
+bench.figure { name = 'InterpreterPool(1) start + 1 task + shutdown', unit = 'us', scale = 1e6,
+               value = per_op(cycle(function() return futures.InterpreterPoolExecutor { max_workers = 1 } end), 20, 3) }
 
--- Item 41 on 2 workers: the book's gcd, its pairs repeated 24 times (pool start included).
+-- Item 41 on 2 workers: the book's gcd, its pairs repeated 24 times (pool
+-- start included); speedup = serial time over pool time, round by round.
 local gcd, work = bench.gcd, {}
 for _ = 1, 24 do
   for _, p in ipairs(bench.numbers) do work[#work + 1] = p end
@@ -75,11 +80,15 @@ local function on(make) return function()
   local ex <close> = assert(make())
   for _ in ex:map(gcd, work) do end
 end end
-local s = bench.median(serial, 3)
-local p2 = bench.median(on(function() return futures.ProcessPoolExecutor { max_workers = 2 } end), 3)
-local i2 = bench.median(on(function() return futures.InterpreterPoolExecutor { max_workers = 2 } end), 3)
-bench.report('Item 41 x24 serial', s, 's')
-bench.report('Item 41 x24 ProcessPool(2)', p2, 's')
-bench.report('Item 41 x24 InterpreterPool(2)', i2, 's')
-bench.ratio('Item 41 ProcessPool(2) speedup', s, p2, '>= 1.8x')
-bench.ratio('Item 41 InterpreterPool(2) speedup', s, i2, '>= 1.8x')
+local run_pp = on(function() return futures.ProcessPoolExecutor { max_workers = 2 } end)
+local run_ip = on(function() return futures.InterpreterPoolExecutor { max_workers = 2 } end)
+local sp, si = {}, {}
+for i = 1, 3 do
+  local s = measure.time(serial)
+  sp[i] = s / measure.time(run_pp)
+  si[i] = s / measure.time(run_ip)
+end
+bench.figure { name = 'Item 41 x24 ProcessPool(2) speedup', value = measure.summary(sp), unit = 'x',
+               goal = { op = '>=', value = 1.8, on = 'value' } }
+bench.figure { name = 'Item 41 x24 InterpreterPool(2) speedup', value = measure.summary(si), unit = 'x',
+               goal = { op = '>=', value = 1.8, on = 'value' } }

@@ -1,11 +1,11 @@
 -- bench/thread_bench.lua: host.thread and host.queue against CPython's
--- threading and queue, measured in the same run. Goals from issue 4.
+-- threading and queue, measured in the same run; the GIL hand-off against
+-- a C futex ping-pong (bench/futex_pingpong.c). Goals from issue 17.
 local bench = dofile 'bench/lib.lua'
 local thread = require 'host.thread'
 local queue = require 'host.queue'
-local time = require 'host.time'
 
--- The Python twins: each prints "name seconds-per-op".
+-- The Python twins: each prints "name seconds-per-op of each run".
 local python = [[
 import threading, queue, time
 def spawn(n):
@@ -43,7 +43,6 @@ print("locked_increment", per_op(locked, 500000, 3))
 print("queue_message", per_op(qthroughput, 200000, 3))
 ]]
 
-
 local per_op = bench.per_op
 
 local function spawn(n)
@@ -80,41 +79,59 @@ local function qthroughput(n)
   assert(t:join(60))
 end
 
--- GIL hand-off: two CPU-bound threads switching every ~1000 instructions,
--- against the same work done by one thread; the difference per switch.
-local function handoff()
-  local function work() local x = 0 for i = 1, 2e6 do x = x + i end return x end
-  thread.setswitchinterval { instructions = 1000 }
-  local t0 = time.monotonic()
-  work() work()
-  local alone = time.monotonic() - t0
-  local s0 = thread.switches()
-  t0 = time.monotonic()
-  local a, b = thread.start(work), thread.start(work)
-  a:join(60) b:join(60)
-  local both = time.monotonic() - t0
-  local switches = thread.switches() - s0
-  thread.setswitchinterval(0.005)
-  return math.max(both - alone, 0) / math.max(switches, 1), switches
+-- GIL hand-off: two threads pass a turn through one Condition, n times
+-- each way; every pass wakes the other thread, which must take the
+-- condition's lock and the GIL before it runs. Per op = per hand-off.
+local function handoff(n)
+  local cv = thread.Condition(thread.Lock())
+  local turn = 0
+  local function play(me)
+    cv:acquire()
+    for _ = 1, n // 2 do
+      while turn ~= me do assert(cv:wait(10), 'hand-off stuck') end
+      turn = 1 - me
+      cv:notify()
+    end
+    cv:release()
+  end
+  local other = thread.start(play, 1)
+  play(0)
+  assert(other:join(60))
 end
 
 local py = bench.python(python)
-local function figure(...) bench.figure(py, ...) end
+local CPY = 'CPython'
+local function figure(name, key, f, n, runs, unit, scale, goal)
+  bench.figure { name = name, value = per_op(f, n, runs), unit = unit, scale = scale,
+                 ref = py[key], ref_name = py[key] and CPY, goal = py[key] and goal }
+end
 
-figure('spawn', 'thread spawn + join', per_op(spawn, 2000), 'us', 1e6, '<= 25 us')
-figure('acquire_release', 'Lock acquire + release', per_op(plain, 1000000), 'ns', 1e9, '<= 80 ns')
-figure('with_lock', 'Lock acquire with <close>', per_op(with_close, 1000000), 'ns', 1e9, '<= 120 ns')
-figure('locked_increment', 'Item 38 locked increment, 5 threads', per_op(locked, 500000, 3), 'ns', 1e9,
-       '<= 200 ns')
-local q = per_op(qthroughput, 200000, 3)
-figure('queue_message', 'Queue message thread to thread', q, 'ns', 1e9)
-bench.report('Queue messages per second', 1 / q, 'msg/s')
-if py.queue_message then bench.report('Queue messages per second (python3)', 1 / py.queue_message, 'msg/s') end
-local cost, switches = handoff()
-bench.report('GIL hand-off (' .. switches .. ' switches)', cost * 1e6, 'us')
+figure('thread spawn + join', 'spawn', spawn, 2000, 5, 'us', 1e6, { op = '<=', value = 0.15, on = 'ratio' })
+figure('Lock acquire + release', 'acquire_release', plain, 1000000, 5, 'ns', 1e9,
+       { op = '<=', value = 0.84, on = 'ratio' })
+figure('Lock acquire with <close> (CPython: with lock)', 'with_lock', with_close, 1000000, 5, 'ns', 1e9)
+figure('Item 38 locked increment, 5 threads', 'locked_increment', locked, 500000, 3, 'ns', 1e9,
+       { op = '<=', value = 0.525, on = 'ratio' })
+figure('Queue message thread to thread', 'queue_message', qthroughput, 200000, 3, 'ns', 1e9,
+       { op = '<=', value = 0.105, on = 'ratio' })
+
+-- The C floor: bench/futex_pingpong (built by make bench), one run of it
+-- then one of ours, 5 rounds, so both see the same load.
+local pingpong = os.getenv 'HOST_BENCH_PINGPONG' or 'build/bench/futex_pingpong'
+local have_floor = io.open(pingpong) ~= nil
+local floor, ours = {}, {}
+for i = 1, 5 do
+  if have_floor then floor[i] = bench.parse(bench.capture(pingpong .. ' 20000 1')).handoff_ns.median end
+  ours[i] = bench.measure.time(handoff, 20000) / 20000
+end
+floor = have_floor and bench.measure.summary(floor) or nil
+bench.figure { name = 'GIL hand-off, Condition ping-pong, per hand-off', value = bench.measure.summary(ours),
+               unit = 'us', scale = 1e6, ref = floor, ref_name = floor and 'C futex ping-pong', ref_scale = 1e-3,
+               goal = floor and { op = '<=', value = 1.5, on = 'ratio' } }
+if not floor then print('  (no ' .. pingpong .. ': make bench builds it from bench/futex_pingpong.c)') end
 
 -- Serial gcd with 4 idle (daemon) threads alive, against stock lua5.4:
--- both run bench/gcd_kernel.lua in a fresh process.
+-- both run bench/gcd_kernel.lua in a fresh process, alternating.
 local idle = [[-e "local t = require 'host.thread' IDLE = t.Event()
   for i = 1, 4 do t.Thread{ target = function() IDLE:wait() end, daemon = true }:start() end"]]
 local hs, ls = {}, {}
@@ -122,8 +139,5 @@ for i = 1, 7 do
   hs[i] = tonumber(bench.capture(bench.host .. ' ' .. idle .. ' bench/gcd_kernel.lua 3'))
   ls[i] = tonumber(bench.capture('lua5.4 bench/gcd_kernel.lua 3'))
 end
-table.sort(hs)
-table.sort(ls)
-bench.report('serial gcd x3, 4 idle threads alive (host)', hs[4], 's')
-bench.report('serial gcd x3 (lua5.4)', ls[4], 's')
-bench.ratio('serial gcd with idle threads host/lua5.4', hs[4], ls[4], '<= 1.03')
+bench.figure { name = 'serial gcd x3, 4 idle threads alive (CPU time)', value = bench.measure.summary(hs), unit = 's',
+               ref = bench.measure.summary(ls), ref_name = 'lua5.4', goal = { op = '<=', value = 1.02, on = 'ratio' } }

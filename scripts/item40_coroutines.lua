@@ -245,12 +245,13 @@ function item40.suspended_coroutine()
   return co
 end
 
--- Median seconds per operation of each kernel(n), over 7 rounds that
--- alternate the kernels (so a busy machine slows them alike).
-function item40.per_op(n, ...)
+-- Samples of seconds per operation of each kernel(n), over `rounds` rounds
+-- that alternate the kernels (so a busy machine slows them alike): one
+-- { median =, min =, max =, n =, values = } per kernel.
+function item40.samples(n, rounds, ...)
   local kernels, times = { ... }, {}
   for j = 1, #kernels do times[j] = {} end
-  for i = 1, 7 do
+  for i = 1, rounds do
     for j, kernel in ipairs(kernels) do
       local t0 = time.monotonic()
       kernel(n)
@@ -258,8 +259,9 @@ function item40.per_op(n, ...)
     end
   end
   for j = 1, #kernels do
-    table.sort(times[j])
-    times[j] = times[j][4]
+    local t = table.move(times[j], 1, rounds, 1, {})
+    table.sort(t)
+    times[j] = { median = t[(rounds + 1) // 2], min = t[1], max = t[rounds], n = rounds, values = times[j] }
   end
   return table.unpack(times)
 end
@@ -293,18 +295,35 @@ end
 print(columns(texts))
 print()
 
-local k, per_op = item40.kernels, item40.per_op
-local send, resume = per_op(500000, k.send, k.resume)
-local gen_bytes = item40.bytes_per(item40.suspended_generator, 100000)
-local co_bytes = item40.bytes_per(item40.suspended_coroutine, 100000)
-print(('create + prime + first send       %7.0f ns'):format(per_op(100000, k.create_prime_send) * 1e9))
-print(('send to a live generator          %7.0f ns  (coroutine.resume: %.0f ns, %.2fx)')
-  :format(send * 1e9, resume * 1e9, send / resume))
-print(('memory per suspended generator    %7.0f B   (a raw coroutine: %.0f B; 100 000 alive)')
-  :format(gen_bytes, co_bytes))
-print(('Game of Life, 5x9, per generation %7.1f us'):format(per_op(100, k.life) * 1e6))
+-- The figures: medians of ROUNDS rounds with min-max, on a watched machine.
+local here = debug.getinfo(1, 'S').source:match '^@(.*)[/\\]' or '.'
+package.path = here .. '/lib/?.lua;' .. package.path
+local measure = require 'measure'
+local chart = require 'chart'
+local quick = measure.quick()
+local ROUNDS = quick and 3 or 7
+local N_SEND, N_CREATE, N_LIFE = quick and 20000 or 500000, quick and 5000 or 100000, quick and 10 or 100
+local ALIVE_N, THREADS = quick and 10000 or 100000, quick and 100 or 2000
 
--- OS threads for comparison: start up to 2000 host threads that block on
+local watch = measure.watch(quick and 0.1)
+local machine = watch.machine
+print(('What it costs, on %d cores (%s), load average %.2f at start; median of %d rounds (min-max):')
+  :format(machine.cores, machine.model, machine.load[1], ROUNDS))
+local k, samples = item40.kernels, item40.samples
+local send, resume = samples(N_SEND, ROUNDS, k.send, k.resume)
+local create = samples(N_CREATE, ROUNDS, k.create_prime_send)
+local life = samples(N_LIFE, ROUNDS, k.life)
+local gen_bytes = item40.bytes_per(item40.suspended_generator, ALIVE_N)
+local co_bytes = item40.bytes_per(item40.suspended_coroutine, ALIVE_N)
+print(('create + prime + first send       %s ns'):format(measure.format(measure.scale(create, 1e9), '%.0f')))
+print(('send to a live generator          %s ns  (coroutine.resume: %s ns, %.2fx)')
+  :format(measure.format(measure.scale(send, 1e9), '%.0f'), measure.format(measure.scale(resume, 1e9), '%.0f'),
+          send.median / resume.median))
+print(('memory per suspended generator    %7.0f B   (a raw coroutine: %.0f B; %d alive)')
+  :format(gen_bytes, co_bytes, ALIVE_N))
+print(('Game of Life, 5x9, per generation %s us'):format(measure.format(measure.scale(life, 1e6), '%.1f')))
+
+-- OS threads for comparison: start up to THREADS host threads that block on
 -- one Event, and read the process's RSS and virtual size before and after.
 local function status_kb(field)
   local f = assert(io.open('/proc/self/status'))
@@ -316,7 +335,7 @@ local thread = require 'host.thread'
 local gate = thread.Event()
 local rss0, vm0 = status_kb 'VmRSS', status_kb 'VmSize'
 local threads, refused = {}, nil
-for i = 1, 2000 do
+for i = 1, THREADS do
   local ok, t = pcall(thread.start, function() gate:wait(60) end)
   if not ok then refused = t break end
   threads[i] = t
@@ -325,7 +344,47 @@ local rss1, vm1 = status_kb 'VmRSS', status_kb 'VmSize'
 gate:set()
 for _, t in ipairs(threads) do t:join(60) end
 local n = #threads
+local rss_kb, vm_mb = (rss1 - rss0) / n, (vm1 - vm0) / n / 1024
 print(('OS threads: %d blocked at once%s'):format(n, refused and (' (the machine refused more: ' .. refused .. ')') or ''))
 print(('memory per blocked OS thread      %7.1f KB RSS, %.1f MB virtual (a generator: %.2f KB)')
-  :format((rss1 - rss0) / n, (vm1 - vm0) / n / 1024, gen_bytes / 1024))
+  :format(rss_kb, vm_mb, gen_bytes / 1024))
 
+-- The verdict, from this run: the book's point is that a coroutine costs
+-- about a kilobyte where a thread costs megabytes, so thousands are cheap.
+local report = watch.stop()
+print('\n' .. measure.describe(report))
+local reasons = report.reasons
+for _, x in ipairs { { 'create + prime + send', create }, { 'send', send }, { 'Game of Life', life } } do
+  local name, s = x[1], x[2]
+  if measure.spread(s) > measure.WIDE then
+    reasons[#reasons + 1] = ('the %s times spread %.0f %% around their median'):format(name, measure.spread(s) * 100)
+  end
+end
+local verdict
+if gen_bytes < rss_kb * 1024 then
+  verdict = ('as the book says: a suspended generator takes %.0f B, %.0fx less than the %.1f KB of resident '
+    .. 'memory (and %.1f MB of address space) a blocked OS thread takes.'):format(gen_bytes, rss_kb * 1024 / gen_bytes,
+    rss_kb, vm_mb)
+else
+  verdict = ('this run does NOT agree with the book: a suspended generator took %.0f B, a blocked OS thread only '
+    .. '%.1f KB of resident memory.'):format(gen_bytes, rss_kb)
+end
+print('Conclusion: ' .. verdict)
+if #reasons > 0 then
+  print('The times above are unreliable: the machine was too busy to tell (' .. table.concat(reasons, '; ')
+    .. '). Memory figures do not depend on load.')
+end
+
+local path = chart.write(measure.outdir() .. '/item40_memory.svg', chart.bars {
+  title = 'Item 40: memory per suspended generator and per blocked OS thread',
+  subtitle = ('%d generators, %d threads alive at once; %d cores, load %.2f -> %.2f'):format(ALIVE_N, n,
+    machine.cores, report.load_start, report.load_end),
+  unit = 'KB', label_width = 240,
+  groups = {
+    { label = 'suspended generator', bars = { { label = 'generator', value = gen_bytes / 1024 } } },
+    { label = 'suspended raw coroutine', bars = { { label = 'coroutine', value = co_bytes / 1024 } } },
+    { label = 'blocked OS thread (RSS)', bars = { { label = 'thread', value = rss_kb,
+      text = ('%.1f KB RSS (+%.1f MB virtual)'):format(rss_kb, vm_mb) } } },
+  },
+})
+print(('\nPicture: %s'):format(path))
