@@ -231,7 +231,13 @@ DIRS_MADE = $(SHAREDIR)/dirs-made
 INSTALLED = $(PREFIX)/bin/host $(INCDIR)/host.h $(LIBDIR)/libhost.a \
             $(LIBDIR)/pkgconfig/host.pc $(LIBDIR)/pkgconfig/host-embed.pc \
             $(MANDIR)/host.1
+# make splits words at blanks: a PREFIX or DESTDIR with one would install
+# into, or remove, other paths (`rm -f /a/victim x/bin/host`). Refused.
+BLANK := $(subst ,, )
+CHECK_PATHS = $(if $(findstring $(BLANK),$(PREFIX)$(DESTDIR)),$(error PREFIX and DESTDIR \
+  must not contain blanks: '$(DESTDIR)' '$(PREFIX)'; install elsewhere and link))
 install: $(HOST)
+	$(CHECK_PATHS)
 	@made=$$(for d in $(INSTALL_DIRS); do \
 	    while [ "$$d" != / ] && [ "$$d" != . ] && [ ! -d "$(DESTDIR)$$d" ]; do \
 	      echo "$$d"; d=$$(dirname "$$d"); done; done); \
@@ -261,6 +267,7 @@ install: $(HOST)
 	  echo "man page: MANPATH=\"$(PREFIX)/share/man:\" man host"; }
 
 uninstall:
+	$(CHECK_PATHS)
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 	@if [ -f "$(DESTDIR)$(DIRS_MADE)" ]; then \
 	  dirs=$$(sort -r "$(DESTDIR)$(DIRS_MADE)"); rm -f "$(DESTDIR)$(DIRS_MADE)"; \

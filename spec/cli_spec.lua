@@ -228,4 +228,18 @@ describe('make install', function()
     local left = sh.run('find ' .. q(dir) .. ' | sort')
     assert.are.equal(dir .. '\n' .. dir .. '/other\n' .. dir .. '/other/host\n', left)
   end)
+
+  it('refuses a PREFIX with a blank, which would remove other files', function()
+    -- before: `make uninstall PREFIX="<dir>/victim x"` ran `rm -f <dir>/victim x/bin/host ...`
+    local dir = tempdir()
+    assert(io.open(dir .. '/victim', 'w')):close()
+    local build = sh.host:match '^(.*)/host$'
+    for _, target in ipairs { 'uninstall', 'install' } do
+      local _, err, code = sh.run('env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -s BUILD=' .. q(build) ..
+                                  ' PREFIX=' .. q(dir .. '/victim x') .. ' ' .. target, 60)
+      assert.are_not.equal(0, code)
+      assert.matches('must not contain blanks', err, 1, true)
+    end
+    assert.are.equal(dir .. '\n' .. dir .. '/victim\n', sh.run('find ' .. q(dir) .. ' | sort'))
+  end)
 end)
