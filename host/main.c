@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -434,13 +435,25 @@ static int push_text(lua_State *L) {
 }
 
 /*
+** True while readline has the terminal in raw mode. Another thread may end
+** the program then (os.exit): the exit handler gives the terminal back.
+*/
+static atomic_bool in_readline;
+
+static void restore_terminal(void) {
+  if (atomic_load(&in_readline)) rl_deprep_terminal();
+}
+
+/*
 ** Shows the prompt, reads one line with readline (the GIL released, so
 ** other threads run meanwhile) and pushes it; false at end of input.
 */
 static bool read_line(lua_State *L, bool first) {
   const char *prompt = push_prompt(L, first);  /* anchored on the stack */
   host_gil_release(L);
+  atomic_store(&in_readline, true);
   char *line = readline(prompt);
+  atomic_store(&in_readline, false);
   host_gil_acquire(L);
   lua_pop(L, 1);
   if (line == NULL) return false;
@@ -533,6 +546,7 @@ static void do_repl(lua_State *L) {
   const char *saved = progname;
   progname = NULL;
   rl_readline_name = "host";  /* for $if host in ~/.inputrc */
+  atexit(restore_terminal);
   for (;;) {
     lua_settop(L, 0);
     if (!read_line(L, true)) break;

@@ -72,6 +72,22 @@ describe('host at the prompt', function()
     assert.is_nil(out:find('binary', 1, true), out)
   end)
 
+  it('gives the terminal back when a thread exits while the prompt reads', function()
+    -- before: os.exit in another thread left the terminal without echo
+    local script = sh.tempfile [[
+      local thread = require 'host.thread'
+      thread.start(function() thread.sleep(0.3) os.exit(3) end)
+    ]]
+    local inner = 'stty -a | grep -o -- "-*echo " | head -1; ' .. q(sh.host) .. ' -i ' .. q(script) ..
+                  '; echo rc=$?; stty -a | grep -o -- "-*echo " | head -1'
+    local out = sh.run('(sleep 3) | TERM=dumb script -qec ' .. q('sh -c ' .. q(inner)) .. ' /dev/null', 20)
+    os.remove(script)
+    assert.matches('rc=3', out, 1, true)
+    local before, after = out:match '^(%-*echo) .*rc=3%s+(%-*echo)'
+    assert.are.equal('echo', before, out)
+    assert.are.equal('echo', after, out)
+  end)
+
   it('lets other threads run while it waits for a line', function()
     -- before: the prompt read with the GIL held, so the thread never ran
     -- and the shell waited on the FIFO until the time limit
