@@ -785,8 +785,9 @@ static int thread_cancel(lua_State *L) {
 
 /*
 ** __gc: an error that no join returned and the thread's end did not
-** report (a join waited then, and left without it) is reported now, with
-** the default hook's words, and the wait queues are released. A daemon
+** report (a join waited then, and left without it) is reported now,
+** through thread.excepthook as at the thread's end (info.thread is then
+** finalized), and the wait queues are released. A daemon
 ** thread still running at close keeps its outcome: it never runs again.
 */
 static int thread_gc(lua_State *L) {
@@ -804,18 +805,10 @@ static int thread_gc(lua_State *L) {
   }
   if (t->state == T_DONE && t->failed && !t->collected && !t->reported) {
     t->reported = true;
-    lua_pushcfunction(L, l_default_excepthook);
-    lua_createtable(L, 0, 3);
-    lua_pushvalue(L, 1);
-    lua_setfield(L, -2, "thread");
+    lua_settop(L, 1);
     lua_pushvalue(t->co, -1);
-    lua_xmove(t->co, L, 1);
-    lua_setfield(L, -2, "error");
-    lua_getiuservalue(L, 1, UV_INFO);
-    lua_getfield(L, -1, "traceback");
-    lua_setfield(L, -3, "traceback");
-    lua_pop(L, 1);
-    lua_call(L, 1, 0);  /* raises only for memory: Lua makes that a warning */
+    lua_xmove(t->co, L, 1);  /* 2: the error */
+    report_error(L, 1, 2);
   }
   return 0;
 }

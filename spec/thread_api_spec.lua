@@ -149,6 +149,28 @@ describe('a thread error is reported when the thread ends', function()
     assert.are.equal(0, rc)
     assert.matches('^Exception in thread Thread%-1 %(ident %d+%):\na table error\nstack traceback:\n.*in [^\n]*deep', err)
   end)
+
+  it('goes to thread.excepthook when reported late, after an interrupted join', function()
+    -- before: __gc printed it with the default hook's words, bypassing the user's hook
+    local out, err, rc = sh.host_script([[
+      local thread = require 'host.thread'
+      thread.excepthook = function(info) io.stderr:write('CUSTOM HOOK: ', tostring(info.error), '\n') end
+      local pid = assert(io.open('/proc/self/stat')):read('n')
+      local t = thread.start(function() thread.sleep(0.5) error('late', 0) end)
+      thread.start(function() thread.sleep(0.1) io.popen('kill -INT ' .. pid):close() end)
+      print(pcall(t.join, t, 10))
+      thread.sleep(1)  -- t ends meanwhile; nobody reports it at its end
+      t = nil
+      collectgarbage()
+      collectgarbage()
+      print('end')
+    ]], 20)
+    assert.are.equal(0, rc, err)
+    assert.are.equal('false\tinterrupted!\nend\n', out)
+    assert.matches('^CUSTOM HOOK: late\n', err)
+    assert.are.equal(1, count(err, 'CUSTOM HOOK'))
+    assert.is_nil(err:find('Exception in thread', 1, true))
+  end)
 end)
 
 describe('thread introspection', function()
