@@ -138,6 +138,7 @@ static int unknown_option(lua_State *L, int arg, const char *const known[]) {
   size_t len;
   const char *key = lua_tolstring(L, -1, &len);
   const char *near = closest_option(key, len, known);
+  if (strlen(key) != len) key = lua_pushfstring(L, "%s\\0...", key);  /* a NUL inside */
   if (near != NULL)
     return luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s' (did you mean '%s'?)",
                                                  key, near));
@@ -162,8 +163,10 @@ void host_check_options(lua_State *L, int arg, const char *const known[]) {
     lua_pop(L, 1);
     bool found = false;
     if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *key = lua_tostring(L, -1);
-      for (int i = 0; known[i] != NULL && !found; i++) found = strcmp(key, known[i]) == 0;
+      size_t len;
+      const char *key = lua_tolstring(L, -1, &len);  /* "max_workers\0x" is not max_workers */
+      for (int i = 0; known[i] != NULL && !found; i++)
+        found = strlen(known[i]) == len && memcmp(key, known[i], len) == 0;
     }
     if (!found) {
       lua_pushvalue(L, -1);  /* a copy to convert: lua_next needs the key as it is */

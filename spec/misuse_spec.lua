@@ -73,6 +73,12 @@ describe('an unknown option', function()
       error_of(function() futures.ProcessPoolExecutor { max_task_per_child = 1 } end), 1, true)
   end)
 
+  it('refuses a known name followed by a NUL and more', function()
+    -- before: compared with strcmp, "max_workers\0junk" passed for max_workers
+    assert.matches("unknown option 'max_workers\\0...' (did you mean 'max_workers'?)",
+      error_of(function() futures.ThreadPoolExecutor { ['max_workers\0junk'] = 2 } end), 1, true)
+  end)
+
   it('lists the options when none is close', function()
     assert.matches("unknown option 'colour' (known options: 'max_workers', 'initializer', " ..
       "'initargs')", error_of(function() futures.InterpreterPoolExecutor { colour = 1 } end),
