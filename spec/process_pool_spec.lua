@@ -17,10 +17,10 @@ local function fd_count()
   -- files earlier specs dropped would otherwise close in the middle of a count
   collectgarbage()
   collectgarbage()
+  -- read in-process: a listing by `ls` under io.popen raced with popen
+  -- closing its copy of the pipe's write end, and counted it now and then
   local n = 0
-  local p = io.popen('ls /proc/' .. tostring(require('host.spec_pid')) .. '/fd')
-  for _ in p:lines() do n = n + 1 end
-  p:close()
+  for _ in require('lfs').dir('/proc/' .. tostring(require('host.spec_pid')) .. '/fd') do n = n + 1 end
   return n
 end
 
