@@ -44,6 +44,7 @@
 
 #define FORMAT_VERSION 1
 #define TYPES_KEY "host.serialize.types"
+#define CFUNCS_KEY "host.serialize.cfuncs"
 #define BOX_TYPE "host.serialize.box"
 #define MEMO_STRING_MIN 32  /* strings this long are memoized */
 #define PATH_HEAD 8         /* path segments kept before a "..." */
@@ -285,6 +286,7 @@ typedef struct encoder {
   int arg;             /* which top-level value is being encoded */
   lua_Integer nobjs;
   int objs, keys, cfuncs, types, globals, t;
+  bool cfuncs_built;   /* cfuncs was built by this encoding */
 } encoder;
 
 static inline eframe *eframe_at(encoder *E, size_t d) {
@@ -542,11 +544,20 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
 
 /*
 ** Builds cfuncs: every C function found as package.loaded[module][field],
-** mapped to {module, field}. Made once per encoding, when first needed.
+** mapped to {module, field}, and keeps it in the registry (CFUNCS_KEY,
+** weak keys) for the next encodings of this universe: walking every
+** loaded module costs ~80 us, more than a whole task. An entry is used
+** only while package.loaded still holds the function there (see
+** put_cfunction); a function not found, or found moved, makes an encoding
+** build it again, once.
 */
 static void build_cfuncs(encoder *E) {
   lua_State *L = E->L;
   lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {  /* cfuncs loaded module mod */
@@ -573,15 +584,59 @@ static void build_cfuncs(encoder *E) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CFUNCS_KEY);
   lua_replace(L, E->cfuncs);
+  E->cfuncs_built = true;
+}
+
+/*
+** True when the cfuncs entry on top, {module, field}, still names the C
+** function just below it in package.loaded.
+*/
+static bool cfunc_entry_valid(lua_State *L) {
+  if (!lua_istable(L, -1)) return false;
+  bool valid = false;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_rawgeti(L, -2, 1);
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    lua_rawgeti(L, -3, 2);
+    lua_rawget(L, -2);
+    valid = lua_rawequal(L, -1, -5);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return valid;
+}
+
+/*
+** Pushes the cfuncs entry {module, field} of the C function on top, or
+** nil: from the universe's kept map while its entry is still true, else
+** from a map built again (once per encoding).
+*/
+static void push_cfunc_entry(encoder *E) {
+  lua_State *L = E->L;
+  if (lua_isnil(L, E->cfuncs)) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CFUNCS_KEY) == LUA_TTABLE) lua_replace(L, E->cfuncs);
+    else {
+      lua_pop(L, 1);
+      build_cfuncs(E);
+    }
+  }
+  lua_pushvalue(L, -1);
+  lua_rawget(L, E->cfuncs);
+  if (cfunc_entry_valid(L) || E->cfuncs_built) return;
+  lua_pop(L, 1);
+  build_cfuncs(E);
+  lua_pushvalue(L, -1);
+  lua_rawget(L, E->cfuncs);
 }
 
 /* C function on top: CFN with its module path, or an error. */
 static void put_cfunction(encoder *E, bool is_key) {
   lua_State *L = E->L;
-  if (lua_isnil(L, E->cfuncs)) build_cfuncs(E);
-  lua_pushvalue(L, -1);
-  if (lua_rawget(L, E->cfuncs) != LUA_TTABLE)
+  push_cfunc_entry(E);
+  if (!lua_istable(L, -1))
     fail(E, is_key, "function", "C function not found in package.loaded");
   size_t n;
   put_byte(E, T_CFN);

@@ -526,3 +526,25 @@ describe('InterpreterPoolExecutor', function()
     assert.are.same({ 42, dir .. '/?.lua;' .. path, dir .. '/?.so;' .. cpath }, r)
   end)
 end)
+
+describe('the codec caches the pools rely on', function()
+  local serialize = require 'host.serialize'
+
+  it('finds a C function by where package.loaded holds it now, not where it was', function()
+    local it = string.gmatch('a', 'a')  -- a C closure that no module holds
+    local function roundtrip() return serialize.loads(serialize.dumps(it), { functions = true }) end
+    assert.is_true(serialize.loads(serialize.dumps(math.abs), { functions = true }) == math.abs)
+    assert.has_error(roundtrip, 'cannot serialize function at [1] (C function not found in package.loaded)')
+    package.loaded.codec_cache_probe = { it = it }
+    local ok, got = pcall(roundtrip)
+    package.loaded.codec_cache_probe = nil
+    assert(ok, got)
+    assert.is_true(got == it)
+    package.loaded.codec_cache_probe2 = { moved = it }
+    ok, got = pcall(roundtrip)
+    package.loaded.codec_cache_probe2 = nil
+    assert(ok, got)
+    assert.is_true(got == it)
+    assert.has_error(roundtrip, 'cannot serialize function at [1] (C function not found in package.loaded)')
+  end)
+end)
