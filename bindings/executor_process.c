@@ -46,6 +46,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -118,39 +119,61 @@ static pstate_t *check_pool(lua_State *L) {
 
 /* ---- plain I/O (no Lua, no GIL needed) ---- */
 
-/* Writes all of buf; false on error (EPIPE when the peer died). */
-static bool send_all(int fd, const void *buf, size_t len) {
-  const char *p = buf;
-  while (len > 0) {
-    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+/*
+** Reads buf[*got .. len), adding what it read to *got; blocking unless
+** `flags` has MSG_DONTWAIT. False on EOF (errno 0) or error (EAGAIN when
+** it would block).
+*/
+static bool recv_some(int fd, void *buf, size_t len, size_t *got, int flags) {
+  char *p = buf;
+  while (*got < len) {
+    ssize_t n = recv(fd, p + *got, len - *got, flags);
     if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = 0;
     if (n <= 0) return false;
-    p += n;
-    len -= (size_t)n;
+    *got += (size_t)n;
   }
   return true;
 }
 
 /* Reads exactly len bytes; false on EOF or error. */
 static bool recv_all(int fd, void *buf, size_t len) {
-  char *p = buf;
-  while (len > 0) {
-    ssize_t n = recv(fd, p, len, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return true;
+  size_t got = 0;
+  return recv_some(fd, buf, len, &got, 0);
 }
 
-/* Sends one frame: [u32 len][kind byte unless kind < 0][payload]. */
-static bool send_frame(int fd, int kind, const char *payload, size_t len) {
+/*
+** Sends what it can of one frame, [u32 len][kind byte unless kind < 0]
+** [payload], in one sendmsg (one system call for the usual small frame),
+** from byte *done of it on; blocking unless `flags` has MSG_DONTWAIT.
+** Adds what was sent to *done; false on error (EAGAIN when it would block).
+*/
+static bool send_frame_from(int fd, int kind, const char *payload, size_t len, size_t *done,
+                            int flags) {
   char head[5];
   uint32_t n = (uint32_t)len;
   memcpy(head, &n, 4);
   head[4] = (char)kind;
-  return send_all(fd, head, kind < 0 ? 4 : 5) && send_all(fd, payload, len);
+  size_t hlen = kind < 0 ? 4 : 5;
+  while (*done < hlen + len) {
+    struct iovec iov[2];
+    int k = 0;
+    if (*done < hlen) iov[k++] = (struct iovec){head + *done, hlen - *done};
+    size_t off = *done < hlen ? 0 : *done - hlen;
+    iov[k++] = (struct iovec){(char *)payload + off, len - off};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)k};
+    ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    *done += (size_t)r;
+  }
+  return true;
+}
+
+/* Sends one whole frame (blocking); false on error (EPIPE when the peer died). */
+static bool send_frame(int fd, int kind, const char *payload, size_t len) {
+  size_t done = 0;
+  return send_frame_from(fd, kind, payload, len, &done, 0);
 }
 
 /* ---- the worker process ---- */
@@ -478,9 +501,16 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
   size_t len;
   const char *payload = lua_tolstring(L, -1, &len);
   int fd = w->fd;
+  size_t done = 0;
+  /* Most frames fit in the socket's buffer at once: then the GIL stays. */
+  if (send_frame_from(fd, -1, payload, len, &done, MSG_DONTWAIT) ||
+      (errno != EAGAIN && errno != EWOULDBLOCK)) {
+    lua_pop(L, 2);
+    return;
+  }
   w->sending = true;
   host_gil_release(L);
-  send_frame(fd, -1, payload, len);
+  send_frame_from(fd, -1, payload, len, &done, 0);
   host_gil_acquire(L);
   if (w->linger == fd) {  /* retired meanwhile: the fd is ours to close */
     w->linger = -1;
@@ -572,14 +602,25 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   char head[5];
   char *payload = NULL;
   uint32_t len = 0;
-  host_gil_release(L);
-  bool ok = recv_all(fd, head, 5);
+  size_t got = 0;
+  /* poll said it is readable: most frames are all there, read with the GIL */
+  bool ok = recv_some(fd, head, 5, &got, MSG_DONTWAIT);
+  if (!ok && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    host_gil_release(L);
+    ok = recv_some(fd, head, 5, &got, 0);
+    host_gil_acquire(L);
+  }
   if (ok) {
     memcpy(&len, head, 4);
     payload = malloc(len ? len : 1);
-    ok = payload != NULL && recv_all(fd, payload, len);
+    got = 0;
+    ok = payload != NULL && recv_some(fd, payload, len, &got, MSG_DONTWAIT);
+    if (!ok && payload != NULL && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      host_gil_release(L);
+      ok = recv_some(fd, payload, len, &got, 0);
+      host_gil_acquire(L);
+    }
   }
-  host_gil_acquire(L);
   if (!ok) {
     free(payload);
     int status = retire_worker(L, s, i, DEATH_GRACE);
