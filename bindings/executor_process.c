@@ -46,9 +46,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "executor.h"
@@ -374,35 +374,61 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
 ** first when `grace` is 0, or once `grace` seconds have passed when it is
 ** positive (a worker whose socket hung up but that runs on: a task closed
 ** the socket itself), so that the manager never hangs here. A negative
-** grace waits without limit (a worker told to end by EOF ends).
+** grace waits without limit (a worker told to end by EOF ends). The
+** bounded wait sleeps in poll on a pidfd, which wakes when the process
+** ends; where pidfd_open is missing (Linux before 5.3) it looks again
+** every millisecond.
 */
 static int reap(pid_t pid, double grace) {
   int status = 0;
   if (grace == 0) kill(pid, SIGKILL);
-  if (grace <= 0) {
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    return status;
-  }
-  struct timespec pause = {0, 100000};  /* 0.1 ms, doubling up to 10 ms */
-  double give_up = host_now() + grace;
-  for (;;) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid || (r < 0 && errno != EINTR)) return status;
-    if (r == 0 && host_now() > give_up) {
-      kill(pid, SIGKILL);
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-      return status;
+  if (grace > 0) {
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    double give_up = host_now() + grace;
+    for (;;) {
+      pid_t r = waitpid(pid, &status, WNOHANG);
+      if (r == pid || (r < 0 && errno != EINTR)) {
+        if (pfd >= 0) close(pfd);
+        return status;
+      }
+      double left = give_up - host_now();
+      if (r == 0 && left <= 0) break;
+      if (r == 0) {
+        struct pollfd one = {.fd = pfd, .events = POLLIN};
+        int ms = (int)(left * 1000) + 1;
+        poll(pfd >= 0 ? &one : NULL, pfd >= 0 ? 1 : 0, pfd >= 0 ? ms : 1);
+      }
     }
-    nanosleep(&pause, NULL);
-    if (pause.tv_nsec < 10000000) pause.tv_nsec *= 2;
+    if (pfd >= 0) close(pfd);
+    kill(pid, SIGKILL);
+  }
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  return status;
+}
+
+/*
+** Hangs up on worker i: its socket is closed (a worker reads EOF and
+** ends). A socket that a sender still uses is shut down, not closed: the
+** sender closes it, so its number cannot be reused under the sender.
+*/
+static void hang_up(lua_State *L, pstate_t *s, int i) {
+  worker_t *w = &s->w[i];
+  if (w->fd < 0) return;
+  int fd = w->fd;
+  w->fd = -1;
+  if (w->sending) {
+    shutdown(fd, SHUT_RDWR);
+    w->sending = false;
+    w->linger = fd;
+  } else {
+    close(fd);
+    track_fd(L, fd, false);
   }
 }
 
 /*
-** Retires worker i: the slot is RETIRING (never dispatchable) while its
-** socket is closed and its process reaped (see reap for `grace`), then
-** DEAD. A socket that a sender still uses is shut down, not closed: the
-** sender closes it, so its number cannot be reused under the sender.
+** Retires worker i: the slot is RETIRING (never dispatchable) while it is
+** hung up on and its process reaped (see reap for `grace`), then DEAD.
 ** Returns the wait status.
 */
 static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
@@ -410,18 +436,7 @@ static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   worker_t *w = &s->w[i];
   if (w->state == SLOT_DEAD) return 0;
   w->state = SLOT_RETIRING;
-  if (w->fd >= 0) {
-    int fd = w->fd;
-    w->fd = -1;
-    if (w->sending) {
-      shutdown(fd, SHUT_RDWR);
-      w->sending = false;
-      w->linger = fd;
-    } else {
-      close(fd);
-      track_fd(L, fd, false);
-    }
-  }
+  hang_up(L, s, i);
   if (w->pid > 0) {
     pid_t pid = w->pid;
     host_gil_release(L);
@@ -735,7 +750,11 @@ static int manager_main(lua_State *L) {
     lua_pcall(L, 2, 0, 0);
     lua_settop(L, 1);
   }
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);  /* EOF ends them */
+  for (int i = 0; i < s->nworkers; i++) {  /* EOF ends them, all at once */
+    if (s->w[i].state != SLOT_DEAD) s->w[i].state = SLOT_RETIRING;
+    hang_up(L, s, i);
+  }
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);
   close_wake_pipe(L, s);
   s->manager_done = true;
   host_waitq_notify(s->q);
