@@ -55,6 +55,8 @@
 #define FCACHE_MAX_COUNT 128
 #define FCACHE_MAX_TOTAL (1024 * 1024)
 #define BOX_TYPE "host.serialize.box"
+#define SCRATCH_TYPE "host.serialize.scratch"
+#define SCRATCH_KEY "host.serialize.scratch"
 #define MEMO_STRING_MIN 32  /* strings this long are memoized */
 #define PATH_HEAD 8         /* path segments kept before a "..." */
 #define PATH_TAIL 24        /* path segments kept after it */
@@ -125,6 +127,68 @@ static inline char *box_room(lua_State *L, box *b, size_t n) {
   if (b->cap - b->len < n && !box_try_grow(b, n))
     luaL_error(L, "not enough memory");
   return b->p + b->len;
+}
+
+/*
+** A scratch: the four boxes an encoding works in (the decoder uses
+** `frames`), kept per universe in the registry (SCRATCH_KEY) between
+** codings so that a small task's coding allocates nearly nothing: making
+** four finalized userdata and a 1 KiB pointer map each time cost more
+** than encoding a few values. A coding takes the scratch out of the
+** registry (a nested coding, from a userdata's dump or load function,
+** makes its own) and gives it back when done; one that raises leaves it
+** to the garbage collector, whose __gc frees the boxes. Boxes over
+** SCRATCH_KEEP bytes are freed, not kept.
+*/
+typedef struct scratch {
+  box out, frames, seen, upvals;
+} scratch;
+
+#define SCRATCH_KEEP (64 * 1024)
+
+/* __gc of a scratch. */
+static int scratch_free(lua_State *L) {
+  scratch *w = lua_touserdata(L, 1);
+  box_release(&w->out, NULL);
+  box_release(&w->frames, NULL);
+  box_release(&w->seen, NULL);
+  box_release(&w->upvals, NULL);
+  return 0;
+}
+
+/* Pushes the universe's scratch (taken out of the registry) or a new one. */
+static scratch *scratch_take(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SCRATCH_KEY) == LUA_TUSERDATA) {
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, SCRATCH_KEY);
+    return lua_touserdata(L, -1);
+  }
+  lua_pop(L, 1);
+  scratch *w = lua_newuserdatauv(L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
+  if (luaL_newmetatable(L, SCRATCH_TYPE)) {
+    lua_pushcfunction(L, scratch_free);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return w;
+}
+
+/* Empties box b for the next coding: keeps its memory unless it is big. */
+static void scratch_reset(box *b, bool zero) {
+  if (b->cap > SCRATCH_KEEP) box_release(b, NULL);
+  else if (zero && b->len > 0) memset(b->p, 0, b->cap);
+  b->len = 0;
+}
+
+/* Gives the scratch at idx back to the registry, emptied. */
+static void scratch_give(lua_State *L, int idx, scratch *w) {
+  scratch_reset(&w->out, false);
+  scratch_reset(&w->frames, false);
+  scratch_reset(&w->seen, true);   /* pointer maps: empty slots are zero */
+  scratch_reset(&w->upvals, true);
+  lua_pushvalue(L, idx);
+  lua_setfield(L, LUA_REGISTRYINDEX, SCRATCH_KEY);
 }
 
 /* ---- walking: shared by the encoder and the decoder ---- */
@@ -1004,17 +1068,19 @@ static void encode_graph(encoder *E) {
 }
 
 /*
-** Encodes the `n` values from stack index `first` and pushes the box that
-** holds the payload. Everything else it pushed is gone again.
+** Encodes the `n` values from stack index `first` and pushes the scratch
+** whose `out` box holds the payload (see scratch_give). Everything else it
+** pushed is gone again.
 */
-static box *encode_values(lua_State *L, int first, int n) {
+static scratch *encode_values(lua_State *L, int first, int n) {
   encoder E = {.L = L};
   luaL_checkstack(L, 48, "serialize");  /* 9 slots, the walk, cfuncs' build */
   int base = lua_gettop(L);
-  E.out = box_push(L);
-  E.frames = box_push(L);
-  E.seen = box_push(L);
-  E.upvals = box_push(L);
+  scratch *w = scratch_take(L);
+  E.out = &w->out;
+  E.frames = &w->frames;
+  E.seen = &w->seen;
+  E.upvals = &w->upvals;
   lua_newtable(L);
   E.objs = lua_gettop(L);
   lua_pushnil(L);
@@ -1035,7 +1101,7 @@ static box *encode_values(lua_State *L, int first, int n) {
     lua_settop(L, E.t - 1);
   }
   lua_settop(L, base + 1);
-  return E.out;
+  return w;
 }
 
 /* ---- the decoder ---- */
@@ -1650,7 +1716,9 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
   luaL_checkstack(L, (int)n + 24, "too many values to decode");
   int base = lua_gettop(L);
   lua_settop(L, base + (int)n);
-  D.frames = box_push(L);
+  scratch *w = scratch_take(L);
+  int widx = lua_gettop(L);
+  D.frames = &w->frames;
   lua_newtable(L);
   D.objs = lua_gettop(L);
   lua_pushnil(L);
@@ -1663,6 +1731,7 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
     lua_settop(L, D.t - 1);
   }
   if (D.p != D.end) corrupt(&D, "trailing bytes");
+  scratch_give(L, widx, w);
   lua_settop(L, base + (int)n);
   return (int)n;
 }
@@ -1672,9 +1741,9 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
 /* serialize.dumps(...): one string holding every argument, nils included. */
 static int serialize_dumps(lua_State *L) {
   int n = lua_gettop(L);
-  box *b = encode_values(L, 1, n);
-  lua_pushlstring(L, b->p, b->len);
-  box_release(b, NULL);  /* now, not at the next GC cycle */
+  scratch *w = encode_values(L, 1, n);
+  lua_pushlstring(L, w->out.p, w->out.len);
+  scratch_give(L, n + 1, w);
   return 1;
 }
 
@@ -1736,9 +1805,10 @@ typedef struct encode_call {
 /* Protected body of host_codec_encode: hands the payload's memory over. */
 static int encode_call_body(lua_State *L) {
   encode_call *c = lua_touserdata(L, 1);
-  box *b = encode_values(L, 2, c->n);
-  c->len = b->len;
-  box_release(b, &c->buf);
+  scratch *w = encode_values(L, 2, c->n);
+  c->len = w->out.len;
+  box_release(&w->out, &c->buf);
+  scratch_give(L, lua_gettop(L), w);
   return 0;
 }
 
