@@ -136,12 +136,6 @@ static bool recv_some(int fd, void *buf, size_t len, size_t *got, int flags) {
   return true;
 }
 
-/* Reads exactly len bytes; false on EOF or error. */
-static bool recv_all(int fd, void *buf, size_t len) {
-  size_t got = 0;
-  return recv_some(fd, buf, len, &got, 0);
-}
-
 /*
 ** Sends what it can of one frame, [u32 len][kind byte unless kind < 0]
 ** [payload], in one sendmsg (one system call for the usual small frame),
@@ -211,6 +205,52 @@ static void close_pool_fds(lua_State *L, int keep) {
   lua_pop(L, 1);
 }
 
+/* What a worker has read from its socket and not used yet: p[start, end). */
+typedef struct inbuf {
+  char *p;
+  size_t cap, start, end;
+} inbuf;
+
+#define INBUF_MIN 4096            /* bytes each recv may take at least */
+#define INBUF_KEEP (1024 * 1024)  /* a buffer grown past this is freed once used */
+
+/*
+** Makes sure `need` bytes from b->start are read, each recv taking all
+** that is there (the header and a small task's payload in one system
+** call). False on EOF, error or no memory.
+*/
+static bool inbuf_fill(int fd, inbuf *b, size_t need) {
+  if (b->end - b->start >= need) return true;
+  if (b->cap - b->start < need || b->cap - b->end < INBUF_MIN) {  /* move down, grow */
+    if (b->start > 0) memmove(b->p, b->p + b->start, b->end - b->start);
+    b->end -= b->start;
+    b->start = 0;
+    size_t want = need > INBUF_MIN ? need : INBUF_MIN;
+    if (b->cap < want) {
+      char *p = realloc(b->p, want);
+      if (p == NULL) return false;
+      b->p = p;
+      b->cap = want;
+    }
+  }
+  while (b->end - b->start < need) {
+    ssize_t n = recv(fd, b->p + b->end, b->cap - b->end, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    b->end += (size_t)n;
+  }
+  return true;
+}
+
+/* Marks n bytes used; a big buffer left empty is freed. */
+static void inbuf_used(inbuf *b, size_t n) {
+  b->start += n;
+  if (b->start == b->end && b->cap > INBUF_KEEP) {
+    free(b->p);
+    *b = (inbuf){NULL, 0, 0, 0};
+  }
+}
+
 /*
 ** get_initializer(info) -> the initializer and its initargs (nothing when
 ** there is none): reading initargs runs their __len, which may raise.
@@ -244,17 +284,15 @@ static int worker_main(lua_State *L) {
     host_exit_child(1);
   }
   int base = lua_gettop(L);
+  inbuf in = {NULL, 0, 0, 0};
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
-    if (!recv_all(fd, &len, 4)) break;
-    char *in = malloc(len ? len : 1);
-    if (in == NULL || !recv_all(fd, in, len)) {
-      free(in);
-      break;
-    }
+    if (!inbuf_fill(fd, &in, 4)) break;
+    memcpy(&len, in.p + in.start, 4);
+    if (!inbuf_fill(fd, &in, 4 + (size_t)len)) break;
     int n = 0;
-    int status = host_codec_decode(L, in, len, HOST_CODEC_FUNCTIONS, &n);
-    free(in);
+    int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
+    inbuf_used(&in, 4 + (size_t)len);
     if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
     else lua_pushnil(L);  /* a payload that does not decode has no traceback */
     char *out;
@@ -275,6 +313,7 @@ static int worker_main(lua_State *L) {
     host_flush_std();  /* not fflush(NULL): a task's thread may block in io.read */
     if (!sent) break;
   }
+  free(in.p);  /* (an error that ends the worker leaves it to the process's end) */
   return 0;
 }
 

@@ -202,6 +202,17 @@ describe('ProcessPoolExecutor', function()
       "stack traceback:\n\t%[C%]: in method 'result'\n", stderr)
   end)
 
+  it('carries task payloads of every size, one after another, to one worker', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local function size(t) return #t, t:sub(-3) end
+    for _, n in ipairs { 10, 4090, 4100, 3 * 1024 * 1024, 10, 2 * 1024 * 1024, 1 } do
+      assert.are.same({ n, string.rep('x', math.min(n, 3)) }, { ex:submit(size, string.rep('x', n)):result(T) })
+    end
+    local fs = {}
+    for i = 1, 50 do fs[i] = ex:submit(size, string.rep('y', i * 997)) end
+    for i = 1, 50 do assert.are.equal(i * 997, (fs[i]:result(T))) end
+  end)
+
   it('refuses an unserializable argument at submit, naming its path', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
     assert.has_error(function() ex:submit(print, { out = io.stdout }) end,
