@@ -548,6 +548,27 @@ describe('the codec caches the pools rely on', function()
     assert.has_error(roundtrip, 'cannot serialize function at [1] (C function not found in package.loaded)')
   end)
 
+  it('decodes again, as new closures, functions with up to 254 upvalues', function()
+    -- a function of n upvalues, over two levels of locals (200 at most each)
+    local function make(n)
+      local outer, inner, refs = {}, {}, {}
+      for i = 1, n do
+        table.insert(i <= n // 2 and outer or inner, ('local x%d = %d'):format(i, i))
+        refs[i] = 'x' .. i
+      end
+      return assert(load(table.concat(outer, '\n') .. '\nreturn (function()\n' .. table.concat(inner, '\n')
+        .. '\nreturn function() x1 = x1 + 1000 return ' .. table.concat(refs, ' + ') .. ' end end)()'))()
+    end
+    for _, n in ipairs { 1, 249, 250, 251, 254 } do
+      local f = make(n)
+      local sum = n * (n + 1) // 2 + 1000
+      local a = serialize.loads(serialize.dumps(f), { functions = true })
+      local b = serialize.loads(serialize.dumps(f), { functions = true })
+      assert.are.same({ sum, sum + 1000, sum }, { a(), a(), b() }, 'n = ' .. n)
+      assert.are.equal(n, debug.getinfo(b, 'u').nups)
+    end
+  end)
+
   -- Each pool with one worker, so one universe decodes every task.
   for _, kind in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
     describe('a function sent again to a ' .. kind, function()
