@@ -66,6 +66,15 @@
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
 
+/* What was read from a socket and not used yet: p[start, end). */
+typedef struct inbuf {
+  char *p;
+  size_t cap, start, end;
+} inbuf;
+
+#define INBUF_MIN 4096            /* bytes each recv may take at least */
+#define INBUF_KEEP (1024 * 1024)  /* a buffer grown past this is freed once used */
+
 typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_state;
 
 typedef struct worker_t {
@@ -75,6 +84,7 @@ typedef struct worker_t {
   lua_Integer tasks; /* done by this process */
   bool sending;      /* a thread sends on fd with the GIL released */
   int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
+  inbuf in;          /* read from fd and not used yet: at most a frame's head */
 } worker_t;
 
 /*
@@ -205,21 +215,13 @@ static void close_pool_fds(lua_State *L, int keep) {
   lua_pop(L, 1);
 }
 
-/* What a worker has read from its socket and not used yet: p[start, end). */
-typedef struct inbuf {
-  char *p;
-  size_t cap, start, end;
-} inbuf;
-
-#define INBUF_MIN 4096            /* bytes each recv may take at least */
-#define INBUF_KEEP (1024 * 1024)  /* a buffer grown past this is freed once used */
-
 /*
 ** Makes sure `need` bytes from b->start are read, each recv taking all
-** that is there (the header and a small task's payload in one system
-** call). False on EOF, error or no memory.
+** that is there (the header and a small frame's payload in one system
+** call); blocking unless `flags` has MSG_DONTWAIT. False on EOF (errno 0),
+** error (EAGAIN when it would block) or no memory.
 */
-static bool inbuf_fill(int fd, inbuf *b, size_t need) {
+static bool inbuf_fill(int fd, inbuf *b, size_t need, int flags) {
   if (b->end - b->start >= need) return true;
   if (b->cap - b->start < need || b->cap - b->end < INBUF_MIN) {  /* move down, grow */
     if (b->start > 0) memmove(b->p, b->p + b->start, b->end - b->start);
@@ -234,8 +236,9 @@ static bool inbuf_fill(int fd, inbuf *b, size_t need) {
     }
   }
   while (b->end - b->start < need) {
-    ssize_t n = recv(fd, b->p + b->end, b->cap - b->end, 0);
+    ssize_t n = recv(fd, b->p + b->end, b->cap - b->end, flags);
     if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = 0;
     if (n <= 0) return false;
     b->end += (size_t)n;
   }
@@ -287,9 +290,9 @@ static int worker_main(lua_State *L) {
   inbuf in = {NULL, 0, 0, 0};
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
-    if (!inbuf_fill(fd, &in, 4)) break;
+    if (!inbuf_fill(fd, &in, 4, 0)) break;
     memcpy(&len, in.p + in.start, 4);
-    if (!inbuf_fill(fd, &in, 4 + (size_t)len)) break;
+    if (!inbuf_fill(fd, &in, 4 + (size_t)len, 0)) break;
     int n = 0;
     int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
     inbuf_used(&in, 4 + (size_t)len);
@@ -476,6 +479,8 @@ static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   if (w->state == SLOT_DEAD) return 0;
   w->state = SLOT_RETIRING;
   hang_up(L, s, i);
+  free(w->in.p);
+  w->in = (inbuf){NULL, 0, 0, 0};
   if (w->pid > 0) {
     pid_t pid = w->pid;
     host_gil_release(L);
@@ -653,23 +658,32 @@ static const char *death_message(lua_State *L, int status) {
 */
 static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   int fd = s->w[i].fd;
+  inbuf *b = &s->w[i].in;
   char head[5];
   char *payload = NULL;
   uint32_t len = 0;
   size_t got = 0;
-  /* poll said it is readable: most frames are all there, read with the GIL */
-  bool ok = recv_some(fd, head, 5, &got, MSG_DONTWAIT);
+  /* poll said it is readable: most frames are all there, and come in one
+  ** recv with the GIL held (the buffer takes what there is, up to 4 KiB) */
+  bool ok = inbuf_fill(fd, b, 5, MSG_DONTWAIT);
   if (!ok && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     host_gil_release(L);
-    ok = recv_some(fd, head, 5, &got, 0);
+    ok = inbuf_fill(fd, b, 5, 0);
     host_gil_acquire(L);
   }
   if (ok) {
+    memcpy(head, b->p + b->start, 5);
     memcpy(&len, head, 4);
+    b->start += 5;
     payload = malloc(len ? len : 1);
-    got = 0;
-    ok = payload != NULL && recv_some(fd, payload, len, &got, MSG_DONTWAIT);
-    if (!ok && payload != NULL && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    ok = payload != NULL;
+  }
+  if (ok) {
+    got = b->end - b->start < len ? b->end - b->start : len;
+    memcpy(payload, b->p + b->start, got);
+    b->start += got;
+    ok = recv_some(fd, payload, len, &got, MSG_DONTWAIT);
+    if (!ok && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       host_gil_release(L);
       ok = recv_some(fd, payload, len, &got, 0);
       host_gil_acquire(L);
@@ -705,10 +719,15 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
     break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
     return;
   }
+  bool more = b->start < b->end;  /* the start of another frame, also unasked */
   lua_rawgeti(L, -1, 1);
   host_future_set_payload(host_future_of(L, -1), head[4] == FRAME_OK, payload, len);
   host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
   lua_pop(L, 3);
+  if (more) {
+    break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
+    return;
+  }
   if (retire) {
     retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
     if (!s->shutdown && !s->broken) {
