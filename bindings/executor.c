@@ -221,10 +221,13 @@ static int give_from_chunk(lua_State *L, int st, map_state *s) {
   return (int)count;
 }
 
-/* The iterator; upvalue 1 is the state. Gives `index, results...`. */
+/*
+** The iterator; upvalue 1 is the state (always one: executor_map made the
+** closure, and a state is never finalized). Gives `index, results...`.
+*/
 static int map_next(lua_State *L) {
   int st = lua_upvalueindex(1);
-  map_state *s = host_object_check(L, st, MAP_STATE);
+  map_state *s = lua_touserdata(L, st);
   lua_settop(L, 0);
   lua_pushinteger(L, s->index + 1);
   for (;;) {

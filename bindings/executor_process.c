@@ -46,8 +46,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "executor.h"
@@ -65,6 +66,15 @@
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
 
+/* What was read from a socket and not used yet: p[start, end). */
+typedef struct inbuf {
+  char *p;
+  size_t cap, start, end;
+} inbuf;
+
+#define INBUF_MIN 4096            /* bytes each recv may take at least */
+#define INBUF_KEEP (1024 * 1024)  /* a buffer grown past this is freed once used */
+
 typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_state;
 
 typedef struct worker_t {
@@ -74,6 +84,7 @@ typedef struct worker_t {
   lua_Integer tasks; /* done by this process */
   bool sending;      /* a thread sends on fd with the GIL released */
   int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
+  inbuf in;          /* read from fd and not used yet: at most a frame's head */
 } worker_t;
 
 /*
@@ -118,39 +129,55 @@ static pstate_t *check_pool(lua_State *L) {
 
 /* ---- plain I/O (no Lua, no GIL needed) ---- */
 
-/* Writes all of buf; false on error (EPIPE when the peer died). */
-static bool send_all(int fd, const void *buf, size_t len) {
-  const char *p = buf;
-  while (len > 0) {
-    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n;
-    len -= (size_t)n;
-  }
-  return true;
-}
-
-/* Reads exactly len bytes; false on EOF or error. */
-static bool recv_all(int fd, void *buf, size_t len) {
+/*
+** Reads buf[*got .. len), adding what it read to *got; blocking unless
+** `flags` has MSG_DONTWAIT. False on EOF (errno 0) or error (EAGAIN when
+** it would block).
+*/
+static bool recv_some(int fd, void *buf, size_t len, size_t *got, int flags) {
   char *p = buf;
-  while (len > 0) {
-    ssize_t n = recv(fd, p, len, 0);
+  while (*got < len) {
+    ssize_t n = recv(fd, p + *got, len - *got, flags);
     if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = 0;
     if (n <= 0) return false;
-    p += n;
-    len -= (size_t)n;
+    *got += (size_t)n;
   }
   return true;
 }
 
-/* Sends one frame: [u32 len][kind byte unless kind < 0][payload]. */
-static bool send_frame(int fd, int kind, const char *payload, size_t len) {
+/*
+** Sends what it can of one frame, [u32 len][kind byte unless kind < 0]
+** [payload], in one sendmsg (one system call for the usual small frame),
+** from byte *done of it on; blocking unless `flags` has MSG_DONTWAIT.
+** Adds what was sent to *done; false on error (EAGAIN when it would block).
+*/
+static bool send_frame_from(int fd, int kind, const char *payload, size_t len, size_t *done,
+                            int flags) {
   char head[5];
   uint32_t n = (uint32_t)len;
   memcpy(head, &n, 4);
   head[4] = (char)kind;
-  return send_all(fd, head, kind < 0 ? 4 : 5) && send_all(fd, payload, len);
+  size_t hlen = kind < 0 ? 4 : 5;
+  while (*done < hlen + len) {
+    struct iovec iov[2];
+    int k = 0;
+    if (*done < hlen) iov[k++] = (struct iovec){head + *done, hlen - *done};
+    size_t off = *done < hlen ? 0 : *done - hlen;
+    iov[k++] = (struct iovec){(char *)payload + off, len - off};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)k};
+    ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    *done += (size_t)r;
+  }
+  return true;
+}
+
+/* Sends one whole frame (blocking); false on error (EPIPE when the peer died). */
+static bool send_frame(int fd, int kind, const char *payload, size_t len) {
+  size_t done = 0;
+  return send_frame_from(fd, kind, payload, len, &done, 0);
 }
 
 /* ---- the worker process ---- */
@@ -189,6 +216,45 @@ static void close_pool_fds(lua_State *L, int keep) {
 }
 
 /*
+** Makes sure `need` bytes from b->start are read, each recv taking all
+** that is there (the header and a small frame's payload in one system
+** call); blocking unless `flags` has MSG_DONTWAIT. False on EOF (errno 0),
+** error (EAGAIN when it would block) or no memory.
+*/
+static bool inbuf_fill(int fd, inbuf *b, size_t need, int flags) {
+  if (b->end - b->start >= need) return true;
+  if (b->cap - b->start < need || b->cap - b->end < INBUF_MIN) {  /* move down, grow */
+    if (b->start > 0) memmove(b->p, b->p + b->start, b->end - b->start);
+    b->end -= b->start;
+    b->start = 0;
+    size_t want = need > INBUF_MIN ? need : INBUF_MIN;
+    if (b->cap < want) {
+      char *p = realloc(b->p, want);
+      if (p == NULL) return false;
+      b->p = p;
+      b->cap = want;
+    }
+  }
+  while (b->end - b->start < need) {
+    ssize_t n = recv(fd, b->p + b->end, b->cap - b->end, flags);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = 0;
+    if (n <= 0) return false;
+    b->end += (size_t)n;
+  }
+  return true;
+}
+
+/* Marks n bytes used; a big buffer left empty is freed. */
+static void inbuf_used(inbuf *b, size_t n) {
+  b->start += n;
+  if (b->start == b->end && b->cap > INBUF_KEEP) {
+    free(b->p);
+    *b = (inbuf){NULL, 0, 0, 0};
+  }
+}
+
+/*
 ** get_initializer(info) -> the initializer and its initargs (nothing when
 ** there is none): reading initargs runs their __len, which may raise.
 */
@@ -221,17 +287,15 @@ static int worker_main(lua_State *L) {
     host_exit_child(1);
   }
   int base = lua_gettop(L);
+  inbuf in = {NULL, 0, 0, 0};
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
-    if (!recv_all(fd, &len, 4)) break;
-    char *in = malloc(len ? len : 1);
-    if (in == NULL || !recv_all(fd, in, len)) {
-      free(in);
-      break;
-    }
+    if (!inbuf_fill(fd, &in, 4, 0)) break;
+    memcpy(&len, in.p + in.start, 4);
+    if (!inbuf_fill(fd, &in, 4 + (size_t)len, 0)) break;
     int n = 0;
-    int status = host_codec_decode(L, in, len, HOST_CODEC_FUNCTIONS, &n);
-    free(in);
+    int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
+    inbuf_used(&in, 4 + (size_t)len);
     if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
     else lua_pushnil(L);  /* a payload that does not decode has no traceback */
     char *out;
@@ -252,6 +316,7 @@ static int worker_main(lua_State *L) {
     host_flush_std();  /* not fflush(NULL): a task's thread may block in io.read */
     if (!sent) break;
   }
+  free(in.p);  /* (an error that ends the worker leaves it to the process's end) */
   return 0;
 }
 
@@ -351,35 +416,61 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
 ** first when `grace` is 0, or once `grace` seconds have passed when it is
 ** positive (a worker whose socket hung up but that runs on: a task closed
 ** the socket itself), so that the manager never hangs here. A negative
-** grace waits without limit (a worker told to end by EOF ends).
+** grace waits without limit (a worker told to end by EOF ends). The
+** bounded wait sleeps in poll on a pidfd, which wakes when the process
+** ends; where pidfd_open is missing (Linux before 5.3) it looks again
+** every millisecond.
 */
 static int reap(pid_t pid, double grace) {
   int status = 0;
   if (grace == 0) kill(pid, SIGKILL);
-  if (grace <= 0) {
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    return status;
-  }
-  struct timespec pause = {0, 100000};  /* 0.1 ms, doubling up to 10 ms */
-  double give_up = host_now() + grace;
-  for (;;) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid || (r < 0 && errno != EINTR)) return status;
-    if (r == 0 && host_now() > give_up) {
-      kill(pid, SIGKILL);
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-      return status;
+  if (grace > 0) {
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    double give_up = host_now() + grace;
+    for (;;) {
+      pid_t r = waitpid(pid, &status, WNOHANG);
+      if (r == pid || (r < 0 && errno != EINTR)) {
+        if (pfd >= 0) close(pfd);
+        return status;
+      }
+      double left = give_up - host_now();
+      if (r == 0 && left <= 0) break;
+      if (r == 0) {
+        struct pollfd one = {.fd = pfd, .events = POLLIN};
+        int ms = (int)(left * 1000) + 1;
+        poll(pfd >= 0 ? &one : NULL, pfd >= 0 ? 1 : 0, pfd >= 0 ? ms : 1);
+      }
     }
-    nanosleep(&pause, NULL);
-    if (pause.tv_nsec < 10000000) pause.tv_nsec *= 2;
+    if (pfd >= 0) close(pfd);
+    kill(pid, SIGKILL);
+  }
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  return status;
+}
+
+/*
+** Hangs up on worker i: its socket is closed (a worker reads EOF and
+** ends). A socket that a sender still uses is shut down, not closed: the
+** sender closes it, so its number cannot be reused under the sender.
+*/
+static void hang_up(lua_State *L, pstate_t *s, int i) {
+  worker_t *w = &s->w[i];
+  if (w->fd < 0) return;
+  int fd = w->fd;
+  w->fd = -1;
+  if (w->sending) {
+    shutdown(fd, SHUT_RDWR);
+    w->sending = false;
+    w->linger = fd;
+  } else {
+    close(fd);
+    track_fd(L, fd, false);
   }
 }
 
 /*
-** Retires worker i: the slot is RETIRING (never dispatchable) while its
-** socket is closed and its process reaped (see reap for `grace`), then
-** DEAD. A socket that a sender still uses is shut down, not closed: the
-** sender closes it, so its number cannot be reused under the sender.
+** Retires worker i: the slot is RETIRING (never dispatchable) while it is
+** hung up on and its process reaped (see reap for `grace`), then DEAD.
 ** Returns the wait status.
 */
 static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
@@ -387,18 +478,9 @@ static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   worker_t *w = &s->w[i];
   if (w->state == SLOT_DEAD) return 0;
   w->state = SLOT_RETIRING;
-  if (w->fd >= 0) {
-    int fd = w->fd;
-    w->fd = -1;
-    if (w->sending) {
-      shutdown(fd, SHUT_RDWR);
-      w->sending = false;
-      w->linger = fd;
-    } else {
-      close(fd);
-      track_fd(L, fd, false);
-    }
-  }
+  hang_up(L, s, i);
+  free(w->in.p);
+  w->in = (inbuf){NULL, 0, 0, 0};
   if (w->pid > 0) {
     pid_t pid = w->pid;
     host_gil_release(L);
@@ -478,9 +560,16 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
   size_t len;
   const char *payload = lua_tolstring(L, -1, &len);
   int fd = w->fd;
+  size_t done = 0;
+  /* Most frames fit in the socket's buffer at once: then the GIL stays. */
+  if (send_frame_from(fd, -1, payload, len, &done, MSG_DONTWAIT) ||
+      (errno != EAGAIN && errno != EWOULDBLOCK)) {
+    lua_pop(L, 2);
+    return;
+  }
   w->sending = true;
   host_gil_release(L);
-  send_frame(fd, -1, payload, len);
+  send_frame_from(fd, -1, payload, len, &done, 0);
   host_gil_acquire(L);
   if (w->linger == fd) {  /* retired meanwhile: the fd is ours to close */
     w->linger = -1;
@@ -569,17 +658,37 @@ static const char *death_message(lua_State *L, int status) {
 */
 static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   int fd = s->w[i].fd;
+  inbuf *b = &s->w[i].in;
   char head[5];
   char *payload = NULL;
   uint32_t len = 0;
-  host_gil_release(L);
-  bool ok = recv_all(fd, head, 5);
-  if (ok) {
-    memcpy(&len, head, 4);
-    payload = malloc(len ? len : 1);
-    ok = payload != NULL && recv_all(fd, payload, len);
+  size_t got = 0;
+  /* poll said it is readable: most frames are all there, and come in one
+  ** recv with the GIL held (the buffer takes what there is, up to 4 KiB) */
+  bool ok = inbuf_fill(fd, b, 5, MSG_DONTWAIT);
+  if (!ok && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    host_gil_release(L);
+    ok = inbuf_fill(fd, b, 5, 0);
+    host_gil_acquire(L);
   }
-  host_gil_acquire(L);
+  if (ok) {
+    memcpy(head, b->p + b->start, 5);
+    memcpy(&len, head, 4);
+    b->start += 5;
+    payload = malloc(len ? len : 1);
+    ok = payload != NULL;
+  }
+  if (ok) {
+    got = b->end - b->start < len ? b->end - b->start : len;
+    memcpy(payload, b->p + b->start, got);
+    b->start += got;
+    ok = recv_some(fd, payload, len, &got, MSG_DONTWAIT);
+    if (!ok && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      host_gil_release(L);
+      ok = recv_some(fd, payload, len, &got, 0);
+      host_gil_acquire(L);
+    }
+  }
   if (!ok) {
     free(payload);
     int status = retire_worker(L, s, i, DEATH_GRACE);
@@ -610,10 +719,15 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
     break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
     return;
   }
+  bool more = b->start < b->end;  /* the start of another frame, also unasked */
   lua_rawgeti(L, -1, 1);
   host_future_set_payload(host_future_of(L, -1), head[4] == FRAME_OK, payload, len);
   host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
   lua_pop(L, 3);
+  if (more) {
+    break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
+    return;
+  }
   if (retire) {
     retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
     if (!s->shutdown && !s->broken) {
@@ -694,7 +808,11 @@ static int manager_main(lua_State *L) {
     lua_pcall(L, 2, 0, 0);
     lua_settop(L, 1);
   }
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);  /* EOF ends them */
+  for (int i = 0; i < s->nworkers; i++) {  /* EOF ends them, all at once */
+    if (s->w[i].state != SLOT_DEAD) s->w[i].state = SLOT_RETIRING;
+    hang_up(L, s, i);
+  }
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);
   close_wake_pipe(L, s);
   s->manager_done = true;
   host_waitq_notify(s->q);

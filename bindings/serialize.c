@@ -44,7 +44,19 @@
 
 #define FORMAT_VERSION 1
 #define TYPES_KEY "host.serialize.types"
+#define CFUNCS_KEY "host.serialize.cfuncs"
+#define DUMPS_KEY "host.serialize.dumps"    /* registry: closure -> its bytecode */
+#define PROTOS_KEY "host.serialize.protos"  /* registry: bytecode -> its maker */
+/* Bounds of those two caches (per universe): a function's bytecode is kept
+** only up to FCACHE_MAX_BYTES, at most FCACHE_MAX_COUNT of them and
+** FCACHE_MAX_TOTAL bytes in all; a cache that would pass a bound is
+** dropped whole and starts again. */
+#define FCACHE_MAX_BYTES (64 * 1024)
+#define FCACHE_MAX_COUNT 128
+#define FCACHE_MAX_TOTAL (1024 * 1024)
 #define BOX_TYPE "host.serialize.box"
+#define SCRATCH_TYPE "host.serialize.scratch"
+#define SCRATCH_KEY "host.serialize.scratch"
 #define MEMO_STRING_MIN 32  /* strings this long are memoized */
 #define PATH_HEAD 8         /* path segments kept before a "..." */
 #define PATH_TAIL 24        /* path segments kept after it */
@@ -115,6 +127,68 @@ static inline char *box_room(lua_State *L, box *b, size_t n) {
   if (b->cap - b->len < n && !box_try_grow(b, n))
     luaL_error(L, "not enough memory");
   return b->p + b->len;
+}
+
+/*
+** A scratch: the four boxes an encoding works in (the decoder uses
+** `frames`), kept per universe in the registry (SCRATCH_KEY) between
+** codings so that a small task's coding allocates nearly nothing: making
+** four finalized userdata and a 1 KiB pointer map each time cost more
+** than encoding a few values. A coding takes the scratch out of the
+** registry (a nested coding, from a userdata's dump or load function,
+** makes its own) and gives it back when done; one that raises leaves it
+** to the garbage collector, whose __gc frees the boxes. Boxes over
+** SCRATCH_KEEP bytes are freed, not kept.
+*/
+typedef struct scratch {
+  box out, frames, seen, upvals;
+} scratch;
+
+#define SCRATCH_KEEP (64 * 1024)
+
+/* __gc of a scratch. */
+static int scratch_free(lua_State *L) {
+  scratch *w = lua_touserdata(L, 1);
+  box_release(&w->out, NULL);
+  box_release(&w->frames, NULL);
+  box_release(&w->seen, NULL);
+  box_release(&w->upvals, NULL);
+  return 0;
+}
+
+/* Pushes the universe's scratch (taken out of the registry) or a new one. */
+static scratch *scratch_take(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SCRATCH_KEY) == LUA_TUSERDATA) {
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, SCRATCH_KEY);
+    return lua_touserdata(L, -1);
+  }
+  lua_pop(L, 1);
+  scratch *w = lua_newuserdatauv(L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
+  if (luaL_newmetatable(L, SCRATCH_TYPE)) {
+    lua_pushcfunction(L, scratch_free);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return w;
+}
+
+/* Empties box b for the next coding: keeps its memory unless it is big. */
+static void scratch_reset(box *b, bool zero) {
+  if (b->cap > SCRATCH_KEEP) box_release(b, NULL);
+  else if (zero && b->len > 0) memset(b->p, 0, b->cap);
+  b->len = 0;
+}
+
+/* Gives the scratch at idx back to the registry, emptied. */
+static void scratch_give(lua_State *L, int idx, scratch *w) {
+  scratch_reset(&w->out, false);
+  scratch_reset(&w->frames, false);
+  scratch_reset(&w->seen, true);   /* pointer maps: empty slots are zero */
+  scratch_reset(&w->upvals, true);
+  lua_pushvalue(L, idx);
+  lua_setfield(L, LUA_REGISTRYINDEX, SCRATCH_KEY);
 }
 
 /* ---- walking: shared by the encoder and the decoder ---- */
@@ -285,6 +359,7 @@ typedef struct encoder {
   int arg;             /* which top-level value is being encoded */
   lua_Integer nobjs;
   int objs, keys, cfuncs, types, globals, t;
+  bool cfuncs_built;   /* cfuncs was built by this encoding */
 } encoder;
 
 static inline eframe *eframe_at(encoder *E, size_t d) {
@@ -542,11 +617,20 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
 
 /*
 ** Builds cfuncs: every C function found as package.loaded[module][field],
-** mapped to {module, field}. Made once per encoding, when first needed.
+** mapped to {module, field}, and keeps it in the registry (CFUNCS_KEY,
+** weak keys) for the next encodings of this universe: walking every
+** loaded module costs ~80 us, more than a whole task. An entry is used
+** only while package.loaded still holds the function there (see
+** put_cfunction); a function not found, or found moved, makes an encoding
+** build it again, once.
 */
 static void build_cfuncs(encoder *E) {
   lua_State *L = E->L;
   lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {  /* cfuncs loaded module mod */
@@ -573,15 +657,59 @@ static void build_cfuncs(encoder *E) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CFUNCS_KEY);
   lua_replace(L, E->cfuncs);
+  E->cfuncs_built = true;
+}
+
+/*
+** True when the cfuncs entry on top, {module, field}, still names the C
+** function just below it in package.loaded.
+*/
+static bool cfunc_entry_valid(lua_State *L) {
+  if (!lua_istable(L, -1)) return false;
+  bool valid = false;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_rawgeti(L, -2, 1);
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    lua_rawgeti(L, -3, 2);
+    lua_rawget(L, -2);
+    valid = lua_rawequal(L, -1, -5);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return valid;
+}
+
+/*
+** Pushes the cfuncs entry {module, field} of the C function on top, or
+** nil: from the universe's kept map while its entry is still true, else
+** from a map built again (once per encoding).
+*/
+static void push_cfunc_entry(encoder *E) {
+  lua_State *L = E->L;
+  if (lua_isnil(L, E->cfuncs)) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CFUNCS_KEY) == LUA_TTABLE) lua_replace(L, E->cfuncs);
+    else {
+      lua_pop(L, 1);
+      build_cfuncs(E);
+    }
+  }
+  lua_pushvalue(L, -1);
+  lua_rawget(L, E->cfuncs);
+  if (cfunc_entry_valid(L) || E->cfuncs_built) return;
+  lua_pop(L, 1);
+  build_cfuncs(E);
+  lua_pushvalue(L, -1);
+  lua_rawget(L, E->cfuncs);
 }
 
 /* C function on top: CFN with its module path, or an error. */
 static void put_cfunction(encoder *E, bool is_key) {
   lua_State *L = E->L;
-  if (lua_isnil(L, E->cfuncs)) build_cfuncs(E);
-  lua_pushvalue(L, -1);
-  if (lua_rawget(L, E->cfuncs) != LUA_TTABLE)
+  push_cfunc_entry(E);
+  if (!lua_istable(L, -1))
     fail(E, is_key, "function", "C function not found in package.loaded");
   size_t n;
   put_byte(E, T_CFN);
@@ -593,6 +721,92 @@ static void put_cfunction(encoder *E, bool is_key) {
   }
   lua_pop(L, 1);
   memo_add(E, NULL);
+}
+
+/*
+** Pushes the cache table kept in the registry under `key` (a new one, with
+** `mode` as its __mode when not nil, when there is none or it holds
+** FCACHE_MAX_COUNT entries or FCACHE_MAX_TOTAL bytes: fields [1] and [2]
+** count them; `adding` more are about to come).
+*/
+static void push_fcache(lua_State *L, const char *key, const char *mode, size_t adding) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) {
+    if (adding == 0) return;
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    lua_Integer count = lua_tointeger(L, -2), total = lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    if (count < FCACHE_MAX_COUNT && (size_t)total + adding <= FCACHE_MAX_TOTAL)
+      return;
+  }
+  lua_pop(L, 1);
+  if (adding == 0) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_createtable(L, 2, 8);
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, -2, 1);
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, -2, 2);
+  if (mode != NULL) {
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+/*
+** Sets key -> value (the two values on top, popped) in the cache table
+** below them, counting one more entry of `bytes` bytes; pops the table.
+*/
+static void fcache_add(lua_State *L, size_t bytes) {
+  lua_rawset(L, -3);
+  lua_rawgeti(L, -1, 1);
+  lua_pushinteger(L, lua_tointeger(L, -1) + 1);
+  lua_rawseti(L, -3, 1);
+  lua_rawgeti(L, -2, 2);
+  lua_pushinteger(L, lua_tointeger(L, -1) + (lua_Integer)bytes);
+  lua_rawseti(L, -4, 2);
+  lua_pop(L, 3);
+}
+
+/*
+** Writes the bytecode of the Lua function on top from the universe's cache
+** of dumps, if it is there (a closure's prototype never changes, so
+** neither does its dump): lua_dump costs as much as the rest of a small
+** task's encoding.
+*/
+static bool put_cached_dump(encoder *E) {
+  lua_State *L = E->L;
+  push_fcache(L, DUMPS_KEY, "k", 0);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return false;
+  }
+  lua_pushvalue(L, -2);
+  bool hit = lua_rawget(L, -2) == LUA_TSTRING;
+  if (hit) {
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    put_raw(E, s, n);
+  }
+  lua_pop(L, 2);
+  return hit;
+}
+
+/* Keeps the bytecode just dumped at `from` in the output, of the function on top. */
+static void keep_dump(encoder *E, size_t from) {
+  lua_State *L = E->L;
+  size_t n = E->out->len - from;
+  if (n > FCACHE_MAX_BYTES) return;
+  push_fcache(L, DUMPS_KEY, "k", n);
+  lua_pushvalue(L, -2);
+  lua_pushlstring(L, E->out->p + from, n);
+  fcache_add(L, n);
 }
 
 /* Function on top: a REF, a CFN, or LFN with its bytecode and a frame. */
@@ -607,7 +821,10 @@ static bool put_function(encoder *E, bool is_key) {
   size_t at = E->out->len;
   box_room(L, E->out, 4);
   E->out->len += 4;
-  if (lua_dump(L, dump_writer, E->out, 0) != 0) luaL_error(L, "not enough memory");
+  if (!put_cached_dump(E)) {
+    if (lua_dump(L, dump_writer, E->out, 0) != 0) luaL_error(L, "not enough memory");
+    keep_dump(E, at + 4);
+  }
   size_t n = E->out->len - at - 4;
   if (n > UINT32_MAX) fail(E, is_key, "function", "bytecode over 4 GiB");
   put_u32_at(E->out, at, n);
@@ -851,17 +1068,19 @@ static void encode_graph(encoder *E) {
 }
 
 /*
-** Encodes the `n` values from stack index `first` and pushes the box that
-** holds the payload. Everything else it pushed is gone again.
+** Encodes the `n` values from stack index `first` and pushes the scratch
+** whose `out` box holds the payload (see scratch_give). Everything else it
+** pushed is gone again.
 */
-static box *encode_values(lua_State *L, int first, int n) {
+static scratch *encode_values(lua_State *L, int first, int n) {
   encoder E = {.L = L};
   luaL_checkstack(L, 48, "serialize");  /* 9 slots, the walk, cfuncs' build */
   int base = lua_gettop(L);
-  E.out = box_push(L);
-  E.frames = box_push(L);
-  E.seen = box_push(L);
-  E.upvals = box_push(L);
+  scratch *w = scratch_take(L);
+  E.out = &w->out;
+  E.frames = &w->frames;
+  E.seen = &w->seen;
+  E.upvals = &w->upvals;
   lua_newtable(L);
   E.objs = lua_gettop(L);
   lua_pushnil(L);
@@ -882,7 +1101,7 @@ static box *encode_values(lua_State *L, int first, int n) {
     lua_settop(L, E.t - 1);
   }
   lua_settop(L, base + 1);
-  return E.out;
+  return w;
 }
 
 /* ---- the decoder ---- */
@@ -1064,15 +1283,177 @@ static const char *chunk_reader(lua_State *L, void *ud, size_t *n) {
   return *n ? p : NULL;
 }
 
+/*
+** The prototype cache. Loading bytecode (lua_load) costs more than the
+** rest of a small task's decoding, and the pools send the same function
+** again and again; but a decoded closure must be a new one with fresh
+** upvalues each time (a task may keep it, or change its upvalues), as
+** lua_load gives. So the cache keeps, per bytecode string, a *maker*: a
+** function loaded once from bytecode built here, whose only prototype is
+** the function's own, made a closure over the maker's registers:
+**
+**   maker(): CLOSURE R[nups] <the function>; RETURN R[nups] (closing upvalues)
+**
+** Each call of the maker makes a new closure of the one prototype, each
+** upvalue a new cell (open on the maker's register i, closed when it
+** returns) holding nil, where lua_load would have put _ENV in the first:
+** the decoder then sets every upvalue as it always does. The prototype
+** itself is immutable, so sharing it is not visible.
+*/
+
+/* Reads a size of Lua's dump format (7-bit groups, the last one marked). */
+static bool bc_size(const unsigned char **p, const unsigned char *end, size_t *out) {
+  size_t x = 0;
+  for (int i = 0; i < 10; i++) {
+    if (*p >= end) return false;
+    int b = *(*p)++;
+    x = (x << 7) | (size_t)(b & 0x7f);
+    if (b & 0x80) {
+      *out = x;
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Skips `n` bytes; false past the end. */
+static bool bc_skip(const unsigned char **p, const unsigned char *end, size_t n) {
+  if ((size_t)(end - *p) < n) return false;
+  *p += n;
+  return true;
+}
+
+#define BC_HEADER 31  /* signature, version, format, data, sizes, int, float */
+#define BC_OP_RETURN 70
+#define BC_OP_CLOSURE 79
+
+/*
+** Finds, in the bytecode [p, end) of a main function (as lua_dump writes
+** it, which lua_load just accepted), where its upvalue descriptors begin;
+** sets nups. Returns NULL for anything it does not recognise.
+*/
+static const unsigned char *bc_upvalues(const unsigned char *p, const unsigned char *end,
+                                        size_t *nups) {
+  size_t n, k;
+  if (!bc_skip(&p, end, BC_HEADER + 1)) return NULL;
+  if (!bc_size(&p, end, &n) || !bc_skip(&p, end, n ? n - 1 : 0)) return NULL;  /* source */
+  if (!bc_size(&p, end, &n) || !bc_size(&p, end, &n) || !bc_skip(&p, end, 3)) return NULL;
+  if (!bc_size(&p, end, &n) || n > SIZE_MAX / 4 || !bc_skip(&p, end, n * 4)) return NULL;
+  if (!bc_size(&p, end, &k)) return NULL;  /* constants */
+  for (size_t i = 0; i < k; i++) {
+    if (p >= end) return NULL;
+    switch (*p++) {
+      case 0x00: case 0x01: case 0x11: break;                   /* nil, false, true */
+      case 0x03: case 0x13: if (!bc_skip(&p, end, 8)) return NULL; break;  /* numbers */
+      case 0x04: case 0x14:                                     /* strings */
+        if (!bc_size(&p, end, &n) || !bc_skip(&p, end, n ? n - 1 : 0)) return NULL;
+        break;
+      default: return NULL;
+    }
+  }
+  const unsigned char *at = p;
+  if (!bc_size(&p, end, nups) || !bc_skip(&p, end, *nups * 3)) return NULL;
+  return at;
+}
+
+/* Appends one instruction to the maker's bytecode in b. */
+static void bc_instruction(lua_State *L, box *b, uint32_t i) {
+  memcpy(box_room(L, b, 4), &i, 4);
+  b->len += 4;
+}
+
+/* Appends bytes to b. */
+static void bc_put(lua_State *L, box *b, const void *s, size_t n) {
+  memcpy(box_room(L, b, n), s, n);
+  b->len += n;
+}
+
+/*
+** Pushes the maker of the function whose bytecode is [s, s + n), or
+** nothing and returns false when the bytecode is not recognised or has
+** too many upvalues for the maker's registers.
+*/
+static bool make_maker(lua_State *L, const char *s, size_t n) {
+  const unsigned char *start = (const unsigned char *)s, *end = start + n;
+  size_t nups;
+  const unsigned char *ups = bc_upvalues(start, end, &nups);
+  if (ups == NULL || nups != start[BC_HEADER] || nups > 250) return false;
+  const unsigned char *after = ups;
+  size_t skip;
+  bc_size(&after, end, &skip);
+  after += nups * 3;
+  box *b = box_push(L);
+  uint32_t a = (uint32_t)nups;
+  unsigned char head[] = {
+    0, 0x80, 0x80, 0x80,             /* no upvalues; no source; lines 0, 0 */
+    (unsigned char)nups, 0, (unsigned char)(nups + 1 < 2 ? 2 : nups + 1),  /* params, vararg, stack */
+    0x82                             /* 2 instructions */
+  };
+  bc_put(L, b, s, BC_HEADER);
+  bc_put(L, b, head, sizeof head);
+  bc_instruction(L, b, BC_OP_CLOSURE | a << 7);                       /* Bx = 0 */
+  bc_instruction(L, b, BC_OP_RETURN | a << 7 | 1u << 15 | 2u << 16);  /* k, 1 result */
+  bc_put(L, b, "\x80\x80\x81", 3);  /* no constants, no upvalues, one prototype */
+  bc_put(L, b, s + BC_HEADER + 1, (size_t)(ups - start) - BC_HEADER - 1);
+  /* the upvalue count as dumped, then each upvalue: on the maker's register i */
+  bc_put(L, b, ups, (size_t)(after - ups) - nups * 3);
+  for (size_t i = 0; i < nups; i++) {
+    unsigned char uv[3] = {1, (unsigned char)i, 0};
+    bc_put(L, b, uv, 3);
+  }
+  bc_put(L, b, after, (size_t)(end - after));
+  bc_put(L, b, "\x80\x80\x80\x80", 4);  /* the maker's debug info: none */
+  const char *chunk[2] = {b->p, b->p + b->len};
+  bool ok = lua_load(L, chunk_reader, chunk, "=(serialized function)", "b") == LUA_OK;
+  box_release(b, NULL);
+  lua_remove(L, ok ? -2 : -1);  /* the box; the maker or the message */
+  if (!ok) lua_pop(L, 1);
+  return ok;
+}
+
+/*
+** Pushes a new closure of the function whose bytecode is [s, s + n), from
+** the prototype cache (PROTOS_KEY); false, with nothing pushed, when it is
+** not there. The maker takes no arguments, so each upvalue starts nil.
+*/
+static bool load_cached(lua_State *L, const char *s, size_t n) {
+  push_fcache(L, PROTOS_KEY, NULL, 0);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return false;
+  }
+  lua_pushlstring(L, s, n);
+  if (lua_rawget(L, -2) != LUA_TFUNCTION) {
+    lua_pop(L, 2);
+    return false;
+  }
+  lua_call(L, 0, 1);
+  lua_remove(L, -2);
+  return true;
+}
+
+/* Keeps a maker of the function whose bytecode is [s, s + n) in the cache. */
+static void keep_proto(lua_State *L, const char *s, size_t n) {
+  if (n > FCACHE_MAX_BYTES || n <= BC_HEADER || !make_maker(L, s, n)) return;
+  push_fcache(L, PROTOS_KEY, NULL, n);
+  lua_pushlstring(L, s, n);
+  lua_pushvalue(L, -3);
+  fcache_add(L, n);
+  lua_pop(L, 1);
+}
+
 /* LFN: loads the bytecode and pushes a frame for its upvalues, if any. */
 static bool get_lfunction(decoder *D) {
   lua_State *L = D->L;
   need_functions(D);
   uint64_t n = get_u32(D);
   need(D, (size_t)n);
-  const char *chunk[2] = {(const char *)D->p, (const char *)D->p + n};
-  if (lua_load(L, chunk_reader, chunk, "=(serialized function)", "b") != LUA_OK)
-    corrupt(D, lua_pushfstring(L, "bad function: %s", lua_tostring(L, -1)));
+  if (!load_cached(L, (const char *)D->p, (size_t)n)) {
+    const char *chunk[2] = {(const char *)D->p, (const char *)D->p + n};
+    if (lua_load(L, chunk_reader, chunk, "=(serialized function)", "b") != LUA_OK)
+      corrupt(D, lua_pushfstring(L, "bad function: %s", lua_tostring(L, -1)));
+    keep_proto(L, (const char *)D->p, (size_t)n);
+  }
   D->p += n;
   lua_Debug ar;
   lua_pushvalue(L, -1);
@@ -1335,7 +1716,9 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
   luaL_checkstack(L, (int)n + 24, "too many values to decode");
   int base = lua_gettop(L);
   lua_settop(L, base + (int)n);
-  D.frames = box_push(L);
+  scratch *w = scratch_take(L);
+  int widx = lua_gettop(L);
+  D.frames = &w->frames;
   lua_newtable(L);
   D.objs = lua_gettop(L);
   lua_pushnil(L);
@@ -1348,6 +1731,7 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
     lua_settop(L, D.t - 1);
   }
   if (D.p != D.end) corrupt(&D, "trailing bytes");
+  scratch_give(L, widx, w);
   lua_settop(L, base + (int)n);
   return (int)n;
 }
@@ -1357,9 +1741,9 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
 /* serialize.dumps(...): one string holding every argument, nils included. */
 static int serialize_dumps(lua_State *L) {
   int n = lua_gettop(L);
-  box *b = encode_values(L, 1, n);
-  lua_pushlstring(L, b->p, b->len);
-  box_release(b, NULL);  /* now, not at the next GC cycle */
+  scratch *w = encode_values(L, 1, n);
+  lua_pushlstring(L, w->out.p, w->out.len);
+  scratch_give(L, n + 1, w);
   return 1;
 }
 
@@ -1421,9 +1805,10 @@ typedef struct encode_call {
 /* Protected body of host_codec_encode: hands the payload's memory over. */
 static int encode_call_body(lua_State *L) {
   encode_call *c = lua_touserdata(L, 1);
-  box *b = encode_values(L, 2, c->n);
-  c->len = b->len;
-  box_release(b, &c->buf);
+  scratch *w = encode_values(L, 2, c->n);
+  c->len = w->out.len;
+  box_release(&w->out, &c->buf);
+  scratch_give(L, lua_gettop(L), w);
   return 0;
 }
 

@@ -526,3 +526,96 @@ describe('InterpreterPoolExecutor', function()
     assert.are.same({ 42, dir .. '/?.lua;' .. path, dir .. '/?.so;' .. cpath }, r)
   end)
 end)
+
+describe('the codec caches the pools rely on', function()
+  local serialize = require 'host.serialize'
+
+  it('finds a C function by where package.loaded holds it now, not where it was', function()
+    local it = string.gmatch('a', 'a')  -- a C closure that no module holds
+    local function roundtrip() return serialize.loads(serialize.dumps(it), { functions = true }) end
+    assert.is_true(serialize.loads(serialize.dumps(math.abs), { functions = true }) == math.abs)
+    assert.has_error(roundtrip, 'cannot serialize function at [1] (C function not found in package.loaded)')
+    package.loaded.codec_cache_probe = { it = it }
+    local ok, got = pcall(roundtrip)
+    package.loaded.codec_cache_probe = nil
+    assert(ok, got)
+    assert.is_true(got == it)
+    package.loaded.codec_cache_probe2 = { moved = it }
+    ok, got = pcall(roundtrip)
+    package.loaded.codec_cache_probe2 = nil
+    assert(ok, got)
+    assert.is_true(got == it)
+    assert.has_error(roundtrip, 'cannot serialize function at [1] (C function not found in package.loaded)')
+  end)
+
+  it('decodes again, as new closures, functions with up to 254 upvalues', function()
+    -- a function of n upvalues, over two levels of locals (200 at most each)
+    local function make(n)
+      local outer, inner, refs = {}, {}, {}
+      for i = 1, n do
+        table.insert(i <= n // 2 and outer or inner, ('local x%d = %d'):format(i, i))
+        refs[i] = 'x' .. i
+      end
+      return assert(load(table.concat(outer, '\n') .. '\nreturn (function()\n' .. table.concat(inner, '\n')
+        .. '\nreturn function() x1 = x1 + 1000 return ' .. table.concat(refs, ' + ') .. ' end end)()'))()
+    end
+    for _, n in ipairs { 1, 249, 250, 251, 254 } do
+      local f = make(n)
+      local sum = n * (n + 1) // 2 + 1000
+      local a = serialize.loads(serialize.dumps(f), { functions = true })
+      local b = serialize.loads(serialize.dumps(f), { functions = true })
+      assert.are.same({ sum, sum + 1000, sum }, { a(), a(), b() }, 'n = ' .. n)
+      assert.are.equal(n, debug.getinfo(b, 'u').nups)
+    end
+  end)
+
+  -- Each pool with one worker, so one universe decodes every task.
+  for _, kind in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+    describe('a function sent again to a ' .. kind, function()
+      local ex
+      before_each(function() ex = assert(futures[kind] { max_workers = 1 }) end)
+      after_each(function() ex:shutdown() end)
+
+      it('gets fresh upvalues each time', function()
+        local k, t = 0, { n = 0 }
+        local function inc() k = k + 1; t.n = t.n + 1; return k, t.n end
+        for _ = 1, 3 do assert.are.same({ 1, 1 }, { ex:submit(inc):result(T) }) end
+      end)
+
+      it('is a new closure each time, and one a task kept keeps its own upvalues', function()
+        local function make(tag)
+          local self
+          self = function(ask)
+            if ask then return tag end
+            if KEPT_BY_TASK == nil then KEPT_BY_TASK = self end
+            return KEPT_BY_TASK == self, KEPT_BY_TASK(true)
+          end
+          return self
+        end
+        assert.are.same({ true, 'a' }, { ex:submit(make('a')):result(T) })
+        assert.are.same({ false, 'a' }, { ex:submit(make('b')):result(T) })
+      end)
+
+      it('keeps apart two functions of the same source, and recursion', function()
+        local src = 'local n = ... return function() n = n + 1 return n end'
+        local a, b = load(src)(10), load(src)(20)
+        assert.are.equal(string.dump(a), string.dump(b))
+        assert.are.same({ 11, 21, 11 }, { ex:submit(a):result(T), ex:submit(b):result(T), ex:submit(a):result(T) })
+        local function sum(n) if n == 0 then return 0 end return n + sum(n - 1) end
+        assert.are.equal(55, ex:submit(sum, 10):result(T))
+        assert.are.equal(15, ex:submit(sum, 5):result(T))
+      end)
+
+      it('works past the cache bounds: 300 distinct functions, twice', function()
+        local fns = {}
+        for i = 1, 300 do fns[i] = load('return ' .. i .. ', ...') end
+        for _ = 1, 2 do
+          for i = 1, 300, 7 do assert.are.same({ i, 'x' }, { ex:submit(fns[i], 'x'):result(T) }) end
+        end
+        local big = load('local t = {' .. string.rep('1,', 40000) .. '} return #t')
+        assert.are.equal(40000, ex:submit(big):result(T))
+        assert.are.equal(40000, ex:submit(big):result(T))
+      end)
+    end)
+  end
+end)

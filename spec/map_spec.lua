@@ -166,6 +166,49 @@ describe('Executor.map', function()
     end
   end)
 
+  it('raises an error mid-chunk where its chunk begins, after the chunks before it, on every pool', function()
+    -- as CPython: a chunk runs whole in the worker, so its error fails the
+    -- chunk; the items of earlier chunks come first
+    for _, name in ipairs { 'ThreadPoolExecutor', 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local ex <close> = assert(futures[name] { max_workers = 1 })
+      local given = {}
+      local ok, err = pcall(function()
+        for i, v in ex:map(function(x) if x == 6 then error('item six') end return x * 10 end,
+                           { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, { chunksize = 4, timeout = T }) do
+          given[#given + 1] = v
+          assert(v == i * 10)
+        end
+      end)
+      assert.is_false(ok, name)
+      assert.matches('item six', tostring(err), 1, true)
+      assert.are.same({ 10, 20, 30, 40 }, given, name)
+      assert.are.equal(7, ex:submit(function() return 7 end):result(T), name)
+    end
+  end)
+
+  it('cancels the chunks not started when a chunked loop is left early, on every pool', function()
+    local items = {}
+    for i = 1, 200 do items[i] = i end
+    for _, name in ipairs { 'ThreadPoolExecutor', 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local ex = assert(futures[name] { max_workers = 1 })
+      local gate, ran = thread.Event(), 0
+      local fn = function(x) return x end
+      if name == 'ThreadPoolExecutor' then  -- shared upvalues: chunk 3 holds the worker
+        fn = function(x) ran = ran + 1 if x > 4 then gate:wait(T) end return x end
+      end
+      local seen = 0
+      for i in ex:map(fn, items, { chunksize = 2, timeout = T }) do
+        seen = i
+        if i == 3 then break end
+      end
+      gate:set()
+      assert.are.equal(3, seen)
+      local t = thread.start(function() ex:shutdown() end)
+      assert.is_true(t:join(T), name)
+      if name == 'ThreadPoolExecutor' then assert.are.equal(6, ran) end
+    end
+  end)
+
   it('keeps working when the iterator is called again after the end', function()
     local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
     local it = ex:map(function(x) return x * 2 end, { 1, 2 })
