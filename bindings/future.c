@@ -55,6 +55,7 @@ struct host_future {
   bool failed;
   bool has_callbacks;  /* one was added before it was done */
   bool callbacks_ran;
+  bool from_outside;  /* completed by payload, maybe with no GIL of ours (a decoder's pools) */
   char *payload;      /* outcome bytes from elsewhere, until decoded */
   size_t payload_len;
   waiter_node *waiters;
@@ -233,6 +234,7 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
     lua_pop(L, 1);
     return false;
   }
+  host_wake_waiters_of(L, f);  /* before callbacks, which may block */
   lua_setiuservalue(L, idx, UV_OUTCOME);
   host_future_run_callbacks(L, idx);
   return true;
@@ -263,6 +265,8 @@ bool host_future_set_error(lua_State *L, int idx) {
 }
 
 void host_future_set_decoder(lua_State *L, int idx) {
+  host_future *f = host_future_of(L, idx);
+  if (f != NULL) f->from_outside = true;  /* at submit, before anyone waits */
   lua_setiuservalue(L, idx, UV_DECODER);
 }
 
@@ -280,7 +284,10 @@ bool host_future_cancel(lua_State *L, int idx) {
     cancelled = true;
   }
   pthread_mutex_unlock(&f->mu);
-  if (cancelled) host_future_run_callbacks(L, idx);
+  if (cancelled) {
+    host_wake_waiters_of(L, f);
+    host_future_run_callbacks(L, idx);
+  }
   return cancelled;
 }
 
@@ -305,7 +312,10 @@ static host_future_state wait_done(lua_State *L, host_future *f, const host_dead
       return s;
     }
     host_wait_on(L, "host.Future", "pending", f, NULL);
-    host_wait_result r = host_cond_wait(L, &f->mu, &f->cv, d);  /* unlocks */
+    /* a future only this universe completes counts for deadlock detection */
+    host_wait_result r = f->from_outside ? host_cond_wait(L, &f->mu, &f->cv, d)
+                                         : host_cond_wait_inside(L, &f->mu, &f->cv, d, f);
+    /* (both unlock mu) */
     if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
   }
 }

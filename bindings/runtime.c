@@ -1068,6 +1068,48 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
   return result;
 }
 
+host_wait_result host_cond_wait_inside(lua_State *L, pthread_mutex_t *mu,
+                                       pthread_cond_t *cv, const host_deadline *d,
+                                       const void *obj) {
+  host_tstate *ts = member_of(L);
+  host_universe *u = ts->u;
+  ts->wait_kind = W_TIMED;
+  ts->wait_timed = !d->never;
+  ts->wait_watch = true;
+  ts->wait_obj = obj;
+  if (d->never && !atomic_load(&u->closing) && !u->fork_child) {
+    /* only GIL holders end this wait, so nothing changes while mu is let go
+    ** for the check, which runs Lua code (the report) */
+    ts->wait_kind = W_BLOCKED;
+    u->nblocked++;
+    pthread_mutex_unlock(mu);
+    check_deadlock(u, L);
+    pthread_mutex_lock(mu);
+  }
+  host_wait_result result = cond_wait(ts, mu, cv, d, true);
+  if (ts->wait_kind == W_BLOCKED) u->nblocked--;
+  wait_done(ts);
+  return result;
+}
+
+void host_wake_waiters_of(lua_State *L, const void *obj) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL || u->nblocked == 0) return;
+  host_tstate *m = &u->main_ts;
+  if (m->wait_obj == obj && m->wait_kind == W_BLOCKED) {
+    m->wait_kind = W_WOKEN;
+    u->nblocked--;
+  }
+  pthread_mutex_lock(&u->threads_mu);
+  for (host_tstate *ts = u->threads; ts != NULL; ts = ts->next) {
+    if (ts->wait_obj == obj && ts->wait_kind == W_BLOCKED) {
+      ts->wait_kind = W_WOKEN;
+      u->nblocked--;
+    }
+  }
+  pthread_mutex_unlock(&u->threads_mu);
+}
+
 /* Protected part of closing_wait_fails: pushes its report. */
 static int closing_report(lua_State *L) {
   host_tstate *ts = lua_touserdata(L, 1);
@@ -1217,6 +1259,7 @@ static void wait_done(host_tstate *ts) {
   ts->wait_timed = false;
   ts->wait_q = NULL;
   ts->wait_next = NULL;
+  ts->wait_watch = false;
 }
 
 void host_wait_on(lua_State *L, const char *what, const char *detail,
@@ -1541,7 +1584,7 @@ static void check_deadlock(host_universe *u, lua_State *L) {
   pthread_mutex_unlock(&u->threads_mu);
   host_tstate *m = &u->main_ts;
   if (u->nblocked < total || m->wait_kind != W_BLOCKED || exit_ends) return;
-  bool can_raise = m->wait_q != NULL && m->wait_watch;
+  bool can_raise = m->wait_watch;  /* a cond wait sees the flag within a slice */
   if (can_raise && atomic_load(&u->deadlock)) return;  /* it is about to raise */
   if (!lua_checkstack(L, LUA_MINSTACK)) return;  /* what follows must not raise */
   if (run_stopped(L, report_body, 0) != LUA_OK) {
@@ -1551,7 +1594,7 @@ static void check_deadlock(host_universe *u, lua_State *L) {
   if (can_raise) {
     lua_setfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
     atomic_store(&u->deadlock, true);
-    if (tstate_in(u) != m) host_waitq_notify(m->wait_q);
+    if (tstate_in(u) != m && m->wait_q != NULL) host_waitq_notify(m->wait_q);
     return;
   }
   fprintf(stderr, "host: %s\n", lua_tostring(L, -1));

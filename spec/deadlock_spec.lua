@@ -131,6 +131,30 @@ describe('deadlock detection', function()
       'thread 2 "[^"]+" waits for host%.ThreadPoolExecutor 0x%x+ %(idle worker: no work%)', out)
   end)
 
+  it("finds a thread pool's future whose task waits for the lock its waiter holds", function()
+    -- before: a future's result() never counted as blocked, so this hung
+    local out, err, rc = run [[
+      local lock = thread.Lock()
+      local ex = futures.ThreadPoolExecutor{ max_workers = 1 }
+      lock:acquire()
+      local f = ex:submit(function() lock:acquire() lock:release() return 'ran' end)
+      local ok, e = pcall(f.result, f)
+      print(ok, herror.is(e, 'DeadlockError'))
+      print(e.message)
+      lock:release()
+      print(f:result(10))
+      ex:shutdown()
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    local ok, msg, ran = out:match '^(.-)\n(.-)\n(.-)\n$'
+    assert.are.equal('false\ttrue', ok)
+    assert.matches('^deadlock: every thread waits and none can wake another: thread 1 "MainThread" ' ..
+      'waits for host%.Future 0x%x+ %(pending%) at [^;]*; thread 2 "ThreadPoolExecutor%-0_0" waits ' ..
+      'for host%.Lock 0x%x+ %(locked by thread 1 "MainThread"%)', msg)
+    assert.are.equal('ran', ran)
+  end)
+
   it('ends an uncaught DeadlockError with its traceback and status 1', function()
     local out, err, rc = run [[
       local lock = thread.Lock()
@@ -227,6 +251,22 @@ describe('deadlock detection', function()
       assert.are.equal('', err)
       assert.are.equal(0, rc)
       assert.are.equal('42\n', out)
+    end)
+
+    it("a thread pool's future whose task sleeps, or waits for a thread that sleeps", function()
+      local out, err, rc = run [[
+        local ev = thread.Event()
+        local ex <close> = futures.ThreadPoolExecutor{ max_workers = 2 }
+        local f1 = ex:submit(function() thread.sleep(0.1) return 1 end)
+        local f2 = ex:submit(function() ev:wait() return 2 end)
+        thread.start(function() thread.sleep(0.2) ev:set() end)
+        print(f1:result(), f2:result())
+        local f3 = ex:submit(function() return 3 end)
+        print(f3:result(), futures.wait({ f1, f2, f3 }) ~= nil)
+      ]]
+      assert.are.equal('', err)
+      assert.are.equal(0, rc)
+      assert.are.equal('1\t2\n3\ttrue\n', out)
     end)
 
     it('many waiters on barriers, semaphores and conditions, notified in turn', function()
