@@ -313,15 +313,26 @@ static bool run_initializer(lua_State *L, ipool *p, wslot *ws) {
   int n = 0;
   set_busy(p, ws, "initializer", NULL);
   int status = host_codec_decode(L, p->init, p->init_len, HOST_CODEC_FUNCTIONS, &n);
-  if (status == LUA_OK) status = host_pcall(L, n - 1, 0);
+  if (status == LUA_OK) status = host_pcall_task(L, n - 1, 0);
+  else lua_pushnil(L);  /* a payload that does not decode has no traceback */
   int stop = set_busy(p, ws, NULL, NULL);
   if (stop == STOP_EXIT) {
-    if (status != LUA_OK) lua_pop(L, 1);
+    if (status != LUA_OK) lua_pop(L, 2);
     push_exit_error(L, "initializer", ws->exit_code);
+    lua_pushnil(L);
     status = LUA_ERRRUN;
   }
   if (status == LUA_OK) return true;
-  const char *why = lua_pushfstring(L, "an interpreter initializer failed: %s", host_error_tostring(L));
+  /* as the process pool says it: the message, then the labelled traceback */
+  const char *who = lua_pushfstring(L, "interpreter pool worker %d", (int)(ws - p->w) + 1);
+  lua_insert(L, -3);  /* kept under the error and its traceback */
+  host_executor_remote_traceback(L, who);
+  const char *tb = lua_tostring(L, -1);
+  lua_pushvalue(L, -2);
+  const char *msg = host_error_tostring(L);
+  const char *why = lua_pushfstring(L, "an interpreter initializer failed: %s%s%s%s", msg,
+                                    tb != NULL ? "\n" : "", tb != NULL ? tb : "",
+                                    tb != NULL ? "\n" : "");
   pthread_mutex_lock(&p->mu);
   if (!p->broken) {
     p->broken_msg = strdup(why);
