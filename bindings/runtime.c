@@ -1012,17 +1012,20 @@ static void *worker_main(void *arg) {
 
 /*
 ** Gives ts to an idle worker, or starts a new one (threads_mu held).
-** Returns 0 or the errno of pthread_create.
+** Returns 0 or the errno of pthread_create; *wake is the idle worker to
+** signal once threads_mu is unlocked (woken with it held, the worker
+** would preempt us only to block on it), or NULL.
 */
-static int give_to_worker(host_universe *u, host_tstate *ts) {
+static int give_to_worker(host_universe *u, host_tstate *ts, host_worker **wake) {
   host_worker *w = u->idle;
+  *wake = NULL;
   if (w != NULL) {
     u->idle = w->next_idle;
     u->nidle--;
     w->idle = false;
     w->job = ts;
     ts->pthread = w->pthread;
-    pthread_cond_signal(&w->cv);
+    *wake = w;
     return 0;
   }
   w = calloc(1, sizeof *w);
@@ -1060,7 +1063,8 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
   register_thread_key(L, ts, co);  /* anchors co before the GIL can go */
   pthread_mutex_lock(&u->threads_mu);
   reap_finished(u);
-  int rc = give_to_worker(u, ts);
+  host_worker *wake;
+  int rc = give_to_worker(u, ts, &wake);
   if (rc == 0) {
     ts->num = ++u->last_num;
     ts->next = u->threads;
@@ -1070,6 +1074,7 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
     *ident = (unsigned long)ts->pthread;
   }
   pthread_mutex_unlock(&u->threads_mu);
+  if (wake != NULL) pthread_cond_signal(&wake->cv);  /* it has a job: nobody frees it */
   if (rc != 0) {
     register_thread_key(L, ts, NULL);
     free(ts);
