@@ -763,15 +763,15 @@ static void run_atexit(lua_State *L) {
 
 /*
 ** At close, with threads_mu and the GIL held: tells the idle workers to end
-** and waits until every worker has ended but those that run a thread still
-** (a daemon one, parked for good). A worker whose thread has finished has
-** given the GIL up already, and ends without it.
+** and waits until every worker has ended but those with a thread still to
+** run (a daemon one, parked for good). A worker whose thread has finished
+** has given the GIL up already, and ends without it.
 */
 static void stop_workers(host_universe *u) {
   u->workers_stop = true;
   for (host_worker *w = u->idle; w != NULL; w = w->next_idle) pthread_cond_signal(&w->cv);
   for (host_worker *w = u->workers; w != NULL; w = w->next) {
-    while (!w->exited && (w->running == NULL || w->running->finished))
+    while (!w->exited && w->job == NULL && (w->running == NULL || w->running->finished))
       pthread_cond_wait(&u->threads_cv, &u->threads_mu);
   }
 }
