@@ -1138,10 +1138,11 @@ void host_exit_child(int status) {
 }
 
 /*
-** Forks with the thread list locked, once the finished threads are joined:
-** none can finish meanwhile, so the child inherits no thread that exited
-** unjoined (it could never join one, and ThreadSanitizer would report it as
-** leaked when the child exits).
+** Forks with the thread list locked, once the workers that ended are
+** joined: none can end meanwhile, so the child inherits no OS thread that
+** exited unjoined (it could never join one, and ThreadSanitizer would
+** report it as leaked when the child exits). The idle workers, alive in
+** the parent, do not exist in the child: reset_after_fork forgets them.
 */
 pid_t host_fork(lua_State *L) {
   host_universe *u = host_universe_of(L);
