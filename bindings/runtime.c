@@ -132,6 +132,7 @@ struct host_worker {
   host_tstate *job;               /* the thread given to it, not started yet */
   host_tstate *running;           /* the thread it runs, or NULL */
   bool idle;                      /* on the universe's stack of idle workers */
+  bool stop;                      /* to end once idle (host_reap_threads) */
   bool exited;                    /* has left its loop: to be joined */
   host_worker *next;              /* in the universe's list of workers */
   host_worker *next_idle;         /* in the stack of idle workers */
@@ -789,6 +790,7 @@ bool host_close(lua_State *L) {
   atomic_store(&u->exiting, true);
   run_atexit(L);
   if (!wait_nondaemon(u, ts)) {
+    host_reap_threads(L);  /* the process is about to exit: no idle thread stays */
     leave_universe(ts);
     return false;  /* interrupted: threads still run, leave the state be */
   }
@@ -974,7 +976,7 @@ static void run_thread(host_worker *w, host_tstate *ts) {
 static bool worker_wait(host_universe *u, host_worker *w) {
   if (!w->idle) return false;
   host_deadline d = host_deadline_in(WORKER_IDLE_TIME);
-  while (w->job == NULL && !u->workers_stop) {
+  while (w->job == NULL && !u->workers_stop && !w->stop) {
     if (pthread_cond_timedwait(&w->cv, &u->threads_mu, &d.at) == ETIMEDOUT) break;
   }
   if (w->job != NULL) return true;  /* host_spawn took it off the stack */
@@ -1155,10 +1157,25 @@ pid_t host_fork(lua_State *L) {
   return pid;
 }
 
+/*
+** Ends the workers idle now and joins them (threads_mu and the GIL held:
+** each has given the GIL up, and none can be given a thread meanwhile).
+*/
+static void end_idle_workers(host_universe *u) {
+  for (host_worker *w = u->idle; w != NULL; w = w->next_idle) {
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+  }
+  for (host_worker *w = u->workers; w != NULL; w = w->next) {
+    while (w->stop && !w->exited) pthread_cond_wait(&u->threads_cv, &u->threads_mu);
+  }
+  reap_finished(u);
+}
+
 void host_reap_threads(lua_State *L) {
   host_universe *u = host_universe_of(L);
   pthread_mutex_lock(&u->threads_mu);
-  reap_finished(u);
+  end_idle_workers(u);
   pthread_mutex_unlock(&u->threads_mu);
 }
 

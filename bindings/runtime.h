@@ -92,8 +92,9 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
 void host_atexit(lua_State *L);
 
 /*
-** Frees the records of the spawned threads that have finished and joins
-** the idle OS threads that have ended (before an exit, say).
+** Before an exit (os.exit): ends the idle OS threads of the universe's
+** cache, joins them and those that ended, and frees the records of the
+** spawned threads that have finished. Called with the GIL held.
 */
 void host_reap_threads(lua_State *L);
 
