@@ -19,8 +19,9 @@
 ** main thread raises a DeadlockError. The dump watcher is a C thread that
 ** takes the GIL to print the dump on request (SIGQUIT) or after a delay.
 **
-** Ownership: the universe owns every host_tstate of its spawned threads;
-** host_close joins the finished ones and frees the universe unless a daemon
+** Ownership: the universe owns every host_tstate of its spawned threads
+** and every worker (an OS thread that runs them, cached while idle);
+** host_close joins the workers and frees the universe unless a daemon
 ** thread still runs (then the universe stays allocated for it to park on).
 */
 #include <errno.h>
@@ -81,7 +82,8 @@ struct host_tstate {
   uint64_t rng;                   /* jitter of the instruction policy */
   unsigned policy_seen;           /* the policy epoch its hook follows */
   bool daemon;
-  bool finished;                  /* body done; waits to be joined */
+  bool finished;                  /* body done: no longer a running thread */
+  bool released;                  /* its OS thread is done with the record (threads_mu) */
   int finalizer_resumes;          /* coroutines a finalizer of this thread resumes */
   int user_release;               /* host_gil_release's state: a USER_ value */
   host_tstate *outer;             /* what this OS thread had before (nesting) */
@@ -118,6 +120,25 @@ struct gil_slot {
   pthread_cond_t cv;
 };
 
+/*
+** An OS thread that host started to run spawned threads, one after another
+** (see "spawned threads" below). Every field is under the universe's
+** threads_mu.
+*/
+typedef struct host_worker host_worker;
+struct host_worker {
+  host_universe *u;
+  pthread_t pthread;
+  pthread_cond_t cv;              /* signalled when given a thread or told to stop */
+  host_tstate *job;               /* the thread given to it, not started yet */
+  host_tstate *running;           /* the thread it runs, or NULL */
+  bool idle;                      /* on the universe's stack of idle workers */
+  bool stop;                      /* to end once idle (host_reap_threads) */
+  bool exited;                    /* has left its loop: to be joined */
+  host_worker *next;              /* in the universe's list of workers */
+  host_worker *next_idle;         /* in the stack of idle workers */
+};
+
 struct host_universe {
   lua_State *main;
   host_tstate main_ts;
@@ -143,6 +164,10 @@ struct host_universe {
   int running;
   int nondaemon;
   int last_num;                   /* the number of the last thread made */
+  host_worker *workers;           /* every OS thread started for them, until joined */
+  host_worker *idle;              /* the idle ones, the latest idle first */
+  int nidle;
+  bool workers_stop;              /* host_close: idle workers end */
   /* deadlock detection (under the GIL) */
   int nblocked;                   /* threads in W_BLOCKED */
   bool exit_wait;                 /* the main thread waits for non-daemon threads */
@@ -636,17 +661,33 @@ lua_State *host_newstate(void) {
   return L;
 }
 
-/* Joins and frees the spawned threads that have finished (threads_mu held). */
+/*
+** Frees the records of the spawned threads that have finished and whose
+** OS threads are done with them, and joins the workers that have ended
+** (threads_mu held; such a worker needs it no more). The GIL is held too,
+** so no reader of a record (a dump, a lock's owner) is midway.
+*/
 static void reap_finished(host_universe *u) {
   host_tstate **p = &u->threads;
   while (*p != NULL) {
     host_tstate *ts = *p;
-    if (ts->finished) {
+    if (ts->finished && ts->released) {
       *p = ts->next;
-      pthread_join(ts->pthread, NULL);
       free(ts);
     } else {
       p = &ts->next;
+    }
+  }
+  host_worker **w = &u->workers;
+  while (*w != NULL) {
+    host_worker *x = *w;
+    if (x->exited) {
+      *w = x->next;
+      pthread_join(x->pthread, NULL);
+      pthread_cond_destroy(&x->cv);
+      free(x);
+    } else {
+      w = &x->next;
     }
   }
 }
@@ -727,6 +768,21 @@ static void run_atexit(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/*
+** At close, with threads_mu and the GIL held: tells the idle workers to end
+** and waits until every worker has ended but those with a thread still to
+** run (a daemon one, parked for good). A worker whose thread has finished
+** has given the GIL up already, and ends without it.
+*/
+static void stop_workers(host_universe *u) {
+  u->workers_stop = true;
+  for (host_worker *w = u->idle; w != NULL; w = w->next_idle) pthread_cond_signal(&w->cv);
+  for (host_worker *w = u->workers; w != NULL; w = w->next) {
+    while (!w->exited && w->job == NULL && (w->running == NULL || w->running->finished))
+      pthread_cond_wait(&u->threads_cv, &u->threads_mu);
+  }
+}
+
 /* Takes ts out of the calling thread's list of records. */
 static void leave_universe(host_tstate *ts) {
   host_tstate **p = &current_ts;
@@ -740,6 +796,7 @@ bool host_close(lua_State *L) {
   atomic_store(&u->exiting, true);
   run_atexit(L);
   if (!wait_nondaemon(u, ts)) {
+    host_reap_threads(L);  /* the process is about to exit: no idle thread stays */
     leave_universe(ts);
     return false;  /* interrupted: threads still run, leave the state be */
   }
@@ -747,6 +804,7 @@ bool host_close(lua_State *L) {
   atomic_store(&u->closing, true);
   lua_close(L);  /* the GIL stays held: parked daemon threads never resume */
   pthread_mutex_lock(&u->threads_mu);
+  stop_workers(u);
   reap_finished(u);
   bool daemons_left = u->threads != NULL;
   pthread_mutex_unlock(&u->threads_mu);
@@ -855,9 +913,53 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
 
 /* ---- spawned threads ---- */
 
-/* The start routine of every spawned thread. */
-static void *thread_main(void *arg) {
-  host_tstate *ts = arg;
+/*
+** Each spawned thread (host_spawn) has a fresh record, but runs on an OS
+** thread (a worker) that may have run others before it: a worker that has
+** finished a thread waits, idle, to be given the next one, so a start
+** wakes a worker instead of creating an OS thread. At most MAX_IDLE_WORKERS
+** wait so per universe (a worker that would be one more ends), and one that
+** waits WORKER_IDLE_TIME seconds ends. Ended workers are joined at the next
+** start, fork or reap; host_close stops the idle ones and joins every
+** worker that does not run a (parked daemon) thread. A thread's ident is
+** its worker's pthread_t: unique among running threads, and like CPython's
+** (and pthread ids) it may be the ident of a thread that has ended. What
+** belongs to one thread lives in its record, its Lua thread and its Thread
+** object, never in the worker, so nothing carries over from one thread to
+** the next; the worker sets its signal mask again before each.
+*/
+#define MAX_IDLE_WORKERS 8
+#define WORKER_IDLE_TIME 1.0
+
+/*
+** The signal mask of spawned threads: no asynchronous signal but the
+** switch signal. SIGPIPE is synchronous (sent to the thread that wrote to
+** a closed pipe): unblocked, it ends the process as it does for the main
+** thread (`host script | head -1` exits 141, like lua5.4), where blocked it
+** stayed pending and print went on writing to the closed pipe forever.
+*/
+static void spawned_mask(sigset_t *set) {
+  sigfillset(set);
+  sigdelset(set, SWITCH_SIGNAL);
+  sigdelset(set, SIGPIPE);
+}
+
+/*
+** With threads_mu held, once w's thread has finished: w goes on the idle
+** stack at once, before it gives the GIL up, so that the next start finds
+** it there (it then runs that thread without ever sleeping), unless the
+** stack is full or host_close stops the workers.
+*/
+static void worker_available(host_universe *u, host_worker *w) {
+  if (u->workers_stop || u->nidle >= MAX_IDLE_WORKERS) return;
+  w->idle = true;
+  w->next_idle = u->idle;
+  u->idle = w;
+  u->nidle++;
+}
+
+/* Runs the spawned thread ts on worker w (the calling thread), from GIL to GIL. */
+static void run_thread(host_worker *w, host_tstate *ts) {
   host_universe *u = ts->u;
   current_ts = ts;
   SPAWNED_TAKE(u, ts);
@@ -867,12 +969,96 @@ static void *thread_main(void *arg) {
   u->running--;
   if (!ts->daemon) u->nondaemon--;
   ts->finished = true;
+  worker_available(u, w);
   pthread_cond_broadcast(&u->threads_cv);
   pthread_mutex_unlock(&u->threads_mu);
   check_deadlock(u, ts->L);  /* those left may all be blocked now */
   SPAWNED_GIVE(u, ts);
-  current_ts = NULL;
+  current_ts = NULL;  /* before ts is released: a late switch signal looks here */
+}
+
+/*
+** With threads_mu held, when w has no thread to run: waits, idle, until it
+** is given one. False when w is to end instead: it is not on the idle
+** stack (which was full), host_close stops it, or it waited
+** WORKER_IDLE_TIME.
+*/
+static bool worker_wait(host_universe *u, host_worker *w) {
+  if (!w->idle) return false;
+  host_deadline d = host_deadline_in(WORKER_IDLE_TIME);
+  while (w->job == NULL && !u->workers_stop && !w->stop) {
+    if (pthread_cond_timedwait(&w->cv, &u->threads_mu, &d.at) == ETIMEDOUT) break;
+  }
+  if (w->job != NULL) return true;  /* host_spawn took it off the stack */
+  host_worker **p = &u->idle;
+  while (*p != w) p = &(*p)->next_idle;
+  *p = w->next_idle;
+  u->nidle--;
+  w->idle = false;
+  return false;
+}
+
+/* The start routine of every worker: runs threads until it is to end. */
+static void *worker_main(void *arg) {
+  host_worker *w = arg;
+  host_universe *u = w->u;
+  sigset_t mask;
+  spawned_mask(&mask);
+  pthread_mutex_lock(&u->threads_mu);
+  while (w->job != NULL || worker_wait(u, w)) {
+    host_tstate *ts = w->job;
+    w->job = NULL;
+    w->running = ts;
+    pthread_mutex_unlock(&u->threads_mu);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);  /* a C binding may have changed it */
+    run_thread(w, ts);
+    pthread_mutex_lock(&u->threads_mu);
+    ts->released = true;
+    w->running = NULL;
+  }
+  w->exited = true;
+  pthread_cond_broadcast(&u->threads_cv);  /* host_close may wait for it */
+  pthread_mutex_unlock(&u->threads_mu);
   return NULL;
+}
+
+/*
+** Gives ts to an idle worker, or starts a new one (threads_mu held).
+** Returns 0 or the errno of pthread_create; *wake is the idle worker to
+** signal once threads_mu is unlocked (woken with it held, the worker
+** would preempt us only to block on it), or NULL.
+*/
+static int give_to_worker(host_universe *u, host_tstate *ts, host_worker **wake) {
+  host_worker *w = u->idle;
+  *wake = NULL;
+  if (w != NULL) {
+    u->idle = w->next_idle;
+    u->nidle--;
+    w->idle = false;
+    w->job = ts;
+    ts->pthread = w->pthread;
+    *wake = w;
+    return 0;
+  }
+  w = calloc(1, sizeof *w);
+  if (w == NULL) return ENOMEM;
+  host_cond_init(&w->cv);
+  w->u = u;
+  w->job = ts;
+  sigset_t mask, old;
+  spawned_mask(&mask);
+  pthread_sigmask(SIG_SETMASK, &mask, &old);
+  int rc = pthread_create(&w->pthread, NULL, worker_main, w);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    pthread_cond_destroy(&w->cv);
+    free(w);
+    return rc;
+  }
+  ts->pthread = w->pthread;
+  w->next = u->workers;
+  u->workers = w;
+  return 0;
 }
 
 int host_spawn(lua_State *L, lua_State *co, bool daemon,
@@ -886,23 +1072,11 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
   ts->body = body;
   ts->arg = arg;
   ts->policy_seen = atomic_load(&u->policy_epoch);  /* inherits co's hook */
-  /*
-  ** Spawned threads take no asynchronous signal but the switch signal.
-  ** SIGPIPE is synchronous (sent to the thread that wrote to a closed
-  ** pipe): unblocked, it ends the process as it does for the main thread
-  ** (`host script | head -1` exits 141, like lua5.4), where blocked it
-  ** stayed pending and print went on writing to the closed pipe forever.
-  */
-  sigset_t all, old;
-  sigfillset(&all);
-  sigdelset(&all, SWITCH_SIGNAL);
-  sigdelset(&all, SIGPIPE);
   register_thread_key(L, ts, co);  /* anchors co before the GIL can go */
   pthread_mutex_lock(&u->threads_mu);
   reap_finished(u);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&ts->pthread, NULL, thread_main, ts);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  host_worker *wake;
+  int rc = give_to_worker(u, ts, &wake);
   if (rc == 0) {
     ts->num = ++u->last_num;
     ts->next = u->threads;
@@ -912,6 +1086,7 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
     *ident = (unsigned long)ts->pthread;
   }
   pthread_mutex_unlock(&u->threads_mu);
+  if (wake != NULL) pthread_cond_signal(&wake->cv);  /* it has a job: nobody frees it */
   if (rc != 0) {
     register_thread_key(L, ts, NULL);
     free(ts);
@@ -922,8 +1097,9 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
 /*
 ** In a forked child only the forking thread exists. Its universe is made
 ** single-threaded again: every mutex another thread may have held is
-** made anew, the thread list is dropped (the records leak, as their
-** threads are gone), and the GIL is the caller's with nobody in line.
+** made anew, the thread list and the workers, idle ones included, are
+** dropped (the records leak, as their threads are gone), and the GIL is
+** the caller's with nobody in line.
 */
 static void reset_after_fork(host_universe *u, host_tstate *ts) {
   for (int i = 0; i < GIL_SLOTS; i++) {
@@ -935,6 +1111,8 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   u->threads = NULL;
   u->running = 0;
   u->nondaemon = 0;
+  u->workers = u->idle = NULL;  /* the idle workers are gone too */
+  u->nidle = 0;
   atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
   atomic_store(&u->holder, ts);
   ts->pthread = pthread_self();
@@ -972,10 +1150,11 @@ void host_exit_child(int status) {
 }
 
 /*
-** Forks with the thread list locked, once the finished threads are joined:
-** none can finish meanwhile, so the child inherits no thread that exited
-** unjoined (it could never join one, and ThreadSanitizer would report it as
-** leaked when the child exits).
+** Forks with the thread list locked, once the workers that ended are
+** joined: none can end meanwhile, so the child inherits no OS thread that
+** exited unjoined (it could never join one, and ThreadSanitizer would
+** report it as leaked when the child exits). The idle workers, alive in
+** the parent, do not exist in the child: reset_after_fork forgets them.
 */
 pid_t host_fork(lua_State *L) {
   host_universe *u = host_universe_of(L);
@@ -988,10 +1167,25 @@ pid_t host_fork(lua_State *L) {
   return pid;
 }
 
+/*
+** Ends the workers idle now and joins them (threads_mu and the GIL held:
+** each has given the GIL up, and none can be given a thread meanwhile).
+*/
+static void end_idle_workers(host_universe *u) {
+  for (host_worker *w = u->idle; w != NULL; w = w->next_idle) {
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+  }
+  for (host_worker *w = u->workers; w != NULL; w = w->next) {
+    while (w->stop && !w->exited) pthread_cond_wait(&u->threads_cv, &u->threads_mu);
+  }
+  reap_finished(u);
+}
+
 void host_reap_threads(lua_State *L) {
   host_universe *u = host_universe_of(L);
   pthread_mutex_lock(&u->threads_mu);
-  reap_finished(u);
+  end_idle_workers(u);
   pthread_mutex_unlock(&u->threads_mu);
 }
 

@@ -68,15 +68,18 @@ unsigned long long host_gil_switches(lua_State *L);
 /* ---- OS threads of a universe ---- */
 
 /*
-** Starts an OS thread that runs `body(arg)` in L's universe with its own
-** Lua thread `co` (made by the caller with lua_newthread and anchored by
-** it). The new thread takes the GIL before calling body and releases it
-** after; body runs with the GIL held, and leaves at least LUA_MINSTACK
-** free slots on co (the runtime pushes there after it). `daemon` threads
-** do not hold up host_close. Spawned threads block every asynchronous
-** signal but the switch signal; SIGPIPE stays deliverable, so a write to
-** a closed pipe ends the process as it does from the main thread.
-** Returns 0 or an errno value. Called with the GIL held.
+** Starts a thread that runs `body(arg)` in L's universe with its own Lua
+** thread `co` (made by the caller with lua_newthread and anchored by it),
+** on an idle OS thread of the universe's cache or else a new one. The
+** thread takes the GIL before calling body and releases it after; body
+** runs with the GIL held, and leaves at least LUA_MINSTACK free slots on
+** co (the runtime pushes there after it). `daemon` threads do not hold up
+** host_close (nor do idle OS threads). Spawned threads block every
+** asynchronous signal but the switch signal; SIGPIPE stays deliverable,
+** so a write to a closed pipe ends the process as it does from the main
+** thread. *ident is the OS thread's: unique among running threads, and
+** usually that of a thread that ended before. Returns 0 or an errno
+** value. Called with the GIL held.
 */
 int host_spawn(lua_State *L, lua_State *co, bool daemon,
                void (*body)(lua_State *co, void *arg), void *arg,
@@ -88,7 +91,11 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
 */
 void host_atexit(lua_State *L);
 
-/* Joins the spawned threads that have finished (before an exit, say). */
+/*
+** Before an exit (os.exit): ends the idle OS threads of the universe's
+** cache, joins them and those that ended, and frees the records of the
+** spawned threads that have finished. Called with the GIL held.
+*/
 void host_reap_threads(lua_State *L);
 
 /*

@@ -728,3 +728,199 @@ describe('host.Thread fields', function()
     assert.has_error(function() main.daemon = true end, 'cannot set daemon status of active thread')
   end)
 end)
+
+describe('host threads on reused OS threads', function()
+  -- What the scripts below use: the kernel's id of the calling OS thread,
+  -- and the number of OS threads of the process.
+  local PROLOGUE = [[
+    local thread = require 'host.thread'
+    local function tid() return assert(io.open('/proc/thread-self/stat')):read('n') end
+    local function nthreads()
+      for l in io.lines('/proc/self/status') do
+        local n = l:match('^Threads:%s*(%d+)')
+        if n then return tonumber(n) end
+      end
+    end
+    local function until_threads(n)  -- polls: a worker ends on its own
+      for _ = 1, 400 do
+        if nthreads() <= n then return true end
+        thread.sleep(0.025)
+      end
+      return false
+    end
+  ]]
+  local function script(code, limit)
+    return sh.host_script(PROLOGUE .. code, limit or 20)
+  end
+
+  it('runs threads started one after another on one cached OS thread', function()
+    local out, err, rc = script [[
+      local base = nthreads()
+      local tids = {}
+      for i = 1, 20 do
+        local t = thread.start(function() return tid() end)
+        tids[select(2, assert(t:join(10)))] = true
+      end
+      local n = 0
+      for k in pairs(tids) do n = n + 1; assert(k ~= tid()) end
+      print(n, nthreads() - base)
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('1\t1\n', out)
+  end)
+
+  it('keeps at most 8 idle OS threads, and ends idle ones after a while', function()
+    local out, err, rc = script [[
+      local base = nthreads()
+      local go = thread.Event()
+      local ts = {}
+      for i = 1, 12 do ts[i] = thread.start(function() go:wait(10) end) end
+      print(nthreads() - base)
+      go:set()
+      for i = 1, 12 do assert(ts[i]:join(10)) end
+      print(until_threads(base + 8))
+      print(until_threads(base))  -- each waited a second, idle, and ended
+      print(thread.start(function() return 'still starts' end):join(10))
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('12\ntrue\ntrue\ntrue\tstill starts\n', out)
+  end)
+
+  it('gives each thread its own locals, identity, name and error report', function()
+    local loc = thread['local']()
+    local reports, reported = {}, thread.Event()
+    local saved = thread.excepthook
+    thread.excepthook = function(info)
+      reports[#reports + 1] = info
+      reported:set()
+    end
+    local function tid() return assert(io.open('/proc/thread-self/stat')):read('n') end
+    local first = thread.Thread { name = 'first', target = function()
+      loc.x = 'first'
+      FIRST_TID = tid()
+      error('first failed')
+    end }
+    first:start()
+    assert.is_true(reported:wait(T))
+    assert.is_false((first:join(T)))
+    local waiting, go = thread.Event(), thread.Event()
+    local second
+    second = thread.Thread { name = 'second', target = function()
+      waiting:set()
+      go:wait(T)
+      return tid(), loc.x, thread.current() == second, thread.current().name
+    end }
+    second:start()
+    assert.is_true(waiting:wait(T))
+    local f = io.tmpfile()
+    thread.dump_tracebacks(f)
+    f:seek 'set'
+    local dump = f:read 'a'
+    go:set()
+    local ok, second_tid, x, same, name = second:join(T)
+    thread.excepthook = saved
+    assert.is_true(ok)
+    assert.are.equal(FIRST_TID, second_tid)  -- one OS thread ran both
+    FIRST_TID = nil
+    assert.are.equal(first.ident, second.ident)
+    assert.is_nil(x)
+    assert.is_true(same)
+    assert.are.equal('second', name)
+    assert.are.equal(1, #reports)
+    assert.are.equal(first, reports[1].thread)
+    assert.matches('thread %d+ "second" %(ident ' .. second.ident .. '%): waiting for host%.Event', dump)
+    assert.is_nil(dump:find('"first"', 1, true))
+  end)
+
+  it('does not wait for idle OS threads at exit, and ends them when the state closes', function()
+    local out, err, rc = script [[
+      local base = nthreads()
+      local go = thread.Event()
+      local ts = {}
+      for i = 1, 3 do ts[i] = thread.start(function() go:wait(10) end) end
+      go:set()
+      for i = 1, 3 do assert(ts[i]:join(10)) end
+      print(nthreads() - base)
+      thread.Thread { daemon = true, target = function() thread.Event():wait() end }:start()
+      print 'main done'
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('3\nmain done\n', out)
+    out, err, rc = script [[
+      for i = 1, 3 do thread.start(function() end):join(10) end
+      os.exit(5, true)
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(5, rc)
+  end)
+
+  it('starts threads in a forked child, where the idle OS threads of the parent are gone', function()
+    if os.getenv 'TSAN_OPTIONS' then
+      pending('TSan forbids a new thread in a child forked by a multithreaded process')
+      return
+    end
+    local out, err, rc = script [[
+      local futures = require 'host.futures'
+      local base = nthreads()
+      local go = thread.Event()
+      local ts = {}
+      for i = 1, 2 do ts[i] = thread.start(function() go:wait(10) end) end
+      go:set()
+      for i = 1, 2 do assert(ts[i]:join(10)) end
+      print(nthreads() - base)
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      print(ex:submit(function()
+        local th = require 'host.thread'
+        local t = th.start(function() return 'ran in the child' end)
+        return (select(2, t:join(5)))
+      end):result(10))
+      ex:shutdown()
+      print(thread.start(function() return 'ran in the parent' end):join(10))
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('2\nran in the child\ntrue\tran in the parent\n', out)
+  end)
+
+  it('keeps one cache per universe, and a closed universe ends its OS threads', function()
+    local out, err, rc = script [[
+      local futures = require 'host.futures'
+      local ex = futures.InterpreterPoolExecutor { max_workers = 2 }
+      local task = function()
+        local th = require 'host.thread'
+        local tids = {}
+        for i = 1, 5 do
+          tids[i] = select(2, th.start(function()
+            return assert(io.open('/proc/thread-self/stat')):read('n')
+          end):join(10))
+        end
+        return tids[1], tids[5]
+      end
+      local seen = {}
+      for i = 1, 4 do
+        local a, b = ex:submit(task):result(10)
+        assert(a == b, 'one OS thread per universe')
+        seen[a] = true
+      end
+      local own = select(2, thread.start(tid):join(10))
+      print(seen[own] == nil)
+      local function alive()
+        local n = 0
+        for t in pairs(seen) do
+          local f = io.open('/proc/self/task/' .. t .. '/stat')
+          if f then n = n + 1; f:close() end
+        end
+        return n
+      end
+      print(alive() > 0)  -- idle in their universes' caches
+      ex:shutdown()  -- closes the universes
+      print(alive())
+    ]]
+    assert.are.equal('', err)
+    assert.are.equal(0, rc)
+    assert.are.equal('true\ntrue\n0\n', out)
+  end)
+end)
