@@ -41,7 +41,7 @@ SPEC_ENV ?=
 SPECS ?= spec
 
 .PHONY: all test demo sanitize tsan tsan-negative valgrind bench fuzz soak \
-        install uninstall clean deps build-host run-specs
+        install uninstall clean deps build-host run-specs pingpong
 
 all: $(HOST)
 
@@ -193,6 +193,14 @@ fuzz:
 	$(HOST) tools/fuzz_corpus.lua $(FUZZ_DIR)/seeds
 	cd $(FUZZ_DIR) && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./fuzz_loads \
 	  -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_FLAGS) corpus seeds
+
+# The floor of a hand-off between two OS threads (tools/pingpong.c): a C
+# futex ping-pong that prints ns per round trip, for the bench to compare
+# the GIL's hand-off with in the same run.
+PINGPONG = $(BUILD)/pingpong
+pingpong: $(PINGPONG)
+$(PINGPONG): tools/pingpong.c | $(BUILD)/obj
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) $(CFLAGS) -pthread -o $@ $<
 
 $(FUZZ_DIR)/fuzz_loads: tools/fuzz_loads.c $(BUILD)/libhost.a
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libhost.a $(ALL_LDFLAGS) $(LUA_LIBS) -lm -ldl
