@@ -12,9 +12,13 @@
 ** instruction policy a jittered count hook does the same without a signal.
 */
 #include <errno.h>
+#include <linux/futex.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "universe.h"
 
@@ -140,27 +144,73 @@ static void request_switch(host_universe *u) {
 
 /* ---- the GIL ---- */
 
-/* Sleeps until ticket t is served; the first in line asks for a switch. */
-static void gil_wait_turn(host_universe *u, unsigned long long t) {
+/*
+** Sleeps until ts->park moves from `seen`, a wake-up, or until `at` (an
+** absolute CLOCK_MONOTONIC time; NULL: no limit). False when it timed out.
+*/
+static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at) {
+  long rc = syscall(SYS_futex, &ts->park, FUTEX_WAIT_BITSET_PRIVATE, seen, at, NULL,
+                    FUTEX_BITSET_MATCH_ANY);
+  return !(rc == -1 && errno == ETIMEDOUT);
+}
+
+/* Wakes ts from park_wait. */
+static void park_wake(host_tstate *ts) {
+  atomic_fetch_add(&ts->park, 1);
+  syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Puts ts in the line with ticket t: who serves t wakes it. */
+static void line_join(host_universe *u, host_tstate *ts, unsigned long long t) {
   struct gil_slot *s = &u->slot[t % GIL_SLOTS];
   pthread_mutex_lock(&s->mu);
+  atomic_store(&ts->gil_ticket, t);
+  ts->line_next = s->line;
+  s->line = ts;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Takes ts out of the line (it has been served). */
+static void line_leave(host_universe *u, host_tstate *ts) {
+  struct gil_slot *s = &u->slot[atomic_load(&ts->gil_ticket) % GIL_SLOTS];
+  pthread_mutex_lock(&s->mu);
+  host_tstate **p = &s->line;
+  while (*p != ts) p = &(*p)->line_next;
+  *p = ts->line_next;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Wakes the thread in line with ticket t, if it is there yet. */
+static void wake_ticket(host_universe *u, unsigned long long t) {
+  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
+  pthread_mutex_lock(&s->mu);
+  for (host_tstate *w = s->line; w != NULL; w = w->line_next)
+    if (atomic_load(&w->gil_ticket) == t) park_wake(w);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/*
+** Sleeps, in the line, until ts's ticket is served; the first in line asks
+** for a switch after a switch interval. A thread joins the line before it
+** reads `serving`, and a giver moves `serving` before it looks in the
+** line, so one of the two always sees the other.
+*/
+static void wait_turn(host_universe *u, host_tstate *ts) {
+  unsigned long long t = atomic_load(&ts->gil_ticket);
   for (;;) {
+    unsigned seen = atomic_load(&ts->park);
     unsigned long long serving = atomic_load(&u->serving);
     if (serving == t) break;
     if (serving + 1 == t) {
       double interval = (double)atomic_load(&u->interval_ns) * 1e-9;
       host_deadline d = host_deadline_in(interval);
-      int rc = pthread_cond_timedwait(&s->cv, &s->mu, &d.at);
-      if (rc == ETIMEDOUT && atomic_load(&u->serving) == serving) {
-        pthread_mutex_unlock(&s->mu);
+      if (!park_wait(ts, seen, &d.at) && atomic_load(&u->serving) == serving)
         request_switch(u);
-        pthread_mutex_lock(&s->mu);
-      }
     } else {
-      pthread_cond_wait(&s->cv, &s->mu);
+      park_wait(ts, seen, NULL);
     }
   }
-  pthread_mutex_unlock(&s->mu);
+  line_leave(u, ts);
   atomic_fetch_add(&u->switches, 1);
 }
 
@@ -186,20 +236,20 @@ static _Noreturn void park_at_close(host_universe *u, host_tstate *ts) {
   for (;;) pause();
 }
 
-/* Takes the GIL for ts: a ticket, then wait for it unless served at once. */
-void gil_take(host_universe *u, host_tstate *ts) {
-  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
-  if (atomic_load(&u->serving) != t) gil_wait_turn(u, t);
+/* What a thread that has been served does before it runs. */
+static void served(host_universe *u, host_tstate *ts) {
   if (atomic_load(&u->closing) && ts != &u->main_ts) park_at_close(u, ts);
   after_take(u, ts);
 }
 
-/* Wakes the threads sleeping on the slot of ticket t. */
-static void gil_wake(host_universe *u, unsigned long long t) {
-  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
-  pthread_mutex_lock(&s->mu);
-  pthread_cond_broadcast(&s->cv);
-  pthread_mutex_unlock(&s->mu);
+/* Takes the GIL for ts: a ticket, then wait for it unless served at once. */
+void gil_take(host_universe *u, host_tstate *ts) {
+  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
+  if (atomic_load(&u->serving) != t) {
+    line_join(u, ts, t);
+    wait_turn(u, ts);
+  }
+  served(u, ts);
 }
 
 /*
@@ -213,8 +263,59 @@ void gil_give(host_universe *u, host_tstate *ts) {
   atomic_store(&u->holder, NULL);
   unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
   unsigned long long end = atomic_load(&u->next_ticket);
-  if (end > next) gil_wake(u, next);
-  if (end > next + 1) gil_wake(u, next + 1);
+  if (end > next) wake_ticket(u, next);
+  if (end > next + 1) wake_ticket(u, next + 1);
+}
+
+/* ---- the direct hand-off ---- */
+
+void gil_give_to_sleep(host_universe *u, host_tstate *ts) {
+  atomic_store(&ts->hand, HAND_SLEEPING);
+  gil_give(u, ts);
+}
+
+bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d) {
+  (void)u;
+  for (;;) {
+    unsigned seen = atomic_load(&ts->park);
+    if (atomic_load(&ts->hand) != HAND_SLEEPING) return true;
+    if (host_deadline_passed(d)) return false;
+    park_wait(ts, seen, d->never ? NULL : &d->at);
+  }
+}
+
+/*
+** A thread not handed a place takes a ticket of its own; one handed a
+** place (or being handed one: the notifier holds the GIL and is quick)
+** waits for its turn.
+*/
+bool gil_wake_up(host_universe *u, host_tstate *ts) {
+  int expected = HAND_SLEEPING;
+  if (atomic_compare_exchange_strong(&ts->hand, &expected, HAND_NONE)) {
+    gil_take(u, ts);
+    return false;
+  }
+  while (atomic_load(&ts->hand) != HAND_HANDED) sched_yield();
+  atomic_store(&ts->hand, HAND_NONE);
+  wait_turn(u, ts);
+  served(u, ts);
+  return true;
+}
+
+/*
+** The notifier takes the ticket for w and puts w in the line, where the
+** thread that serves it wakes it. The notifier holds the GIL, so that
+** ticket is not served yet; were it served (a misuse, or the negative
+** control's threads that hold no GIL), w is woken at once.
+*/
+bool gil_handoff(host_universe *u, host_tstate *w) {
+  int expected = HAND_SLEEPING;
+  if (!atomic_compare_exchange_strong(&w->hand, &expected, HAND_HANDING)) return false;
+  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
+  line_join(u, w, t);
+  atomic_store(&w->hand, HAND_HANDED);
+  if (atomic_load(&u->serving) == t) park_wake(w);
+  return true;
 }
 
 /* True when another thread waits for the GIL. */
@@ -387,18 +488,12 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
 /* ---- the GIL's life ---- */
 
 void gil_init(host_universe *u) {
-  for (int i = 0; i < GIL_SLOTS; i++) {
-    pthread_mutex_init(&u->slot[i].mu, NULL);
-    host_cond_init(&u->slot[i].cv);
-  }
+  for (int i = 0; i < GIL_SLOTS; i++) pthread_mutex_init(&u->slot[i].mu, NULL);
   atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
 }
 
 void gil_destroy(host_universe *u) {
-  for (int i = 0; i < GIL_SLOTS; i++) {
-    pthread_mutex_destroy(&u->slot[i].mu);
-    pthread_cond_destroy(&u->slot[i].cv);
-  }
+  for (int i = 0; i < GIL_SLOTS; i++) pthread_mutex_destroy(&u->slot[i].mu);
 }
 
 void gil_start(host_universe *u, host_tstate *ts) {
@@ -412,7 +507,7 @@ void gil_start(host_universe *u, host_tstate *ts) {
 void gil_after_fork(host_universe *u, host_tstate *ts) {
   for (int i = 0; i < GIL_SLOTS; i++) {
     pthread_mutex_init(&u->slot[i].mu, NULL);
-    host_cond_init(&u->slot[i].cv);
+    u->slot[i].line = NULL;
   }
   atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
   atomic_store(&u->holder, ts);

@@ -30,10 +30,8 @@
 #define MAIN_WAIT_SLICE 0.05  /* how often a waiting main thread looks for Ctrl-C */
 
 struct host_waitq {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
   int refs;      /* owner + waiters; under the GIL */
-  host_tstate *waiters;  /* linked by wait_next; under the GIL */
+  host_tstate *waiters;  /* linked by wait_next, in the order they came; under the GIL */
 };
 
 /*
@@ -155,6 +153,8 @@ static void tstate_init(host_tstate *ts, host_universe *u, lua_State *L) {
   ts->L = L;
   atomic_init(&ts->running, L);
   atomic_init(&ts->holding, false);
+  atomic_init(&ts->hand, HAND_NONE);
+  atomic_init(&ts->park, 0);
   ts->pthread = pthread_self();
   ts->rng = ((uint64_t)(uintptr_t)ts ^ (uint64_t)(host_now() * 1e9)) | 1;
   ts->policy_seen = 0;
@@ -499,19 +499,13 @@ int host_thread_count(lua_State *L) {
 host_waitq *host_waitq_new(void) {
   host_waitq *q = malloc(sizeof *q);
   if (q == NULL) return NULL;
-  pthread_mutex_init(&q->mu, NULL);
-  host_cond_init(&q->cv);
   q->refs = 1;
   q->waiters = NULL;
   return q;
 }
 
 void host_waitq_unref(host_waitq *q) {
-  if (q != NULL && --q->refs == 0) {
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cv);
-    free(q);
-  }
+  if (q != NULL && --q->refs == 0) free(q);
 }
 
 /*
@@ -560,9 +554,40 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
 }
 
 /*
+** Sleeps without the GIL in a wait of q (the caller's record ts is on its
+** list) until a notify hands it a place in the GIL's line, the deadline
+** passes or (a watching main thread, which looks every slice) an
+** interrupt or a deadlock ends it; returns with the GIL held.
+*/
+static host_wait_result waitq_sleep(host_tstate *ts, const host_deadline *d, bool watch) {
+  host_universe *u = ts->u;
+  bool is_main = watch && ts == &u->main_ts;
+  host_wait_result result = HOST_WAIT_WOKEN;
+  gil_give_to_sleep(u, ts);
+  for (;;) {
+    if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
+      result = HOST_WAIT_INTERRUPTED;
+      break;
+    }
+    host_deadline slice = is_main ? earlier(d, MAIN_WAIT_SLICE) : *d;
+    if (gil_sleep(u, ts, &slice)) break;
+    if (host_deadline_passed(d)) {
+      result = HOST_WAIT_TIMEOUT;
+      break;
+    }
+  }
+  if (gil_wake_up(u, ts)) {  /* notified: an interrupt still wins */
+    bool stop = is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock));
+    result = stop ? HOST_WAIT_INTERRUPTED : HOST_WAIT_WOKEN;
+  }
+  return result;
+}
+
+/*
 ** The wait behind host_waitq_wait; `watch` says if an interrupt ends it.
-** The waiter is on q's list while it waits; without a deadline it counts
-** as blocked until notified, and may find the universe deadlocked.
+** The waiter is on q's list (in the order they came) while it waits;
+** without a deadline it counts as blocked until notified, and may find the
+** universe deadlocked.
 */
 static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadline *d,
                                    bool watch) {
@@ -570,8 +595,10 @@ static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadl
   host_universe *u = ts->u;
   q->refs++;
   ts->wait_q = q;
-  ts->wait_next = q->waiters;
-  q->waiters = ts;
+  ts->wait_next = NULL;
+  host_tstate **tail = &q->waiters;
+  while (*tail != NULL) tail = &(*tail)->wait_next;
+  *tail = ts;
   ts->wait_watch = watch;
   ts->wait_kind = W_TIMED;
   ts->wait_timed = !d->never;
@@ -581,12 +608,10 @@ static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadl
     check_deadlock(u, L);
   }
   host_wait_result result;
-  if (watch && ts == &u->main_ts && atomic_load(&u->deadlock)) {
+  if (watch && ts == &u->main_ts && atomic_load(&u->deadlock))
     result = HOST_WAIT_INTERRUPTED;  /* the caller raises the DeadlockError */
-  } else {
-    pthread_mutex_lock(&q->mu);
-    result = cond_wait(ts, &q->mu, &q->cv, d, watch);
-  }
+  else
+    result = waitq_sleep(ts, d, watch);
   if (ts->wait_kind == W_BLOCKED) u->nblocked--;
   host_tstate **p = &q->waiters;
   while (*p != NULL && *p != ts) p = &(*p)->wait_next;
@@ -612,18 +637,18 @@ int host_waitq_waiters(const host_waitq *q) {
   return n;
 }
 
-/* Wakes the waiters of q; those blocked count as running from now on. */
+/*
+** Hands each sleeping waiter of q a place in the GIL's line, in the order
+** they came: each wakes once it holds the GIL (gil_handoff), not to sleep
+** on it again. Those blocked count as running from now on.
+*/
 void host_waitq_notify(host_waitq *q) {
-  if (q->refs > 1) {  /* somebody waits */
-    for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
-      if (w->wait_kind == W_BLOCKED) {
-        w->wait_kind = W_WOKEN;
-        w->u->nblocked--;
-      }
+  for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
+    if (w->wait_kind == W_BLOCKED) {
+      w->wait_kind = W_WOKEN;
+      w->u->nblocked--;
     }
-    pthread_mutex_lock(&q->mu);
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
+    gil_handoff(w->u, w);
   }
 }
 

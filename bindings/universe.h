@@ -63,6 +63,11 @@ struct host_tstate {
   bool wait_timed;                /* the wait has a deadline */
   host_waitq *wait_q;             /* the queue it sleeps on, or NULL */
   host_tstate *wait_next;         /* in wait_q's list of waiters */
+  /* its place in the GIL's line (gil.c) */
+  atomic_uint park;               /* futex word: bumped to wake it */
+  atomic_int hand;                /* a HAND_ value */
+  atomic_ullong gil_ticket;       /* its ticket while in the line */
+  host_tstate *line_next;         /* in its slot's line, under the slot's mu */
 };
 
 /*
@@ -73,10 +78,18 @@ struct host_tstate {
 */
 enum { W_NONE, W_TIMED, W_BLOCKED, W_WOKEN };
 
+/* The threads in the GIL's line whose ticket is this slot's (mod GIL_SLOTS). */
 struct gil_slot {
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  host_tstate *line;              /* linked by line_next, under mu */
 };
+
+/*
+** A thread's hand-off state (gil.c): HAND_SLEEPING while it sleeps in a
+** wait that a notifier may end by giving it a place in the GIL's line
+** (HAND_HANDING while it does, HAND_HANDED once done); HAND_NONE otherwise.
+*/
+enum { HAND_NONE, HAND_SLEEPING, HAND_HANDING, HAND_HANDED };
 
 struct host_universe {
   lua_State *main;
@@ -153,6 +166,19 @@ HOST_INTERNAL void gil_take(host_universe *u, host_tstate *ts);
 
 /* Gives the GIL up, serving the next in line. */
 HOST_INTERNAL void gil_give(host_universe *u, host_tstate *ts);
+
+/*
+** The direct hand-off. A thread about to sleep in a wait that a notifier
+** ends gives the GIL up with gil_give_to_sleep, sleeps with gil_sleep (until
+** it is handed a place in the line, true, or `d` passes, false) and ends
+** its wait with gil_wake_up, which returns with the GIL held (true when it
+** was handed). gil_handoff, by a thread holding the GIL, gives sleeping
+** thread w a ticket: w wakes only once it is served.
+*/
+HOST_INTERNAL void gil_give_to_sleep(host_universe *u, host_tstate *ts);
+HOST_INTERNAL bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d);
+HOST_INTERNAL bool gil_wake_up(host_universe *u, host_tstate *ts);
+HOST_INTERNAL bool gil_handoff(host_universe *u, host_tstate *w);
 
 /* True when an interrupt waits to be raised in thread ts (its universe's main). */
 HOST_INTERNAL bool interrupt_wanted(host_tstate *ts);
