@@ -38,6 +38,11 @@
 #endif
 #define POLL_PERIOD 1000
 
+/* glibc 2.36 names the field of SIGEV_THREAD_ID only in its own header. */
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
 #define DEFAULT_SWITCH_INTERVAL 0.005
 #define MIN_SWITCH_INTERVAL 1e-6
 #define MAX_SWITCH_INTERVAL 3600.0
@@ -303,6 +308,39 @@ bool gil_wake_up(host_universe *u, host_tstate *ts) {
 }
 
 /*
+** A thread handed a place first in line sleeps, so it cannot time the
+** switch interval as a waiter in line does (wait_turn). The notifier, which
+** holds the GIL, times it for it instead: a timer of its own sends it
+** SWITCH_SIGNAL after the interval, whose hook yields if another thread
+** still waits then (early is harmless: it yields only to a waiter). A timer
+** that is armed already is left to run, so this costs at most one
+** timer_settime per interval. Without a timer (none could be made), a
+** waiter first in line is woken to time it.
+*/
+static bool time_first_in_line(host_universe *u) {
+  host_tstate *ts = tstate_in(u);
+  if (ts == NULL || !atomic_load(&ts->holding)) return false;
+  long long interval = atomic_load(&u->interval_ns);
+  long long now = (long long)(host_now() * 1e9);
+  if (ts->has_timer && ts->timer_until > now) return true;
+  if (!ts->has_timer) {
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SWITCH_SIGNAL;
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    ts->has_timer = timer_create(CLOCK_MONOTONIC, &sev, &ts->switch_timer) == 0;
+  }
+  struct itimerspec its;
+  memset(&its, 0, sizeof its);
+  its.it_value.tv_sec = (time_t)(interval / 1000000000);
+  its.it_value.tv_nsec = (long)(interval % 1000000000);
+  if (!ts->has_timer || timer_settime(ts->switch_timer, 0, &its, NULL) != 0) return false;
+  ts->timer_until = now + interval;
+  return true;
+}
+
+/*
 ** The notifier takes the ticket for w and puts w in the line, where the
 ** thread that serves it wakes it. The notifier holds the GIL, so that
 ** ticket is not served yet; were it served (a misuse, or the negative
@@ -314,8 +352,15 @@ bool gil_handoff(host_universe *u, host_tstate *w) {
   unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
   line_join(u, w, t);
   atomic_store(&w->hand, HAND_HANDED);
-  if (atomic_load(&u->serving) == t) park_wake(w);
+  unsigned long long serving = atomic_load(&u->serving);
+  if (serving == t) park_wake(w);
+  else if (serving + 1 == t && !time_first_in_line(u)) park_wake(w);
   return true;
+}
+
+void gil_forget(host_tstate *ts) {
+  if (ts->has_timer) timer_delete(ts->switch_timer);
+  ts->has_timer = false;
 }
 
 /* True when another thread waits for the GIL. */
@@ -511,4 +556,5 @@ void gil_after_fork(host_universe *u, host_tstate *ts) {
   }
   atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
   atomic_store(&u->holder, ts);
+  ts->has_timer = false;  /* a child inherits no timer */
 }

@@ -197,6 +197,7 @@ static void reap_finished(host_universe *u) {
     if (ts->finished) {
       *p = ts->next;
       pthread_join(ts->pthread, NULL);
+      gil_forget(ts);
       free(ts);
     } else {
       p = &ts->next;
@@ -206,6 +207,7 @@ static void reap_finished(host_universe *u) {
 
 /* Frees what host_newstate made, once no thread can touch it. */
 static void universe_free(host_universe *u) {
+  gil_forget(&u->main_ts);
   gil_destroy(u);
   pthread_mutex_destroy(&u->threads_mu);
   pthread_cond_destroy(&u->threads_cv);

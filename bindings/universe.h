@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "runtime.h"
 
@@ -68,6 +69,9 @@ struct host_tstate {
   atomic_int hand;                /* a HAND_ value */
   atomic_ullong gil_ticket;       /* its ticket while in the line */
   host_tstate *line_next;         /* in its slot's line, under the slot's mu */
+  timer_t switch_timer;           /* sends it SWITCH_SIGNAL (gil_handoff) */
+  bool has_timer;                 /* switch_timer exists */
+  long long timer_until;          /* when the armed timer fires, in ns */
 };
 
 /*
@@ -179,6 +183,9 @@ HOST_INTERNAL void gil_give_to_sleep(host_universe *u, host_tstate *ts);
 HOST_INTERNAL bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d);
 HOST_INTERNAL bool gil_wake_up(host_universe *u, host_tstate *ts);
 HOST_INTERNAL bool gil_handoff(host_universe *u, host_tstate *w);
+
+/* Frees what the GIL keeps for thread ts (before its record is freed). */
+HOST_INTERNAL void gil_forget(host_tstate *ts);
 
 /* True when an interrupt waits to be raised in thread ts (its universe's main). */
 HOST_INTERNAL bool interrupt_wanted(host_tstate *ts);
