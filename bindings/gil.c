@@ -154,15 +154,23 @@ static void request_switch(host_universe *u) {
 ** absolute CLOCK_MONOTONIC time; NULL: no limit). False when it timed out.
 */
 static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at) {
+  atomic_store(&ts->parked, true);
   long rc = syscall(SYS_futex, &ts->park, FUTEX_WAIT_BITSET_PRIVATE, seen, at, NULL,
                     FUTEX_BITSET_MATCH_ANY);
-  return !(rc == -1 && errno == ETIMEDOUT);
+  int err = errno;
+  atomic_store(&ts->parked, false);
+  return !(rc == -1 && err == ETIMEDOUT);
 }
 
-/* Wakes ts from park_wait. */
+/*
+** Wakes ts from park_wait. The waker moves `park` before it reads
+** `parked`, the sleeper sets `parked` before the kernel reads `park`: one
+** of the two sees the other, and a thread not asleep costs no system call.
+*/
 static void park_wake(host_tstate *ts) {
   atomic_fetch_add(&ts->park, 1);
-  syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  if (atomic_load(&ts->parked))
+    syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
 /* Puts ts in the line with ticket t: who serves t wakes it. */

@@ -66,6 +66,7 @@ struct host_tstate {
   host_tstate *wait_next;         /* in wait_q's list of waiters */
   /* its place in the GIL's line (gil.c) */
   atomic_uint park;               /* futex word: bumped to wake it */
+  atomic_bool parked;             /* asleep on park (or about to be) */
   atomic_int hand;                /* a HAND_ value */
   atomic_ullong gil_ticket;       /* its ticket while in the line */
   host_tstate *line_next;         /* in its slot's line, under the slot's mu */
