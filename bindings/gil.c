@@ -2,14 +2,30 @@
 ** gil.c: the GIL of a universe and its preemption.
 **
 ** The protocol. The GIL is a ticket lock: a thread takes a ticket with one
-** atomic fetch_add and, unless it is served at once, sleeps on the condvar
-** of its ticket's slot. Release serves the next ticket and wakes its slot
-** only when someone waits. The first waiter in line that has waited a
-** switch interval asks the holder to yield: it sends SWITCH_SIGNAL to the
-** holder's OS thread, whose handler arms a one-shot hook on the Lua state
-** that thread is running (what lua.c does for SIGINT). The hook gives the
-** GIL up and queues again. Nobody waiting costs nothing. Under the
-** instruction policy a jittered count hook does the same without a signal.
+** atomic fetch_add (next_ticket) and holds the GIL while `serving` equals
+** it; giving it up serves the next ticket. A thread that is not served at
+** once joins the line (the list of its ticket's slot) and sleeps on its
+** own futex word (`park`); the giver moves `serving` first and then wakes
+** the thread in line with that ticket, so no wake-up is lost, and nobody
+** waiting costs no system call.
+**
+** The direct hand-off. A thread that waits for a notify (host_waitq_wait)
+** gives the GIL up marked HAND_SLEEPING; a notifier, which holds the GIL,
+** takes a ticket for it and puts it in the line (gil_handoff) without
+** waking it, so it wakes once, when it is served, instead of waking to
+** sleep again on the GIL. A waiter whose deadline passes first takes a
+** ticket of its own; a compare-and-swap on its hand-off state decides
+** which of the two happens.
+**
+** Preemption. The first in line times the switch interval; when it has
+** waited that long it sends SWITCH_SIGNAL to the holder's OS thread, whose
+** handler arms a one-shot hook on the Lua state that thread is running
+** (what lua.c does for SIGINT); the hook gives the GIL up and queues again.
+** A waiter handed a place first in line sleeps and cannot time it, so the
+** notifier arms a timer that signals itself after the interval instead.
+** Under the instruction policy a jittered count hook yields without a
+** signal. Fairness is the ticket order throughout: a handed waiter goes to
+** the back of the line like any other.
 */
 #include <errno.h>
 #include <linux/futex.h>
