@@ -209,13 +209,27 @@ static void line_leave(host_universe *u, host_tstate *ts) {
   pthread_mutex_unlock(&s->mu);
 }
 
-/* Wakes the thread in line with ticket t, if it is there yet. */
+/*
+** Wakes the thread in line with ticket t, if it is there yet. The system
+** call comes after the slot's mutex is unlocked, so the woken thread does
+** not find it held when it leaves the line. By then that thread may have
+** run on and ended: a futex wake of memory that is gone, or is something
+** else's now, wakes nobody or a sleeper who checks its condition again,
+** as every park_wait and glibc's own waits do (glibc wakes after unlock
+** the same way).
+*/
 static void wake_ticket(host_universe *u, unsigned long long t) {
   struct gil_slot *s = &u->slot[t % GIL_SLOTS];
+  atomic_uint *word = NULL;
   pthread_mutex_lock(&s->mu);
-  for (host_tstate *w = s->line; w != NULL; w = w->line_next)
-    if (atomic_load(&w->gil_ticket) == t) park_wake(w);
+  for (host_tstate *w = s->line; w != NULL; w = w->line_next) {
+    if (atomic_load(&w->gil_ticket) == t) {
+      atomic_fetch_add(&w->park, 1);
+      if (atomic_load(&w->parked)) word = &w->park;
+    }
+  }
   pthread_mutex_unlock(&s->mu);
+  if (word != NULL) syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
 /*
