@@ -1,17 +1,8 @@
 /*
-** runtime.c: the universe. One lua_State made by host_newstate, its fair
-** GIL, the OS threads that run Lua code in it, their preemption, interrupts
-** (Ctrl-C, a pool's interrupt) and the wait queues that let blocking calls
-** release the GIL.
-**
-** The GIL is a ticket lock: a thread takes a ticket with one atomic
-** fetch_add and, unless it is served at once, sleeps on the condvar of its
-** ticket's slot. Release serves the next ticket and wakes its slot only
-** when someone waits. The first waiter in line that has waited a switch
-** interval asks the holder to yield: it sends SWITCH_SIGNAL to the holder's
-** OS thread, whose handler arms a one-shot hook on the Lua state that
-** thread is running (what lua.c does for SIGINT). The hook gives the GIL up
-** and queues again. Nobody waiting costs nothing.
+** runtime.c: the universe. One lua_State made by host_newstate, the OS
+** threads that run Lua code in it (spawn, fork), interrupts (Ctrl-C, a
+** pool's interrupt) and the wait queues that let blocking calls release
+** the GIL. The GIL itself and preemption are in gil.c.
 **
 ** Waits keep a record of what each thread waits for (host_wait_on): the
 ** dumps print it, and the deadlock detector counts the threads blocked
@@ -35,159 +26,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "runtime.h"
+#include "universe.h"
 
-/*
-** ThreadSanitizer delivers an asynchronous signal only when the thread next
-** enters an intercepted libc call, which a pure Lua loop never does. Its
-** builds therefore keep a sparse count hook armed for good; the hook reads
-** the clock (an intercepted call, so pending signals run) and then checks
-** the universe's flags. Other builds arm the hook only on demand.
-*/
-#if defined(__SANITIZE_THREAD__)
-#define HOST_POLL_HOOK 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define HOST_POLL_HOOK 1
-#endif
-#endif
-#define POLL_PERIOD 1000
-
-/*
-** HOST_NO_GIL_CONTROL: spawned threads run Lua code without taking the GIL.
-** Only `make tsan` builds it, as the negative control that ThreadSanitizer
-** must catch; it is never correct.
-*/
-#ifdef HOST_NO_GIL_CONTROL
-#define SPAWNED_TAKE(u, ts) ((void)(u), (void)(ts))
-#define SPAWNED_GIVE(u, ts) ((void)(u), (void)(ts))
-#else
-#define SPAWNED_TAKE(u, ts) gil_take(u, ts)
-#define SPAWNED_GIVE(u, ts) gil_give(u, ts)
-#endif
-
-#define GIL_SLOTS 64
-#define SWITCH_SIGNAL SIGURG          /* default action: ignore */
-#define MAIN_WAIT_SLICE 0.05          /* how often a waiting main thread looks for Ctrl-C */
-#define DEFAULT_SWITCH_INTERVAL 0.005
-#define MIN_SWITCH_INTERVAL 1e-6
-#define MAX_SWITCH_INTERVAL 3600.0
-
-struct host_tstate {
-  host_universe *u;
-  lua_State *L;                   /* this OS thread's own Lua thread */
-  _Atomic(lua_State *) running;   /* the coroutine it runs now, or L */
-  pthread_t pthread;
-  atomic_bool holding;            /* holds the GIL (read by its signal handler) */
-  uint64_t rng;                   /* jitter of the instruction policy */
-  unsigned policy_seen;           /* the policy epoch its hook follows */
-  bool daemon;
-  bool finished;                  /* body done: no longer a running thread */
-  bool released;                  /* its OS thread is done with the record (threads_mu) */
-  int finalizer_resumes;          /* coroutines a finalizer of this thread resumes */
-  int user_release;               /* host_gil_release's state: a USER_ value */
-  host_tstate *outer;             /* what this OS thread had before (nesting) */
-  /* a user's hook that an interrupt put aside (see arm_hook): set by the
-  ** signal handler and read by universe_hook, both on this OS thread */
-  lua_Hook saved_hook;
-  int saved_mask, saved_count;
-  _Atomic(lua_State *) saved_for;  /* the state it belongs to, or NULL */
-  host_tstate *next;              /* in the universe's list of spawned threads */
-  void (*body)(lua_State *co, void *arg);
-  void *arg;
-  int num;                        /* 1 for the main thread, then 2, 3, ... */
-  /* what it waits for (host_wait_on), all under the GIL; see "waits" below */
-  const char *wait_what, *wait_detail;
-  const void *wait_obj;
-  host_tstate *wait_holder;
-  int wait_kind;                  /* a W_ value */
-  bool wait_watch;                /* an interrupt (or a deadlock) ends the wait */
-  bool wait_timed;                /* the wait has a deadline */
-  host_waitq *wait_q;             /* the queue it sleeps on, or NULL */
-  host_tstate *wait_next;         /* in wait_q's list of waiters */
-};
-
-/*
-** How a thread waits. W_BLOCKED: in host_waitq_wait without a deadline and
-** not notified since; only such threads count in the universe's nblocked.
-** W_WOKEN: notified, not yet running again. W_TIMED: any other wait (a
-** deadline, host_cond_wait, a sleep): something else will end it.
-*/
-enum { W_NONE, W_TIMED, W_BLOCKED, W_WOKEN };
-
-struct gil_slot {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-};
-
-/*
-** An OS thread that host started to run spawned threads, one after another
-** (see "spawned threads" below). Every field is under the universe's
-** threads_mu.
-*/
-typedef struct host_worker host_worker;
-struct host_worker {
-  host_universe *u;
-  pthread_t pthread;
-  pthread_cond_t cv;              /* signalled when given a thread or told to stop */
-  host_tstate *job;               /* the thread given to it, not started yet */
-  host_tstate *running;           /* the thread it runs, or NULL */
-  bool idle;                      /* on the universe's stack of idle workers */
-  bool stop;                      /* to end once idle (host_reap_threads) */
-  bool exited;                    /* has left its loop: to be joined */
-  host_worker *next;              /* in the universe's list of workers */
-  host_worker *next_idle;         /* in the stack of idle workers */
-};
-
-struct host_universe {
-  lua_State *main;
-  host_tstate main_ts;
-  /* the GIL */
-  atomic_ullong next_ticket;
-  atomic_ullong serving;
-  _Atomic(host_tstate *) holder;
-  atomic_ullong switches;
-  struct gil_slot slot[GIL_SLOTS];
-  /* preemption and interrupts */
-  atomic_llong interval_ns;
-  atomic_int instructions;        /* > 0: the jittered instruction policy */
-  atomic_uint policy_epoch;
-  atomic_bool interrupted;
-  atomic_bool stopping;           /* host_interrupt_sticky: raised until cleared */
-  atomic_bool exiting;            /* host_close has begun (its exit handlers ran) */
-  bool fork_child;                /* this is a worker forked by the pool */
-  atomic_bool closing;            /* host_close is closing the state */
-  /* spawned threads: list, counts (under threads_mu) */
-  pthread_mutex_t threads_mu;
-  pthread_cond_t threads_cv;
-  host_tstate *threads;
-  int running;
-  int nondaemon;
-  int last_num;                   /* the number of the last thread made */
-  host_worker *workers;           /* every OS thread started for them, until joined */
-  host_worker *idle;              /* the idle ones, the latest idle first */
-  int nidle;
-  bool workers_stop;              /* host_close: idle workers end */
-  /* deadlock detection (under the GIL) */
-  int nblocked;                   /* threads in W_BLOCKED */
-  bool exit_wait;                 /* the main thread waits for non-daemon threads */
-  atomic_bool deadlock;           /* the main thread is to raise DeadlockError */
-  /* the dump watcher (host_dump_watch) */
-  atomic_bool watching;            /* read by host_dump_request, a signal handler's */
-  pthread_t watcher;
-  host_tstate watcher_ts;
-  sem_t watch_sem;
-  atomic_bool dump_wanted, watch_stop;
-  pthread_mutex_t later_mu;
-  bool later_set;                 /* a dump is due at `later` */
-  host_deadline later;
-};
+#define MAIN_WAIT_SLICE 0.05  /* how often a waiting main thread looks for Ctrl-C */
 
 struct host_waitq {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
   int refs;      /* owner + waiters; under the GIL */
-  host_tstate *waiters;  /* linked by wait_next; under the GIL */
+  host_tstate *waiters;  /* linked by wait_next, in the order they came; under the GIL */
 };
 
 /*
@@ -199,7 +44,6 @@ struct host_waitq {
 */
 static _Thread_local host_tstate *current_ts = NULL;
 
-static void universe_hook(lua_State *L, lua_Debug *ar);
 static void check_deadlock(host_universe *u, lua_State *L);
 static void wait_done(host_tstate *ts);
 static void watcher_stop(host_universe *u, host_tstate *ts);
@@ -216,22 +60,6 @@ void host_cond_init(pthread_cond_t *cv) {
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
   pthread_cond_init(cv, &attr);
   pthread_condattr_destroy(&attr);
-}
-
-/* xorshift64*: the per-thread jitter source. */
-static uint64_t next_random(host_tstate *ts) {
-  uint64_t x = ts->rng;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  ts->rng = x;
-  return x * 0x2545F4914F6CDD1DULL;
-}
-
-/* A count period drawn from [n/2, 3n/2), so no loop body aligns with it. */
-static int jittered_period(host_tstate *ts, int n) {
-  int low = n / 2 > 0 ? n / 2 : 1;
-  return low + (int)(next_random(ts) % (uint64_t)n);
 }
 
 /* The deadline that is the earlier of `d` and `seconds` from now. */
@@ -292,8 +120,6 @@ static void register_thread_key(lua_State *L, host_tstate *ts, lua_State *key) {
   lua_pop(L, 1);
 }
 
-static host_tstate *member_of(lua_State *L);
-
 void host_push_thread_key(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, THREAD_KEYS);
   lua_rawgetp(L, -1, member_of(L));
@@ -304,311 +130,22 @@ unsigned long host_thread_ident(void) {
   return (unsigned long)pthread_self();
 }
 
-/* ---- preemption ---- */
-
-/*
-** Sets the hook a Lua state has when nothing is requested: the jittered
-** count hook under the instruction policy, the polling hook in TSan builds,
-** none otherwise. A hook the user set with debug.sethook is left alone:
-** that state is then not preempted until the user's hook is removed.
-*/
-static void set_base_hook(host_tstate *ts, lua_State *L) {
-  lua_Hook h = lua_gethook(L);
-  if (h != NULL && h != universe_hook) return;
-  int n = atomic_load(&ts->u->instructions);
-  if (n > 0) {
-    lua_sethook(L, universe_hook, LUA_MASKCOUNT, jittered_period(ts, n));
-  } else {
-#ifdef HOST_POLL_HOOK
-    lua_sethook(L, universe_hook, LUA_MASKCOUNT, POLL_PERIOD);
-#else
-    if (h != NULL) lua_sethook(L, NULL, 0, 0);
-#endif
-  }
-}
-
-/* True when an interrupt waits to be raised in thread ts (its universe's main). */
-static bool interrupt_wanted(host_tstate *ts) {
-  host_universe *u = ts->u;
-  return ts == &u->main_ts && (atomic_load(&u->interrupted) || atomic_load(&u->stopping));
-}
-
-/*
-** Arms the one-shot hook on L, which thread ts runs. A hook already there
-** stays: the universe's own count hook (it fires anyway), or a user's
-** (debug.sethook), which keeps the thread from being preempted. But an
-** interrupt does not wait: it makes the universe's hook one-shot, and puts a
-** user's hook aside in ts for universe_hook to put back (so debug.sethook
-** cannot make a task deaf to interrupts). Async-signal-safe (lua_sethook
-** is, as lua.c relies on for Ctrl-C).
-*/
-static void arm_hook(host_tstate *ts, lua_State *L) {
-  lua_Hook h = lua_gethook(L);
-  if (h == universe_hook && !interrupt_wanted(ts)) return;  /* it comes anyway */
-  if (h != NULL && h != universe_hook) {
-    lua_State *pending = atomic_load(&ts->saved_for);
-    if (!interrupt_wanted(ts) || (pending != NULL && pending != L)) return;
-    ts->saved_hook = h;
-    ts->saved_mask = lua_gethookmask(L);
-    ts->saved_count = lua_gethookcount(L);
-    atomic_store(&ts->saved_for, L);
-  }
-  lua_sethook(L, universe_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-}
-
-/*
-** SWITCH_SIGNAL: arm the hook in each universe whose GIL this thread holds
-** right now (the signal does not say which universe asked).
-*/
-static void on_switch_signal(int sig) {
-  (void)sig;
-  int saved = errno;
-  for (host_tstate *ts = current_ts; ts != NULL; ts = ts->outer)
-    if (atomic_load(&ts->holding)) arm_hook(ts, atomic_load(&ts->running));
-  errno = saved;
-}
-
-/* Installs the SWITCH_SIGNAL handler (idempotent, process-wide). */
-static void install_switch_handler(void) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_switch_signal;
-  sa.sa_flags = SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SWITCH_SIGNAL, &sa, NULL);
-}
-
-/* Asks the GIL holder to yield (a waiter has waited a switch interval). */
-static void request_switch(host_universe *u) {
-  pthread_mutex_lock(&u->threads_mu);  /* keeps the holder from being reaped */
-  host_tstate *h = atomic_load(&u->holder);
-  if (h != NULL) pthread_kill(h->pthread, SWITCH_SIGNAL);
-  pthread_mutex_unlock(&u->threads_mu);
-}
-
-/* ---- the GIL ---- */
-
-/* Sleeps until ticket t is served; the first in line asks for a switch. */
-static void gil_wait_turn(host_universe *u, unsigned long long t) {
-  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
-  pthread_mutex_lock(&s->mu);
-  for (;;) {
-    unsigned long long serving = atomic_load(&u->serving);
-    if (serving == t) break;
-    if (serving + 1 == t) {
-      double interval = (double)atomic_load(&u->interval_ns) * 1e-9;
-      host_deadline d = host_deadline_in(interval);
-      int rc = pthread_cond_timedwait(&s->cv, &s->mu, &d.at);
-      if (rc == ETIMEDOUT && atomic_load(&u->serving) == serving) {
-        pthread_mutex_unlock(&s->mu);
-        request_switch(u);
-        pthread_mutex_lock(&s->mu);
-      }
-    } else {
-      pthread_cond_wait(&s->cv, &s->mu);
-    }
-  }
-  pthread_mutex_unlock(&s->mu);
-  atomic_fetch_add(&u->switches, 1);
-}
-
-/* What a thread does each time it has taken the GIL. */
-static void after_take(host_universe *u, host_tstate *ts) {
-  atomic_store(&u->holder, ts);
-  atomic_store(&ts->holding, true);
-  if (ts->policy_seen != atomic_load(&u->policy_epoch)) {
-    ts->policy_seen = atomic_load(&u->policy_epoch);
-    set_base_hook(ts, atomic_load(&ts->running));
-  }
-  if (interrupt_wanted(ts)) arm_hook(ts, atomic_load(&ts->running));
-}
-
-static void gil_give(host_universe *u, host_tstate *ts);
-
-/*
-** What a spawned thread does when it is served the GIL while host_close
-** closes the state (only daemon threads run then): it gives the GIL back
-** and parks for good, as CPython's daemon threads do at finalization, so
-** that no Lua code runs beside lua_close and its finalizers.
-*/
-static _Noreturn void park_at_close(host_universe *u, host_tstate *ts) {
-  gil_give(u, ts);
-  for (;;) pause();
-}
-
-/* Takes the GIL for ts: a ticket, then wait for it unless served at once. */
-static void gil_take(host_universe *u, host_tstate *ts) {
-  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
-  if (atomic_load(&u->serving) != t) gil_wait_turn(u, t);
-  if (atomic_load(&u->closing) && ts != &u->main_ts) park_at_close(u, ts);
-  after_take(u, ts);
-}
-
-/* Wakes the threads sleeping on the slot of ticket t. */
-static void gil_wake(host_universe *u, unsigned long long t) {
-  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
-  pthread_mutex_lock(&s->mu);
-  pthread_cond_broadcast(&s->cv);
-  pthread_mutex_unlock(&s->mu);
-}
-
-/*
-** Gives the GIL up: serve the next ticket and wake it if it waits. The one
-** after it is now first in line: wake it too, so it starts timing the
-** switch interval (asleep without a timer, it could never ask a thread
-** that does not block to yield).
-*/
-static void gil_give(host_universe *u, host_tstate *ts) {
-  atomic_store(&ts->holding, false);
-  atomic_store(&u->holder, NULL);
-  unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
-  unsigned long long end = atomic_load(&u->next_ticket);
-  if (end > next) gil_wake(u, next);
-  if (end > next + 1) gil_wake(u, next + 1);
-}
-
-/* True when another thread waits for the GIL. */
-static bool gil_contended(host_universe *u) {
-  return atomic_load(&u->next_ticket) - atomic_load(&u->serving) > 1;
-}
-
-/*
-** What host_gil_release did, so that host_gil_acquire undoes exactly that.
-** A release while the state closes or inside a finalizer keeps the GIL
-** (see in_finalizer), and so does a release in a state of another universe.
-*/
-enum { USER_HOLDING, USER_RELEASED, USER_KEPT };
-
-/* A misuse that would break the GIL for every thread: stop at once. */
-static void gil_misuse(const char *what) {
-  fprintf(stderr, "host: fatal: %s\n", what);
-  fflush(stderr);
-  abort();
-}
-
 /* The calling thread's record in universe u, or NULL. */
-static host_tstate *tstate_in(host_universe *u) {
+host_tstate *tstate_in(host_universe *u) {
   host_tstate *ts = current_ts;
   while (ts != NULL && ts->u != u) ts = ts->outer;
   return ts;
 }
 
 /* The calling thread's record if it runs Lua code in L's universe. */
-static host_tstate *member_of(lua_State *L) {
+host_tstate *member_of(lua_State *L) {
   host_universe *u = host_universe_of(L);
   return u != NULL ? tstate_in(u) : NULL;
-}
-
-/*
-** True when L runs a finalizer (__gc). Lua stops its collector while a
-** finalizer runs (lua_gc answers -1 to everything then), for every thread
-** of the universe: a finalizer that handed the GIL off while it sleeps or
-** blocks in C would let the others allocate with no collection at all, and
-** a loop of such finalizers grows the heap without bound. So inside a
-** finalizer, sleeps and host_gil_release keep the GIL (see runtime.h).
-** The cheap global check comes first; the walk of L's frames (a finalizer
-** is named "__gc" by lua_getinfo) only while some finalizer runs.
-*/
-static bool in_finalizer(lua_State *L) {
-  if (lua_gc(L, LUA_GCISRUNNING, 0) != -1) return false;
-  host_tstate *ts = member_of(L);
-  if (ts != NULL && ts->finalizer_resumes > 0) return true;  /* see host_resume */
-  lua_Debug ar;
-  for (int level = 0; lua_getstack(L, level, &ar); level++) {
-    if (lua_getinfo(L, "n", &ar) && ar.namewhat != NULL && ar.name != NULL &&
-        strcmp(ar.namewhat, "metamethod") == 0 && strcmp(ar.name, "__gc") == 0)
-      return true;
-  }
-  return false;
-}
-
-void host_gil_release(lua_State *L) {
-  host_tstate *ts = member_of(L);
-  if (ts == NULL) return;
-  if (ts->user_release != USER_HOLDING)
-    gil_misuse("host_gil_release called twice without host_gil_acquire");
-  if (atomic_load(&ts->u->closing) || in_finalizer(L)) {
-    ts->user_release = USER_KEPT;
-    return;
-  }
-  if (!atomic_load(&ts->holding))
-    gil_misuse("host_gil_release called by a thread that does not hold the GIL");
-  ts->user_release = USER_RELEASED;
-  gil_give(ts->u, ts);
-}
-
-void host_gil_acquire(lua_State *L) {
-  host_tstate *ts = member_of(L);
-  if (ts == NULL) return;
-  int was = ts->user_release;
-  if (was == USER_HOLDING)
-    gil_misuse("host_gil_acquire called without host_gil_release");
-  if (was == USER_RELEASED) gil_take(ts->u, ts);
-  ts->user_release = USER_HOLDING;  /* with the GIL: a dump reads it */
 }
 
 bool host_closing(lua_State *L) {
   host_universe *u = host_universe_of(L);
   return u != NULL && atomic_load(&u->closing);
-}
-
-unsigned long long host_gil_switches(lua_State *L) {
-  host_universe *u = host_universe_of(L);
-  return u ? atomic_load(&u->switches) : 0;
-}
-
-/* Puts back the hook L had before the one-shot hook: a user's, or the base. */
-static void restore_hook(host_tstate *ts, lua_State *L) {
-  if (atomic_load(&ts->saved_for) == L) {
-    lua_Hook h = ts->saved_hook;
-    int mask = ts->saved_mask, count = ts->saved_count;
-    atomic_store(&ts->saved_for, NULL);  /* a signal now sees our hook: no race */
-    lua_sethook(L, h, mask, count);
-  } else {
-    set_base_hook(ts, L);
-  }
-}
-
-/*
-** False at the call or return of a C function: an error raised there could
-** land in a message handler (host_pcall's traceback) while an error is
-** being handled, and turn it into "error in error handling".
-*/
-static bool can_raise(lua_State *L, lua_Debug *ar) {
-  if (ar->event == LUA_HOOKCOUNT || ar->event == LUA_HOOKLINE) return true;
-  return lua_getinfo(L, "S", ar) && ar->what[0] != 'C';
-}
-
-/*
-** The universe's hook, armed one-shot on request, or as the count hook of
-** the instruction policy or of polling builds. It restores the hook that
-** was there before, raises a pending interrupt in the main thread, and
-** yields the GIL when another thread waits for it. A sticky interrupt
-** (host_interrupt_sticky) arms the hook again before it raises, so the
-** next instruction raises again, wherever a pcall caught the last one.
-*/
-static void universe_hook(lua_State *L, lua_Debug *ar) {
-  host_tstate *ts = member_of(L);
-  if (ts == NULL) return;
-  host_universe *u = ts->u;
-#ifdef HOST_POLL_HOOK
-  (void)host_now();  /* an intercepted call: pending signals run here */
-#endif
-  restore_hook(ts, L);
-  /* a finalizer (and a coroutine it resumed) keeps the GIL; another thread
-  ** that runs while a finalizer waits for it is preempted as usual */
-  if (gil_contended(u) && !in_finalizer(L)) {
-    gil_give(u, ts);
-    gil_take(u, ts);
-  }
-  if (interrupt_wanted(ts)) {
-    bool raise_here = can_raise(L, ar);
-    if (!raise_here || atomic_load(&u->stopping)) arm_hook(ts, L);
-    if (raise_here) {
-      atomic_store(&u->interrupted, false);
-      luaL_error(L, "interrupted!");
-    }
-  }
 }
 
 /* ---- universes ---- */
@@ -619,6 +156,8 @@ static void tstate_init(host_tstate *ts, host_universe *u, lua_State *L) {
   ts->L = L;
   atomic_init(&ts->running, L);
   atomic_init(&ts->holding, false);
+  atomic_init(&ts->hand, HAND_NONE);
+  atomic_init(&ts->park, 0);
   ts->pthread = pthread_self();
   ts->rng = ((uint64_t)(uintptr_t)ts ^ (uint64_t)(host_now() * 1e9)) | 1;
   ts->policy_seen = 0;
@@ -640,24 +179,16 @@ lua_State *host_newstate(void) {
   }
   lua_setallocf(L, universe_alloc, u);
   u->main = L;
-  for (int i = 0; i < GIL_SLOTS; i++) {
-    pthread_mutex_init(&u->slot[i].mu, NULL);
-    host_cond_init(&u->slot[i].cv);
-  }
+  gil_init(u);
   pthread_mutex_init(&u->threads_mu, NULL);
   host_cond_init(&u->threads_cv);
-  atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
   tstate_init(&u->main_ts, u, L);
   u->main_ts.num = u->last_num = 1;
   pthread_mutex_init(&u->later_mu, NULL);
   u->main_ts.outer = current_ts;
   current_ts = &u->main_ts;
-  install_switch_handler();
-  gil_take(u, &u->main_ts);
+  gil_start(u, &u->main_ts);
   register_thread_key(L, &u->main_ts, L);
-#ifdef HOST_POLL_HOOK
-  set_base_hook(&u->main_ts, L);
-#endif
   return L;
 }
 
@@ -673,6 +204,7 @@ static void reap_finished(host_universe *u) {
     host_tstate *ts = *p;
     if (ts->finished && ts->released) {
       *p = ts->next;
+      gil_forget(ts);
       free(ts);
     } else {
       p = &ts->next;
@@ -694,10 +226,8 @@ static void reap_finished(host_universe *u) {
 
 /* Frees what host_newstate made, once no thread can touch it. */
 static void universe_free(host_universe *u) {
-  for (int i = 0; i < GIL_SLOTS; i++) {
-    pthread_mutex_destroy(&u->slot[i].mu);
-    pthread_cond_destroy(&u->slot[i].cv);
-  }
+  gil_forget(&u->main_ts);
+  gil_destroy(u);
   pthread_mutex_destroy(&u->threads_mu);
   pthread_cond_destroy(&u->threads_cv);
   pthread_mutex_destroy(&u->later_mu);
@@ -855,60 +385,6 @@ int host_raise_interrupt(lua_State *L) {
   }
   if (ts != NULL) atomic_store(&ts->u->interrupted, false);
   return luaL_error(L, "interrupted!");
-}
-
-/* Records a new policy and applies it to the calling thread at once. */
-static void policy_changed(host_universe *u) {
-  atomic_fetch_add(&u->policy_epoch, 1);
-  host_tstate *ts = tstate_in(u);
-  if (ts != NULL) {
-    ts->policy_seen = atomic_load(&u->policy_epoch);
-    set_base_hook(ts, atomic_load(&ts->running));
-  }
-}
-
-/*
-** The interval is clamped to [1 us, 1 h] (NaN gives 1 us), so the
-** conversion to nanoseconds never overflows whatever a caller passes.
-*/
-void host_set_switch_interval(lua_State *L, double seconds) {
-  host_universe *u = host_universe_of(L);
-  if (u == NULL) return;
-  if (!(seconds >= MIN_SWITCH_INTERVAL)) seconds = MIN_SWITCH_INTERVAL;
-  if (seconds > MAX_SWITCH_INTERVAL) seconds = MAX_SWITCH_INTERVAL;
-  atomic_store(&u->interval_ns, (long long)(seconds * 1e9));
-  atomic_store(&u->instructions, 0);
-  policy_changed(u);
-}
-
-void host_set_switch_instructions(lua_State *L, int n) {
-  host_universe *u = host_universe_of(L);
-  if (u == NULL) return;
-  atomic_store(&u->instructions, n);
-  policy_changed(u);
-}
-
-double host_get_switch_interval(lua_State *L, int *instructions) {
-  host_universe *u = host_universe_of(L);
-  *instructions = atomic_load(&u->instructions);
-  return (double)atomic_load(&u->interval_ns) * 1e-9;
-}
-
-int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
-  host_tstate *ts = member_of(L);
-  if (ts == NULL) return lua_resume(co, L, nargs, nresults);
-  lua_State *outer = atomic_load(&ts->running);
-  /* a coroutine that a finalizer resumes runs in that finalizer too */
-  bool finalizing = in_finalizer(L);
-  if (finalizing) ts->finalizer_resumes++;
-  atomic_store(&ts->running, co);
-  if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
-    set_base_hook(ts, co);
-  int status = lua_resume(co, L, nargs, nresults);
-  atomic_store(&ts->running, outer);
-  if (finalizing) ts->finalizer_resumes--;
-  if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */
-  return status;
 }
 
 /* ---- spawned threads ---- */
@@ -1102,10 +578,7 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
 ** the caller's with nobody in line.
 */
 static void reset_after_fork(host_universe *u, host_tstate *ts) {
-  for (int i = 0; i < GIL_SLOTS; i++) {
-    pthread_mutex_init(&u->slot[i].mu, NULL);
-    host_cond_init(&u->slot[i].cv);
-  }
+  gil_after_fork(u, ts);
   pthread_mutex_init(&u->threads_mu, NULL);
   host_cond_init(&u->threads_cv);
   u->threads = NULL;
@@ -1113,8 +586,6 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   u->nondaemon = 0;
   u->workers = u->idle = NULL;  /* the idle workers are gone too */
   u->nidle = 0;
-  atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
-  atomic_store(&u->holder, ts);
   ts->pthread = pthread_self();
   atomic_store(&u->interrupted, false);
   atomic_store(&u->stopping, false);
@@ -1202,19 +673,13 @@ int host_thread_count(lua_State *L) {
 host_waitq *host_waitq_new(void) {
   host_waitq *q = malloc(sizeof *q);
   if (q == NULL) return NULL;
-  pthread_mutex_init(&q->mu, NULL);
-  host_cond_init(&q->cv);
   q->refs = 1;
   q->waiters = NULL;
   return q;
 }
 
 void host_waitq_unref(host_waitq *q) {
-  if (q != NULL && --q->refs == 0) {
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cv);
-    free(q);
-  }
+  if (q != NULL && --q->refs == 0) free(q);
 }
 
 /*
@@ -1259,6 +724,36 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
   ts->wait_timed = !d->never;
   host_wait_result result = cond_wait(ts, mu, cv, d, true);
   wait_done(ts);
+  return result;
+}
+
+/*
+** Sleeps without the GIL in a wait of q (the caller's record ts is on its
+** list) until a notify hands it a place in the GIL's line, the deadline
+** passes or (a watching main thread, which looks every slice) an
+** interrupt or a deadlock ends it; returns with the GIL held.
+*/
+static host_wait_result waitq_sleep(host_tstate *ts, const host_deadline *d, bool watch) {
+  host_universe *u = ts->u;
+  bool is_main = watch && ts == &u->main_ts;
+  host_wait_result result = HOST_WAIT_WOKEN;
+  gil_give_to_sleep(u, ts);
+  for (;;) {
+    if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
+      result = HOST_WAIT_INTERRUPTED;
+      break;
+    }
+    host_deadline slice = is_main ? earlier(d, MAIN_WAIT_SLICE) : *d;
+    if (gil_sleep(u, ts, &slice)) break;
+    if (host_deadline_passed(d)) {
+      result = HOST_WAIT_TIMEOUT;
+      break;
+    }
+  }
+  if (gil_wake_up(u, ts)) {  /* notified: an interrupt still wins */
+    bool stop = is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock));
+    result = stop ? HOST_WAIT_INTERRUPTED : HOST_WAIT_WOKEN;
+  }
   return result;
 }
 
@@ -1342,8 +837,9 @@ static bool closing_wait_fails(lua_State *L, host_tstate *ts) {
 
 /*
 ** The wait behind host_waitq_wait; `watch` says if an interrupt ends it.
-** The waiter is on q's list while it waits; without a deadline it counts
-** as blocked until notified, and may find the universe deadlocked.
+** The waiter is on q's list (in the order they came) while it waits;
+** without a deadline it counts as blocked until notified, and may find the
+** universe deadlocked.
 */
 static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadline *d,
                                    bool watch) {
@@ -1353,8 +849,10 @@ static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadl
     return HOST_WAIT_INTERRUPTED;  /* the caller raises the DeadlockError */
   q->refs++;
   ts->wait_q = q;
-  ts->wait_next = q->waiters;
-  q->waiters = ts;
+  ts->wait_next = NULL;
+  host_tstate **tail = &q->waiters;
+  while (*tail != NULL) tail = &(*tail)->wait_next;
+  *tail = ts;
   ts->wait_watch = watch;
   ts->wait_kind = W_TIMED;
   ts->wait_timed = !d->never;
@@ -1364,12 +862,10 @@ static host_wait_result waitq_wait(lua_State *L, host_waitq *q, const host_deadl
     check_deadlock(u, L);
   }
   host_wait_result result;
-  if (watch && ts == &u->main_ts && atomic_load(&u->deadlock)) {
+  if (watch && ts == &u->main_ts && atomic_load(&u->deadlock))
     result = HOST_WAIT_INTERRUPTED;  /* the caller raises the DeadlockError */
-  } else {
-    pthread_mutex_lock(&q->mu);
-    result = cond_wait(ts, &q->mu, &q->cv, d, watch);
-  }
+  else
+    result = waitq_sleep(ts, d, watch);
   if (ts->wait_kind == W_BLOCKED) u->nblocked--;
   host_tstate **p = &q->waiters;
   while (*p != NULL && *p != ts) p = &(*p)->wait_next;
@@ -1395,18 +891,18 @@ int host_waitq_waiters(const host_waitq *q) {
   return n;
 }
 
-/* Wakes the waiters of q; those blocked count as running from now on. */
+/*
+** Hands each sleeping waiter of q a place in the GIL's line, in the order
+** they came: each wakes once it holds the GIL (gil_handoff), not to sleep
+** on it again. Those blocked count as running from now on.
+*/
 void host_waitq_notify(host_waitq *q) {
-  if (q->refs > 1) {  /* somebody waits */
-    for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
-      if (w->wait_kind == W_BLOCKED) {
-        w->wait_kind = W_WOKEN;
-        w->u->nblocked--;
-      }
+  for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
+    if (w->wait_kind == W_BLOCKED) {
+      w->wait_kind = W_WOKEN;
+      w->u->nblocked--;
     }
-    pthread_mutex_lock(&q->mu);
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
+    gil_handoff(w->u, w);
   }
 }
 

@@ -136,10 +136,10 @@ unsigned long host_main_thread_ident(lua_State *L);
 /* ---- waiting without the GIL ---- */
 
 /*
-** A wait queue: a condition variable for threads that wait for state kept
-** under the GIL. It is refcounted so that a waiter parked at close never
-** touches freed memory; every field is used with the GIL held except the
-** mutex and condvar themselves.
+** A wait queue: where threads wait for state kept under the GIL. A notify
+** hands each waiter a place in the GIL's line, so it wakes once, holding
+** the GIL. It is refcounted so that a waiter parked at close never touches
+** freed memory; every field is used with the GIL held.
 */
 typedef struct host_waitq host_waitq;
 

@@ -138,6 +138,33 @@ describe('the GIL queue', function()
     end
     os.remove(f)
   end)
+
+  it('serves a thread that a notify put first in line while the notifier spins', function()
+    -- Event:set hands the waiter a place first in line without waking it
+    -- (the direct hand-off), and main then spins in Lua without blocking:
+    -- the waiter cannot time the switch interval itself, so the notifier
+    -- must be preempted for it, or the waiter never runs. The spin ends
+    -- once the waiter ran, or after 10 s (before its own timeout), a failure.
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      local time = require 'host.time'
+      local ready, go, ran = thread.Event(), thread.Event(), false
+      local t = thread.start(function() ready:set() go:wait(60) ran = true end)
+      assert(ready:wait(10))
+      thread.sleep(0.05)  -- the worker sleeps in go:wait now
+      go:set()
+      local limit = time.monotonic() + 10
+      while not ran and time.monotonic() < limit do end
+      print(ran and 'served' or 'starved')
+      t:join(10)
+    ]]
+    for _ = 1, 3 do
+      local out, _, rc = sh.host_run(sh.quote(f), 20)
+      assert.are.equal(0, rc)
+      assert.are.equal('served\n', out)
+    end
+    os.remove(f)
+  end)
 end)
 
 describe('the GIL traps', function()

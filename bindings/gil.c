@@ -1,0 +1,605 @@
+/*
+** gil.c: the GIL of a universe and its preemption.
+**
+** The protocol. The GIL is a ticket lock: a thread takes a ticket with one
+** atomic fetch_add (next_ticket) and holds the GIL while `serving` equals
+** it; giving it up serves the next ticket. A thread that is not served at
+** once joins the line (the list of its ticket's slot) and sleeps on its
+** own futex word (`park`); the giver moves `serving` first and then wakes
+** the thread in line with that ticket, so no wake-up is lost, and nobody
+** waiting costs no system call.
+**
+** The direct hand-off. A thread that waits for a notify (host_waitq_wait)
+** gives the GIL up marked HAND_SLEEPING; a notifier, which holds the GIL,
+** takes a ticket for it and puts it in the line (gil_handoff) without
+** waking it, so it wakes once, when it is served, instead of waking to
+** sleep again on the GIL. A waiter whose deadline passes first takes a
+** ticket of its own; a compare-and-swap on its hand-off state decides
+** which of the two happens.
+**
+** Preemption. The first in line times the switch interval; when it has
+** waited that long it sends SWITCH_SIGNAL to the holder's OS thread, whose
+** handler arms a one-shot hook on the Lua state that thread is running
+** (what lua.c does for SIGINT); the hook gives the GIL up and queues again.
+** A waiter handed a place first in line sleeps and cannot time it, so the
+** notifier arms a timer that signals itself after the interval instead.
+** Under the instruction policy a jittered count hook yields without a
+** signal. Fairness is the ticket order throughout: a handed waiter goes to
+** the back of the line like any other.
+*/
+#include <errno.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "universe.h"
+
+/*
+** ThreadSanitizer delivers an asynchronous signal only when the thread next
+** enters an intercepted libc call, which a pure Lua loop never does. Its
+** builds therefore keep a sparse count hook armed for good; the hook reads
+** the clock (an intercepted call, so pending signals run) and then checks
+** the universe's flags. Other builds arm the hook only on demand.
+*/
+#if defined(__SANITIZE_THREAD__)
+#define HOST_POLL_HOOK 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HOST_POLL_HOOK 1
+#endif
+#endif
+#define POLL_PERIOD 1000
+
+/* glibc 2.36 names the field of SIGEV_THREAD_ID only in its own header. */
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+#define DEFAULT_SWITCH_INTERVAL 0.005
+#define MIN_SWITCH_INTERVAL 1e-6
+#define MAX_SWITCH_INTERVAL 3600.0
+
+static void universe_hook(lua_State *L, lua_Debug *ar);
+
+/* xorshift64*: the per-thread jitter source. */
+static uint64_t next_random(host_tstate *ts) {
+  uint64_t x = ts->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  ts->rng = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* A count period drawn from [n/2, 3n/2), so no loop body aligns with it. */
+static int jittered_period(host_tstate *ts, int n) {
+  int low = n / 2 > 0 ? n / 2 : 1;
+  return low + (int)(next_random(ts) % (uint64_t)n);
+}
+
+/* ---- preemption ---- */
+
+/*
+** Sets the hook a Lua state has when nothing is requested: the jittered
+** count hook under the instruction policy, the polling hook in TSan builds,
+** none otherwise. A hook the user set with debug.sethook is left alone:
+** that state is then not preempted until the user's hook is removed.
+*/
+static void set_base_hook(host_tstate *ts, lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  if (h != NULL && h != universe_hook) return;
+  int n = atomic_load(&ts->u->instructions);
+  if (n > 0) {
+    lua_sethook(L, universe_hook, LUA_MASKCOUNT, jittered_period(ts, n));
+  } else {
+#ifdef HOST_POLL_HOOK
+    lua_sethook(L, universe_hook, LUA_MASKCOUNT, POLL_PERIOD);
+#else
+    if (h != NULL) lua_sethook(L, NULL, 0, 0);
+#endif
+  }
+}
+
+/* True when an interrupt waits to be raised in thread ts (its universe's main). */
+bool interrupt_wanted(host_tstate *ts) {
+  host_universe *u = ts->u;
+  return ts == &u->main_ts && (atomic_load(&u->interrupted) || atomic_load(&u->stopping));
+}
+
+/*
+** Arms the one-shot hook on L, which thread ts runs. A hook already there
+** stays: the universe's own count hook (it fires anyway), or a user's
+** (debug.sethook), which keeps the thread from being preempted. But an
+** interrupt does not wait: it makes the universe's hook one-shot, and puts a
+** user's hook aside in ts for universe_hook to put back (so debug.sethook
+** cannot make a task deaf to interrupts). Async-signal-safe (lua_sethook
+** is, as lua.c relies on for Ctrl-C).
+*/
+void arm_hook(host_tstate *ts, lua_State *L) {
+  lua_Hook h = lua_gethook(L);
+  if (h == universe_hook && !interrupt_wanted(ts)) return;  /* it comes anyway */
+  if (h != NULL && h != universe_hook) {
+    lua_State *pending = atomic_load(&ts->saved_for);
+    if (!interrupt_wanted(ts) || (pending != NULL && pending != L)) return;
+    ts->saved_hook = h;
+    ts->saved_mask = lua_gethookmask(L);
+    ts->saved_count = lua_gethookcount(L);
+    atomic_store(&ts->saved_for, L);
+  }
+  lua_sethook(L, universe_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/*
+** SWITCH_SIGNAL: arm the hook in each universe whose GIL this thread holds
+** right now (the signal does not say which universe asked).
+*/
+static void on_switch_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  for (host_tstate *ts = host_current(); ts != NULL; ts = ts->outer)
+    if (atomic_load(&ts->holding)) arm_hook(ts, atomic_load(&ts->running));
+  errno = saved;
+}
+
+/* Installs the SWITCH_SIGNAL handler (idempotent, process-wide). */
+static void install_switch_handler(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_switch_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SWITCH_SIGNAL, &sa, NULL);
+}
+
+/* Asks the GIL holder to yield (a waiter has waited a switch interval). */
+static void request_switch(host_universe *u) {
+  pthread_mutex_lock(&u->threads_mu);  /* keeps the holder from being reaped */
+  host_tstate *h = atomic_load(&u->holder);
+  if (h != NULL) pthread_kill(h->pthread, SWITCH_SIGNAL);
+  pthread_mutex_unlock(&u->threads_mu);
+}
+
+/* ---- the GIL ---- */
+
+/*
+** Sleeps until ts->park moves from `seen`, a wake-up, or until `at` (an
+** absolute CLOCK_MONOTONIC time; NULL: no limit). False when it timed out.
+*/
+static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at) {
+  atomic_store(&ts->parked, true);
+  long rc = syscall(SYS_futex, &ts->park, FUTEX_WAIT_BITSET_PRIVATE, seen, at, NULL,
+                    FUTEX_BITSET_MATCH_ANY);
+  int err = errno;
+  atomic_store(&ts->parked, false);
+  return !(rc == -1 && err == ETIMEDOUT);
+}
+
+/*
+** Wakes ts from park_wait. The waker moves `park` before it reads
+** `parked`, the sleeper sets `parked` before the kernel reads `park`: one
+** of the two sees the other, and a thread not asleep costs no system call.
+*/
+static void park_wake(host_tstate *ts) {
+  atomic_fetch_add(&ts->park, 1);
+  if (atomic_load(&ts->parked))
+    syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Puts ts in the line with ticket t: who serves t wakes it. */
+static void line_join(host_universe *u, host_tstate *ts, unsigned long long t) {
+  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
+  pthread_mutex_lock(&s->mu);
+  atomic_store(&ts->gil_ticket, t);
+  ts->line_next = s->line;
+  s->line = ts;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Takes ts out of the line (it has been served). */
+static void line_leave(host_universe *u, host_tstate *ts) {
+  struct gil_slot *s = &u->slot[atomic_load(&ts->gil_ticket) % GIL_SLOTS];
+  pthread_mutex_lock(&s->mu);
+  host_tstate **p = &s->line;
+  while (*p != ts) p = &(*p)->line_next;
+  *p = ts->line_next;
+  pthread_mutex_unlock(&s->mu);
+}
+
+/*
+** Wakes the thread in line with ticket t, if it is there yet. The system
+** call comes after the slot's mutex is unlocked, so the woken thread does
+** not find it held when it leaves the line. By then that thread may have
+** run on and ended: a futex wake of memory that is gone, or is something
+** else's now, wakes nobody or a sleeper who checks its condition again,
+** as every park_wait and glibc's own waits do (glibc wakes after unlock
+** the same way).
+*/
+static void wake_ticket(host_universe *u, unsigned long long t) {
+  struct gil_slot *s = &u->slot[t % GIL_SLOTS];
+  atomic_uint *word = NULL;
+  pthread_mutex_lock(&s->mu);
+  for (host_tstate *w = s->line; w != NULL; w = w->line_next) {
+    if (atomic_load(&w->gil_ticket) == t) {
+      atomic_fetch_add(&w->park, 1);
+      if (atomic_load(&w->parked)) word = &w->park;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (word != NULL) syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/*
+** Sleeps, in the line, until ts's ticket is served; the first in line asks
+** for a switch after a switch interval. A thread joins the line before it
+** reads `serving`, and a giver moves `serving` before it looks in the
+** line, so one of the two always sees the other.
+*/
+static void wait_turn(host_universe *u, host_tstate *ts) {
+  unsigned long long t = atomic_load(&ts->gil_ticket);
+  for (;;) {
+    unsigned seen = atomic_load(&ts->park);
+    unsigned long long serving = atomic_load(&u->serving);
+    if (serving == t) break;
+    if (serving + 1 == t) {
+      double interval = (double)atomic_load(&u->interval_ns) * 1e-9;
+      host_deadline d = host_deadline_in(interval);
+      if (!park_wait(ts, seen, &d.at) && atomic_load(&u->serving) == serving)
+        request_switch(u);
+    } else {
+      park_wait(ts, seen, NULL);
+    }
+  }
+  line_leave(u, ts);
+  atomic_fetch_add(&u->switches, 1);
+}
+
+/* What a thread does each time it has taken the GIL. */
+static void after_take(host_universe *u, host_tstate *ts) {
+  atomic_store(&u->holder, ts);
+  atomic_store(&ts->holding, true);
+  if (ts->policy_seen != atomic_load(&u->policy_epoch)) {
+    ts->policy_seen = atomic_load(&u->policy_epoch);
+    set_base_hook(ts, atomic_load(&ts->running));
+  }
+  if (interrupt_wanted(ts)) arm_hook(ts, atomic_load(&ts->running));
+}
+
+/*
+** What a spawned thread does when it is served the GIL while host_close
+** closes the state (only daemon threads run then): it gives the GIL back
+** and parks for good, as CPython's daemon threads do at finalization, so
+** that no Lua code runs beside lua_close and its finalizers.
+*/
+static _Noreturn void park_at_close(host_universe *u, host_tstate *ts) {
+  gil_give(u, ts);
+  for (;;) pause();
+}
+
+/* What a thread that has been served does before it runs. */
+static void served(host_universe *u, host_tstate *ts) {
+  if (atomic_load(&u->closing) && ts != &u->main_ts) park_at_close(u, ts);
+  after_take(u, ts);
+}
+
+/* Takes the GIL for ts: a ticket, then wait for it unless served at once. */
+void gil_take(host_universe *u, host_tstate *ts) {
+  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
+  if (atomic_load(&u->serving) != t) {
+    line_join(u, ts, t);
+    wait_turn(u, ts);
+  }
+  served(u, ts);
+}
+
+/*
+** Gives the GIL up: serve the next ticket and wake it if it waits. The one
+** after it is now first in line: wake it too, so it starts timing the
+** switch interval (asleep without a timer, it could never ask a thread
+** that does not block to yield).
+*/
+void gil_give(host_universe *u, host_tstate *ts) {
+  atomic_store(&ts->holding, false);
+  atomic_store(&u->holder, NULL);
+  unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
+  unsigned long long end = atomic_load(&u->next_ticket);
+  if (end > next) wake_ticket(u, next);
+  if (end > next + 1) wake_ticket(u, next + 1);
+}
+
+/* ---- the direct hand-off ---- */
+
+void gil_give_to_sleep(host_universe *u, host_tstate *ts) {
+  atomic_store(&ts->hand, HAND_SLEEPING);
+  gil_give(u, ts);
+}
+
+bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d) {
+  (void)u;
+  for (;;) {
+    unsigned seen = atomic_load(&ts->park);
+    if (atomic_load(&ts->hand) != HAND_SLEEPING) return true;
+    if (host_deadline_passed(d)) return false;
+    park_wait(ts, seen, d->never ? NULL : &d->at);
+  }
+}
+
+/*
+** A thread not handed a place takes a ticket of its own; one handed a
+** place (or being handed one: the notifier holds the GIL and is quick)
+** waits for its turn.
+*/
+bool gil_wake_up(host_universe *u, host_tstate *ts) {
+  int expected = HAND_SLEEPING;
+  if (atomic_compare_exchange_strong(&ts->hand, &expected, HAND_NONE)) {
+    gil_take(u, ts);
+    return false;
+  }
+  while (atomic_load(&ts->hand) != HAND_HANDED) sched_yield();
+  atomic_store(&ts->hand, HAND_NONE);
+  wait_turn(u, ts);
+  served(u, ts);
+  return true;
+}
+
+/*
+** A thread handed a place first in line sleeps, so it cannot time the
+** switch interval as a waiter in line does (wait_turn). The notifier, which
+** holds the GIL, times it for it instead: a timer of its own sends it
+** SWITCH_SIGNAL after the interval, whose hook yields if another thread
+** still waits then (early is harmless: it yields only to a waiter). A timer
+** that is armed already is left to run, so this costs at most one
+** timer_settime per interval. Without a timer (none could be made), a
+** waiter first in line is woken to time it.
+*/
+static bool time_first_in_line(host_universe *u) {
+  host_tstate *ts = tstate_in(u);
+  if (ts == NULL || !atomic_load(&ts->holding)) return false;
+  long long interval = atomic_load(&u->interval_ns);
+  long long now = (long long)(host_now() * 1e9);
+  if (ts->has_timer && ts->timer_until > now) return true;
+  if (!ts->has_timer) {
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SWITCH_SIGNAL;
+    sev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    ts->has_timer = timer_create(CLOCK_MONOTONIC, &sev, &ts->switch_timer) == 0;
+  }
+  struct itimerspec its;
+  memset(&its, 0, sizeof its);
+  its.it_value.tv_sec = (time_t)(interval / 1000000000);
+  its.it_value.tv_nsec = (long)(interval % 1000000000);
+  if (!ts->has_timer || timer_settime(ts->switch_timer, 0, &its, NULL) != 0) return false;
+  ts->timer_until = now + interval;
+  return true;
+}
+
+/*
+** The notifier takes the ticket for w and puts w in the line, where the
+** thread that serves it wakes it. The notifier holds the GIL, so that
+** ticket is not served yet; were it served (a misuse, or the negative
+** control's threads that hold no GIL), w is woken at once.
+*/
+bool gil_handoff(host_universe *u, host_tstate *w) {
+  int expected = HAND_SLEEPING;
+  if (!atomic_compare_exchange_strong(&w->hand, &expected, HAND_HANDING)) return false;
+  unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
+  line_join(u, w, t);
+  atomic_store(&w->hand, HAND_HANDED);
+  unsigned long long serving = atomic_load(&u->serving);
+  if (serving == t) park_wake(w);
+  else if (serving + 1 == t && !time_first_in_line(u)) park_wake(w);
+  return true;
+}
+
+void gil_forget(host_tstate *ts) {
+  if (ts->has_timer) timer_delete(ts->switch_timer);
+  ts->has_timer = false;
+}
+
+/* True when another thread waits for the GIL. */
+static bool gil_contended(host_universe *u) {
+  return atomic_load(&u->next_ticket) - atomic_load(&u->serving) > 1;
+}
+
+/* A misuse that would break the GIL for every thread: stop at once. */
+static void gil_misuse(const char *what) {
+  fprintf(stderr, "host: fatal: %s\n", what);
+  fflush(stderr);
+  abort();
+}
+
+/*
+** True when L runs a finalizer (__gc). Lua stops its collector while a
+** finalizer runs (lua_gc answers -1 to everything then), for every thread
+** of the universe: a finalizer that handed the GIL off while it sleeps or
+** blocks in C would let the others allocate with no collection at all, and
+** a loop of such finalizers grows the heap without bound. So inside a
+** finalizer, sleeps and host_gil_release keep the GIL (see runtime.h).
+** The cheap global check comes first; the walk of L's frames (a finalizer
+** is named "__gc" by lua_getinfo) only while some finalizer runs.
+*/
+bool in_finalizer(lua_State *L) {
+  if (lua_gc(L, LUA_GCISRUNNING, 0) != -1) return false;
+  host_tstate *ts = member_of(L);
+  if (ts != NULL && ts->finalizer_resumes > 0) return true;  /* see host_resume */
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(L, level, &ar); level++) {
+    if (lua_getinfo(L, "n", &ar) && ar.namewhat != NULL && ar.name != NULL &&
+        strcmp(ar.namewhat, "metamethod") == 0 && strcmp(ar.name, "__gc") == 0)
+      return true;
+  }
+  return false;
+}
+
+void host_gil_release(lua_State *L) {
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return;
+  if (ts->user_release != USER_HOLDING)
+    gil_misuse("host_gil_release called twice without host_gil_acquire");
+  if (atomic_load(&ts->u->closing) || in_finalizer(L)) {
+    ts->user_release = USER_KEPT;
+    return;
+  }
+  if (!atomic_load(&ts->holding))
+    gil_misuse("host_gil_release called by a thread that does not hold the GIL");
+  ts->user_release = USER_RELEASED;
+  gil_give(ts->u, ts);
+}
+
+void host_gil_acquire(lua_State *L) {
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return;
+  int was = ts->user_release;
+  if (was == USER_HOLDING)
+    gil_misuse("host_gil_acquire called without host_gil_release");
+  if (was == USER_RELEASED) gil_take(ts->u, ts);
+  ts->user_release = USER_HOLDING;  /* with the GIL: a dump reads it */
+}
+
+unsigned long long host_gil_switches(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  return u ? atomic_load(&u->switches) : 0;
+}
+
+/* Puts back the hook L had before the one-shot hook: a user's, or the base. */
+
+static void restore_hook(host_tstate *ts, lua_State *L) {
+  if (atomic_load(&ts->saved_for) == L) {
+    lua_Hook h = ts->saved_hook;
+    int mask = ts->saved_mask, count = ts->saved_count;
+    atomic_store(&ts->saved_for, NULL);  /* a signal now sees our hook: no race */
+    lua_sethook(L, h, mask, count);
+  } else {
+    set_base_hook(ts, L);
+  }
+}
+
+/*
+** False at the call or return of a C function: an error raised there could
+** land in a message handler (host_pcall's traceback) while an error is
+** being handled, and turn it into "error in error handling".
+*/
+static bool can_raise(lua_State *L, lua_Debug *ar) {
+  if (ar->event == LUA_HOOKCOUNT || ar->event == LUA_HOOKLINE) return true;
+  return lua_getinfo(L, "S", ar) && ar->what[0] != 'C';
+}
+
+/*
+** The universe's hook, armed one-shot on request, or as the count hook of
+** the instruction policy or of polling builds. It restores the hook that
+** was there before, raises a pending interrupt in the main thread, and
+** yields the GIL when another thread waits for it. A sticky interrupt
+** (host_interrupt_sticky) arms the hook again before it raises, so the
+** next instruction raises again, wherever a pcall caught the last one.
+*/
+static void universe_hook(lua_State *L, lua_Debug *ar) {
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return;
+  host_universe *u = ts->u;
+#ifdef HOST_POLL_HOOK
+  (void)host_now();  /* an intercepted call: pending signals run here */
+#endif
+  restore_hook(ts, L);
+  /* a finalizer (and a coroutine it resumed) keeps the GIL; another thread
+  ** that runs while a finalizer waits for it is preempted as usual */
+  if (gil_contended(u) && !in_finalizer(L)) {
+    gil_give(u, ts);
+    gil_take(u, ts);
+  }
+  if (interrupt_wanted(ts)) {
+    bool raise_here = can_raise(L, ar);
+    if (!raise_here || atomic_load(&u->stopping)) arm_hook(ts, L);
+    if (raise_here) {
+      atomic_store(&u->interrupted, false);
+      luaL_error(L, "interrupted!");
+    }
+  }
+}
+
+/* Records a new policy and applies it to the calling thread at once. */
+static void policy_changed(host_universe *u) {
+  atomic_fetch_add(&u->policy_epoch, 1);
+  host_tstate *ts = tstate_in(u);
+  if (ts != NULL) {
+    ts->policy_seen = atomic_load(&u->policy_epoch);
+    set_base_hook(ts, atomic_load(&ts->running));
+  }
+}
+
+/*
+** The interval is clamped to [1 us, 1 h] (NaN gives 1 us), so the
+** conversion to nanoseconds never overflows whatever a caller passes.
+*/
+void host_set_switch_interval(lua_State *L, double seconds) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL) return;
+  if (!(seconds >= MIN_SWITCH_INTERVAL)) seconds = MIN_SWITCH_INTERVAL;
+  if (seconds > MAX_SWITCH_INTERVAL) seconds = MAX_SWITCH_INTERVAL;
+  atomic_store(&u->interval_ns, (long long)(seconds * 1e9));
+  atomic_store(&u->instructions, 0);
+  policy_changed(u);
+}
+
+void host_set_switch_instructions(lua_State *L, int n) {
+  host_universe *u = host_universe_of(L);
+  if (u == NULL) return;
+  atomic_store(&u->instructions, n);
+  policy_changed(u);
+}
+
+double host_get_switch_interval(lua_State *L, int *instructions) {
+  host_universe *u = host_universe_of(L);
+  *instructions = atomic_load(&u->instructions);
+  return (double)atomic_load(&u->interval_ns) * 1e-9;
+}
+
+int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
+  host_tstate *ts = member_of(L);
+  if (ts == NULL) return lua_resume(co, L, nargs, nresults);
+  lua_State *outer = atomic_load(&ts->running);
+  /* a coroutine that a finalizer resumes runs in that finalizer too */
+  bool finalizing = in_finalizer(L);
+  if (finalizing) ts->finalizer_resumes++;
+  atomic_store(&ts->running, co);
+  if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
+    set_base_hook(ts, co);
+  int status = lua_resume(co, L, nargs, nresults);
+  atomic_store(&ts->running, outer);
+  if (finalizing) ts->finalizer_resumes--;
+  if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */
+  return status;
+}
+
+/* ---- the GIL's life ---- */
+
+void gil_init(host_universe *u) {
+  for (int i = 0; i < GIL_SLOTS; i++) pthread_mutex_init(&u->slot[i].mu, NULL);
+  atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
+}
+
+void gil_destroy(host_universe *u) {
+  for (int i = 0; i < GIL_SLOTS; i++) pthread_mutex_destroy(&u->slot[i].mu);
+}
+
+void gil_start(host_universe *u, host_tstate *ts) {
+  install_switch_handler();
+  gil_take(u, ts);
+#ifdef HOST_POLL_HOOK
+  set_base_hook(ts, ts->L);
+#endif
+}
+
+void gil_after_fork(host_universe *u, host_tstate *ts) {
+  for (int i = 0; i < GIL_SLOTS; i++) {
+    pthread_mutex_init(&u->slot[i].mu, NULL);
+    u->slot[i].line = NULL;
+  }
+  atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
+  atomic_store(&u->holder, ts);
+  ts->has_timer = false;  /* a child inherits no timer */
+}
