@@ -360,7 +360,8 @@ static bool time_first_in_line(host_universe *u) {
   if (ts == NULL || !atomic_load(&ts->holding)) return false;
   long long interval = atomic_load(&u->interval_ns);
   long long now = (long long)(host_now() * 1e9);
-  if (ts->has_timer && ts->timer_until > now) return true;
+  /* armed under a longer interval (setswitchinterval lowered it): re-arm */
+  if (ts->has_timer && ts->timer_until > now && ts->timer_until <= now + interval) return true;
   if (!ts->has_timer) {
     struct sigevent sev;
     memset(&sev, 0, sizeof sev);
@@ -394,6 +395,14 @@ bool gil_handoff(host_universe *u, host_tstate *w) {
   if (serving == t) park_wake(w);
   else if (serving + 1 == t && !time_first_in_line(u)) park_wake(w);
   return true;
+}
+
+void gil_disarm(host_tstate *ts) {
+  if (!ts->has_timer || ts->timer_until == 0) return;
+  struct itimerspec off;
+  memset(&off, 0, sizeof off);
+  timer_settime(ts->switch_timer, 0, &off, NULL);
+  ts->timer_until = 0;
 }
 
 void gil_forget(host_tstate *ts) {
@@ -448,6 +457,7 @@ void host_gil_release(lua_State *L) {
   if (!atomic_load(&ts->holding))
     gil_misuse("host_gil_release called by a thread that does not hold the GIL");
   ts->user_release = USER_RELEASED;
+  gil_disarm(ts);  /* a binding's blocking call must not see its EINTR */
   gil_give(ts->u, ts);
 }
 

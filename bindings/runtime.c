@@ -449,6 +449,7 @@ static void run_thread(host_worker *w, host_tstate *ts) {
   pthread_cond_broadcast(&u->threads_cv);
   pthread_mutex_unlock(&u->threads_mu);
   check_deadlock(u, ts->L);  /* those left may all be blocked now */
+  gil_disarm(ts);  /* the next thread on this OS thread gets no late signal */
   SPAWNED_GIVE(u, ts);
   current_ts = NULL;  /* before ts is released: a late switch signal looks here */
 }

@@ -213,6 +213,13 @@ HOST_INTERNAL bool gil_handoff(host_universe *u, host_tstate *w);
 /* Frees what the GIL keeps for thread ts (before its record is freed). */
 HOST_INTERNAL void gil_forget(host_tstate *ts);
 
+/*
+** Stops ts's switch timer if it is armed (time_first_in_line in gil.c):
+** before ts blocks in a binding without the GIL, or ends, so that no late
+** signal interrupts a system call that the GIL has nothing to do with.
+*/
+HOST_INTERNAL void gil_disarm(host_tstate *ts);
+
 /* True when an interrupt waits to be raised in thread ts (its universe's main). */
 HOST_INTERNAL bool interrupt_wanted(host_tstate *ts);
 

@@ -382,6 +382,49 @@ describe('the GIL traps', function()
     assert.are.equal('joined\ttrue\nb\ttrue\n', out)
   end)
 
+  it('gives no switch signal to a thread blocked in a binding without the GIL', function()
+    -- before: a notify armed the notifier's switch timer, which then fired
+    -- in its next blocking call: poll failed with EINTR after 5 ms
+    local universe = assert(package.loadlib(assert(os.getenv 'HOST_SPEC_UNIVERSE',
+      'HOST_SPEC_UNIVERSE is unset: run the specs with make'), 'luaopen_universe'))()
+    local ev, started = thread.Event(), thread.Event()
+    local w = thread.start(function() started:set() ev:wait(T) end)
+    assert.is_true(started:wait(T))
+    thread.sleep(0.05)  -- w sleeps in its wait now
+    ev:set()            -- hands w a place: the notifier's timer is armed
+    assert.are.equal('ok', universe.nap(100))
+    assert.is_true(w:join(T))
+  end)
+
+  it('re-arms the switch timer when the interval is lowered', function()
+    -- before: a timer armed under a 5 s interval kept a handed waiter
+    -- asleep until the busy main thread stopped, although the interval
+    -- was now 1 ms
+    local out, err, code = sh.host_script([[
+      local thread = require 'host.thread'
+      local time = require 'host.time'
+      local ev, back = thread.Event(), thread.Event()
+      local ran_at
+      local w = thread.start(function()
+        for i = 1, 2 do ev:wait(); ev:clear(); ran_at = time.monotonic(); back:set() end
+      end)
+      thread.setswitchinterval(5)
+      thread.sleep(0.05)
+      ev:set()
+      assert(back:wait(10)); back:clear()
+      thread.setswitchinterval(0.001)
+      thread.sleep(0.05)
+      local t0 = time.monotonic()
+      ev:set()
+      while time.monotonic() - t0 < 2 do end  -- busy, never blocks
+      local during = ran_at > t0 and ran_at < t0 + 2
+      assert(w:join(10))
+      print(during)
+    ]], 60)
+    assert.are.equal(0, code, err)
+    assert.are.equal('true\n', out)
+  end)
+
   it('does not preempt a thread while its own debug hook is set', function()
     -- Decision: debug.sethook wins; while a user hook is set the thread is
     -- not preempted (blocking calls still release the GIL).

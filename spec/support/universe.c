@@ -26,9 +26,14 @@
 **                             a table whose __tostring gives "bad dump";
 **                             "load" makes its load raise a table whose
 **                             __tostring raises
+**   universe.nap(ms)          poll(NULL, 0, ms) with the GIL released, as a
+**                             binding blocks: "ok", or the strerror of a
+**                             failure (EINTR: a signal reached the thread)
 **
 ** The new universe runs on the caller's OS thread, one call at a time.
 */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,7 +312,19 @@ static int universe_encode_count(lua_State *L) {
   return 2;
 }
 
+/* universe.nap(ms) -> "ok" | strerror: one poll, not retried on EINTR. */
+static int universe_nap(lua_State *L) {
+  int ms = (int)luaL_checkinteger(L, 1);
+  host_gil_release(L);
+  int rc = poll(NULL, 0, ms);
+  int err = errno;
+  host_gil_acquire(L);
+  lua_pushstring(L, rc < 0 ? strerror(err) : "ok");
+  return 1;
+}
+
 static const luaL_Reg universe_funcs[] = {
+  {"nap", universe_nap},
   {"encode_count", universe_encode_count},
   {"bad", universe_bad},
   {"plain_openlibs", universe_plain_openlibs},
