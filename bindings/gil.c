@@ -135,13 +135,16 @@ void arm_hook(host_tstate *ts, lua_State *L) {
 
 /*
 ** SWITCH_SIGNAL: arm the hook in each universe whose GIL this thread holds
-** right now (the signal does not say which universe asked).
+** right now (the signal does not say which universe asked). Not in one that
+** host_close closes: its state is freed at the end of lua_close, with the
+** record still current, and nothing is preempted there anyway.
 */
 static void on_switch_signal(int sig) {
   (void)sig;
   int saved = errno;
   for (host_tstate *ts = host_current(); ts != NULL; ts = ts->outer)
-    if (atomic_load(&ts->holding)) arm_hook(ts, atomic_load(&ts->running));
+    if (atomic_load(&ts->holding) && !atomic_load(&ts->u->closing))
+      arm_hook(ts, atomic_load(&ts->running));
   errno = saved;
 }
 

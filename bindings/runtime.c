@@ -331,7 +331,8 @@ bool host_close(lua_State *L) {
     return false;  /* interrupted: threads still run, leave the state be */
   }
   watcher_stop(u, ts);
-  atomic_store(&u->closing, true);
+  atomic_store(&u->closing, true);  /* before the state goes: see on_switch_signal */
+  gil_disarm(ts);
   lua_close(L);  /* the GIL stays held: parked daemon threads never resume */
   pthread_mutex_lock(&u->threads_mu);
   stop_workers(u);
