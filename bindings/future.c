@@ -190,9 +190,11 @@ static int future_gc(lua_State *L) {
     host_waitq_unref(p->q);
     p->q = NULL;
   }
-  pthread_mutex_lock(&p->f->mu);
-  pthread_cond_broadcast(&p->f->cv);
-  pthread_mutex_unlock(&p->f->mu);
+  if (p->f != NULL) {  /* NULL when no future could be made for it */
+    pthread_mutex_lock(&p->f->mu);
+    pthread_cond_broadcast(&p->f->cv);
+    pthread_mutex_unlock(&p->f->mu);
+  }
   host_future_unref(p->f);
   p->f = NULL;
   return 0;

@@ -889,6 +889,14 @@ describe('waiting on a future the universe completes', function()
       function() return futures.Future() end,
       function() return ex:submit(function() return gate:wait(T) end) end,
     }
+    local pools = {}
+    for _, kind in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local pool = assert(futures[kind] { max_workers = 1 })
+      pools[#pools + 1] = pool
+      makers[#makers + 1] = function()  -- completed from outside: the waiter sleeps on a condvar
+        return pool:submit(function() local t = os.clock() + 0.3 while os.clock() < t do end return 1 end)
+      end
+    end
     for _, make in ipairs(makers) do
       for _, method in ipairs { 'result', 'exception' } do
         local f = make()
@@ -909,5 +917,6 @@ describe('waiting on a future the universe completes', function()
     end
     gate:set()
     ex:shutdown()
+    for _, pool in ipairs(pools) do pool:shutdown() end
   end)
 end)
