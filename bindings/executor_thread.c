@@ -210,7 +210,7 @@ static int pool_submit(lua_State *L) {
   lua_setfield(L, -3, "n");
   lua_pushvalue(L, -2);
   host_fifo_push(L, st, UV_ITEMS, &p->items);
-  host_waitq_notify(p->q);
+  host_waitq_notify_one(p->q);  /* one item, one worker: a worker sleeps only when none is left */
   return 1;
 }
 

@@ -11,6 +11,14 @@
 ** and stores the outcome before it lets the GIL go: a waiter that sees
 ** FINISHED needs the GIL to read the outcome, and finds it in place.
 **
+** A waiter sleeps on the future's condvar only when a thread outside the
+** universe may complete it (a decoder's pools: "from outside"). Every other
+** future is completed by GIL holders alone, so its state cannot change while
+** a waiter holds the GIL: the waiter sleeps on the proxy's wait queue
+** (host_waitq_wait), and the completer, right after it finishes the future,
+** hands each waiter a place in the GIL's line (host_waitq_notify), so it
+** wakes once, holding the GIL, instead of waking to sleep again on the GIL.
+**
 ** Waiting on several futures (wait, as_completed) takes a reference to
 ** each (a "future set" userdata owns them, so an error or another thread
 ** dropping the futures frees nothing under the waiter) and installs one
@@ -61,10 +69,15 @@ struct host_future {
   waiter_node *waiters;
 };
 
-/* A universe's view of a future; it owns one reference (NULL once finalized). */
+/*
+** A universe's view of a future; it owns one reference to f (NULL once
+** finalized) and the wait queue q of a future completed from inside (made
+** by the first wait; used and dropped with the GIL held).
+*/
 typedef struct proxy {
   host_object obj;
   host_future *f;
+  host_waitq *q;
 } proxy;
 
 /* ---- the C future ---- */
@@ -165,14 +178,32 @@ host_future *host_future_push_new(lua_State *L) {
 
 /*
 ** __gc: drops the proxy's reference; later uses raise (see util.h), and a
-** pool that still holds the proxy skips it (host_future_of).
+** pool that still holds the proxy skips it (host_future_of). Threads that
+** wait on it (a __gc called by hand) wake and raise: each holds its own
+** reference to f while it waits.
 */
 static int future_gc(lua_State *L) {
   proxy *p = host_object_finalize(L, FUTURE_TYPE);
   if (p == NULL) return 0;
+  if (p->q != NULL) {
+    host_waitq_notify(p->q);
+    host_waitq_unref(p->q);
+    p->q = NULL;
+  }
+  if (p->f != NULL) {  /* NULL when no future could be made for it */
+    pthread_mutex_lock(&p->f->mu);
+    pthread_cond_broadcast(&p->f->cv);
+    pthread_mutex_unlock(&p->f->mu);
+  }
   host_future_unref(p->f);
   p->f = NULL;
   return 0;
+}
+
+/* Wakes the threads that wait on the proxy at idx in its queue (GIL held). */
+static void wake_waiters(lua_State *L, int idx) {
+  proxy *p = lua_touserdata(L, idx);
+  if (p->q != NULL) host_waitq_notify(p->q);
 }
 
 /* Reports an error raised by a callback on stderr; it hurts nothing else. */
@@ -234,8 +265,8 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
     lua_pop(L, 1);
     return false;
   }
-  host_wake_waiters_of(L, f);  /* before callbacks, which may block */
   lua_setiuservalue(L, idx, UV_OUTCOME);
+  wake_waiters(L, idx);  /* before callbacks, which may block */
   host_future_run_callbacks(L, idx);
   return true;
 }
@@ -285,7 +316,7 @@ bool host_future_cancel(lua_State *L, int idx) {
   }
   pthread_mutex_unlock(&f->mu);
   if (cancelled) {
-    host_wake_waiters_of(L, f);
+    wake_waiters(L, idx);
     host_future_run_callbacks(L, idx);
   }
   return cancelled;
@@ -300,28 +331,50 @@ bool host_future_failed(host_future *f) {
 }
 
 /*
-** Waits (GIL released) until f is done or the deadline passes. Returns the
-** state; raises "interrupted!" in an interrupted main thread.
+** Waits (GIL released) until the future of the proxy at idx is done or the
+** deadline passes, and returns its state. A future from outside is waited
+** for on its condvar. Any other is changed by GIL holders alone, so not
+** while we hold the GIL: we wait on the proxy's queue, where a wait
+** without a deadline counts as blocked for deadlock detection. Raises
+** "interrupted!" in an interrupted main thread, and "attempt to use a
+** finalized host.Future" when the proxy is finalized meanwhile.
 */
-static host_future_state wait_done(lua_State *L, host_future *f, const host_deadline *d) {
+static host_future_state wait_done(lua_State *L, int idx, const host_deadline *d) {
+  proxy *p = host_object_check(L, idx, FUTURE_TYPE);
+  host_future *f = p->f;
+  host_future_ref(f);  /* f outlives a __gc of p during the wait */
+  host_future_state s;
+  host_wait_result r = HOST_WAIT_WOKEN;
+  bool no_memory = false;
   for (;;) {
     pthread_mutex_lock(&f->mu);
-    host_future_state s = f->state;
-    if (is_done(s) || host_deadline_passed(d)) {
+    s = f->state;
+    if (is_done(s) || p->f == NULL || r == HOST_WAIT_INTERRUPTED || host_deadline_passed(d)) {
       pthread_mutex_unlock(&f->mu);
-      return s;
+      break;
+    }
+    if (f->from_outside) {
+      host_wait_on(L, "host.Future", "pending", f, NULL);
+      r = host_cond_wait(L, &f->mu, &f->cv, d);  /* unlocks mu */
+      continue;
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (p->q == NULL && (p->q = host_waitq_new()) == NULL) {
+      no_memory = true;
+      break;
     }
     host_wait_on(L, "host.Future", "pending", f, NULL);
-    /* a future only this universe completes counts for deadlock detection */
-    host_wait_result r = f->from_outside ? host_cond_wait(L, &f->mu, &f->cv, d)
-                                         : host_cond_wait_inside(L, &f->mu, &f->cv, d, f);
-    /* (both unlock mu) */
-    if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
+    r = host_waitq_wait(L, p->q, d);
   }
+  host_future_unref(f);
+  if (p->f == NULL) host_object_check(L, idx, FUTURE_TYPE);  /* finalized meanwhile: raises */
+  if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
+  if (no_memory) luaL_error(L, "not enough memory");
+  return s;
 }
 
 host_future_state host_future_wait(lua_State *L, int idx, const host_deadline *d) {
-  return wait_done(L, host_future_check(L, idx), d);
+  return wait_done(L, idx, d);
 }
 
 /*
@@ -364,7 +417,7 @@ int host_future_result(lua_State *L, int idx, double timeout) {
   idx = lua_absindex(L, idx);
   host_future *f = host_future_check(L, idx);
   host_deadline d = host_deadline_in(timeout);
-  check_waited(L, wait_done(L, f, &d), timeout);
+  check_waited(L, wait_done(L, idx, &d), timeout);
   push_outcome(L, idx, f);
   if (f->failed) {
     lua_rawgeti(L, -1, 1);
@@ -390,7 +443,7 @@ static int future_exception(lua_State *L) {
   host_future *f = check_self(L);
   double timeout = host_opt_timeout(L, 2);
   host_deadline d = host_deadline_in(timeout);
-  check_waited(L, wait_done(L, f, &d), timeout);
+  check_waited(L, wait_done(L, 1, &d), timeout);
   if (!f->failed) return 0;
   push_outcome(L, 1, f);
   lua_rawgeti(L, -1, 1);

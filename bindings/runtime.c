@@ -759,48 +759,6 @@ static host_wait_result waitq_sleep(host_tstate *ts, const host_deadline *d, boo
   return result;
 }
 
-host_wait_result host_cond_wait_inside(lua_State *L, pthread_mutex_t *mu,
-                                       pthread_cond_t *cv, const host_deadline *d,
-                                       const void *obj) {
-  host_tstate *ts = member_of(L);
-  host_universe *u = ts->u;
-  ts->wait_kind = W_TIMED;
-  ts->wait_timed = !d->never;
-  ts->wait_watch = true;
-  ts->wait_obj = obj;
-  if (d->never && !atomic_load(&u->closing) && !u->fork_child) {
-    /* only GIL holders end this wait, so nothing changes while mu is let go
-    ** for the check, which runs Lua code (the report) */
-    ts->wait_kind = W_BLOCKED;
-    u->nblocked++;
-    pthread_mutex_unlock(mu);
-    check_deadlock(u, L);
-    pthread_mutex_lock(mu);
-  }
-  host_wait_result result = cond_wait(ts, mu, cv, d, true);
-  if (ts->wait_kind == W_BLOCKED) u->nblocked--;
-  wait_done(ts);
-  return result;
-}
-
-void host_wake_waiters_of(lua_State *L, const void *obj) {
-  host_universe *u = host_universe_of(L);
-  if (u == NULL || u->nblocked == 0) return;
-  host_tstate *m = &u->main_ts;
-  if (m->wait_obj == obj && m->wait_kind == W_BLOCKED) {
-    m->wait_kind = W_WOKEN;
-    u->nblocked--;
-  }
-  pthread_mutex_lock(&u->threads_mu);
-  for (host_tstate *ts = u->threads; ts != NULL; ts = ts->next) {
-    if (ts->wait_obj == obj && ts->wait_kind == W_BLOCKED) {
-      ts->wait_kind = W_WOKEN;
-      u->nblocked--;
-    }
-  }
-  pthread_mutex_unlock(&u->threads_mu);
-}
-
 /* Protected part of closing_wait_fails: pushes its report. */
 static int closing_report(lua_State *L) {
   host_tstate *ts = lua_touserdata(L, 1);
@@ -906,6 +864,24 @@ void host_waitq_notify(host_waitq *q) {
     }
     gil_handoff(w->u, w);
   }
+}
+
+/*
+** Hands the oldest waiter of q that still sleeps a place in the GIL's
+** line, as host_waitq_notify does; one handed a place already, or whose
+** deadline has passed, is skipped. False when no waiter sleeps.
+*/
+bool host_waitq_notify_one(host_waitq *q) {
+  for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
+    int kind = w->wait_kind;
+    if (!gil_handoff(w->u, w)) continue;
+    if (kind == W_BLOCKED) {
+      w->wait_kind = W_WOKEN;
+      w->u->nblocked--;
+    }
+    return true;
+  }
+  return false;
 }
 
 /*

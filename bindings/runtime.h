@@ -174,22 +174,6 @@ host_wait_result host_waitq_wait(lua_State *L, host_waitq *q,
 host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
                                 pthread_cond_t *cv, const host_deadline *d);
 
-/*
-** host_cond_wait for a condition that only threads of L's universe make
-** true, holding its GIL (a thread pool's future), and that they announce
-** with host_wake_waiters_of(L, obj) before they let the GIL go. Without a
-** deadline the waiter then counts as blocked for deadlock detection, as in
-** host_waitq_wait: a main thread in such a wait gets HOST_WAIT_INTERRUPTED
-** when the universe is deadlocked (host_raise_interrupt raises the
-** DeadlockError).
-*/
-host_wait_result host_cond_wait_inside(lua_State *L, pthread_mutex_t *mu,
-                                       pthread_cond_t *cv, const host_deadline *d,
-                                       const void *obj);
-
-/* Marks the threads in host_cond_wait_inside on obj as woken (GIL held). */
-void host_wake_waiters_of(lua_State *L, const void *obj);
-
 /* Initialises a condition variable that times out on CLOCK_MONOTONIC. */
 void host_cond_init(pthread_cond_t *cv);
 
@@ -198,6 +182,12 @@ int host_waitq_waiters(const host_waitq *q);
 
 /* Wakes every waiter of q (GIL held). */
 void host_waitq_notify(host_waitq *q);
+
+/*
+** Wakes the waiter of q that came first among those still asleep (GIL
+** held); false when none is.
+*/
+bool host_waitq_notify_one(host_waitq *q);
 
 /* Like host_waitq_wait, but an interrupt does not end the wait. */
 host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,

@@ -769,3 +769,154 @@ describe('tostring of a Future', function()
     assert.matches('in the worker', tostring(pf:exception(T)), 1, true)
   end)
 end)
+
+-- A thread waits on a future that only its universe completes (a thread
+-- pool's, or one the program makes) in the GIL's own wait queue: the
+-- completer hands it a place in the GIL's line.
+describe('waiting on a future the universe completes', function()
+  it('ends at Ctrl-C in the main thread, and the future still completes', function()
+    local out, err, code = sh.host_script([[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local pid = assert(io.open('/proc/self/stat')):read('n')
+      local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+      local go = thread.Event()
+      local f
+      local ok, e = pcall(function()
+        f = ex:submit(function()  -- runs once the main thread waits: it holds the GIL till then
+          io.popen('kill -INT ' .. pid):close()
+          assert(go:wait(10))
+          return 'done'
+        end)
+        return f:result()  -- no timeout: only the interrupt ends it
+      end)
+      print(ok, e)
+      go:set()
+      print(f:result(10))
+      ex:shutdown()
+    ]], 20)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.matches('^false\t[^\n]*:13: interrupted!\ndone\n$', out)  -- raised in the wait
+  end)
+
+  it('gives the result or TimeoutError when short timeouts race completion', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 2 }
+    local function race(n)
+      local timeouts, bad = 0, {}
+      for i = 1, n do
+        local f = ex:submit(function() return i end)
+        local ok, v = pcall(f.result, f, (i % 4) * 1e-5)
+        if not ok then
+          if herror.is(v, 'TimeoutError') then timeouts = timeouts + 1 else bad[#bad + 1] = tostring(v) end
+        elseif v ~= i then
+          bad[#bad + 1] = 'wrong value ' .. tostring(v)
+        end
+        if f:result(T) ~= i then bad[#bad + 1] = 'wrong late value' end
+      end
+      return timeouts, table.concat(bad, '; ')
+    end
+    local t = thread.start(race, 2000)  -- a spawned thread (no slices) and the main thread at once
+    local _, bad_main = race(2000)
+    local joined, _, bad_thread = t:join(T * 3)
+    assert.is_true(joined)
+    assert.are.equal('', bad_main)
+    assert.are.equal('', bad_thread)
+    assert.are.equal(7, ex:submit(function() return 7 end):result())  -- no timeout: nothing left astray
+    ex:shutdown()
+  end)
+
+  it('wakes a waiter on a future that a chain of done-callbacks completes', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 2 }
+    local chain = {}
+    for i = 1, 5 do chain[i] = futures.Future() end
+    for i = 1, 4 do
+      chain[i]:add_done_callback(function(f) chain[i + 1]:set_result(f:result(0) + 1) end)
+    end
+    local waiters = {}
+    for i = 2, 5 do
+      waiters[#waiters + 1] = thread.start(function() return chain[i]:result(T) end)
+    end
+    local gate = thread.Event()
+    local first = ex:submit(function() assert(gate:wait(T)) return 10 end)
+    first:add_done_callback(function(f) chain[1]:set_result(f:result(0)) end)
+    gate:set()
+    assert.are.equal(14, chain[5]:result(T))
+    for i, t in ipairs(waiters) do
+      local joined, v = t:join(T)
+      assert.is_true(joined)
+      assert.are.equal(10 + i, v)
+    end
+    ex:shutdown()
+  end)
+
+  it('gives result() to many threads waiting at once on one future', function()
+    for _, how in ipairs { 'result', 'error', 'cancel' } do
+      local f = futures.Future()
+      local started = thread.Semaphore(0)
+      local ts = {}
+      for i = 1, 12 do
+        ts[i] = thread.start(function()
+          started:release()
+          return pcall(f.result, f, T)
+        end)
+      end
+      for _ = 1, 12 do assert.truthy(started:acquire(T)) end
+      thread.sleep(0.01)  -- most of them wait by now (the others find it done: same outcome)
+      if how == 'result' then f:set_result('v', 2)
+      elseif how == 'error' then f:set_exception('boom')
+      else assert.is_true(f:cancel()) end
+      for i = 1, 12 do
+        local joined, ok, v, n = ts[i]:join(T)
+        assert.is_true(joined)
+        if how == 'result' then
+          assert.is_true(ok)
+          assert.are.equal('v', v)
+          assert.are.equal(2, n)
+        else
+          assert.is_false(ok)
+          if how == 'error' then assert.are.equal('boom', v)
+          else assert.is_true(herror.is(v, 'CancelledError')) end
+        end
+      end
+    end
+  end)
+
+  it('wakes a thread waiting on a future finalized meanwhile, which raises', function()
+    local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+    local gate = thread.Event()
+    local makers = {
+      function() return futures.Future() end,
+      function() return ex:submit(function() return gate:wait(T) end) end,
+    }
+    local pools = {}
+    for _, kind in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local pool = assert(futures[kind] { max_workers = 1 })
+      pools[#pools + 1] = pool
+      makers[#makers + 1] = function()  -- completed from outside: the waiter sleeps on a condvar
+        return pool:submit(function() local t = os.clock() + 0.3 while os.clock() < t do end return 1 end)
+      end
+    end
+    for _, make in ipairs(makers) do
+      for _, method in ipairs { 'result', 'exception' } do
+        local f = make()
+        local started = thread.Event()
+        local t = thread.start(function()
+          started:set()
+          if method == 'result' then return pcall(f.result, f, T) end
+          return pcall(f.exception, f)  -- no timeout
+        end)
+        assert.is_true(started:wait(T))
+        thread.sleep(0.02)  -- let it wait (if not, it raises at once: same result)
+        getmetatable(f).__gc(f)
+        local joined, ok, err = t:join(T)
+        assert.is_true(joined)
+        assert.is_false(ok)
+        assert.matches('attempt to use a finalized host.Future', err, 1, true)
+      end
+    end
+    gate:set()
+    ex:shutdown()
+    for _, pool in ipairs(pools) do pool:shutdown() end
+  end)
+end)
