@@ -1262,7 +1262,12 @@ static void check_deadlock(host_universe *u, lua_State *L) {
   if (can_raise) {
     lua_setfield(L, LUA_REGISTRYINDEX, DEADLOCK_REPORT);
     atomic_store(&u->deadlock, true);
-    if (tstate_in(u) != m && m->wait_q != NULL) host_waitq_notify(m->wait_q);
+    /* main alone: the caller may wait on the same queue, not asleep yet */
+    if (tstate_in(u) != m && m->wait_q != NULL && gil_handoff(u, m) &&
+        m->wait_kind == W_BLOCKED) {
+      m->wait_kind = W_WOKEN;
+      u->nblocked--;
+    }
     return;
   }
   fprintf(stderr, "host: %s\n", lua_tostring(L, -1));

@@ -155,6 +155,24 @@ describe('deadlock detection', function()
     assert.are.equal('ran', ran)
   end)
 
+  it('finds the deadlock again when the last thread to block waits on what main waits on', function()
+    -- before: that thread's wake of main marked it awake too, so the second
+    -- result() hung and so did exit
+    local out, err, rc = run [[
+      local e = thread.Event()
+      local ex = futures.ThreadPoolExecutor{ max_workers = 1 }
+      local f = ex:submit(function() e:wait() return 'done' end)
+      thread.start(function() return f:result() end)
+      for i = 1, 2 do
+        local ok, x = pcall(f.result, f)
+        print(i, ok, herror.is(x, 'DeadlockError'))
+      end
+    ]]
+    assert.are.equal(1, rc)  -- and at exit: the report, status 1
+    assert.are.equal('1\tfalse\ttrue\n2\tfalse\ttrue\n', out)
+    assert.matches('host: deadlock: every thread waits', err, 1, true)
+  end)
+
   it('ends an uncaught DeadlockError with its traceback and status 1', function()
     local out, err, rc = run [[
       local lock = thread.Lock()

@@ -919,4 +919,5 @@ describe('waiting on a future the universe completes', function()
     ex:shutdown()
     for _, pool in ipairs(pools) do pool:shutdown() end
   end)
+
 end)
