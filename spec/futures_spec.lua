@@ -897,7 +897,7 @@ describe('waiting on a future the universe completes', function()
         return pool:submit(function() local t = os.clock() + 0.3 while os.clock() < t do end return 1 end)
       end
     end
-    for _, make in ipairs(makers) do
+    for i, make in ipairs(makers) do
       for _, method in ipairs { 'result', 'exception' } do
         local f = make()
         local started = thread.Event()
@@ -911,8 +911,15 @@ describe('waiting on a future the universe completes', function()
         getmetatable(f).__gc(f)
         local joined, ok, err = t:join(T)
         assert.is_true(joined)
-        assert.is_false(ok)
-        assert.matches('attempt to use a finalized host.Future', err, 1, true)
+        if ok and i > 2 then
+          -- a pool's worker finished first (a slow machine, valgrind): the
+          -- waiter returned before the finalization, which is not the case
+          -- looked at here, but is no fault
+          assert.are.equal(method == 'result' and 1 or nil, err)
+        else
+          assert.is_false(ok)
+          assert.matches('attempt to use a finalized host.Future', err, 1, true)
+        end
       end
     end
     gate:set()
