@@ -7,12 +7,17 @@ local sh = require 'spec.support.sh'
 local T = 30
 
 -- Runs `how_many` unlocked (or locked) increments in each of 5 threads.
+-- The threads meet at a barrier first, so all five are in the GIL's line
+-- when the increments begin: a slow start (valgrind runs one OS thread at
+-- a time) must not let one thread finish before the others exist.
 local function race(how_many, lock)
   local counter = { count = 0 }
   local function increment(c, offset) c.count = c.count + offset end
   local threads = {}
+  local all_started = thread.Barrier(5)
   for i = 1, 5 do
     threads[i] = thread.start(function()
+      all_started:wait(T)
       for _ = 1, how_many do
         if lock then
           local _ <close> = lock:acquire(T)
