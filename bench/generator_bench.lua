@@ -3,7 +3,9 @@
 -- send (goal: <= 1.0x CPython's), memory per suspended generator (goal: no
 -- more than 1128 B, issue 17) and the Game of Life per generation (goal:
 -- <= 0.8x CPython's) against python3 running the book's own code in the
--- same invocation. The Lua side is scripts/item40_coroutines.lua.
+-- same invocation. The Lua side is scripts/item40_coroutines.lua. Two
+-- figures without goals say what floor the goals meet: a raw coroutine
+-- created and resumed twice, and Life with yield_from as plain calls.
 local bench = dofile 'bench/lib.lua'
 local item40 = require 'scripts.item40_coroutines'
 
@@ -157,8 +159,8 @@ if bench.have 'python3' then
 end
 local k, samples = item40.kernels, item40.samples
 local send, resume = samples(N_SEND, 7, k.send, k.resume)
-local create = samples(N_CREATE, 7, k.create_prime_send)
-local life = samples(N_LIFE, 7, k.life)
+local create, raw_create = samples(N_CREATE, 7, k.create_prime_send, k.create_resume_resume)
+local life, life_calls = samples(N_LIFE, 7, k.life, k.life_calls)
 
 bench.figure { name = 'generator send, against coroutine.resume', value = send, unit = 'ns', scale = 1e9,
                ref = resume, ref_name = 'coroutine.resume', goal = { op = '<=', value = 1.15, on = 'ratio' } }
@@ -167,6 +169,10 @@ bench.figure { name = "generator send, against CPython's", value = send, unit = 
 bench.figure { name = 'generator create + prime + first send', value = create, unit = 'ns', scale = 1e9,
                ref = py.create_prime_send, ref_name = 'CPython',
                goal = py.create_prime_send and { op = '<=', value = 1.0, on = 'ratio' } }
+-- The floor under it: a raw coroutine over the same body, created and
+-- resumed twice, with no generator around it.
+bench.figure { name = 'raw coroutine create + resume + resume (the floor)', value = raw_create, unit = 'ns',
+               scale = 1e9, ref = py.create_prime_send, ref_name = 'CPython' }
 local gen_bytes = item40.bytes_per(item40.suspended_generator, 100000)
 local co_bytes = item40.bytes_per(item40.suspended_coroutine, 100000)
 bench.figure { name = 'memory per suspended generator', value = bench.once(gen_bytes), unit = 'B',
@@ -175,3 +181,8 @@ bench.figure { name = 'memory per suspended generator', value = bench.once(gen_b
                  .. 'stack and CallInfo list, a CPython generator one frame sized to its code'):format(co_bytes) }
 bench.figure { name = 'Item 40 Game of Life 5x9, per generation', value = life, unit = 'us', scale = 1e6,
                ref = py.life, ref_name = 'CPython', goal = py.life and { op = '<=', value = 0.8, on = 'ratio' } }
+-- What the delegation costs: the same cells with yield_from replaced by
+-- plain calls inside one generator (scripts/item40_coroutines.lua,
+-- simulate_calls; not the book's structure, so no goal).
+bench.figure { name = 'Item 40 Game of Life, yield_from as plain calls', value = life_calls, unit = 'us',
+               scale = 1e6, ref = py.life, ref_name = 'CPython' }

@@ -49,7 +49,7 @@ end
 local TICK = setmetatable({}, { __name = 'TICK' })
 
 -- Asks for the 8 neighbours' states one Query at a time; returns how many live.
-local count_neighbors = generator.wrap(function(y, x)
+local function count_neighbors_body(y, x)
   local n_ = yield(query(y + 1, x + 0))  -- North
   local ne = yield(query(y + 1, x + 1))  -- Northeast
   local e_ = yield(query(y + 0, x + 1))  -- East
@@ -63,7 +63,8 @@ local count_neighbors = generator.wrap(function(y, x)
     if state == ALIVE then count = count + 1 end
   end
   return count
-end)
+end
+local count_neighbors = generator.wrap(count_neighbors_body)
 
 -- The rules of Life for one cell.
 local function game_logic(state, neighbors)
@@ -92,6 +93,28 @@ item40.simulate = generator.wrap(function(height, width)
     for y = 0, height - 1 do
       for x = 0, width - 1 do
         yield_from(step_cell(y, x))
+      end
+    end
+    yield(TICK)
+  end
+end)
+
+-- Not the book's: the same cells with each yield_from replaced by a plain
+-- call. A Lua coroutine is stackful, so a function that its body calls can
+-- yield for it: one generator in all instead of two more per cell. The
+-- benchmarks run it to show what the delegation costs.
+local function step_cell_calls(y, x)
+  local state = yield(query(y, x))
+  local neighbors = count_neighbors_body(y, x)
+  local next_state = game_logic(state, neighbors)
+  yield(transition(y, x, next_state))
+end
+
+item40.simulate_calls = generator.wrap(function(height, width)
+  while true do
+    for y = 0, height - 1 do
+      for x = 0, width - 1 do
+        step_cell_calls(y, x)
       end
     end
     yield(TICK)
@@ -209,9 +232,26 @@ function item40.kernels.resume(n)
   for i = 1, n do coroutine.resume(co, i) end
 end
 
+-- create_prime_send with a raw coroutine over the same body: the floor
+-- under it (a generator is a coroutine plus its wrapper).
+function item40.kernels.create_resume_resume(n)
+  local create, resume, body = coroutine.create, coroutine.resume, item40.minimize_body
+  for i = 1, n do
+    local co = create(body)
+    resume(co)
+    resume(co, i)
+  end
+end
+
 -- `n` generations of the glider.
 function item40.kernels.life(n)
   local grid, sim = item40.glider(), item40.simulate(5, 9)
+  for _ = 1, n do grid = item40.live_a_generation(grid, sim) end
+end
+
+-- `n` generations of the glider on simulate_calls (no yield_from).
+function item40.kernels.life_calls(n)
+  local grid, sim = item40.glider(), item40.simulate_calls(5, 9)
   for _ = 1, n do grid = item40.live_a_generation(grid, sim) end
 end
 

@@ -566,6 +566,17 @@ describe('host.generator', function()
       assert.are.equal(tostring(plain), tostring(grid))
       assert.are.equal('---------\n----*----\n-----*---\n---***---\n---------\n', tostring(grid))
     end)
+
+    it('the benchmarks\' Life with plain calls for yield_from equals the book\'s, generation by generation', function()
+      local grid, calls = item40.glider(), item40.glider()
+      local sim, sim_calls = item40.simulate(grid.height, grid.width), item40.simulate_calls(grid.height, grid.width)
+      for _ = 1, 6 do
+        grid = item40.live_a_generation(grid, sim)
+        calls = item40.live_a_generation(calls, sim_calls)
+        assert.are.equal(tostring(grid), tostring(calls))
+      end
+      for _, kernel in ipairs { 'create_resume_resume', 'life_calls' } do item40.kernels[kernel](3) end
+    end)
   end)
 end)
 
