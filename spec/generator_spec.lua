@@ -510,6 +510,71 @@ describe('host.generator', function()
       assert.are.equal('cannot resume dead coroutine', err)
       assert.are.equal('dead', g:status())
     end)
+
+    it('fail cleanly when it was resumed to its end, and stay dead', function()
+      local g = generator.wrap(function()
+        local co = coroutine.running()
+        yield(co)
+        yield('never seen')
+      end)()
+      local co = g:next()
+      assert.is_true(coroutine.resume(co))
+      assert.is_true(coroutine.resume(co))
+      assert.are.equal('dead', coroutine.status(co))
+      local ok, err = pcall(g.next, g)
+      assert.is_false(ok)
+      assert.are.equal('cannot resume dead coroutine', err)
+      assert.are.equal('dead', g:status())
+      assert_kind(error_of(g.next, g), 'StopIteration')
+      g:close()
+    end)
+  end)
+
+  describe('in numbers and depth', function()
+    it('keep 20000 suspended generators apart, then close them all', function()
+      local gens = {}
+      for i = 1, 20000 do
+        gens[i] = count(3)
+        assert.are.equal(1, gens[i]:next())
+      end
+      for i = 1, 20000, 2 do assert.are.equal(2, gens[i]:send()) end
+      for i = 1, 20000 do
+        gens[i]:close()
+        assert.are.equal('dead', gens[i]:status())
+      end
+    end)
+
+    it('recurse 150 deep through yield_from, sends reaching the innermost', function()
+      local depth_of
+      depth_of = generator.wrap(function(n)
+        if n == 0 then
+          local got = yield('bottom')
+          return got
+        end
+        return (yield_from(depth_of(n - 1))) + 1
+      end)
+      local g = depth_of(150)
+      assert.are.equal('bottom', g:next())
+      assert.are.equal(150 + 7, error_of(g.send, g, 7).value)
+    end)
+
+    it('carry the position of an error raised two yield_from deep', function()
+      local failing = generator.wrap(function()
+        yield(1)
+        error('deep failure')
+      end)
+      local line = debug.getinfo(1, 'l').currentline - 2
+      local mid = generator.wrap(function() yield_from(failing()) end)
+      local outer = generator.wrap(function() yield_from(mid()) end)
+      local g = outer()
+      g:next()
+      local err = error_of(g.next, g)
+      assert.are.equal(('spec/generator_spec.lua:%d: deep failure'):format(line), err)
+      assert.are.equal('dead', g:status())
+      local ok, tb = xpcall(g.next, debug.traceback, g)
+      assert.is_false(ok)
+      assert.matches('cannot resume dead generator', tostring(tb), 1, true)
+    end)
   end)
 
   describe('bad arguments', function()
