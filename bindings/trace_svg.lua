@@ -340,6 +340,9 @@ end
 
 local function str(v) if type(v) == 'string' then return v end end
 
+-- The phases it draws (B, E, X, instants, counters) or knows (flows).
+local KNOWN_PH = { B = true, E = true, X = true, i = true, I = true, n = true, C = true, s = true, f = true, t = true }
+
 -- Reads the decoded trace into processes with lanes; counts what it skips.
 local function build(trace)
   if type(trace) ~= 'table' or trace == NULL then
@@ -420,7 +423,7 @@ local function build(trace)
       end
     else
       local ts, pid, tid = finite(type(ev) == 'table' and ev.ts), ph and id_of(ev.pid), ph and id_of(ev.tid)
-      if not (ts and pid and tid) then
+      if not (ts and pid and tid and KNOWN_PH[ph]) then
         m.ignored = m.ignored + 1
       else
         if ts < m.tmin then m.tmin = ts end
@@ -474,8 +477,6 @@ local function build(trace)
               end
             end
           end
-        elseif ph ~= 's' and ph ~= 'f' and ph ~= 't' then
-          m.ignored = m.ignored + 1
         end
       end
     end
@@ -583,11 +584,13 @@ local function layout_order(m)
 end
 
 -- Draws the spans of `list` on a lane: spans at least `minw` pixels wide one
--- by one (draw_one), narrower ones merged into coverage per pixel column,
--- drawn as runs of columns shaded by the share of time covered. Returns
+-- by one (draw_one), narrower ones merged into their coverage of cells
+-- `minw` pixels wide, drawn as runs of cells shaded by the share of time
+-- covered (merged gets x0, x1, the shade in quarters, the count). Returns
 -- how many spans were merged.
 local function draw_spans(out, list, ctx, minw, draw_one, merged)
-  local X, wa, wb = ctx.X, ctx.wa, ctx.wb
+  local X, wa, wb, L = ctx.X, ctx.wa, ctx.wb, ctx.L
+  local cw = minw < 1 and 1 or minw
   local cov, cnt, nmerged = nil, nil, 0
   for i = 1, #list do
     local sp = list[i]
@@ -601,29 +604,37 @@ local function draw_spans(out, list, ctx, minw, draw_one, merged)
       else
         if not cov then cov, cnt = {}, {} end
         nmerged = nmerged + 1
-        local c = floor(x1)
-        local mid = floor((x1 + x2) / 2)
+        local c = floor((x1 - L) / cw)
+        local mid = floor(((x1 + x2) / 2 - L) / cw)
         cnt[mid] = (cnt[mid] or 0) + 1
-        while c < x2 do
-          local a, b = x1 > c and x1 or c, x2 < c + 1 and x2 or c + 1
+        cov[c] = cov[c] or 0
+        while L + c * cw < x2 do
+          local cs = L + c * cw
+          local a, b = x1 > cs and x1 or cs, x2 < cs + cw and x2 or cs + cw
           cov[c] = (cov[c] or 0) + (b - a)
           c = c + 1
         end
-        if x1 == x2 then cov[c] = cov[c] or 0 end
       end
     end
   end
   if not cov then return 0 end
-  -- Runs of columns with the same shade (a quarter of coverage each).
-  local c0, c1 = floor(ctx.L) - 1, ceil(ctx.L + ctx.PW) + 1
+  -- Runs of cells with the same shade (a quarter of coverage each).
+  local last = ceil(ctx.PW / cw)
   local run_start, run_level, run_count = nil, nil, 0
   local function flush(c)
-    if run_start then merged(out, run_start, c, run_level, run_count) end
+    if run_start then
+      local x0, x1 = L + run_start * cw, L + c * cw
+      if x0 < L then x0 = L end
+      if x1 > L + ctx.PW then x1 = L + ctx.PW end
+      if x1 - x0 < 1 then x1 = x0 + 1 end
+      merged(out, x0, x1, run_level, run_count)
+    end
     run_start = nil
   end
-  for c = c0, c1 do
+  for c = -1, last do
     local v = cov[c]
     if v then
+      v = v / cw
       if v > 1 then v = 1 end
       local level = ceil(v * 4)
       if level < 1 then level = 1 end
@@ -634,7 +645,7 @@ local function draw_spans(out, list, ctx, minw, draw_one, merged)
       flush(c)
     end
   end
-  flush(c1 + 1)
+  flush(last + 1)
   return nmerged
 end
 
@@ -746,9 +757,9 @@ local function draw_lanes(m, procs, ctx, minw, budget)
               esc(truncate(object, fit)))
           end
         end, function(o, c0, c1, level, n)
-          o[#o + 1] = format('<rect class="wait merged" x="%d" y="%s" width="%d" height="%d" fill="#999" '
-            .. 'fill-opacity="%.2f"><title>%d waits merged (%s to %s)</title></rect>', c0, px(y + ACT_Y + ACT_H / 2),
-            c1 - c0, ACT_H // 2, level * 0.2, n, at(ctx.T(c0)), at(ctx.T(c1)))
+          o[#o + 1] = format('<rect class="wait merged" x="%s" y="%s" width="%s" height="%d" fill="#999" '
+            .. 'fill-opacity="%.2f"><title>%d waits merged (%s to %s)</title></rect>', px(c0), px(y + ACT_Y + ACT_H / 2),
+            px(c1 - c0), ACT_H // 2, level * 0.2, n, at(ctx.T(c0)), at(ctx.T(c1)))
         end)
         -- The GIL holder.
         merged_total = merged_total + draw_spans(out, l.gil, ctx, minw, function(o, sp, x1, x2)
@@ -756,9 +767,9 @@ local function draw_lanes(m, procs, ctx, minw, budget)
             .. 'the GIL %s (from %s)%s</title></rect>', px(x1), px(y + ACT_Y), px(x2 - x1), ACT_H, color, who,
             dur(sp[2] - sp[1]), at(sp[1]), sp[6] and ', no end in the trace (drawn to its end)' or '')
         end, function(o, c0, c1, level, n)
-          o[#o + 1] = format('<rect class="gil merged" x="%d" y="%s" width="%d" height="%d" fill="%s" '
+          o[#o + 1] = format('<rect class="gil merged" x="%s" y="%s" width="%s" height="%d" fill="%s" '
             .. 'fill-opacity="%.2f"><title>%s: %d GIL spans merged (%s to %s), held about %d %% of it</title></rect>',
-            c0, px(y + ACT_Y), c1 - c0, ACT_H, color, level * 0.25, who, n, at(ctx.T(c0)), at(ctx.T(c1)), level * 25)
+            px(c0), px(y + ACT_Y), px(c1 - c0), ACT_H, color, level * 0.25, who, n, at(ctx.T(c0)), at(ctx.T(c1)), level * 25)
         end)
         for i = 1, #labels do out[#out + 1] = labels[i] end
         -- Pool tasks.
@@ -778,9 +789,9 @@ local function draw_lanes(m, procs, ctx, minw, budget)
               px(x1 + 2), px(y + TASK_Y + 8.5), esc(label))
           end
         end, function(o, c0, c1, level, n)
-          o[#o + 1] = format('<rect class="task merged" x="%d" y="%s" width="%d" height="%d" fill="%s" '
-            .. 'fill-opacity="%.2f"><title>%s: %d tasks merged (%s to %s)</title></rect>', c0, px(y + TASK_Y),
-            c1 - c0, TASK_H, TASK, level * 0.2, who, n, at(ctx.T(c0)), at(ctx.T(c1)))
+          o[#o + 1] = format('<rect class="task merged" x="%s" y="%s" width="%s" height="%d" fill="%s" '
+            .. 'fill-opacity="%.2f"><title>%s: %d tasks merged (%s to %s)</title></rect>', px(c0), px(y + TASK_Y),
+            px(c1 - c0), TASK_H, TASK, level * 0.2, who, n, at(ctx.T(c0)), at(ctx.T(c1)))
         end)
         -- Coroutines and other spans: a thin strip.
         merged_total = merged_total + draw_spans(out, l.other, ctx, minw, function(o, sp, x1, x2)
@@ -788,8 +799,8 @@ local function draw_lanes(m, procs, ctx, minw, budget)
             .. '%s (from %s)</title></rect>', px(x1), px(y + OTHER_Y), px(x2 - x1), OTHER_H, who,
             esc(sp[3] or 'span'), dur(sp[2] - sp[1]), at(sp[1]))
         end, function(o, c0, c1, level, n)
-          o[#o + 1] = format('<rect class="other merged" x="%d" y="%s" width="%d" height="%d" fill="#555" '
-            .. 'fill-opacity="%.2f"><title>%d spans merged</title></rect>', c0, px(y + OTHER_Y), c1 - c0, OTHER_H,
+          o[#o + 1] = format('<rect class="other merged" x="%s" y="%s" width="%s" height="%d" fill="#555" '
+            .. 'fill-opacity="%.2f"><title>%d spans merged</title></rect>', px(c0), px(y + OTHER_Y), px(c1 - c0), OTHER_H,
             level * 0.25, n)
         end)
         -- Marks.
@@ -843,13 +854,14 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         end
         if hi <= lo then hi = lo + 1 end
         local function Y(v) return y + COUNTER_H - 4 - (v - lo) / (hi - lo) * (COUNTER_H - 8) end
-        -- A step line: per pixel column its first, lowest, highest and last value.
+        -- A step line: per column (a pixel, or `minw` when merging) its
+        -- first, lowest, highest and last value.
         local d, lastx, lasty, cols = {}, nil, nil, {}
         for i = 1, #c do
           local ts, v = c[i][1], c[i][2]
           local x = ts < ctx.wa and ctx.L or ts > ctx.wb and nil or X(ts)
           if x then
-            local col = floor(x)
+            local col = floor(x / (minw < 1 and 1 or minw))
             local k = cols[#cols]
             if k and k.col == col then
               if v < k.lo then k.lo = v end
@@ -920,6 +932,7 @@ local function render(trace, opts)
   local L, PW = LABEL_W, W - LABEL_W - RIGHT
   local t0 = m.tmin
   local wa, wb = t0 + (opts.from or 0), opts.to and (t0 + opts.to) or m.tmax
+  local shown = wb > wa and wb - wa or 0
   if wb <= wa then wb = wa + 1 end
   local span = wb - wa
   local ctx = { W = W, L = L, PW = PW, wa = wa, wb = wb, span = span, t0 = t0 }
@@ -1014,7 +1027,7 @@ local function render(trace, opts)
       end
     end
   end
-  local summary = format('%s%s · %d process%s · %d thread%s · %d GIL switch%s', dur(span),
+  local summary = format('%s%s · %d process%s · %d thread%s · %d GIL switch%s', dur(shown),
     (opts.from or opts.to) and format(' (from %s)', dur(wa - t0)) or '', m.nprocs, m.nprocs == 1 and '' or 'es',
     nthreads, nthreads == 1 and '' or 's', switches, switches == 1 and '' or 'es')
   if #shares > 0 then
