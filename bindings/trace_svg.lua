@@ -859,8 +859,8 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         local d, lastx, lasty, cols = {}, nil, nil, {}
         for i = 1, #c do
           local ts, v = c[i][1], c[i][2]
-          local x = ts < ctx.wa and ctx.L or ts > ctx.wb and nil or X(ts)
-          if x then
+          local x = ts < ctx.wa and ctx.L or X(ts)
+          if ts <= ctx.wb then
             local col = floor(x / (minw < 1 and 1 or minw))
             local k = cols[#cols]
             if k and k.col == col then

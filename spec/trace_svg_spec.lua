@@ -161,13 +161,20 @@ describe('host.trace.svg', function()
     end)
 
     it('a time window and a width', function()
-      local w = svg.render(text, { from = 400, to = 800, width = 800, title = 'window' })
+      local w = svg.render(text, { from = 400, to = 750, width = 800, title = 'window' })
       rsvg(w)
       assert.matches('^<svg [^>]*width="800"', w)
       assert.is_truthy(w:find('>window<', 1, true))
-      assert.is_truthy(w:find('>400 µs (from 400 µs) ·', 1, true))
+      assert.is_truthy(w:find('>350 µs (from 400 µs) ·', 1, true))
       assert.are.equal(2, count(w, 'class="gil"'))     -- main's first, worker's
       assert.are.equal(0, count(w, 'class="submit"'))  -- at 100 µs, outside
+      -- nothing drawn right of the plot (800 - 40 pixels of margin)
+      for d in w:gmatch 'class="counter" d="([^"]*)"' do
+        for x in d:gmatch '[MH](%d+%.?%d*)' do assert.is_true(tonumber(x) <= 760.05, x) end
+      end
+      for x, width in w:gmatch 'class="[%a-]+" x="([%d.]+)" y="[%d.]+" width="([%d.]+)"' do
+        assert.is_true(tonumber(x) + tonumber(width) <= 760.05 and tonumber(x) >= 200, x .. ' ' .. width)
+      end
     end)
   end)
 
