@@ -693,13 +693,15 @@ local function draw_lanes(m, procs, ctx, minw, budget)
   local y = ctx.top
   local function at(ts) return dur(ts - t0) end
   local full = false
+  local ys, links = {}, {} -- each drawn lane's y; hand-offs to link
   -- Keeps what was drawn into out since `start` if it fits the budget and
   -- returns the next y; else drops it, and every lane after it.
-  local function fits(start, y0, h)
+  local function fits(start, y0, h, lane)
     local add = 0
     for i = start + 1, #out do add = add + #out[i] + 1 end
     if bytes + add <= budget then
       bytes = bytes + add
+      if lane then ys[lane] = y0 end
       return y0 + h
     end
     for i = #out, start + 1, -1 do out[i] = nil end
@@ -816,6 +818,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
             local to = id_of(args.to)
             local target = to and m.lanes[l.pid .. '\0' .. to]
             local tname = target and (target.name or ('tid ' .. to)) or (to and ('tid ' .. to)) or '?'
+            if n == 1 and target and target ~= l then links[#links + 1] = { x, l, target } end
             o[#o + 1] = format('<path class="%s" d="%s" stroke="#222" stroke-width="%s" fill="none"><title>hand-off: '
               .. '%s gave the GIL to %s at %s%s</title></path>', cls, n > 1
               and format('M%s %sv4', px(x), px(y + ACT_Y + ACT_H - 4))
@@ -838,7 +841,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
           end
         end)
         out[#out + 1] = '</g>'
-        y = fits(start, y, LANE_H)
+        y = fits(start, y, LANE_H, l)
       end
     end
     for _, c in ipairs(p.counter_list) do
@@ -891,6 +894,19 @@ local function draw_lanes(m, procs, ctx, minw, budget)
       end
     end
     ::next_process::
+  end
+  -- A hand-off links the lane that gave the GIL to the one that took it.
+  for _, k in ipairs(links) do
+    local y1, y2 = ys[k[2]], ys[k[3]]
+    if y1 and y2 then
+      local down = y2 > y1
+      local link = format('<path class="hand-off-link" d="M%s %sV%s" stroke="#222" stroke-opacity="0.45" '
+        .. 'stroke-dasharray="2 2" fill="none"/>', px(k[1]), px(down and y1 + ACT_Y + ACT_H + 2 or y1 + ACT_Y - 2),
+        px(down and y2 + ACT_Y or y2 + ACT_Y + ACT_H))
+      if bytes + #link + 1 > budget then break end
+      out[#out + 1] = link
+      bytes = bytes + #link + 1
+    end
   end
   return out, bytes, merged_total, left_out, y
 end
