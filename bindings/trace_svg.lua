@@ -17,8 +17,7 @@
 -- file into its binary (bindings/trace_svg.c).
 local M = {}
 
-local byte, char, find, sub, format, rep = string.byte, string.char, string.find, string.sub, string.format,
-  string.rep
+local byte, char, find, sub, format = string.byte, string.char, string.find, string.sub, string.format
 local concat, sort = table.concat, table.sort
 local floor, ceil, huge = math.floor, math.ceil, math.huge
 local setmetatable, getmetatable, type, tostring, tonumber, pairs, next, error, pcall =
@@ -310,6 +309,7 @@ local function dur(us)
   if us >= 1e6 then v, unit = us / 1e6, 's'
   elseif us >= 1e3 then v, unit = us / 1e3, 'ms' end
   local a = v < 0 and -v or v
+  if a >= 1e6 then return format('%.3g %s', v, unit) end
   if a >= 100 or v == floor(v) then return format('%.0f %s', v, unit) end
   if a >= 10 then return format('%.1f %s', v, unit) end
   return format('%.2f %s', v, unit)
@@ -951,6 +951,9 @@ local function render(trace, opts)
   local shown = wb > wa and wb - wa or 0
   if wb <= wa then wb = wa + 1 end
   local span = wb - wa
+  if not finite(span) or not finite(wb) or span < (wa < 0 and -wa or wa) * 1e-15 then
+    fail(format('cannot draw a time window of %s µs from %s µs', tostring(span), tostring(wa)))
+  end
   local ctx = { W = W, L = L, PW = PW, wa = wa, wb = wb, span = span, t0 = t0 }
   ctx.X = function(t) return L + (t - wa) / span * PW end
   ctx.T = function(x) return wa + (x - L) / PW * span end
@@ -1064,15 +1067,15 @@ local function render(trace, opts)
   local step, unit, div, decimals = ticks(span, math.max(2, PW // 110), wb - t0)
   local axis_y = top - 6
   out[#out + 1] = format('<g class="axis"><path d="M%d %sH%d" stroke="#444"/>', L, px(axis_y), L + PW)
-  local first_tick = ceil((wa - t0) / step - 1e-9) * step
-  local tick = first_tick
-  while tick <= wb - t0 + step * 1e-9 do
+  local first_tick = ceil((wa - t0) / step - 1e-9)
+  for k = first_tick, first_tick + 1000 do
+    local tick = k * step
+    if not (step > 0) or tick > wb - t0 + step * 1e-9 then break end
     local x = ctx.X(t0 + tick)
     out[#out + 1] = format('<path d="M%s %sV%s" stroke="#e2e2e2"/><path d="M%s %sV%s" stroke="#444"/>'
       .. '<text class="tick" x="%s" y="%s" text-anchor="middle" font-size="10">%s</text>', px(x), px(axis_y),
       px(bottom), px(x), px(axis_y - 4), px(axis_y), px(x), px(axis_y - 7),
-      tick == 0 and '0' or format('%.' .. decimals .. 'f %s', tick / div, unit))
-    tick = tick + step
+      tick == 0 and '0' or format(tick / div >= 1e6 and '%.6g %s' or '%.' .. decimals .. 'f %s', tick / div, unit))
   end
   out[#out + 1] = '</g>'
   out[#out + 1] = format('<g class="lanes" transform="translate(0 %d)">', top)

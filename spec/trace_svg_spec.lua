@@ -229,6 +229,19 @@ describe('host.trace.svg', function()
       assert.is_truthy(picture:find('6 events not understood, ignored', 1, true))
     end)
 
+    it('extreme timestamps: a picture or a clear error, never a hang or NaN', function()
+      local function gil(a, b)
+        return gen.encode { traceEvents = { B(1, a, 'gil', 'GIL'), E(1, b, 'gil', 'GIL') } }
+      end
+      local p = svg.render(gil(1e300, 1.5e300))
+      rsvg(p)
+      assert.is_nil(p:find('nan', 1, true))
+      assert.is_truthy(p:find('>5e+293 s · 1 process', 1, true))
+      assert.matches('host.trace.svg: cannot draw a time window of 0.0 µs from 1e%+17 µs', error_of(svg.render, gil(1e17, 1e17)))
+      assert.matches('cannot draw a time window of inf µs', error_of(svg.render, gil(-1e308, 1e308)))
+      rsvg(svg.render('[]', { from = 0, to = 5e-324 }))
+    end)
+
     it('the dropped events the recorder reports', function()
       local t = two_threads()
       t.otherData.dropped_events = 12
