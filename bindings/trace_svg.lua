@@ -507,6 +507,10 @@ local LANE_H, PROC_H, COUNTER_H = 40, 22, 30
 -- Bands of a lane, as offsets from its top.
 local TASK_Y, TASK_H, ACT_Y, ACT_H, OTHER_Y, OTHER_H = 3, 10, 15, 18, 35, 3
 local CHAR_W = 6.2 -- the width of a character at font-size 10, roughly
+local NAME_MAX = 120 -- characters of a name, object or label kept for tooltips
+
+-- s cut to NAME_MAX characters and escaped.
+local function short(s) return esc(truncate(clean(s), NAME_MAX)) end
 
 -- Ticks of a time axis: a step of 1, 2 or 5 times a power of ten so that
 -- about `n` ticks fit in `span`, the unit (µs, ms, s) that suits the
@@ -709,7 +713,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
     return y0
   end
   for _, p in ipairs(procs) do
-    local pname = p.name or ('pid ' .. p.pid)
+    local pname = truncate(clean(p.name or ('pid ' .. p.pid)), NAME_MAX)
     if full then goto next_process end
     out[#out + 1] = format('<g class="process" data-pid="%s"><text class="process-name" x="8" y="%s" '
       .. 'font-weight="bold" font-size="13">%s</text><path d="M8 %sH%s" stroke="#999"/></g>',
@@ -722,7 +726,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
       else
         local start = #out
         local color = LANE_COLORS[(li - 1) % #LANE_COLORS + 1]
-        local lname = clean(l.name or ('tid ' .. l.tid))
+        local lname = truncate(clean(l.name or ('tid ' .. l.tid)), NAME_MAX)
         local who = esc(lname)
         out[#out + 1] = format('<g class="lane" id="ts-lane-%d" data-pid="%s" data-tid="%s" data-name="%s" '
           .. 'data-gil="%d" data-waits="%d" data-tasks="%d" data-instants="%d">',
@@ -744,7 +748,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         local labels = {}
         merged_total = merged_total + draw_spans(out, l.wait, ctx, minw, function(o, sp, x1, x2)
           local args, eargs = type(sp[4]) == 'table' and sp[4] or {}, type(sp[5]) == 'table' and sp[5] or {}
-          local object = clean(str(args.object) or (sp[3] or 'wait'):gsub('^wait ', ''))
+          local object = truncate(clean(str(args.object) or (sp[3] or 'wait'):gsub('^wait ', '')), NAME_MAX)
           local timed_out = eargs.timed_out == true
           o[#o + 1] = format('<rect class="wait%s" x="%s" y="%s" width="%s" height="%d" fill="url(#ts-hatch)" '
             .. 'stroke="%s" stroke-width="%s"><title>%s waited on %s for %s (from %s)%s%s</title></rect>',
@@ -778,13 +782,13 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         merged_total = merged_total + draw_spans(out, l.task, ctx, minw, function(o, sp, x1, x2)
           local args, eargs = type(sp[4]) == 'table' and sp[4] or {}, type(sp[5]) == 'table' and sp[5] or {}
           local id = id_of(args.future)
-          local label = clean(id and ('#' .. id) or (sp[3] or 'task'):gsub('^task ', ''))
+          local label = truncate(clean(id and ('#' .. id) or (sp[3] or 'task'):gsub('^task ', '')), NAME_MAX)
           local outcome = str(eargs.outcome)
           o[#o + 1] = format('<rect class="task" x="%s" y="%s" width="%s" height="%d" fill="%s" fill-opacity="0.35" '
             .. 'stroke="%s"><title>task %s%s ran %s on %s (from %s)%s%s</title></rect>', px(x1), px(y + TASK_Y),
             px(x2 - x1), TASK_H, TASK, outcome and outcome ~= 'ok' and RED or TASK, esc(label),
-            str(args.pool) and (' (' .. esc(args.pool) .. ')') or '', dur(sp[2] - sp[1]), who, at(sp[1]),
-            outcome and (', outcome ' .. esc(outcome)) or '', sp[6] and ', no end in the trace (drawn to its end)' or '')
+            str(args.pool) and (' (' .. short(args.pool) .. ')') or '', dur(sp[2] - sp[1]), who, at(sp[1]),
+            outcome and (', outcome ' .. short(outcome)) or '', sp[6] and ', no end in the trace (drawn to its end)' or '')
           local fit = floor((x2 - x1 - 4) / (CHAR_W * 0.9))
           if fit >= ulen(label) then
             o[#o + 1] = format('<text class="task-label" x="%s" y="%s" font-size="9" fill="#4a2a45">%s</text>',
@@ -799,7 +803,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         merged_total = merged_total + draw_spans(out, l.other, ctx, minw, function(o, sp, x1, x2)
           o[#o + 1] = format('<rect class="other" x="%s" y="%s" width="%s" height="%d" fill="#555"><title>%s: %s '
             .. '%s (from %s)</title></rect>', px(x1), px(y + OTHER_Y), px(x2 - x1), OTHER_H, who,
-            esc(sp[3] or 'span'), dur(sp[2] - sp[1]), at(sp[1]))
+            short(sp[3] or 'span'), dur(sp[2] - sp[1]), at(sp[1]))
         end, function(o, c0, c1, level, n)
           o[#o + 1] = format('<rect class="other merged" x="%s" y="%s" width="%s" height="%d" fill="#555" '
             .. 'fill-opacity="%.2f"><title>%d spans merged</title></rect>', px(c0), px(y + OTHER_Y), px(c1 - c0), OTHER_H,
@@ -807,7 +811,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         end)
         -- Marks.
         merged_total = merged_total + draw_instants(out, l, ctx, minw, function(o, it, x, n, room)
-          local kind, name, args = it[2], clean(it[3]), type(it[4]) == 'table' and it[4] or {}
+          local kind, name, args = it[2], truncate(clean(it[3]), NAME_MAX), type(it[4]) == 'table' and it[4] or {}
           local many = n > 1 and format(' (%d merged here)', n) or ''
           local cls = n > 1 and (kind .. ' merged') or kind
           if kind == 'switch-request' then
@@ -823,11 +827,11 @@ local function draw_lanes(m, procs, ctx, minw, budget)
               .. '%s gave the GIL to %s at %s%s</title></path>', cls, n > 1
               and format('M%s %sv4', px(x), px(y + ACT_Y + ACT_H - 4))
               or format('M%s %sv%dm0 0l4 -4m-4 4l-4 -4', px(x), px(y + ACT_Y - 2), ACT_H + 4),
-              n > 1 and '1' or '1.5', who, esc(tname), at(it[1]), many)
+              n > 1 and '1' or '1.5', who, short(tname), at(it[1]), many)
           elseif kind == 'submit' then
             o[#o + 1] = format('<path class="%s" d="M%s %sl4 4l-4 4l-4 -4z" fill="%s" stroke="#fff" stroke-width="0.5">'
               .. '<title>%s by %s%s at %s%s</title></path>', cls, px(x), px(y + TASK_Y), TASK, esc(name), who,
-              str(args.pool) and (' to ' .. esc(args.pool)) or '', at(it[1]), many)
+              str(args.pool) and (' to ' .. short(args.pool)) or '', at(it[1]), many)
           else
             o[#o + 1] = format('<g class="%s"><path d="M%s %sv%d" stroke="%s" stroke-width="1.5" '
               .. 'stroke-dasharray="3 2"/><title>mark %s on %s at %s%s</title></g>', cls, px(x), px(y + 1),
@@ -887,8 +891,8 @@ local function draw_lanes(m, procs, ctx, minw, budget)
         out[#out + 1] = format('<g class="counter-lane" data-name="%s"><text class="counter-name" x="14" y="%s" '
           .. 'font-size="11" fill="#555">%s</text><text x="14" y="%s" font-size="9" fill="#888">%s … %s</text>'
           .. '<path class="counter" d="%s" stroke="#333" stroke-width="1.2" fill="none"><title>counter %s: %d values '
-          .. 'from %s to %s</title></path></g>', esc(c.name), px(y + 13), esc(truncate(clean(c.name), 30)),
-          px(y + 25), esc(format('%.6g', lo)), esc(format('%.6g', hi)), concat(d), esc(c.name), #c,
+          .. 'from %s to %s</title></path></g>', short(c.name), px(y + 13), esc(truncate(clean(c.name), 30)),
+          px(y + 25), esc(format('%.6g', lo)), esc(format('%.6g', hi)), concat(d), short(c.name), #c,
           esc(format('%.6g', lo)), esc(format('%.6g', hi)))
         y = fits(start, y, COUNTER_H)
       end

@@ -285,6 +285,17 @@ describe('host.trace.svg', function()
       assert.is_truthy(p:find('data-pid="&quot;&gt;&lt;x" data-tid="&lt;&amp;&gt;"', 1, true))
     end)
 
+    it('a huge name is cut, not repeated in every tooltip', function()
+      local big = ('x'):rep(1000000)
+      local t = { traceEvents = { M(100, 1, 'thread_name', big) } }
+      for i = 1, 200 do t.traceEvents[#t.traceEvents + 1] = (i % 2 == 1 and B or E)(1, i, 'wait', 'wait', { object = big }) end
+      local p = svg.render(t)
+      rsvg(p)
+      assert.are.equal(100, count(p, 'class="wait"'))
+      assert.is_true(#p < 200000, #p)
+      assert.is_truthy(p:find(('x'):rep(119) .. '…', 1, true))
+    end)
+
     it('\\u escapes in the JSON: surrogate pairs, lone surrogates, NUL', function()
       local p = svg.render('{"traceEvents":[{"ph":"M","name":"thread_name","pid":1,"tid":1,'
         .. '"args":{"name":"a\\ud83d\\ude00b\\ud800c\\u0000d\\u00e9"}}]}')
