@@ -919,6 +919,7 @@ end
 local function draw_legend(W, y)
   local items = {
     { 'held the GIL', format('<rect x="0" y="-9" width="18" height="10" fill="%s"/>', LANE_COLORS[1]) },
+    { 'alive, not holding the GIL', '<rect x="0" y="-10" width="18" height="12" fill="#e8edf3"/>' },
     { 'waits (label: the object)', '<rect x="0" y="-9" width="18" height="10" fill="url(#ts-hatch)" stroke="#888"/>' },
     { 'wait timed out', format('<rect x="0" y="-9" width="18" height="10" fill="url(#ts-hatch)" stroke="%s" '
       .. 'stroke-width="1.5"/>', RED) },
