@@ -62,6 +62,10 @@ $(BUILD)/obj/%.o: bindings/%.c | $(BUILD)/obj
 $(BUILD)/obj:
 	mkdir -p $@
 
+# host.trace.svg is Lua assembled into the object with .incbin (-MMD cannot
+# see it).
+$(BUILD)/obj/trace_svg.o: bindings/trace_svg.lua
+
 -include $(BINDING_OBJ:.o=.d) $(HOST_OBJ:.o=.d)
 
 # ---- running the specs ----
