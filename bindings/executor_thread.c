@@ -6,7 +6,7 @@
 **
 ** The pool's state is a separate userdata (C fields and a FIFO of work
 ** items in a uservalue), used with the GIL held; workers sleep on its
-** host_waitq. Each work item is a table {future, fn, n = nargs, args...}.
+** host_waitq. Each work item is a table {future, nargs, fn, args...}.
 ** The workers hold the state, not the pool object the program sees (as
 ** CPython's workers hold their executor weakly): a pool the program drops
 ** is collected, and its __gc shuts it down as shutdown{wait = false} does,
@@ -82,11 +82,11 @@ static void run_item(lua_State *L) {
     lua_settop(L, item - 1);  /* cancelled meanwhile */
     return;
   }
-  lua_getfield(L, item, "n");
+  lua_rawgeti(L, item, 2);
   int nargs = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
   luaL_checkstack(L, nargs + 2, "too many arguments");
-  for (int i = 2; i <= nargs + 2; i++) lua_rawgeti(L, item, i);  /* fn, args */
+  for (int i = 3; i <= nargs + 3; i++) lua_rawgeti(L, item, i);  /* fn, args */
   if (host_pcall(L, nargs, LUA_MULTRET) == LUA_OK)
     host_future_set_result(L, future, lua_gettop(L) - future);
   else
@@ -179,9 +179,9 @@ static int start_worker(lua_State *L) {
 ** raises and nothing is queued; when others run, one of them takes the item.
 */
 static int pool_submit(lua_State *L) {
-  host_object_check(L, 1, POOL_TYPE);
+  pool_state *p = ((pool_t *)host_object_check_self(L, POOL_TYPE))->s;
   host_check_callable(L, 2);
-  pool_state *p = check_pool(L);
+  lua_getiuservalue(L, 1, 1);
   int st = lua_gettop(L);
   if (p->broken) {
     lua_getiuservalue(L, st, UV_INFO);
@@ -198,16 +198,16 @@ static int pool_submit(lua_State *L) {
     }
   }
   int n = st - 3;  /* arguments after fn */
-  lua_createtable(L, n + 2, 1);
+  lua_createtable(L, n + 3, 0);
   host_future_push_new(L);
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);
+  lua_pushinteger(L, n);
+  lua_rawseti(L, -3, 2);
   for (int i = 0; i <= n; i++) {  /* fn and args */
     lua_pushvalue(L, 2 + i);
-    lua_rawseti(L, -3, 2 + i);
+    lua_rawseti(L, -3, 3 + i);
   }
-  lua_pushinteger(L, n);
-  lua_setfield(L, -3, "n");
   lua_pushvalue(L, -2);
   host_fifo_push(L, st, UV_ITEMS, &p->items);
   host_waitq_notify_one(p->q);  /* one item, one worker: a worker sleeps only when none is left */

@@ -228,9 +228,8 @@ bool host_future_wants_callbacks(host_future *f) {
   return wants;
 }
 
-void host_future_run_callbacks(lua_State *L, int idx) {
-  idx = lua_absindex(L, idx);
-  host_future *f = host_future_of(L, idx);
+/* Runs (once) the done-callbacks of the proxy at idx, whose future is f. */
+static void run_callbacks(lua_State *L, int idx, host_future *f) {
   if (f == NULL) return;
   pthread_mutex_lock(&f->mu);
   bool run = is_done(f->state) && !f->callbacks_ran;
@@ -249,14 +248,21 @@ void host_future_run_callbacks(lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
+void host_future_run_callbacks(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  run_callbacks(L, idx, host_future_of(L, idx));
+}
+
 /*
 ** Finishes the proxy at idx with the outcome table on top (popped) and runs
 ** its callbacks; returns false, storing nothing, when it was done already.
-** The state flips first and the outcome is stored before the GIL can go
+** The caller has checked that idx holds a proxy (read its future again
+** here: making the outcome may have run a finalizer). The state flips
+** first and the outcome is stored before the GIL can go
 ** (lua_setiuservalue neither allocates nor calls Lua).
 */
 static bool finish_with(lua_State *L, int idx, bool failed) {
-  host_future *f = host_future_of(L, idx);
+  host_future *f = ((proxy *)lua_touserdata(L, idx))->f;
   if (f != NULL) pthread_mutex_lock(&f->mu);
   bool fresh = f != NULL && !is_done(f->state);
   if (fresh) finish_locked(f, HOST_FUTURE_FINISHED, failed);
@@ -267,7 +273,7 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
   }
   lua_setiuservalue(L, idx, UV_OUTCOME);
   wake_waiters(L, idx);  /* before callbacks, which may block */
-  host_future_run_callbacks(L, idx);
+  run_callbacks(L, idx, f);
   return true;
 }
 
@@ -337,10 +343,10 @@ bool host_future_failed(host_future *f) {
 ** while we hold the GIL: we wait on the proxy's queue, where a wait
 ** without a deadline counts as blocked for deadlock detection. Raises
 ** "interrupted!" in an interrupted main thread, and "attempt to use a
-** finalized host.Future" when the proxy is finalized meanwhile.
+** finalized host.Future" when the proxy is finalized meanwhile. p is the
+** proxy at idx, checked by the caller.
 */
-static host_future_state wait_done(lua_State *L, int idx, const host_deadline *d) {
-  proxy *p = host_object_check(L, idx, FUTURE_TYPE);
+static host_future_state wait_proxy(lua_State *L, int idx, proxy *p, const host_deadline *d) {
   host_future *f = p->f;
   host_future_ref(f);  /* f outlives a __gc of p during the wait */
   host_future_state s;
@@ -371,6 +377,11 @@ static host_future_state wait_done(lua_State *L, int idx, const host_deadline *d
   if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
   if (no_memory) luaL_error(L, "not enough memory");
   return s;
+}
+
+/* wait_proxy for the proxy at idx (raises unless it is a live host.Future). */
+static host_future_state wait_done(lua_State *L, int idx, const host_deadline *d) {
+  return wait_proxy(L, idx, host_object_check(L, idx, FUTURE_TYPE), d);
 }
 
 host_future_state host_future_wait(lua_State *L, int idx, const host_deadline *d) {
@@ -413,11 +424,11 @@ static void check_waited(lua_State *L, host_future_state s, double timeout) {
     host_error_raise(L, "TimeoutError", "the future is not done after %f seconds", timeout);
 }
 
-int host_future_result(lua_State *L, int idx, double timeout) {
-  idx = lua_absindex(L, idx);
-  host_future *f = host_future_check(L, idx);
+/* host_future_result for the proxy p at idx (absolute), checked by the caller. */
+static int result_of(lua_State *L, int idx, proxy *p, double timeout) {
+  host_future *f = p->f;
   host_deadline d = host_deadline_in(timeout);
-  check_waited(L, wait_done(L, idx, &d), timeout);
+  check_waited(L, wait_proxy(L, idx, p, &d), timeout);
   push_outcome(L, idx, f);
   if (f->failed) {
     lua_rawgeti(L, -1, 1);
@@ -432,10 +443,15 @@ int host_future_result(lua_State *L, int idx, double timeout) {
   return n;
 }
 
+int host_future_result(lua_State *L, int idx, double timeout) {
+  idx = lua_absindex(L, idx);
+  return result_of(L, idx, host_object_check(L, idx, FUTURE_TYPE), timeout);
+}
+
 /* future:result([timeout]): every value the task returned, or raises. */
 static int future_result(lua_State *L) {
-  check_self(L);
-  return host_future_result(L, 1, host_opt_timeout(L, 2));
+  proxy *p = host_object_check_self(L, FUTURE_TYPE);
+  return result_of(L, 1, p, host_opt_timeout(L, 2));
 }
 
 /* future:exception([timeout]): the task's error, or nil. */

@@ -142,9 +142,11 @@ void arm_hook(host_tstate *ts, lua_State *L) {
 static void on_switch_signal(int sig) {
   (void)sig;
   int saved = errno;
-  for (host_tstate *ts = host_current(); ts != NULL; ts = ts->outer)
+  for (host_tstate *ts = host_current(); ts != NULL; ts = ts->outer) {
+    atomic_store(&ts->timer_armed, 0);  /* its timer fired, or it is asked anyway */
     if (atomic_load(&ts->holding) && !atomic_load(&ts->u->closing))
       arm_hook(ts, atomic_load(&ts->running));
+  }
   errno = saved;
 }
 
@@ -320,13 +322,17 @@ void gil_give_to_sleep(host_universe *u, host_tstate *ts) {
   gil_give(u, ts);
 }
 
+/*
+** The kernel compares the deadline with the clock (a futex wait until a
+** time that has passed fails at once), so no clock is read here.
+*/
 bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d) {
   (void)u;
   for (;;) {
     unsigned seen = atomic_load(&ts->park);
     if (atomic_load(&ts->hand) != HAND_SLEEPING) return true;
-    if (host_deadline_passed(d)) return false;
-    park_wait(ts, seen, d->never ? NULL : &d->at);
+    if (!park_wait(ts, seen, d->never ? NULL : &d->at))
+      return atomic_load(&ts->hand) != HAND_SLEEPING;
   }
 }
 
@@ -355,16 +361,18 @@ bool gil_wake_up(host_universe *u, host_tstate *ts) {
 ** SWITCH_SIGNAL after the interval, whose hook yields if another thread
 ** still waits then (early is harmless: it yields only to a waiter). A timer
 ** that is armed already is left to run, so this costs at most one
-** timer_settime per interval. Without a timer (none could be made), a
-** waiter first in line is woken to time it.
+** timer_settime per interval, and no clock is read: the signal handler
+** marks the timer fired (any SWITCH_SIGNAL does, which at worst re-arms it
+** early). Without a timer (none could be made), a waiter first in line is
+** woken to time it.
 */
 static bool time_first_in_line(host_universe *u) {
   host_tstate *ts = tstate_in(u);
   if (ts == NULL || !atomic_load(&ts->holding)) return false;
   long long interval = atomic_load(&u->interval_ns);
-  long long now = (long long)(host_now() * 1e9);
+  long long armed = atomic_load(&ts->timer_armed);
   /* armed under a longer interval (setswitchinterval lowered it): re-arm */
-  if (ts->has_timer && ts->timer_until > now && ts->timer_until <= now + interval) return true;
+  if (ts->has_timer && armed != 0 && armed <= interval) return true;
   if (!ts->has_timer) {
     struct sigevent sev;
     memset(&sev, 0, sizeof sev);
@@ -377,9 +385,11 @@ static bool time_first_in_line(host_universe *u) {
   memset(&its, 0, sizeof its);
   its.it_value.tv_sec = (time_t)(interval / 1000000000);
   its.it_value.tv_nsec = (long)(interval % 1000000000);
-  if (!ts->has_timer || timer_settime(ts->switch_timer, 0, &its, NULL) != 0) return false;
-  ts->timer_until = now + interval;
-  return true;
+  if (!ts->has_timer) return false;
+  atomic_store(&ts->timer_armed, interval);  /* before the timer can fire */
+  if (timer_settime(ts->switch_timer, 0, &its, NULL) == 0) return true;
+  atomic_store(&ts->timer_armed, 0);
+  return false;
 }
 
 /*
@@ -401,11 +411,11 @@ bool gil_handoff(host_universe *u, host_tstate *w) {
 }
 
 void gil_disarm(host_tstate *ts) {
-  if (!ts->has_timer || ts->timer_until == 0) return;
+  if (!ts->has_timer || atomic_load(&ts->timer_armed) == 0) return;
   struct itimerspec off;
   memset(&off, 0, sizeof off);
   timer_settime(ts->switch_timer, 0, &off, NULL);
-  ts->timer_until = 0;
+  atomic_store(&ts->timer_armed, 0);
 }
 
 void gil_forget(host_tstate *ts) {

@@ -62,10 +62,26 @@ void host_cond_init(pthread_cond_t *cv) {
   pthread_condattr_destroy(&attr);
 }
 
-/* The deadline that is the earlier of `d` and `seconds` from now. */
+/*
+** The deadline that is the earlier of `d` and about `seconds` (a slice)
+** from now. "Now" is the coarse clock, a tick behind at most and far
+** cheaper to read (a wait takes this on every call): the slice may be a
+** tick short, and `d` is compared as it is, without reading the clock.
+*/
 static host_deadline earlier(const host_deadline *d, double seconds) {
-  if (!d->never && host_deadline_left(d) <= seconds) return *d;
-  return host_deadline_in(seconds);
+  host_deadline s = {.never = false};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &s.at);
+  long ns = (long)(seconds * 1e9);
+  s.at.tv_sec += ns / 1000000000L;
+  s.at.tv_nsec += ns % 1000000000L;
+  if (s.at.tv_nsec >= 1000000000L) {
+    s.at.tv_sec += 1;
+    s.at.tv_nsec -= 1000000000L;
+  }
+  if (!d->never && (d->at.tv_sec < s.at.tv_sec ||
+                    (d->at.tv_sec == s.at.tv_sec && d->at.tv_nsec <= s.at.tv_nsec)))
+    return *d;
+  return s;
 }
 
 /* ---- the allocator and the universe's identity ---- */

@@ -74,7 +74,7 @@ struct host_tstate {
   host_tstate *line_next;         /* in its slot's line, under the slot's mu */
   timer_t switch_timer;           /* sends it SWITCH_SIGNAL (gil_handoff) */
   bool has_timer;                 /* switch_timer exists */
-  long long timer_until;          /* when the armed timer fires, in ns */
+  atomic_llong timer_armed;       /* the interval (ns) it was armed with; 0 once it fired */
 };
 
 /*
