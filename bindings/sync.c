@@ -71,9 +71,16 @@ typedef struct cond_waiter {
   struct cond_waiter *next;
 } cond_waiter;
 
+/*
+** A Condition keeps its lock in its uservalue (so the lock lives as long
+** as the condition) and, to spare a type check by name on every call, a
+** pointer to it and its kind.
+*/
 typedef struct condition_t {
   sync_head h;
   cond_waiter *head, *tail;
+  lock_t *lock;
+  bool reentrant;   /* the lock is an RLock */
 } condition_t;
 
 typedef struct barrier_t {
@@ -347,16 +354,25 @@ static int rlock_new(lua_State *L) {
 
 /* ---- Condition ---- */
 
+/* The type name of condition c's lock. */
+static const char *lock_type(const condition_t *c) {
+  return c->reentrant ? RLOCK_TYPE : LOCK_TYPE;
+}
+
+/* Raises when condition c's lock is finalized. */
+static void check_lock_alive(lua_State *L, const condition_t *c) {
+  if (c->lock->h.obj.finalized)
+    luaL_error(L, "attempt to use a finalized %s", lock_type(c));
+}
+
 /*
-** Pushes the lock of the condition at 1 (its uservalue) and returns it,
-** with its kind; raises when that lock is finalized.
+** Pushes the lock of condition c, at 1 (its uservalue), and returns it;
+** raises when that lock is finalized.
 */
-static lock_t *condition_lock(lua_State *L, bool *reentrant) {
+static lock_t *condition_lock(lua_State *L, condition_t *c) {
   lua_getiuservalue(L, 1, 1);
-  lock_t *lk = host_object_test(L, -1, RLOCK_TYPE);
-  *reentrant = lk != NULL;
-  if (lk == NULL) lk = host_object_check(L, -1, LOCK_TYPE);
-  return lk;
+  check_lock_alive(L, c);
+  return c->lock;
 }
 
 /* thread.Condition([lock]): lock is a Lock or RLock (default a new RLock). */
@@ -364,11 +380,15 @@ static int condition_new(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
     rlock_new(L);
-  } else if (!host_object_test(L, 1, RLOCK_TYPE) && !host_object_test(L, 1, LOCK_TYPE)) {
-    return luaL_typeerror(L, 1, "host.Lock or host.RLock");
   }
+  lock_t *lk = host_object_test(L, 1, RLOCK_TYPE);
+  bool reentrant = lk != NULL;
+  if (lk == NULL) lk = host_object_test(L, 1, LOCK_TYPE);
+  if (lk == NULL) return luaL_typeerror(L, 1, "host.Lock or host.RLock");
   lua_settop(L, 1);
-  new_object(L, sizeof(condition_t), CONDITION_TYPE, 1);
+  condition_t *c = new_object(L, sizeof(condition_t), CONDITION_TYPE, 1);
+  c->lock = lk;
+  c->reentrant = reentrant;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   return 1;
@@ -376,12 +396,11 @@ static int condition_new(lua_State *L) {
 
 /* cond:acquire([timeout]) -> cond | false: acquires the condition's lock. */
 static int condition_acquire(lua_State *L) {
-  host_object_check_self(L, CONDITION_TYPE);
+  condition_t *c = host_object_check_self(L, CONDITION_TYPE);
   double timeout = opt_block_timeout(L, 2);
   lua_settop(L, 1);
-  bool reentrant;
-  lock_t *lk = condition_lock(L, &reentrant);  /* at 2 */
-  bool got = reentrant ? rlock_take(L, lk, 2, timeout)
+  lock_t *lk = condition_lock(L, c);  /* at 2 */
+  bool got = c->reentrant ? rlock_take(L, lk, 2, timeout)
                        : lock_take(L, lk, 2, LOCK_TYPE, timeout);
   if (!got) lua_pushboolean(L, 0);
   else lua_settop(L, 1);
@@ -390,27 +409,27 @@ static int condition_acquire(lua_State *L) {
 
 /* cond:release(), and __close(cond, err): releases the condition's lock. */
 static int condition_release(lua_State *L) {
-  host_object_check_self(L, CONDITION_TYPE);
-  bool reentrant;
-  lock_t *lk = condition_lock(L, &reentrant);
-  if (reentrant) rlock_put(L, lk);
+  condition_t *c = host_object_check_self(L, CONDITION_TYPE);
+  lock_t *lk = condition_lock(L, c);
+  if (c->reentrant) rlock_put(L, lk);
   else lock_put(L, lk);
   return 0;
 }
 
 /*
-** Takes the lock `lk` (at idx) back after a wait, restoring an RLock's
-** count; never times out, and raises only when the lock is finalized.
+** Takes condition c's lock (at idx) back after a wait, restoring an
+** RLock's count; never times out, and raises only when the lock is
+** finalized.
 */
-static void lock_restore(lua_State *L, lock_t *lk, int idx, bool reentrant,
+static void lock_restore(lua_State *L, condition_t *c, int idx,
                          lua_Integer count, host_tstate *me) {
-  const char *tname = reentrant ? RLOCK_TYPE : LOCK_TYPE;
+  lock_t *lk = c->lock;
   host_deadline never = host_deadline_in(-1);
-  host_object_check(L, idx, tname);
-  while (lk->locked) object_wait(L, idx, tname, &never, false);
+  check_lock_alive(L, c);
+  while (lk->locked) object_wait(L, idx, lock_type(c), &never, false);
   lk->locked = true;
   lk->owner = me;
-  if (reentrant) lk->count = count;
+  if (c->reentrant) lk->count = count;
 }
 
 /* Removes waiter w from the condition's FIFO if it is still there. */
@@ -433,11 +452,10 @@ static void unlink_waiter(condition_t *c, cond_waiter *w) {
 */
 static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
   int top = lua_gettop(L);
-  bool reentrant;
-  lock_t *lk = condition_lock(L, &reentrant);
+  lock_t *lk = condition_lock(L, c);
   int lock_idx = lua_gettop(L);
   host_tstate *me = host_current();
-  if (!lk->locked || (reentrant && lk->owner != me))
+  if (!lk->locked || (c->reentrant && lk->owner != me))
     luaL_error(L, "cannot wait on un-acquired lock");
   cond_waiter w = {false, NULL};
   if (c->tail) c->tail->next = &w;
@@ -454,8 +472,9 @@ static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
     r = host_waitq_wait(L, c->h.q, &d);
   }
   if (!w.notified) unlink_waiter(c, &w);  /* no dangling node, whatever follows */
-  lock_restore(L, lk, lock_idx, reentrant, count, me);
-  host_object_check(L, 1, CONDITION_TYPE);  /* finalized while waiting? */
+  lock_restore(L, c, lock_idx, count, me);
+  if (c->h.obj.finalized)  /* while waiting */
+    luaL_error(L, "attempt to use a finalized %s", CONDITION_TYPE);
   if (r == HOST_WAIT_INTERRUPTED && !w.notified) host_raise_interrupt(L);
   lua_settop(L, top);
   return w.notified;
@@ -499,11 +518,10 @@ static void notify_waiters(condition_t *c, lua_Integer n) {
   host_waitq_notify(c->h.q);
 }
 
-/* Raises unless the calling thread holds the lock of the condition at 1. */
-static void check_owned(lua_State *L, const char *what) {
-  bool reentrant;
-  lock_t *lk = condition_lock(L, &reentrant);
-  if (!lk->locked || (reentrant && lk->owner != host_current()))
+/* Raises unless the calling thread holds the lock of condition c, at 1. */
+static void check_owned(lua_State *L, condition_t *c, const char *what) {
+  lock_t *lk = condition_lock(L, c);
+  if (!lk->locked || (c->reentrant && lk->owner != host_current()))
     luaL_error(L, "cannot %s on un-acquired lock", what);
   lua_pop(L, 1);
 }
@@ -512,14 +530,14 @@ static int condition_notify(lua_State *L) {
   condition_t *c = host_object_check_self(L, CONDITION_TYPE);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 0, 2, "count must be non-negative");
-  check_owned(L, "notify");
+  check_owned(L, c, "notify");
   notify_waiters(c, n);
   return 0;
 }
 
 static int condition_notify_all(lua_State *L) {
   condition_t *c = host_object_check_self(L, CONDITION_TYPE);
-  check_owned(L, "notify");
+  check_owned(L, c, "notify");
   notify_waiters(c, LUA_MAXINTEGER);
   return 0;
 }
