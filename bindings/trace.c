@@ -27,6 +27,7 @@
 #include "lauxlib.h"
 #include "host.h"
 #include "modules.h"
+#include "future.h"
 #include "trace.h"
 
 #define TRACE_MT "host.trace_state"
@@ -474,10 +475,13 @@ void host_trace_task(lua_State *L, host_future *f, const char *pool, const char 
   record(t, ts, &e);
 }
 
-void host_trace_dispatch(lua_State *L, host_future *f, pid_t pid) {
+void host_trace_dispatch(lua_State *L, int idx, pid_t pid) {
   host_tstate *ts = member_of(L);
   host_trace *t = ts ? recording(ts) : NULL;
   if (t == NULL) return;
+  lua_rawgeti(L, idx, 1);
+  host_future *f = host_future_of(L, -1);
+  lua_pop(L, 1);
   pthread_mutex_lock(&t->mu);
   if (t->ndisp == t->capdisp) {
     size_t cap = t->capdisp ? t->capdisp * 2 : 64;
@@ -789,7 +793,8 @@ static lane *lane_of(lane **lanes, size_t *n, size_t *cap, pid_t pid, unsigned l
 ** was dropped is dropped too (counted), a B still open at the end gets an
 ** E at `end`. Returns the number of events dropped here.
 */
-static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double end) {
+static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double end,
+                                         const char *sep) {
   unsigned long long dropped = 0;
   lane *lanes = NULL;
   size_t nl = 0, cl = 0;
@@ -820,7 +825,7 @@ static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double 
   for (size_t i = 0; i < w->n; i++) {
     wev *e = &w->v[i];
     if ((e->ph != 'M' && i < from) || (skip != NULL && skip[i])) continue;
-    sb_puts(s, any ? ",\n" : "\n");
+    sb_puts(s, any ? sep : "\n");
     sb_puts(s, e->json);
     any = true;
   }
@@ -828,7 +833,7 @@ static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double 
     for (size_t j = lanes[k].nopen; j-- > 0;) {
       wev *b = &w->v[lanes[k].open[j]];
       sb_printf(s, "%s{\"ph\":\"E\",\"pid\":%ld,\"tid\":%lu,\"ts\":%.3f,\"cat\":\"%s\",\"name\":",
-                any ? ",\n" : "\n", (long)b->pid, b->tid, end, b->cat ? b->cat : "thread");
+                any ? sep : "\n", (long)b->pid, b->tid, end, b->cat ? b->cat : "thread");
       sb_json_string(s, b->name ? b->name : "?");
       sb_puts(s, "}");
       any = true;
@@ -878,11 +883,9 @@ static void render(host_trace *t, sbuf *s) {
   size_t from = trim_from(&w, t->limit - 400, &nmeta);
   unsigned long long dropped = atomic_exchange(&t->dropped, 0) + (from - nmeta);
   sbuf body = {0};
-  dropped += write_balanced(&body, &w, from, end);
+  dropped += write_balanced(&body, &w, from, end, t->child ? "\n" : ",\n");
   wlist_free(&w);
   if (t->child) {  /* one event a line, and what was dropped */
-    for (char *p = body.p; p != NULL && *p; p++)
-      if (p[0] == ',' && p[1] == '\n') p[0] = ' ';
     sb_printf(s, "dropped %llu\n", dropped);
     if (body.p) sb_puts(s, body.p);
     sb_puts(s, "\n");
@@ -1079,7 +1082,7 @@ void *host_trace_share(lua_State *parent) {
   return u->trace;
 }
 
-void host_trace_attach(lua_State *L, void *shared, const char *name) {
+void host_trace_attach(lua_State *L, void *shared, const char *what, int index) {
   host_universe *u = host_universe_of(L);
   if (u == NULL || shared == NULL || u->trace != NULL) return;
   host_trace *t = shared;
@@ -1087,6 +1090,8 @@ void host_trace_attach(lua_State *L, void *shared, const char *name) {
   u->trace = t;
   u->trace_sub = true;
   atomic_store(&u->tracing, true);
+  char name[128];
+  snprintf(name, sizeof name, "%s %d", what, index);
   name_lane(t, &u->main_ts, name);
 }
 

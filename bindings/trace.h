@@ -66,8 +66,11 @@ HOST_INTERNAL void host_trace_submit(lua_State *L, host_future *f, const char *p
 HOST_INTERNAL void host_trace_task(lua_State *L, host_future *f, const char *pool,
                                    const char *outcome);
 
-/* The parent hands future f to process-pool worker `pid` (in order). */
-HOST_INTERNAL void host_trace_dispatch(lua_State *L, host_future *f, pid_t pid);
+/*
+** The parent hands the work item at idx (a table whose [1] is its future)
+** to process-pool worker `pid`: its k-th task there.
+*/
+HOST_INTERNAL void host_trace_dispatch(lua_State *L, int idx, pid_t pid);
 
 /* In a child just forked: forget the parent's events, record the child's own. */
 HOST_INTERNAL void host_trace_after_fork(host_universe *u);
@@ -78,10 +81,11 @@ HOST_INTERNAL void host_trace_child_exit(void);
 /*
 ** An isolated universe (an interpreter-pool worker's) made for `parent`:
 ** while the parent traces, it records into the parent's trace on a lane
-** named `name`. host_trace_share takes a reference for the pool to keep.
+** named "<name> <index>". host_trace_share takes a reference for the pool
+** to keep (NULL when the parent does not trace; unshare accepts NULL).
 */
 HOST_INTERNAL void *host_trace_share(lua_State *parent);
-HOST_INTERNAL void host_trace_attach(lua_State *L, void *shared, const char *name);
+HOST_INTERNAL void host_trace_attach(lua_State *L, void *shared, const char *name, int index);
 HOST_INTERNAL void host_trace_unshare(void *shared);
 
 /* At exit (host_close, os.exit): writes the file if the universe traces. */
