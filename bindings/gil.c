@@ -586,7 +586,9 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
   atomic_store(&ts->running, co);
   if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
     set_base_hook(ts, co);
+  HOST_TRACE(ts->u, host_trace_resume(ts, true));
   int status = lua_resume(co, L, nargs, nresults);
+  HOST_TRACE(ts->u, host_trace_resume(ts, false));
   atomic_store(&ts->running, outer);
   if (finalizing) ts->finalizer_resumes--;
   if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */

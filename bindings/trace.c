@@ -63,6 +63,7 @@ struct trace_buf {
   pid_t pid;
   unsigned long tid;
   char *name;           /* the lane's name, or NULL */
+  int resumes;          /* open resume spans (--trace-coroutines), owner only */
   bool ended;           /* its thread is done with it: freed once copied */
   trace_buf *next;
 };
@@ -245,9 +246,25 @@ static void simple(host_tstate *ts, char ph, int cat, const char *name) {
   record(t, ts, &e);
 }
 
+/* Closes (or opens again) ts's open resume spans around a gap in its GIL. */
+static void resumes_around_gap(host_tstate *ts, char ph) {
+  int n = ts->tbuf != NULL ? ts->tbuf->resumes : 0;
+  for (int i = 0; i < n; i++) simple(ts, ph, CAT_COROUTINE, "resume coroutine");
+}
+
 void host_trace_gil(host_tstate *ts, bool take) {
   if (ts->u->trace_sub) return;  /* an isolated worker's GIL: its lane shows tasks */
+  if (!take) resumes_around_gap(ts, 'E');
   simple(ts, take ? 'B' : 'E', CAT_GIL, "GIL");
+  if (take) resumes_around_gap(ts, 'B');
+}
+
+void host_trace_resume(host_tstate *ts, bool begin) {
+  host_trace *t = recording(ts);
+  if (t == NULL || !t->coroutines) return;
+  if (!begin && (ts->tbuf == NULL || ts->tbuf->resumes == 0)) return;
+  simple(ts, begin ? 'B' : 'E', CAT_COROUTINE, "resume coroutine");
+  if (ts->tbuf != NULL) ts->tbuf->resumes += begin ? 1 : -1;
 }
 
 void host_trace_switch_request(host_tstate *ts) {

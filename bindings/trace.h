@@ -43,6 +43,13 @@ HOST_INTERNAL void host_trace_wait_end(host_tstate *ts, bool timed_out);
 /* Thread ts begins (before its first GIL) or ends (after its last) its run. */
 HOST_INTERNAL void host_trace_run(host_tstate *ts, bool start);
 
+/*
+** ts resumes a coroutine (begin) or the resume returned: a span, with
+** --trace-coroutines only. Open resume spans close before each GIL E and
+** open again after the next GIL B, so the lane's spans stay nested.
+*/
+HOST_INTERNAL void host_trace_resume(host_tstate *ts, bool begin);
+
 /* ts's OS thread is done with its record: its buffer is flushed. */
 HOST_INTERNAL void host_trace_thread_exit(host_tstate *ts);
 

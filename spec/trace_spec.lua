@@ -207,6 +207,34 @@ describe('host --trace', function()
     end
   end)
 
+  it('records io.read and os.execute as waits, and coroutines only with --trace-coroutines', function()
+    local script = [[
+      local thread = require 'host.thread'
+      local co = coroutine.wrap(function()
+        for i = 1, 3 do thread.sleep(0.001) coroutine.yield(i) end
+      end)
+      co() co() co()
+      os.execute('true')
+      io.read()
+    ]]
+    local doc, _, err, code = traced(script, '--trace-coroutines')
+    assert.equals(0, code, err)
+    local s = check(doc)
+    -- three resumes, each split where its sleep gives the GIL up (check()
+    -- has seen every span nested)
+    assert.is_true(count(s.bycat.coroutine, function(e)
+      return e.ph == 'B' and e.name == 'resume coroutine'
+    end) >= 3)
+    for _, what in ipairs{'os.execute', 'io.read'} do
+      assert.equals(1, count(s.bycat.wait, function(e)
+        return e.ph == 'B' and e.name == 'wait ' .. what and e.args.object == what
+      end), what)
+    end
+    doc = traced(script)
+    s = check(doc)
+    assert.is_nil(s.bycat.coroutine)
+  end)
+
   it('is written after an error, on os.exit and with HOST_TRACE', function()
     local doc, _, err, code = traced("require('host.trace').mark('before') error('boom')")
     assert.equals(1, code)
