@@ -354,7 +354,7 @@ static void name_lane(host_trace *t, host_tstate *ts, const char *name) {
 
 bool host_trace_active(lua_State *L) {
   host_universe *u = host_universe_of(L);
-  return u != NULL && atomic_load_explicit(&u->tracing, memory_order_relaxed);
+  return u != NULL && atomic_load_explicit(&u->tracing, memory_order_acquire);
 }
 
 void host_trace_name(lua_State *L, const char *name) {
@@ -440,6 +440,7 @@ static void future_forget(host_trace *t, const void *f) {
   }
 }
 
+/* Forgets every future's id. */
 static void futures_free(host_trace *t) {
   for (size_t i = 0; i < t->nbuckets; i++) {
     for (fnode *x = t->fbuckets[i], *nx; x != NULL; x = nx) {
@@ -536,6 +537,7 @@ typedef struct wlist {
   size_t n, cap;
 } wlist;
 
+/* Appends e (numbered in order); false without memory. */
 static bool wl_push(wlist *l, wev *e) {
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 1024;
@@ -601,6 +603,7 @@ static void buf_clear(trace_buf *b) {
   b->bytes = 0;
 }
 
+/* Frees b and its events (it is out of the list). */
 static void buf_free(trace_buf *b) {
   buf_clear(b);
   free(b->ev);
@@ -878,6 +881,7 @@ static size_t trim_from(wlist *w, double limit, size_t *nmeta) {
   return from;
 }
 
+/* Frees the writer's copies. */
 static void wlist_free(wlist *w) {
   for (size_t i = 0; i < w->n; i++) {
     free(w->v[i].json);
@@ -1023,6 +1027,7 @@ static host_trace *trace_new(void) {
   return t;
 }
 
+/* Drops a reference; the last frees the trace and every buffer left. */
 static void trace_unref(host_trace *t) {
   if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1) return;
   for (trace_buf *b = t->bufs, *nx; b != NULL; b = nx) {
@@ -1037,8 +1042,22 @@ static void trace_unref(host_trace *t) {
   free(t);
 }
 
+/*
+** Removes the files that process-pool workers left after the file was
+** written (a pool that outlived trace.stop()): nobody will merge them.
+*/
+static void remove_parts(host_trace *t) {
+  char pattern[4096];
+  part_name(t, pattern, sizeof pattern, 0);
+  glob_t g;
+  if (glob(pattern, 0, NULL, &g) != 0) return;
+  for (size_t i = 0; i < g.gl_pathc; i++) unlink(g.gl_pathv[i]);
+  globfree(&g);
+}
+
 void host_trace_free(host_universe *u) {
   if (u->trace == NULL) return;
+  if (!u->trace_sub && !u->trace->child && u->trace->owner == getpid()) remove_parts(u->trace);
   host_trace_thread_exit(&u->main_ts);
   trace_unref(u->trace);
   u->trace = NULL;
@@ -1252,6 +1271,7 @@ static int l_enabled(lua_State *L) {
   return 1;
 }
 
+/* The host.trace module. */
 int luaopen_host_trace(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"start", l_start}, {"stop", l_stop}, {"mark", l_mark},

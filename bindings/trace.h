@@ -15,9 +15,12 @@
 
 typedef struct host_future host_future;  /* future.h's (a floor above) */
 
-/* Runs `call` only while universe u records a trace. */
+/*
+** Runs `call` only while universe u records a trace. The acquire load (a
+** plain load on x86) orders what start() set up before the flag.
+*/
 #define HOST_TRACE(u, call) \
-  do { if (atomic_load_explicit(&(u)->tracing, memory_order_relaxed)) call; } while (0)
+  do { if (atomic_load_explicit(&(u)->tracing, memory_order_acquire)) call; } while (0)
 
 /* Runs `call` only while the universe of L records a trace. */
 #define HOST_TRACE_L(L, call) do { if (host_trace_active(L)) call; } while (0)

@@ -154,6 +154,28 @@ describe('host --trace', function()
     end))
   end)
 
+  it('records the switch interval asking a busy holder to yield', function()
+    local doc, _, err, code = traced([[
+      local thread = require 'host.thread'
+      local b = thread.Barrier(2)
+      local function spin() b:wait(10) local x = 0 for i = 1, 3e6 do x = x + i end end
+      local t1, t2 = thread.start(spin), thread.start(spin)
+      assert(t1:join(30) and t2:join(30))
+    ]], '--switch-interval=0.001')
+    assert.equals(0, code, err)
+    local s = check(doc)
+    assert.is_true(count(s.bycat.switch, function(e) return e.name == 'switch request' end) >= 1)
+    -- and the GIL went back and forth between the two spinners
+    local lanes = {}
+    for _, e in ipairs(s.bycat.gil) do
+      if e.ph == 'B' and s.names[lane(e)] ~= 'main' then lanes[lane(e)] = (lanes[lane(e)] or 0) + 1 end
+    end
+    local n, most = 0, 0
+    for _, k in pairs(lanes) do n = n + 1 most = math.max(most, k) end
+    assert.equals(2, n)
+    assert.is_true(most >= 2)
+  end)
+
   it('records the tasks of the three pools with future ids, each worker on its lane', function()
     local doc, _, err, code = traced([[
       local futures = require 'host.futures'
