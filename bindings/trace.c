@@ -490,7 +490,11 @@ void host_trace_task(lua_State *L, host_future *f, const char *pool, const char 
   tev e = {.ph = outcome ? 'E' : 'B', .cat = CAT_TASK, .name = name ? name : "task",
            .own = name, .args = outcome ? A_OUTCOME : A_TASK,
            .pool = outcome ? outcome : pool, .num = (double)id, .seq = seq};
+  /* the task's span holds the GIL spans of its run (it may be preempted):
+  ** the caller's GIL span ends at its edges and begins again inside */
+  host_trace_gil(ts, false);
   record(t, ts, &e);
+  host_trace_gil(ts, true);
 }
 
 void host_trace_dispatch(lua_State *L, int idx, pid_t pid) {

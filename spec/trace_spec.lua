@@ -176,6 +176,20 @@ describe('host --trace', function()
     assert.is_true(most >= 2)
   end)
 
+  it('keeps a preempted pool task\'s span around the GIL spans of its run', function()
+    local doc, _, err, code = traced([[
+      local futures = require 'host.futures'
+      local function work(n) local x = 0 for i = 1, n do x = x + i end return x end
+      local ex <close> = futures.ThreadPoolExecutor{max_workers = 2}
+      local fs = {}
+      for i = 1, 4 do fs[i] = ex:submit(work, 3e6) end
+      for i = 1, 4 do assert(fs[i]:result(30)) end
+    ]], '--switch-interval=0.001')
+    assert.equals(0, code, err)
+    local s = check(doc)
+    assert.equals(4, count(s.bycat.task, function(e) return e.ph == 'E' end))
+  end)
+
   it('records the tasks of the three pools with future ids, each worker on its lane', function()
     local doc, _, err, code = traced([[
       local futures = require 'host.futures'
