@@ -360,6 +360,24 @@ describe('host.trace', function()
     assert.equals('C', s.bycat.counter[1].ph)
   end)
 
+  it('marks from an interpreter-pool worker land on its lane; start and stop stay the parent\'s', function()
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex <close> = futures.InterpreterPoolExecutor{max_workers = 1}
+      print(ex:submit(function()
+        local trace = require 'host.trace'
+        trace.mark('in worker')
+        local ok, e = pcall(trace.start, '/tmp/never.json')
+        return trace.enabled(), e
+      end):result(30))
+    ]])
+    assert.equals(0, code, err)
+    assert.matches("^true\t.*an interpreter%-pool worker records into its parent's trace", out)
+    local s = check(doc)
+    assert.equals('in worker', s.bycat.mark[1].name)
+    assert.equals('interpreter-pool worker 1', s.names[lane(s.bycat.mark[1])])
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
