@@ -287,22 +287,35 @@ static char *wait_name(const char *what) {
   return name;
 }
 
-/* "host.Lock (locked by)": what ts waits for, from host_wait_on. */
-static char *wait_object(host_tstate *ts) {
+static unsigned long future_id(host_trace *t, const void *f, bool make);
+
+/*
+** "host.Lock (locked by)": what ts waits for, from host_wait_on; a pool's
+** future is "host.Future #12 (pending)".
+*/
+static char *wait_object(host_trace *t, host_tstate *ts) {
   const char *what = ts->wait_what ? ts->wait_what : "a wait queue";
   const char *detail = ts->wait_detail;
-  size_t n = strlen(what) + (detail ? strlen(detail) + 3 : 0) + 1;
+  unsigned long id = 0;
+  if (ts->wait_obj != NULL && strcmp(what, "host.Future") == 0) {
+    pthread_mutex_lock(&t->mu);
+    id = future_id(t, ts->wait_obj, false);
+    pthread_mutex_unlock(&t->mu);
+  }
+  char num[32] = "";
+  if (id > 0) snprintf(num, sizeof num, " #%lu", id);
+  size_t n = strlen(what) + strlen(num) + (detail ? strlen(detail) + 3 : 0) + 1;
   char *s = malloc(n);
   if (s == NULL) return NULL;
-  if (detail) snprintf(s, n, "%s (%s)", what, detail);
-  else snprintf(s, n, "%s", what);
+  if (detail) snprintf(s, n, "%s%s (%s)", what, num, detail);
+  else snprintf(s, n, "%s%s", what, num);
   return s;
 }
 
 void host_trace_wait_begin(host_tstate *ts) {
   host_trace *t = recording(ts);
   if (t == NULL) return;
-  char *obj = wait_object(ts);
+  char *obj = wait_object(t, ts);
   char *name = wait_name(ts->wait_what ? ts->wait_what : "a wait queue");
   tev e = {.ph = 'B', .cat = CAT_WAIT, .name = name ? name : "wait", .own = name,
            .args = A_OBJECT, .str = obj};
@@ -385,7 +398,14 @@ void host_trace_io(lua_State *L, const char *what, bool begin) {
   record(t, ts, &e);
 }
 
-/* ---- futures' ids ---- */
+/*
+** ---- futures' ids ----
+** A future gets its id at submit (a new one even when a future that lived
+** at the same address had one: freed memory is reused) and keeps it while
+** the trace lives, for its task's start and end, a process pool's
+** dispatch and the waits for it. An address that comes back replaces its
+** entry, so the map holds about as many entries as futures lived at once.
+*/
 
 static size_t fhash(const void *f, size_t n) {
   return (size_t)(((uintptr_t)f >> 4) * 0x9E3779B97F4A7C15ULL) & (n - 1);
@@ -440,6 +460,12 @@ static void future_forget(host_trace *t, const void *f) {
   }
 }
 
+/* Gives future f a new id (mu held): it was just submitted. */
+static unsigned long future_new_id(host_trace *t, const void *f) {
+  future_forget(t, f);
+  return future_id(t, f, true);
+}
+
 /* Forgets every future's id. */
 static void futures_free(host_trace *t) {
   for (size_t i = 0; i < t->nbuckets; i++) {
@@ -458,7 +484,7 @@ void host_trace_submit(lua_State *L, host_future *f, const char *pool) {
   host_trace *t = ts ? recording(ts) : NULL;
   if (t == NULL || f == NULL) return;
   pthread_mutex_lock(&t->mu);
-  unsigned long id = future_id(t, f, true);
+  unsigned long id = future_new_id(t, f);
   pthread_mutex_unlock(&t->mu);
   char *name = malloc(32);
   if (name != NULL) snprintf(name, 32, "submit #%lu", id);
@@ -476,7 +502,6 @@ void host_trace_task(lua_State *L, host_future *f, const char *pool, const char 
   if (f != NULL) {
     pthread_mutex_lock(&t->mu);
     id = future_id(t, f, true);
-    if (outcome != NULL) future_forget(t, f);
     pthread_mutex_unlock(&t->mu);
   } else {  /* a process-pool worker: the parent knows its k-th task's id */
     if (outcome == NULL) t->child_tasks++;
@@ -518,7 +543,6 @@ void host_trace_dispatch(lua_State *L, int idx, pid_t pid) {
   t->disp[t->ndisp].pid = pid;
   t->disp[t->ndisp].id = future_id(t, f, true);
   t->ndisp++;
-  future_forget(t, f);
   pthread_mutex_unlock(&t->mu);
 }
 

@@ -231,6 +231,10 @@ describe('host --trace', function()
       assert.equals(5, by_pool[pool] and by_pool[pool].n, pool)
     end
     assert.equals(5, count(s.bycat.task, function(e) return e.ph == 'E' and e.args.outcome == 'raised' end) + 2)
+    -- the waits for results name their future
+    assert.is_true(count(s.bycat.wait, function(e)
+      return e.ph == 'B' and e.args.object:match '^host%.Future #%d+'
+    end) >= 1)
     for _, name in pairs(by_pool.InterpreterPool.lanes) do
       assert.matches('^interpreter%-pool worker %d$', name)
     end
