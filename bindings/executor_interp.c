@@ -40,6 +40,7 @@
 #include "future.h"
 #include "runtime.h"
 #include "thread.h"
+#include "trace.h"
 
 #define IPOOL_TYPE "host.InterpreterPoolExecutor"
 #define HANDLE_TYPE "host.InterpreterPoolExecutor.handle"
@@ -83,6 +84,7 @@ typedef struct ipool {
   char *path, *cpath;      /* the creator's package.path and cpath, or NULL */
   char *broken_msg;
   int nworkers;
+  void *trace;             /* the creator's trace, shared (trace.c), or NULL */
   wslot w[];
 } ipool;
 
@@ -120,6 +122,7 @@ static void ipool_unref(ipool *p) {
   free(p->path);
   free(p->cpath);
   free(p->broken_msg);
+  host_trace_unshare(p->trace);
   free(p);
 }
 
@@ -253,6 +256,7 @@ static lua_State *worker_universe(ipool *p, wslot *ws) {
   if (L == NULL) return NULL;
   luaL_openlibs(L);
   host_openlibs(L);
+  host_trace_attach(L, p->trace, "interpreter-pool worker", (int)(ws - p->w) + 1);
   set_package_field(L, "path", p->path);
   set_package_field(L, "cpath", p->cpath);
   lua_getglobal(L, "require");  /* map's chunks name host.futures._run_chunk */
@@ -377,8 +381,10 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   int base = lua_gettop(L);
   int n = 0;
   int status = host_codec_decode(L, it->payload, it->len, HOST_CODEC_FUNCTIONS, &n);
+  HOST_TRACE_L(L, host_trace_task(L, it->f, "InterpreterPool", NULL));
   if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
   else lua_pushnil(L);  /* a payload that does not decode has no traceback */
+  HOST_TRACE_L(L, host_trace_task(L, it->f, "InterpreterPool", status ? "raised" : "ok"));
   int stop = set_busy(p, ws, NULL, NULL);  /* no interrupt lands after this */
   if (stop == STOP_EXIT) {
     lua_settop(L, base);
@@ -642,6 +648,7 @@ static int ipool_submit(lua_State *L) {
   int inflight = lua_gettop(L);
   forget_done(L, p, inflight);  /* what finished since the last submit */
   host_future *f = host_future_push_new(L);
+  HOST_TRACE_L(L, host_trace_submit(L, f, "InterpreterPool"));
   int fut = lua_gettop(L);
   lua_pushcfunction(L, host_executor_decoder);
   host_future_set_decoder(L, fut);
@@ -847,6 +854,7 @@ static int ipool_new(lua_State *L) {
   host_cond_init(&p->done_cv);
   host_cond_init(&p->end_cv);
   p->nworkers = (int)n;
+  p->trace = host_trace_share(L);
   px->p = p;  /* from here, __gc frees it */
   lua_newtable(L);
   lua_setiuservalue(L, idx, 1);

@@ -55,6 +55,7 @@
 #include "future.h"
 #include "runtime.h"
 #include "thread.h"
+#include "trace.h"
 
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
 #define PSTATE_TYPE "host.ProcessPoolState"
@@ -296,8 +297,10 @@ static int worker_main(lua_State *L) {
     int n = 0;
     int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
     inbuf_used(&in, 4 + (size_t)len);
+    HOST_TRACE_L(L, host_trace_task(L, NULL, "ProcessPool", NULL));
     if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
     else lua_pushnil(L);  /* a payload that does not decode has no traceback */
+    HOST_TRACE_L(L, host_trace_task(L, NULL, "ProcessPool", status ? "raised" : "ok"));
     char *out;
     size_t outlen;
     int kind = FRAME_OK;
@@ -555,6 +558,7 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
   lua_rawseti(L, -2, i + 1);  /* anchored while the GIL is away */
   lua_pop(L, 1);
   worker_t *w = &s->w[i];
+  HOST_TRACE_L(L, host_trace_dispatch(L, -1, w->pid));
   w->state = SLOT_BUSY;
   lua_rawgeti(L, -1, 2);
   size_t len;
@@ -843,6 +847,7 @@ static int ppool_submit(lua_State *L) {
   free(buf);
   lua_rawseti(L, -2, 2);
   host_future_push_new(L);
+  HOST_TRACE_L(L, host_trace_submit(L, host_future_of(L, -1), "ProcessPool"));
   lua_getiuservalue(L, sidx, UV_INFO);
   lua_getfield(L, -1, "decoder");
   host_future_set_decoder(L, -3);

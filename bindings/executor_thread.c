@@ -20,6 +20,7 @@
 #include "future.h"
 #include "runtime.h"
 #include "thread.h"
+#include "trace.h"
 
 #define POOL_TYPE "host.ThreadPoolExecutor"
 #define STATE_TYPE "host.ThreadPoolExecutor.state"
@@ -87,7 +88,10 @@ static void run_item(lua_State *L) {
   lua_pop(L, 1);
   luaL_checkstack(L, nargs + 2, "too many arguments");
   for (int i = 3; i <= nargs + 3; i++) lua_rawgeti(L, item, i);  /* fn, args */
-  if (host_pcall(L, nargs, LUA_MULTRET) == LUA_OK)
+  HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", NULL));
+  int status = host_pcall(L, nargs, LUA_MULTRET);
+  HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", status ? "raised" : "ok"));
+  if (status == LUA_OK)
     host_future_set_result(L, future, lua_gettop(L) - future);
   else
     host_future_set_error(L, future);
@@ -200,6 +204,7 @@ static int pool_submit(lua_State *L) {
   int n = st - 3;  /* arguments after fn */
   lua_createtable(L, n + 3, 0);
   host_future_push_new(L);
+  HOST_TRACE_L(L, host_trace_submit(L, host_future_of(L, -1), "ThreadPool"));
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);
   lua_pushinteger(L, n);

@@ -36,6 +36,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "trace.h"
 #include "universe.h"
 
 /*
@@ -266,6 +267,7 @@ static void wait_turn(host_universe *u, host_tstate *ts) {
 static void after_take(host_universe *u, host_tstate *ts) {
   atomic_store(&u->holder, ts);
   atomic_store(&ts->holding, true);
+  HOST_TRACE(u, host_trace_gil(ts, true));
   if (ts->policy_seen != atomic_load(&u->policy_epoch)) {
     ts->policy_seen = atomic_load(&u->policy_epoch);
     set_base_hook(ts, atomic_load(&ts->running));
@@ -307,6 +309,7 @@ void gil_take(host_universe *u, host_tstate *ts) {
 ** that does not block to yield).
 */
 void gil_give(host_universe *u, host_tstate *ts) {
+  HOST_TRACE(u, host_trace_gil(ts, false));
   atomic_store(&ts->holding, false);
   atomic_store(&u->holder, NULL);
   unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
@@ -403,6 +406,7 @@ bool gil_handoff(host_universe *u, host_tstate *w) {
   if (!atomic_compare_exchange_strong(&w->hand, &expected, HAND_HANDING)) return false;
   unsigned long long t = atomic_fetch_add(&u->next_ticket, 1);
   line_join(u, w, t);
+  HOST_TRACE(u, host_trace_handoff(tstate_in(u), w));
   atomic_store(&w->hand, HAND_HANDED);
   unsigned long long serving = atomic_load(&u->serving);
   if (serving == t) park_wake(w);
@@ -531,6 +535,7 @@ static void universe_hook(lua_State *L, lua_Debug *ar) {
   /* a finalizer (and a coroutine it resumed) keeps the GIL; another thread
   ** that runs while a finalizer waits for it is preempted as usual */
   if (gil_contended(u) && !in_finalizer(L)) {
+    HOST_TRACE(u, host_trace_switch_request(ts));
     gil_give(u, ts);
     gil_take(u, ts);
   }
@@ -591,7 +596,9 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
   atomic_store(&ts->running, co);
   if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
     set_base_hook(ts, co);
+  HOST_TRACE(ts->u, host_trace_resume(ts, true));
   int status = lua_resume(co, L, nargs, nresults);
+  HOST_TRACE(ts->u, host_trace_resume(ts, false));
   atomic_store(&ts->running, outer);
   if (finalizing) ts->finalizer_resumes--;
   if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */

@@ -24,6 +24,7 @@ static const luaL_Reg host_libs[] = {
   {"host.queue", luaopen_host_queue},
   {"host.futures", luaopen_host_futures},
   {"host.serialize", luaopen_host_serialize},
+  {"host.trace", luaopen_host_trace},
   {"host.trace.svg", luaopen_host_trace_svg},
   {NULL, NULL}
 };

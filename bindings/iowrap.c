@@ -48,6 +48,7 @@
 
 #include "runtime.h"
 #include "stdwrap.h"
+#include "trace.h"
 
 #define IO_INPUT "_IO_input"          /* liolib's registry key of io.input() */
 #define BUSY "host.io.busy"           /* registry: file -> busy record (weak keys) */
@@ -164,6 +165,7 @@ static void leave(reader *r) {
     r->p->closef = busy_close;
   }
   host_gil_release(r->L);
+  HOST_TRACE_L(r->L, host_trace_io(r->L, "io.read", true));
   flockfile(r->f);
   if (!r->cleared) {
     clearerr_unlocked(r->f);
@@ -176,6 +178,7 @@ static void enter(reader *r) {
   r->error = ferror_unlocked(r->f) != 0;
   funlockfile(r->f);
   int saved = errno;
+  HOST_TRACE_L(r->L, host_trace_io(r->L, "io.read", false));
   host_gil_acquire(r->L);
   busy *b = r->b;
   if (b != NULL && --b->readers == 0) {
@@ -515,9 +518,11 @@ static int io_lines(lua_State *L) {
 */
 static int wait_command(lua_State *L, FILE *f, const char *cmd) {
   host_gil_release(L);
+  HOST_TRACE_L(L, host_trace_io(L, f != NULL ? "io.popen" : "os.execute", true));
   errno = 0;
   int stat = f != NULL ? pclose(f) : system(cmd);
   int saved = errno;
+  HOST_TRACE_L(L, host_trace_io(L, f != NULL ? "io.popen" : "os.execute", false));
   host_gil_acquire(L);
   errno = saved;
   return stat;

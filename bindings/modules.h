@@ -13,6 +13,7 @@ int luaopen_host_time(lua_State *L);
 int luaopen_host_thread(lua_State *L);
 int luaopen_host_queue(lua_State *L);
 int luaopen_host_futures(lua_State *L);
+int luaopen_host_trace(lua_State *L);
 int luaopen_host_trace_svg(lua_State *L);
 
 #endif

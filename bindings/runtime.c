@@ -26,6 +26,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "trace.h"
 #include "universe.h"
 
 #define MAIN_WAIT_SLICE 0.05  /* how often a waiting main thread looks for Ctrl-C */
@@ -242,6 +243,7 @@ static void reap_finished(host_universe *u) {
 
 /* Frees what host_newstate made, once no thread can touch it. */
 static void universe_free(host_universe *u) {
+  host_trace_free(u);
   gil_forget(&u->main_ts);
   gil_destroy(u);
   pthread_mutex_destroy(&u->threads_mu);
@@ -341,7 +343,9 @@ bool host_close(lua_State *L) {
   host_tstate *ts = &u->main_ts;
   atomic_store(&u->exiting, true);
   run_atexit(L);
-  if (!wait_nondaemon(u, ts)) {
+  bool joined = wait_nondaemon(u, ts);
+  host_trace_at_exit(L);
+  if (!joined) {
     host_reap_threads(L);  /* the process is about to exit: no idle thread stays */
     leave_universe(ts);
     return false;  /* interrupted: threads still run, leave the state be */
@@ -455,6 +459,7 @@ static void worker_available(host_universe *u, host_worker *w) {
 static void run_thread(host_worker *w, host_tstate *ts) {
   host_universe *u = ts->u;
   current_ts = ts;
+  HOST_TRACE(u, host_trace_run(ts, true));
   SPAWNED_TAKE(u, ts);
   ts->body(ts->L, ts->arg);
   register_thread_key(ts->L, ts, NULL);
@@ -468,6 +473,8 @@ static void run_thread(host_worker *w, host_tstate *ts) {
   check_deadlock(u, ts->L);  /* those left may all be blocked now */
   gil_disarm(ts);  /* the next thread on this OS thread gets no late signal */
   SPAWNED_GIVE(u, ts);
+  HOST_TRACE(u, host_trace_run(ts, false));
+  host_trace_thread_exit(ts);
   current_ts = NULL;  /* before ts is released: a late switch signal looks here */
 }
 
@@ -633,6 +640,7 @@ void host_flush_std(void) {
 }
 
 void host_exit_child(int status) {
+  host_trace_child_exit();
   host_flush_std();
   syscall(SYS_exit_group, status);  /* not _exit: sanitizers hook that too */
   _exit(status);
@@ -653,6 +661,7 @@ pid_t host_fork(lua_State *L) {
   pid_t pid = fork();
   pthread_mutex_unlock(&u->threads_mu);  /* in the child, reset_after_fork remakes it */
   if (pid == 0) reset_after_fork(u, tstate_in(u));
+  if (pid == 0) host_trace_after_fork(u);
   return pid;
 }
 
@@ -714,6 +723,7 @@ static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_
   bool is_main = watch && ts == &u->main_ts;
   host_wait_result result = HOST_WAIT_WOKEN;
   gil_give(u, ts);
+  HOST_TRACE(u, host_trace_wait_begin(ts));
   if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
     result = HOST_WAIT_INTERRUPTED;
   } else {
@@ -731,6 +741,7 @@ static host_wait_result cond_wait(host_tstate *ts, pthread_mutex_t *mu, pthread_
     else if (rc == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
   }
   pthread_mutex_unlock(mu);
+  HOST_TRACE(u, host_trace_wait_end(ts, result == HOST_WAIT_TIMEOUT));
   gil_take(u, ts);
   return result;
 }
@@ -756,6 +767,7 @@ static host_wait_result waitq_sleep(host_tstate *ts, const host_deadline *d, boo
   bool is_main = watch && ts == &u->main_ts;
   host_wait_result result = HOST_WAIT_WOKEN;
   gil_give_to_sleep(u, ts);
+  HOST_TRACE(u, host_trace_wait_begin(ts));
   for (;;) {
     if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
       result = HOST_WAIT_INTERRUPTED;
@@ -768,6 +780,7 @@ static host_wait_result waitq_sleep(host_tstate *ts, const host_deadline *d, boo
       break;
     }
   }
+  HOST_TRACE(u, host_trace_wait_end(ts, result == HOST_WAIT_TIMEOUT));
   if (gil_wake_up(u, ts)) {  /* notified: an interrupt still wins */
     bool stop = is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock));
     result = stop ? HOST_WAIT_INTERRUPTED : HOST_WAIT_WOKEN;
@@ -918,6 +931,7 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
   ts->wait_what = "sleep";
   ts->wait_kind = W_TIMED;
   if (!keep) gil_give(u, ts);
+  if (!keep) HOST_TRACE(u, host_trace_wait_begin(ts));
   while (!host_deadline_passed(d)) {
     if (is_main && interrupt_wanted(ts)) {
       ok = false;
@@ -927,6 +941,7 @@ bool host_unlocked_sleep(lua_State *L, const host_deadline *d) {
     if (slice.never) slice = host_deadline_in(3600);
     clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &slice.at, NULL);
   }
+  if (!keep) HOST_TRACE(u, host_trace_wait_end(ts, false));
   if (!keep) gil_take(u, ts);
   wait_done(ts);
   return ok;

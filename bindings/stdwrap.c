@@ -22,6 +22,7 @@
 
 #include "runtime.h"
 #include "stdwrap.h"
+#include "trace.h"
 
 #define LOADING "host.loading"   /* registry: module name -> loader's thread key */
 #define WAITING "host.require_waiting"  /* registry: thread key -> name it waits for */
@@ -245,6 +246,7 @@ static int host_exit(lua_State *L) {
   bool close = lua_toboolean(L, 2);
   int code = exit_code(L);
   host_reap_threads(L);
+  host_trace_at_exit(L);
   if (close && host_is_main_thread() && host_thread_count(L) == 1)
     host_close(L);  /* what lua_close does, plus exit handlers and the universe */
   host_flush_std();

@@ -40,6 +40,7 @@
 #include "runtime.h"
 #include "sync.h"
 #include "thread.h"
+#include "trace.h"
 
 #define THREAD_TYPE "host.Thread"
 #define LOCAL_TYPE "host.local"
@@ -317,6 +318,7 @@ static void thread_body(lua_State *co, void *arg) {
   lua_pushthread(co);
   lua_rawget(co, -2);  /* the proxy: the ephemeron keeps it while co runs */
   lua_getiuservalue(co, -1, UV_INFO);
+  HOST_TRACE_L(co, host_trace_name_field(co, -1));
   lua_pushcclosure(co, thread_msghandler, 1);
   lua_insert(co, 1);
   lua_rotate(co, 2, 2);  /* handler, proxies, proxy, target, args... */

@@ -31,6 +31,9 @@
 #define SPAWNED_GIVE(u, ts) gil_give(u, ts)
 #endif
 
+typedef struct host_trace host_trace;  /* trace.c's */
+typedef struct trace_buf trace_buf;
+
 #define GIL_SLOTS 64
 #define SWITCH_SIGNAL SIGURG          /* default action: ignore */
 
@@ -75,6 +78,7 @@ struct host_tstate {
   timer_t switch_timer;           /* sends it SWITCH_SIGNAL (gil_handoff) */
   bool has_timer;                 /* switch_timer exists */
   atomic_llong timer_armed;       /* the interval (ns) it was armed with; 0 once it fired */
+  trace_buf *tbuf;                /* its events (trace.c), or NULL */
 };
 
 /*
@@ -159,6 +163,10 @@ struct host_universe {
   pthread_mutex_t later_mu;
   bool later_set;                 /* a dump is due at `later` */
   host_deadline later;
+  /* the trace (trace.c): the flag every hook tests, the recorder */
+  atomic_bool tracing;
+  host_trace *trace;
+  bool trace_sub;                 /* records into a parent universe's trace */
 };
 
 

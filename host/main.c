@@ -40,7 +40,8 @@ static const char *progname = PROGNAME;
 
 /* host's own options that take a value, as --opt=V or --opt V. */
 static const char *const value_options[] = {
-  "--switch-interval", "--switch-instructions", "--dump-tracebacks-after", NULL
+  "--switch-interval", "--switch-instructions", "--dump-tracebacks-after",
+  "--trace", "--trace-limit", NULL
 };
 
 /* Prints the usage text: lua5.4's options, host's, environment, docs. */
@@ -65,12 +66,18 @@ static void print_usage(FILE *out) {
     "                            N in [1, 1000000000]; also --switch-instructions=N\n"
     "  --dump-tracebacks-after S print every thread's traceback once after S\n"
     "                            seconds (Ctrl-\\ / SIGQUIT prints it any time)\n"
+    "  --trace=PATH  record threads, the GIL, waits and pool tasks into PATH\n"
+    "                (Chrome trace JSON for Perfetto; .svg: a picture), written\n"
+    "                at exit, after an error, Ctrl-C or os.exit\n"
+    "  --trace-limit=MB  bound the trace file (default 64; the oldest events go)\n"
+    "  --trace-coroutines  record coroutine resumes too\n"
     "  --version show host's version and exit\n"
     "  --help    show this help and exit\n"
     "Environment (ignored with -E, except INPUTRC):\n"
     "  LUA_INIT_5_4, LUA_INIT    Lua code to run first, or @file to run a file\n"
     "  LUA_PATH_5_4, LUA_PATH    where require looks for Lua modules\n"
     "  LUA_CPATH_5_4, LUA_CPATH  where require looks for C modules\n"
+    "  HOST_TRACE  a path: as --trace=PATH\n"
     "  INPUTRC   readline's init file for the prompt (default ~/.inputrc)\n"
     "Documentation: man host; README.md of host's sources.\n",
     progname);
@@ -272,6 +279,7 @@ static int collect_args(char **argv, int *first) {
     if (argv[i][1] == '-' && argv[i][2] != '\0') {  /* a long option */
       if (strcmp(argv[i], "--help") == 0) return flags | HAS_HELP;
       if (strcmp(argv[i], "--version") == 0) return flags | HAS_VERSION;
+      if (strcmp(argv[i], "--trace-coroutines") == 0) continue;
       if (value_option(argv[i]) == NULL) return flags | HAS_ERROR;
       if (option_value(argv, &i) == NULL) return flags | HAS_ERROR;
       continue;
@@ -331,7 +339,7 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
     }
     const char *opt = value_option(a);
     const char *v = option_value(argv, &i);
-    if (v == NULL) continue;
+    if (v == NULL || strncmp(opt, "--trace", 7) == 0) continue;  /* start_trace's */
     char *end;
     if (strcmp(opt, "--switch-interval") == 0) {
       double s = strtod(v, &end);
@@ -361,6 +369,68 @@ static bool apply_switch_options(lua_State *L, char **argv, int script) {
     }
   }
   return true;
+}
+
+/* Protected part of start_trace: host.trace.start(path, {limit, coroutines}). */
+static int trace_start(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "host.trace");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "start");
+  lua_pushvalue(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "limit");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, "coroutines");
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/*
+** Starts the trace that --trace=PATH (or HOST_TRACE, unless -E) asks
+** for, with --trace-limit and --trace-coroutines. False (after reporting)
+** on a bad option.
+*/
+static bool start_trace(lua_State *L, char **argv, int script, bool ignore_env) {
+  int last = script > 0 ? script : 1 << 30;
+  const char *path = ignore_env ? NULL : getenv("HOST_TRACE");
+  if (path != NULL && path[0] == '\0') path = NULL;
+  double limit = 64;
+  bool coroutines = false;
+  for (int i = 1; argv[i] != NULL && i < last; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) break;
+    if (a[0] == '-' && (a[1] == 'e' || a[1] == 'l') && a[2] == '\0') {
+      i++;
+      continue;
+    }
+    if (strcmp(a, "--trace-coroutines") == 0) coroutines = true;
+    const char *opt = value_option(a);
+    const char *v = option_value(argv, &i);
+    if (v == NULL) continue;
+    if (strcmp(opt, "--trace") == 0) {
+      if (v[0] == '\0') {
+        fprintf(stderr, "%s: --trace needs a file name\n", progname);
+        return false;
+      }
+      path = v;
+    } else if (strcmp(opt, "--trace-limit") == 0) {
+      char *end;
+      limit = strtod(v, &end);
+      if (*end != '\0' || end == v || !(limit > 0 && limit <= 1e6)) {  /* NaN too */
+        fprintf(stderr, "%s: --trace-limit must be a number of megabytes in "
+                "(0, 1000000], not '%s'\n", progname, v);
+        return false;
+      }
+    }
+  }
+  if (path == NULL) return true;
+  lua_pushcfunction(L, trace_start);
+  lua_pushstring(L, path);
+  lua_pushnumber(L, limit);
+  lua_pushboolean(L, coroutines);
+  return report(L, lua_pcall(L, 3, 0, 0)) == LUA_OK;
 }
 
 /* Runs the -e and -l options in order; also -W. */
@@ -599,6 +669,7 @@ static int pmain(lua_State *L) {
   create_arg_table(L, argv, argc, script > 0 ? script : argc);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (!apply_switch_options(L, argv, script)) return 0;
+  if (!start_trace(L, argv, script, flags & HAS_E)) return 0;
   if (!(flags & HAS_E) && handle_luainit(L) != LUA_OK) return 0;
   if (!run_args(L, argv, script)) return 0;
   if (script > 0 && handle_script(L, argv + script) != LUA_OK) return 0;
