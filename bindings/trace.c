@@ -93,6 +93,7 @@ struct host_trace {
   bool child;           /* a process-pool worker's copy: spills at exit */
   long child_tasks;     /* tasks a child has started */
   unsigned long next_id;
+  atomic_long subs;     /* interpreter-pool universes attached so far */
   fnode **fbuckets;
   size_t nbuckets, nfutures;
   dispatch_rec *disp;
@@ -179,13 +180,22 @@ static host_trace *recording(host_tstate *ts) {
   return t != NULL && atomic_load_explicit(&t->on, memory_order_acquire) ? t : NULL;
 }
 
+/*
+** ts's lane: its thread number (the one locks and dumps show, never
+** reused, unlike a pthread id once host reuses OS threads), offset for the
+** universe of an interpreter-pool worker so its lanes stay apart.
+*/
+static unsigned long lane_id(const host_tstate *ts) {
+  return (unsigned long)(ts->u->trace_lanes + ts->num);
+}
+
 /* Makes ts's buffer (its first event since it started). */
 static trace_buf *buf_new(host_trace *t, host_tstate *ts) {
   trace_buf *b = calloc(1, sizeof *b);
   if (b == NULL) return NULL;
   pthread_mutex_init(&b->mu, NULL);
   b->pid = getpid();
-  b->tid = (unsigned long)pthread_self();
+  b->tid = lane_id(ts);
   pthread_mutex_lock(&t->mu);
   b->next = t->bufs;
   t->bufs = b;
@@ -275,7 +285,7 @@ void host_trace_handoff(host_tstate *ts, host_tstate *w) {
   host_trace *t = recording(ts);
   if (t == NULL || ts->u->trace_sub) return;
   tev e = {.ph = 'i', .cat = CAT_SWITCH, .name = "hand-off", .args = A_TO,
-           .num = (double)(unsigned long)w->pthread};
+           .num = (double)lane_id(w)};
   record(t, ts, &e);
 }
 
@@ -1153,6 +1163,7 @@ void host_trace_attach(lua_State *L, void *shared, const char *what, int index) 
   atomic_fetch_add(&t->refs, 1);
   u->trace = t;
   u->trace_sub = true;
+  u->trace_lanes = 1000000 * (atomic_fetch_add(&t->subs, 1) + 1);
   atomic_store(&u->tracing, true);
   char name[128];
   snprintf(name, sizeof name, "%s %d", what, index);

@@ -167,6 +167,7 @@ struct host_universe {
   atomic_bool tracing;
   host_trace *trace;
   bool trace_sub;                 /* records into a parent universe's trace */
+  long trace_lanes;               /* added to a thread's number for its lane (trace.c) */
 };
 
 

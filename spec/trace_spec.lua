@@ -154,6 +154,71 @@ describe('host --trace', function()
     end))
   end)
 
+  it('gives each thread a lane of its own, also when host reuses its OS thread', function()
+    -- the threads run one after another: host hands the second the first's
+    -- OS thread (same pthread id), yet each keeps its lane and its name
+    local doc, out, err, code = traced([[
+      local thread = require 'host.thread'
+      local ids = {}
+      for i = 1, 3 do
+        local t = thread.Thread{name = 'seq' .. i, target = function() end}
+        t:start()
+        assert(t:join(10))
+        ids[t.ident] = true
+      end
+      local n = 0 for _ in pairs(ids) do n = n + 1 end
+      print(n)
+    ]])
+    assert.equals(0, code, err)
+    local s = check(doc)
+    local by_name = {}
+    for key, name in pairs(s.names) do
+      assert.is_nil(by_name[name], 'one lane per name: ' .. name)
+      by_name[name] = key
+      assert.is_nil(name:find(',', 1, true), 'a lane holds one thread: ' .. name)
+    end
+    for _, want in ipairs{'main', 'seq1', 'seq2', 'seq3'} do assert.is_string(by_name[want], want) end
+    -- lanes are the threads' numbers, as locks and dumps show them
+    assert.equals(1, tonumber(by_name.main:match(':(%d+)$')))
+    assert.is_true(tonumber(out) >= 1)
+  end)
+
+  it('draws the run as SVG when the path ends in .svg, with a lane per thread', function()
+    local path = tracefile('.svg')
+    local script = sh.tempfile([[
+      local thread = require 'host.thread'
+      local t = thread.Thread{name = 'drawn <&> worker', target = function()
+        local x = 0 for k = 1, 1e5 do x = x + k end
+      end}
+      t:start()
+      assert(t:join(10))
+    ]])
+    local _, err, code = sh.run(q(sh.host) .. ' --trace=' .. q(path) .. ' ' .. q(script), 30)
+    os.remove(script)
+    assert.equals(0, code, err)
+    local svg = assert(slurp(path))
+    assert.matches('^<svg', svg)
+    assert.matches('drawn &lt;&amp;&gt; worker', svg, 1, true)
+    assert.matches('class="gil', svg, 1, true)
+    local png = path .. '.png'
+    local _, rerr, rcode = sh.run('rsvg-convert ' .. q(path) .. ' -o ' .. q(png))
+    assert.equals(0, rcode, rerr)
+    assert.is_true(#assert(slurp(png)) > 1000)
+    os.remove(png)
+    os.remove(path)
+    -- and from a script: trace.start(x.svg) ... trace.stop()
+    local out2, err2, code2 = sh.host_script(([[
+      local trace = require 'host.trace'
+      trace.start(%q)
+      trace.mark('from a script')
+      print(trace.stop())
+    ]]):format(path))
+    assert.equals(0, code2, err2)
+    assert.equals(path .. '\n', out2)
+    assert.matches('from a script', assert(slurp(path)), 1, true)
+    os.remove(path)
+  end)
+
   it('records the switch interval asking a busy holder to yield', function()
     local doc, _, err, code = traced([[
       local thread = require 'host.thread'
@@ -390,7 +455,6 @@ describe('host.trace', function()
       msg(trace.start, '')
       msg(trace.start, '/tmp/x.json', 5)
       msg(trace.start, '/tmp/x.json', {limit = -1})
-      msg(trace.start, '/tmp/x.svg')
       msg(trace.stop)
       msg(trace.mark)
       msg(trace.counter, 'c', 'x')
@@ -406,11 +470,10 @@ describe('host.trace', function()
     assert.matches("bad argument #1 .*empty path", lines[2])
     assert.matches("bad argument #2 .*table expected, got number", lines[3])
     assert.matches("limit must be a number of megabytes", lines[4], 1, true)
-    assert.matches("SVG output needs host.trace.svg", lines[5], 1, true)
-    assert.matches("not tracing", lines[6], 1, true)
-    assert.matches("bad argument #1 .*string expected", lines[7])
-    assert.matches("bad argument #2 .*number expected, got string", lines[8])
-    assert.matches("bad argument #2 .*finite number", lines[9])
-    assert.matches("already tracing", lines[10], 1, true)
+    assert.matches("not tracing", lines[5], 1, true)
+    assert.matches("bad argument #1 .*string expected", lines[6])
+    assert.matches("bad argument #2 .*number expected, got string", lines[7])
+    assert.matches("bad argument #2 .*finite number", lines[8])
+    assert.matches("already tracing", lines[9], 1, true)
   end)
 end)
