@@ -691,6 +691,13 @@ static void add_metadata(host_trace *t, wlist *out, trace_buf **bufs, size_t nb)
   if (p.json != NULL && !wl_push(out, &p)) free(p.json);
 }
 
+/* Orders buffers by process, then lane (qsort). */
+static int buf_cmp(const void *a, const void *b) {
+  const trace_buf *x = *(trace_buf *const *)a, *y = *(trace_buf *const *)b;
+  if (x->pid != y->pid) return x->pid < y->pid ? -1 : 1;
+  return (x->tid > y->tid) - (x->tid < y->tid);
+}
+
 /*
 ** Moves every buffer's events into `out` (as JSON) and frees the buffers
 ** whose threads have ended. t->mu held.
@@ -721,7 +728,10 @@ static void collect(host_trace *t, wlist *out) {
     buf_clear(b);
     pthread_mutex_unlock(&b->mu);
   }
-  if (bufs != NULL) add_metadata(t, out, bufs, nb);
+  if (bufs != NULL) {
+    qsort(bufs, nb, sizeof *bufs, buf_cmp);  /* lanes in thread order: main first */
+    add_metadata(t, out, bufs, nb);
+  }
   for (trace_buf **p = &t->bufs; *p != NULL;) {
     trace_buf *b = *p;
     pthread_mutex_lock(&b->mu);
@@ -848,8 +858,8 @@ static lane *lane_of(lane **lanes, size_t *n, size_t *cap, pid_t pid, unsigned l
 
 /*
 ** Writes the events of `w` (sorted) from index `from` on: an E whose B
-** was dropped is dropped too (counted), a B still open at the end gets an
-** E at `end`. Returns the number of events dropped here.
+** is not written, a B still open at the end gets an E at `end`. Returns
+** the number of E left out.
 */
 static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double end,
                                          const char *sep) {
@@ -942,7 +952,10 @@ static void render(host_trace *t, sbuf *s) {
   size_t from = trim_from(&w, t->limit - 400, &nmeta);
   unsigned long long dropped = atomic_exchange(&t->dropped, 0) + (from - nmeta);
   sbuf body = {0};
-  dropped += write_balanced(&body, &w, from, end, t->child ? "\n" : ",\n");
+  /* An E without its B: its B was dropped with the oldest events, or its
+     span began before the trace did (a wait under way at trace.start) */
+  unsigned long long unmatched = write_balanced(&body, &w, from, end, t->child ? "\n" : ",\n");
+  if (dropped > 0) dropped += unmatched;
   wlist_free(&w);
   if (t->child) {  /* one event a line, and what was dropped */
     sb_printf(s, "dropped %llu\n", dropped);
@@ -1127,7 +1140,9 @@ void host_trace_after_fork(host_universe *u) {
   free(t->process_name);
   t->process_name = dup_str(name);
   host_tstate *ts = tstate_in(u);
-  if (ts != NULL) name_lane(t, ts, name);
+  if (ts == NULL) return;
+  name_lane(t, ts, name);
+  host_trace_gil(ts, true);  /* the forking thread held the GIL: so does the child */
 }
 
 void host_trace_child_exit(void) {

@@ -105,6 +105,24 @@ describe('experiments', function()
     os.execute('rm -rf ' .. q(dir))
   end)
 
+  it('Item 41 and Item 38 draw their schedules: a lane per thread and worker process', function()
+    local dir = tempdir()
+    local out = run('scripts/item41_trace.lua', dir)
+    assert.matches('8 gcd tasks on a thread pool, then on a process pool', out, 1, true)
+    local svg = check_picture(dir .. '/item41_trace.svg',
+      { 'main', 'ThreadPoolExecutor-0_0', 'ThreadPoolExecutor-0_1', 'process-pool worker' })
+    assert.are.equal(2, count(svg, 'class="process-name"') - 1)  -- two worker processes
+    assert.are.equal(8, count(svg, 'class="task"'))               -- each gcd, one box
+    out = run('scripts/item38_trace.lua', dir)
+    assert.matches('With a Lock:%s+(%d+) of %1 %(0 lost%)', out)
+    local labels = { 'main' }
+    for i = 1, 5 do labels[#labels + 1] = 'unlocked ' .. i; labels[#labels + 1] = 'locked ' .. i end
+    svg = check_picture(dir .. '/item38_trace.svg', labels)
+    assert.are.equal(11, count(svg, 'class="lane"'))
+    assert.is_truthy(svg:find('wait host.Lock', 1, true) or svg:find('>host.Lock', 1, true))
+    os.execute('rm -rf ' .. q(dir))
+  end)
+
   it('Item 40 draws memory per generator against per blocked OS thread', function()
     local dir = tempdir()
     local out = run('scripts/item40_coroutines.lua', dir)

@@ -42,12 +42,15 @@ end
 -- The lane key of an event.
 local function lane(e) return e.pid .. ':' .. string.format('%.0f', e.tid) end
 
--- Checks what every trace must hold; returns a summary: lanes (key ->
--- name), pids, events by cat.
-local function check(doc)
+-- Checks what every trace must hold (nothing dropped, unless `may_drop`);
+-- returns a summary: lanes (key -> name), pids, events by cat.
+local function check(doc, may_drop)
   assert.is_table(doc.traceEvents)
   assert.equals('host', doc.otherData.program)
   assert.is_number(doc.otherData.dropped_events)
+  if not may_drop then
+    assert.equals(0, doc.otherData.dropped_events, doc.otherData.note)
+  end
   local names, pids, bycat = {}, {}, {}
   local seen_event, last_ts = false, -math.huge
   local stacks = {}
@@ -385,7 +388,7 @@ describe('host --trace', function()
     ]], '--trace-limit=0.05')
     assert.equals(0, code, err)
     assert.is_true(#text <= 50000, #text .. ' bytes')
-    local s = check(doc)
+    local s = check(doc, true)
     assert.is_true(doc.otherData.dropped_events > 0)
     assert.matches('dropped', doc.otherData.note, 1, true)
     local marks = s.bycat.mark
