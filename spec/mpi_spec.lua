@@ -1,0 +1,269 @@
+-- spec/mpi_spec.lua: host.mpi in world mode (issue 20). Each world is a
+-- `mpiexec -n 3 host -l host.mpi.run script.lua` run under `timeout`; the
+-- specs run under `make test-mpi` (which installs Debian's Open MPI and
+-- builds the module) and are pending under plain `make test`.
+local sh = require 'spec.support.sh'
+local q = sh.quote
+
+-- Without the module, require "host.mpi" says why, whatever the build.
+describe('host.mpi where host was built without MPI', function()
+  it('raises a clear error, not a search list', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute('mkdir -p ' .. q(dir .. '/host') .. ' && cp bindings/mpi/stub.lua '
+      .. q(dir .. '/host/mpi.lua')))
+    local _, err, code = sh.run('LUA_PATH_5_4=' .. q(dir .. '/?.lua') .. ' LUA_CPATH_5_4= '
+      .. q(sh.host) .. [[ -e 'require "host.mpi"']], 10)
+    os.execute('rm -rf ' .. q(dir))
+    assert.are.equal(1, code)
+    assert.matches('host.mpi: this host was built without MPI support', err, 1, true)
+    assert.matches('openmpi-bin libopenmpi-dev', err, 1, true)
+  end)
+end)
+
+if not os.getenv 'HOST_MPI' then
+  describe('host.mpi (MPI worlds)', function()
+    pending('needs Open MPI: run `make test-mpi`')
+  end)
+  return
+end
+
+local LUA = os.getenv 'HOST_MPI_LUA'
+local MPIEXEC = os.getenv 'HOST_MPIEXEC' or 'mpiexec --allow-run-as-root --oversubscribe --bind-to none'
+local ENV = 'LUA_PATH_5_4=' .. q(LUA .. '/?.lua;;') .. ' LUA_CPATH_5_4=' .. q(LUA .. '/?.so;;')
+
+-- Runs the script `text` in a world of `n` ranks (default 3) under timeout;
+-- returns stdout, stderr, exit code (124 when it hung).
+local function world(text, n, limit)
+  local name = sh.tempfile(text)
+  local out, err, code = sh.run(ENV .. ' ' .. MPIEXEC .. ' -n ' .. (n or 3) .. ' '
+    .. q(sh.host) .. ' -l host.mpi.run ' .. q(name), limit or 60)
+  os.remove(name)
+  return out, err, code
+end
+
+-- The prelude of every world's script.
+local PRE = [[
+local futures = require 'host.futures'
+local mpi = require 'host.mpi'
+]]
+
+describe('host.mpi world mode', function()
+  it('runs tasks on the worker ranks and gives their results', function()
+    local out, err, code = world(PRE .. [[
+assert(mpi.rank() == 0 and mpi.size() == 3)
+assert(futures.MPIPoolExecutor == mpi.PoolExecutor)
+local ex <close> = futures.MPIPoolExecutor()
+local f = ex:submit(function(a, b) return a + b, require('host.mpi').rank(), nil end, 2, 3)
+local n = select('#', f:result(10))
+local sum, rank = f:result(10)
+print('result', sum, rank >= 1 and rank <= 2, n)
+local big = ex:submit(function(s) return s:upper() end, string.rep('a', 1 << 20)):result(10)
+print('big', #big, big:sub(1, 3))
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('result\t5\ttrue\t3\n', out, 1, true)
+    assert.matches('big\t1048576\tAAA\n', out, 1, true)
+  end)
+
+  it('runs many tasks over both workers, and map in order', function()
+    local out, err, code = world(PRE .. [[
+local ex <close> = futures.MPIPoolExecutor()
+local fs, ranks = {}, {}
+for i = 1, 2000 do
+  fs[i] = ex:submit(function(x) return x * 2, require('host.mpi').rank() end, i)
+end
+local sum = 0
+for i = 1, #fs do
+  local v, r = fs[i]:result(30)
+  sum = sum + v
+  ranks[r] = true
+end
+print('sum', sum, ranks[1] and ranks[2])
+local got = {}
+for i, v in ex:map(function(x) return x * x end, {1, 2, 3, 4, 5, 6, 7}) do got[i] = v end
+print('map', table.concat(got, ','))
+got = {}
+for i, a, b in ex:map(function(x, y) return x + y, x - y end, {10, 20, 30}, {1, 2, 3},
+                      {chunksize = 2, timeout = 30}) do
+  got[i] = a .. '/' .. b
+end
+print('chunks', table.concat(got, ','))
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('sum\t4002000\ttrue\n', out, 1, true)
+    assert.matches('map\t1,4,9,16,25,36,49\n', out, 1, true)
+    assert.matches('chunks\t11/9,22/18,33/27\n', out, 1, true)
+  end)
+
+  -- the worker ranks' universes are shared too: each initializer sets its own global
+  it('shares the worker ranks among several executors, each with its own initializer', function()
+    local out, err, code = world(PRE .. [[
+local a <close> = futures.MPIPoolExecutor{initializer = function(v) A = v end, initargs = {'a'}}
+local b <close> = futures.MPIPoolExecutor{max_workers = 1, initializer = function(v) B = v end,
+                                          initargs = {'b'}}
+local fa, fb = {}, {}
+for i = 1, 50 do
+  fa[i] = a:submit(function() return A end)
+  fb[i] = b:submit(function() return B end)
+end
+local ok = true
+for i = 1, 50 do
+  ok = ok and fa[i]:result(30) == 'a' and fb[i]:result(30) == 'b'
+end
+print('tags', ok)
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('tags\ttrue\n', out, 1, true)
+  end)
+
+  it("gives a task's error with the worker's traceback and rank", function()
+    local out, err, code = world(PRE .. [[
+local ex <close> = futures.MPIPoolExecutor()
+local function inner() error('boom in task') end
+local f = ex:submit(function() inner() end)
+local e = f:exception(10)
+print('E[' .. tostring(e) .. ']')
+local ok, e2 = pcall(f.result, f, 10)
+print('R[' .. tostring(e2) .. ']')
+local g = ex:submit(function() error(require('host.error').new('ValueError', 'bad value')) end)
+local ok3, e3 = pcall(g.result, g, 10)
+print('K', ok3, require('host.error').is(e3, 'ValueError'), e3.message)
+print('T[' .. tostring(e3.remote_traceback) .. ']')
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('E%[[^\n]*boom in task\nremote traceback %(MPI worker rank [12]%):\n', out)
+    assert.matches("in upvalue 'inner'", out, 1, true)
+    assert.matches('R%[[^\n]*boom in task\nremote traceback %(MPI worker rank [12]%)', out)
+    assert.matches('K\tfalse\ttrue\tbad value\n', out, 1, true)
+    assert.matches('T%[remote traceback %(MPI worker rank [12]%)', out)
+  end)
+
+  it('refuses an argument that cannot cross at submit, naming its path', function()
+    local out, err, code = world(PRE .. [[
+local ex <close> = futures.MPIPoolExecutor()
+local ok, e = pcall(ex.submit, ex, function(t) return t end, {out = io.stdout})
+print('S', ok, e)
+local f = ex:submit(function() return io.stdout end)
+local ok2, e2 = pcall(f.result, f, 10)
+print('B', ok2, e2)
+print('after', ex:submit(function() return 42 end):result(10))
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('S\tfalse\t[^\n]*cannot submit: cannot serialize userdata at %[2%]%.out %(FILE%*%)', out)
+    assert.matches('B\tfalse\t[^\n]*cannot send the result back', out)
+    assert.matches('after\t42\n', out, 1, true)
+  end)
+
+  it('breaks the executor when its initializer fails, and only that one', function()
+    local out, err, code = world(PRE .. [[
+local ex = futures.MPIPoolExecutor{initializer = function() error('init went wrong') end}
+local f = ex:submit(function() return 1 end)
+local ok, e = pcall(f.result, f, 10)
+print('F', ok, require('host.error').is(e, 'BrokenProcessPool'))
+print('M[' .. tostring(e) .. ']')
+local ok2, e2 = pcall(ex.submit, ex, function() end)
+print('S', ok2, require('host.error').is(e2, 'BrokenProcessPool'))
+ex:shutdown()
+local good <close> = futures.MPIPoolExecutor()
+print('good', good:submit(function() return 'fine' end):result(10))
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('F\tfalse\ttrue\n', out, 1, true)
+    assert.matches('M%[[^\n]*an MPI initializer failed on rank [12]: [^\n]*init went wrong', out)
+    assert.matches('S\tfalse\ttrue\n', out, 1, true)
+    assert.matches('good\tfine\n', out, 1, true)
+  end)
+
+  it('shuts down: waits, refuses new work, cancels queued work on request', function()
+    local out, err, code = world(PRE .. [[
+local thread = require 'host.thread'
+local ex = futures.MPIPoolExecutor()
+local fs = {}
+for i = 1, 20 do
+  fs[i] = ex:submit(function() require('host.thread').sleep(0.05); return i end)
+end
+ex:shutdown{cancel_futures = true}
+local done, cancelled = 0, 0
+for i = 1, 20 do
+  if fs[i]:cancelled() then cancelled = cancelled + 1
+  elseif fs[i]:done() and fs[i]:result(0) == i then done = done + 1 end
+end
+print('shutdown', done + cancelled == 20, cancelled > 0)
+local ok, e = pcall(ex.submit, ex, function() end)
+print('refused', ok, e)
+local ex2 = futures.MPIPoolExecutor()
+local called = {}
+local f = ex2:submit(function() return 'cb' end)
+f:add_done_callback(function(g) called[#called + 1] = g:result() end)
+ex2:shutdown()
+print('callback', called[1])
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('shutdown\ttrue\ttrue\n', out, 1, true)
+    assert.matches('refused\tfalse\t[^\n]*cannot schedule new futures after shutdown', out)
+    assert.matches('callback\tcb\n', out, 1, true)
+  end)
+
+  it('ends the job when the script on rank 0 raises, without hanging', function()
+    local out, err, code = world(PRE .. [[
+local ex = futures.MPIPoolExecutor()
+local f = ex:submit(function() require('host.thread').sleep(0.2); return 'late' end)
+f:add_done_callback(function(g) print('finished', g:result()) io.stdout:flush() end)
+error('the script failed')
+]])
+    assert.are_not.equal(0, code)
+    assert.are_not.equal(124, code)
+    assert.matches('the script failed', err, 1, true)
+    assert.matches('finished\tlate\n', out, 1, true)  -- exit waited for the running task
+  end)
+
+  it('ends the job with a message when rank 0 exits with tasks still running', function()
+    local _, err, code = world(PRE .. [[
+local ex = futures.MPIPoolExecutor()
+ex:submit(function() require('host.thread').sleep(30) end)
+require('host.thread').sleep(0.3)
+os.exit(3)
+]])
+    assert.are_not.equal(0, code)
+    assert.are_not.equal(124, code)
+    assert.matches('host.mpi: rank 0 is exiting while 1 task still runs on worker ranks', err,
+      1, true)
+  end)
+
+  it('ends the job with a message when a worker rank dies', function()
+    local _, err, code = world(PRE .. [[
+local ex = futures.MPIPoolExecutor()
+local f = ex:submit(function()
+  local pid = io.open('/proc/self/stat'):read('n')
+  os.execute('kill -KILL ' .. pid)
+  require('host.thread').sleep(10)
+end)
+f:result(30)
+print('not reached')
+]])
+    assert.are_not.equal(0, code)
+    assert.are_not.equal(124, code)
+    assert.matches('rank [12] with PID %d+ on node [^\n]* exited on signal 9', err)
+  end)
+
+  it("refuses to run under another MPI's launcher", function()
+    local name = sh.tempfile(PRE .. 'print("ran")')
+    local out, err, code = sh.run('PMI_SIZE=3 PMI_RANK=0 ' .. ENV .. ' ' .. q(sh.host)
+      .. ' -l host.mpi.run ' .. q(name), 30)
+    os.remove(name)
+    assert.are.equal(1, code)
+    assert.are.equal('', out)
+    assert.matches("host.mpi was built with Open MPI but launched by another MPI's mpiexec", err,
+      1, true)
+  end)
+
+  it('says how to launch when the world has no worker ranks', function()
+    local out, err, code = world(PRE .. [[
+local ok, e = pcall(futures.MPIPoolExecutor)
+print(ok, e)
+]], 1)
+    assert.are.equal(0, code, err)
+    assert.matches('no worker ranks %(the world has 1 rank%): run the script with mpiexec %-n N', out)
+  end)
+end)
