@@ -32,12 +32,13 @@ local LUA = os.getenv 'HOST_MPI_LUA'
 local MPIEXEC = os.getenv 'HOST_MPIEXEC' or 'mpiexec --allow-run-as-root --oversubscribe --bind-to none'
 local ENV = 'LUA_PATH_5_4=' .. q(LUA .. '/?.lua;;') .. ' LUA_CPATH_5_4=' .. q(LUA .. '/?.so;;')
 
--- Runs the script `text` in a world of `n` ranks (default 3) under timeout;
--- returns stdout, stderr, exit code (124 when it hung).
-local function world(text, n, limit)
+-- Runs the script `text` in a world of `n` ranks (default 3) under timeout,
+-- in world mode unless `every` (then every rank runs the script); returns
+-- stdout, stderr, exit code (124 when it hung).
+local function world(text, n, every)
   local name = sh.tempfile(text)
   local out, err, code = sh.run(ENV .. ' ' .. MPIEXEC .. ' -n ' .. (n or 3) .. ' '
-    .. q(sh.host) .. ' -l host.mpi.run ' .. q(name), limit or 60)
+    .. q(sh.host) .. (every and ' ' or ' -l host.mpi.run ') .. q(name), 60)
   os.remove(name)
   return out, err, code
 end
@@ -265,5 +266,63 @@ print(ok, e)
 ]], 1)
     assert.are.equal(0, code, err)
     assert.matches('no worker ranks %(the world has 1 rank%): run the script with mpiexec %-n N', out)
+  end)
+
+  it('ends the job with a message when a task calls os.exit on a worker rank', function()
+    local _, err, code = world(PRE .. [[
+local ex = futures.MPIPoolExecutor()
+ex:submit(function() os.exit(5) end):result(30)
+print('not reached')
+]])
+    assert.are_not.equal(0, code)
+    assert.are_not.equal(124, code)
+    assert.matches('host.mpi: worker rank [12] is exiting while rank 0 still runs', err)
+  end)
+
+  it('refuses host.mpi in a process forked from a rank', function()
+    local out, err, code = world(PRE .. [[
+local pp <close> = futures.ProcessPoolExecutor{max_workers = 1}
+print('forked', select(2, pcall(function()
+  return pp:submit(function() return require('host.mpi').rank() end):result(10)
+end)))
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('forked\t[^\n]*host.mpi cannot be used in a process forked from an MPI rank', out)
+  end)
+end)
+
+describe('host.mpi CommExecutor', function()
+  it('gives the root an executor over the other ranks, which then go on', function()
+    local out, err, code = world([[
+local mpi = require 'host.mpi'
+print('before', mpi.rank())
+do
+  local ex <close> = mpi.CommExecutor{root = 0}
+  if ex then
+    local t = {}
+    for i, v, r in ex:map(function(x) return x + 100, require('host.mpi').rank() end, {1, 2, 3, 4}) do
+      t[i] = v .. '@' .. tostring(r > 0)
+    end
+    print('comm', table.concat(t, ','))
+  end
+end
+print('after', mpi.rank())
+]], 3, true)
+    assert.are.equal(0, code, err)
+    assert.matches('comm\t101@true,102@true,103@true,104@true\n', out, 1, true)
+    for r = 0, 2 do
+      assert.matches('before\t' .. r .. '\n', out, 1, true)
+      assert.matches('after\t' .. r .. '\n', out, 1, true)
+    end
+  end)
+
+  it('refuses a root other than 0', function()
+    local out, err, code = world([[
+local mpi = require 'host.mpi'
+local ok, e = pcall(mpi.CommExecutor, {root = 1})
+print(mpi.rank(), ok, e)
+]], 2, true)
+    assert.are.equal(0, code, err)
+    assert.matches("'root' must be 0", out, 1, true)
   end)
 end)

@@ -84,6 +84,7 @@ struct mpool {
   size_t init_len;
   unsigned char *inited;     /* by rank: the initializer was sent there */
   bool shutdown, broken, collector_done, collector_running;
+  bool comm;                 /* a CommExecutor's: its end releases the worker ranks */
   unsigned long collector_ident;
   char *broken_payload;      /* the encoded BrokenProcessPool error */
   size_t broken_len;
@@ -112,11 +113,13 @@ static struct {
   mitem *head, *tail;       /* queued items of every pool */
   mitem **busy;             /* by rank: the item a worker runs, or NULL */
   int next_tag;
-  bool world_mode;          /* mpi.serve was called: ranks > 0 serve tasks */
+  bool world_mode;          /* ranks > 0 serve tasks (mpi.serve, or a CommExecutor) */
+  bool release;             /* a CommExecutor ended: the manager stops the workers */
+  pthread_cond_t released;  /* ... and says so here */
   bool manager_started, stopping, manager_done;
   pthread_t manager;
-} world = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 1, "", NULL,
-           NULL, NULL, 1, false, false, false, false, 0};
+  pid_t pid;                /* the process that initialized MPI */
+} world = {.mu = PTHREAD_MUTEX_INITIALIZER, .size = 1, .next_tag = 1};
 
 static double now(void) {
   struct timespec ts;
@@ -312,12 +315,21 @@ static void *manager_main(void *arg) {
   pthread_mutex_lock(&world.mu);
   for (;;) {
     if (world.stopping) break;
+    if (world.release && busy_workers() == 0) {  /* a CommExecutor is done */
+      pthread_mutex_unlock(&world.mu);
+      stop_workers();
+      pthread_mutex_lock(&world.mu);
+      world.release = false;
+      world.world_mode = false;
+      pthread_cond_broadcast(&world.released);
+      continue;
+    }
     if (dispatch()) {
       last = now();
       nap = NAP_MIN;
     }
     int busy = busy_workers();
-    if (busy == 0) {  /* nothing to poll for: sleep until a submit */
+    if (busy == 0 && !world.release) {  /* nothing to poll for: sleep until a submit */
       pthread_cond_wait(&world.cv, &world.mu);
       last = now();
       nap = NAP_MIN;
@@ -364,7 +376,7 @@ static void at_exit(int status, void *arg) {
   (void)arg;
   (void)status;
   pthread_mutex_lock(&world.mu);
-  if (world.inited != 1 || world.finalized) {
+  if (world.inited != 1 || world.finalized || world.pid != getpid()) {
     pthread_mutex_unlock(&world.mu);
     return;
   }
@@ -410,6 +422,8 @@ static void world_init(lua_State *L) {
   pthread_mutex_lock(&world.mu);
   if (world.inited == 0) {
     world.inited = -1;
+    host_cond_init(&world.cv);        /* nap_until counts on CLOCK_MONOTONIC */
+    host_cond_init(&world.released);
     char why[256];
     const char *bad = launcher_mismatch(why, sizeof why);
     int provided = 0;
@@ -431,13 +445,16 @@ static void world_init(lua_State *L) {
         snprintf(world.init_error, sizeof world.init_error, "not enough memory");
       else
         world.inited = 1;
+      world.pid = getpid();
       on_exit(at_exit, NULL);
       if (world.inited != 1) world.finalized = 1;
     }
   }
   int ok = world.inited;
+  bool forked = ok == 1 && world.pid != getpid();
   pthread_mutex_unlock(&world.mu);
   if (ok != 1) luaL_error(L, "%s", world.init_error);
+  if (forked) luaL_error(L, "host.mpi cannot be used in a process forked from an MPI rank");
 }
 
 /* ---- a worker rank ---- */
@@ -572,6 +589,8 @@ static char *serve_one(lua_State *L, int tag, const char *buf, size_t len, size_
   return out;
 }
 
+static void serve_loop(lua_State *L);
+
 /*
 ** mpi.serve() -> served: world mode (host.mpi.run calls it on every rank).
 ** Rank 0 returns false at once and runs the script; its exit stops the
@@ -588,6 +607,20 @@ static int mpi_serve(lua_State *L) {
     return 1;
   }
   lua_settop(L, 0);
+  serve_loop(L);
+  pthread_mutex_lock(&world.mu);
+  world.finalized = 1;
+  pthread_mutex_unlock(&world.mu);
+  MPI_Finalize();
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** Serves rank 0's tasks until it says stop (a worker rank, world_mode set;
+** the stack empty). Leaves the stack as it found it.
+*/
+static void serve_loop(lua_State *L) {
   lua_newtable(L);  /* 1: tag -> initializer outcome */
   for (;;) {
     int count = 0, tag = 0;
@@ -611,12 +644,10 @@ static int mpi_serve(lua_State *L) {
       free(out);
     }
   }
+  lua_pop(L, 1);
   pthread_mutex_lock(&world.mu);
-  world.finalized = 1;
+  world.world_mode = false;
   pthread_mutex_unlock(&world.mu);
-  MPI_Finalize();
-  lua_pushboolean(L, 1);
-  return 1;
 }
 
 /* ---- the pool, in the caller's universe (GIL held) ---- */
@@ -688,6 +719,14 @@ static int collector_main(lua_State *L) {
     if (p->shutdown && p->outstanding == 0) break;
     host_cond_wait(L, &world.mu, &p->done_cv, &never);
     pthread_mutex_lock(&world.mu);
+  }
+  if (p->comm) {  /* the worker ranks go back to their scripts */
+    world.release = true;
+    pthread_cond_signal(&world.cv);
+    while (world.release) {
+      host_cond_wait(L, &world.mu, &world.released, &never);
+      pthread_mutex_lock(&world.mu);
+    }
   }
   p->collector_done = true;
   p->collector_running = false;
@@ -866,7 +905,7 @@ static int start_manager(void) {
 ** rank 0: a pool over the world's worker ranks (max_workers: at most that
 ** many tasks at once; default and cap: every worker rank).
 */
-static int mpool_new(lua_State *L) {
+static int pool_new(lua_State *L, bool comm) {
   static const char *const known[] = {"max_workers", "initializer", "initargs", NULL};
   world_init(L);
   if (world.rank != 0)
@@ -889,6 +928,7 @@ static int mpool_new(lua_State *L) {
   host_cond_init(&p->done_cv);
   host_cond_init(&p->end_cv);
   p->max_workers = (int)n;
+  p->comm = comm;
   px->p = p;  /* from here, __gc frees it */
   p->inited = calloc((size_t)world.size, 1);
   if (p->inited == NULL) return luaL_error(L, "not enough memory");
@@ -922,6 +962,57 @@ static int mpool_new(lua_State *L) {
   lua_settop(L, idx);
   host_executor_track(L, idx, MPOOL_TYPE, true);
   return 1;
+}
+
+static int mpool_new(lua_State *L) {
+  return pool_new(L, false);
+}
+
+/*
+** mpi.CommExecutor{root = 0, max_workers =, initializer =, initargs =}, for
+** a script that every rank runs (mpiexec -n N host script.lua): on the
+** root, an executor over the other ranks; on every other rank it serves
+** the root's tasks until the root shuts that executor down, then returns
+** nil (mpi4py's MPICommExecutor). Use it with <close> and test for nil.
+*/
+static int comm_new(lua_State *L) {
+  static const char *const known[] = {"root", "max_workers", "initializer", "initargs", NULL};
+  world_init(L);
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  host_check_options(L, 1, known);
+  lua_getfield(L, 1, "root");
+  int isint = 1;
+  lua_Integer root = lua_isnil(L, -1) ? 0 : lua_tointegerx(L, -1, &isint);
+  lua_pop(L, 1);
+  luaL_argcheck(L, isint && root == 0, 1, "'root' must be 0 (the rank that runs the pools)");
+  if (world.size < 2)
+    return luaL_error(L, "CommExecutor: no worker ranks (the world has 1 rank): run the script "
+                      "with mpiexec -n N (N >= 2)");
+  pthread_mutex_lock(&world.mu);
+  bool busy = world.world_mode;
+  if (!busy) world.world_mode = true;
+  pthread_mutex_unlock(&world.mu);
+  if (busy)
+    return luaL_error(L, "CommExecutor: the worker ranks serve another executor already");
+  if (world.rank != 0) {
+    lua_settop(L, 0);
+    serve_loop(L);
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, 0, 3);  /* the options without root */
+  static const char *const pass[] = {"max_workers", "initializer", "initargs"};
+  for (int i = 0; i < 3; i++) {
+    lua_getfield(L, 1, pass[i]);
+    lua_setfield(L, -2, pass[i]);
+  }
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  return pool_new(L, true);
 }
 
 /* mpi.rank() -> this process's rank in MPI_COMM_WORLD. */
@@ -958,6 +1049,7 @@ static const luaL_Reg mpi_funcs[] = {
   {"size", mpi_size},
   {"serve", mpi_serve},
   {"PoolExecutor", mpool_new},
+  {"CommExecutor", comm_new},
   {NULL, NULL}
 };
 
