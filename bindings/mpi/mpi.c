@@ -33,6 +33,7 @@
 ** message instead of hanging.
 */
 #include <dlfcn.h>
+#include <sched.h>
 #include <signal.h>
 #include <errno.h>
 #include <stdatomic.h>
@@ -56,7 +57,7 @@
 enum { MSG_INIT = 1, MSG_TASK = 2 };
 enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
 #define TAG_STOP 0
-#define SPIN_SECONDS 20e-6   /* busy polling after the last message */
+#define SPIN_SECONDS 200e-6  /* busy polling (yielding) after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
 #define NAP_MAX 1e-3         /* ... up to this */
 
@@ -348,8 +349,12 @@ static void *manager_main(void *arg) {
       continue;
     }
     double t = now();
+    if (t - last < SPIN_SECONDS) {
+      sched_yield();
+      pthread_mutex_lock(&world.mu);
+      continue;
+    }
     pthread_mutex_lock(&world.mu);
-    if (t - last < SPIN_SECONDS) continue;
     nap_until(t + nap);
     nap = nap * 2 < NAP_MAX ? nap * 2 : NAP_MAX;
   }
@@ -516,7 +521,10 @@ static char *worker_recv(lua_State *L, int *count, int *tag) {
     MPI_Improbe(0, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &msg, &st);
     if (flag) break;
     double t = now();
-    if (t - last < SPIN_SECONDS) continue;
+    if (t - last < SPIN_SECONDS) {
+      sched_yield();
+      continue;
+    }
     struct timespec ts = {0, (long)(nap * 1e9)};
     nanosleep(&ts, NULL);
     nap = nap * 2 < NAP_MAX ? nap * 2 : NAP_MAX;
