@@ -12,8 +12,10 @@
 **
 ** Rank 0: a manager (a plain pthread, never touching Lua or the GIL) does
 ** every MPI call after MPI_Init (MPI_THREAD_SERIALIZED): it hands queued
-** items to idle worker ranks, polls results with MPI_Improbe (spinning
-** briefly, then sleeping from 10 us up to 1 ms, woken at once by submit),
+** items to idle worker ranks, polls results with MPI_Improbe while tasks
+** are out (for 200 us yielding the CPU, then sleeping from 10 us up to
+** 100 us; with none out it sleeps until a submit wakes it; a worker rank
+** polls for work the same way, its naps growing to 1 ms),
 ** and completes futures with their bytes (host_future_set_payload), which
 ** stay bytes until someone asks. Each pool has a collector, a host.Thread
 ** of the caller's universe that runs done-callbacks and forgets finished
@@ -57,9 +59,11 @@
 enum { MSG_INIT = 1, MSG_TASK = 2 };
 enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
 #define TAG_STOP 0
-#define SPIN_SECONDS 200e-6  /* busy polling (yielding) after the last message */
+#define SPIN_SECONDS 200e-6  /* polling, yielding the CPU, after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
-#define NAP_MAX 1e-3         /* ... up to this */
+#define NAP_MAX 1e-3         /* ... up to this (a worker rank waiting for work) */
+#define NAP_MAX_MANAGER 100e-6  /* ... or this (rank 0 with tasks out: each
+                                ** nap delays a result and the worker's next task) */
 
 typedef struct mpool mpool;
 
@@ -356,7 +360,7 @@ static void *manager_main(void *arg) {
     }
     pthread_mutex_lock(&world.mu);
     nap_until(t + nap);
-    nap = nap * 2 < NAP_MAX ? nap * 2 : NAP_MAX;
+    nap = nap * 2 < NAP_MAX_MANAGER ? nap * 2 : NAP_MAX_MANAGER;
   }
   int busy = busy_workers();
   world.manager_done = true;
@@ -508,7 +512,7 @@ static void encode_failure(lua_State *L, int kind, char **buf, size_t *len) {
 
 /*
 ** Receives the next message from rank 0 (GIL released while it polls,
-** spinning briefly then napping up to 1 ms). Returns a malloc'd buffer,
+** yielding for 200 us, then napping up to 1 ms). Returns a malloc'd buffer,
 ** its length and tag.
 */
 static char *worker_recv(lua_State *L, int *count, int *tag) {
