@@ -38,6 +38,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +60,7 @@
 enum { MSG_INIT = 1, MSG_TASK = 2 };
 enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
 #define TAG_STOP 0
+#define MAX_MESSAGE ((size_t)INT_MAX - 1)  /* an MPI count is an int; 1 byte of kind */
 #define SPIN_SECONDS 200e-6  /* polling, yielding the CPU, after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
 #define NAP_MAX 1e-3         /* ... up to this (a worker rank waiting for work) */
@@ -584,7 +586,13 @@ static char *serve_one(lua_State *L, int tag, const char *buf, size_t len, size_
   } else {
     char *b;
     size_t l;
-    if (host_codec_encode(L, base + 1, lua_gettop(L) - base, &b, &l) != LUA_OK) {
+    int st = host_codec_encode(L, base + 1, lua_gettop(L) - base, &b, &l);
+    if (st == LUA_OK && l >= MAX_MESSAGE) {
+      free(b);
+      lua_pushliteral(L, "it is larger than an MPI message can be (2 GiB)");
+      st = LUA_ERRRUN;
+    }
+    if (st != LUA_OK) {
       lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
       lua_pushnil(L);
       encode_failure(L, RES_ERROR, &out, outlen);
@@ -787,6 +795,11 @@ static int mpool_submit(lua_State *L) {
     free(it);
     return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
   }
+  if (it->len >= MAX_MESSAGE) {
+    free(it->payload);
+    free(it);
+    return luaL_error(L, "cannot submit: the task is larger than an MPI message can be (2 GiB)");
+  }
   lua_getiuservalue(L, 1, 1);
   int inflight = lua_gettop(L);
   forget_done(L, p, inflight);
@@ -948,6 +961,9 @@ static int pool_new(lua_State *L, bool comm) {
   int nargs = host_executor_push_initializer(L, 1);
   if (nargs >= 0 && host_codec_encode(L, first, nargs + 1, &p->init, &p->init_len) != LUA_OK)
     return luaL_error(L, "cannot send the initializer: %s", lua_tostring(L, -1));
+  if (p->init_len >= MAX_MESSAGE)
+    return luaL_error(L, "cannot send the initializer: it is larger than an MPI message can be "
+                      "(2 GiB)");
   lua_settop(L, idx);
   pthread_mutex_lock(&world.mu);
   int tag = world.next_tag++;
