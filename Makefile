@@ -223,10 +223,11 @@ soak:
 # min-max, a summary table of the goals (met / MISSED), $(BUILD)/bench.json
 # and $(BUILD)/bench.svg. bench/futex_pingpong.c is the C floor under the
 # GIL hand-off figure. `host bench/readme_table.lua` turns bench.json into
-# the README's "What it costs" table.
+# the README's "What it costs" table. bench/mpi_bench.lua runs where Open
+# MPI and host.mpi are there (make test-mpi installs them), else says why not.
 bench:
 	@$(DEPS) $(DEPS_TEST)
-	@$(MAKE) --no-print-directory $(HOST) $(BUILD)/bench/futex_pingpong
+	@$(MAKE) --no-print-directory $(HOST) mpi $(BUILD)/bench/futex_pingpong
 	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
 
 $(BUILD)/bench/futex_pingpong: bench/futex_pingpong.c
