@@ -128,12 +128,14 @@ static struct {
   pid_t pid;                /* the process that initialized MPI */
 } world = {.mu = PTHREAD_MUTEX_INITIALIZER, .size = 1, .next_tag = 1};
 
+/* Monotonic seconds. */
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Drops a reference to p; the last frees it. */
 static void mpool_unref(mpool *p) {
   if (atomic_fetch_sub(&p->refs, 1) != 1) return;
   pthread_cond_destroy(&p->done_cv);
@@ -672,12 +674,14 @@ static void serve_loop(lua_State *L) {
 
 /* ---- the pool, in the caller's universe (GIL held) ---- */
 
+/* The pool of the handle at idx (the collector's upvalue). */
 static mpool *handle_pool(lua_State *L, int idx) {
   mhandle *h = luaL_checkudata(L, idx, HANDLE_TYPE);
   if (h->p == NULL) luaL_error(L, "attempt to use a finalized %s", MPOOL_TYPE);
   return h->p;
 }
 
+/* __gc of the handle: drops its reference. */
 static int handle_gc(lua_State *L) {
   mhandle *h = luaL_checkudata(L, 1, HANDLE_TYPE);
   if (h->p != NULL) mpool_unref(h->p);
@@ -755,6 +759,7 @@ static int collector_main(lua_State *L) {
   return 0;
 }
 
+/* The pool at 1 (raises for a finalized one). */
 static mproxy *check_mpool(lua_State *L) {
   return host_object_check(L, 1, MPOOL_TYPE);
 }
@@ -901,6 +906,7 @@ static int mpool_gc(lua_State *L) {
   return 0;
 }
 
+/* __tostring: "host.MPIPoolExecutor (2 workers, tag 1): 0x...". */
 static int mpool_tostring(lua_State *L) {
   if (host_object_tostring_finalized(L, MPOOL_TYPE)) return 1;
   mproxy *px = check_mpool(L);
@@ -926,9 +932,10 @@ static int start_manager(void) {
 }
 
 /*
-** futures.MPIPoolExecutor{max_workers =, initializer =, initargs =} on
-** rank 0: a pool over the world's worker ranks (max_workers: at most that
-** many tasks at once; default and cap: every worker rank).
+** The pool behind futures.MPIPoolExecutor{max_workers =, initializer =,
+** initargs =} and (comm true) mpi.CommExecutor on rank 0: a pool over the
+** world's worker ranks (max_workers: at most that many tasks at once;
+** default and cap: every worker rank).
 */
 static int pool_new(lua_State *L, bool comm) {
   static const char *const known[] = {"max_workers", "initializer", "initargs", NULL};
@@ -992,6 +999,7 @@ static int pool_new(lua_State *L, bool comm) {
   return 1;
 }
 
+/* futures.MPIPoolExecutor{...}: see pool_new. */
 static int mpool_new(lua_State *L) {
   return pool_new(L, false);
 }
