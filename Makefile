@@ -69,14 +69,14 @@ $(BUILD)/obj:
 # A module of its own, $(MPI_LUA)/host/mpi.so, built when Debian's Open MPI
 # is installed (pkg-config ompi): the host program never links libmpi. Where
 # it is not, $(MPI_LUA)/host/mpi.lua takes its place and says so when
-# required. In the build tree, LUA_PATH_5_4 and LUA_CPATH_5_4 must name
-# $(MPI_LUA) (see MPI_ENV); installed, both lie on Lua's default paths.
+# required. host finds both beside itself, with no LUA_PATH or LUA_CPATH:
+# $(MPI_LUA) beside $(HOST) in the build tree, $(LIBDIR)/lua/5.4 and
+# $(PREFIX)/share/lua/5.4 installed (host/main.c, add_own_paths).
 HAVE_MPI := $(shell pkg-config --exists ompi 2>/dev/null && echo 1)
 MPI_CFLAGS ?= $(shell pkg-config --cflags ompi 2>/dev/null)
 MPI_LIBS ?= $(shell pkg-config --libs ompi 2>/dev/null)
 MPI_LUA = $(BUILD)/lua
 MPI_FILES = $(MPI_LUA)/host/mpi/run.lua $(if $(HAVE_MPI),$(MPI_LUA)/host/mpi.so,$(MPI_LUA)/host/mpi.lua)
-MPI_ENV = LUA_PATH_5_4="$(abspath $(MPI_LUA))/?.lua;;" LUA_CPATH_5_4="$(abspath $(MPI_LUA))/?.so;;"
 # How the MPI specs and bench launch: 3 ranks on any machine, as root too;
 # --bind-to none, or each rank is pinned to one core.
 MPIEXEC = mpiexec --allow-run-as-root --oversubscribe --bind-to none
@@ -143,7 +143,7 @@ test-mpi:
 	@$(DEPS) $(DEPS_MPI)
 	@$(MAKE) --no-print-directory mpi run-specs SPECS=spec/mpi_spec.lua \
 	  COUNTS=$(abspath $(BUILD))/mpi-counts \
-	  SPEC_ENV='HOST_MPI=1 HOST_MPI_LUA=$(abspath $(MPI_LUA)) HOST_MPIEXEC="$(MPIEXEC)"'
+	  SPEC_ENV='HOST_MPI=1 HOST_MPIEXEC="$(MPIEXEC)"'
 
 # The experiment scripts; their pictures (SVG) go to $(DEMO_OUT).
 # DEMO_QUICK=1 runs them on a small workload (what spec/experiments_spec.lua does).

@@ -21,6 +21,29 @@ describe('host.mpi where host was built without MPI', function()
   end)
 end)
 
+-- host finds the modules it builds beside itself, after the user's own entries.
+describe('host.mpi on the paths of host itself', function()
+  local build = sh.host:match '^(.*)/host$'
+  it('finds host.mpi and host.mpi.run in the build tree without LUA_PATH or LUA_CPATH', function()
+    local out, err, code = sh.run('env -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_PATH -u LUA_CPATH '
+      .. q(sh.host) .. [[ -e 'print(package.searchpath("host.mpi.run", package.path))
+print(package.searchpath("host.mpi", package.cpath) or package.searchpath("host.mpi", package.path))']], 10)
+    assert.are.equal(0, code, err)
+    local run, mod = out:match '^([^\n]*)\n([^\n]*)\n$'
+    assert.are.equal(build .. '/lua/host/mpi/run.lua', run)
+    assert.is_true(mod == build .. '/lua/host/mpi.so' or mod == build .. '/lua/host/mpi.lua', mod)
+  end)
+  it("keeps the user's own entries first and Lua's defaults after", function()
+    local out, err, code = sh.run("LUA_CPATH_5_4='/mine/?.so;;' LUA_PATH_5_4='/mine/?.lua' "
+      .. q(sh.host) .. [[ -e 'print(package.cpath) print(package.path)']], 10)
+    assert.are.equal(0, code, err)
+    local cpath, path = out:match '^([^\n]*)\n([^\n]*)\n$'
+    assert.are.equal('/mine/?.so;' .. build .. '/lua/?.so;/usr/local/lib/lua/5.4/?.so;',
+      cpath:sub(1, #('/mine/?.so;' .. build .. '/lua/?.so;/usr/local/lib/lua/5.4/?.so;')))
+    assert.are.equal('/mine/?.lua;' .. build .. '/lua/?.lua', path)
+  end)
+end)
+
 if not os.getenv 'HOST_MPI' then
   describe('host.mpi (MPI worlds)', function()
     pending('needs Open MPI: run `make test-mpi`')
@@ -28,9 +51,9 @@ if not os.getenv 'HOST_MPI' then
   return
 end
 
-local LUA = os.getenv 'HOST_MPI_LUA'
 local MPIEXEC = os.getenv 'HOST_MPIEXEC' or 'mpiexec --allow-run-as-root --oversubscribe --bind-to none'
-local ENV = 'LUA_PATH_5_4=' .. q(LUA .. '/?.lua;;') .. ' LUA_CPATH_5_4=' .. q(LUA .. '/?.so;;')
+-- host finds host.mpi beside itself (build/lua/): no LUA_PATH or LUA_CPATH.
+local ENV = 'env -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_PATH -u LUA_CPATH'
 
 -- Runs the script `text` in a world of `n` ranks (default 3) under timeout,
 -- in world mode unless `every` (then every rank runs the script); returns
@@ -255,7 +278,7 @@ print('not reached')
 
   it("refuses to run under another MPI's launcher", function()
     local name = sh.tempfile(PRE .. 'print("ran")')
-    local out, err, code = sh.run('PMI_SIZE=3 PMI_RANK=0 ' .. ENV .. ' ' .. q(sh.host)
+    local out, err, code = sh.run(ENV .. ' PMI_SIZE=3 PMI_RANK=0 ' .. q(sh.host)
       .. ' -l host.mpi.run ' .. q(name), 30)
     os.remove(name)
     assert.are.equal(1, code)
