@@ -296,6 +296,19 @@ print(ok, e)
     assert.matches('no worker ranks %(the world has 1 rank%): run the script with mpiexec %-n N', out)
   end)
 
+  it('refuses mpi.serve in a task on a worker rank, which would hang the job', function()
+    -- before: the task served inside itself, never returned, and the job hung at exit
+    local out, err, code = world(PRE .. [[
+local ex <close> = futures.MPIPoolExecutor()
+local f = ex:submit(function() return require('host.mpi').serve() end)
+print('serve', pcall(f.result, f, 10))
+print('after', ex:submit(function() return 1 end):result(10))
+]])
+    assert.are.equal(0, code, err)
+    assert.matches("serve\tfalse\t[^\n]*mpi.serve: rank [12] serves rank 0's tasks already", out)
+    assert.matches('after\t1\n', out, 1, true)
+  end)
+
   it('ends the job with a message when a task calls os.exit on a worker rank', function()
     local _, err, code = world(PRE .. [[
 local ex = futures.MPIPoolExecutor()
@@ -314,6 +327,20 @@ print('forked', select(2, pcall(function()
   return pp:submit(function() return require('host.mpi').rank() end):result(10)
 end)))
 ]])
+    assert.are.equal(0, code, err)
+    assert.matches('forked\t[^\n]*host.mpi cannot be used in a process forked from an MPI rank', out)
+  end)
+
+  it('refuses host.mpi in a child of a rank that never loaded it', function()
+    -- before: the child ran MPI_Init in its parent's place; the job ended
+    -- with exit 1 and "mpiexec has exited due to process rank 0 ... exiting improperly"
+    local out, err, code = world([[
+local futures = require 'host.futures'
+local pp <close> = futures.ProcessPoolExecutor{max_workers = 1}
+print('forked', select(2, pcall(function()
+  return pp:submit(function() return require('host.mpi').rank() end):result(10)
+end)))
+]], 2, true)
     assert.are.equal(0, code, err)
     assert.matches('forked\t[^\n]*host.mpi cannot be used in a process forked from an MPI rank', out)
   end)

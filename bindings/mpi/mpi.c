@@ -440,7 +440,14 @@ static void world_init(lua_State *L) {
     char why[256];
     const char *bad = launcher_mismatch(why, sizeof why);
     int provided = 0;
-    if (bad != NULL) {
+    /* a pool's child of a launched rank inherits its OMPI_* variables: its
+    ** MPI_Init would take the parent's place in the job */
+    bool child = host_in_fork_child(L) &&
+                 (getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL);
+    if (child) {
+      snprintf(world.init_error, sizeof world.init_error,
+               "host.mpi cannot be used in a process forked from an MPI rank");
+    } else if (bad != NULL) {
       snprintf(world.init_error, sizeof world.init_error, "%s", bad);
     } else {
       /* Open MPI's plugins need libmpi's symbols global; Lua loaded us RTLD_LOCAL */
@@ -622,8 +629,15 @@ static void serve_loop(lua_State *L);
 static int mpi_serve(lua_State *L) {
   world_init(L);
   pthread_mutex_lock(&world.mu);
-  world.world_mode = true;
+  /* a task calling it on a worker rank would serve inside the task and
+  ** finalize MPI under it: the job would hang */
+  bool again = world.rank != 0 && world.world_mode, done = world.finalized;
+  if (!again && !done) world.world_mode = true;
   pthread_mutex_unlock(&world.mu);
+  if (again)
+    return luaL_error(L, "mpi.serve: rank %d serves rank 0's tasks already (a task cannot call it)",
+                      world.rank);
+  if (done) return luaL_error(L, "mpi.serve: MPI is finalized on rank %d", world.rank);
   if (world.rank == 0) {
     lua_pushboolean(L, 0);
     return 1;
