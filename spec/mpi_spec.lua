@@ -346,6 +346,98 @@ end)))
   end)
 end)
 
+-- What a hostile script does to host.mpi (these pass: they keep it so).
+describe('host.mpi under hostile use', function()
+  it('keeps nil holes, thousands of results, errors, cancel and timeouts straight', function()
+    local out, err, code = world(PRE .. [[
+local thread = require 'host.thread'
+assert(require 'host.mpi' == mpi)
+local ex <close> = futures.MPIPoolExecutor()
+print('holes', ex:submit(function(...) return select('#', ...), ... end, 1, nil, 3, nil):result(10))
+print('many', select('#', ex:submit(function(n)
+  local t = {} for i = 1, n do t[i] = i end return table.unpack(t) end, 5000):result(10)))
+local f = ex:submit(function() error(setmetatable({}, {__tostring = function() error('boom') end})) end)
+print('tostring', select(2, pcall(f.result, f, 10)):match '^[^\n]*')
+local slow = ex:submit(function() require('host.thread').sleep(0.3) return 'slow' end)
+local slow2 = ex:submit(function() require('host.thread').sleep(0.3) return 'slow' end)
+local queued = ex:submit(function() return 'queued' end)
+print('timeout', select(2, pcall(slow.result, slow, 0.01)).kind)
+print('cancel', queued:cancel(), queued:cancelled(), select(2, pcall(queued.result, queued, 10)).kind)
+print('slow', slow:result(10), slow2:result(10))
+local t = thread.start(function() return ex:submit(function() return 'from a thread' end):result(10) end)
+print('thread', t:join(10))
+local ex2 = futures.MPIPoolExecutor()
+ex2:shutdown()
+print('after shutdown', thread.start(function() return pcall(ex2.submit, ex2, print) end):join(10))
+for i = 1, 300 do
+  local e = futures.MPIPoolExecutor()
+  if i % 2 == 0 then e:submit(function() return i end) end
+  if i % 3 == 0 then e:shutdown() end
+end
+collectgarbage()
+local left = futures.MPIPoolExecutor()  -- collected without shutdown at the end
+left:submit(function() require('host.thread').sleep(0.2) return 1 end)
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('holes\t4\t1\tnil\t3\tnil\n', out, 1, true)
+    assert.matches('many\t5000\n', out, 1, true)
+    assert.matches('tostring\t(error object is a table value)\n', out, 1, true)
+    assert.matches('timeout\tTimeoutError\n', out, 1, true)
+    assert.matches('cancel\ttrue\ttrue\tCancelledError\n', out, 1, true)
+    assert.matches('slow\tslow\tslow\n', out, 1, true)
+    assert.matches('thread\ttrue\tfrom a thread\n', out, 1, true)
+    assert.matches('after shutdown\ttrue\tfalse\tcannot schedule new futures after shutdown\n', out, 1, true)
+  end)
+
+  it('runs done-callbacks while the main thread spins in Lua (the manager never takes the GIL)', function()
+    local out, err, code = world(PRE .. [[
+local time = require 'host.time'
+local ex <close> = futures.MPIPoolExecutor()
+local n = 0
+for i = 1, 200 do ex:submit(function() return i end):add_done_callback(function() n = n + 1 end) end
+local t0 = time.monotonic()
+while n < 200 and time.monotonic() - t0 < 30 do end
+print('callbacks', n)
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('callbacks\t200\n', out, 1, true)
+  end)
+
+  -- Starts a world in the background, waits for rank 0 to print "ready",
+  -- sends `sig` to mpiexec; returns its output and whether a rank was left.
+  local function signal_world(text, sig)
+    local name = sh.tempfile("io.stdout:setvbuf 'no'\n" .. PRE .. text)
+    local out = sh.run('o=$(mktemp); ' .. ENV .. ' ' .. MPIEXEC .. ' -n 3 ' .. q(sh.host)
+      .. ' -l host.mpi.run ' .. q(name) .. ' > "$o" 2>&1 & p=$!;'
+      .. ' for i in $(seq 400); do grep -q ready "$o" 2>/dev/null && break; sleep 0.05; done;'
+      .. ' kill -' .. sig .. ' $p; wait $p; echo "rc=$?"; cat "$o"; rm -f "$o"', 60)
+    -- ranks still running ('[-]l' keeps pgrep from matching its own shell)
+    local left = sh.run('sleep 1; pgrep -f ' .. q('[-]l host.mpi.run ' .. name) .. ' || true')
+    os.remove(name)
+    return out, left
+  end
+
+  it('ends every rank on Ctrl-C while rank 0 waits at exit for a task that never ends', function()
+    local out, left = signal_world([[
+futures.MPIPoolExecutor():submit(function() while true do end end)
+print 'ready'
+]], 'INT')
+    assert.matches('^rc=[1-9]', out)
+    assert.are.equal('', left)
+  end)
+
+  it('ends every rank on SIGTERM to mpiexec while rank 0 waits for a result', function()
+    local out, left = signal_world([[
+local ex <close> = futures.MPIPoolExecutor()
+local f = ex:submit(function() while true do end end)
+print 'ready'
+f:result()
+]], 'TERM')
+    assert.matches('^rc=[1-9]', out)
+    assert.are.equal('', left)
+  end)
+end)
+
 describe('host.mpi CommExecutor', function()
   it('gives the root an executor over the other ranks, which then go on', function()
     local out, err, code = world([[
