@@ -463,6 +463,33 @@ print('after', mpi.rank())
     end
   end)
 
+  it('breaks the executor, instead of hanging, when a rank ends without calling it', function()
+    -- before: rank 0 waited forever for the task it gave rank 1, and rank 2 for release
+    local out, err, code = world([[
+local mpi = require 'host.mpi'
+if mpi.rank() == 1 then return end
+do
+  local ex <close> = mpi.CommExecutor()
+  if ex then
+    local fs = {}
+    for i = 1, 4 do fs[i] = ex:submit(function() return require('host.mpi').rank() end) end
+    for i = 1, 4 do
+      local ok, e = pcall(fs[i].result, fs[i], 20)
+      if not ok then print('broken', e.kind, e.message) break end
+    end
+    print('again', pcall(ex.submit, ex, print))
+  end
+end
+print('done', mpi.rank())
+]], 3, true)
+    assert.are.equal(0, code, err)
+    assert.matches('broken\tBrokenProcessPool\ta rank ended its script without calling '
+      .. 'mpi.CommExecutor (every rank must call it)\n', out, 1, true)
+    assert.matches('again\tfalse\t', out, 1, true)
+    assert.matches('done\t0\n', out, 1, true)
+    assert.matches('done\t2\n', out, 1, true)
+  end)
+
   it('refuses a root other than 0', function()
     local out, err, code = world([[
 local mpi = require 'host.mpi'

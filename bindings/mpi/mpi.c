@@ -59,7 +59,7 @@
 
 enum { MSG_INIT = 1, MSG_TASK = 2 };
 enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
-#define TAG_STOP 0
+#define TAG_STOP 0  /* rank 0 -> worker: stop serving; worker -> rank 0: bye, I exit */
 #define MAX_MESSAGE ((size_t)INT_MAX - 1)  /* an MPI count is an int; 1 byte of kind */
 #define SPIN_SECONDS 200e-6  /* polling, yielding the CPU, after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
@@ -95,6 +95,8 @@ struct mpool {
   unsigned long collector_ident;
   char *broken_payload;      /* the encoded BrokenProcessPool error */
   size_t broken_len;
+  char *gone_payload;        /* a CommExecutor's: the encoded error of a rank that left */
+  size_t gone_len;
   mitem *done;
   pthread_cond_t done_cv;    /* the collector waits here */
   pthread_cond_t end_cv;     /* shutdown waits here for the collector's end */
@@ -119,6 +121,7 @@ static struct {
   char init_error[256];
   mitem *head, *tail;       /* queued items of every pool */
   mitem **busy;             /* by rank: the item a worker runs, or NULL */
+  unsigned char *gone;      /* by rank: it said bye (its script ended; every-rank mode) */
   int next_tag;
   bool world_mode;          /* ranks > 0 serve tasks (mpi.serve, or a CommExecutor) */
   bool release;             /* a CommExecutor ended: the manager stops the workers */
@@ -143,6 +146,7 @@ static void mpool_unref(mpool *p) {
   free(p->init);
   free(p->inited);
   free(p->broken_payload);
+  free(p->gone_payload);
   free(p);
 }
 
@@ -223,7 +227,7 @@ static void send_msg(int r, int tag, int kind, const char *payload, size_t len) 
 static bool dispatch(void) {
   bool sent = false;
   for (int r = 1; r < world.size; r++) {
-    if (world.busy[r] != NULL) continue;
+    if (world.busy[r] != NULL || world.gone[r]) continue;
     mitem **link = &world.head, *prev = NULL;
     while (*link != NULL && (*link)->p->running >= (*link)->p->max_workers) {
       prev = *link;
@@ -261,6 +265,37 @@ static int busy_workers(void) {
   return n;
 }
 
+/*
+** Rank r said bye (world.mu held): its script ended without serving a
+** CommExecutor of rank 0 (which every rank must call). No task goes there
+** again; the pool of the task it was given breaks, and so does every
+** pool with queued work once no worker rank is left.
+*/
+static void take_bye(int r) {
+  world.gone[r] = 1;
+  mitem *it = world.busy[r];
+  if (it != NULL) {
+    mpool *p = it->p;
+    world.busy[r] = NULL;
+    p->running--;
+    if (p->gone_payload == NULL) {  /* world mode: workers never say bye */
+      pthread_mutex_unlock(&world.mu);
+      fprintf(stderr, "host.mpi: worker rank %d left while it ran a task\n", r);
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    host_future_set_payload(it->f, false, copy_bytes(p->gone_payload, p->gone_len), p->gone_len);
+    break_pool(p, copy_bytes(p->gone_payload, p->gone_len), p->gone_len);
+    post_done(it);
+  }
+  for (int k = 1; k < world.size; k++)
+    if (!world.gone[k]) return;
+  while (world.head != NULL) {
+    mpool *p = world.head->p;
+    if (p->gone_payload == NULL) return;
+    break_pool(p, copy_bytes(p->gone_payload, p->gone_len), p->gone_len);
+  }
+}
+
 /* Takes the result message `msg` of rank r (world.mu not held). */
 static void take_result(MPI_Message *msg, MPI_Status *st) {
   int count = 0;
@@ -273,6 +308,12 @@ static void take_result(MPI_Message *msg, MPI_Status *st) {
   MPI_Mrecv(buf, count, MPI_BYTE, msg, MPI_STATUS_IGNORE);
   int r = st->MPI_SOURCE;
   pthread_mutex_lock(&world.mu);
+  if (st->MPI_TAG == TAG_STOP && r > 0 && r < world.size) {
+    free(buf);
+    take_bye(r);
+    pthread_mutex_unlock(&world.mu);
+    return;
+  }
   mitem *it = r > 0 && r < world.size ? world.busy[r] : NULL;
   if (it == NULL || count < 1 || st->MPI_TAG != it->p->tag) {
     pthread_mutex_unlock(&world.mu);
@@ -407,6 +448,8 @@ static void at_exit(int status, void *arg) {
             "the MPI job\n", world.rank);
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, status ? status : 1);
+  } else {  /* every-rank mode: rank 0's CommExecutor must not wait for this rank */
+    MPI_Send(NULL, 0, MPI_BYTE, 0, TAG_STOP, MPI_COMM_WORLD);
   }
   MPI_Finalize();
 }
@@ -458,10 +501,11 @@ static void world_init(lua_State *L) {
       MPI_Comm_rank(MPI_COMM_WORLD, &world.rank);
       MPI_Comm_size(MPI_COMM_WORLD, &world.size);
       world.busy = calloc((size_t)world.size, sizeof *world.busy);
+      world.gone = calloc((size_t)world.size, 1);
       if (provided < MPI_THREAD_SERIALIZED)
         snprintf(world.init_error, sizeof world.init_error,
                  "host.mpi needs MPI_THREAD_SERIALIZED; this MPI gives level %d", provided);
-      else if (world.busy == NULL)
+      else if (world.busy == NULL || world.gone == NULL)
         snprintf(world.init_error, sizeof world.init_error, "not enough memory");
       else
         world.inited = 1;
@@ -986,6 +1030,14 @@ static int pool_new(lua_State *L, bool comm) {
     return luaL_error(L, "cannot send the initializer: it is larger than an MPI message can be "
                       "(2 GiB)");
   lua_settop(L, idx);
+  if (comm) {  /* what its futures get when a rank ends without calling CommExecutor */
+    host_error_push(L, "BrokenProcessPool", "a rank ended its script without calling "
+                    "mpi.CommExecutor (every rank must call it)", 0);
+    lua_pushnil(L);
+    if (host_codec_encode(L, idx + 1, 2, &p->gone_payload, &p->gone_len) != LUA_OK)
+      return luaL_error(L, "CommExecutor: %s", lua_tostring(L, -1));
+    lua_settop(L, idx);
+  }
   pthread_mutex_lock(&world.mu);
   int tag = world.next_tag++;
   int e = world.stopping ? ECANCELED : start_manager();
