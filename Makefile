@@ -72,6 +72,7 @@ $(BUILD)/obj:
 # required. host finds both beside itself, with no LUA_PATH or LUA_CPATH:
 # $(MPI_LUA) beside $(HOST) in the build tree, $(LIBDIR)/lua/5.4 and
 # $(PREFIX)/share/lua/5.4 installed (host/main.c, add_own_paths).
+# run-specs builds it beside every host it tests (build/asan/lua/...).
 HAVE_MPI := $(shell pkg-config --exists ompi 2>/dev/null && echo 1)
 MPI_CFLAGS ?= $(shell pkg-config --cflags ompi 2>/dev/null)
 MPI_LIBS ?= $(shell pkg-config --libs ompi 2>/dev/null)
@@ -120,7 +121,7 @@ $(BUILD)/spec:
 # that dies without counting its results counts as one failure.
 SPEC_FILES = $(foreach s,$(SPECS),$(or $(wildcard $(s)/*_spec.lua),$(s)))
 COUNTS = $(abspath $(BUILD))/counts
-run-specs: $(HOST) $(SPEC_LIB)
+run-specs: $(HOST) $(SPEC_LIB) $(MPI_FILES)
 	@rm -f $(COUNTS)
 	@status=0; for specs in $(if $(SPEC_EACH),$(SPEC_FILES),"$(SPECS)"); do \
 	  before=$$(cat $(COUNTS) 2>/dev/null | wc -l); \

@@ -309,6 +309,20 @@ print('after', ex:submit(function() return 1 end):result(10))
     assert.matches('after\t1\n', out, 1, true)
   end)
 
+  it('runs as a singleton outside mpiexec, and says so when MPI_Init fails', function()
+    local out, err, code = sh.run(ENV .. ' ' .. q(sh.host) .. [[ -e '
+local mpi = require "host.mpi"
+print(mpi.rank(), mpi.size(), pcall(require("host.futures").MPIPoolExecutor))']], 30)
+    assert.are.equal(0, code, err)
+    assert.matches('^0\t1\tfalse\t[^\n]*no worker ranks %(the world has 1 rank%)', out)
+    -- Open MPI ends the process at a failed MPI_Init (its errors are fatal there)
+    out, err, code = sh.run(ENV .. ' OMPI_MCA_pml=bogus ' .. q(sh.host)
+      .. [[ -e 'print(pcall(require, "host.mpi")) print "after"']], 30)
+    assert.are.equal(1, code)
+    assert.are.equal('', out)
+    assert.matches('MPI_INIT failed', err, 1, true)
+  end)
+
   it('ends the job with a message when a task calls os.exit on a worker rank', function()
     local _, err, code = world(PRE .. [[
 local ex = futures.MPIPoolExecutor()
