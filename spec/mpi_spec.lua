@@ -309,6 +309,23 @@ print('after', ex:submit(function() return 1 end):result(10))
     assert.matches('after\t1\n', out, 1, true)
   end)
 
+  it("lets the universe's other threads run while MPI starts", function()
+    -- before: require held the GIL through MPI_Init (~0.3 s as a singleton): 1 tick
+    local out, err, code = sh.run(ENV .. ' ' .. q(sh.host) .. [[ -e '
+local thread = require "host.thread"
+local n, stop = 0, false
+local t = thread.start(function() while not stop do n = n + 1 thread.sleep(0.001) end end)
+thread.sleep(0.05)
+local before = n
+require "host.mpi"
+local during = n - before
+stop = true
+t:join(5)
+print("ticks", during >= 3, during)']], 30)
+    assert.are.equal(0, code, err)
+    assert.matches('^ticks\ttrue\t', out)
+  end)
+
   it('runs as a singleton outside mpiexec, and says so when MPI_Init fails', function()
     local out, err, code = sh.run(ENV .. ' ' .. q(sh.host) .. [[ -e '
 local mpi = require "host.mpi"

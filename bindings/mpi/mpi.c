@@ -473,8 +473,17 @@ static const char *launcher_mismatch(char *buf, size_t n) {
   return buf;
 }
 
-/* Initializes MPI once per process; raises with the reason when it cannot. */
+/*
+** Initializes MPI once per process; raises with the reason when it cannot.
+** The first call releases the GIL: MPI_Init takes a good part of a second
+** (it starts Open MPI's runtime) and the universe's other threads go on.
+*/
 static void world_init(lua_State *L) {
+  pthread_mutex_lock(&world.mu);
+  bool first = world.inited == 0;
+  pthread_mutex_unlock(&world.mu);
+  bool in_child = host_in_fork_child(L);
+  if (first) host_gil_release(L);
   pthread_mutex_lock(&world.mu);
   if (world.inited == 0) {
     world.inited = -1;
@@ -485,7 +494,7 @@ static void world_init(lua_State *L) {
     int provided = 0;
     /* a pool's child of a launched rank inherits its OMPI_* variables: its
     ** MPI_Init would take the parent's place in the job */
-    bool child = host_in_fork_child(L) &&
+    bool child = in_child &&
                  (getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL);
     if (child) {
       snprintf(world.init_error, sizeof world.init_error,
@@ -517,6 +526,7 @@ static void world_init(lua_State *L) {
   int ok = world.inited;
   bool forked = ok == 1 && world.pid != getpid();
   pthread_mutex_unlock(&world.mu);
+  if (first) host_gil_acquire(L);
   if (ok != 1) luaL_error(L, "%s", world.init_error);
   if (forked) luaL_error(L, "host.mpi cannot be used in a process forked from an MPI rank");
 }
