@@ -521,6 +521,28 @@ print('done', mpi.rank())
     assert.matches('done\t2\n', out, 1, true)
   end)
 
+  it('breaks a later executor, instead of hanging, once every other rank has ended', function()
+    -- before: with both byes taken, round 3's task waited for a rank forever (2 of 4 runs hung)
+    local out, err, code = world([[
+local mpi = require 'host.mpi'
+local function round(k)
+  local ex <close> = mpi.CommExecutor()
+  if ex then
+    local f = ex:submit(function() return 'r' .. require('host.mpi').rank() end)
+    local ok, e = pcall(f.result, f, 20)
+    print('round', k, ok, ok and e or e.kind)
+  end
+end
+round(1)
+if mpi.rank() == 0 then for k = 2, 4 do round(k) end end
+print('done', mpi.rank())
+]], 3, true)
+    assert.are.equal(0, code, err)
+    assert.matches('round\t1\ttrue\tr[12]\n', out)
+    for k = 2, 4 do assert.matches('round\t' .. k .. '\tfalse\tBrokenProcessPool\n', out, 1, true) end
+    for r = 0, 2 do assert.matches('done\t' .. r .. '\n', out, 1, true) end
+  end)
+
   it('refuses a root other than 0', function()
     local out, err, code = world([[
 local mpi = require 'host.mpi'

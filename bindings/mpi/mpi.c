@@ -266,6 +266,20 @@ static int busy_workers(void) {
 }
 
 /*
+** When every worker rank has said bye (world.mu held), breaks the pools
+** of the queued items: nobody is left to run them.
+*/
+static void break_if_all_gone(void) {
+  for (int k = 1; k < world.size; k++)
+    if (!world.gone[k]) return;
+  while (world.head != NULL) {
+    mpool *p = world.head->p;
+    if (p->gone_payload == NULL) return;
+    break_pool(p, copy_bytes(p->gone_payload, p->gone_len), p->gone_len);
+  }
+}
+
+/*
 ** Rank r said bye (world.mu held): its script ended without serving a
 ** CommExecutor of rank 0 (which every rank must call). No task goes there
 ** again; the pool of the task it was given breaks, and so does every
@@ -287,13 +301,7 @@ static void take_bye(int r) {
     break_pool(p, copy_bytes(p->gone_payload, p->gone_len), p->gone_len);
     post_done(it);
   }
-  for (int k = 1; k < world.size; k++)
-    if (!world.gone[k]) return;
-  while (world.head != NULL) {
-    mpool *p = world.head->p;
-    if (p->gone_payload == NULL) return;
-    break_pool(p, copy_bytes(p->gone_payload, p->gone_len), p->gone_len);
-  }
+  break_if_all_gone();
 }
 
 /* Takes the result message `msg` of rank r (world.mu not held). */
@@ -379,6 +387,7 @@ static void *manager_main(void *arg) {
       nap = NAP_MIN;
     }
     int busy = busy_workers();
+    if (busy == 0) break_if_all_gone();
     if (busy == 0 && !world.release) {  /* nothing to poll for: sleep until a submit */
       pthread_cond_wait(&world.cv, &world.mu);
       last = now();
