@@ -34,6 +34,7 @@ HOST = $(BUILD)/host
 DEPS_BUILD = make gcc pkg-config liblua5.4-dev libreadline-dev
 DEPS_TEST = $(DEPS_BUILD) lua5.4 lua-busted python3 lua-lpeg lua-filesystem groff-base librsvg2-bin
 DEPS_CHECK = $(DEPS_TEST) clang libclang-rt-14-dev valgrind dpkg-dev
+DEPS_MPI = $(DEPS_TEST) openmpi-bin libopenmpi-dev
 DEPS = tools/deps.sh
 
 # How the specs run: busted inside host, counting into $(BUILD)/counts.
@@ -41,7 +42,7 @@ SPEC_WRAP ?=
 SPEC_ENV ?=
 SPECS ?= spec
 
-.PHONY: all test demo sanitize tsan tsan-negative valgrind bench fuzz soak \
+.PHONY: all mpi test-mpi test demo sanitize tsan tsan-negative valgrind bench fuzz soak \
         install uninstall clean deps build-host run-specs
 
 all: $(HOST)
@@ -68,6 +69,40 @@ $(BUILD)/obj/trace_svg.o: bindings/trace_svg.lua
 
 -include $(BINDING_OBJ:.o=.d) $(HOST_OBJ:.o=.d)
 
+# ---- host.mpi: futures over MPI (bindings/mpi/) ----
+# A module of its own, $(MPI_LUA)/host/mpi.so, built when Debian's Open MPI
+# is installed (pkg-config ompi): the host program never links libmpi. Where
+# it is not, $(MPI_LUA)/host/mpi.lua takes its place and says so when
+# required. host finds both beside itself, with no LUA_PATH or LUA_CPATH:
+# $(MPI_LUA) beside $(HOST) in the build tree, $(LIBDIR)/lua/5.4 and
+# $(PREFIX)/share/lua/5.4 installed (host/main.c, add_own_paths).
+# run-specs builds it beside every host it tests (build/asan/lua/...).
+HAVE_MPI := $(shell pkg-config --exists ompi 2>/dev/null && echo 1)
+MPI_CFLAGS ?= $(shell pkg-config --cflags ompi 2>/dev/null)
+MPI_LIBS ?= $(shell pkg-config --libs ompi 2>/dev/null)
+MPI_LUA = $(BUILD)/lua
+MPI_FILES = $(MPI_LUA)/host/mpi/run.lua $(if $(HAVE_MPI),$(MPI_LUA)/host/mpi.so,$(MPI_LUA)/host/mpi.lua)
+# How the MPI specs and bench launch: 3 ranks on any machine, as root too;
+# --bind-to none, or each rank is pinned to one core.
+MPIEXEC = mpiexec --allow-run-as-root --oversubscribe --bind-to none
+all: mpi
+mpi: $(MPI_FILES)
+
+$(MPI_LUA)/host/mpi.so: bindings/mpi/mpi.c | $(HOST)
+	@mkdir -p $(dir $@)
+	rm -f $(MPI_LUA)/host/mpi.lua
+	$(CC) $(ALL_CFLAGS) $(MPI_CFLAGS) -fPIC -shared -o $@ $< $(MPI_LIBS)
+
+$(MPI_LUA)/host/mpi.lua: bindings/mpi/stub.lua
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+$(MPI_LUA)/host/mpi/run.lua: bindings/mpi/run.lua
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+-include $(MPI_LUA)/host/mpi.d
+
 # ---- running the specs ----
 
 deps:
@@ -90,7 +125,7 @@ $(BUILD)/spec:
 # that dies without counting its results counts as one failure.
 SPEC_FILES = $(foreach s,$(SPECS),$(or $(wildcard $(s)/*_spec.lua),$(s)))
 COUNTS = $(abspath $(BUILD))/counts
-run-specs: $(HOST) $(SPEC_LIB)
+run-specs: $(HOST) $(SPEC_LIB) $(MPI_FILES)
 	@rm -f $(COUNTS)
 	@status=0; for specs in $(if $(SPEC_EACH),$(SPEC_FILES),"$(SPECS)"); do \
 	  before=$$(cat $(COUNTS) 2>/dev/null | wc -l); \
@@ -105,6 +140,15 @@ run-specs: $(HOST) $(SPEC_LIB)
 test:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory run-specs
+
+# The MPI specs (spec/mpi_spec.lua), each world under `timeout`, with
+# Debian's Open MPI installed first; counted into $(BUILD)/mpi-counts.
+# Under plain `make test` they are pending.
+test-mpi:
+	@$(DEPS) $(DEPS_MPI)
+	@$(MAKE) --no-print-directory mpi run-specs SPECS=spec/mpi_spec.lua \
+	  COUNTS=$(abspath $(BUILD))/mpi-counts \
+	  SPEC_ENV='HOST_MPI=1 HOST_MPIEXEC="$(MPIEXEC)"'
 
 # The experiment scripts; their pictures (SVG) go to $(DEMO_OUT).
 # DEMO_QUICK=1 runs them on a small workload (what spec/experiments_spec.lua does).
@@ -184,10 +228,11 @@ soak:
 # min-max, a summary table of the goals (met / MISSED), $(BUILD)/bench.json
 # and $(BUILD)/bench.svg. bench/futex_pingpong.c is the C floor under the
 # GIL hand-off figure. `host bench/readme_table.lua` turns bench.json into
-# the README's "What it costs" table.
+# the README's "What it costs" table. bench/mpi_bench.lua runs where Open
+# MPI and host.mpi are there (make test-mpi installs them), else says why not.
 bench:
 	@$(DEPS) $(DEPS_TEST)
-	@$(MAKE) --no-print-directory $(HOST) $(BUILD)/bench/futex_pingpong
+	@$(MAKE) --no-print-directory $(HOST) mpi $(BUILD)/bench/futex_pingpong
 	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
 
 $(BUILD)/bench/futex_pingpong: bench/futex_pingpong.c
@@ -235,17 +280,21 @@ LIBDIR = $(PREFIX)/lib
 INCDIR = $(PREFIX)/include/host
 MANDIR = $(PREFIX)/share/man/man1
 SHAREDIR = $(PREFIX)/share/host
-INSTALL_DIRS = $(PREFIX)/bin $(INCDIR) $(LIBDIR)/pkgconfig $(MANDIR) $(SHAREDIR)
+# host.mpi goes where Lua's default paths look (for PREFIX /usr/local).
+LUA_CMOD = $(LIBDIR)/lua/5.4/host
+LUA_LMOD = $(PREFIX)/share/lua/5.4/host
+INSTALL_DIRS = $(PREFIX)/bin $(INCDIR) $(LIBDIR)/pkgconfig $(MANDIR) $(SHAREDIR) \
+               $(LUA_CMOD) $(LUA_LMOD)/mpi
 DIRS_MADE = $(SHAREDIR)/dirs-made
 INSTALLED = $(PREFIX)/bin/host $(INCDIR)/host.h $(LIBDIR)/libhost.a \
             $(LIBDIR)/pkgconfig/host.pc $(LIBDIR)/pkgconfig/host-embed.pc \
-            $(MANDIR)/host.1
+            $(MANDIR)/host.1 $(LUA_CMOD)/mpi.so $(LUA_LMOD)/mpi.lua $(LUA_LMOD)/mpi/run.lua
 # make splits words at blanks: a PREFIX or DESTDIR with one would install
 # into, or remove, other paths (`rm -f /a/victim x/bin/host`). Refused.
 BLANK := $(subst ,, )
 CHECK_PATHS = $(if $(findstring $(BLANK),$(PREFIX)$(DESTDIR)),$(error PREFIX and DESTDIR \
   must not contain blanks: '$(DESTDIR)' '$(PREFIX)'; install elsewhere and link))
-install: $(HOST)
+install: $(HOST) mpi
 	$(CHECK_PATHS)
 	@made=$$(for d in $(INSTALL_DIRS); do \
 	    while [ "$$d" != / ] && [ "$$d" != . ] && [ ! -d "$(DESTDIR)$$d" ]; do \
@@ -259,6 +308,9 @@ install: $(HOST)
 	install -m 644 tools/host.pc.in $(DESTDIR)$(LIBDIR)/pkgconfig/host.pc
 	install -m 644 tools/host-embed.pc.in $(DESTDIR)$(LIBDIR)/pkgconfig/host-embed.pc
 	install -m 644 host/host.1 $(DESTDIR)$(MANDIR)/host.1
+	install -m 644 $(MPI_LUA)/host/mpi/run.lua $(DESTDIR)$(LUA_LMOD)/mpi/run.lua
+	rm -f $(DESTDIR)$(LUA_CMOD)/mpi.so $(DESTDIR)$(LUA_LMOD)/mpi.lua
+	$(if $(HAVE_MPI),install -m 755 $(MPI_LUA)/host/mpi.so $(DESTDIR)$(LUA_CMOD)/mpi.so,install -m 644 $(MPI_LUA)/host/mpi.lua $(DESTDIR)$(LUA_LMOD)/mpi.lua)
 	@[ -n "$(DESTDIR)" ] || { \
 	  bin=$$(cd "$(PREFIX)/bin" && pwd -P); mine=; IFS=:; \
 	  for d in $$PATH; do \

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <readline/readline.h>
@@ -633,6 +634,85 @@ static void do_repl(lua_State *L) {
 
 /* ---- main ---- */
 
+/*
+** Puts `entry` into package[field] after the user's own entries (those
+** of LUA_CPATH_5_4 / LUA_CPATH, or the _PATH twins, before their ";;"),
+** before Lua's defaults: the user may still override a module, and a
+** stale copy under /usr/local cannot shadow the program's own. `envs`
+** names the two variables; `noenv` is -E. An entry already there stays.
+*/
+static void add_own_path(lua_State *L, const char *field, const char *const envs[2],
+                         const char *entry, bool noenv) {
+  lua_getglobal(L, "package");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getfield(L, -1, field);
+  const char *cur = lua_tostring(L, -1);
+  if (cur == NULL || strstr(cur, entry) != NULL) {
+    lua_pop(L, 2);
+    return;
+  }
+  const char *env = noenv ? NULL : getenv(envs[0]);
+  if (env == NULL && !noenv) env = getenv(envs[1]);
+  size_t at = 0;  /* where the entry goes in cur */
+  if (env != NULL) {
+    const char *dd = strstr(env, ";;");
+    at = dd != NULL ? (size_t)(dd - env) : strlen(cur);  /* no ";;": after them all */
+    if (at > strlen(cur)) at = strlen(cur);
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, cur, at);
+  if (at > 0 && cur[at - 1] != ';') luaL_addchar(&b, ';');
+  luaL_addstring(&b, entry);
+  if (cur[at] != '\0' && cur[at] != ';') luaL_addchar(&b, ';');
+  luaL_addstring(&b, cur + at);
+  luaL_pushresult(&b);
+  lua_setfield(L, -3, field);
+  lua_pop(L, 2);
+}
+
+/*
+** Lets require find the modules host builds beside itself (host.mpi and
+** host.mpi.run) without LUA_PATH/LUA_CPATH: relative to the program's own
+** file (/proc/self/exe), <dir>/lua/ in the build tree (build/host beside
+** build/lua/), else <prefix>/lib/lua/5.4/ and <prefix>/share/lua/5.4/ of
+** an installed bin/host. Without /proc, nothing is added.
+*/
+static void add_own_paths(lua_State *L, bool noenv) {
+  static const char *const cenv[2] = {"LUA_CPATH_5_4", "LUA_CPATH"};
+  static const char *const lenv[2] = {"LUA_PATH_5_4", "LUA_PATH"};
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return;
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (slash == NULL) return;
+  *slash = '\0';  /* exe is now the program's directory */
+  struct stat st;
+  const char *lua = lua_pushfstring(L, "%s/lua/host", exe);
+  bool build = stat(lua, &st) == 0 && S_ISDIR(st.st_mode);
+  lua_pop(L, 1);
+  if (build) {
+    add_own_path(L, "cpath", cenv, lua_pushfstring(L, "%s/lua/?.so", exe), noenv);
+    add_own_path(L, "path", lenv, lua_pushfstring(L, "%s/lua/?.lua", exe), noenv);
+  } else {
+    slash = strrchr(exe, '/');
+    if (slash == NULL) return;
+    *slash = '\0';  /* the prefix ("" for /bin/host) */
+    add_own_path(L, "cpath", cenv,
+                 lua_pushfstring(L, "%s/lib/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.so", exe),
+                 noenv);
+    add_own_path(L, "path", lenv,
+                 lua_pushfstring(L, "%s/share/lua/" LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "/?.lua", exe),
+                 noenv);
+  }
+  lua_pop(L, 2);
+}
+
+
 /* Everything main does with the state, run under lua_pcall as lua.c does. */
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
@@ -666,6 +746,7 @@ static int pmain(lua_State *L) {
   }
   luaL_openlibs(L);
   host_openlibs(L);
+  add_own_paths(L, flags & HAS_E);
   create_arg_table(L, argv, argc, script > 0 ? script : argc);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (!apply_switch_options(L, argv, script)) return 0;

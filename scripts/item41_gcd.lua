@@ -100,6 +100,14 @@ local ways = {
   { key = 'interpreters', label = ('InterpreterPoolExecutor(max_workers=%d)'):format(WORKERS),
     run = run_pool('interpreters', WORKERS) },
 }
+-- Under mpiexec with host.mpi (mpiexec -n 3 host -l host.mpi.run
+-- scripts/item41_gcd.lua): an MPI row, the work on 2 worker ranks.
+local mpi = package.loaded['host.mpi']
+if mpi and futures.MPIPoolExecutor and mpi.size() > WORKERS then
+  makers.mpi = function(n) return futures.MPIPoolExecutor { max_workers = n } end
+  ways[#ways + 1] = { key = 'mpi', label = ('MPIPoolExecutor(max_workers=%d)'):format(WORKERS),
+                      run = run_pool('mpi', WORKERS) }
+end
 local fs = {}
 for i, w in ipairs(ways) do fs[i] = w.run end
 local samples = { measure.rounds(fs, ROUNDS) }

@@ -237,6 +237,14 @@ describe('make install', function()
     local man = assert(io.open(prefix .. '/share/man/man1/host.1')):read 'a'
     assert.are.equal(assert(io.open 'host/host.1'):read 'a', man)
     assert.are.equal(0, select(3, sh.run(q(prefix .. '/bin/host') .. ' -e "assert(require(\'host\').version)"')))
+    -- host.mpi (the module or the stub) and host.mpi.run are found under the prefix, no LUA_PATH needed
+    out, err, code = sh.run('env -u LUA_PATH_5_4 -u LUA_CPATH_5_4 -u LUA_PATH -u LUA_CPATH ' .. q(prefix .. '/bin/host')
+      .. [[ -e 'print(package.searchpath("host.mpi.run", package.path))
+print(package.searchpath("host.mpi", package.cpath) or package.searchpath("host.mpi", package.path))']])
+    assert.are.equal(0, code, err)
+    local run, mod = out:match '^([^\n]*)\n([^\n]*)\n$'
+    assert.are.equal(prefix .. '/share/lua/5.4/host/mpi/run.lua', run)
+    assert.is_true(mod == prefix .. '/lib/lua/5.4/host/mpi.so' or mod == prefix .. '/share/lua/5.4/host/mpi.lua', mod)
     out = sh.run('PATH=' .. q(prefix .. '/bin:' .. dir .. '/other:/usr/bin:/bin') .. ' ' .. make .. 'install', 60)
     assert.matches('warning: ' .. prefix .. '/bin/host hides ' .. dir .. '/other/host on PATH', out, 1, true)
     _, err, code = sh.run(make .. 'uninstall', 60)
