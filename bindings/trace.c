@@ -156,18 +156,50 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
   sb_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-/* A JSON string; '@' is escaped too (a child's "@k" task marks stay unique). */
+/*
+** The length of the well-formed UTF-8 sequence at c (1 to 4), or 0 when
+** the bytes there are not one (a stray continuation, an overlong form, a
+** surrogate, past U+10FFFF, cut short).
+*/
+static int utf8_len(const unsigned char *c) {
+  if (c[0] < 0x80) return 1;
+  int n;
+  unsigned long cp;
+  if (c[0] >= 0xc2 && c[0] <= 0xdf) n = 2, cp = c[0] & 0x1f;
+  else if (c[0] >= 0xe0 && c[0] <= 0xef) n = 3, cp = c[0] & 0x0f;
+  else if (c[0] >= 0xf0 && c[0] <= 0xf4) n = 4, cp = c[0] & 0x07;
+  else return 0;
+  for (int i = 1; i < n; i++) {
+    if ((c[i] & 0xc0) != 0x80) return 0;  /* the NUL at the end stops here too */
+    cp = cp << 6 | (c[i] & 0x3f);
+  }
+  if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+      (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+    return 0;
+  return n;
+}
+
+/*
+** A JSON string; '@' is escaped too (a child's "@k" task marks stay
+** unique). A byte that is not part of well-formed UTF-8 becomes U+FFFD:
+** JSON is UTF-8, and a parser refuses the whole file over one bad byte.
+*/
 static void sb_json_string(sbuf *b, const char *s) {
   sb_puts(b, "\"");
-  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+  for (const unsigned char *c = (const unsigned char *)s; *c;) {
+    int n = utf8_len(c);
     if (*c == '"' || *c == '\\') {
       char e[2] = {'\\', (char)*c};
       sb_add(b, e, 2);
     } else if (*c < 0x20 || *c == '@' || *c == 0x7f) {
       sb_printf(b, "\\u%04x", *c);
+    } else if (n == 0) {
+      sb_puts(b, "\\ufffd");
+      n = 1;
     } else {
-      sb_add(b, (const char *)c, 1);
+      sb_add(b, (const char *)c, (size_t)n);
     }
+    c += n;
   }
   sb_puts(b, "\"");
 }
@@ -568,6 +600,7 @@ typedef struct wev {
   char *json;           /* owned */
   const char *cat, *name;  /* for closing an open B (own events only) */
   char *name_own;
+  long task_seq;        /* a process-pool child's open task: closed as "task #@k" */
 } wev;
 
 typedef struct wlist {
@@ -718,6 +751,7 @@ static void collect(host_trace *t, wlist *out) {
       if (e->ph == 'B') {
         w.name_own = dup_str(e->name);
         w.name = w.name_own;
+        w.task_seq = e->seq;
       }
       if (w.json == NULL || !wl_push(out, &w)) {
         free(w.json);
@@ -902,7 +936,8 @@ static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double 
       wev *b = &w->v[lanes[k].open[j]];
       sb_printf(s, "%s{\"ph\":\"E\",\"pid\":%ld,\"tid\":%lu,\"ts\":%.3f,\"cat\":\"%s\",\"name\":",
                 any ? sep : "\n", (long)b->pid, b->tid, end, b->cat ? b->cat : "thread");
-      sb_json_string(s, b->name ? b->name : "?");
+      if (b->task_seq > 0) sb_printf(s, "\"task #@%ld\"", b->task_seq);  /* as its B */
+      else sb_json_string(s, b->name ? b->name : "?");
       sb_puts(s, "}");
       any = true;
     }
@@ -1220,6 +1255,22 @@ static void check_owner(lua_State *L, host_universe *u) {
 }
 
 /*
+** Forgets the resume spans u's lanes had open when the trace last stopped
+** (their E came while nothing recorded): else each GIL gap of the new
+** trace would close and reopen them, one more for every stop. Every
+** thread that changes a count holds u's GIL, as the caller does.
+*/
+static void forget_resumes(host_trace *t, host_universe *u) {
+  pthread_mutex_lock(&t->mu);
+  for (trace_buf *b = t->bufs; b != NULL; b = b->next) {
+    if (b->pid == getpid() && b->tid >= (unsigned long)u->trace_lanes &&
+        b->tid < (unsigned long)u->trace_lanes + 1000000)
+      b->resumes = 0;
+  }
+  pthread_mutex_unlock(&t->mu);
+}
+
+/*
 ** trace.start(path [, {limit = MB, coroutines = bool}]): starts recording
 ** into `path` (written at stop or at exit). Starting twice is an error.
 */
@@ -1247,6 +1298,9 @@ static int l_start(lua_State *L) {
     return luaL_error(L, "host.trace: SVG output needs host.trace.svg (write .json instead)");
   if (atomic_load(&u->tracing)) return luaL_error(L, "host.trace: already tracing (to %s)",
                                                   u->trace->path);
+  FILE *probe = fopen(path, "ab");  /* a path that cannot be written fails now, not at exit */
+  if (probe == NULL) return luaL_error(L, "host.trace: cannot write %s: %s", path, strerror(errno));
+  fclose(probe);
   if (u->trace == NULL && (u->trace = trace_new()) == NULL)
     return luaL_error(L, "host.trace: not enough memory");
   host_trace *t = u->trace;
@@ -1272,6 +1326,7 @@ static int l_start(lua_State *L) {
   t->coroutines = coroutines;
   pthread_mutex_unlock(&t->mu);
   atomic_store(&t->dropped, 0);
+  forget_resumes(t, u);
   name_lane(t, ts, ts == &u->main_ts ? "main" : "thread");
   atomic_store(&t->on, true);
   atomic_store(&u->tracing, true);

@@ -450,6 +450,82 @@ describe('host.trace', function()
     assert.equals('interpreter-pool worker 1', s.names[lane(s.bycat.mark[1])])
   end)
 
+  it('writes valid UTF-8 where names, marks and counters hold invalid bytes', function()
+    local doc, out, err, code, text = traced([[
+      local trace = require 'host.trace'
+      local thread = require 'host.thread'
+      trace.mark('bad \255\254 "q" \n \237\160\128 \192\175 end\240\159')
+      trace.counter('c\255', 1)
+      local t = thread.Thread{name = 'n\255"', target = function() trace.mark('\226\130\172') end}
+      t:start() assert(t:join(5))
+    ]])
+    assert.equals(0, code, err)
+    assert.is_not_nil(utf8.len(text), 'the file is UTF-8')
+    local s = check(doc)
+    local marks = {}
+    for _, e in ipairs(s.bycat.mark) do marks[#marks + 1] = e.name end
+    table.sort(marks)
+    assert.same({'bad \u{FFFD}\u{FFFD} "q" \n \u{FFFD}\u{FFFD}\u{FFFD} \u{FFFD}\u{FFFD} end\u{FFFD}\u{FFFD}',
+                 '\u{20AC}'}, marks)
+    assert.equals('c\u{FFFD}', s.bycat.counter[1].name)
+    local named = false
+    for _, name in pairs(s.names) do named = named or name == 'n\u{FFFD}"' end
+    assert.is_true(named)
+  end)
+
+  it('refuses a path it cannot write at start, before the script runs', function()
+    local out, err, code = sh.host_run("--trace=/nonexistent/dir/t.json -e 'print(1)'")
+    assert.equals(1, code)
+    assert.equals('', out)
+    assert.matches('host.trace: cannot write /nonexistent/dir/t.json: No such file', err, 1, true)
+    out, err, code = sh.host_script([[
+      local trace = require 'host.trace'
+      print(pcall(trace.start, '/tmp'))
+      print(trace.enabled())
+    ]])
+    assert.equals(0, code, err)
+    assert.equals('false\thost.trace: cannot write /tmp: Is a directory\nfalse\n', out)
+  end)
+
+  it('closes a process-pool task whose worker exits inside it under the task\'s id', function()
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor{max_workers = 1}
+      local f = ex:submit(function() os.exit(3) end)
+      print(pcall(f.result, f, 10))
+    ]])
+    assert.equals(0, code, err)
+    assert.matches('^false\tBrokenProcessPool', out)
+    local s = check(doc)
+    local ends = 0
+    for _, e in ipairs(s.bycat.task) do
+      if e.ph == 'E' then
+        assert.matches('^task #%d+$', e.name)
+        ends = ends + 1
+      end
+    end
+    assert.equals(1, ends)
+  end)
+
+  it('forgets the resume spans open at stop when it starts again', function()
+    local path = tracefile()
+    local out, err, code = sh.host_script(([[
+      local trace = require 'host.trace'
+      local thread = require 'host.thread'
+      for round = 1, 3 do
+        trace.start(%q, {coroutines = true})
+        coroutine.wrap(function() trace.stop() coroutine.yield() end)()
+      end
+      trace.start(%q, {coroutines = true})
+      for _ = 1, 3 do thread.sleep(0.001) end
+      trace.stop()
+    ]]):format(path, path, path))
+    assert.equals(0, code, err)
+    local s = check(json.decode(assert(slurp(path))))
+    os.remove(path)
+    assert.is_nil(s.bycat.coroutine)
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
