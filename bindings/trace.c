@@ -98,6 +98,11 @@ struct host_trace {
   size_t nbuckets, nfutures;
   dispatch_rec *disp;
   size_t ndisp, capdisp;
+  struct lane_name {    /* the names of the threads alive at start (mu) */
+    unsigned long tid;
+    char *name;
+  } *names;
+  size_t nnames, capnames;
 };
 
 /* ---- small helpers ---- */
@@ -697,6 +702,14 @@ static char *meta_json(const char *what, pid_t pid, unsigned long tid, const cha
   return b.p;
 }
 
+/* The name of b's thread when the trace started (mu held), else "thread". */
+static const char *name_at_start(host_trace *t, const trace_buf *b) {
+  if (b->pid != getpid()) return "thread";
+  for (size_t i = 0; i < t->nnames; i++)
+    if (t->names[i].tid == b->tid) return t->names[i].name;
+  return "thread";
+}
+
 /* Adds one metadata line per lane (names of one lane joined) and the process's. */
 static void add_metadata(host_trace *t, wlist *out, trace_buf **bufs, size_t nb) {
   for (size_t i = 0; i < nb; i++) {
@@ -707,7 +720,7 @@ static void add_metadata(host_trace *t, wlist *out, trace_buf **bufs, size_t nb)
     sbuf names = {0};
     for (size_t j = i; j < nb; j++) {
       if (bufs[j]->pid != bufs[i]->pid || bufs[j]->tid != bufs[i]->tid) continue;
-      const char *nm = bufs[j]->name ? bufs[j]->name : "thread";
+      const char *nm = bufs[j]->name ? bufs[j]->name : name_at_start(t, bufs[j]);
       if (names.n > 0 && strstr(names.p, nm) != NULL) continue;
       if (names.n > 0) sb_puts(&names, ", ");
       sb_puts(&names, nm);
@@ -1113,6 +1126,14 @@ static host_trace *trace_new(void) {
   return t;
 }
 
+/* Forgets the names of the threads alive at the last start (mu held or unshared). */
+static void names_free(host_trace *t) {
+  for (size_t i = 0; i < t->nnames; i++) free(t->names[i].name);
+  free(t->names);
+  t->names = NULL;
+  t->nnames = t->capnames = 0;
+}
+
 /* Drops a reference; the last frees the trace and every buffer left. */
 static void trace_unref(host_trace *t) {
   if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1) return;
@@ -1121,6 +1142,7 @@ static void trace_unref(host_trace *t) {
     buf_free(b);
   }
   futures_free(t);
+  names_free(t);
   free(t->disp);
   free(t->path);
   free(t->process_name);
@@ -1162,6 +1184,7 @@ void host_trace_after_fork(host_universe *u) {
   for (host_tstate *ts = host_current(); ts != NULL; ts = ts->outer) ts->tbuf = NULL;
   u->main_ts.tbuf = NULL;
   futures_free(t);
+  names_free(t);
   t->ndisp = 0;
   atomic_store(&t->dropped, 0);
   if (!atomic_load(&t->on) || u->trace_sub) {
@@ -1270,6 +1293,56 @@ static void forget_resumes(host_trace *t, host_universe *u) {
   pthread_mutex_unlock(&t->mu);
 }
 
+/* Keeps `name` as lane tid's name (mu held); false without memory. */
+static bool name_keep(host_trace *t, unsigned long tid, const char *name) {
+  if (t->nnames == t->capnames) {
+    size_t cap = t->capnames ? t->capnames * 2 : 16;
+    struct lane_name *p = realloc(t->names, cap * sizeof *p);
+    if (p == NULL) return false;
+    t->names = p;
+    t->capnames = cap;
+  }
+  char *s = dup_str(name);
+  if (s == NULL) return false;
+  t->names[t->nnames].tid = tid;
+  t->names[t->nnames++].name = s;
+  return true;
+}
+
+/*
+** (protected, GIL held) Keeps the names of the universe's threads alive
+** now (host.thread's enumerate, if it was loaded: no Thread exists
+** before), for the lanes of those that started before the trace: their
+** thread_name is their Thread's name, not "thread". Argument 1: the trace.
+*/
+static int names_at_start(lua_State *L) {
+  host_trace *t = lua_touserdata(L, 1);
+  host_universe *u = host_universe_of(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "host.thread") != LUA_TTABLE) return 0;
+  lua_getfield(L, -1, "enumerate");
+  lua_call(L, 0, 1);
+  luaL_checktype(L, -1, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, -1, i);
+    lua_getfield(L, -1, "ident");
+    lua_getfield(L, -2, "name");
+    lua_Integer ident = lua_tointeger(L, -2);
+    const char *name = lua_tostring(L, -1);
+    host_tstate *ts = host_tstate_of_ident(L, (unsigned long)ident);
+    if (ts != NULL && name != NULL) {
+      const char *lane_name = ts == &u->main_ts ? "main" : name;
+      pthread_mutex_lock(&t->mu);
+      bool ok = name_keep(t, lane_id(ts), lane_name);
+      pthread_mutex_unlock(&t->mu);
+      if (!ok) return luaL_error(L, "not enough memory");
+    }
+    lua_pop(L, 3);
+  }
+  return 0;
+}
+
 /*
 ** trace.start(path [, {limit = MB, coroutines = bool}]): starts recording
 ** into `path` (written at stop or at exit). Starting twice is an error.
@@ -1327,7 +1400,21 @@ static int l_start(lua_State *L) {
   pthread_mutex_unlock(&t->mu);
   atomic_store(&t->dropped, 0);
   forget_resumes(t, u);
-  name_lane(t, ts, ts == &u->main_ts ? "main" : "thread");
+  pthread_mutex_lock(&t->mu);
+  names_free(t);
+  pthread_mutex_unlock(&t->mu);
+  lua_pushcfunction(L, names_at_start);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);  /* lanes keep "thread" */
+  if (ts == &u->main_ts) name_lane(t, ts, "main");
+  else if (ts->tbuf == NULL || ts->tbuf->name == NULL) {
+    trace_buf b = {.pid = getpid(), .tid = lane_id(ts)};
+    pthread_mutex_lock(&t->mu);
+    char *name = dup_str(name_at_start(t, &b));
+    pthread_mutex_unlock(&t->mu);
+    name_lane(t, ts, name ? name : "thread");
+    free(name);
+  }
   atomic_store(&t->on, true);
   atomic_store(&u->tracing, true);
   host_trace_gil(ts, true);  /* it holds the GIL from now on */

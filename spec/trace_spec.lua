@@ -526,6 +526,30 @@ describe('host.trace', function()
     assert.is_nil(s.bycat.coroutine)
   end)
 
+  it('names the lanes of threads that started before the trace, and of the thread that starts it', function()
+    local path = tracefile()
+    local out, err, code = sh.host_script(([[
+      local thread = require 'host.thread'
+      local trace = require 'host.trace'
+      local ready, go = thread.Event(), thread.Event()
+      local early = thread.Thread{name = 'early', target = function()
+        ready:set() assert(go:wait(5))
+      end}
+      early:start() assert(ready:wait(5))
+      local starter = thread.Thread{name = 'starter', target = function() trace.start(%q) end}
+      starter:start() assert(starter:join(5))
+      go:set() assert(early:join(5))
+      trace.stop()
+    ]]):format(path))
+    assert.equals(0, code, err)
+    local s = check(json.decode(assert(slurp(path))))
+    os.remove(path)
+    local names = {}
+    for _, name in pairs(s.names) do names[#names + 1] = name end
+    table.sort(names)
+    assert.same({'early', 'main', 'starter'}, names)
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
