@@ -836,9 +836,16 @@ static char *resolve_tasks(host_trace *t, const char *line, pid_t pid) {
 static void part_name(host_trace *t, char *out, size_t n, pid_t pid) {
   const char *dir = getenv("TMPDIR");
   if (dir == NULL || dir[0] == '\0') dir = "/tmp";
-  if (pid > 0) snprintf(out, n, "%s/host-trace-%ld-%p-%ld.part", dir, (long)t->owner, (void *)t,
-                        (long)pid);
-  else snprintf(out, n, "%s/host-trace-%ld-%p-*.part", dir, (long)t->owner, (void *)t);
+  if (pid > 0) {
+    snprintf(out, n, "%s/host-trace-%ld-%p-%ld.part", dir, (long)t->owner, (void *)t, (long)pid);
+    return;
+  }
+  size_t k = 0;  /* the directory's own *, ?, [ and \ match only themselves */
+  for (const char *c = dir; *c && k + 2 < n; c++) {
+    if (strchr("*?[\\", *c) != NULL) out[k++] = '\\';
+    out[k++] = *c;
+  }
+  snprintf(out + k, n - k, "/host-trace-%ld-%p-*.part", (long)t->owner, (void *)t);
 }
 
 /* Reads the files the process-pool workers left into `out`, and removes them. */

@@ -550,6 +550,29 @@ describe('host.trace', function()
     assert.same({'early', 'main', 'starter'}, names)
   end)
 
+  it('merges the process-pool workers\' events when $TMPDIR holds glob characters, and leaves no file there', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    dir = dir .. ' [1]*?'
+    assert(os.execute('mkdir ' .. q(dir)))
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor{max_workers = 2, max_tasks_per_child = 1}
+      local fs = {}
+      for i = 1, 4 do fs[i] = ex:submit(function(x) return x end, i) end
+      for i = 1, 4 do assert(fs[i]:result(10) == i) end
+      ex:shutdown()
+    ]], nil, 'TMPDIR=' .. q(dir))
+    local left = sh.run('ls -A ' .. q(dir))
+    os.execute('rm -rf ' .. q(dir))
+    assert.equals(0, code, err)
+    assert.equals('', left)
+    local s = check(doc)
+    local pids = 0
+    for _ in pairs(s.pids) do pids = pids + 1 end
+    assert.is_true(pids >= 5, 'a process per task and the parent')
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
