@@ -77,6 +77,7 @@ typedef struct fnode {  /* future -> its id (a chained hash) */
 typedef struct dispatch_rec {  /* the k-th task given to a process-pool worker */
   pid_t pid;
   unsigned long id;
+  size_t order;         /* its place among all dispatches (for sorting by pid) */
 } dispatch_rec;
 
 struct host_trace {
@@ -588,6 +589,7 @@ void host_trace_dispatch(lua_State *L, int idx, pid_t pid) {
     t->capdisp = cap;
   }
   t->disp[t->ndisp].pid = pid;
+  t->disp[t->ndisp].order = t->ndisp;
   t->disp[t->ndisp].id = future_id(t, f, true);
   t->ndisp++;
   pthread_mutex_unlock(&t->mu);
@@ -803,11 +805,28 @@ static int wev_cmp(const void *a, const void *b) {
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* The k-th task dispatched to process `pid`, 0 if unknown (t->mu held). */
+/* Orders dispatches by process, then in the order they were made (qsort). */
+static int disp_cmp(const void *a, const void *b) {
+  const dispatch_rec *x = a, *y = b;
+  if (x->pid != y->pid) return x->pid < y->pid ? -1 : 1;
+  return (x->order > y->order) - (x->order < y->order);
+}
+
+/*
+** The k-th task dispatched to process `pid`, 0 if unknown (t->mu held,
+** t->disp sorted by disp_cmp: a binary search, so merging stays linear in
+** the tasks, not quadratic).
+*/
 static unsigned long dispatched(host_trace *t, pid_t pid, long k) {
-  for (size_t i = 0; i < t->ndisp; i++)
-    if (t->disp[i].pid == pid && --k == 0) return t->disp[i].id;
-  return 0;
+  size_t lo = 0, hi = t->ndisp;
+  while (lo < hi) {  /* the first dispatch to pid */
+    size_t mid = lo + (hi - lo) / 2;
+    if (t->disp[mid].pid < pid) lo = mid + 1;
+    else hi = mid;
+  }
+  if (k < 1 || (size_t)(k - 1) >= t->ndisp - lo) return 0;
+  const dispatch_rec *d = &t->disp[lo + (size_t)(k - 1)];
+  return d->pid == pid ? d->id : 0;
 }
 
 /* Replaces each "@k" of a child's line with the id of its k-th task. */
@@ -854,6 +873,7 @@ static void merge_children(host_trace *t, wlist *out) {
   part_name(t, pattern, sizeof pattern, 0);
   glob_t g;
   if (glob(pattern, 0, NULL, &g) != 0) return;
+  if (t->ndisp > 1) qsort(t->disp, t->ndisp, sizeof *t->disp, disp_cmp);
   for (size_t i = 0; i < g.gl_pathc; i++) {
     FILE *f = fopen(g.gl_pathv[i], "r");
     if (f == NULL) continue;
