@@ -714,14 +714,11 @@ static const char *name_at_start(host_trace *t, const trace_buf *b) {
 
 /* Adds one metadata line per lane (names of one lane joined) and the process's. */
 static void add_metadata(host_trace *t, wlist *out, trace_buf **bufs, size_t nb) {
-  for (size_t i = 0; i < nb; i++) {
-    bool first = true;
-    for (size_t j = 0; j < i && first; j++)
-      first = !(bufs[j]->pid == bufs[i]->pid && bufs[j]->tid == bufs[i]->tid);
-    if (!first) continue;
+  for (size_t i = 0; i < nb; i++) {  /* bufs sorted by lane: a lane's buffers are adjacent */
+    if (i > 0 && bufs[i - 1]->pid == bufs[i]->pid && bufs[i - 1]->tid == bufs[i]->tid) continue;
     sbuf names = {0};
     for (size_t j = i; j < nb; j++) {
-      if (bufs[j]->pid != bufs[i]->pid || bufs[j]->tid != bufs[i]->tid) continue;
+      if (bufs[j]->pid != bufs[i]->pid || bufs[j]->tid != bufs[i]->tid) break;
       const char *nm = bufs[j]->name ? bufs[j]->name : name_at_start(t, bufs[j]);
       if (names.n > 0 && strstr(names.p, nm) != NULL) continue;
       if (names.n > 0) sb_puts(&names, ", ");
@@ -912,18 +909,55 @@ typedef struct lane {
   size_t nopen, cap;
 } lane;
 
-/* The lane (pid, tid) among `lanes`, added when new; NULL without memory. */
-static lane *lane_of(lane **lanes, size_t *n, size_t *cap, pid_t pid, unsigned long tid) {
-  for (size_t i = 0; i < *n; i++)
-    if ((*lanes)[i].pid == pid && (*lanes)[i].tid == tid) return &(*lanes)[i];
-  if (*n == *cap) {
-    size_t c = *cap ? *cap * 2 : 16;
-    lane *p = realloc(*lanes, c * sizeof *p);
-    if (p == NULL) return NULL;
-    *lanes = p;
-    *cap = c;
+/* The lanes met so far, found by (pid, tid) through an open-addressed index. */
+typedef struct lane_set {
+  lane *v;
+  size_t n, cap;
+  size_t *slots;        /* 1 + an index into v, or 0: free */
+  size_t nslots;        /* a power of two, at least twice n */
+} lane_set;
+
+static size_t lane_slot(pid_t pid, unsigned long tid, size_t nslots) {
+  uint64_t h = (uint64_t)pid * 0x9E3779B97F4A7C15ULL ^ (uint64_t)tid * 0xC2B2AE3D27D4EB4FULL;
+  return (size_t)(h ^ (h >> 29)) & (nslots - 1);
+}
+
+/*
+** The lane (pid, tid) of set `ls`, added when new; NULL without memory.
+** A hash, not a scan: a trace of 20 000 short threads has 20 000 lanes.
+*/
+static lane *lane_of(lane_set *ls, pid_t pid, unsigned long tid) {
+  if (ls->nslots > 0) {
+    for (size_t i = lane_slot(pid, tid, ls->nslots); ls->slots[i] != 0;
+         i = (i + 1) & (ls->nslots - 1)) {
+      lane *l = &ls->v[ls->slots[i] - 1];
+      if (l->pid == pid && l->tid == tid) return l;
+    }
   }
-  lane *l = &(*lanes)[(*n)++];
+  if (2 * (ls->n + 1) > ls->nslots) {  /* a bigger index, every lane again */
+    size_t ns = ls->nslots ? ls->nslots * 2 : 64;
+    size_t *slots = calloc(ns, sizeof *slots);
+    if (slots == NULL) return NULL;
+    for (size_t k = 0; k < ls->n; k++) {
+      size_t i = lane_slot(ls->v[k].pid, ls->v[k].tid, ns);
+      while (slots[i] != 0) i = (i + 1) & (ns - 1);
+      slots[i] = k + 1;
+    }
+    free(ls->slots);
+    ls->slots = slots;
+    ls->nslots = ns;
+  }
+  if (ls->n == ls->cap) {
+    size_t c = ls->cap ? ls->cap * 2 : 16;
+    lane *p = realloc(ls->v, c * sizeof *p);
+    if (p == NULL) return NULL;
+    ls->v = p;
+    ls->cap = c;
+  }
+  size_t i = lane_slot(pid, tid, ls->nslots);
+  while (ls->slots[i] != 0) i = (i + 1) & (ls->nslots - 1);
+  ls->slots[i] = ls->n + 1;
+  lane *l = &ls->v[ls->n++];
   memset(l, 0, sizeof *l);
   l->pid = pid;
   l->tid = tid;
@@ -938,15 +972,14 @@ static lane *lane_of(lane **lanes, size_t *n, size_t *cap, pid_t pid, unsigned l
 static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double end,
                                          const char *sep) {
   unsigned long long dropped = 0;
-  lane *lanes = NULL;
-  size_t nl = 0, cl = 0;
+  lane_set ls = {0};
   bool any = false;
   bool *skip = calloc(w->n ? w->n : 1, sizeof *skip);
   for (size_t i = 0; i < w->n && skip != NULL; i++) {
     wev *e = &w->v[i];
     if (e->ph == 'M' || i < from) continue;
     if (e->ph != 'B' && e->ph != 'E') continue;
-    lane *l = lane_of(&lanes, &nl, &cl, e->pid, e->tid);
+    lane *l = lane_of(&ls, e->pid, e->tid);
     if (l == NULL) continue;
     if (e->ph == 'B') {
       if (l->nopen == l->cap) {
@@ -971,9 +1004,9 @@ static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double 
     sb_puts(s, e->json);
     any = true;
   }
-  for (size_t k = 0; k < nl; k++) {
-    for (size_t j = lanes[k].nopen; j-- > 0;) {
-      wev *b = &w->v[lanes[k].open[j]];
+  for (size_t k = 0; k < ls.n; k++) {
+    for (size_t j = ls.v[k].nopen; j-- > 0;) {
+      wev *b = &w->v[ls.v[k].open[j]];
       sb_printf(s, "%s{\"ph\":\"E\",\"pid\":%ld,\"tid\":%lu,\"ts\":%.3f,\"cat\":\"%s\",\"name\":",
                 any ? sep : "\n", (long)b->pid, b->tid, end, b->cat ? b->cat : "thread");
       if (b->task_seq > 0) sb_printf(s, "\"task #@%ld\"", b->task_seq);  /* as its B */
@@ -981,9 +1014,10 @@ static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double 
       sb_puts(s, "}");
       any = true;
     }
-    free(lanes[k].open);
+    free(ls.v[k].open);
   }
-  free(lanes);
+  free(ls.v);
+  free(ls.slots);
   free(skip);
   return dropped;
 }
