@@ -1438,10 +1438,11 @@ static int l_start(lua_State *L) {
   if (u->trace == NULL && (u->trace = trace_new()) == NULL)
     return luaL_error(L, "host.trace: not enough memory");
   host_trace *t = u->trace;
-  char *p = dup_str(path);
-  const char *script = NULL;
+  int top = lua_gettop(L);
+  const char *script = NULL;  /* before any malloc: _G's __index may raise */
   if (lua_getglobal(L, "arg") == LUA_TTABLE && lua_rawgeti(L, -1, 0) == LUA_TSTRING)
     script = lua_tostring(L, -1);
+  char *p = dup_str(path);
   char *pname = malloc(script ? strlen(script) + 6 : 5);
   if (p == NULL || pname == NULL) {
     free(p);
@@ -1450,7 +1451,7 @@ static int l_start(lua_State *L) {
   }
   if (script) sprintf(pname, "host %s", script);
   else strcpy(pname, "host");
-  lua_pop(L, 2);
+  lua_settop(L, top);
   pthread_mutex_lock(&t->mu);
   free(t->path);
   t->path = p;

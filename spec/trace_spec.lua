@@ -573,6 +573,20 @@ describe('host.trace', function()
     assert.is_true(pids >= 5, 'a process per task and the parent')
   end)
 
+  it('raises what _G\'s __index raises for arg, and keeps nothing it allocated', function()
+    local out, err, code = sh.host_script([[
+      local trace = require 'host.trace'
+      arg = nil
+      setmetatable(_G, {__index = function(_, k) error('no global ' .. k, 0) end})
+      local path = os.tmpname()
+      print(pcall(trace.start, path))
+      print(trace.enabled())
+      os.remove(path)
+    ]])
+    assert.equals(0, code, err)
+    assert.equals('false\tno global arg\nfalse\n', out)
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
