@@ -88,6 +88,7 @@ struct host_trace {
   char *path;           /* where the file goes */
   char *process_name;
   double limit;         /* bytes */
+  double started;       /* when the trace last started (us) */
   bool coroutines;
   atomic_ullong dropped;
   pid_t owner;          /* the process whose file it is */
@@ -891,6 +892,9 @@ static void merge_children(host_trace *t, wlist *out) {
                  &w.tid) != 2)
         continue;
       if (strncmp(line, "{\"ph\":\"M\"", 9) == 0) w.ph = 'M';
+      /* a worker forked during an earlier trace records on until it exits:
+      ** what it did before this trace started is not this trace's */
+      if (w.ph != 'M' && w.ts < t->started) continue;
       w.pid = (pid_t)pid;
       w.json = resolve_tasks(t, line, w.pid);
       if (w.json == NULL || !wl_push(out, &w)) free(w.json);
@@ -1477,6 +1481,7 @@ static int l_start(lua_State *L) {
     name_lane(t, ts, name ? name : "thread");
     free(name);
   }
+  t->started = now_us();
   atomic_store(&t->on, true);
   atomic_store(&u->tracing, true);
   host_trace_gil(ts, true);  /* it holds the GIL from now on */

@@ -587,6 +587,29 @@ describe('host.trace', function()
     assert.equals('false\tno global arg\nfalse\n', out)
   end)
 
+  it('leaves out what a process-pool worker did before this trace started', function()
+    local path1, path2 = tracefile(), tracefile()
+    local out, err, code = sh.host_script(([[
+      local futures = require 'host.futures'
+      local trace = require 'host.trace'
+      trace.start(%q)
+      local ex = futures.ProcessPoolExecutor{max_workers = 2}
+      local fs = {}
+      for i = 1, 6 do fs[i] = ex:submit(function(x) return x end, i) end
+      for i = 1, 6 do assert(fs[i]:result(10) == i) end
+      trace.stop()
+      trace.start(%q)
+      ex:shutdown()  -- the workers write what they recorded as they exit
+      trace.stop()
+    ]]):format(path1, path2))
+    assert.equals(0, code, err)
+    local doc = json.decode(assert(slurp(path2)))
+    os.remove(path1)
+    os.remove(path2)
+    local s = check(doc)
+    assert.equals(0, count(s.bycat.task, function(e) return e.ph == 'B' end))
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
