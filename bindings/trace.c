@@ -851,8 +851,8 @@ static char *resolve_tasks(host_trace *t, const char *line, pid_t pid) {
 
 /* The glob pattern (or, with pid > 0, the name) of the children's files. */
 static void part_name(host_trace *t, char *out, size_t n, pid_t pid) {
-  const char *dir = getenv("TMPDIR");
-  if (dir == NULL || dir[0] == '\0') dir = "/tmp";
+  const char *dir = getenv("TMPDIR");  /* one that is no writable directory: /tmp, as mkstemp users do */
+  if (dir == NULL || dir[0] == '\0' || access(dir, W_OK | X_OK) != 0) dir = "/tmp";
   if (pid > 0) {
     snprintf(out, n, "%s/host-trace-%ld-%p-%ld.part", dir, (long)t->owner, (void *)t, (long)pid);
     return;

@@ -610,6 +610,21 @@ describe('host.trace', function()
     assert.equals(0, count(s.bycat.task, function(e) return e.ph == 'B' end))
   end)
 
+  it('keeps the process-pool workers\' events when $TMPDIR is no writable directory', function()
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor{max_workers = 2}
+      assert(ex:submit(function() return 1 end):result(10) == 1)
+      ex:shutdown()
+    ]], nil, 'TMPDIR=/nonexistent/dir')
+    assert.equals(0, code, err)
+    local s = check(doc)
+    local pids = 0
+    for _ in pairs(s.pids) do pids = pids + 1 end
+    assert.is_true(pids >= 2, 'the parent and a worker')
+    assert.equals(1, count(s.bycat.task, function(e) return e.ph == 'B' end))
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
