@@ -77,6 +77,7 @@ typedef struct fnode {  /* future -> its id (a chained hash) */
 typedef struct dispatch_rec {  /* the k-th task given to a process-pool worker */
   pid_t pid;
   unsigned long id;
+  size_t order;         /* its place among all dispatches (for sorting by pid) */
 } dispatch_rec;
 
 struct host_trace {
@@ -87,6 +88,7 @@ struct host_trace {
   char *path;           /* where the file goes */
   char *process_name;
   double limit;         /* bytes */
+  double started;       /* when the trace last started (us) */
   bool coroutines;
   atomic_ullong dropped;
   pid_t owner;          /* the process whose file it is */
@@ -98,6 +100,11 @@ struct host_trace {
   size_t nbuckets, nfutures;
   dispatch_rec *disp;
   size_t ndisp, capdisp;
+  struct lane_name {    /* the names of the threads alive at start (mu) */
+    unsigned long tid;
+    char *name;
+  } *names;
+  size_t nnames, capnames;
 };
 
 /* ---- small helpers ---- */
@@ -156,18 +163,50 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
   sb_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-/* A JSON string; '@' is escaped too (a child's "@k" task marks stay unique). */
+/*
+** The length of the well-formed UTF-8 sequence at c (1 to 4), or 0 when
+** the bytes there are not one (a stray continuation, an overlong form, a
+** surrogate, past U+10FFFF, cut short).
+*/
+static int utf8_len(const unsigned char *c) {
+  if (c[0] < 0x80) return 1;
+  int n;
+  unsigned long cp;
+  if (c[0] >= 0xc2 && c[0] <= 0xdf) n = 2, cp = c[0] & 0x1f;
+  else if (c[0] >= 0xe0 && c[0] <= 0xef) n = 3, cp = c[0] & 0x0f;
+  else if (c[0] >= 0xf0 && c[0] <= 0xf4) n = 4, cp = c[0] & 0x07;
+  else return 0;
+  for (int i = 1; i < n; i++) {
+    if ((c[i] & 0xc0) != 0x80) return 0;  /* the NUL at the end stops here too */
+    cp = cp << 6 | (c[i] & 0x3f);
+  }
+  if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+      (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+    return 0;
+  return n;
+}
+
+/*
+** A JSON string; '@' is escaped too (a child's "@k" task marks stay
+** unique). A byte that is not part of well-formed UTF-8 becomes U+FFFD:
+** JSON is UTF-8, and a parser refuses the whole file over one bad byte.
+*/
 static void sb_json_string(sbuf *b, const char *s) {
   sb_puts(b, "\"");
-  for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+  for (const unsigned char *c = (const unsigned char *)s; *c;) {
+    int n = utf8_len(c);
     if (*c == '"' || *c == '\\') {
       char e[2] = {'\\', (char)*c};
       sb_add(b, e, 2);
     } else if (*c < 0x20 || *c == '@' || *c == 0x7f) {
       sb_printf(b, "\\u%04x", *c);
+    } else if (n == 0) {
+      sb_puts(b, "\\ufffd");
+      n = 1;
     } else {
-      sb_add(b, (const char *)c, 1);
+      sb_add(b, (const char *)c, (size_t)n);
     }
+    c += n;
   }
   sb_puts(b, "\"");
 }
@@ -551,6 +590,7 @@ void host_trace_dispatch(lua_State *L, int idx, pid_t pid) {
     t->capdisp = cap;
   }
   t->disp[t->ndisp].pid = pid;
+  t->disp[t->ndisp].order = t->ndisp;
   t->disp[t->ndisp].id = future_id(t, f, true);
   t->ndisp++;
   pthread_mutex_unlock(&t->mu);
@@ -568,6 +608,7 @@ typedef struct wev {
   char *json;           /* owned */
   const char *cat, *name;  /* for closing an open B (own events only) */
   char *name_own;
+  long task_seq;        /* a process-pool child's open task: closed as "task #@k" */
 } wev;
 
 typedef struct wlist {
@@ -664,17 +705,22 @@ static char *meta_json(const char *what, pid_t pid, unsigned long tid, const cha
   return b.p;
 }
 
+/* The name of b's thread when the trace started (mu held), else "thread". */
+static const char *name_at_start(host_trace *t, const trace_buf *b) {
+  if (b->pid != getpid()) return "thread";
+  for (size_t i = 0; i < t->nnames; i++)
+    if (t->names[i].tid == b->tid) return t->names[i].name;
+  return "thread";
+}
+
 /* Adds one metadata line per lane (names of one lane joined) and the process's. */
 static void add_metadata(host_trace *t, wlist *out, trace_buf **bufs, size_t nb) {
-  for (size_t i = 0; i < nb; i++) {
-    bool first = true;
-    for (size_t j = 0; j < i && first; j++)
-      first = !(bufs[j]->pid == bufs[i]->pid && bufs[j]->tid == bufs[i]->tid);
-    if (!first) continue;
+  for (size_t i = 0; i < nb; i++) {  /* bufs sorted by lane: a lane's buffers are adjacent */
+    if (i > 0 && bufs[i - 1]->pid == bufs[i]->pid && bufs[i - 1]->tid == bufs[i]->tid) continue;
     sbuf names = {0};
     for (size_t j = i; j < nb; j++) {
-      if (bufs[j]->pid != bufs[i]->pid || bufs[j]->tid != bufs[i]->tid) continue;
-      const char *nm = bufs[j]->name ? bufs[j]->name : "thread";
+      if (bufs[j]->pid != bufs[i]->pid || bufs[j]->tid != bufs[i]->tid) break;
+      const char *nm = bufs[j]->name ? bufs[j]->name : name_at_start(t, bufs[j]);
       if (names.n > 0 && strstr(names.p, nm) != NULL) continue;
       if (names.n > 0) sb_puts(&names, ", ");
       sb_puts(&names, nm);
@@ -718,6 +764,7 @@ static void collect(host_trace *t, wlist *out) {
       if (e->ph == 'B') {
         w.name_own = dup_str(e->name);
         w.name = w.name_own;
+        w.task_seq = e->seq;
       }
       if (w.json == NULL || !wl_push(out, &w)) {
         free(w.json);
@@ -756,11 +803,28 @@ static int wev_cmp(const void *a, const void *b) {
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* The k-th task dispatched to process `pid`, 0 if unknown (t->mu held). */
+/* Orders dispatches by process, then in the order they were made (qsort). */
+static int disp_cmp(const void *a, const void *b) {
+  const dispatch_rec *x = a, *y = b;
+  if (x->pid != y->pid) return x->pid < y->pid ? -1 : 1;
+  return (x->order > y->order) - (x->order < y->order);
+}
+
+/*
+** The k-th task dispatched to process `pid`, 0 if unknown (t->mu held,
+** t->disp sorted by disp_cmp: a binary search, so merging stays linear in
+** the tasks, not quadratic).
+*/
 static unsigned long dispatched(host_trace *t, pid_t pid, long k) {
-  for (size_t i = 0; i < t->ndisp; i++)
-    if (t->disp[i].pid == pid && --k == 0) return t->disp[i].id;
-  return 0;
+  size_t lo = 0, hi = t->ndisp;
+  while (lo < hi) {  /* the first dispatch to pid */
+    size_t mid = lo + (hi - lo) / 2;
+    if (t->disp[mid].pid < pid) lo = mid + 1;
+    else hi = mid;
+  }
+  if (k < 1 || (size_t)(k - 1) >= t->ndisp - lo) return 0;
+  const dispatch_rec *d = &t->disp[lo + (size_t)(k - 1)];
+  return d->pid == pid ? d->id : 0;
 }
 
 /* Replaces each "@k" of a child's line with the id of its k-th task. */
@@ -787,11 +851,18 @@ static char *resolve_tasks(host_trace *t, const char *line, pid_t pid) {
 
 /* The glob pattern (or, with pid > 0, the name) of the children's files. */
 static void part_name(host_trace *t, char *out, size_t n, pid_t pid) {
-  const char *dir = getenv("TMPDIR");
-  if (dir == NULL || dir[0] == '\0') dir = "/tmp";
-  if (pid > 0) snprintf(out, n, "%s/host-trace-%ld-%p-%ld.part", dir, (long)t->owner, (void *)t,
-                        (long)pid);
-  else snprintf(out, n, "%s/host-trace-%ld-%p-*.part", dir, (long)t->owner, (void *)t);
+  const char *dir = getenv("TMPDIR");  /* one that is no writable directory: /tmp, as mkstemp users do */
+  if (dir == NULL || dir[0] == '\0' || access(dir, W_OK | X_OK) != 0) dir = "/tmp";
+  if (pid > 0) {
+    snprintf(out, n, "%s/host-trace-%ld-%p-%ld.part", dir, (long)t->owner, (void *)t, (long)pid);
+    return;
+  }
+  size_t k = 0;  /* the directory's own *, ?, [ and \ match only themselves */
+  for (const char *c = dir; *c && k + 2 < n; c++) {
+    if (strchr("*?[\\", *c) != NULL) out[k++] = '\\';
+    out[k++] = *c;
+  }
+  snprintf(out + k, n - k, "/host-trace-%ld-%p-*.part", (long)t->owner, (void *)t);
 }
 
 /* Reads the files the process-pool workers left into `out`, and removes them. */
@@ -800,6 +871,7 @@ static void merge_children(host_trace *t, wlist *out) {
   part_name(t, pattern, sizeof pattern, 0);
   glob_t g;
   if (glob(pattern, 0, NULL, &g) != 0) return;
+  if (t->ndisp > 1) qsort(t->disp, t->ndisp, sizeof *t->disp, disp_cmp);
   for (size_t i = 0; i < g.gl_pathc; i++) {
     FILE *f = fopen(g.gl_pathv[i], "r");
     if (f == NULL) continue;
@@ -820,6 +892,9 @@ static void merge_children(host_trace *t, wlist *out) {
                  &w.tid) != 2)
         continue;
       if (strncmp(line, "{\"ph\":\"M\"", 9) == 0) w.ph = 'M';
+      /* a worker forked during an earlier trace records on until it exits:
+      ** what it did before this trace started is not this trace's */
+      if (w.ph != 'M' && w.ts < t->started) continue;
       w.pid = (pid_t)pid;
       w.json = resolve_tasks(t, line, w.pid);
       if (w.json == NULL || !wl_push(out, &w)) free(w.json);
@@ -838,18 +913,55 @@ typedef struct lane {
   size_t nopen, cap;
 } lane;
 
-/* The lane (pid, tid) among `lanes`, added when new; NULL without memory. */
-static lane *lane_of(lane **lanes, size_t *n, size_t *cap, pid_t pid, unsigned long tid) {
-  for (size_t i = 0; i < *n; i++)
-    if ((*lanes)[i].pid == pid && (*lanes)[i].tid == tid) return &(*lanes)[i];
-  if (*n == *cap) {
-    size_t c = *cap ? *cap * 2 : 16;
-    lane *p = realloc(*lanes, c * sizeof *p);
-    if (p == NULL) return NULL;
-    *lanes = p;
-    *cap = c;
+/* The lanes met so far, found by (pid, tid) through an open-addressed index. */
+typedef struct lane_set {
+  lane *v;
+  size_t n, cap;
+  size_t *slots;        /* 1 + an index into v, or 0: free */
+  size_t nslots;        /* a power of two, at least twice n */
+} lane_set;
+
+static size_t lane_slot(pid_t pid, unsigned long tid, size_t nslots) {
+  uint64_t h = (uint64_t)pid * 0x9E3779B97F4A7C15ULL ^ (uint64_t)tid * 0xC2B2AE3D27D4EB4FULL;
+  return (size_t)(h ^ (h >> 29)) & (nslots - 1);
+}
+
+/*
+** The lane (pid, tid) of set `ls`, added when new; NULL without memory.
+** A hash, not a scan: a trace of 20 000 short threads has 20 000 lanes.
+*/
+static lane *lane_of(lane_set *ls, pid_t pid, unsigned long tid) {
+  if (ls->nslots > 0) {
+    for (size_t i = lane_slot(pid, tid, ls->nslots); ls->slots[i] != 0;
+         i = (i + 1) & (ls->nslots - 1)) {
+      lane *l = &ls->v[ls->slots[i] - 1];
+      if (l->pid == pid && l->tid == tid) return l;
+    }
   }
-  lane *l = &(*lanes)[(*n)++];
+  if (2 * (ls->n + 1) > ls->nslots) {  /* a bigger index, every lane again */
+    size_t ns = ls->nslots ? ls->nslots * 2 : 64;
+    size_t *slots = calloc(ns, sizeof *slots);
+    if (slots == NULL) return NULL;
+    for (size_t k = 0; k < ls->n; k++) {
+      size_t i = lane_slot(ls->v[k].pid, ls->v[k].tid, ns);
+      while (slots[i] != 0) i = (i + 1) & (ns - 1);
+      slots[i] = k + 1;
+    }
+    free(ls->slots);
+    ls->slots = slots;
+    ls->nslots = ns;
+  }
+  if (ls->n == ls->cap) {
+    size_t c = ls->cap ? ls->cap * 2 : 16;
+    lane *p = realloc(ls->v, c * sizeof *p);
+    if (p == NULL) return NULL;
+    ls->v = p;
+    ls->cap = c;
+  }
+  size_t i = lane_slot(pid, tid, ls->nslots);
+  while (ls->slots[i] != 0) i = (i + 1) & (ls->nslots - 1);
+  ls->slots[i] = ls->n + 1;
+  lane *l = &ls->v[ls->n++];
   memset(l, 0, sizeof *l);
   l->pid = pid;
   l->tid = tid;
@@ -864,15 +976,14 @@ static lane *lane_of(lane **lanes, size_t *n, size_t *cap, pid_t pid, unsigned l
 static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double end,
                                          const char *sep) {
   unsigned long long dropped = 0;
-  lane *lanes = NULL;
-  size_t nl = 0, cl = 0;
+  lane_set ls = {0};
   bool any = false;
   bool *skip = calloc(w->n ? w->n : 1, sizeof *skip);
   for (size_t i = 0; i < w->n && skip != NULL; i++) {
     wev *e = &w->v[i];
     if (e->ph == 'M' || i < from) continue;
     if (e->ph != 'B' && e->ph != 'E') continue;
-    lane *l = lane_of(&lanes, &nl, &cl, e->pid, e->tid);
+    lane *l = lane_of(&ls, e->pid, e->tid);
     if (l == NULL) continue;
     if (e->ph == 'B') {
       if (l->nopen == l->cap) {
@@ -897,18 +1008,20 @@ static unsigned long long write_balanced(sbuf *s, wlist *w, size_t from, double 
     sb_puts(s, e->json);
     any = true;
   }
-  for (size_t k = 0; k < nl; k++) {
-    for (size_t j = lanes[k].nopen; j-- > 0;) {
-      wev *b = &w->v[lanes[k].open[j]];
+  for (size_t k = 0; k < ls.n; k++) {
+    for (size_t j = ls.v[k].nopen; j-- > 0;) {
+      wev *b = &w->v[ls.v[k].open[j]];
       sb_printf(s, "%s{\"ph\":\"E\",\"pid\":%ld,\"tid\":%lu,\"ts\":%.3f,\"cat\":\"%s\",\"name\":",
                 any ? sep : "\n", (long)b->pid, b->tid, end, b->cat ? b->cat : "thread");
-      sb_json_string(s, b->name ? b->name : "?");
+      if (b->task_seq > 0) sb_printf(s, "\"task #@%ld\"", b->task_seq);  /* as its B */
+      else sb_json_string(s, b->name ? b->name : "?");
       sb_puts(s, "}");
       any = true;
     }
-    free(lanes[k].open);
+    free(ls.v[k].open);
   }
-  free(lanes);
+  free(ls.v);
+  free(ls.slots);
   free(skip);
   return dropped;
 }
@@ -1078,6 +1191,14 @@ static host_trace *trace_new(void) {
   return t;
 }
 
+/* Forgets the names of the threads alive at the last start (mu held or unshared). */
+static void names_free(host_trace *t) {
+  for (size_t i = 0; i < t->nnames; i++) free(t->names[i].name);
+  free(t->names);
+  t->names = NULL;
+  t->nnames = t->capnames = 0;
+}
+
 /* Drops a reference; the last frees the trace and every buffer left. */
 static void trace_unref(host_trace *t) {
   if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1) return;
@@ -1086,6 +1207,7 @@ static void trace_unref(host_trace *t) {
     buf_free(b);
   }
   futures_free(t);
+  names_free(t);
   free(t->disp);
   free(t->path);
   free(t->process_name);
@@ -1127,6 +1249,7 @@ void host_trace_after_fork(host_universe *u) {
   for (host_tstate *ts = host_current(); ts != NULL; ts = ts->outer) ts->tbuf = NULL;
   u->main_ts.tbuf = NULL;
   futures_free(t);
+  names_free(t);
   t->ndisp = 0;
   atomic_store(&t->dropped, 0);
   if (!atomic_load(&t->on) || u->trace_sub) {
@@ -1220,6 +1343,72 @@ static void check_owner(lua_State *L, host_universe *u) {
 }
 
 /*
+** Forgets the resume spans u's lanes had open when the trace last stopped
+** (their E came while nothing recorded): else each GIL gap of the new
+** trace would close and reopen them, one more for every stop. Every
+** thread that changes a count holds u's GIL, as the caller does.
+*/
+static void forget_resumes(host_trace *t, host_universe *u) {
+  pthread_mutex_lock(&t->mu);
+  for (trace_buf *b = t->bufs; b != NULL; b = b->next) {
+    if (b->pid == getpid() && b->tid >= (unsigned long)u->trace_lanes &&
+        b->tid < (unsigned long)u->trace_lanes + 1000000)
+      b->resumes = 0;
+  }
+  pthread_mutex_unlock(&t->mu);
+}
+
+/* Keeps `name` as lane tid's name (mu held); false without memory. */
+static bool name_keep(host_trace *t, unsigned long tid, const char *name) {
+  if (t->nnames == t->capnames) {
+    size_t cap = t->capnames ? t->capnames * 2 : 16;
+    struct lane_name *p = realloc(t->names, cap * sizeof *p);
+    if (p == NULL) return false;
+    t->names = p;
+    t->capnames = cap;
+  }
+  char *s = dup_str(name);
+  if (s == NULL) return false;
+  t->names[t->nnames].tid = tid;
+  t->names[t->nnames++].name = s;
+  return true;
+}
+
+/*
+** (protected, GIL held) Keeps the names of the universe's threads alive
+** now (host.thread's enumerate, if it was loaded: no Thread exists
+** before), for the lanes of those that started before the trace: their
+** thread_name is their Thread's name, not "thread". Argument 1: the trace.
+*/
+static int names_at_start(lua_State *L) {
+  host_trace *t = lua_touserdata(L, 1);
+  host_universe *u = host_universe_of(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "host.thread") != LUA_TTABLE) return 0;
+  lua_getfield(L, -1, "enumerate");
+  lua_call(L, 0, 1);
+  luaL_checktype(L, -1, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, -1, i);
+    lua_getfield(L, -1, "ident");
+    lua_getfield(L, -2, "name");
+    lua_Integer ident = lua_tointeger(L, -2);
+    const char *name = lua_tostring(L, -1);
+    host_tstate *ts = host_tstate_of_ident(L, (unsigned long)ident);
+    if (ts != NULL && name != NULL) {
+      const char *lane_name = ts == &u->main_ts ? "main" : name;
+      pthread_mutex_lock(&t->mu);
+      bool ok = name_keep(t, lane_id(ts), lane_name);
+      pthread_mutex_unlock(&t->mu);
+      if (!ok) return luaL_error(L, "not enough memory");
+    }
+    lua_pop(L, 3);
+  }
+  return 0;
+}
+
+/*
 ** trace.start(path [, {limit = MB, coroutines = bool}]): starts recording
 ** into `path` (written at stop or at exit). Starting twice is an error.
 */
@@ -1247,13 +1436,17 @@ static int l_start(lua_State *L) {
     return luaL_error(L, "host.trace: SVG output needs host.trace.svg (write .json instead)");
   if (atomic_load(&u->tracing)) return luaL_error(L, "host.trace: already tracing (to %s)",
                                                   u->trace->path);
+  FILE *probe = fopen(path, "ab");  /* a path that cannot be written fails now, not at exit */
+  if (probe == NULL) return luaL_error(L, "host.trace: cannot write %s: %s", path, strerror(errno));
+  fclose(probe);
   if (u->trace == NULL && (u->trace = trace_new()) == NULL)
     return luaL_error(L, "host.trace: not enough memory");
   host_trace *t = u->trace;
-  char *p = dup_str(path);
-  const char *script = NULL;
+  int top = lua_gettop(L);
+  const char *script = NULL;  /* before any malloc: _G's __index may raise */
   if (lua_getglobal(L, "arg") == LUA_TTABLE && lua_rawgeti(L, -1, 0) == LUA_TSTRING)
     script = lua_tostring(L, -1);
+  char *p = dup_str(path);
   char *pname = malloc(script ? strlen(script) + 6 : 5);
   if (p == NULL || pname == NULL) {
     free(p);
@@ -1262,7 +1455,7 @@ static int l_start(lua_State *L) {
   }
   if (script) sprintf(pname, "host %s", script);
   else strcpy(pname, "host");
-  lua_pop(L, 2);
+  lua_settop(L, top);
   pthread_mutex_lock(&t->mu);
   free(t->path);
   t->path = p;
@@ -1272,7 +1465,23 @@ static int l_start(lua_State *L) {
   t->coroutines = coroutines;
   pthread_mutex_unlock(&t->mu);
   atomic_store(&t->dropped, 0);
-  name_lane(t, ts, ts == &u->main_ts ? "main" : "thread");
+  forget_resumes(t, u);
+  pthread_mutex_lock(&t->mu);
+  names_free(t);
+  pthread_mutex_unlock(&t->mu);
+  lua_pushcfunction(L, names_at_start);
+  lua_pushlightuserdata(L, t);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);  /* lanes keep "thread" */
+  if (ts == &u->main_ts) name_lane(t, ts, "main");
+  else if (ts->tbuf == NULL || ts->tbuf->name == NULL) {
+    trace_buf b = {.pid = getpid(), .tid = lane_id(ts)};
+    pthread_mutex_lock(&t->mu);
+    char *name = dup_str(name_at_start(t, &b));
+    pthread_mutex_unlock(&t->mu);
+    name_lane(t, ts, name ? name : "thread");
+    free(name);
+  }
+  t->started = now_us();
   atomic_store(&t->on, true);
   atomic_store(&u->tracing, true);
   host_trace_gil(ts, true);  /* it holds the GIL from now on */

@@ -507,6 +507,8 @@ local LANE_H, PROC_H, COUNTER_H = 40, 22, 30
 -- Bands of a lane, as offsets from its top.
 local TASK_Y, TASK_H, ACT_Y, ACT_H, OTHER_Y, OTHER_H = 3, 10, 15, 18, 35, 3
 local CHAR_W = 6.2 -- the width of a character at font-size 10, roughly
+-- pixels of lanes at most: librsvg refuses a picture taller than 32767
+local LANES_MAX_H = 30000
 local NAME_MAX = 120 -- characters of a name, object or label kept for tooltips
 
 -- s cut to NAME_MAX characters and escaped.
@@ -689,10 +691,11 @@ local function draw_instants(out, l, ctx, minw, draw_mark)
 end
 
 -- Renders the lanes of every process into `out` with merge threshold
--- `minw`; stops (and says how many lanes it left out) past `budget` bytes.
--- Returns the byte count, the number of merged spans, lanes left out.
+-- `minw`; stops (and says how many lanes it left out) past `budget` bytes
+-- or LANES_MAX_H pixels. Returns the byte count, the number of merged
+-- spans, lanes left out, the bottom y, and whether the height stopped it.
 local function draw_lanes(m, procs, ctx, minw, budget)
-  local out, bytes, merged_total, left_out = {}, 0, 0, 0
+  local out, bytes, merged_total, left_out, tall = {}, 0, 0, 0, false
   local X, t0 = ctx.X, ctx.t0
   local y = ctx.top
   local function at(ts) return dur(ts - t0) end
@@ -703,11 +706,13 @@ local function draw_lanes(m, procs, ctx, minw, budget)
   local function fits(start, y0, h, lane)
     local add = 0
     for i = start + 1, #out do add = add + #out[i] + 1 end
-    if bytes + add <= budget then
+    local low = y0 + h - ctx.top <= LANES_MAX_H
+    if bytes + add <= budget and low then
       bytes = bytes + add
       if lane then ys[lane] = y0 end
       return y0 + h
     end
+    tall = not low
     for i = #out, start + 1, -1 do out[i] = nil end
     full, left_out = true, left_out + 1
     return y0
@@ -912,7 +917,7 @@ local function draw_lanes(m, procs, ctx, minw, budget)
       bytes = bytes + #link + 1
     end
   end
-  return out, bytes, merged_total, left_out, y
+  return out, bytes, merged_total, left_out, y, tall
 end
 
 -- The legend, from baseline y down; returns its elements and its height.
@@ -1007,12 +1012,12 @@ local function render(trace, opts)
   -- Lanes (from y = 0; moved under the header later), merging more until
   -- the picture fits the size cap.
   ctx.top = 0
-  local body, bytes, merged, left_out, bottom
+  local body, bytes, merged, left_out, bottom, tall
   local budget = opts.max_bytes - 10000 - PW * 3
   local minw = 1
   while true do
-    body, bytes, merged, left_out, bottom = draw_lanes(m, procs, ctx, minw, budget)
-    if (bytes <= budget and left_out == 0) or minw > PW then break end
+    body, bytes, merged, left_out, bottom, tall = draw_lanes(m, procs, ctx, minw, budget)
+    if (bytes <= budget and (left_out == 0 or tall)) or minw > PW then break end
     minw = minw * 4
   end
   if merged > 0 then
@@ -1020,7 +1025,10 @@ local function render(trace, opts)
       .. 'is their coverage', merged) or format('aggregated to fit %d bytes: %d spans or marks narrower than %d '
       .. 'pixels merged, a shaded band is their coverage', opts.max_bytes, merged, minw)
   end
-  if left_out > 0 then
+  if left_out > 0 and tall then
+    notes[#notes + 1] = format('height cap (%d pixels of lanes) reached: %d lanes not drawn', LANES_MAX_H,
+      left_out)
+  elseif left_out > 0 then
     notes[#notes + 1] = format('size cap (%d bytes) reached: %d lanes not drawn', opts.max_bytes, left_out)
   end
 

@@ -450,6 +450,181 @@ describe('host.trace', function()
     assert.equals('interpreter-pool worker 1', s.names[lane(s.bycat.mark[1])])
   end)
 
+  it('writes valid UTF-8 where names, marks and counters hold invalid bytes', function()
+    local doc, out, err, code, text = traced([[
+      local trace = require 'host.trace'
+      local thread = require 'host.thread'
+      trace.mark('bad \255\254 "q" \n \237\160\128 \192\175 end\240\159')
+      trace.counter('c\255', 1)
+      local t = thread.Thread{name = 'n\255"', target = function() trace.mark('\226\130\172') end}
+      t:start() assert(t:join(5))
+    ]])
+    assert.equals(0, code, err)
+    assert.is_not_nil(utf8.len(text), 'the file is UTF-8')
+    local s = check(doc)
+    local marks = {}
+    for _, e in ipairs(s.bycat.mark) do marks[#marks + 1] = e.name end
+    table.sort(marks)
+    assert.same({'bad \u{FFFD}\u{FFFD} "q" \n \u{FFFD}\u{FFFD}\u{FFFD} \u{FFFD}\u{FFFD} end\u{FFFD}\u{FFFD}',
+                 '\u{20AC}'}, marks)
+    assert.equals('c\u{FFFD}', s.bycat.counter[1].name)
+    local named = false
+    for _, name in pairs(s.names) do named = named or name == 'n\u{FFFD}"' end
+    assert.is_true(named)
+  end)
+
+  it('refuses a path it cannot write at start, before the script runs', function()
+    local out, err, code = sh.host_run("--trace=/nonexistent/dir/t.json -e 'print(1)'")
+    assert.equals(1, code)
+    assert.equals('', out)
+    assert.matches('host.trace: cannot write /nonexistent/dir/t.json: No such file', err, 1, true)
+    out, err, code = sh.host_script([[
+      local trace = require 'host.trace'
+      print(pcall(trace.start, '/tmp'))
+      print(trace.enabled())
+    ]])
+    assert.equals(0, code, err)
+    assert.equals('false\thost.trace: cannot write /tmp: Is a directory\nfalse\n', out)
+  end)
+
+  it('closes a process-pool task whose worker exits inside it under the task\'s id', function()
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor{max_workers = 1}
+      local f = ex:submit(function() os.exit(3) end)
+      print(pcall(f.result, f, 10))
+    ]])
+    assert.equals(0, code, err)
+    assert.matches('^false\tBrokenProcessPool', out)
+    local s = check(doc)
+    local ends = 0
+    for _, e in ipairs(s.bycat.task) do
+      if e.ph == 'E' then
+        assert.matches('^task #%d+$', e.name)
+        ends = ends + 1
+      end
+    end
+    assert.equals(1, ends)
+  end)
+
+  it('forgets the resume spans open at stop when it starts again', function()
+    local path = tracefile()
+    local out, err, code = sh.host_script(([[
+      local trace = require 'host.trace'
+      local thread = require 'host.thread'
+      for round = 1, 3 do
+        trace.start(%q, {coroutines = true})
+        coroutine.wrap(function() trace.stop() coroutine.yield() end)()
+      end
+      trace.start(%q, {coroutines = true})
+      for _ = 1, 3 do thread.sleep(0.001) end
+      trace.stop()
+    ]]):format(path, path, path))
+    assert.equals(0, code, err)
+    local s = check(json.decode(assert(slurp(path))))
+    os.remove(path)
+    assert.is_nil(s.bycat.coroutine)
+  end)
+
+  it('names the lanes of threads that started before the trace, and of the thread that starts it', function()
+    local path = tracefile()
+    local out, err, code = sh.host_script(([[
+      local thread = require 'host.thread'
+      local trace = require 'host.trace'
+      local ready, go = thread.Event(), thread.Event()
+      local early = thread.Thread{name = 'early', target = function()
+        ready:set() assert(go:wait(5))
+      end}
+      early:start() assert(ready:wait(5))
+      local starter = thread.Thread{name = 'starter', target = function() trace.start(%q) end}
+      starter:start() assert(starter:join(5))
+      go:set() assert(early:join(5))
+      trace.stop()
+    ]]):format(path))
+    assert.equals(0, code, err)
+    local s = check(json.decode(assert(slurp(path))))
+    os.remove(path)
+    local names = {}
+    for _, name in pairs(s.names) do names[#names + 1] = name end
+    table.sort(names)
+    assert.same({'early', 'main', 'starter'}, names)
+  end)
+
+  it('merges the process-pool workers\' events when $TMPDIR holds glob characters, and leaves no file there', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    dir = dir .. ' [1]*?'
+    assert(os.execute('mkdir ' .. q(dir)))
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor{max_workers = 2, max_tasks_per_child = 1}
+      local fs = {}
+      for i = 1, 4 do fs[i] = ex:submit(function(x) return x end, i) end
+      for i = 1, 4 do assert(fs[i]:result(10) == i) end
+      ex:shutdown()
+    ]], nil, 'TMPDIR=' .. q(dir))
+    local left = sh.run('ls -A ' .. q(dir))
+    os.execute('rm -rf ' .. q(dir))
+    assert.equals(0, code, err)
+    assert.equals('', left)
+    local s = check(doc)
+    local pids = 0
+    for _ in pairs(s.pids) do pids = pids + 1 end
+    assert.is_true(pids >= 5, 'a process per task and the parent')
+  end)
+
+  it('raises what _G\'s __index raises for arg, and keeps nothing it allocated', function()
+    local out, err, code = sh.host_script([[
+      local trace = require 'host.trace'
+      arg = nil
+      setmetatable(_G, {__index = function(_, k) error('no global ' .. k, 0) end})
+      local path = os.tmpname()
+      print(pcall(trace.start, path))
+      print(trace.enabled())
+      os.remove(path)
+    ]])
+    assert.equals(0, code, err)
+    assert.equals('false\tno global arg\nfalse\n', out)
+  end)
+
+  it('leaves out what a process-pool worker did before this trace started', function()
+    local path1, path2 = tracefile(), tracefile()
+    local out, err, code = sh.host_script(([[
+      local futures = require 'host.futures'
+      local trace = require 'host.trace'
+      trace.start(%q)
+      local ex = futures.ProcessPoolExecutor{max_workers = 2}
+      local fs = {}
+      for i = 1, 6 do fs[i] = ex:submit(function(x) return x end, i) end
+      for i = 1, 6 do assert(fs[i]:result(10) == i) end
+      trace.stop()
+      trace.start(%q)
+      ex:shutdown()  -- the workers write what they recorded as they exit
+      trace.stop()
+    ]]):format(path1, path2))
+    assert.equals(0, code, err)
+    local doc = json.decode(assert(slurp(path2)))
+    os.remove(path1)
+    os.remove(path2)
+    local s = check(doc)
+    assert.equals(0, count(s.bycat.task, function(e) return e.ph == 'B' end))
+  end)
+
+  it('keeps the process-pool workers\' events when $TMPDIR is no writable directory', function()
+    local doc, out, err, code = traced([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor{max_workers = 2}
+      assert(ex:submit(function() return 1 end):result(10) == 1)
+      ex:shutdown()
+    ]], nil, 'TMPDIR=/nonexistent/dir')
+    assert.equals(0, code, err)
+    local s = check(doc)
+    local pids = 0
+    for _ in pairs(s.pids) do pids = pids + 1 end
+    assert.is_true(pids >= 2, 'the parent and a worker')
+    assert.equals(1, count(s.bycat.task, function(e) return e.ph == 'B' end))
+  end)
+
   it('raises clear errors for bad arguments', function()
     local out, err, code = sh.host_script([[
       local trace = require 'host.trace'
