@@ -39,11 +39,14 @@ describe('the GIL', function()
 
   it('loses updates without a lock under the jittered instruction policy', function()
     thread.setswitchinterval { instructions = 100 }
+    -- ~10^4 switches a run, many inside an increment: a run loses updates
+    -- (300 of 300 on a loaded machine); one run without a loss was seen once
+    -- on a machine overloaded by several test suites, so 2 of 3 suffice
     local lost_runs = 0
     for _ = 1, 3 do
       if race(20000) < 100000 then lost_runs = lost_runs + 1 end
     end
-    assert.are.equal(3, lost_runs)
+    assert.is_true(lost_runs >= 2, lost_runs .. ' of 3 runs lost updates')
   end)
 
   it('never loses an update with a Lock, under the same policy', function()
