@@ -73,6 +73,27 @@ local mpi = require 'host.mpi'
 ]]
 
 describe('host.mpi world mode', function()
+  it("runs the README's example as written and prints what its --> show", function()
+    local f = assert(io.open('README.md', 'rb'))
+    local readme = f:read 'a'
+    f:close()
+    local block = readme:match '<!%-%- run by spec/mpi_spec.lua under mpiexec %-%->\n```lua\n(.-)```'
+    assert.is_string(block, 'README.md has the MPI example')
+    local want = {}
+    for line in block:gmatch '[^\n]*' do
+      local shown = line:match '%-%->%s?(.*)$'
+      if shown then want[#want + 1] = shown end
+    end
+    local out, err, code = world(block)
+    assert.are.equal(0, code, err)
+    local got = {}
+    for line in out:gmatch '([^\n]*)\n' do got[#got + 1] = line end
+    for i, w in ipairs(want) do
+      if w == '...' then break end  -- the traceback's frames vary
+      assert.are.equal(w, got[i], 'output line ' .. i)
+    end
+  end)
+
   it('runs tasks on the worker ranks and gives their results', function()
     local out, err, code = world(PRE .. [[
 assert(mpi.rank() == 0 and mpi.size() == 3)

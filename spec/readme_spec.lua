@@ -64,7 +64,8 @@ local function blocks_of(lines)
     else
       local info = line:match '^```%s*(%S*)%s*$'
       if info then
-        open = { info = info, line = i, body = {}, not_run = lines[i - 1] == '<!-- not run -->' }
+        open = { info = info, line = i, body = {}, not_run = lines[i - 1] == '<!-- not run -->',
+                 mpi = lines[i - 1] == '<!-- run by spec/mpi_spec.lua under mpiexec -->' }
       end
     end
   end
@@ -140,7 +141,11 @@ describe('README.md', function()
 
   local runs = 0
   for _, b in ipairs(blocks) do
-    if b.info == 'lua' and b.not_run then
+    if b.info == 'lua' and b.mpi then
+      it(('compiles the block at line %d (spec/mpi_spec.lua runs it under mpiexec)'):format(b.line), function()
+        assert(load(b.text), ('%s:%d: the MPI example does not compile'):format(README, b.line))
+      end)
+    elseif b.info == 'lua' and b.not_run then
       it(('marks the block at line %d as not run, and it is not Lua'):format(b.line), function()
         assert(not load(b.text), ('%s:%d: a block marked <!-- not run --> compiles: run it'):format(README, b.line))
       end)
