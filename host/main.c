@@ -638,7 +638,8 @@ static void do_repl(lua_State *L) {
 ** Puts `entry` into package[field] after the user's own entries (those
 ** of LUA_CPATH_5_4 / LUA_CPATH, or the _PATH twins, before their ";;"),
 ** before Lua's defaults: the user may still override a module, and a
-** stale copy under /usr/local cannot shadow the program's own. `envs`
+** stale copy under /usr/local cannot shadow the program's own. A variable
+** without ";;" is the whole path, as in lua5.4: nothing is added. `envs`
 ** names the two variables; `noenv` is -E. An entry already there stays.
 */
 static void add_own_path(lua_State *L, const char *field, const char *const envs[2],
@@ -659,7 +660,11 @@ static void add_own_path(lua_State *L, const char *field, const char *const envs
   size_t at = 0;  /* where the entry goes in cur */
   if (env != NULL) {
     const char *dd = strstr(env, ";;");
-    at = dd != NULL ? (size_t)(dd - env) : strlen(cur);  /* no ";;": after them all */
+    if (dd == NULL) {  /* no ";;": the user's path is the whole path, as in lua5.4 */
+      lua_pop(L, 2);
+      return;
+    }
+    at = (size_t)(dd - env);
     if (at > strlen(cur)) at = strlen(cur);
   }
   luaL_Buffer b;

@@ -115,6 +115,17 @@ describe('host at the prompt', function()
 end)
 
 describe('host on the command line', function()
+  it('takes LUA_PATH and LUA_CPATH without ";;" as the whole path, as lua5.4 does', function()
+    -- Lua 5.4.4's testes/main.lua checks this; host's own module entries
+    -- go only where the user's path keeps the defaults (";;")
+    local out, err, code = sh.run('LUA_INIT= LUA_PATH=x LUA_CPATH=xuxu ' .. q(sh.host)
+      .. [[ -e 'print(package.path) print(package.cpath)']])
+    assert.are.equal(0, code, err)
+    assert.are.equal('x\nxuxu\n', out)
+    out = sh.run('LUA_INIT= LUA_PATH_5_4=y LUA_PATH=x ' .. q(sh.host) .. [[ -e 'print(package.path)']])
+    assert.are.equal('y\n', out)
+  end)
+
   it('starts error messages with argv[0], as lua.c does', function()
     -- before: always "host: "
     local dir = tempdir()
