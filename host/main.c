@@ -323,6 +323,24 @@ static int collect_args(char **argv, int *first) {
 }
 
 /*
+** The index of the next argument at or after i (below last) that may be
+** one of host's own options, stepping over the values of -e and -l; 0 at
+** "--" or the end.
+*/
+static int next_own_option(char **argv, int i, int last) {
+  for (; argv[i] != NULL && i < last; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) return 0;
+    if (a[0] == '-' && (a[1] == 'e' || a[1] == 'l') && a[2] == '\0') {
+      if (argv[++i] == NULL) return 0;
+      continue;
+    }
+    return i;
+  }
+  return 0;
+}
+
+/*
 ** Applies host's own --switch-* options to the universe. Returns false
 ** (after reporting) when one is malformed or out of the range that
 ** thread.setswitchinterval accepts: (0, 3600] seconds, [1, 1e9]
@@ -331,13 +349,8 @@ static int collect_args(char **argv, int *first) {
 */
 static bool apply_switch_options(lua_State *L, char **argv, int script) {
   int last = script > 0 ? script : 1 << 30;
-  for (int i = 1; argv[i] != NULL && i < last; i++) {
+  for (int i = 1; (i = next_own_option(argv, i, last)) > 0; i++) {
     const char *a = argv[i];
-    if (strcmp(a, "--") == 0) break;
-    if (a[0] == '-' && (a[1] == 'e' || a[1] == 'l') && a[2] == '\0') {
-      i++;
-      continue;
-    }
     const char *opt = value_option(a);
     const char *v = option_value(argv, &i);
     if (v == NULL || strncmp(opt, "--trace", 7) == 0) continue;  /* start_trace's */
@@ -399,13 +412,8 @@ static bool start_trace(lua_State *L, char **argv, int script, bool ignore_env) 
   if (path != NULL && path[0] == '\0') path = NULL;
   double limit = 64;
   bool coroutines = false;
-  for (int i = 1; argv[i] != NULL && i < last; i++) {
+  for (int i = 1; (i = next_own_option(argv, i, last)) > 0; i++) {
     const char *a = argv[i];
-    if (strcmp(a, "--") == 0) break;
-    if (a[0] == '-' && (a[1] == 'e' || a[1] == 'l') && a[2] == '\0') {
-      i++;
-      continue;
-    }
     if (strcmp(a, "--trace-coroutines") == 0) coroutines = true;
     const char *opt = value_option(a);
     const char *v = option_value(argv, &i);

@@ -18,13 +18,7 @@ local function tempdir()
   return name
 end
 
-local function slurp(path)
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  local s = f:read 'a'
-  f:close()
-  return s
-end
+local slurp = sh.slurp
 
 -- Renders `svg_path` to PNG with rsvg-convert; returns the PNG bytes.
 local function render(svg_path)
@@ -36,15 +30,7 @@ local function render(svg_path)
   return bytes
 end
 
--- Counts the matches of a plain string in s.
-local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local j = s:find(plain, i, true)
-    if not j then return n end
-    n, i = n + 1, j + 1
-  end
-end
+local count = sh.count  -- matches of a plain string
 
 -- Runs a script in quick mode, pictures into `dir`; returns its stdout.
 local function run(script, dir)

@@ -17,13 +17,7 @@ local function tracefile(ext)
   return name .. (ext or '.json')
 end
 
-local function slurp(path)
-  local f = io.open(path, 'rb')
-  if not f then return nil end
-  local s = f:read 'a'
-  f:close()
-  return s
-end
+local slurp = sh.slurp
 
 -- Runs `script` with host --trace=<file> (plus `args`); returns the decoded
 -- trace (or nil), stdout, stderr, exit code and the file's text.

@@ -7,21 +7,11 @@ local sh = require 'spec.support.sh'
 local gen = require 'spec.support.trace_gen'
 local q = sh.quote
 
--- Counts the matches of a plain string in s.
-local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local j = s:find(plain, i, true)
-    if not j then return n end
-    n, i = n + 1, j + 1
-  end
-end
+local count = sh.count  -- matches of a plain string
 
+-- The bytes of a file that must exist.
 local function slurp(path)
-  local f = assert(io.open(path, 'rb'))
-  local s = f:read 'a'
-  f:close()
-  return s
+  return assert(sh.slurp(path), 'cannot read ' .. path)
 end
 
 -- Renders the SVG text with rsvg-convert; fails on any error it reports.

@@ -174,6 +174,29 @@ static char *copy_bytes(const char *b, size_t n) {
 }
 
 /*
+** Takes pool p's items out of the world's queue (world.mu held) and
+** returns them, in queue order, linked by next.
+*/
+static mitem *take_queued(mpool *p) {
+  mitem *taken = NULL, **taken_tail = &taken;
+  mitem **link = &world.head;
+  world.tail = NULL;
+  while (*link != NULL) {
+    mitem *it = *link;
+    if (it->p != p) {
+      world.tail = it;
+      link = &it->next;
+      continue;
+    }
+    *link = it->next;
+    it->next = NULL;
+    *taken_tail = it;
+    taken_tail = &it->next;
+  }
+  return taken;
+}
+
+/*
 ** Breaks pool p with the encoded error `payload` (owned by p from now on;
 ** world.mu held): its queued items fail with it now, and so do the ones
 ** still on workers (their results, when they come, are dropped).
@@ -186,16 +209,8 @@ static void break_pool(mpool *p, char *payload, size_t len) {
   p->broken = true;
   p->broken_payload = payload;
   p->broken_len = len;
-  mitem **link = &world.head;
-  world.tail = NULL;
-  while (*link != NULL) {
-    mitem *it = *link;
-    if (it->p != p) {
-      world.tail = it;
-      link = &it->next;
-      continue;
-    }
-    *link = it->next;
+  for (mitem *it = take_queued(p), *next; it != NULL; it = next) {
+    next = it->next;
     if (host_future_set_running(it->f))
       host_future_set_payload(it->f, false, copy_bytes(payload, len), len);
     post_done(it);
@@ -921,21 +936,7 @@ static int mpool_shutdown(lua_State *L) {
   mitem *cancelled = NULL;
   pthread_mutex_lock(&world.mu);
   p->shutdown = true;
-  if (cancel) {
-    mitem **link = &world.head;
-    world.tail = NULL;
-    while (*link != NULL) {
-      mitem *it = *link;
-      if (it->p != p) {
-        world.tail = it;
-        link = &it->next;
-        continue;
-      }
-      *link = it->next;
-      it->next = cancelled;
-      cancelled = it;
-    }
-  }
+  if (cancel) cancelled = take_queued(p);
   pthread_cond_signal(&p->done_cv);
   bool own = p->collector_running && p->collector_ident == host_thread_ident();
   pthread_mutex_unlock(&world.mu);

@@ -58,4 +58,23 @@ function sh.host_script(text, limit, stdin)
   return out, err, code
 end
 
+-- The bytes of the file at `path`, or nil when it cannot be read.
+function sh.slurp(path)
+  local f = io.open(path, 'rb')
+  if not f then return nil end
+  local s = f:read 'a'
+  f:close()
+  return s
+end
+
+-- How many times the plain string `plain` occurs in s.
+function sh.count(s, plain)
+  local n, i = 0, 1
+  while true do
+    local j = s:find(plain, i, true)
+    if not j then return n end
+    n, i = n + 1, j + 1
+  end
+end
+
 return sh
