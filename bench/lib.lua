@@ -108,10 +108,27 @@ local function meets(v, op, goal)
   error('bench: unknown goal operator ' .. tostring(op))
 end
 
+-- The floor under a figure's goal, measured in the same run: what the
+-- cheapest possible version of the same work costs (a C loop, a bare
+-- system call). Recorded with its ratio to the reference, and whether the
+-- goal is out of reach of the floor itself.
+local function floor_record(f, rec, scale)
+  local fl = f.floor
+  local v = measure.scale(fl.value, fl.scale or scale)
+  local r = { name = fl.name, value = v.median, spread = { v.min, v.max } }
+  if rec.reference then r.ratio = v.median / rec.reference.value end
+  if rec.goal then
+    local x = rec.goal.on == 'ratio' and r.ratio or r.value
+    r.blocks_goal = x ~= nil and not meets(x, rec.goal.op, rec.goal.value)
+  end
+  return r
+end
+
 -- Records one figure and prints its line.
 -- f = { name =, value = sample, unit =, scale = (default 1),
 --       ref = sample, ref_name = 'CPython', ref_scale = (default scale),
---       goal = { op = '<=' | '>=', value =, on = 'ratio' | 'value' } }
+--       goal = { op = '<=' | '>=', value =, on = 'ratio' | 'value' },
+--       floor = { name =, value = sample, scale = (default scale) } }
 -- Samples are in seconds (or the figure's base unit); value * scale is in `unit`.
 function bench.figure(f)
   local scale = f.scale or 1
@@ -136,6 +153,12 @@ function bench.figure(f)
                              or ('%s %s%s'):format(g.op, fmt(g.value), f.unit == 'x' and 'x' or ' ' .. f.unit)
     rec.met = meets(on_ratio and rec.ratio or rec.value, g.op, g.value)
     line = line .. ('  (goal %s: %s)'):format(rec.goal.text, rec.met and 'met' or 'MISSED')
+  end
+  if f.floor then
+    rec.floor = floor_record(f, rec, scale)
+    line = line .. ('\n%52s floor: %s %s%s%s%s'):format('', rec.floor.name, fmt(rec.floor.value), u,
+      rec.floor.ratio and ('  = %sx %s'):format(fmt(rec.floor.ratio), f.ref_name) or '',
+      rec.floor.blocks_goal and ', so the goal is out of reach' or '')
   end
   if f.note then rec.note = f.note end
   print(line)

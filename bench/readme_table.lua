@@ -19,6 +19,14 @@ end
 -- A table cell: | escaped, and < before a letter (<close>) kept from reading as HTML.
 local function cell(s) return (tostring(s):gsub('|', '\\|'):gsub('<(%a)', '&lt;%1')) end
 
+-- For a missed goal that its floor puts out of reach: what that floor is.
+local function floor_text(fig, unit)
+  local fl = fig.floor
+  if fig.met or not (fl and fl.blocks_goal) then return '' end
+  return (' (floor: %s %s%s%s)'):format(fl.name, fmt(fl.value), unit,
+    fl.ratio and (' = %sx'):format(fmt(fl.ratio)) or '')
+end
+
 print('| figure | host (median, min–max) | reference | host / reference | goal |')
 print('|---|---|---|---|---|')
 for _, fig in ipairs(doc.figures) do
@@ -28,7 +36,7 @@ for _, fig in ipairs(doc.figures) do
       cell(fig.name), fmt(fig.value), unit, fmt(fig.spread[1]), fmt(fig.spread[2]),
       fig.reference and cell(('%s %s%s'):format(fig.reference.name, fmt(fig.reference.value), unit)) or '',
       fig.ratio and (fmt(fig.ratio) .. 'x') or '',
-      fig.goal and cell(fig.goal.text .. (fig.met and ': met' or ': **MISSED**')) or ''))
+      fig.goal and cell(fig.goal.text .. (fig.met and ': met' or ': **MISSED**') .. floor_text(fig, unit)) or ''))
   end
 end
 local m = doc.machine

@@ -61,17 +61,26 @@ local function fmt(x)
   if a >= 100 then return ('%.0f'):format(x) end
   return ('%.3g'):format(x)
 end
-local rows, met, missed = {}, 0, 0
+-- The result cell: met, MISSED, or MISSED with the floor that stops it.
+local function result(f)
+  if f.met then return 'met' end
+  if f.floor and f.floor.blocks_goal then
+    return ('MISSED, floor %s'):format(f.floor.ratio and (fmt(f.floor.ratio) .. 'x') or (fmt(f.floor.value) .. ' ' .. f.unit))
+  end
+  return 'MISSED'
+end
+local rows, met, missed, floored = {}, 0, 0, 0
 for _, f in ipairs(figures) do
   if f.goal then
     if f.met then met = met + 1 else missed = missed + 1 end
+    if not f.met and f.floor and f.floor.blocks_goal then floored = floored + 1 end
     rows[#rows + 1] = {
       f.name .. (f.busy and ' *' or ''),
       ('%s %s (%s-%s)'):format(fmt(f.value), f.unit, fmt(f.spread[1]), fmt(f.spread[2])),
       f.reference and ('%s %s %s'):format(f.reference.name, fmt(f.reference.value), f.unit) or '',
       f.ratio and (fmt(f.ratio) .. 'x') or '',
       f.goal.text,
-      f.met and 'met' or 'MISSED',
+      result(f),
     }
   end
 end
@@ -93,7 +102,8 @@ if report.busy then
 end
 print(line(head))
 for _, row in ipairs(rows) do print(line(row)) end
-print(('%d goals: %d met, %d MISSED%s'):format(met + missed, met, missed,
+print(('%d goals: %d met, %d MISSED%s%s'):format(met + missed, met, missed,
+  floored > 0 and (' (%d of them under a floor measured in the same run)'):format(floored) or '',
   (function()
     for _, f in ipairs(figures) do if f.busy and f.goal then return ' (* = measured while the machine was busy)' end end
     return ''

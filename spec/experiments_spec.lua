@@ -166,6 +166,12 @@ describe('make bench (bench/run.lua)', function()
                    goal = { op = '<=', value = 4, on = 'value' } }
     bench.figure { name = 'speedup', value = s { 1.5, 1.9, 2 }, unit = 'x', goal = { op = '>=', value = 1.8, on = 'value' } }
     bench.figure { name = 'plain figure', value = bench.once(3), unit = 'B' }
+    bench.figure { name = 'walled thing', value = s { 4e-6, 5e-6, 6e-6 }, unit = 'us', scale = 1e6,
+                   ref = s { 10e-6 }, ref_name = 'CPython', goal = { op = '<=', value = 0.25, on = 'ratio' },
+                   floor = { name = 'C round trip', value = s { 3e-6, 4e-6, 5e-6 } } }
+    bench.figure { name = 'slack thing', value = s { 4e-6 }, unit = 'us', scale = 1e6,
+                   ref = s { 10e-6 }, ref_name = 'CPython', goal = { op = '<=', value = 0.25, on = 'ratio' },
+                   floor = { name = 'C call', value = s { 1e-6 } } }
   ]]
 
   it('prints a summary of the goals, writes bench.json and bench.svg, and says where', function()
@@ -184,12 +190,20 @@ describe('make bench (bench/run.lua)', function()
     assert.matches('slow thing[^\n]*6 ns %(5%-7%)[^\n]*<= 4 ns%s+MISSED', summary)
     assert.matches('speedup[^\n]*1%.9 x[^\n]*>= 1%.8x%s+met', summary)
     assert.is_falsy(summary:find('plain figure', 1, true))  -- no goal, not in the summary
-    assert.matches('3 goals: 2 met, 1 MISSED', summary)
+    -- A missed goal under its floor says so; one above its floor does not.
+    assert.matches('walled thing[^\n]*<= 0%.25x CPython%s+MISSED, floor 0%.4x', summary)
+    assert.matches('slack thing[^\n]*<= 0%.25x CPython%s+MISSED *\n', summary)
+    assert.matches('floor: C round trip 4 us  = 0%.4x CPython, so the goal is out of reach', out)
+    assert.matches('floor: C call 1 us  = 0%.1x CPython\n', out)
+    assert.matches('5 goals: 2 met, 3 MISSED %(1 of them under a floor measured in the same run%)', summary)
     assert.matches('Wrote ' .. dir:gsub('%p', '%%%0') .. '/bench.json and ' .. dir:gsub('%p', '%%%0') .. '/bench.svg',
       summary)
 
     local doc = json.decode(assert(slurp(dir .. '/bench.json')))
-    assert.are.equal(4, #doc.figures)
+    assert.are.equal(6, #doc.figures)
+    assert.are.same({ 'C round trip', 4, 0.4, true }, { doc.figures[5].floor.name, doc.figures[5].floor.value,
+      doc.figures[5].floor.ratio, doc.figures[5].floor.blocks_goal })
+    assert.are.equal(false, doc.figures[6].floor.blocks_goal)
     local fast = doc.figures[1]
     assert.are.same({ 'fast thing', 2, 'us', 1, 3, 'CPython', 10, true },
       { fast.name, fast.value, fast.unit, fast.spread[1], fast.spread[2], fast.reference.name,
@@ -200,12 +214,15 @@ describe('make bench (bench/run.lua)', function()
     assert.is_boolean(doc.machine.busy)
 
     local svg = check_picture(dir .. '/bench.svg', { 'fast thing' })
-    assert.are.equal(1, count(svg, 'class="bar"'))   -- one figure has a reference
-    assert.are.equal(1, count(svg, 'class="goal"'))  -- and a goal on its ratio
+    assert.are.equal(3, count(svg, 'class="bar"'))   -- three figures have a reference
+    assert.are.equal(3, count(svg, 'class="goal"'))  -- and a goal on its ratio
 
     local table_md = sh.run(('%s bench/readme_table.lua %s'):format(q(sh.host), q(dir .. '/bench.json')))
     assert.matches('| fast thing | 2 us %(1–3%) | CPython 10 us | 0%.2x | <= 0%.25x CPython: met |', table_md)
     assert.matches('| slow thing | 6 ns %(5–7%) |  |  | <= 4 ns: %*%*MISSED%*%* |', table_md)
+    assert.matches('| walled thing | 5 us %(4–6%) | CPython 10 us | 0%.5x | <= 0%.25x CPython: %*%*MISSED%*%* '
+      .. '%(floor: C round trip 4 us = 0%.4x%) |', table_md)
+    assert.matches('| slack thing | 4 us %(4–4%) | CPython 10 us | 0%.4x | <= 0%.25x CPython: %*%*MISSED%*%* |', table_md)
     os.execute('rm -rf ' .. q(dir))
   end)
 end)
