@@ -40,11 +40,15 @@
 
 /*
 ** How many suspensions of a generator are checked for quietness (see the
-** top of the file) before it keeps a guard for good: a check costs about
-** a tenth of a finalizer, and the generators that yield more than a few
-** times live long enough for their one finalizer not to count.
+** top of the file) before it keeps a guard for good: a check costs a fifth
+** to a tenth of the finalizer it saves (more with more locals), so two
+** cost a generator that runs to its end less than half a finalizer, and
+** one that yields more times lives long enough for its guard not to count.
 */
-#define QUIET_CHECKS 4
+#define QUIET_CHECKS 2
+
+/* How many let-go guards are kept for reuse (in their metatable's array). */
+#define GUARD_POOL 64
 
 typedef enum {
   GEN_CREATED,    /* made, its body has not started */
@@ -175,8 +179,9 @@ static void set_uservalue(lua_State *L, lua_State *H, int gidx) {
 
 /*
 ** Lets go of the guard of g (at `gidx` on H), if it has one: the guard
-** forgets g and its coroutine, so its finalizer finds nothing to close.
-** The caller then replaces uservalue 1, the guard's only reference.
+** forgets g and its coroutine, so its finalizer finds nothing to close,
+** and goes back to the pool unless that is full. The caller then replaces
+** uservalue 1, the guard's other reference.
 */
 static void drop_guard(lua_State *H, int gidx, Generator *g) {
   if (!g->guarded) return;
@@ -185,7 +190,15 @@ static void drop_guard(lua_State *H, int gidx, Generator *g) {
   lua_setiuservalue(H, -2, 1);
   lua_pushnil(H);
   lua_setiuservalue(H, -2, 2);
-  lua_pop(H, 1);
+  lua_rawgetp(H, LUA_REGISTRYINDEX, &guard_key);
+  lua_Unsigned n = lua_rawlen(H, -1);
+  if (n < GUARD_POOL) {
+    lua_insert(H, -2);
+    lua_rawseti(H, -2, (lua_Integer)n + 1);
+    lua_pop(H, 1);
+  } else {
+    lua_pop(H, 2);
+  }
   g->guarded = false;
 }
 
@@ -312,13 +325,24 @@ static int gen_yield(lua_State *L) {
   return lua_yield(L, lua_gettop(L));
 }
 
-/* True if the value on top of L has a __close metamethod; pops it. */
-static bool pop_closable(lua_State *L) {
+/*
+** True if the value on top of L has a __close metamethod; pops it.
+** *last_mt and *last remember the last metatable looked at and the answer.
+*/
+static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
   bool closable = false;
   if (lua_getmetatable(L, -1)) {
-    lua_pushliteral(L, "__close");
-    closable = lua_rawget(L, -2) != LUA_TNIL;
-    lua_pop(L, 2);
+    const void *mt = lua_topointer(L, -1);
+    if (mt == *last_mt) {  /* strings share one: look it up once */
+      closable = *last;
+    } else {
+      lua_pushliteral(L, "__close");
+      closable = lua_rawget(L, -2) != LUA_TNIL;
+      lua_pop(L, 1);
+      *last_mt = mt;
+      *last = closable;
+    }
+    lua_pop(L, 1);
   }
   lua_pop(L, 1);
   return closable;
@@ -338,6 +362,8 @@ static bool pop_closable(lua_State *L) {
 static bool closes_quietly(const Generator *g, lua_CFunction yield_fn) {
   lua_State *co = g->co;
   lua_Debug ar, below;
+  const void *last_mt = NULL;
+  bool last = false;
   if (!lua_checkstack(co, 4)) return false;
   if (!lua_getstack(co, 0, &ar)) return true;
   lua_getinfo(co, "f", &ar);
@@ -355,7 +381,7 @@ static bool closes_quietly(const Generator *g, lua_CFunction yield_fn) {
     }
     if (!lua_function) return false;
     for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++)
-      if (pop_closable(co)) return false;
+      if (pop_closable(co, &last_mt, &last)) return false;
   }
   return true;
 }
@@ -363,8 +389,8 @@ static bool closes_quietly(const Generator *g, lua_CFunction yield_fn) {
 /*
 ** Gives g (at `gidx` on H, see set_uservalue) a guard: a userdata with
 ** uservalues [its coroutine, g] and the guards' metatable, whose __gc
-** closes g. It takes the coroutine's place as g's uservalue 1. Needs 3
-** free slots on L.
+** closes g; one from the pool if there is one. It takes the coroutine's
+** place as g's uservalue 1. Needs 4 free slots on L.
 */
 static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
   if (H != L) {
@@ -373,9 +399,18 @@ static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
   } else {
     lua_pushvalue(L, gidx);
   }
-  lua_newuserdatauv(L, 0, 2);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key);
-  lua_setmetatable(L, -2);
+  lua_Unsigned n = lua_rawlen(L, -1);
+  if (n > 0) {
+    lua_rawgeti(L, -1, (lua_Integer)n);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, (lua_Integer)n);
+    lua_remove(L, -2);
+  } else {
+    lua_newuserdatauv(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
+  }
   lua_getiuservalue(L, -2, 1);
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, -2);
@@ -388,13 +423,20 @@ static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
 /*
 ** g (at `gidx` on H) has just stopped at a yield: unless it already has a
 ** guard, gives it one if closing it now could run user code, or if it has
-** been checked QUIET_CHECKS times. `yield_fn` as in closes_quietly. Needs
-** 3 free slots on L.
+** been checked QUIET_CHECKS times. Not called when g was reached through
+** a generator suspended in yield_from on it (advance's shortcut): that one
+** has a guard (a yield_from is never quiet), whose close closes g too, as
+** CPython's close of a generator closes the one it delegates to. It stays
+** so until g dies, unless a refusal ends the delegation (advance checks g
+** then). The running C function has
+** coroutine.yield as upvalue `yield_up` (see plain_yield): it is read
+** only here, off the path of a send to a guarded generator. Needs 4 free
+** slots on L.
 */
 static void check_quiet(lua_State *L, lua_State *H, int gidx, Generator *g,
-                        lua_CFunction yield_fn) {
+                        int yield_up) {
   if (g->guarded) return;
-  if (g->checks < QUIET_CHECKS && closes_quietly(g, yield_fn)) {
+  if (g->checks < QUIET_CHECKS && closes_quietly(g, plain_yield(L, yield_up))) {
     g->checks++;
     return;
   }
@@ -418,7 +460,7 @@ static Generator *delegate_of(lua_State *co) {
 ** set_uservalue): with `throwing` 0 it sends the `nargs` values on top of
 ** L; with `throwing` 1 it raises the one value on top of L inside the
 ** generator. Those values are consumed. Returns what the step left on L
-** (see gen_step); *nres counts the values. `yield_fn` as in closes_quietly.
+** (see gen_step); *nres counts the values. `yield_up` as in check_quiet.
 **
 ** A send to a generator suspended in yield_from goes straight to the
 ** generator it delegates to (recursively), without resuming the delegating
@@ -427,7 +469,7 @@ static Generator *delegate_of(lua_State *co) {
 ** (done_mark) or the error it raised (raise_mark).
 */
 static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
-                        int nargs, int throwing, lua_CFunction yield_fn, int *nres) {
+                        int nargs, int throwing, int yield_up, int *nres) {
   *nres = 0;
   switch (g->state) {
     case GEN_RUNNING:
@@ -465,11 +507,13 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
     nargs = 1;
   } else if (g->state == GEN_SUSPENDED && (sub = delegate_of(co)) != NULL) {
     g->state = GEN_RUNNING;
-    gen_step step = advance(L, sub, co, 1, nargs, 0, yield_fn, nres);
+    gen_step step = advance(L, sub, co, 1, nargs, 0, yield_up, nres);
     if (step == STEP_YIELD) {
       g->state = GEN_SUSPENDED;
       return STEP_YIELD;
     }
+    if (step == STEP_ERROR && sub->state == GEN_SUSPENDED && lua_checkstack(L, 4))
+      check_quiet(L, co, 1, sub, yield_up);  /* refused: g stops delegating to it */
     /* The delegate ended: resume g's yield_from with the outcome. The
     ** stack has room: advance leaves what resume_generator ensured. */
     lua_pushlightuserdata(L, (void *)(step == STEP_ERROR ? &raise_mark : &done_mark));
@@ -483,7 +527,8 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
   }
   if (status == LUA_YIELD) {
     g->state = GEN_SUSPENDED;
-    check_quiet(L, H, gidx, g, yield_fn);  /* resume_generator left the room */
+    if (H == L)  /* else a guarded generator delegates to g: see check_quiet */
+      check_quiet(L, H, gidx, g, yield_up);  /* resume_generator left the room */
     return STEP_YIELD;
   }
   if (status == LUA_OK) {
@@ -546,7 +591,7 @@ static int step_result(lua_State *L, gen_step step, int nres) {
 static int gen_send(lua_State *L) {
   Generator *g = check_generator(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, lua_gettop(L) - 1, 0, plain_yield(L, 2), &nres);
+  gen_step step = advance(L, g, L, 1, lua_gettop(L) - 1, 0, 2, &nres);
   return step_result(L, step, nres);
 }
 
@@ -555,7 +600,7 @@ static int gen_next(lua_State *L) {
   Generator *g = check_generator(L, 1);
   lua_settop(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, 0, 0, plain_yield(L, 2), &nres);
+  gen_step step = advance(L, g, L, 1, 0, 0, 2, &nres);
   return step_result(L, step, nres);
 }
 
@@ -565,7 +610,7 @@ static int gen_throw(lua_State *L) {
   luaL_checkany(L, 2);
   lua_settop(L, 2);
   int nres;
-  gen_step step = advance(L, g, L, 1, 1, 1, plain_yield(L, 2), &nres);
+  gen_step step = advance(L, g, L, 1, 1, 1, 2, &nres);
   return step_result(L, step, nres);
 }
 
@@ -574,11 +619,11 @@ static int gen_throw(lua_State *L) {
 ** suspended. Returns how many values it pushed (what the generator
 ** returned, if it returned instead of letting GeneratorExit through); a
 ** generator that yields instead, or raises another error, makes it raise.
-** One that would close quietly (see closes_quietly; `yield_fn` as
-** there) is dropped instead: its coroutine is reset, dead like one that
+** One that would close quietly (see closes_quietly; `yield_up` as in
+** check_quiet) is dropped instead: its coroutine is reset, dead like one that
 ** let GeneratorExit through, with no error raised and caught.
 */
-static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
+static int close_generator(lua_State *L, int gidx, int yield_up) {
   Generator *g = lua_touserdata(L, gidx);
   switch (g->state) {
     case GEN_RUNNING:
@@ -589,7 +634,7 @@ static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
     case GEN_DEAD:
       return 0;
     case GEN_SUSPENDED:
-      if (lua_status(g->co) == LUA_YIELD && closes_quietly(g, yield_fn)) {
+      if (lua_status(g->co) == LUA_YIELD && closes_quietly(g, plain_yield(L, yield_up))) {
         int status = lua_resetthread(g->co);  /* no __close left to fail */
         if (status != LUA_OK) lua_xmove(g->co, L, 1);
         set_dead(L, L, gidx, g);
@@ -599,7 +644,7 @@ static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
   }
   host_error_push(L, "GeneratorExit", "generator closed", 0);
   int nres;
-  switch (advance(L, g, L, gidx, 1, 1, yield_fn, &nres)) {
+  switch (advance(L, g, L, gidx, 1, 1, yield_up, &nres)) {
     case STEP_YIELD:
       lua_pop(L, nres);
       return raise_kind(L, "RuntimeError", "generator ignored GeneratorExit");
@@ -619,7 +664,7 @@ static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
 static int gen_close(lua_State *L) {
   check_generator(L, 1);
   lua_settop(L, 1);
-  return close_generator(L, 1, plain_yield(L, 2));
+  return close_generator(L, 1, 2);
 }
 
 /* g:status(): "created", "suspended", "running" or "dead". */
@@ -648,7 +693,7 @@ static int gen_call(lua_State *L) {
   Generator *g = check_generator(L, 1);
   lua_settop(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, 0, 0, plain_yield(L, 2), &nres);
+  gen_step step = advance(L, g, L, 1, 0, 0, 2, &nres);
   if (step == STEP_YIELD) return nres;
   if (step == STEP_ERROR) return lua_error(L);
   return 0;
@@ -660,7 +705,7 @@ static int enumerate_step(lua_State *L) {
   lua_Integer i = luaL_checkinteger(L, 2);
   lua_settop(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, 0, 0, plain_yield(L, 2), &nres);
+  gen_step step = advance(L, g, L, 1, 0, 0, 2, &nres);
   if (step == STEP_ERROR) return lua_error(L);
   if (step != STEP_YIELD) return 0;
   lua_pushinteger(L, i + 1);
@@ -681,7 +726,7 @@ static int gen_enumerate(lua_State *L) {
 
 /* Protected part of guard_gc: closes the generator at 1. Upvalue 1: as guard_gc's. */
 static int close_protected(lua_State *L) {
-  close_generator(L, 1, plain_yield(L, 1));
+  close_generator(L, 1, 1);
   return 0;
 }
 
@@ -720,8 +765,12 @@ static int guard_gc(lua_State *L) {
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, 2);  /* 2: the generator; 1 keeps its coroutine */
   Generator *g = lua_touserdata(L, 2);
-  if (g == NULL || g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
-    return 0;  /* let go of, or resumed behind its back */
+  if (g == NULL) return 0;  /* let go of */
+  lua_getiuservalue(L, 1, 1);  /* g takes its coroutine back: a finalized */
+  lua_setiuservalue(L, 2, 1);  /* guard must never reach the pool */
+  g->guarded = false;
+  if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
+    return 0;  /* resumed behind its back */
   lua_State *co = g->co;
   if (closes_quietly(g, plain_yield(L, 1))) {  /* no pcall, no error object */
     set_dead(L, L, 2, g);  /* co is garbage, unless a coroutine.running() leaked it */
@@ -764,7 +813,7 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx);
 static int yield_from_step(lua_State *L, int throwing) {
   int nres;
   Generator *sub = lua_touserdata(L, 1);
-  switch (advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, plain_yield(L, 3), &nres)) {
+  switch (advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, 3, &nres)) {
     case STEP_YIELD:
       return lua_yieldk(L, nres, 0, yield_from_cont);
     case STEP_RETURN:
@@ -801,7 +850,7 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx) {
     if (mark == &throw_mark && top == 3 && take_throw(L)) {
       lua_remove(L, 3);
       if (host_error_is(L, 3, "GeneratorExit")) {
-        close_generator(L, 1, plain_yield(L, 3));
+        close_generator(L, 1, 3);
         lua_settop(L, 3);
         return lua_error(L);
       }
@@ -913,12 +962,13 @@ static void push_plain_yield(lua_State *L) {
 ** userdata) as upvalue 1 for check_generator; the methods and metamethods
 ** get coroutine.yield (see plain_yield) as upvalue 2; the module's
 ** functions get the table as upvalue 2 and coroutine.yield as upvalue 3.
-** The guards' metatable (registry, at guard_key) holds only guard_gc, with
-** coroutine.yield as its upvalue, and hides itself from getmetatable.
+** The guards' metatable (registry, at guard_key) holds guard_gc, with
+** coroutine.yield as its upvalue, hides itself from getmetatable, and
+** keeps the pool of guards let go (see drop_guard) in its array part.
 */
 static void createmeta(lua_State *L) {
   int yield_idx = lua_gettop(L);
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, GUARD_POOL, 2);
   lua_pushvalue(L, yield_idx);
   lua_pushcclosure(L, guard_gc, 1);
   lua_setfield(L, -2, "__gc");

@@ -756,6 +756,46 @@ describe('a generator dropped without close', function()
     assert.are.same({ 'held', 'held' }, log)
   end)
 
+  describe('that another delegates to, when it stops in a pcall after a quiet first yield', function()
+    local log
+    local inner = generator.wrap(function()
+      yield(1)
+      local ok, err = pcall(yield, 2)
+      log[#log + 1] = not ok and herror.is(err, 'GeneratorExit')
+      error(err)
+    end)
+    before_each(function() log = {} end)
+
+    it('is closed with the generator that delegates to it', function()
+      local g = generator.wrap(function() yield_from(inner()) end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal(2, g:next())
+      g = nil
+      collect()
+      assert.are.same({ true }, log)
+    end)
+
+    it('is closed when the generator that delegates to it is collected, even if kept', function()
+      local sub = inner()
+      local g = generator.wrap(function() yield_from(sub) end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal(2, g:next())
+      g = nil
+      collect()
+      assert.are.same({ true }, log)
+      assert.are.equal('dead', sub:status())
+    end)
+
+    it('is closed when a plain coroutine delegates to it', function()
+      local co = coroutine.wrap(function() yield_from(inner()) end)
+      assert.are.equal(1, co())
+      assert.are.equal(2, co())
+      co = nil
+      collect()
+      assert.are.same({ true }, log)
+    end)
+  end)
+
   it('closes what a generator it delegates to holds, and nothing of one not started or finished', function()
     local closed = {}
     local function closer(name)
