@@ -424,11 +424,12 @@ static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
 ** g (at `gidx` on H) has just stopped at a yield: unless it already has a
 ** guard, gives it one if closing it now could run user code, or if it has
 ** been checked QUIET_CHECKS times. Not called when g was reached through
-** a generator suspended in yield_from on it (advance's shortcut): that one
-** has a guard (a yield_from is never quiet), whose close closes g too, as
-** CPython's close of a generator closes the one it delegates to. It stays
-** so until g dies, unless a refusal ends the delegation (advance checks g
-** then). The running C function has
+** a generator suspended in yield_from on it (advance's shortcut): closing
+** that one closes g too, as CPython's close of a generator closes the one
+** it delegates to, and that one has a guard (a yield_from is never quiet)
+** or is in turn delegated to, up to one reached directly, which has. It
+** stays so until g dies, unless a refusal ends the delegation (advance
+** checks g then). The running C function has
 ** coroutine.yield as upvalue `yield_up` (see plain_yield): it is read
 ** only here, off the path of a send to a guarded generator. Needs 4 free
 ** slots on L.
