@@ -528,7 +528,7 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
   }
   if (status == LUA_YIELD) {
     g->state = GEN_SUSPENDED;
-    if (H == L)  /* else a guarded generator delegates to g: see check_quiet */
+    if (H == L)  /* else g is delegated to: see check_quiet */
       check_quiet(L, H, gidx, g, yield_up);  /* resume_generator left the room */
     return STEP_YIELD;
   }
