@@ -5,9 +5,22 @@
 ** returned, the throw/close machinery and yield_from.
 **
 ** Ownership: while a generator can still run, its uservalue 1 holds its
-** coroutine (`co` points into it). When it dies the uservalue is replaced
-** by what it returned (nil, the one value, or a table of them) and `co`
-** becomes NULL, so a dead generator keeps no coroutine alive.
+** coroutine (`co` points into it), or its guard (below), which holds the
+** coroutine. When it dies the uservalue is replaced by what it returned
+** (nil, the one value, or a table of them) and `co` becomes NULL, so a dead
+** generator keeps no coroutine alive.
+**
+** Collection: a generator suspended where closing it could run none of
+** the user's code (see closes_quietly) is simply dropped when collected.
+** Only one suspended elsewhere must be closed then, so the finalizer is
+** not on the generator but on a small guard userdata [coroutine,
+** generator] that only the generator refers to: it dies with it, and its
+** __gc closes it. The guard is made when the generator stops where it is
+** not quiet (checked at each of its first QUIET_CHECKS suspensions; after
+** that it keeps one for good) and let go when it dies. A finalizer costs
+** more than the generator (the collector resurrects it with its coroutine
+** and clears its whole stack), so most short-lived generators never have
+** one.
 **
 ** Throwing into a suspended generator: Lua cannot resume a coroutine with
 ** an error, so throw registers the error in a per-state table (registry,
@@ -25,6 +38,18 @@
 
 #define GENERATOR_TYPE "host.Generator"
 
+/*
+** How many suspensions of a generator are checked for quietness (see the
+** top of the file) before it keeps a guard for good: a check costs a fifth
+** to a tenth of the finalizer it saves (more with more locals), so two
+** cost a generator that runs to its end less than half a finalizer, and
+** one that yields more times lives long enough for its guard not to count.
+*/
+#define QUIET_CHECKS 2
+
+/* How many let-go guards are kept for reuse (in their metatable's array). */
+#define GUARD_POOL 64
+
 typedef enum {
   GEN_CREATED,    /* made, its body has not started */
   GEN_SUSPENDED,  /* stopped at a yield */
@@ -37,8 +62,11 @@ static const char *const state_names[] = {
 };
 
 typedef struct Generator {
-  lua_State *co;  /* the coroutine in uservalue 1; NULL once dead */
-  gen_state state;
+  lua_State *co;  /* its coroutine (see the top of the file); NULL once dead */
+  unsigned char state;    /* a gen_state */
+  unsigned char checks;   /* suspensions checked for quietness so far */
+  bool guarded;           /* uservalue 1 is a guard, not the coroutine */
+  bool lua_body;          /* its function is a Lua function */
   int nret;       /* how many values it returned; -1 if it did not return */
 } Generator;
 
@@ -69,6 +97,7 @@ static const char throw_mark = 0;
 static const char yield_from_mark = 0;
 static const char done_mark = 0;
 static const char raise_mark = 0;
+static const char guard_key = 0;  /* registry: the guards' metatable */
 
 /*
 ** coroutine.yield as this module found it when it was loaded (the C
@@ -148,8 +177,34 @@ static void set_uservalue(lua_State *L, lua_State *H, int gidx) {
   lua_setiuservalue(H, gidx, 1);
 }
 
+/*
+** Lets go of the guard of g (at `gidx` on H), if it has one: the guard
+** forgets g and its coroutine, so its finalizer finds nothing to close,
+** and goes back to the pool unless that is full. The caller then replaces
+** uservalue 1, the guard's other reference.
+*/
+static void drop_guard(lua_State *H, int gidx, Generator *g) {
+  if (!g->guarded) return;
+  lua_getiuservalue(H, gidx, 1);  /* a C frame has LUA_MINSTACK slots */
+  lua_pushnil(H);
+  lua_setiuservalue(H, -2, 1);
+  lua_pushnil(H);
+  lua_setiuservalue(H, -2, 2);
+  lua_rawgetp(H, LUA_REGISTRYINDEX, &guard_key);
+  lua_Unsigned n = lua_rawlen(H, -1);
+  if (n < GUARD_POOL) {
+    lua_insert(H, -2);
+    lua_rawseti(H, -2, (lua_Integer)n + 1);
+    lua_pop(H, 1);
+  } else {
+    lua_pop(H, 2);
+  }
+  g->guarded = false;
+}
+
 /* Marks g (at `gidx` on H) dead and drops its coroutine. */
 static void set_dead(lua_State *L, lua_State *H, int gidx, Generator *g) {
+  drop_guard(H, gidx, g);
   lua_pushnil(L);
   set_uservalue(L, H, gidx);
   g->co = NULL;
@@ -165,6 +220,7 @@ static void keep_results(lua_State *L, lua_State *H, int gidx, Generator *g,
                          int n) {
   g->state = GEN_DEAD;  /* dead even if the table below cannot be made */
   g->nret = -1;
+  drop_guard(H, gidx, g);
   if (n == 0) {
     lua_pushnil(L);
   } else if (n == 1) {
@@ -264,6 +320,130 @@ static void disarm_throw(lua_State *L, lua_State *co, const throw_ctx *t) {
   lua_pop(L, 2);
 }
 
+/* generator.yield(...): coroutine.yield. */
+static int gen_yield(lua_State *L) {
+  return lua_yield(L, lua_gettop(L));
+}
+
+/*
+** True if the value on top of L has a __close metamethod; pops it.
+** *last_mt and *last remember the last metatable looked at and the answer.
+*/
+static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
+  bool closable = false;
+  if (lua_getmetatable(L, -1)) {
+    const void *mt = lua_topointer(L, -1);
+    if (mt == *last_mt) {  /* strings share one: look it up once */
+      closable = *last;
+    } else {
+      lua_pushliteral(L, "__close");
+      closable = lua_rawget(L, -2) != LUA_TNIL;
+      lua_pop(L, 1);
+      *last_mt = mt;
+      *last = closable;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return closable;
+}
+
+/*
+** True if raising GeneratorExit in the suspended coroutine of g could run
+** none of the user's code, so that closing it is dropping it: it waits in
+** a plain yield (generator.yield, or `yield_fn`, coroutine.yield as the
+** module found it), every frame below is a Lua function (no pcall, no C
+** function that could catch the error or own a <close> slot), and no live
+** local holds a value with a __close metamethod (a <close> variable would
+** see the error). CPython skips the throw the same way for a frame
+** outside any try block. The bottom frame runs g's function: what kind
+** it is was noted when g was made (a lua_getinfo less per check).
+*/
+static bool closes_quietly(const Generator *g, lua_CFunction yield_fn) {
+  lua_State *co = g->co;
+  lua_Debug ar, below;
+  const void *last_mt = NULL;
+  bool last = false;
+  if (!lua_checkstack(co, 4)) return false;
+  if (!lua_getstack(co, 0, &ar)) return true;
+  lua_getinfo(co, "f", &ar);
+  lua_CFunction f = lua_tocfunction(co, -1);
+  lua_pop(co, 1);
+  if (f != gen_yield && (f != yield_fn || f == NULL)) return false;
+  for (int level = 1; lua_getstack(co, level, &ar); level++, ar = below) {
+    bool lua_function;
+    if (lua_getstack(co, level + 1, &below)) {
+      lua_getinfo(co, "f", &ar);
+      lua_function = !lua_iscfunction(co, -1);
+      lua_pop(co, 1);
+    } else {
+      lua_function = g->lua_body;  /* the bottom frame is the body */
+    }
+    if (!lua_function) return false;
+    for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++)
+      if (pop_closable(co, &last_mt, &last)) return false;
+  }
+  return true;
+}
+
+/*
+** Gives g (at `gidx` on H, see set_uservalue) a guard: a userdata with
+** uservalues [its coroutine, g] and the guards' metatable, whose __gc
+** closes g; one from the pool if there is one. It takes the coroutine's
+** place as g's uservalue 1. Needs 4 free slots on L.
+*/
+static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
+  if (H != L) {
+    lua_pushvalue(H, gidx);  /* a C frame has LUA_MINSTACK slots */
+    lua_xmove(H, L, 1);
+  } else {
+    lua_pushvalue(L, gidx);
+  }
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key);
+  lua_Unsigned n = lua_rawlen(L, -1);
+  if (n > 0) {
+    lua_rawgeti(L, -1, (lua_Integer)n);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, (lua_Integer)n);
+    lua_remove(L, -2);
+  } else {
+    lua_newuserdatauv(L, 0, 2);
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
+  }
+  lua_getiuservalue(L, -2, 1);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 2);
+  lua_setiuservalue(L, -2, 1);
+  lua_pop(L, 1);
+  g->guarded = true;
+}
+
+/*
+** g (at `gidx` on H) has just stopped at a yield: unless it already has a
+** guard, gives it one if closing it now could run user code, or if it has
+** been checked QUIET_CHECKS times. Not called when g was reached through
+** a generator suspended in yield_from on it (advance's shortcut): closing
+** that one closes g too, as CPython's close of a generator closes the one
+** it delegates to, and that one has a guard (a yield_from is never quiet)
+** or is in turn delegated to, up to one reached directly, which has. It
+** stays so until g dies, unless a refusal ends the delegation (advance
+** checks g then). The running C function has
+** coroutine.yield as upvalue `yield_up` (see plain_yield): it is read
+** only here, off the path of a send to a guarded generator. Needs 4 free
+** slots on L.
+*/
+static void check_quiet(lua_State *L, lua_State *H, int gidx, Generator *g,
+                        int yield_up) {
+  if (g->guarded) return;
+  if (g->checks < QUIET_CHECKS && closes_quietly(g, plain_yield(L, yield_up))) {
+    g->checks++;
+    return;
+  }
+  attach_guard(L, H, gidx, g);
+}
+
 /*
 ** The generator that the suspended coroutine co delegates to: co stopped in
 ** yield_from, whose frame is [sub, yield_from_mark]. NULL otherwise. The
@@ -281,7 +461,7 @@ static Generator *delegate_of(lua_State *co) {
 ** set_uservalue): with `throwing` 0 it sends the `nargs` values on top of
 ** L; with `throwing` 1 it raises the one value on top of L inside the
 ** generator. Those values are consumed. Returns what the step left on L
-** (see gen_step); *nres counts the values.
+** (see gen_step); *nres counts the values. `yield_up` as in check_quiet.
 **
 ** A send to a generator suspended in yield_from goes straight to the
 ** generator it delegates to (recursively), without resuming the delegating
@@ -290,7 +470,7 @@ static Generator *delegate_of(lua_State *co) {
 ** (done_mark) or the error it raised (raise_mark).
 */
 static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
-                        int nargs, int throwing, int *nres) {
+                        int nargs, int throwing, int yield_up, int *nres) {
   *nres = 0;
   switch (g->state) {
     case GEN_RUNNING:
@@ -328,11 +508,13 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
     nargs = 1;
   } else if (g->state == GEN_SUSPENDED && (sub = delegate_of(co)) != NULL) {
     g->state = GEN_RUNNING;
-    gen_step step = advance(L, sub, co, 1, nargs, 0, nres);
+    gen_step step = advance(L, sub, co, 1, nargs, 0, yield_up, nres);
     if (step == STEP_YIELD) {
       g->state = GEN_SUSPENDED;
       return STEP_YIELD;
     }
+    if (step == STEP_ERROR && sub->state == GEN_SUSPENDED && lua_checkstack(L, 4))
+      check_quiet(L, co, 1, sub, yield_up);  /* refused: g stops delegating to it */
     /* The delegate ended: resume g's yield_from with the outcome. The
     ** stack has room: advance leaves what resume_generator ensured. */
     lua_pushlightuserdata(L, (void *)(step == STEP_ERROR ? &raise_mark : &done_mark));
@@ -346,6 +528,8 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
   }
   if (status == LUA_YIELD) {
     g->state = GEN_SUSPENDED;
+    if (H == L)  /* else g is delegated to: see check_quiet */
+      check_quiet(L, H, gidx, g, yield_up);  /* resume_generator left the room */
     return STEP_YIELD;
   }
   if (status == LUA_OK) {
@@ -408,7 +592,7 @@ static int step_result(lua_State *L, gen_step step, int nres) {
 static int gen_send(lua_State *L) {
   Generator *g = check_generator(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, lua_gettop(L) - 1, 0, &nres);
+  gen_step step = advance(L, g, L, 1, lua_gettop(L) - 1, 0, 2, &nres);
   return step_result(L, step, nres);
 }
 
@@ -417,7 +601,7 @@ static int gen_next(lua_State *L) {
   Generator *g = check_generator(L, 1);
   lua_settop(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, 0, 0, &nres);
+  gen_step step = advance(L, g, L, 1, 0, 0, 2, &nres);
   return step_result(L, step, nres);
 }
 
@@ -427,52 +611,8 @@ static int gen_throw(lua_State *L) {
   luaL_checkany(L, 2);
   lua_settop(L, 2);
   int nres;
-  gen_step step = advance(L, g, L, 1, 1, 1, &nres);
+  gen_step step = advance(L, g, L, 1, 1, 1, 2, &nres);
   return step_result(L, step, nres);
-}
-
-/* generator.yield(...): coroutine.yield. */
-static int gen_yield(lua_State *L) {
-  return lua_yield(L, lua_gettop(L));
-}
-
-/* True if the value on top of L has a __close metamethod; pops it. */
-static bool pop_closable(lua_State *L) {
-  bool closable = false;
-  if (lua_getmetatable(L, -1)) {
-    lua_pushliteral(L, "__close");
-    closable = lua_rawget(L, -2) != LUA_TNIL;
-    lua_pop(L, 2);
-  }
-  lua_pop(L, 1);
-  return closable;
-}
-
-/*
-** True if raising GeneratorExit in the suspended coroutine co could run
-** none of the user's code, so that closing it is dropping it: it waits in
-** a plain yield (generator.yield, or `yield_fn`, coroutine.yield as the
-** module found it), every frame below is a Lua function (no pcall, no C
-** function that could catch the error or own a <close> slot), and no live
-** local holds a value with a __close metamethod (a <close> variable would
-** see the error). CPython skips the throw the same way for a frame
-** outside any try block.
-*/
-static bool closes_quietly(lua_State *co, lua_CFunction yield_fn) {
-  lua_Debug ar;
-  if (!lua_checkstack(co, 4)) return false;
-  for (int level = 0; lua_getstack(co, level, &ar); level++) {
-    lua_getinfo(co, "f", &ar);
-    lua_CFunction f = lua_tocfunction(co, -1);
-    bool lua_function = !lua_iscfunction(co, -1);
-    lua_pop(co, 1);
-    if (level == 0 ? f != gen_yield && (f != yield_fn || f == NULL)
-                   : !lua_function)
-      return false;
-    for (int n = 1; level > 0 && lua_getlocal(co, &ar, n) != NULL; n++)
-      if (pop_closable(co)) return false;
-  }
-  return true;
 }
 
 /*
@@ -480,11 +620,11 @@ static bool closes_quietly(lua_State *co, lua_CFunction yield_fn) {
 ** suspended. Returns how many values it pushed (what the generator
 ** returned, if it returned instead of letting GeneratorExit through); a
 ** generator that yields instead, or raises another error, makes it raise.
-** One that would close quietly (see closes_quietly; `yield_fn` as
-** there) is dropped instead: its coroutine is reset, dead like one that
+** One that would close quietly (see closes_quietly; `yield_up` as in
+** check_quiet) is dropped instead: its coroutine is reset, dead like one that
 ** let GeneratorExit through, with no error raised and caught.
 */
-static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
+static int close_generator(lua_State *L, int gidx, int yield_up) {
   Generator *g = lua_touserdata(L, gidx);
   switch (g->state) {
     case GEN_RUNNING:
@@ -495,7 +635,7 @@ static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
     case GEN_DEAD:
       return 0;
     case GEN_SUSPENDED:
-      if (lua_status(g->co) == LUA_YIELD && closes_quietly(g->co, yield_fn)) {
+      if (lua_status(g->co) == LUA_YIELD && closes_quietly(g, plain_yield(L, yield_up))) {
         int status = lua_resetthread(g->co);  /* no __close left to fail */
         if (status != LUA_OK) lua_xmove(g->co, L, 1);
         set_dead(L, L, gidx, g);
@@ -505,7 +645,7 @@ static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
   }
   host_error_push(L, "GeneratorExit", "generator closed", 0);
   int nres;
-  switch (advance(L, g, L, gidx, 1, 1, &nres)) {
+  switch (advance(L, g, L, gidx, 1, 1, yield_up, &nres)) {
     case STEP_YIELD:
       lua_pop(L, nres);
       return raise_kind(L, "RuntimeError", "generator ignored GeneratorExit");
@@ -525,7 +665,7 @@ static int close_generator(lua_State *L, int gidx, lua_CFunction yield_fn) {
 static int gen_close(lua_State *L) {
   check_generator(L, 1);
   lua_settop(L, 1);
-  return close_generator(L, 1, plain_yield(L, 2));
+  return close_generator(L, 1, 2);
 }
 
 /* g:status(): "created", "suspended", "running" or "dead". */
@@ -554,7 +694,7 @@ static int gen_call(lua_State *L) {
   Generator *g = check_generator(L, 1);
   lua_settop(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, 0, 0, &nres);
+  gen_step step = advance(L, g, L, 1, 0, 0, 2, &nres);
   if (step == STEP_YIELD) return nres;
   if (step == STEP_ERROR) return lua_error(L);
   return 0;
@@ -566,7 +706,7 @@ static int enumerate_step(lua_State *L) {
   lua_Integer i = luaL_checkinteger(L, 2);
   lua_settop(L, 1);
   int nres;
-  gen_step step = advance(L, g, L, 1, 0, 0, &nres);
+  gen_step step = advance(L, g, L, 1, 0, 0, 2, &nres);
   if (step == STEP_ERROR) return lua_error(L);
   if (step != STEP_YIELD) return 0;
   lua_pushinteger(L, i + 1);
@@ -578,15 +718,16 @@ static int enumerate_step(lua_State *L) {
 static int gen_enumerate(lua_State *L) {
   check_generator(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushcclosure(L, enumerate_step, 1);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushcclosure(L, enumerate_step, 2);
   lua_pushvalue(L, 1);
   lua_pushinteger(L, 0);
   return 3;
 }
 
-/* Protected part of gen_gc: closes the generator at 1. Upvalue 1: as gen_gc's 2. */
+/* Protected part of guard_gc: closes the generator at 1. Upvalue 1: as guard_gc's. */
 static int close_protected(lua_State *L) {
-  close_generator(L, 1, plain_yield(L, 1));
+  close_generator(L, 1, 1);
   return 0;
 }
 
@@ -599,50 +740,59 @@ static void warn_gc_error(lua_State *L) {
 }
 
 /*
-** __gc: a generator collected while suspended is closed, as CPython's
-** generator finalizer calls close(): GeneratorExit is raised where it
-** waits, so its <close> variables run (a lock it holds is released) and
-** so do its pcall handlers. It runs inside a finalizer, so it cannot
-** yield out: a generator that yields while closing, or an error, becomes
-** a warning (Lua's way for errors in __gc), and whatever <close> variables
-** it still has pending are then closed as coroutine.close closes them.
-** The hooks of the coroutines it delegates to are removed first: a hook
-** (the instruction policy's) would let the finalizer be preempted. Lua
-** runs every finalizer when the state closes: a generator still
-** suspended then is closed the same way. One that would close quietly
-** (see closes_quietly) is only dropped, its coroutine not even reset:
-** freeing a stack inside a finalizer lowers the collector's debt, which
-** postpones Lua's next cycle by as much (generators dropped suspended,
-** 200 000 in a row, peaked at 67 MB with the reset, 0.8 MB without). A
-** coroutine.running() leaked from its body stays suspended.
+** __gc of a guard (see the top of the file): a generator collected while
+** suspended is closed, as CPython's generator finalizer calls close():
+** GeneratorExit is raised where it waits, so its <close> variables run (a
+** lock it holds is released) and so do its pcall handlers. It runs inside
+** a finalizer, so it cannot yield out: a generator that yields while
+** closing, or an error, becomes a warning (Lua's way for errors in __gc),
+** and whatever <close> variables it still has pending are then closed as
+** coroutine.close closes them. The hooks of the coroutines it delegates
+** to are removed first: a hook (the instruction policy's) would let the
+** finalizer be preempted. Lua runs every finalizer when the state closes:
+** a generator still suspended then is closed the same way. One that would
+** close quietly (see closes_quietly) is only dropped, its coroutine not
+** even reset: freeing a stack inside a finalizer lowers the collector's
+** debt, which postpones Lua's next cycle by as much (generators dropped
+** suspended, 200 000 in a row, peaked at 67 MB with the reset, 0.8 MB
+** without). A coroutine.running() leaked from its body stays suspended.
+** Upvalue 1: coroutine.yield as loaded (see plain_yield).
 */
-static int gen_gc(lua_State *L) {
-  Generator *g = check_generator(L, 1);
-  if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
-    return 0;  /* not started, done, or resumed behind its back */
+static int guard_gc(lua_State *L) {
   lua_settop(L, 1);
+  if (!lua_getmetatable(L, 1)) return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key);
+  if (!lua_rawequal(L, -1, -2)) return 0;  /* not a guard: called by hand */
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, 2);  /* 2: the generator; 1 keeps its coroutine */
+  Generator *g = lua_touserdata(L, 2);
+  if (g == NULL) return 0;  /* let go of */
+  lua_getiuservalue(L, 1, 1);  /* g takes its coroutine back: a finalized */
+  lua_setiuservalue(L, 2, 1);  /* guard must never reach the pool */
+  g->guarded = false;
+  if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
+    return 0;  /* resumed behind its back */
   lua_State *co = g->co;
-  if (closes_quietly(co, plain_yield(L, 2))) {  /* no pcall, no error object */
-    set_dead(L, L, 1, g);  /* co is garbage, unless a coroutine.running() leaked it */
+  if (closes_quietly(g, plain_yield(L, 1))) {  /* no pcall, no error object */
+    set_dead(L, L, 2, g);  /* co is garbage, unless a coroutine.running() leaked it */
     return 0;
   }
-  lua_getiuservalue(L, 1, 1);  /* 2: its coroutine, kept while it closes */
   for (lua_State *c = co;;) {
     lua_sethook(c, NULL, 0, 0);
     Generator *sub = delegate_of(c);
     if (sub == NULL || sub->co == NULL) break;
     c = sub->co;
   }
-  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushcclosure(L, close_protected, 1);
-  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) warn_gc_error(L);
   if (lua_status(co) == LUA_YIELD) {  /* it yielded instead of closing */
     if (lua_resetthread(co) != LUA_OK) {
       lua_xmove(co, L, 1);
       warn_gc_error(L);
     }
-    if (g->co == co) set_dead(L, L, 1, g);
+    if (g->co == co) set_dead(L, L, 2, g);
   }
   return 0;
 }
@@ -664,7 +814,7 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx);
 static int yield_from_step(lua_State *L, int throwing) {
   int nres;
   Generator *sub = lua_touserdata(L, 1);
-  switch (advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, &nres)) {
+  switch (advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, 3, &nres)) {
     case STEP_YIELD:
       return lua_yieldk(L, nres, 0, yield_from_cont);
     case STEP_RETURN:
@@ -701,7 +851,7 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx) {
     if (mark == &throw_mark && top == 3 && take_throw(L)) {
       lua_remove(L, 3);
       if (host_error_is(L, 3, "GeneratorExit")) {
-        close_generator(L, 1, plain_yield(L, 3));
+        close_generator(L, 1, 3);
         lua_settop(L, 3);
         return lua_error(L);
       }
@@ -730,6 +880,9 @@ static int generator_function(lua_State *L) {
   Generator *g = lua_newuserdatauv(L, sizeof *g, 1);
   g->co = NULL;  /* dead until its coroutine exists */
   g->state = GEN_DEAD;
+  g->checks = 0;
+  g->guarded = false;
+  g->lua_body = !lua_iscfunction(L, lua_upvalueindex(3));
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
@@ -784,7 +937,6 @@ static const luaL_Reg generator_methods[] = {
 static const luaL_Reg generator_metamethods[] = {
   {"__call", gen_call},
   {"__close", gen_close},
-  {"__gc", gen_gc},
   {"__tostring", gen_tostring},
   {"__index", NULL},  /* placeholder */
   {NULL, NULL}
@@ -811,9 +963,19 @@ static void push_plain_yield(lua_State *L) {
 ** userdata) as upvalue 1 for check_generator; the methods and metamethods
 ** get coroutine.yield (see plain_yield) as upvalue 2; the module's
 ** functions get the table as upvalue 2 and coroutine.yield as upvalue 3.
+** The guards' metatable (registry, at guard_key) holds guard_gc, with
+** coroutine.yield as its upvalue, hides itself from getmetatable, and
+** keeps the pool of guards let go (see drop_guard) in its array part.
 */
 static void createmeta(lua_State *L) {
   int yield_idx = lua_gettop(L);
+  lua_createtable(L, GUARD_POOL, 2);
+  lua_pushvalue(L, yield_idx);
+  lua_pushcclosure(L, guard_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &guard_key);
   luaL_newmetatable(L, GENERATOR_TYPE);
   lua_pushlightuserdata(L, (void *)lua_topointer(L, -1));
   lua_pushvalue(L, yield_idx);

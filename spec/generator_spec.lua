@@ -701,6 +701,101 @@ describe('a generator dropped without close', function()
     assert.matches('^true\t', out)
   end)
 
+  it('where closing it runs nothing of its own is freed by one collection: it needs no finalizer', function()
+    local quiet = generator.wrap(function(n)
+      local x = yield(n)
+      while true do x = yield(x + 1) end
+    end)
+    local seen = setmetatable({}, { __mode = 'k' })
+    for i = 1, 3 do
+      local g = quiet(i)
+      g:next()
+      g:send(i)
+      seen[g] = true
+    end
+    collectgarbage()
+    assert.is_nil(next(seen))
+  end)
+
+  it('is closed when it stops in a pcall only after many quiet yields', function()
+    local closed = {}
+    local late = generator.wrap(function(n)
+      for i = 1, n do yield(i) end
+      local ok, err = pcall(yield, 'in pcall')
+      closed[#closed + 1] = not ok and herror.is(err, 'GeneratorExit')
+      error(err)
+    end)
+    for _, n in ipairs { 0, 1, 2, 3, 4, 5, 9 } do
+      local g = late(n)
+      for _ = 1, n do g:next() end
+      assert.are.equal('in pcall', g:next())
+    end
+    collect()
+    assert.are.same({ true, true, true, true, true, true, true }, closed)
+  end)
+
+  it('is closed when it stops at a <close> variable after yielding quietly, and not once it has left it', function()
+    local log = {}
+    local function closer(name)
+      return setmetatable({}, { __close = function() log[#log + 1] = name end })
+    end
+    local g1 = generator.wrap(function()
+      yield(1)
+      do
+        local _ <close> = closer('held')
+        yield(2)
+      end
+      yield(3)
+    end)
+    local a, b = g1(), g1()
+    a:next() a:next()
+    b:next() b:next() b:next()
+    assert.are.same({ 'held' }, log)
+    a, b = nil, nil
+    collect()
+    assert.are.same({ 'held', 'held' }, log)
+  end)
+
+  describe('that another delegates to, when it stops in a pcall after a quiet first yield', function()
+    local log
+    local inner = generator.wrap(function()
+      yield(1)
+      local ok, err = pcall(yield, 2)
+      log[#log + 1] = not ok and herror.is(err, 'GeneratorExit')
+      error(err)
+    end)
+    before_each(function() log = {} end)
+
+    it('is closed with the generator that delegates to it', function()
+      local g = generator.wrap(function() yield_from(inner()) end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal(2, g:next())
+      g = nil
+      collect()
+      assert.are.same({ true }, log)
+    end)
+
+    it('is closed when the generator that delegates to it is collected, even if kept', function()
+      local sub = inner()
+      local g = generator.wrap(function() yield_from(sub) end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal(2, g:next())
+      g = nil
+      collect()
+      assert.are.same({ true }, log)
+      assert.are.equal('dead', sub:status())
+    end)
+
+    it('is closed when a plain coroutine delegates to it', function()
+      local co = coroutine.wrap(function() yield_from(inner()) end)
+      assert.are.equal(1, co())
+      assert.are.equal(2, co())
+      co = nil
+      collect()
+      assert.are.same({ true }, log)
+    end)
+  end)
+
   it('closes what a generator it delegates to holds, and nothing of one not started or finished', function()
     local closed = {}
     local function closer(name)
