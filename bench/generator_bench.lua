@@ -3,9 +3,10 @@
 -- send (goal: <= 1.0x CPython's), memory per suspended generator (goal: no
 -- more than 1128 B, issue 17) and the Game of Life per generation (goal:
 -- <= 0.8x CPython's) against python3 running the book's own code in the
--- same invocation. The Lua side is scripts/item40_coroutines.lua. Two
--- figures without goals say what floor the goals meet: a raw coroutine
--- created and resumed twice, and Life with yield_from as plain calls.
+-- same invocation. The Lua side is scripts/item40_coroutines.lua. The
+-- create and Life figures carry the floor measured under them: a raw
+-- coroutine created and resumed twice, and Life with yield_from as plain
+-- calls.
 local bench = dofile 'bench/lib.lua'
 local item40 = require 'scripts.item40_coroutines'
 
@@ -166,21 +167,14 @@ bench.figure { name = 'generator send, against coroutine.resume', value = send, 
                ref = resume, ref_name = 'coroutine.resume', goal = { op = '<=', value = 1.15, on = 'ratio' } }
 bench.figure { name = "generator send, against CPython's", value = send, unit = 'ns', scale = 1e9,
                ref = py.send, ref_name = 'CPython' }
--- The goal lies below its floor (the raw coroutine next): the note says by how much.
-local function vs_python(s, ref)
-  return ref and ('%.2fx CPython'):format(s.median / ref.median) or 'no python3'
-end
+-- The floor under it: a raw coroutine over the same body, created and
+-- resumed twice, with no generator around it (a coroutine is a whole
+-- lua_State with its own stack; a generator adds its userdata and two
+-- checks of where it waits, which spare it a finalizer).
 bench.figure { name = 'generator create + prime + first send', value = create, unit = 'ns', scale = 1e9,
                ref = py.create_prime_send, ref_name = 'CPython',
                goal = py.create_prime_send and { op = '<=', value = 1.0, on = 'ratio' },
-               note = ('floor: a raw coroutine created and resumed twice takes %.0f ns (%s), as a coroutine is '
-                 .. 'a whole lua_State with its own stack; a generator adds its userdata and two checks of where '
-                 .. 'it waits, which spare it a finalizer'):format(raw_create.median * 1e9,
-                 vs_python(raw_create, py.create_prime_send)) }
--- The floor under it: a raw coroutine over the same body, created and
--- resumed twice, with no generator around it.
-bench.figure { name = 'raw coroutine create + resume + resume (the floor)', value = raw_create, unit = 'ns',
-               scale = 1e9, ref = py.create_prime_send, ref_name = 'CPython' }
+               floor = { name = 'raw coroutine create + resume + resume', value = raw_create } }
 local gen_bytes = item40.bytes_per(item40.suspended_generator, 100000)
 local co_bytes = item40.bytes_per(item40.suspended_coroutine, 100000)
 -- One suspended for the third time carries a guard (bindings/generator.c).
@@ -196,13 +190,9 @@ bench.figure { name = 'memory per suspended generator', value = bench.once(gen_b
                  .. 'stack and CallInfo list, a CPython generator one frame sized to its code; one suspended '
                  .. 'a third time, or where closing it runs code, carries the guard of its finalizer: %.0f B')
                  :format(co_bytes, guarded_bytes) }
+-- Under it: the same cells with yield_from as plain calls inside one
+-- generator; the book's form makes, starts and ends two generators per
+-- cell, each a coroutine.
 bench.figure { name = 'Item 40 Game of Life 5x9, per generation', value = life, unit = 'us', scale = 1e6,
                ref = py.life, ref_name = 'CPython', goal = py.life and { op = '<=', value = 0.8, on = 'ratio' },
-               note = ('floor: the book nests two generators per cell, each a coroutine made, started and run to '
-                 .. 'its end; the same cells with yield_from as plain calls take %.0f us (%s)'):format(
-                 life_calls.median * 1e6, vs_python(life_calls, py.life)) }
--- What the delegation costs: the same cells with yield_from replaced by
--- plain calls inside one generator (scripts/item40_coroutines.lua,
--- simulate_calls; not the book's structure, so no goal).
-bench.figure { name = 'Item 40 Game of Life, yield_from as plain calls', value = life_calls, unit = 'us',
-               scale = 1e6, ref = py.life, ref_name = 'CPython' }
+               floor = { name = 'the same cells, yield_from as plain calls', value = life_calls } }
