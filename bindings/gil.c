@@ -329,7 +329,9 @@ static void line_leave(host_universe *u, host_tstate *ts) {
 
 /*
 ** Wakes the thread in line with ticket t, if it is there yet; `serve` (t
-** is served now) takes it out of the line too, before its wake-up. The
+** is served now) takes it out of the line too, and says so last: a served
+** thread that finds itself out of the line goes on without the slot's
+** mutex, and may have ended before the mutex is unlocked. The
 ** system call comes after the slot's mutex is unlocked, so the woken
 ** thread does not find it held. By then that thread may have run on and
 ** ended: a futex wake of memory that is gone, or is something else's now,
@@ -344,13 +346,12 @@ static void wake_ticket(host_universe *u, unsigned long long t, bool serve) {
   for (host_tstate **p = &s->line; *p != NULL; p = &(*p)->line_next) {
     host_tstate *w = *p;
     if (atomic_load(&w->gil_ticket) == t) {
-      if (serve) {
-        *p = w->line_next;
-        atomic_store(&w->in_line, false);
-      }
+      if (serve) *p = w->line_next;
       atomic_fetch_add(&w->park, 1);
       if (atomic_load(&w->parked)) word = &w->park;
       else spin_stop(u, &w->spin);
+      /* the last touch of w: once out of the line it may run on and end */
+      if (serve) atomic_store(&w->in_line, false);
       break;
     }
   }
