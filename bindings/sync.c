@@ -295,8 +295,9 @@ static void rlock_put(lua_State *L, lock_t *lk) {
 /*
 ** The Lock that is argument 1 of a method of it: the checks of
 ** host_object_check_self with one API call less (the metatable it compares
-** stays on the stack: callers push their results above it and read
-** arguments by index). Anything but a live Lock raises there.
+** may stay on the stack above the arguments: a caller that reads an
+** optional argument sets the top back first). Anything but a live Lock
+** raises there.
 */
 static lock_t *self_lock(lua_State *L) {
   lock_t *lk = lua_touserdata(L, 1);
@@ -308,15 +309,16 @@ static lock_t *self_lock(lua_State *L) {
 
 /* lock:acquire([timeout]) -> lock | false */
 static int lock_acquire(lua_State *L) {
-  bool timed = lua_gettop(L) > 1;
+  int top = lua_gettop(L);
   lock_t *lk = self_lock(L);
   if (!lk->locked) {  /* the fast path */
-    if (timed) opt_block_timeout(L, 2);  /* still check it */
+    if (top > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
     lk->owner = host_current();
     lua_pushvalue(L, 1);
     return 1;
   }
+  lua_settop(L, top);  /* argument 2 is not self_lock's metatable */
   if (lock_take(L, lk, 1, LOCK_TYPE, opt_block_timeout(L, 2))) lua_pushvalue(L, 1);
   else lua_pushboolean(L, 0);
   return 1;
