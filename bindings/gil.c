@@ -23,9 +23,10 @@
 ** it finds it awake: no system call on either side, no idle core to wake.
 ** It spins only while fewer of the universe's threads run than there are
 ** cores (the holder, and those spinning already). A spin that ends without
-** the wake-up turns spinning off for that thread; it tries again after 2,
-** 4, ... 256 sleeps, so on a machine where the holder needs the spinner's
-** core the spin costs about nothing. A spin is a wait like the sleep it
+** the wake-up turns spinning off for that thread, or doubles the gap to
+** its next try, up to one in 256 sleeps; one that succeeds halves it. So
+** on a machine where the holder needs the spinner's core the spin costs
+** about nothing (spin_end). A spin is a wait like the sleep it
 ** replaces: the ticket order and the preemption are the same.
 **
 ** Preemption. The first in line times the switch interval; when it has
@@ -184,7 +185,7 @@ static void request_switch(host_universe *u) {
 
 /* ---- the spin before a sleep ---- */
 
-#define SPIN_MAX_NS 20000     /* the longest spin, and the first one's bound */
+#define SPIN_MAX_NS 10000     /* the longest spin (about a sleep and a wake-up), the first one's bound */
 #define SPIN_MIN_NS 2000      /* the shortest bound a success teaches */
 #define SPIN_MAX_BACKOFF 8    /* off: a try every 2^8 sleeps at the least */
 
@@ -228,10 +229,13 @@ void spin_stop(host_universe *u, host_spin *spin) {
 }
 
 /*
-** Learns from a spin that took `spent` ns: one that saw the wake-up keeps
-** spinning on, its bound four times the longest recent spin (a longer one
-** raises it at once, shorter ones lower it by an eighth each); one that did
-** not turns spinning off, and backs its next try off further.
+** Learns from a spin that took `spent` ns. One that saw the wake-up sets
+** the bound to four times the longest recent spin (a longer one raises it
+** at once, shorter ones lower it by an eighth each) and halves the gap
+** between tries; one that did not doubles it (the first miss turns spinning
+** off). So a thread spins at every sleep only while most spins succeed,
+** and where most fail (the holder needs the spinner's core) it tries once
+** every 256 sleeps: a miss costs at most SPIN_MAX_NS.
 */
 static void spin_end(host_universe *u, host_spin *spin, bool woken, long long spent) {
   spin_stop(u, spin);  /* unless its waker did */
@@ -240,7 +244,7 @@ static void spin_end(host_universe *u, host_spin *spin, bool woken, long long sp
     bound -= bound / 8;
     if (4 * spent > bound) bound = (long)(4 * spent);
     spin->ns = bound < SPIN_MIN_NS ? SPIN_MIN_NS : bound > SPIN_MAX_NS ? SPIN_MAX_NS : bound;
-    spin->backoff = 0;
+    if (spin->backoff > 0) spin->backoff--;
   } else {
     spin->ns = SPIN_MAX_NS;  /* a try after a back-off gets the whole bound */
     if (spin->backoff < SPIN_MAX_BACKOFF) spin->backoff++;
