@@ -761,5 +761,7 @@ void gil_after_fork(host_universe *u, host_tstate *ts) {
   }
   atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
   atomic_store(&u->holder, ts);
+  atomic_store(&u->spinning, 0);  /* those spinning at the fork are gone */
+  atomic_store(&ts->spin.active, false);
   ts->has_timer = false;  /* a child inherits no timer */
 }
