@@ -141,9 +141,9 @@ end
 
 local spawned = figure('thread spawn + join', 'spawn', spawn, 2000, 5, 'us', 1e6,
                        { op = '<=', value = 0.15, on = 'ratio' })
-against('thread spawn + join, against its C floor', spawned, c_floors.spawn_ns, 'C pthread_create+join',
+against('thread spawn + join, against a C thread', spawned, c_floors.spawn_ns, 'C pthread_create+join',
         'us', 1e6, 1e-3)
-against('thread spawn + join, against its C floor', spawned, c_floors.cached_ns, 'C cached thread+join',
+against('thread spawn + join, against a cached C thread', spawned, c_floors.cached_ns, 'C cached thread+join',
         'us', 1e6, 1e-3)
 local acquired = figure('Lock acquire + release', 'acquire_release', plain, 1000000, 5, 'ns', 1e9,
                         { op = '<=', value = 0.84, on = 'ratio' })
