@@ -42,7 +42,7 @@ SPEC_WRAP ?=
 SPEC_ENV ?=
 SPECS ?= spec
 
-.PHONY: all mpi test-mpi test demo sanitize tsan tsan-negative valgrind bench fuzz soak \
+.PHONY: all mpi test-mpi test demo sanitize tsan tsan-negative valgrind bench bench-floors fuzz soak \
         install uninstall clean deps build-host run-specs
 
 all: $(HOST)
@@ -232,12 +232,20 @@ soak:
 # MPI and host.mpi are there (make test-mpi installs them), else says why not.
 bench:
 	@$(DEPS) $(DEPS_TEST)
-	@$(MAKE) --no-print-directory $(HOST) mpi $(BUILD)/bench/futex_pingpong
+	@$(MAKE) --no-print-directory $(HOST) mpi $(BENCH_FLOORS)
 	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
 
-$(BUILD)/bench/futex_pingpong: bench/futex_pingpong.c
+# The C floors the thread figures are set against (bench/thread_bench.lua).
+BENCH_FLOORS = $(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors $(BUILD)/bench/floor_udata.so
+bench-floors: $(BENCH_FLOORS)
+
+$(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors: $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -O2 -pthread -o $@ $<
+
+$(BUILD)/bench/floor_udata.so: bench/floor_udata.c
+	@mkdir -p $(BUILD)/bench
+	$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ $<
 
 # libFuzzer on the codec's decoder (tools/fuzz_loads.c), for FUZZ_SECONDS,
 # seeded with valid payloads that tools/fuzz_corpus.lua writes with the plain

@@ -44,9 +44,19 @@ for _ = 1, 3 do table.move(bench.numbers, 1, 4, #numbers + 1, numbers) end
 local function serial() for _, p in ipairs(numbers) do gcd(p) end end
 local function pooled() for _ in ex:map(gcd, numbers) do end end
 
-bench.figure { name = 'ThreadPool(2) submit + result, tiny task', value = per_op(tiny, 20000), unit = 'us', scale = 1e6,
+-- The floor: a C round trip of two futex hand-offs (bench/thread_floors.c).
+local floors_bin = ((os.getenv 'HOST_BENCH_PINGPONG' or 'build/bench/futex_pingpong'):match '^(.*)/' or '.')
+                   .. '/thread_floors'
+local c_floors = io.open(floors_bin) and bench.parse(bench.capture(floors_bin .. ' 20000 5')) or {}
+
+local submitted = per_op(tiny, 20000)
+bench.figure { name = 'ThreadPool(2) submit + result, tiny task', value = submitted, unit = 'us', scale = 1e6,
                ref = py.submit_result, ref_name = 'CPython',
                goal = py.submit_result and { op = '<=', value = 0.25, on = 'ratio' } }
+if c_floors.roundtrip_ns then
+  bench.figure { name = 'ThreadPool(2) submit + result, against its C floor', value = submitted, unit = 'us',
+                 scale = 1e6, ref = c_floors.roundtrip_ns, ref_name = 'C futex round trip', ref_scale = 1e-3 }
+end
 bench.figure { name = 'ThreadPool(2) map, per item', value = per_op(mapped, 50000, 3), unit = 'us', scale = 1e6,
                ref = py.map_item, ref_name = 'CPython' }
 -- Item 41 on threads: serial time over pool time, round by round.

@@ -99,19 +99,61 @@ local function handoff(n)
   assert(other:join(60))
 end
 
+-- The floor under Lock acquire + release: two empty C methods of a
+-- userdata (bench/floor_udata.c, built by make bench).
+local floor_dir = (os.getenv 'HOST_BENCH_PINGPONG' or 'build/bench/futex_pingpong'):match '^(.*)/' or '.'
+local open_udata = package.loadlib(floor_dir .. '/floor_udata.so', 'luaopen_floor_udata')
+local empty_pair = open_udata and (function()
+  local obj = open_udata().new()
+  return function(n) for _ = 1, n do obj:acquire(); obj:release() end end
+end)()
+
+-- The floor under the 5-thread locked increment: the same loop in one thread.
+local function locked_alone(n)
+  local counter = { count = 0, lock = thread.Lock() }
+  local function increment(self, offset)
+    local _ <close> = self.lock:acquire()
+    self.count = self.count + offset
+  end
+  for _ = 1, n do increment(counter, 1) end
+  assert(counter.count == n)
+end
+
+-- The C floors of spawn + join (bench/thread_floors.c).
+local floors_bin = floor_dir .. '/thread_floors'
+local c_floors = io.open(floors_bin) and bench.parse(bench.capture(floors_bin .. ' 2000 5')) or {}
+
 local py = bench.python(python)
 local CPY = 'CPython'
 local function figure(name, key, f, n, runs, unit, scale, goal)
-  bench.figure { name = name, value = per_op(f, n, runs), unit = unit, scale = scale,
+  local v = per_op(f, n, runs)
+  bench.figure { name = name, value = v, unit = unit, scale = scale,
                  ref = py[key], ref_name = py[key] and CPY, goal = py[key] and goal }
+  return v
+end
+-- The same sample against a floor (no goal: it says how far from it we are).
+local function against(name, v, floor, floor_name, unit, scale, floor_scale)
+  if floor then
+    bench.figure { name = name, value = v, unit = unit, scale = scale, ref = floor, ref_name = floor_name,
+                   ref_scale = floor_scale }
+  end
 end
 
-figure('thread spawn + join', 'spawn', spawn, 2000, 5, 'us', 1e6, { op = '<=', value = 0.15, on = 'ratio' })
-figure('Lock acquire + release', 'acquire_release', plain, 1000000, 5, 'ns', 1e9,
-       { op = '<=', value = 0.84, on = 'ratio' })
+local spawned = figure('thread spawn + join', 'spawn', spawn, 2000, 5, 'us', 1e6,
+                       { op = '<=', value = 0.15, on = 'ratio' })
+against('thread spawn + join, against a C thread', spawned, c_floors.spawn_ns, 'C pthread_create+join',
+        'us', 1e6, 1e-3)
+against('thread spawn + join, against a cached C thread', spawned, c_floors.cached_ns, 'C cached thread+join',
+        'us', 1e6, 1e-3)
+local acquired = figure('Lock acquire + release', 'acquire_release', plain, 1000000, 5, 'ns', 1e9,
+                        { op = '<=', value = 0.84, on = 'ratio' })
+against('Lock acquire + release, against its floor', acquired,
+        empty_pair and per_op(empty_pair, 1000000), 'two empty C methods', 'ns', 1e9)
 figure('Lock acquire with <close> (CPython: with lock)', 'with_lock', with_close, 1000000, 5, 'ns', 1e9)
-figure('Item 38 locked increment, 5 threads', 'locked_increment', locked, 500000, 3, 'ns', 1e9,
-       { op = '<=', value = 0.525, on = 'ratio' })
+local incremented = figure('Item 38 locked increment, 5 threads', 'locked_increment', locked, 500000, 3, 'ns', 1e9,
+                           { op = '<=', value = 0.525, on = 'ratio' })
+against('Item 38 locked increment, 5 threads, against its floor', incremented,
+        per_op(locked_alone, 500000, 3), '1 thread', 'ns', 1e9)
 figure('Queue message thread to thread', 'queue_message', qthroughput, 200000, 3, 'ns', 1e9,
        { op = '<=', value = 0.105, on = 'ratio' })
 

@@ -17,6 +17,18 @@
 ** ticket of its own; a compare-and-swap on its hand-off state decides
 ** which of the two happens.
 **
+** Spinning. A thread about to sleep where the wait is likely short (first
+** in line, or waiting for a notify) first spins on its futex word for a
+** bound learned from its own recent waits, so that the thread that wakes
+** it finds it awake: no system call on either side, no idle core to wake.
+** It spins only while fewer of the universe's threads run than there are
+** cores (the holder, and those spinning already). A spin that ends without
+** the wake-up turns spinning off for that thread, or doubles the gap to
+** its next try, up to one in 256 sleeps; one that succeeds halves it. So
+** on a machine where the holder needs the spinner's core the spin costs
+** about nothing (spin_end). A spin is a wait like the sleep it
+** replaces: the ticket order and the preemption are the same.
+**
 ** Preemption. The first in line times the switch interval; when it has
 ** waited that long it sends SWITCH_SIGNAL to the holder's OS thread, whose
 ** handler arms a one-shot hook on the Lua state that thread is running
@@ -171,11 +183,104 @@ static void request_switch(host_universe *u) {
 
 /* ---- the GIL ---- */
 
+/* ---- the spin before a sleep ---- */
+
+#define SPIN_MAX_NS 10000     /* the longest spin (about a sleep and a wake-up), the first one's bound */
+#define SPIN_MIN_NS 2000      /* the shortest bound a success teaches */
+#define SPIN_MAX_BACKOFF 8    /* off: a try every 2^8 sleeps at the least */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* The CLOCK_MONOTONIC time in nanoseconds (a vDSO read, no system call). */
+static long long now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/*
+** True when a thread is to spin before this sleep, counted then in
+** u->spinning (spin_end takes it out): spinning is on for it, or this is
+** the sleep on which it tries again, and another core is free of u's
+** threads (the GIL's holder runs on one, each spinner on another).
+*/
+static bool spin_begin(host_universe *u, host_spin *spin) {
+  if (spin->backoff > 0) {
+    if (++spin->skipped < (1u << spin->backoff)) return false;
+    spin->skipped = 0;
+  }
+  if (atomic_fetch_add(&u->spinning, 1) + 1 < u->cores) {
+    atomic_store(&spin->active, true);
+    return true;
+  }
+  atomic_fetch_sub(&u->spinning, 1);
+  return false;
+}
+
+void spin_stop(host_universe *u, host_spin *spin) {
+  if (atomic_load(&spin->active) && atomic_exchange(&spin->active, false))
+    atomic_fetch_sub(&u->spinning, 1);
+}
+
+/*
+** Learns from a spin that took `spent` ns. One that saw the wake-up sets
+** the bound to four times the longest recent spin (a longer one raises it
+** at once, shorter ones lower it by an eighth each) and halves the gap
+** between tries; one that did not doubles it (the first miss turns spinning
+** off). So a thread spins at every sleep only while most spins succeed,
+** and where most fail (the holder needs the spinner's core) it tries once
+** every 256 sleeps: a miss costs at most SPIN_MAX_NS.
+*/
+static void spin_end(host_universe *u, host_spin *spin, bool woken, long long spent) {
+  spin_stop(u, spin);  /* unless its waker did */
+  if (woken) {
+    long bound = spin->ns > 0 ? spin->ns : SPIN_MAX_NS;
+    bound -= bound / 8;
+    if (4 * spent > bound) bound = (long)(4 * spent);
+    spin->ns = bound < SPIN_MIN_NS ? SPIN_MIN_NS : bound > SPIN_MAX_NS ? SPIN_MAX_NS : bound;
+    if (spin->backoff > 0) spin->backoff--;
+  } else {
+    spin->ns = SPIN_MAX_NS;  /* a try after a back-off gets the whole bound */
+    if (spin->backoff < SPIN_MAX_BACKOFF) spin->backoff++;
+  }
+}
+
+bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned seen,
+               const struct timespec *at) {
+  if (!spin_begin(u, spin)) return false;
+  long long start = now_ns(), spent = 0;
+  long long end = start + (spin->ns > 0 ? spin->ns : SPIN_MAX_NS);
+  if (at != NULL) {
+    long long limit = (long long)at->tv_sec * 1000000000LL + at->tv_nsec;
+    if (limit < end) end = limit;
+  }
+  bool woken = false;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(word, memory_order_acquire) != seen) {
+      woken = true;
+      break;
+    }
+    cpu_relax();
+    if (i % 16 == 0 && (spent = now_ns() - start) >= end - start) break;
+  }
+  if (woken) spent = now_ns() - start;
+  spin_end(u, spin, woken, spent);
+  return woken;
+}
+
 /*
 ** Sleeps until ts->park moves from `seen`, a wake-up, or until `at` (an
-** absolute CLOCK_MONOTONIC time; NULL: no limit). False when it timed out.
+** absolute CLOCK_MONOTONIC time; NULL: no limit), after a spin if `spin`
+** (see "Spinning" above). False when it timed out.
 */
-static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at) {
+static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at, bool spin) {
+  if (spin && spin_wait(ts->u, &ts->spin, &ts->park, seen, at)) return true;
   atomic_store(&ts->parked, true);
   long rc = syscall(SYS_futex, &ts->park, FUTEX_WAIT_BITSET_PRIVATE, seen, at, NULL,
                     FUTEX_BITSET_MATCH_ANY);
@@ -193,6 +298,8 @@ static void park_wake(host_tstate *ts) {
   atomic_fetch_add(&ts->park, 1);
   if (atomic_load(&ts->parked))
     syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  else
+    spin_stop(ts->u, &ts->spin);
 }
 
 /* Puts ts in the line with ticket t: who serves t wakes it. */
@@ -200,38 +307,56 @@ static void line_join(host_universe *u, host_tstate *ts, unsigned long long t) {
   struct gil_slot *s = &u->slot[t % GIL_SLOTS];
   pthread_mutex_lock(&s->mu);
   atomic_store(&ts->gil_ticket, t);
+  atomic_store(&ts->in_line, true);
   ts->line_next = s->line;
   s->line = ts;
   pthread_mutex_unlock(&s->mu);
 }
 
-/* Takes ts out of the line (it has been served). */
+/*
+** Takes ts out of the line (it has been served), unless the thread that
+** served it did (wake_ticket): then the slot's mutex is not touched, so a
+** waiter that spins does not find it held by its waker.
+*/
 static void line_leave(host_universe *u, host_tstate *ts) {
+  if (!atomic_load(&ts->in_line)) return;
   struct gil_slot *s = &u->slot[atomic_load(&ts->gil_ticket) % GIL_SLOTS];
   pthread_mutex_lock(&s->mu);
-  host_tstate **p = &s->line;
-  while (*p != ts) p = &(*p)->line_next;
-  *p = ts->line_next;
+  if (atomic_load(&ts->in_line)) {
+    host_tstate **p = &s->line;
+    while (*p != ts) p = &(*p)->line_next;
+    *p = ts->line_next;
+    atomic_store(&ts->in_line, false);
+  }
   pthread_mutex_unlock(&s->mu);
 }
 
 /*
-** Wakes the thread in line with ticket t, if it is there yet. The system
-** call comes after the slot's mutex is unlocked, so the woken thread does
-** not find it held when it leaves the line. By then that thread may have
-** run on and ended: a futex wake of memory that is gone, or is something
-** else's now, wakes nobody or a sleeper who checks its condition again,
-** as every park_wait and glibc's own waits do (glibc wakes after unlock
-** the same way).
+** Wakes the thread in line with ticket t, if it is there yet; `serve` (t
+** is served now) takes it out of the line too, and says so last: a served
+** thread that finds itself out of the line goes on without the slot's
+** mutex, and may have ended before the mutex is unlocked. The
+** system call comes after the slot's mutex is unlocked, so the woken
+** thread does not find it held. By then that thread may have run on and
+** ended: a futex wake of memory that is gone, or is something else's now,
+** wakes nobody or a sleeper who checks its condition again, as every
+** park_wait and glibc's own waits do (glibc wakes after unlock the same
+** way).
 */
-static void wake_ticket(host_universe *u, unsigned long long t) {
+static void wake_ticket(host_universe *u, unsigned long long t, bool serve) {
   struct gil_slot *s = &u->slot[t % GIL_SLOTS];
   atomic_uint *word = NULL;
   pthread_mutex_lock(&s->mu);
-  for (host_tstate *w = s->line; w != NULL; w = w->line_next) {
+  for (host_tstate **p = &s->line; *p != NULL; p = &(*p)->line_next) {
+    host_tstate *w = *p;
     if (atomic_load(&w->gil_ticket) == t) {
+      if (serve) *p = w->line_next;
       atomic_fetch_add(&w->park, 1);
       if (atomic_load(&w->parked)) word = &w->park;
+      else spin_stop(u, &w->spin);
+      /* the last touch of w: once out of the line it may run on and end */
+      if (serve) atomic_store(&w->in_line, false);
+      break;
     }
   }
   pthread_mutex_unlock(&s->mu);
@@ -253,10 +378,10 @@ static void wait_turn(host_universe *u, host_tstate *ts) {
     if (serving + 1 == t) {
       double interval = (double)atomic_load(&u->interval_ns) * 1e-9;
       host_deadline d = host_deadline_in(interval);
-      if (!park_wait(ts, seen, &d.at) && atomic_load(&u->serving) == serving)
+      if (!park_wait(ts, seen, &d.at, true) && atomic_load(&u->serving) == serving)
         request_switch(u);
     } else {
-      park_wait(ts, seen, NULL);
+      park_wait(ts, seen, NULL, false);
     }
   }
   line_leave(u, ts);
@@ -314,8 +439,8 @@ void gil_give(host_universe *u, host_tstate *ts) {
   atomic_store(&u->holder, NULL);
   unsigned long long next = atomic_fetch_add(&u->serving, 1) + 1;
   unsigned long long end = atomic_load(&u->next_ticket);
-  if (end > next) wake_ticket(u, next);
-  if (end > next + 1) wake_ticket(u, next + 1);
+  if (end > next) wake_ticket(u, next, true);
+  if (end > next + 1) wake_ticket(u, next + 1, false);
 }
 
 /* ---- the direct hand-off ---- */
@@ -334,7 +459,7 @@ bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d) {
   for (;;) {
     unsigned seen = atomic_load(&ts->park);
     if (atomic_load(&ts->hand) != HAND_SLEEPING) return true;
-    if (!park_wait(ts, seen, d->never ? NULL : &d->at))
+    if (!park_wait(ts, seen, d->never ? NULL : &d->at, true))
       return atomic_load(&ts->hand) != HAND_SLEEPING;
   }
 }
@@ -399,7 +524,10 @@ static bool time_first_in_line(host_universe *u) {
 ** The notifier takes the ticket for w and puts w in the line, where the
 ** thread that serves it wakes it. The notifier holds the GIL, so that
 ** ticket is not served yet; were it served (a misuse, or the negative
-** control's threads that hold no GIL), w is woken at once.
+** control's threads that hold no GIL), w is woken at once. A w first in
+** line that is awake (it spins) is told at once too, which costs no
+** system call: it then waits in the line and times its turn itself, as
+** any waiter first in line does, and no timer is armed for it.
 */
 bool gil_handoff(host_universe *u, host_tstate *w) {
   int expected = HAND_SLEEPING;
@@ -410,7 +538,7 @@ bool gil_handoff(host_universe *u, host_tstate *w) {
   atomic_store(&w->hand, HAND_HANDED);
   unsigned long long serving = atomic_load(&u->serving);
   if (serving == t) park_wake(w);
-  else if (serving + 1 == t && !time_first_in_line(u)) park_wake(w);
+  else if (serving + 1 == t && (!atomic_load(&w->parked) || !time_first_in_line(u))) park_wake(w);
   return true;
 }
 
@@ -609,6 +737,8 @@ int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
 
 void gil_init(host_universe *u) {
   for (int i = 0; i < GIL_SLOTS; i++) pthread_mutex_init(&u->slot[i].mu, NULL);
+  cpu_set_t cpus;
+  u->cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
   atomic_init(&u->interval_ns, (long long)(DEFAULT_SWITCH_INTERVAL * 1e9));
 }
 
@@ -631,5 +761,7 @@ void gil_after_fork(host_universe *u, host_tstate *ts) {
   }
   atomic_store(&u->next_ticket, atomic_load(&u->serving) + 1);
   atomic_store(&u->holder, ts);
+  atomic_store(&u->spinning, 0);  /* those spinning at the fork are gone */
+  atomic_store(&ts->spin.active, false);
   ts->has_timer = false;  /* a child inherits no timer */
 }

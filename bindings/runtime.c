@@ -48,6 +48,7 @@ static _Thread_local host_tstate *current_ts = NULL;
 static void check_deadlock(host_universe *u, lua_State *L);
 static void wait_done(host_tstate *ts);
 static void watcher_stop(host_universe *u, host_tstate *ts);
+static void worker_call(host_worker *w);
 static void push_wait_what(lua_State *L, host_tstate *ts);
 static void push_where(lua_State *L, lua_State *co);
 
@@ -324,7 +325,7 @@ static void run_atexit(lua_State *L) {
 */
 static void stop_workers(host_universe *u) {
   u->workers_stop = true;
-  for (host_worker *w = u->idle; w != NULL; w = w->next_idle) pthread_cond_signal(&w->cv);
+  for (host_worker *w = u->idle; w != NULL; w = w->next_idle) worker_call(w);
   for (host_worker *w = u->workers; w != NULL; w = w->next) {
     while (!w->exited && w->job == NULL && (w->running == NULL || w->running->finished))
       pthread_cond_wait(&u->threads_cv, &u->threads_mu);
@@ -460,6 +461,8 @@ static void run_thread(host_worker *w, host_tstate *ts) {
   host_universe *u = ts->u;
   current_ts = ts;
   HOST_TRACE(u, host_trace_run(ts, true));
+  ts->switch_timer = w->timer;  /* the timer is the OS thread's: lent to ts */
+  ts->has_timer = w->has_timer;
   SPAWNED_TAKE(u, ts);
   ts->body(ts->L, ts->arg);
   register_thread_key(ts->L, ts, NULL);
@@ -472,20 +475,36 @@ static void run_thread(host_worker *w, host_tstate *ts) {
   pthread_mutex_unlock(&u->threads_mu);
   check_deadlock(u, ts->L);  /* those left may all be blocked now */
   gil_disarm(ts);  /* the next thread on this OS thread gets no late signal */
+  w->timer = ts->switch_timer;  /* taken back: gil_forget(ts) leaves it */
+  w->has_timer = ts->has_timer;
+  ts->has_timer = false;
   SPAWNED_GIVE(u, ts);
   HOST_TRACE(u, host_trace_run(ts, false));
   host_trace_thread_exit(ts);
   current_ts = NULL;  /* before ts is released: a late switch signal looks here */
 }
 
+/* With threads_mu held: signals worker w (given a job, or told to end). */
+static void worker_call(host_worker *w) {
+  atomic_fetch_add(&w->calls, 1);
+  pthread_cond_signal(&w->cv);
+}
+
 /*
 ** With threads_mu held, when w has no thread to run: waits, idle, until it
 ** is given one. False when w is to end instead: it is not on the idle
 ** stack (which was full), host_close stops it, or it waited
-** WORKER_IDLE_TIME.
+** WORKER_IDLE_TIME. It spins first (a start often follows a join at once),
+** with threads_mu unlocked; a call meanwhile moves w->calls.
 */
 static bool worker_wait(host_universe *u, host_worker *w) {
   if (!w->idle) return false;
+  if (w->job == NULL && !u->workers_stop && !w->stop) {
+    unsigned seen = atomic_load(&w->calls);
+    pthread_mutex_unlock(&u->threads_mu);
+    spin_wait(u, &w->spin, &w->calls, seen, NULL);
+    pthread_mutex_lock(&u->threads_mu);
+  }
   host_deadline d = host_deadline_in(WORKER_IDLE_TIME);
   while (w->job == NULL && !u->workers_stop && !w->stop) {
     if (pthread_cond_timedwait(&w->cv, &u->threads_mu, &d.at) == ETIMEDOUT) break;
@@ -517,6 +536,8 @@ static void *worker_main(void *arg) {
     ts->released = true;
     w->running = NULL;
   }
+  if (w->has_timer) timer_delete(w->timer);
+  w->has_timer = false;
   w->exited = true;
   pthread_cond_broadcast(&u->threads_cv);  /* host_close may wait for it */
   pthread_mutex_unlock(&u->threads_mu);
@@ -538,6 +559,8 @@ static int give_to_worker(host_universe *u, host_tstate *ts, host_worker **wake)
     w->idle = false;
     w->job = ts;
     ts->pthread = w->pthread;
+    atomic_fetch_add(&w->calls, 1);  /* ends its spin; its cv is signalled later */
+    spin_stop(u, &w->spin);
     *wake = w;
     return 0;
   }
@@ -672,7 +695,7 @@ pid_t host_fork(lua_State *L) {
 static void end_idle_workers(host_universe *u) {
   for (host_worker *w = u->idle; w != NULL; w = w->next_idle) {
     w->stop = true;
-    pthread_cond_signal(&w->cv);
+    worker_call(w);
   }
   for (host_worker *w = u->workers; w != NULL; w = w->next) {
     while (w->stop && !w->exited) pthread_cond_wait(&u->threads_cv, &u->threads_mu);
@@ -896,21 +919,25 @@ void host_waitq_notify(host_waitq *q) {
 }
 
 /*
-** Hands the oldest waiter of q that still sleeps a place in the GIL's
-** line, as host_waitq_notify does; one handed a place already, or whose
-** deadline has passed, is skipped. False when no waiter sleeps.
+** Hands the waiter of q that came last among those still asleep a place in
+** the GIL's line, as host_waitq_notify does (see runtime.h for why the
+** last); one handed a place already, or whose deadline has passed, is
+** passed over. False when no waiter sleeps.
 */
 bool host_waitq_notify_one(host_waitq *q) {
-  for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
-    int kind = w->wait_kind;
-    if (!gil_handoff(w->u, w)) continue;
+  for (;;) {
+    host_tstate *last = NULL;
+    for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next)
+      if (atomic_load(&w->hand) == HAND_SLEEPING) last = w;
+    if (last == NULL) return false;
+    int kind = last->wait_kind;
+    if (!gil_handoff(last->u, last)) continue;  /* its deadline passed just now */
     if (kind == W_BLOCKED) {
-      w->wait_kind = W_WOKEN;
-      w->u->nblocked--;
+      last->wait_kind = W_WOKEN;
+      last->u->nblocked--;
     }
     return true;
   }
-  return false;
 }
 
 /*

@@ -184,8 +184,10 @@ int host_waitq_waiters(const host_waitq *q);
 void host_waitq_notify(host_waitq *q);
 
 /*
-** Wakes the waiter of q that came first among those still asleep (GIL
-** held); false when none is.
+** Wakes one waiter of q that is still asleep (GIL held): the one that came
+** last, which is the likeliest to be awake still, spinning before its
+** sleep (a pool's idle workers: the one that just finished takes the next
+** item); false when none is.
 */
 bool host_waitq_notify_one(host_waitq *q);
 

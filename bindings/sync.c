@@ -292,16 +292,33 @@ static void rlock_put(lua_State *L, lock_t *lk) {
   }
 }
 
+/*
+** The Lock that is argument 1 of a method of it: the checks of
+** host_object_check_self with one API call less (the metatable it compares
+** may stay on the stack above the arguments: a caller that reads an
+** optional argument sets the top back first). Anything but a live Lock
+** raises there.
+*/
+static lock_t *self_lock(lua_State *L) {
+  lock_t *lk = lua_touserdata(L, 1);
+  if (lk != NULL && lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1)) &&
+      !lk->h.obj.finalized)
+    return lk;
+  return host_object_check_self(L, LOCK_TYPE);
+}
+
 /* lock:acquire([timeout]) -> lock | false */
 static int lock_acquire(lua_State *L) {
-  lock_t *lk = host_object_check_self(L, LOCK_TYPE);
+  int top = lua_gettop(L);
+  lock_t *lk = self_lock(L);
   if (!lk->locked) {  /* the fast path */
-    if (lua_gettop(L) > 1) opt_block_timeout(L, 2);  /* still check it */
+    if (top > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
     lk->owner = host_current();
     lua_pushvalue(L, 1);
     return 1;
   }
+  lua_settop(L, top);  /* argument 2 is not self_lock's metatable */
   if (lock_take(L, lk, 1, LOCK_TYPE, opt_block_timeout(L, 2))) lua_pushvalue(L, 1);
   else lua_pushboolean(L, 0);
   return 1;
@@ -309,7 +326,7 @@ static int lock_acquire(lua_State *L) {
 
 /* lock:release(), and __close(lock, err): reads argument 1 only. */
 static int lock_release(lua_State *L) {
-  lock_put(L, host_object_check_self(L, LOCK_TYPE));
+  lock_put(L, self_lock(L));
   return 0;
 }
 

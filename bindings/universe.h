@@ -37,6 +37,18 @@ typedef struct trace_buf trace_buf;
 #define GIL_SLOTS 64
 #define SWITCH_SIGNAL SIGURG          /* default action: ignore */
 
+/*
+** What an OS thread learned about spinning before it sleeps (gil.c's
+** spin_wait), touched by that thread only. Zero: spinning on, no bound
+** learned yet.
+*/
+typedef struct host_spin {
+  atomic_bool active;             /* spinning now, counted in u->spinning */
+  long ns;                        /* the learned bound; 0: not learned yet */
+  unsigned backoff;               /* 0: it spins; n > 0: it tries once every 2^n sleeps */
+  unsigned skipped;               /* sleeps without a spin since the last try */
+} host_spin;
+
 struct host_tstate {
   host_universe *u;
   lua_State *L;                   /* this OS thread's own Lua thread */
@@ -75,9 +87,11 @@ struct host_tstate {
   atomic_int hand;                /* a HAND_ value */
   atomic_ullong gil_ticket;       /* its ticket while in the line */
   host_tstate *line_next;         /* in its slot's line, under the slot's mu */
+  atomic_bool in_line;            /* on that line (set under the slot's mu) */
   timer_t switch_timer;           /* sends it SWITCH_SIGNAL (gil_handoff) */
   bool has_timer;                 /* switch_timer exists */
   atomic_llong timer_armed;       /* the interval (ns) it was armed with; 0 once it fired */
+  host_spin spin;                 /* its spin before a sleep (gil.c) */
   trace_buf *tbuf;                /* its events (trace.c), or NULL */
 };
 
@@ -119,6 +133,10 @@ struct host_worker {
   bool exited;                    /* has left its loop: to be joined */
   host_worker *next;              /* in the universe's list of workers */
   host_worker *next_idle;         /* in the stack of idle workers */
+  atomic_uint calls;              /* bumped (under threads_mu) with each signal of cv */
+  host_spin spin;                 /* its spin before it sleeps idle (the worker's own) */
+  timer_t timer;                  /* the switch timer its threads use in turn */
+  bool has_timer;                 /* timer exists (the worker's own) */
 };
 
 struct host_universe {
@@ -130,6 +148,8 @@ struct host_universe {
   _Atomic(host_tstate *) holder;
   atomic_ullong switches;
   struct gil_slot slot[GIL_SLOTS];
+  int cores;                      /* processors this process may run on */
+  atomic_int spinning;            /* its threads spinning before a sleep now */
   /* preemption and interrupts */
   atomic_llong interval_ns;
   atomic_int instructions;        /* > 0: the jittered instruction policy */
@@ -218,6 +238,21 @@ HOST_INTERNAL void gil_give_to_sleep(host_universe *u, host_tstate *ts);
 HOST_INTERNAL bool gil_sleep(host_universe *u, host_tstate *ts, const host_deadline *d);
 HOST_INTERNAL bool gil_wake_up(host_universe *u, host_tstate *ts);
 HOST_INTERNAL bool gil_handoff(host_universe *u, host_tstate *w);
+
+/*
+** Spins while *word still holds `seen`, as a thread about to sleep on it
+** does (see "Spinning" in gil.c), with what `spin` learned; `at` (absolute,
+** CLOCK_MONOTONIC; NULL: none) ends it too. True when the word moved.
+*/
+HOST_INTERNAL bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word,
+                             unsigned seen, const struct timespec *at);
+
+/*
+** Called by a thread that has just moved the word another thread spins on:
+** that thread no longer counts as spinning (it stops at once), so that the
+** waker may spin in its turn.
+*/
+HOST_INTERNAL void spin_stop(host_universe *u, host_spin *spin);
 
 /* Frees what the GIL keeps for thread ts (before its record is freed). */
 HOST_INTERNAL void gil_forget(host_tstate *ts);

@@ -173,6 +173,61 @@ describe('the GIL queue', function()
     end
     os.remove(f)
   end)
+
+  it('serves a waiter handed its place while it spins, with the notifier busy', function()
+    -- A waiter that spins before its sleep (a notify comes within ~20 us
+    -- here: main sets the Event as soon as it sees the last round done) is
+    -- told at once and times its own turn first in line; no timer is armed
+    -- for it. It must still get the GIL from a notifier that never blocks.
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      local time = require 'host.time'
+      local go, rounds = thread.Event(), 0
+      local t = thread.start(function()
+        for _ = 1, 50 do go:wait(10); go:clear(); rounds = rounds + 1 end
+      end)
+      local limit = time.monotonic() + 10
+      for i = 1, 50 do
+        go:set()
+        while rounds < i and time.monotonic() < limit do end  -- busy, never blocks
+      end
+      print(rounds == 50 and 'served' or 'starved')
+      t:join(10)
+    ]]
+    for _ = 1, 3 do
+      local out, _, rc = sh.host_run(sh.quote(f), 20)
+      assert.are.equal(0, rc)
+      assert.are.equal('served\n', out)
+    end
+    os.remove(f)
+  end)
+
+  it('preempts a notifier that runs on a reused OS thread (its switch timer is lent)', function()
+    -- Each thread runs on the one cached OS worker, whose switch timer it
+    -- borrows: it hands main (asleep) a place first in line, then spins in
+    -- Lua, and only the timer's signal makes it yield to main.
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      local time = require 'host.time'
+      for i = 1, 3 do
+        local ev, served = thread.Event(), false
+        local t = thread.start(function()
+          thread.sleep(0.05)  -- main sleeps in ev:wait now
+          ev:set()
+          local limit = time.monotonic() + 10
+          while not served and time.monotonic() < limit do end
+          return served and 'served' or 'starved'
+        end)
+        assert(ev:wait(20))
+        served = true
+        print(i, select(2, t:join(20)))
+      end
+    ]]
+    local out, _, rc = sh.host_run(sh.quote(f), 40)
+    assert.are.equal(0, rc)
+    assert.are.equal('1\tserved\n2\tserved\n3\tserved\n', out)
+    os.remove(f)
+  end)
 end)
 
 describe('the GIL traps', function()

@@ -85,6 +85,27 @@ describe('Lock', function()
     assert.has_error(function() thread.Lock():acquire('x') end)
   end)
 
+  it('waits without a timeout while another thread holds it', function()
+    -- acquire() with no argument must block, not read something else as
+    -- its timeout (a fast path once left an object where argument 2 is)
+    local lk, holding, waiting = thread.Lock(), thread.Event(), thread.Event()
+    local holder = spawn(function()
+      lk:acquire(T)
+      holding:set()
+      assert(waiting:wait(T))
+      thread.sleep(0.05)  -- main sleeps in acquire now, or soon: either way it waits
+      lk:release()
+    end)
+    assert.is_true(holding:wait(T))
+    waiting:set()
+    local watchdog = thread.Timer(T, function() lk:release() end)  -- a hang fails, not stalls
+    watchdog:start()
+    assert.are.equal(lk, lk:acquire())
+    watchdog:cancel()
+    lk:release()
+    holder()
+  end)
+
   it('makes 5 threads x 10^4 locked increments exact', function()
     local lk, counter = thread.Lock(), { n = 0 }
     local joins = {}
