@@ -725,8 +725,8 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   }
   bool more = b->start < b->end;  /* the start of another frame, also unasked */
   lua_rawgeti(L, -1, 1);
-  host_future_set_payload(host_future_of(L, -1), head[4] == FRAME_OK, payload, len);
-  host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
+  /* wakes its waiters, runs its callbacks (protected: a raising one is reported) */
+  host_future_set_payload_inside(L, -1, head[4] == FRAME_OK, payload, len);
   lua_pop(L, 3);
   if (more) {
     break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
@@ -850,7 +850,7 @@ static int ppool_submit(lua_State *L) {
   HOST_TRACE_L(L, host_trace_submit(L, host_future_of(L, -1), "ProcessPool"));
   lua_getiuservalue(L, sidx, UV_INFO);
   lua_getfield(L, -1, "decoder");
-  host_future_set_decoder(L, -3);
+  host_future_set_decoder_inside(L, -3);
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);

@@ -307,6 +307,19 @@ void host_future_set_decoder(lua_State *L, int idx) {
   lua_setiuservalue(L, idx, UV_DECODER);
 }
 
+void host_future_set_decoder_inside(lua_State *L, int idx) {
+  lua_setiuservalue(L, idx, UV_DECODER);
+}
+
+bool host_future_set_payload_inside(lua_State *L, int idx, bool ok, char *bytes, size_t len) {
+  idx = lua_absindex(L, idx);
+  host_future *f = host_future_of(L, idx);
+  if (!host_future_set_payload(f, ok, bytes, len)) return false;
+  wake_waiters(L, idx);  /* before callbacks, which may block */
+  run_callbacks(L, idx, f);
+  return true;
+}
+
 void host_future_set_interrupter(lua_State *L, int idx) {
   lua_setiuservalue(L, idx, UV_INTERRUPTER);
 }
