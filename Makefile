@@ -227,15 +227,17 @@ soak:
 # Every bench/*_bench.lua through bench/run.lua: figures as medians with
 # min-max, a summary table of the goals (met / MISSED), $(BUILD)/bench.json
 # and $(BUILD)/bench.svg. bench/futex_pingpong.c is the C floor under the
-# GIL hand-off figure. `host bench/readme_table.lua` turns bench.json into
-# the README's "What it costs" table. bench/mpi_bench.lua runs where Open
-# MPI and host.mpi are there (make test-mpi installs them), else says why not.
+# GIL hand-off figure, bench/process_floor.c those under the process
+# pool's. `host bench/readme_table.lua` turns bench.json into the README's
+# "What it costs" table. bench/mpi_bench.lua runs where Open MPI and
+# host.mpi are there (make test-mpi installs them), else says why not.
 bench:
 	@$(DEPS) $(DEPS_TEST)
-	@$(MAKE) --no-print-directory $(HOST) mpi $(BUILD)/bench/futex_pingpong
-	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
+	@$(MAKE) --no-print-directory $(HOST) mpi $(BUILD)/bench/futex_pingpong $(BUILD)/bench/process_floor
+	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong HOST_BENCH_PROCESS_FLOOR=$(BUILD)/bench/process_floor \
+	  $(HOST) bench/run.lua $(BUILD)
 
-$(BUILD)/bench/futex_pingpong: bench/futex_pingpong.c
+$(BUILD)/bench/futex_pingpong $(BUILD)/bench/process_floor: $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -O2 -pthread -o $@ $<
 
