@@ -95,8 +95,8 @@ static int cycle(void) {
     if (!write_all(fd[i], msg, sizeof msg)) return 0;
   for (int i = 0; i < 2; i++)
     if (!read_all(fd[i], msg, sizeof msg)) return 0;
+  for (int i = 0; i < 2; i++) close(fd[i]);  /* EOF: both children exit at once */
   for (int i = 0; i < 2; i++) {
-    close(fd[i]);  /* EOF: the child exits */
     int status;
     if (waitpid(pid[i], &status, 0) != pid[i]) return 0;
   }
