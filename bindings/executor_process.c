@@ -13,7 +13,9 @@
 **   future fails with BrokenProcessPool, finished ones keep their results,
 **   later submits raise;
 ** - results come back as bytes and stay bytes in the Future until
-**   someone asks for them.
+**   someone asks for them; the manager completes the Future holding the
+**   GIL, so a thread waiting on it sleeps in the GIL's wait queue and
+**   wakes once, holding the GIL (host_future_set_payload_inside).
 **
 ** Two objects: the pool the user holds (host.ProcessPoolExecutor) and its
 ** state (host.ProcessPoolState), which the pool and the manager thread

@@ -12,7 +12,9 @@
 ** FINISHED needs the GIL to read the outcome, and finds it in place.
 **
 ** A waiter sleeps on the future's condvar only when a thread outside the
-** universe may complete it (a decoder's pools: "from outside"). Every other
+** universe may complete it (host_future_set_decoder: "from outside"; the
+** process pool's manager holds the GIL, so its futures, whose decoder is
+** set with host_future_set_decoder_inside, are not). Every other
 ** future is completed by GIL holders alone, so its state cannot change while
 ** a waiter holds the GIL: the waiter sleeps on the proxy's wait queue
 ** (host_waitq_wait), and the completer, right after it finishes the future,
