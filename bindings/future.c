@@ -12,9 +12,7 @@
 ** FINISHED needs the GIL to read the outcome, and finds it in place.
 **
 ** A waiter sleeps on the future's condvar only when a thread outside the
-** universe may complete it (host_future_set_decoder: "from outside"; the
-** process pool's manager holds the GIL, so its futures, whose decoder is
-** set with host_future_set_decoder_inside, are not). Every other
+** universe may complete it (a decoder's pools: "from outside"). Every other
 ** future is completed by GIL holders alone, so its state cannot change while
 ** a waiter holds the GIL: the waiter sleeps on the proxy's wait queue
 ** (host_waitq_wait), and the completer, right after it finishes the future,
@@ -307,19 +305,6 @@ void host_future_set_decoder(lua_State *L, int idx) {
   host_future *f = host_future_of(L, idx);
   if (f != NULL) f->from_outside = true;  /* at submit, before anyone waits */
   lua_setiuservalue(L, idx, UV_DECODER);
-}
-
-void host_future_set_decoder_inside(lua_State *L, int idx) {
-  lua_setiuservalue(L, idx, UV_DECODER);
-}
-
-bool host_future_set_payload_inside(lua_State *L, int idx, bool ok, char *bytes, size_t len) {
-  idx = lua_absindex(L, idx);
-  host_future *f = host_future_of(L, idx);
-  if (!host_future_set_payload(f, ok, bytes, len)) return false;
-  wake_waiters(L, idx);  /* before callbacks, which may block */
-  run_callbacks(L, idx, f);
-  return true;
 }
 
 void host_future_set_interrupter(lua_State *L, int idx) {

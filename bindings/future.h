@@ -83,22 +83,6 @@ bool host_future_set_payload(host_future *f, bool ok, char *bytes, size_t len);
 void host_future_set_decoder(lua_State *L, int idx);
 
 /*
-** For a pool whose completer holds the GIL (the process pool's manager):
-** sets the decoder as host_future_set_decoder does, but the future stays
-** one that only its universe completes, so a waiter sleeps in the GIL's
-** wait queue, not on the future's condvar; complete it with
-** host_future_set_payload_inside, which hands each waiter a place in the
-** GIL's line (it wakes once, holding the GIL).
-*/
-void host_future_set_decoder_inside(lua_State *L, int idx);
-
-/*
-** host_future_set_payload for the proxy at idx, GIL held: then wakes its
-** waiters and runs its callbacks. False (bytes freed) when it was done.
-*/
-bool host_future_set_payload_inside(lua_State *L, int idx, bool ok, char *bytes, size_t len);
-
-/*
 ** Sets the interrupter of the proxy at idx to the function on top (popped):
 ** cancel{interrupt = true} calls it with the future while it runs.
 */

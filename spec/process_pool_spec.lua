@@ -326,8 +326,9 @@ describe('ProcessPoolExecutor', function()
     t:join(T)
   end)
 
-  -- The manager completes a future holding the GIL and hands each waiter
-  -- a place in the GIL's line: every waiter wakes, with or without a timeout.
+  -- The manager completes a future once it has let the GIL go (its
+  -- callbacks then run when it has it again): every waiter wakes, with or
+  -- without a timeout.
   it('wakes every thread that waits on one future', function()
     local path, wait, open = gate()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
@@ -337,6 +338,22 @@ describe('ProcessPoolExecutor', function()
     open()
     assert.are.equal('opened', f:result(T))
     for i = 1, 3 do assert.are.same({ true, 'opened' }, { ts[i]:join(T) }) end
+    os.remove(path)
+  end)
+
+  it('runs a done-callback added while the task runs, with nothing else to wake the manager', function()
+    local path, wait, open = gate()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local f = ex:submit(function() return wait(path) and 'opened' end)
+    local ran, where = thread.Event(), nil
+    f:add_done_callback(function(done)
+      where = thread.get_ident()
+      assert(done:result(0) == 'opened')
+      ran:set()
+    end)
+    open()
+    assert.is_true(ran:wait(T))
+    assert.are_not.equal(thread.get_ident(), where)  -- the manager ran it
     os.remove(path)
   end)
 
