@@ -227,19 +227,23 @@ soak:
 # Every bench/*_bench.lua through bench/run.lua: figures as medians with
 # min-max, a summary table of the goals (met / MISSED), $(BUILD)/bench.json
 # and $(BUILD)/bench.svg. bench/futex_pingpong.c is the C floor under the
-# GIL hand-off figure. `host bench/readme_table.lua` turns bench.json into
-# the README's "What it costs" table. bench/mpi_bench.lua runs where Open
-# MPI and host.mpi are there (make test-mpi installs them), else says why not.
+# GIL hand-off figure, bench/process_floor.c those under the process
+# pool's. `host bench/readme_table.lua` turns bench.json into the README's
+# "What it costs" table. bench/mpi_bench.lua runs where Open MPI and
+# host.mpi are there (make test-mpi installs them), else says why not.
 bench:
 	@$(DEPS) $(DEPS_TEST)
 	@$(MAKE) --no-print-directory $(HOST) mpi $(BENCH_FLOORS)
-	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong $(HOST) bench/run.lua $(BUILD)
+	@HOST_BENCH_PINGPONG=$(BUILD)/bench/futex_pingpong HOST_BENCH_PROCESS_FLOOR=$(BUILD)/bench/process_floor \
+	  $(HOST) bench/run.lua $(BUILD)
 
-# The C floors the thread figures are set against (bench/thread_bench.lua).
-BENCH_FLOORS = $(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors $(BUILD)/bench/floor_udata.so
+# The C floors the figures are set against (bench/thread_bench.lua,
+# bench/futures_bench.lua, bench/pools_bench.lua).
+BENCH_FLOORS = $(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors $(BUILD)/bench/process_floor \
+  $(BUILD)/bench/floor_udata.so
 bench-floors: $(BENCH_FLOORS)
 
-$(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors: $(BUILD)/bench/%: bench/%.c
+$(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors $(BUILD)/bench/process_floor: $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -O2 -pthread -o $@ $<
 

@@ -48,6 +48,21 @@ local tp_tiny, pp_tiny, ip_tiny = per_op(tiny_on(tp), 2000, 3), per_op(tiny_on(p
 bench.figure { name = 'ProcessPool(2) submit + result, tiny task', value = pp_tiny, unit = 'us', scale = 1e6,
                ref = py.submit_result, ref_name = 'CPython',
                goal = py.submit_result and { op = '<=', value = 0.12, on = 'ratio' } }
+-- The C floors under the process pool (bench/process_floor.c, built by
+-- make bench): its ratio to CPython is the lowest ratio host could reach.
+local floor_bin = os.getenv 'HOST_BENCH_PROCESS_FLOOR' or 'build/bench/process_floor'
+local have_floor = io.open(floor_bin) ~= nil
+-- A sample of seconds from the floor program's "name v1 v2 ..." (in us).
+local function floor_run(args, name)
+  local s = bench.parse(bench.capture(floor_bin .. ' ' .. args))[name]
+  return measure.scale(s, 1e-6)
+end
+if have_floor then
+  bench.figure { name = 'floor: C round trip between 2 processes', value = floor_run('roundtrip 20000 3', 'roundtrip_us'),
+                 unit = 'us', scale = 1e6, ref = py.submit_result, ref_name = 'CPython' }
+else
+  print('  (no ' .. floor_bin .. ': make bench builds it from bench/process_floor.c)')
+end
 bench.figure { name = 'InterpreterPool(2) submit + result, tiny task', value = ip_tiny, unit = 'us', scale = 1e6,
                ref = tp_tiny, ref_name = "host's ThreadPool(2)", goal = { op = '<=', value = 1.2, on = 'ratio' } }
 bench.figure { name = 'ProcessPool(2) map chunksize 100, per task', value = per_op(mapped_on(pp), 100000, 3),
@@ -62,10 +77,28 @@ ip:shutdown()
 local function cycle(make) return function(n)
   for _ = 1, n do local ex = assert(make()) ex:submit(noop):result() ex:shutdown() end
 end end
+-- host's cycles alternate with the C floor's: a parent of host's resident
+-- size forking 2 children that answer one message each, then reaping them
+-- (fork and exit cost grow with the pages the parent has).
+local function resident_kb()
+  local f = assert(io.open '/proc/self/status')
+  local kb = f:read('a'):match 'VmRSS:%s*(%d+) kB'
+  f:close()
+  return assert(tonumber(kb), 'no VmRSS in /proc/self/status')
+end
+local pp_cycle = cycle(function() return futures.ProcessPoolExecutor { max_workers = 2 } end)
+local host_cycles, floor_cycles, rss = {}, {}, resident_kb()
+for i = 1, 3 do
+  host_cycles[i] = measure.time(pp_cycle, 10) / 10
+  if have_floor then floor_cycles[i] = floor_run(('cycle %d 10 1'):format(rss), 'cycle_us').median end
+end
 bench.figure { name = 'ProcessPool(2) start + 1 task + shutdown', unit = 'ms', scale = 1e3,
-               value = per_op(cycle(function() return futures.ProcessPoolExecutor { max_workers = 2 } end), 10, 3),
-               ref = py.start_one_shutdown, ref_name = 'CPython',
+               value = measure.summary(host_cycles), ref = py.start_one_shutdown, ref_name = 'CPython',
                goal = py.start_one_shutdown and { op = '<=', value = 0.1, on = 'ratio' } }
+if have_floor then
+  bench.figure { name = ('floor: C fork 2 + 1 message + reap, %.0f MB RSS'):format(rss / 1024), unit = 'ms',
+                 scale = 1e3, value = measure.summary(floor_cycles), ref = py.start_one_shutdown, ref_name = 'CPython' }
+end
 bench.figure { name = 'InterpreterPool(1) start + 1 task + shutdown', unit = 'us', scale = 1e6,
                value = per_op(cycle(function() return futures.InterpreterPoolExecutor { max_workers = 1 } end), 20, 3) }
 

@@ -13,7 +13,10 @@
 **   future fails with BrokenProcessPool, finished ones keep their results,
 **   later submits raise;
 ** - results come back as bytes and stay bytes in the Future until
-**   someone asks for them.
+**   someone asks for them. The manager reads a result with the GIL held
+**   and completes its Future once it has let the GIL go (before it polls
+**   again): a thread waiting on the Future then wakes to a free GIL, not
+**   to sleep again on the GIL the manager holds (see done_t).
 **
 ** Two objects: the pool the user holds (host.ProcessPoolExecutor) and its
 ** state (host.ProcessPoolState), which the pool and the manager thread
@@ -78,6 +81,20 @@ typedef struct inbuf {
 
 typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_state;
 
+/*
+** A result read this round, whose future the manager completes after it
+** lets the GIL go (complete_done). It owns `payload` and a reference to f
+** until then; the future's proxy waits in the state's UV_DONE table, for
+** its callbacks. At most one per worker: the manager reads one frame per
+** worker per round.
+*/
+typedef struct done_t {
+  host_future *f;
+  bool ok;
+  char *payload;
+  size_t len;
+} done_t;
+
 typedef struct worker_t {
   slot_state state;
   pid_t pid;         /* 0: no process */
@@ -103,6 +120,8 @@ typedef struct pstate_t {
   lua_Integer max_tasks;    /* per child; 0: no limit */
   host_fifo pending, callq;
   bool shutdown, broken, manager_done;
+  int ndone;                /* results in done[] */
+  done_t *done;             /* nworkers of them, after w[] */
   worker_t w[];
 } pstate_t;
 
@@ -113,9 +132,9 @@ typedef struct ppool_t {
 } ppool_t;
 
 /* Uservalues of the state: pending items, the call queue, items in flight
-** by worker, and info {initializer, initargs, decoder, broken_msg}. An item
-** is {future, payload}. */
-enum { UV_PENDING = 1, UV_CALLQ = 2, UV_INFLIGHT = 3, UV_INFO = 4 };
+** by worker, info {initializer, initargs, decoder, broken_msg}, and the
+** proxies of done[]. An item is {future, payload}. */
+enum { UV_PENDING = 1, UV_CALLQ = 2, UV_INFLIGHT = 3, UV_INFO = 4, UV_DONE = 5 };
 
 /*
 ** The state of the pool at 1 (raises for a finalized pool, and in a forked
@@ -725,7 +744,17 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   }
   bool more = b->start < b->end;  /* the start of another frame, also unasked */
   lua_rawgeti(L, -1, 1);
-  host_future_set_payload(host_future_of(L, -1), head[4] == FRAME_OK, payload, len);
+  host_future *f = host_future_of(L, -1);
+  if (!more && !retire && f != NULL) {  /* the usual case: completed once the GIL goes */
+    host_future_ref(f);
+    s->done[s->ndone++] = (done_t){f, head[4] == FRAME_OK, payload, len};
+    lua_getiuservalue(L, sidx, UV_DONE);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, s->ndone);
+    lua_pop(L, 3);
+    return;
+  }
+  host_future_set_payload(f, head[4] == FRAME_OK, payload, len);
   host_future_run_callbacks(L, -1);  /* protected: a raising callback is reported */
   lua_pop(L, 3);
   if (more) {
@@ -740,6 +769,45 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
         break_pool(L, sidx, s, lua_pushfstring(L, "cannot replace a worker: %s", strerror(e)));
     }
   }
+}
+
+/*
+** Completes the futures of done[] (GIL released: any thread may complete
+** a future with a payload). True when one of them has callbacks to run: a
+** callback added before the completion is the manager's to run (one added
+** after runs at once in the thread that adds it).
+*/
+static bool complete_done(pstate_t *s) {
+  bool callbacks = false;
+  for (int k = 0; k < s->ndone; k++) {
+    done_t *d = &s->done[k];
+    host_future_set_payload(d->f, d->ok, d->payload, d->len);
+    callbacks = callbacks || host_future_wants_callbacks(d->f);
+    host_future_unref(d->f);
+    *d = (done_t){NULL, false, NULL, 0};
+  }
+  return callbacks;
+}
+
+/*
+** Forgets done[] once complete_done ran (GIL held), running the callbacks
+** of its futures first when `callbacks` (protected: a raising one is
+** reported).
+*/
+static void forget_done(lua_State *L, int sidx, pstate_t *s, bool callbacks) {
+  if (s->ndone == 0) return;
+  lua_getiuservalue(L, sidx, UV_DONE);
+  for (int k = 1; k <= s->ndone; k++) {
+    if (callbacks) {
+      lua_rawgeti(L, -1, k);
+      host_future_run_callbacks(L, -1);
+      lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, -2, k);
+  }
+  lua_pop(L, 1);
+  s->ndone = 0;
 }
 
 /* True when the manager has nothing left to do after a shutdown. */
@@ -759,8 +827,11 @@ static int manager_loop(lua_State *L) {
     for (int i = 0; i < s->nworkers; i++)
       fds[n++] = (struct pollfd){.fd = s->w[i].fd, .events = POLLIN};
     host_gil_release(L);
-    while (poll(fds, (nfds_t)n, -1) < 0 && errno == EINTR) {}
+    bool callbacks = complete_done(s);
+    while (!callbacks && poll(fds, (nfds_t)n, -1) < 0 && errno == EINTR) {}
     host_gil_acquire(L);
+    forget_done(L, 1, s, callbacks);
+    if (callbacks) continue;  /* they ran instead of the poll: look again */
     if (fds[0].revents) {
       char buf[64];
       while (read(s->wake_r, buf, sizeof buf) == (ssize_t)sizeof buf) {}
@@ -794,7 +865,9 @@ static int manager_main(lua_State *L) {
   s->manager = host_thread_ident();
   lua_pushcfunction(L, manager_loop);
   lua_pushvalue(L, 1);
-  if (host_pcall(L, 1, 0) != LUA_OK) {
+  int status = host_pcall(L, 1, 0);
+  forget_done(L, 1, s, complete_done(s));  /* results read before the loop ended */
+  if (status != LUA_OK) {
     s->broken = true;
     const char *msg = host_error_tostring(L);
     lua_pushfstring(L, "the process pool's manager failed: %s", msg);
@@ -964,8 +1037,10 @@ static int ppool_new(lua_State *L) {
     if (!isint) host_field_error(L, 1, "max_tasks_per_child", "an integer");
     luaL_argcheck(L, max_tasks >= 1, 1, "'max_tasks_per_child' must be >= 1");
   }
-  pstate_t *s = host_object_new(L, sizeof *s + sizeof(worker_t) * (size_t)n, PSTATE_TYPE, 4);
+  pstate_t *s = host_object_new(L, sizeof *s + (sizeof(worker_t) + sizeof(done_t)) * (size_t)n,
+                                 PSTATE_TYPE, 5);
   int sidx = lua_gettop(L);
+  s->done = (done_t *)&s->w[n];
   s->wake_r = s->wake_w = -1;
   for (int i = 0; i < n; i++) s->w[i].fd = s->w[i].linger = -1;
   s->owner = getpid();
@@ -975,9 +1050,10 @@ static int ppool_new(lua_State *L) {
   host_fifo_init(&s->callq);
   s->q = host_waitq_new();
   if (s->q == NULL) return luaL_error(L, "not enough memory");
-  for (int uv = UV_PENDING; uv <= UV_INFLIGHT; uv++) {
+  static const int tables[] = {UV_PENDING, UV_CALLQ, UV_INFLIGHT, UV_DONE};
+  for (int k = 0; k < 4; k++) {
     lua_newtable(L);
-    lua_setiuservalue(L, sidx, uv);
+    lua_setiuservalue(L, sidx, tables[k]);
   }
   lua_createtable(L, 0, 4);
   lua_pushvalue(L, 2);

@@ -326,6 +326,78 @@ describe('ProcessPoolExecutor', function()
     t:join(T)
   end)
 
+  -- The manager completes a future once it has let the GIL go (its
+  -- callbacks then run when it has it again): every waiter wakes, with or
+  -- without a timeout.
+  it('wakes every thread that waits on one future', function()
+    local path, wait, open = gate()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local f = ex:submit(function() return wait(path) and 'opened' end)
+    local ts = {}
+    for i = 1, 3 do ts[i] = thread.start(function() return f:result(i == 1 and T or nil) end) end
+    open()
+    assert.are.equal('opened', f:result(T))
+    for i = 1, 3 do assert.are.same({ true, 'opened' }, { ts[i]:join(T) }) end
+    os.remove(path)
+  end)
+
+  it('runs a done-callback added while the task runs, with nothing else to wake the manager', function()
+    local path, wait, open = gate()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local f = ex:submit(function() return wait(path) and 'opened' end)
+    local ran, where = thread.Event(), nil
+    f:add_done_callback(function(done)
+      where = thread.get_ident()
+      assert(done:result(0) == 'opened')
+      ran:set()
+    end)
+    open()
+    assert.is_true(ran:wait(T))
+    assert.are_not.equal(thread.get_ident(), where)  -- the manager ran it
+    os.remove(path)
+  end)
+
+  it('gives the result or TimeoutError when short timeouts race completion', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+    local function race(n)
+      local bad = {}
+      for i = 1, n do
+        local f = ex:submit(function() return i end)
+        local ok, v = pcall(f.result, f, (i % 4) * 1e-5)
+        if not ok and not herror.is(v, 'TimeoutError') then bad[#bad + 1] = tostring(v) end
+        if ok and v ~= i then bad[#bad + 1] = 'wrong value ' .. tostring(v) end
+        if f:result(T) ~= i then bad[#bad + 1] = 'wrong late value' end
+      end
+      return table.concat(bad, '; ')
+    end
+    local t = thread.start(race, 300)  -- a spawned thread and the main thread at once
+    assert.are.equal('', race(300))
+    assert.are.same({ true, '' }, { t:join(T * 3) })
+    assert.are.equal(7, ex:submit(function() return 7 end):result())  -- no timeout: nothing left astray
+  end)
+
+  it('ends a wait for a result at Ctrl-C, and the future still completes', function()
+    local out, err, code = run_script([[
+      local futures = require 'host.futures'
+      local pid = assert(io.open('/proc/self/stat')):read('n')
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local f
+      local ok, e = pcall(function()
+        f = ex:submit(function()
+          io.popen('kill -INT ' .. pid):close()
+          return 'done'
+        end)
+        return f:result()  -- no timeout: only the interrupt ends it
+      end)
+      print(ok, e)
+      print(f:result(10))
+      ex:shutdown()
+    ]], 20)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.matches('^false\t[^\n]*interrupted!\ndone\n$', out)
+  end)
+
   it('refuses submits after shutdown and bad arguments', function()
     local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
     ex:shutdown()

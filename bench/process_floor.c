@@ -1,0 +1,170 @@
+/*
+** bench/process_floor.c: the floors under the process pool's figures on
+** this machine, in plain C (no Lua, no threads, no codec).
+**
+**   process_floor cycle RSS_KB [cycles per run] [runs]
+**     A parent whose heap of small live objects brings its resident set to
+**     RSS_KB (give it the RSS of the host process compared) forks 2 children, each over
+**     its own socketpair; each child answers one message and exits; the
+**     parent reaps both. What a pool's start + 1 task + shutdown cannot go
+**     below with that heap: 2 forks (page tables copied, the parent's pages
+**     made copy-on-write), 2 exits and 2 waitpids. Prints "cycle_us v...".
+**
+**   process_floor roundtrip [round trips per run] [runs]
+**     One child echoes a task-sized message (80 bytes) over a socketpair:
+**     the floor under submit + result (one message each way, each a wake-up
+**     of a process sleeping in recv). Prints "roundtrip_us v...".
+**
+** One value per run; bench/pools_bench.lua runs it next to host's figures.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MSG_LEN 80     /* about a tiny task's frame */
+#define OBJ_LEN 48     /* about a small Lua object */
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Reads exactly len bytes; false on EOF or error. */
+static int read_all(int fd, char *p, size_t len) {
+  while (len > 0) {
+    ssize_t n = read(fd, p, len);
+    if (n <= 0) return 0;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 1;
+}
+
+/* Writes exactly len bytes; false on error. */
+static int write_all(int fd, const char *p, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n <= 0) return 0;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 1;
+}
+
+/* A child's life: echo each message until EOF. */
+static void echo(int fd) {
+  char buf[MSG_LEN];
+  while (read_all(fd, buf, sizeof buf) && write_all(fd, buf, sizeof buf)) {}
+  _exit(0);
+}
+
+/*
+** Forks a child that echoes over a new socketpair; returns its pid, *fd
+** the parent's end. The child closes `other` (a sibling's parent end, or
+** -1), as host's workers close the pool's other fds: else that sibling
+** would never read EOF.
+*/
+static pid_t spawn(int *fd, int other) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    if (other >= 0) close(other);
+    echo(sv[1]);
+  }
+  close(sv[1]);
+  if (pid < 0) close(sv[0]);
+  *fd = sv[0];
+  return pid;
+}
+
+/* One cycle: 2 children forked, one message each answered, both reaped. */
+static int cycle(void) {
+  char msg[MSG_LEN] = {1};
+  int fd[2];
+  pid_t pid[2];
+  for (int i = 0; i < 2; i++)
+    if ((pid[i] = spawn(&fd[i], i > 0 ? fd[0] : -1)) < 0) return 0;
+  for (int i = 0; i < 2; i++)
+    if (!write_all(fd[i], msg, sizeof msg)) return 0;
+  for (int i = 0; i < 2; i++)
+    if (!read_all(fd[i], msg, sizeof msg)) return 0;
+  for (int i = 0; i < 2; i++) close(fd[i]);  /* EOF: both children exit at once */
+  for (int i = 0; i < 2; i++) {
+    int status;
+    if (waitpid(pid[i], &status, 0) != pid[i]) return 0;
+  }
+  return 1;
+}
+
+/* The resident set of this process, in KiB (0 when unknown). */
+static long resident_kb(void) {
+  long size = 0, resident = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return 0;
+  if (fscanf(f, "%ld %ld", &size, &resident) != 2) resident = 0;
+  fclose(f);
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Grows the heap with small live objects, each touched, until the resident set is rss_kb. */
+static void fill_heap(long rss_kb) {
+  for (long i = 0; resident_kb() < rss_kb; i++) {
+    for (int j = 0; j < 1024; j++) {
+      char *p = malloc(OBJ_LEN);  /* kept: the heap of a long-lived process */
+      if (p == NULL) exit(1);
+      memset(p, (int)(i + j), OBJ_LEN);
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  const char *mode = argc > 1 ? argv[1] : "";
+  if (strcmp(mode, "cycle") == 0 && argc > 2) {
+    long rss_kb = atol(argv[2]);
+    long cycles = argc > 3 ? atol(argv[3]) : 20;
+    int runs = argc > 4 ? atoi(argv[4]) : 3;
+    if (rss_kb < 0 || cycles < 1 || runs < 1) goto usage;
+    fill_heap(rss_kb);
+    printf("cycle_us");
+    for (int r = 0; r < runs; r++) {
+      double t0 = now();
+      for (long i = 0; i < cycles; i++)
+        if (!cycle()) return perror("cycle"), 1;
+      printf(" %.2f", (now() - t0) / cycles * 1e6);
+    }
+    printf("\n");
+    return 0;
+  }
+  if (strcmp(mode, "roundtrip") == 0) {
+    long rounds = argc > 2 ? atol(argv[2]) : 20000;
+    int runs = argc > 3 ? atoi(argv[3]) : 3;
+    if (rounds < 1 || runs < 1) goto usage;
+    int fd;
+    pid_t pid = spawn(&fd, -1);
+    if (pid < 0) return perror("fork"), 1;
+    char msg[MSG_LEN] = {1};
+    printf("roundtrip_us");
+    for (int r = 0; r < runs; r++) {
+      double t0 = now();
+      for (long i = 0; i < rounds; i++)
+        if (!write_all(fd, msg, sizeof msg) || !read_all(fd, msg, sizeof msg))
+          return perror("roundtrip"), 1;
+      printf(" %.2f", (now() - t0) / rounds * 1e6);
+    }
+    printf("\n");
+    close(fd);
+    waitpid(pid, NULL, 0);
+    return 0;
+  }
+usage:
+  fprintf(stderr, "usage: process_floor cycle RSS_KB [cycles] [runs]\n"
+                  "       process_floor roundtrip [round trips] [runs]\n");
+  return 2;
+}
