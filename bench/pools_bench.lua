@@ -45,9 +45,6 @@ local tp = assert(futures.ThreadPoolExecutor { max_workers = 2 })
 local pp = assert(futures.ProcessPoolExecutor { max_workers = 2 })
 local ip = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
 local tp_tiny, pp_tiny, ip_tiny = per_op(tiny_on(tp), 2000, 3), per_op(tiny_on(pp), 2000, 3), per_op(tiny_on(ip), 2000, 3)
-bench.figure { name = 'ProcessPool(2) submit + result, tiny task', value = pp_tiny, unit = 'us', scale = 1e6,
-               ref = py.submit_result, ref_name = 'CPython',
-               goal = py.submit_result and { op = '<=', value = 0.12, on = 'ratio' } }
 -- The C floors under the process pool (bench/process_floor.c, built by
 -- make bench): its ratio to CPython is the lowest ratio host could reach.
 local floor_bin = os.getenv 'HOST_BENCH_PROCESS_FLOOR' or 'build/bench/process_floor'
@@ -57,12 +54,12 @@ local function floor_run(args, name)
   local s = bench.parse(bench.capture(floor_bin .. ' ' .. args))[name]
   return measure.scale(s, 1e-6)
 end
-if have_floor then
-  bench.figure { name = 'floor: C round trip between 2 processes', value = floor_run('roundtrip 20000 3', 'roundtrip_us'),
-                 unit = 'us', scale = 1e6, ref = py.submit_result, ref_name = 'CPython' }
-else
-  print('  (no ' .. floor_bin .. ': make bench builds it from bench/process_floor.c)')
-end
+if not have_floor then print('  (no ' .. floor_bin .. ': make bench builds it from bench/process_floor.c)') end
+bench.figure { name = 'ProcessPool(2) submit + result, tiny task', value = pp_tiny, unit = 'us', scale = 1e6,
+               ref = py.submit_result, ref_name = 'CPython',
+               goal = py.submit_result and { op = '<=', value = 0.12, on = 'ratio' },
+               floor = have_floor and { name = 'C round trip between 2 processes',
+                                        value = floor_run('roundtrip 20000 3', 'roundtrip_us') } or nil }
 bench.figure { name = 'InterpreterPool(2) submit + result, tiny task', value = ip_tiny, unit = 'us', scale = 1e6,
                ref = tp_tiny, ref_name = "host's ThreadPool(2)", goal = { op = '<=', value = 1.2, on = 'ratio' } }
 bench.figure { name = 'ProcessPool(2) map chunksize 100, per task', value = per_op(mapped_on(pp), 100000, 3),
@@ -94,11 +91,9 @@ for i = 1, 3 do
 end
 bench.figure { name = 'ProcessPool(2) start + 1 task + shutdown', unit = 'ms', scale = 1e3,
                value = measure.summary(host_cycles), ref = py.start_one_shutdown, ref_name = 'CPython',
-               goal = py.start_one_shutdown and { op = '<=', value = 0.1, on = 'ratio' } }
-if have_floor then
-  bench.figure { name = ('floor: C fork 2 + 1 message + reap, %.0f MB RSS'):format(rss / 1024), unit = 'ms',
-                 scale = 1e3, value = measure.summary(floor_cycles), ref = py.start_one_shutdown, ref_name = 'CPython' }
-end
+               goal = py.start_one_shutdown and { op = '<=', value = 0.1, on = 'ratio' },
+               floor = have_floor and { name = ('C fork 2 + 1 message + reap, %.0f MB RSS'):format(rss / 1024),
+                                        value = measure.summary(floor_cycles) } or nil }
 bench.figure { name = 'InterpreterPool(1) start + 1 task + shutdown', unit = 'us', scale = 1e6,
                value = per_op(cycle(function() return futures.InterpreterPoolExecutor { max_workers = 1 } end), 20, 3) }
 
