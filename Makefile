@@ -240,14 +240,14 @@ bench:
 # The C floors the figures are set against (bench/thread_bench.lua,
 # bench/futures_bench.lua, bench/pools_bench.lua).
 BENCH_FLOORS = $(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors $(BUILD)/bench/process_floor \
-  $(BUILD)/bench/floor_udata.so
+  $(BUILD)/bench/floor_udata.so $(BUILD)/bench/floor_codec.so
 bench-floors: $(BENCH_FLOORS)
 
 $(BUILD)/bench/futex_pingpong $(BUILD)/bench/thread_floors $(BUILD)/bench/process_floor: $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARNINGS) -O2 -pthread -o $@ $<
 
-$(BUILD)/bench/floor_udata.so: bench/floor_udata.c
+$(BUILD)/bench/floor_udata.so $(BUILD)/bench/floor_codec.so: $(BUILD)/bench/%.so: bench/%.c
 	@mkdir -p $(BUILD)/bench
 	$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ $<
 

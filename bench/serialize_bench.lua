@@ -4,6 +4,9 @@
 -- 'v1'... as a list), a 1 MiB string (bytes), an array of 2^18 integers (a
 -- list), a nested table 4 levels by 10 (lists, 10^4 integer leaves) and a
 -- closure with 3 upvalues.
+-- Each figure carries its floor (bench/floor_codec.c, built by make bench):
+-- a deep copy of the same value through Lua's C API, the least a codec that
+-- reads Lua values and makes new ones must do.
 -- pickle carries functions only by name, so the closure's reference is
 -- what cloudpickle does by hand: marshal the code object, pickle the cell
 -- contents, rebuild with types.FunctionType.
@@ -99,7 +102,11 @@ f:write(PY)
 f:close()
 local names = {}
 for i, case in ipairs(cases) do names[i] = case[1] end
-local ref, ours = {}, {}
+local floor_dir = (os.getenv 'HOST_BENCH_PINGPONG' or 'build/bench/futex_pingpong'):match '^(.*)/' or '.'
+local open_floor = package.loadlib(floor_dir .. '/floor_codec.so', 'luaopen_floor_codec')
+local floor_copy = open_floor and open_floor().copy
+if not floor_copy then print('  (no ' .. floor_dir .. '/floor_codec.so: make bench builds it)') end
+local ref, ours, floors = {}, {}, {}
 for _ = 1, 5 do
   local ok, out = pcall(bench.capture, 'python3 ' .. script .. ' ' .. table.concat(names, ' '))
   if not ok then os.remove(script) error(out) end
@@ -110,6 +117,10 @@ for _ = 1, 5 do
   for _, case in ipairs(cases) do
     ours[case[1]] = ours[case[1]] or {}
     table.insert(ours[case[1]], per_call(case[4], case[3]))
+    if floor_copy and case[4] == rt then
+      floors[case[1]] = floors[case[1]] or {}
+      table.insert(floors[case[1]], per_call(floor_copy, case[3]))
+    end
   end
 end
 os.remove(script)
@@ -118,5 +129,7 @@ for _, case in ipairs(cases) do
   local key, label, _, _, goal = table.unpack(case)
   bench.figure { name = 'serialize round trip, ' .. label, value = bench.measure.summary(ours[key]), unit = 'us',
                  scale = 1e6, ref = ref[key] and bench.measure.summary(ref[key]), ref_name = 'pickle',
-                 goal = goal and ref[key] and { op = '<=', value = goal, on = 'ratio' } }
+                 goal = goal and ref[key] and { op = '<=', value = goal, on = 'ratio' },
+                 floor = floors[key] and { name = 'deep copy through the C API',
+                                           value = bench.measure.summary(floors[key]) } }
 end
