@@ -999,6 +999,22 @@ static int ppool_submit_ahead(lua_State *L) {
   return submit_item(L, true);
 }
 
+/*
+** Tells the IDLE workers of a drained pool that shuts down to end (GIL
+** held): each is RETIRING and reads EOF at once (shutdown, not close: the
+** fd stays the manager's, which polls it, closes it and reaps the
+** process), so the workers exit while the manager wakes up, not after.
+*/
+static void end_idle(pstate_t *s) {
+  if (!drained(s)) return;
+  for (int i = 0; i < s->nworkers; i++) {
+    worker_t *w = &s->w[i];
+    if (w->state != SLOT_IDLE || w->fd < 0) continue;
+    w->state = SLOT_RETIRING;
+    shutdown(w->fd, SHUT_WR);
+  }
+}
+
 /* ex:shutdown{wait = true, cancel_futures = false} */
 static int ppool_shutdown(lua_State *L) {
   pstate_t *s = check_pool(L);
@@ -1016,6 +1032,7 @@ static int ppool_shutdown(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  end_idle(s);
   wake_manager(s);
   if (wait && !s->manager_done && s->manager == host_thread_ident())
     return luaL_error(L, "cannot join current thread (a done-callback runs on the pool's "

@@ -347,6 +347,33 @@ describe('ProcessPoolExecutor', function()
     assert.is_true(all_gone(pids, T))
   end)
 
+  it('ends the workers of an idle pool at shutdown, before its manager thread gets to run', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+    assert.are.equal(1, ex:submit(function() return 1 end):result(T))
+    local pids = ex:pids()
+    -- the state letter of a process in /proc: Z once it exited (and is not reaped yet)
+    local function state(pid)
+      local f = io.open('/proc/' .. pid .. '/stat')
+      if not f then return 'gone' end
+      local s = f:read('a') or ''
+      f:close()
+      return s:match('^%d+ %b() (%a)') or 'gone'
+    end
+    local interval = thread.getswitchinterval()
+    thread.setswitchinterval(60)  -- the manager cannot take the GIL from this loop
+    local ok, err = pcall(function()
+      ex:shutdown { wait = false }
+      local give_up = os.clock() + 0.5  -- (no call in the loop gives the GIL up)
+      while os.clock() < give_up do end
+    end)
+    local states = { state(pids[1]), state(pids[2]) }
+    thread.setswitchinterval(interval)
+    assert.is_true(ok, tostring(err))
+    for i = 1, 2 do assert.is_truthy(states[i] == 'Z' or states[i] == 'gone', states[i]) end
+    ex:shutdown()
+    assert.is_true(all_gone(pids, T))
+  end)
+
   it('gives every result of a chunked map with max_tasks_per_child, none sent past a worker\'s last task', function()
     for _, max in ipairs { 1, 2, 3 } do
       local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2, max_tasks_per_child = max })
