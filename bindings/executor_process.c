@@ -104,6 +104,7 @@ typedef struct worker_t {
   lua_Integer tasks; /* done by this process */
   bool ahead;        /* BUSY, with a second item sent behind the running one */
   bool sending;      /* a thread sends on fd with the GIL released */
+  bool reaping;      /* a thread waits for pid with the GIL released */
   int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
   inbuf in;          /* read from fd and not used yet: at most a frame's head */
 } worker_t;
@@ -481,7 +482,7 @@ static int reap(pid_t pid, double grace) {
 
 /*
 ** Hangs up on worker i: its socket is closed (a worker reads EOF and
-** ends). A socket that a sender still uses is shut down, not closed: the
+** ends; a manager that polls the fd meanwhile finds w->fd changed). A socket that a sender still uses is shut down, not closed: the
 ** sender closes it, so its number cannot be reused under the sender.
 */
 static void hang_up(lua_State *L, pstate_t *s, int i) {
@@ -502,21 +503,23 @@ static void hang_up(lua_State *L, pstate_t *s, int i) {
 /*
 ** Retires worker i: the slot is RETIRING (never dispatchable) while it is
 ** hung up on and its process reaped (see reap for `grace`), then DEAD.
-** Returns the wait status.
+** Returns the wait status; 0 at once when another thread reaps it.
 */
 static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   int status = 0;
   worker_t *w = &s->w[i];
-  if (w->state == SLOT_DEAD) return 0;
+  if (w->state == SLOT_DEAD || w->reaping) return 0;  /* (another thread reaps it) */
   w->state = SLOT_RETIRING;
   hang_up(L, s, i);
   free(w->in.p);
   w->in = (inbuf){NULL, 0, 0, 0};
   if (w->pid > 0) {
     pid_t pid = w->pid;
+    w->reaping = true;
     host_gil_release(L);
     status = reap(pid, grace);
     host_gil_acquire(L);
+    w->reaping = false;
     w->pid = 0;
   }
   w->state = SLOT_DEAD;
@@ -1000,19 +1003,21 @@ static int ppool_submit_ahead(lua_State *L) {
 }
 
 /*
-** Tells the IDLE workers of a drained pool that shuts down to end (GIL
-** held): each is RETIRING and reads EOF at once (shutdown, not close: the
-** fd stays the manager's, which polls it, closes it and reaps the
-** process), so the workers exit while the manager wakes up, not after.
+** Ends the IDLE workers of a drained pool that shuts down (GIL held), so
+** that they exit while the manager wakes up, not after it: each is
+** RETIRING and hung up on at once. Returns the number hung up on.
 */
-static void end_idle(pstate_t *s) {
-  if (!drained(s)) return;
+static int end_idle(lua_State *L, pstate_t *s) {
+  if (!drained(s)) return 0;
+  int n = 0;
   for (int i = 0; i < s->nworkers; i++) {
     worker_t *w = &s->w[i];
     if (w->state != SLOT_IDLE || w->fd < 0) continue;
     w->state = SLOT_RETIRING;
-    shutdown(w->fd, SHUT_WR);
+    hang_up(L, s, i);
+    n++;
   }
+  return n;
 }
 
 /* ex:shutdown{wait = true, cancel_futures = false} */
@@ -1032,11 +1037,16 @@ static int ppool_shutdown(lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  end_idle(s);
+  int ended = end_idle(L, s);
   wake_manager(s);
   if (wait && !s->manager_done && s->manager == host_thread_ident())
     return luaL_error(L, "cannot join current thread (a done-callback runs on the pool's "
                       "manager thread and cannot wait for it)");
+  /* a waiting caller reaps the workers it ended itself (as the manager
+  ** would, bounded by DEATH_GRACE): no wake-up of the manager between
+  ** their exits and its return; the manager skips them */
+  for (int i = 0; wait && ended > 0 && i < s->nworkers; i++)
+    if (s->w[i].state == SLOT_RETIRING && s->w[i].fd < 0) retire_worker(L, s, i, DEATH_GRACE);
   host_deadline never = host_deadline_in(-1);
   while (wait && !s->manager_done) {
     host_wait_on(L, "host.ProcessPoolExecutor", "shutdown: its manager to end", s, NULL);
