@@ -628,11 +628,13 @@ static bool head_goes_ahead(lua_State *L, int sidx, pstate_t *s) {
   return ahead;
 }
 
-/* True when BUSY worker i may take an item ahead: it has none yet, and
-** both items fit in its max_tasks_per_child. */
+/* True when BUSY worker i may take an item ahead: it has none yet, no
+** thread still sends it its running one (two frames would interleave),
+** and both items fit in its max_tasks_per_child. */
 static bool takes_ahead(pstate_t *s, int i) {
   worker_t *w = &s->w[i];
-  return w->state == SLOT_BUSY && !w->ahead && (s->max_tasks == 0 || w->tasks + 2 <= s->max_tasks);
+  return w->state == SLOT_BUSY && !w->ahead && !w->sending &&
+         (s->max_tasks == 0 || w->tasks + 2 <= s->max_tasks);
 }
 
 /*

@@ -374,6 +374,20 @@ describe('ProcessPoolExecutor', function()
     assert.is_true(all_gone(pids, T))
   end)
 
+  it('carries chunks bigger than a socket buffer, sent ahead, whole and in order', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+    local items = {}
+    for i = 1, 60 do items[i] = string.rep(string.char(65 + i % 26), 60000 + i) end
+    for _ = 1, 3 do
+      local n = 0
+      for i, len, last in ex:map(function(s) return #s, s:sub(-1) end, items, { chunksize = 3, timeout = T }) do
+        assert.are.same({ 60000 + i, string.char(65 + i % 26) }, { len, last })
+        n = n + 1
+      end
+      assert.are.equal(60, n)
+    end
+  end)
+
   it('gives every result of a chunked map with max_tasks_per_child, none sent past a worker\'s last task', function()
     for _, max in ipairs { 1, 2, 3 } do
       local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2, max_tasks_per_child = max })
