@@ -31,8 +31,10 @@
 ** map chunk sent ahead, after which it stays BUSY until both results are
 ** read), so a slot whose process is being reaped (the GIL is released in
 ** waitpid) is never sent a task. Only the manager (or the constructor,
-** before the manager exists) forks, retires and reaps; submit only moves
-** a slot from IDLE to BUSY.
+** before the manager exists) forks, retires and reaps, but for shutdown,
+** which retires and reaps the IDLE workers of a drained pool itself (a
+** slot being reaped is skipped by the other thread); submit only moves a
+** slot from IDLE to BUSY.
 **
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
@@ -482,8 +484,9 @@ static int reap(pid_t pid, double grace) {
 
 /*
 ** Hangs up on worker i: its socket is closed (a worker reads EOF and
-** ends; a manager that polls the fd meanwhile finds w->fd changed). A socket that a sender still uses is shut down, not closed: the
-** sender closes it, so its number cannot be reused under the sender.
+** ends; a manager that polls the fd meanwhile finds w->fd changed). A
+** socket that a sender still uses is shut down, not closed: the sender
+** closes it, so its number cannot be reused under the sender.
 */
 static void hang_up(lua_State *L, pstate_t *s, int i) {
   worker_t *w = &s->w[i];
