@@ -486,6 +486,15 @@ describe('ProcessPoolExecutor', function()
       local f
       local ok, e = pcall(function()
         f = ex:submit(function()
+          -- not before the parent sleeps in result: an interrupt that lands
+          -- as submit returns would leave f unset
+          local function sleeping()
+            local st = io.open('/proc/' .. pid .. '/stat')
+            local s = st and st:read('a') or ''
+            if st then st:close() end
+            return s:match('^%d+ %b() S') ~= nil
+          end
+          while not sleeping() do end
           io.popen('kill -INT ' .. pid):close()
           return 'done'
         end)
