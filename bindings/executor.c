@@ -246,9 +246,9 @@ static int map_next(lua_State *L) {
   }
 }
 
-/* Calls self:submit with the values on top (fn and args, n of them). */
-static void submit(lua_State *L, int n) {
-  lua_getfield(L, 1, "submit");
+/* Calls self:<how> (a submit) with the values on top (fn and args, n of them). */
+static void submit(lua_State *L, const char *how, int n) {
+  lua_getfield(L, 1, how);
   lua_insert(L, -(n + 1));
   lua_pushvalue(L, 1);
   lua_insert(L, -(n + 1));
@@ -269,6 +269,10 @@ static int submit_all(lua_State *L) {
   lua_getiuservalue(L, st, UV_FUTURES);
   int futures = lua_gettop(L);
   luaL_checkstack(L, k + 8, "too many tables");
+  /* a pool that can send a chunk to a busy worker behind its running one
+  ** (the process pool) takes chunks by _submit_ahead */
+  const char *chunk_submit = lua_getfield(L, 1, "_submit_ahead") != LUA_TNIL ? "_submit_ahead" : "submit";
+  lua_pop(L, 1);
   /* counted by what is done, so that no sum passes n (a chunksize or a
   ** __len of math.maxinteger would overflow `i += chunksize`) */
   for (lua_Integer done = 0; done < n; done += (chunksize < n - done ? chunksize : n - done)) {
@@ -286,11 +290,11 @@ static int submit_all(lua_State *L) {
           lua_rawseti(L, -2, j * k + a + 1);
         }
       }
-      submit(L, 5);
+      submit(L, chunk_submit, 5);
     } else {
       lua_pushvalue(L, fn);
       for (int j = 0; j < k; j++) lua_geti(L, first + j, i);
-      submit(L, k + 1);
+      submit(L, "submit", k + 1);
     }
     lua_rawseti(L, futures, ++s->count);
   }

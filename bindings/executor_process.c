@@ -27,10 +27,14 @@
 ** Each worker slot is a small state machine, changed only with the GIL:
 ** DEAD -> IDLE (forked) -> BUSY (a task sent) -> IDLE (its result read)
 ** or RETIRING (its last task under max_tasks_per_child, or the pool ends)
-** -> DEAD (reaped). Only an IDLE slot takes work, so a slot whose process
-** is being reaped (the GIL is released in waitpid) is never sent a task.
-** Only the manager (or the constructor, before the manager exists) forks,
-** retires and reaps; submit only moves a slot from IDLE to BUSY.
+** -> DEAD (reaped). Only an IDLE slot takes work (and a BUSY one, one
+** map chunk sent ahead, after which it stays BUSY until both results are
+** read), so a slot whose process is being reaped (the GIL is released in
+** waitpid) is never sent a task. Only the manager (or the constructor,
+** before the manager exists) forks, retires and reaps, but for shutdown,
+** which retires and reaps the IDLE workers of a drained pool itself (a
+** slot being reaped is skipped by the other thread); submit only moves a
+** slot from IDLE to BUSY.
 **
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
@@ -85,8 +89,8 @@ typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_
 ** A result read this round, whose future the manager completes after it
 ** lets the GIL go (complete_done). It owns `payload` and a reference to f
 ** until then; the future's proxy waits in the state's UV_DONE table, for
-** its callbacks. At most one per worker: the manager reads one frame per
-** worker per round.
+** its callbacks. At most two per worker: the manager reads the frames of
+** the items a worker has (the running one and the one sent ahead).
 */
 typedef struct done_t {
   host_future *f;
@@ -100,7 +104,9 @@ typedef struct worker_t {
   pid_t pid;         /* 0: no process */
   int fd;            /* the parent's end of the socketpair, -1 when closed */
   lua_Integer tasks; /* done by this process */
+  bool ahead;        /* BUSY, with a second item sent behind the running one */
   bool sending;      /* a thread sends on fd with the GIL released */
+  bool reaping;      /* a thread waits for pid with the GIL released */
   int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
   inbuf in;          /* read from fd and not used yet: at most a frame's head */
 } worker_t;
@@ -121,7 +127,7 @@ typedef struct pstate_t {
   host_fifo pending, callq;
   bool shutdown, broken, manager_done;
   int ndone;                /* results in done[] */
-  done_t *done;             /* nworkers of them, after w[] */
+  done_t *done;             /* 2 * nworkers of them, after w[] */
   worker_t w[];
 } pstate_t;
 
@@ -132,8 +138,14 @@ typedef struct ppool_t {
 } ppool_t;
 
 /* Uservalues of the state: pending items, the call queue, items in flight
-** by worker, info {initializer, initargs, decoder, broken_msg}, and the
-** proxies of done[]. An item is {future, payload}. */
+** by worker (worker i's running item at i + 1, the one sent ahead at
+** nworkers + i + 1), info {initializer, initargs, decoder, broken_msg},
+** and the proxies of done[]. An item is {future, payload, ahead}: `ahead`
+** (a map's chunk) may be sent to a busy worker behind its running item,
+** as CPython keeps a call queued per worker, so a worker that ends a chunk
+** starts the next without waiting for the manager (and the GIL). Plain
+** submits are never sent ahead: a short task would wait behind a long one
+** while another worker idles. */
 enum { UV_PENDING = 1, UV_CALLQ = 2, UV_INFLIGHT = 3, UV_INFO = 4, UV_DONE = 5 };
 
 /*
@@ -472,8 +484,9 @@ static int reap(pid_t pid, double grace) {
 
 /*
 ** Hangs up on worker i: its socket is closed (a worker reads EOF and
-** ends). A socket that a sender still uses is shut down, not closed: the
-** sender closes it, so its number cannot be reused under the sender.
+** ends; a manager that polls the fd meanwhile finds w->fd changed). A
+** socket that a sender still uses is shut down, not closed: the sender
+** closes it, so its number cannot be reused under the sender.
 */
 static void hang_up(lua_State *L, pstate_t *s, int i) {
   worker_t *w = &s->w[i];
@@ -493,21 +506,23 @@ static void hang_up(lua_State *L, pstate_t *s, int i) {
 /*
 ** Retires worker i: the slot is RETIRING (never dispatchable) while it is
 ** hung up on and its process reaped (see reap for `grace`), then DEAD.
-** Returns the wait status.
+** Returns the wait status; 0 at once when another thread reaps it.
 */
 static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   int status = 0;
   worker_t *w = &s->w[i];
-  if (w->state == SLOT_DEAD) return 0;
+  if (w->state == SLOT_DEAD || w->reaping) return 0;  /* (another thread reaps it) */
   w->state = SLOT_RETIRING;
   hang_up(L, s, i);
   free(w->in.p);
   w->in = (inbuf){NULL, 0, 0, 0};
   if (w->pid > 0) {
     pid_t pid = w->pid;
+    w->reaping = true;
     host_gil_release(L);
     status = reap(pid, grace);
     host_gil_acquire(L);
+    w->reaping = false;
     w->pid = 0;
   }
   w->state = SLOT_DEAD;
@@ -551,7 +566,7 @@ static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
   lua_setfield(L, -2, "broken_msg");
   lua_pop(L, 1);
   for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
-  for (int i = 0; i < s->nworkers; i++) {
+  for (int i = 0; i < 2 * s->nworkers; i++) {  /* running items, then those sent ahead */
     lua_getiuservalue(L, sidx, UV_INFLIGHT);
     lua_rawgeti(L, -1, i + 1);
     lua_pushnil(L);
@@ -567,18 +582,20 @@ static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
 }
 
 /*
-** Sends the item on top (popped) to IDLE worker i, which becomes BUSY. A
-** worker that died meanwhile is the manager's to find (EOF on its socket),
-** and the item then fails with the rest.
+** Sends the item on top (popped) to IDLE worker i, which becomes BUSY, or
+** when `ahead` to BUSY worker i behind its running item. A worker that
+** died meanwhile is the manager's to find (EOF on its socket), and the
+** item then fails with the rest.
 */
-static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
+static void dispatch(lua_State *L, int sidx, pstate_t *s, int i, bool ahead) {
   lua_getiuservalue(L, sidx, UV_INFLIGHT);
   lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, i + 1);  /* anchored while the GIL is away */
+  lua_rawseti(L, -2, ahead ? s->nworkers + i + 1 : i + 1);  /* anchored while the GIL is away */
   lua_pop(L, 1);
   worker_t *w = &s->w[i];
   HOST_TRACE_L(L, host_trace_dispatch(L, -1, w->pid));
   w->state = SLOT_BUSY;
+  w->ahead = ahead;
   lua_rawgeti(L, -1, 2);
   size_t len;
   const char *payload = lua_tolstring(L, -1, &len);
@@ -604,31 +621,57 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i) {
   lua_pop(L, 2);
 }
 
+/* True when the oldest item of the call queue may be sent ahead. */
+static bool head_goes_ahead(lua_State *L, int sidx, pstate_t *s) {
+  if (host_fifo_len(&s->callq) == 0) return false;
+  lua_getiuservalue(L, sidx, UV_CALLQ);
+  lua_rawgeti(L, -1, s->callq.head);
+  bool ahead = lua_rawgeti(L, -1, 3) == LUA_TBOOLEAN;
+  lua_pop(L, 3);
+  return ahead;
+}
+
+/* True when BUSY worker i may take an item ahead: it has none yet, no
+** thread still sends it its running one (two frames would interleave),
+** and both items fit in its max_tasks_per_child. */
+static bool takes_ahead(pstate_t *s, int i) {
+  worker_t *w = &s->w[i];
+  return w->state == SLOT_BUSY && !w->ahead && !w->sending &&
+         (s->max_tasks == 0 || w->tasks + 2 <= s->max_tasks);
+}
+
 /*
 ** Moves pending items into the call queue (at most workers + 1 queued or
-** running; each marked running, so no longer cancellable) and hands
-** queued items to IDLE workers.
+** running, not counting those sent ahead; each marked running, so no
+** longer cancellable), hands queued items to IDLE workers, then items
+** that may go ahead to BUSY workers, as long as that frees room.
 */
 static void pump(lua_State *L, int sidx, pstate_t *s) {
   sidx = lua_absindex(L, sidx);
-  while (!s->broken && busy_count(s) + host_fifo_len(&s->callq) < s->nworkers + 1) {
-    if (!host_fifo_pop(L, sidx, UV_PENDING, &s->pending)) {
+  for (bool again = true; again && !s->broken;) {
+    again = false;
+    while (!s->broken && busy_count(s) + host_fifo_len(&s->callq) < s->nworkers + 1) {
+      if (!host_fifo_pop(L, sidx, UV_PENDING, &s->pending)) {
+        lua_pop(L, 1);
+        break;
+      }
+      lua_rawgeti(L, -1, 1);
+      bool runs = host_future_set_running(host_future_of(L, -1));
       lua_pop(L, 1);
-      break;
+      if (runs) host_fifo_push(L, sidx, UV_CALLQ, &s->callq);
+      else lua_pop(L, 1);  /* cancelled while pending */
     }
-    lua_rawgeti(L, -1, 1);
-    bool runs = host_future_set_running(host_future_of(L, -1));
-    lua_pop(L, 1);
-    if (runs) host_fifo_push(L, sidx, UV_CALLQ, &s->callq);
-    else lua_pop(L, 1);  /* cancelled while pending */
-  }
-  for (int i = 0; i < s->nworkers && !s->broken; i++) {
-    if (s->w[i].state != SLOT_IDLE) continue;
-    if (!host_fifo_pop(L, sidx, UV_CALLQ, &s->callq)) {
-      lua_pop(L, 1);
-      break;
+    for (int i = 0; i < s->nworkers && !s->broken && host_fifo_len(&s->callq) > 0; i++) {
+      if (s->w[i].state != SLOT_IDLE) continue;
+      host_fifo_pop(L, sidx, UV_CALLQ, &s->callq);
+      dispatch(L, sidx, s, i, false);
     }
-    dispatch(L, sidx, s, i);
+    for (int i = 0; i < s->nworkers && !s->broken; i++) {
+      if (!takes_ahead(s, i) || !head_goes_ahead(L, sidx, s)) continue;
+      host_fifo_pop(L, sidx, UV_CALLQ, &s->callq);
+      dispatch(L, sidx, s, i, true);
+      again = true;
+    }
   }
 }
 
@@ -731,18 +774,24 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
     break_pool(L, sidx, s, why);
     return;
   }
+  worker_t *w = &s->w[i];
+  bool ahead = w->ahead;  /* then the item sent ahead runs now */
   lua_getiuservalue(L, sidx, UV_INFLIGHT);
   lua_rawgeti(L, -1, i + 1);
-  lua_pushnil(L);
+  lua_rawgeti(L, -2, s->nworkers + i + 1);
   lua_rawseti(L, -3, i + 1);
-  bool retire = s->max_tasks > 0 && ++s->w[i].tasks >= s->max_tasks;
-  s->w[i].state = retire ? SLOT_RETIRING : SLOT_IDLE;
+  lua_pushnil(L);
+  lua_rawseti(L, -3, s->nworkers + i + 1);
+  w->ahead = false;
+  /* (takes_ahead keeps both items within max_tasks: no retiring with one ahead) */
+  bool retire = s->max_tasks > 0 && ++w->tasks >= s->max_tasks;
+  w->state = ahead ? SLOT_BUSY : retire ? SLOT_RETIRING : SLOT_IDLE;
   if (lua_isnil(L, -1)) {  /* a frame nobody asked for */
     free(payload);
     break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
     return;
   }
-  bool more = b->start < b->end;  /* the start of another frame, also unasked */
+  bool more = b->start < b->end && !ahead;  /* the start of another frame, also unasked */
   lua_rawgeti(L, -1, 1);
   host_future *f = host_future_of(L, -1);
   if (!more && !retire && f != NULL) {  /* the usual case: completed once the GIL goes */
@@ -838,9 +887,12 @@ static int manager_loop(lua_State *L) {
     }
     for (int i = 0; i < s->nworkers && !s->broken; i++) {
       worker_t *w = &s->w[i];
-      if (fds[i + 1].revents && w->fd == fds[i + 1].fd &&
-          (w->state == SLOT_IDLE || w->state == SLOT_BUSY))
+      bool ready = fds[i + 1].revents && w->fd == fds[i + 1].fd;
+      while (ready && !s->broken && (w->state == SLOT_IDLE || w->state == SLOT_BUSY)) {
         take_result(L, 1, s, i);
+        /* the result of the item sent ahead may be read already: poll would not say */
+        ready = w->state == SLOT_BUSY && w->in.start < w->in.end;
+      }
     }
   }
   return 0;
@@ -898,8 +950,11 @@ static int manager_main(lua_State *L) {
 
 /* ---- the Lua API ---- */
 
-/* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
-static int ppool_submit(lua_State *L) {
+/*
+** Submits fn(...) (self, fn, args at 1..) as an item that may be sent
+** ahead when `ahead`; returns its Future.
+*/
+static int submit_item(lua_State *L, bool ahead) {
   pstate_t *s = check_pool(L);
   host_check_callable(L, 2);
   if (s->broken) {
@@ -915,10 +970,14 @@ static int ppool_submit(lua_State *L) {
     return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
   lua_getiuservalue(L, 1, 1);  /* the state */
   int sidx = lua_gettop(L);
-  lua_createtable(L, 2, 0);
+  lua_createtable(L, 3, 0);
   lua_pushlstring(L, buf, len);
   free(buf);
   lua_rawseti(L, -2, 2);
+  if (ahead) {
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, -2, 3);
+  }
   host_future_push_new(L);
   HOST_TRACE_L(L, host_trace_submit(L, host_future_of(L, -1), "ProcessPool"));
   lua_getiuservalue(L, sidx, UV_INFO);
@@ -933,6 +992,37 @@ static int ppool_submit(lua_State *L) {
   ** less. */
   pump(L, sidx, s);
   return 1;
+}
+
+/* ex:submit(fn, ...) -> Future; the arguments are encoded at once. */
+static int ppool_submit(lua_State *L) {
+  return submit_item(L, false);
+}
+
+/*
+** ex:_submit_ahead(fn, ...) -> Future: submit for map's chunks, which a
+** busy worker may be sent behind its running item (see UV_INFLIGHT).
+*/
+static int ppool_submit_ahead(lua_State *L) {
+  return submit_item(L, true);
+}
+
+/*
+** Ends the IDLE workers of a drained pool that shuts down (GIL held), so
+** that they exit while the manager wakes up, not after it: each is
+** RETIRING and hung up on at once. Returns the number hung up on.
+*/
+static int end_idle(lua_State *L, pstate_t *s) {
+  if (!drained(s)) return 0;
+  int n = 0;
+  for (int i = 0; i < s->nworkers; i++) {
+    worker_t *w = &s->w[i];
+    if (w->state != SLOT_IDLE || w->fd < 0) continue;
+    w->state = SLOT_RETIRING;
+    hang_up(L, s, i);
+    n++;
+  }
+  return n;
 }
 
 /* ex:shutdown{wait = true, cancel_futures = false} */
@@ -952,10 +1042,16 @@ static int ppool_shutdown(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  int ended = end_idle(L, s);
   wake_manager(s);
   if (wait && !s->manager_done && s->manager == host_thread_ident())
     return luaL_error(L, "cannot join current thread (a done-callback runs on the pool's "
                       "manager thread and cannot wait for it)");
+  /* a waiting caller reaps the workers it ended itself (as the manager
+  ** would, bounded by DEATH_GRACE): no wake-up of the manager between
+  ** their exits and its return; the manager skips them */
+  for (int i = 0; wait && ended > 0 && i < s->nworkers; i++)
+    if (s->w[i].state == SLOT_RETIRING && s->w[i].fd < 0) retire_worker(L, s, i, DEATH_GRACE);
   host_deadline never = host_deadline_in(-1);
   while (wait && !s->manager_done) {
     host_wait_on(L, "host.ProcessPoolExecutor", "shutdown: its manager to end", s, NULL);
@@ -1037,7 +1133,7 @@ static int ppool_new(lua_State *L) {
     if (!isint) host_field_error(L, 1, "max_tasks_per_child", "an integer");
     luaL_argcheck(L, max_tasks >= 1, 1, "'max_tasks_per_child' must be >= 1");
   }
-  pstate_t *s = host_object_new(L, sizeof *s + (sizeof(worker_t) + sizeof(done_t)) * (size_t)n,
+  pstate_t *s = host_object_new(L, sizeof *s + (sizeof(worker_t) + 2 * sizeof(done_t)) * (size_t)n,
                                  PSTATE_TYPE, 5);
   int sidx = lua_gettop(L);
   s->done = (done_t *)&s->w[n];
@@ -1094,6 +1190,7 @@ static int ppool_new(lua_State *L) {
 
 static const luaL_Reg ppool_methods[] = {
   {"submit", ppool_submit},
+  {"_submit_ahead", ppool_submit_ahead},
   {"shutdown", ppool_shutdown},
   {"pids", ppool_pids},
   {NULL, NULL}

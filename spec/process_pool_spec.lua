@@ -298,6 +298,108 @@ describe('ProcessPoolExecutor', function()
     assert.are.same({ 1, 2 }, { first:result(T), queued:result(T) })
   end)
 
+  it("sends a map chunk to a busy worker behind its running task: that call, like the call queue's, cannot be cancelled", function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local first = ex:submit(function() local t = os.clock() while os.clock() - t < 0.5 do end return 1 end)
+    -- _submit_ahead is how map submits its chunks
+    local ahead = ex:_submit_ahead(function() return 2 end)    -- sent to the busy worker
+    local queued = ex:_submit_ahead(function() return 3 end)   -- the call queue (workers + 1)
+    local pending = ex:_submit_ahead(function() return 4 end)
+    local plain = ex:submit(function() return 5 end)
+    assert.is_false(ahead:cancel())
+    assert.is_false(queued:cancel())
+    assert.is_true(pending:cancel())
+    assert.are.same({ 1, 2, 3, 5 }, { first:result(T), ahead:result(T), queued:result(T), plain:result(T) })
+  end)
+
+  it('fails the call sent ahead with BrokenProcessPool when its worker dies, and a map over it ends', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local pids = ex:pids()
+    local running = ex:submit(function() while true do end end)
+    local ahead = ex:_submit_ahead(function() return 2 end)
+    local queued = ex:_submit_ahead(function() return 3 end)
+    local pending = ex:_submit_ahead(function() return 4 end)
+    os.execute('kill -KILL ' .. pids[1])
+    local all = { running, ahead, queued, pending }
+    local _, not_done = futures.wait(all, { timeout = T })
+    assert.are.equal(0, #not_done)
+    for _, f in ipairs(all) do
+      local ok, err = pcall(f.result, f, 0)
+      assert.is_false(ok)
+      assert.is_true(herror.is(err, 'BrokenProcessPool'))
+    end
+    ex:shutdown()
+    assert.is_true(all_gone(pids, T))
+    -- a map whose worker dies in its first chunk, with the next one sent ahead
+    ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    pids = ex:pids()
+    local items = {}
+    for i = 1, 10 do items[i] = i end
+    local seen, ok, err = 0, pcall(function()
+      for _ in ex:map(function(x) if x == 1 then os.exit(5) end return x end, items,
+                      { chunksize = 2, timeout = T }) do end
+    end)
+    assert.are.equal(0, seen)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'BrokenProcessPool'), tostring(err))
+    local t = thread.start(function() ex:shutdown() end)
+    assert.is_true(t:join(T))
+    assert.is_true(all_gone(pids, T))
+  end)
+
+  it('ends the workers of an idle pool at shutdown, before its manager thread gets to run', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+    assert.are.equal(1, ex:submit(function() return 1 end):result(T))
+    local pids = ex:pids()
+    -- the state letter of a process in /proc: Z once it exited (and is not reaped yet)
+    local function state(pid)
+      local f = io.open('/proc/' .. pid .. '/stat')
+      if not f then return 'gone' end
+      local s = f:read('a') or ''
+      f:close()
+      return s:match('^%d+ %b() (%a)') or 'gone'
+    end
+    local interval = thread.getswitchinterval()
+    thread.setswitchinterval(60)  -- the manager cannot take the GIL from this loop
+    local ok, err = pcall(function()
+      ex:shutdown { wait = false }
+      local give_up = os.clock() + 0.5  -- (no call in the loop gives the GIL up)
+      while os.clock() < give_up do end
+    end)
+    local states = { state(pids[1]), state(pids[2]) }
+    thread.setswitchinterval(interval)
+    assert.is_true(ok, tostring(err))
+    for i = 1, 2 do assert.is_truthy(states[i] == 'Z' or states[i] == 'gone', states[i]) end
+    ex:shutdown()
+    assert.is_true(all_gone(pids, T))
+  end)
+
+  it('carries chunks bigger than a socket buffer, sent ahead, whole and in order', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+    local items = {}
+    for i = 1, 60 do items[i] = string.rep(string.char(65 + i % 26), 60000 + i) end
+    for _ = 1, 3 do
+      local n = 0
+      for i, len, last in ex:map(function(s) return #s, s:sub(-1) end, items, { chunksize = 3, timeout = T }) do
+        assert.are.same({ 60000 + i, string.char(65 + i % 26) }, { len, last })
+        n = n + 1
+      end
+      assert.are.equal(60, n)
+    end
+  end)
+
+  it('gives every result of a chunked map with max_tasks_per_child, none sent past a worker\'s last task', function()
+    for _, max in ipairs { 1, 2, 3 } do
+      local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2, max_tasks_per_child = max })
+      local items = {}
+      for i = 1, 40 do items[i] = i end
+      local got = {}
+      for i, v in ex:map(function(x) return x * 2 end, items, { chunksize = 3, timeout = T }) do got[i] = v end
+      assert.are.equal(40, #got)
+      for i = 1, 40 do assert.are.equal(2 * i, got[i]) end
+    end
+  end)
+
   it('replaces workers after max_tasks_per_child without losing tasks', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2, max_tasks_per_child = 2 })
     local fs, pids = {}, {}
@@ -384,6 +486,15 @@ describe('ProcessPoolExecutor', function()
       local f
       local ok, e = pcall(function()
         f = ex:submit(function()
+          -- not before the parent sleeps in result: an interrupt that lands
+          -- as submit returns would leave f unset
+          local function sleeping()
+            local st = io.open('/proc/' .. pid .. '/stat')
+            local s = st and st:read('a') or ''
+            if st then st:close() end
+            return s:match('^%d+ %b() S') ~= nil
+          end
+          while not sleeping() do end
           io.popen('kill -INT ' .. pid):close()
           return 'done'
         end)
