@@ -16,6 +16,8 @@
 ** thread still runs (then the universe stays allocated for it to park on).
 */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -777,6 +779,90 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
   host_wait_result result = cond_wait(ts, mu, cv, d, true);
   wait_done(ts);
   return result;
+}
+
+/* host_cond's spinner: none, one spinning, or one a signal has claimed. */
+enum { SPIN_NONE, SPIN_ON, SPIN_CLAIMED };
+
+/*
+** Spins (GIL given up) while c's seq holds `seen`, as the GIL's rule
+** allows (spin_wait), unless another waiter of c spins. True when it
+** moved, or a host_cond_wake_one claimed the spinner.
+*/
+static bool cond_spin(host_tstate *ts, host_cond *c, unsigned seen, const host_deadline *d) {
+  int none = SPIN_NONE;
+  if (!atomic_compare_exchange_strong(&c->spinner, &none, SPIN_ON)) return false;
+  bool moved = spin_wait(ts->u, &ts->spin, &c->seq, seen, d->never ? NULL : &d->at);
+  int on = SPIN_ON;
+  if (!atomic_compare_exchange_strong(&c->spinner, &on, SPIN_NONE)) {
+    atomic_store(&c->spinner, SPIN_NONE);  /* claimed by a signal: it is ours */
+    return true;
+  }
+  return moved;
+}
+
+/*
+** host_cond_wait on c: like cond_wait, but a spin first, then a futex
+** sleep on c's seq until it moves from what it held under mu. A waker
+** bumps seq before it reads `sleepers`, a sleeper counts itself there
+** before the kernel reads seq: one of the two sees the other.
+*/
+host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_cond *c,
+                                     const host_deadline *d) {
+  host_tstate *ts = member_of(L);
+  host_universe *u = ts->u;
+  bool is_main = ts == &u->main_ts;
+  host_wait_result result = HOST_WAIT_WOKEN;
+  ts->wait_kind = W_TIMED;  /* a thread outside the universe may end it */
+  ts->wait_timed = !d->never;
+  unsigned seen = atomic_load(&c->seq);
+  pthread_mutex_unlock(mu);
+  gil_give(u, ts);
+  HOST_TRACE(u, host_trace_wait_begin(ts));
+  if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
+    result = HOST_WAIT_INTERRUPTED;
+  } else if (!cond_spin(ts, c, seen, d)) {
+    host_deadline slice = is_main ? earlier(d, MAIN_WAIT_SLICE) : *d;
+    atomic_fetch_add(&c->sleepers, 1);
+    long rc = syscall(SYS_futex, &c->seq, FUTEX_WAIT_BITSET_PRIVATE, seen,
+                      slice.never ? NULL : &slice.at, NULL, FUTEX_BITSET_MATCH_ANY);
+    int err = errno;
+    atomic_fetch_sub(&c->sleepers, 1);
+    if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock)))
+      result = HOST_WAIT_INTERRUPTED;
+    else if (rc == -1 && err == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
+  }
+  HOST_TRACE(u, host_trace_wait_end(ts, result == HOST_WAIT_TIMEOUT));
+  gil_take(u, ts);
+  wait_done(ts);
+  return result;
+}
+
+void host_cond_spin_init(host_cond *c) {
+  atomic_init(&c->seq, 0);
+  atomic_init(&c->sleepers, 0);
+  atomic_init(&c->spinner, SPIN_NONE);
+}
+
+void host_cond_wake_one(host_cond *c) {
+  int on = SPIN_ON;
+  if (!atomic_compare_exchange_strong(&c->spinner, &on, SPIN_CLAIMED) &&
+      atomic_load(&c->sleepers) > 0)
+    syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void host_cond_changed(host_cond *c) {
+  atomic_fetch_add(&c->seq, 1);
+}
+
+void host_cond_wake_all(host_cond *c) {
+  if (atomic_load(&c->sleepers) > 0)
+    syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+void host_cond_broadcast(host_cond *c) {
+  host_cond_changed(c);
+  host_cond_wake_all(c);
 }
 
 /*

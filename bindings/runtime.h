@@ -12,6 +12,7 @@
 #define HOST_RUNTIME_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/types.h>
 
 #include "util.h"
@@ -176,6 +177,42 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
 
 /* Initialises a condition variable that times out on CLOCK_MONOTONIC. */
 void host_cond_init(pthread_cond_t *cv);
+
+/*
+** A condition variable for state guarded by a mutex, whose waiter may spin
+** before it sleeps where the GIL's rule says a spin pays (see "Spinning"
+** in gil.c). `seq` is a futex word that moves with every change a waiter
+** waits for, under the waiters' mutex; a waiter sleeps on it with the
+** value it read under the mutex, so no change is missed, and it never
+** takes the mutex back inside the wait (a pthread condvar does, which
+** costs a futex wait and wake when the signaller still holds it). One
+** waiter at a time spins (`spinner`): a host_cond_wake_one that finds it
+** spinning wakes no sleeper.
+*/
+typedef struct host_cond {
+  atomic_uint seq;
+  atomic_int sleepers;  /* waiters asleep on seq, or about to be */
+  atomic_int spinner;   /* a SPIN_ value of runtime.c */
+} host_cond;
+
+/* Initialises c (nothing to free). */
+void host_cond_spin_init(host_cond *c);
+
+/*
+** Wakes waiters of c in two steps: host_cond_changed with the waiters'
+** mutex held (in the same hold as the change they wait for), then, at once
+** or after the unlock (so that they do not wake to block on the mutex),
+** host_cond_wake_one (the spinning waiter if there is one, else a
+** sleeper) or host_cond_wake_all. host_cond_broadcast does both steps.
+*/
+void host_cond_changed(host_cond *c);
+void host_cond_wake_one(host_cond *c);
+void host_cond_wake_all(host_cond *c);
+void host_cond_broadcast(host_cond *c);
+
+/* host_cond_wait on c, spinning first where it pays (unlocks mu too). */
+host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_cond *c,
+                                     const host_deadline *d);
 
 /* The number of threads waiting on q now (GIL held). */
 int host_waitq_waiters(const host_waitq *q);
