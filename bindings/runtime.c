@@ -33,11 +33,6 @@
 
 #define MAIN_WAIT_SLICE 0.05  /* how often a waiting main thread looks for Ctrl-C */
 
-struct host_waitq {
-  int refs;      /* owner + waiters; under the GIL */
-  host_tstate *waiters;  /* linked by wait_next, in the order they came; under the GIL */
-};
-
 /*
 ** The records of the universes the calling OS thread runs Lua code in,
 ** innermost first (linked by `outer`): host_newstate pushes one, host_close
@@ -45,7 +40,7 @@ struct host_waitq {
 ** spec helper's) goes on running the first one's code too, so whatever
 ** has a lua_State finds its record with member_of, not by the innermost.
 */
-static _Thread_local host_tstate *current_ts = NULL;
+_Thread_local host_tstate *host_current_ts = NULL;
 
 static void check_deadlock(host_universe *u, lua_State *L);
 static void wait_done(host_tstate *ts);
@@ -107,16 +102,12 @@ host_universe *host_universe_of(lua_State *L) {
   return ud;
 }
 
-host_tstate *host_current(void) {
-  return current_ts;
-}
-
 bool host_is_main_thread(void) {
-  return current_ts != NULL && current_ts == &current_ts->u->main_ts;
+  return host_current_ts != NULL && host_current_ts == &host_current_ts->u->main_ts;
 }
 
 lua_State *host_thread_state(void) {
-  return current_ts ? current_ts->L : NULL;
+  return host_current_ts ? host_current_ts->L : NULL;
 }
 
 #define THREAD_KEYS "host.thread_keys"
@@ -152,7 +143,7 @@ unsigned long host_thread_ident(void) {
 
 /* The calling thread's record in universe u, or NULL. */
 host_tstate *tstate_in(host_universe *u) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = host_current_ts;
   while (ts != NULL && ts->u != u) ts = ts->outer;
   return ts;
 }
@@ -205,8 +196,8 @@ lua_State *host_newstate(void) {
   tstate_init(&u->main_ts, u, L);
   u->main_ts.num = u->last_num = 1;
   pthread_mutex_init(&u->later_mu, NULL);
-  u->main_ts.outer = current_ts;
-  current_ts = &u->main_ts;
+  u->main_ts.outer = host_current_ts;
+  host_current_ts = &u->main_ts;
   gil_start(u, &u->main_ts);
   register_thread_key(L, &u->main_ts, L);
   return L;
@@ -336,7 +327,7 @@ static void stop_workers(host_universe *u) {
 
 /* Takes ts out of the calling thread's list of records. */
 static void leave_universe(host_tstate *ts) {
-  host_tstate **p = &current_ts;
+  host_tstate **p = &host_current_ts;
   while (*p != NULL && *p != ts) p = &(*p)->outer;
   if (*p == ts) *p = ts->outer;
 }
@@ -461,7 +452,7 @@ static void worker_available(host_universe *u, host_worker *w) {
 /* Runs the spawned thread ts on worker w (the calling thread), from GIL to GIL. */
 static void run_thread(host_worker *w, host_tstate *ts) {
   host_universe *u = ts->u;
-  current_ts = ts;
+  host_current_ts = ts;
   HOST_TRACE(u, host_trace_run(ts, true));
   ts->switch_timer = w->timer;  /* the timer is the OS thread's: lent to ts */
   ts->has_timer = w->has_timer;
@@ -483,7 +474,7 @@ static void run_thread(host_worker *w, host_tstate *ts) {
   SPAWNED_GIVE(u, ts);
   HOST_TRACE(u, host_trace_run(ts, false));
   host_trace_thread_exit(ts);
-  current_ts = NULL;  /* before ts is released: a late switch signal looks here */
+  host_current_ts = NULL;  /* before ts is released: a late switch signal looks here */
 }
 
 /* With threads_mu held: signals worker w (given a job, or told to end). */
@@ -994,7 +985,7 @@ int host_waitq_waiters(const host_waitq *q) {
 ** they came: each wakes once it holds the GIL (gil_handoff), not to sleep
 ** on it again. Those blocked count as running from now on.
 */
-void host_waitq_notify(host_waitq *q) {
+void host_waitq_notify_waiters(host_waitq *q) {
   for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
     if (w->wait_kind == W_BLOCKED) {
       w->wait_kind = W_WOKEN;
@@ -1430,7 +1421,7 @@ static void check_deadlock(host_universe *u, lua_State *L) {
 static void *watcher_main(void *arg) {
   host_universe *u = arg;
   host_tstate *ts = &u->watcher_ts;
-  current_ts = ts;
+  host_current_ts = ts;
   while (!atomic_load(&u->watch_stop)) {
     pthread_mutex_lock(&u->later_mu);
     bool timed = u->later_set;
@@ -1452,7 +1443,7 @@ static void *watcher_main(void *arg) {
       gil_give(u, ts);
     }
   }
-  current_ts = NULL;
+  host_current_ts = NULL;
   return NULL;
 }
 

@@ -23,8 +23,15 @@ typedef struct host_tstate host_tstate;
 /* The universe L belongs to (NULL if L was not made by host_newstate). */
 host_universe *host_universe_of(lua_State *L);
 
-/* The record of the calling OS thread in its universe (NULL outside one). */
-host_tstate *host_current(void);
+/*
+** The record of the calling OS thread in its universe (NULL outside one):
+** a C thread-local, read inline (a lock takes it on every acquire). Only
+** runtime.c writes it.
+*/
+extern _Thread_local host_tstate *host_current_ts;
+static inline host_tstate *host_current(void) {
+  return host_current_ts;
+}
 
 /* True when the calling OS thread is its universe's main thread. */
 bool host_is_main_thread(void);
@@ -143,6 +150,10 @@ unsigned long host_main_thread_ident(lua_State *L);
 ** freed memory; every field is used with the GIL held.
 */
 typedef struct host_waitq host_waitq;
+struct host_waitq {
+  int refs;              /* owner + waiters; under the GIL */
+  host_tstate *waiters;  /* linked by wait_next, in the order they came; under the GIL */
+};
 
 /* A new wait queue with one reference, or NULL when memory is short. */
 host_waitq *host_waitq_new(void);
@@ -217,8 +228,14 @@ host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_con
 /* The number of threads waiting on q now (GIL held). */
 int host_waitq_waiters(const host_waitq *q);
 
-/* Wakes every waiter of q (GIL held). */
-void host_waitq_notify(host_waitq *q);
+/*
+** Wakes every waiter of q (GIL held). Inline, so that a notify nobody
+** waits for (a Lock's release) costs no call.
+*/
+void host_waitq_notify_waiters(host_waitq *q);
+static inline void host_waitq_notify(host_waitq *q) {
+  if (q->waiters != NULL) host_waitq_notify_waiters(q);
+}
 
 /*
 ** Wakes one waiter of q that is still asleep (GIL held): the one that came
