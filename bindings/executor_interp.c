@@ -69,7 +69,7 @@ typedef struct wslot {
 typedef struct ipool {
   atomic_int refs;         /* the proxy, each worker, the handle */
   pthread_mutex_t mu;
-  pthread_cond_t work_cv;  /* workers wait for items */
+  host_cond work_cv;       /* workers wait for items (and spin first) */
   pthread_cond_t done_cv;  /* the manager waits for completions */
   pthread_cond_t end_cv;   /* shutdown waits for the manager's end */
   item *head, *tail;       /* work */
@@ -115,7 +115,6 @@ static void ipool_unref(ipool *p) {
   free_items(p->head);
   free_items(p->done);
   pthread_mutex_destroy(&p->mu);
-  pthread_cond_destroy(&p->work_cv);
   pthread_cond_destroy(&p->done_cv);
   pthread_cond_destroy(&p->end_cv);
   free(p->init);
@@ -129,7 +128,7 @@ static void ipool_unref(ipool *p) {
 /* Stops taking work (mu held): queued work still runs, then threads end. */
 static void begin_shutdown(ipool *p) {
   p->shutdown = true;
-  pthread_cond_broadcast(&p->work_cv);
+  host_cond_broadcast(&p->work_cv);
   pthread_cond_signal(&p->done_cv);
 }
 
@@ -348,7 +347,7 @@ static bool run_initializer(lua_State *L, ipool *p, wslot *ws) {
     fail_broken(L, p, it);
   }
   p->tail = NULL;
-  pthread_cond_broadcast(&p->work_cv);
+  host_cond_broadcast(&p->work_cv);
   pthread_mutex_unlock(&p->mu);
   lua_settop(L, 0);
   return false;
@@ -421,7 +420,7 @@ static void serve(lua_State *L, ipool *p, wslot *ws) {
   for (;;) {
     pthread_mutex_lock(&p->mu);
     if (p->head == NULL && !p->shutdown && !p->broken) {
-      host_cond_wait(L, &p->mu, &p->work_cv, &never);  /* our GIL goes meanwhile */
+      host_cond_wait_spin(L, &p->mu, &p->work_cv, &never);  /* our GIL goes meanwhile */
       continue;
     }
     item *it = p->head;
@@ -668,10 +667,11 @@ static int ipool_submit(lua_State *L) {
     if (p->tail) p->tail->next = it;
     else p->head = it;
     p->tail = it;
-    pthread_cond_signal(&p->work_cv);
+    host_cond_changed(&p->work_cv);
   }
   pthread_mutex_unlock(&p->mu);
   if (queued) {
+    host_cond_wake_one(&p->work_cv);  /* after the unlock: the worker finds mu free */
     lua_settop(L, fut);
     return 1;
   }
@@ -850,7 +850,7 @@ static int ipool_new(lua_State *L) {
   if (p == NULL) return luaL_error(L, "not enough memory");
   atomic_init(&p->refs, 1);
   pthread_mutex_init(&p->mu, NULL);
-  host_cond_init(&p->work_cv);
+  host_cond_spin_init(&p->work_cv);
   host_cond_init(&p->done_cv);
   host_cond_init(&p->end_cv);
   p->nworkers = (int)n;

@@ -58,7 +58,7 @@ typedef struct waiter_node {
 struct host_future {
   atomic_int refs;
   pthread_mutex_t mu;
-  pthread_cond_t cv;
+  host_cond cv;        /* waiters from outside spin on it before they sleep */
   host_future_state state;
   bool failed;
   bool has_callbacks;  /* one was added before it was done */
@@ -87,7 +87,7 @@ static host_future *future_new(void) {
   if (f == NULL) return NULL;
   atomic_init(&f->refs, 1);
   pthread_mutex_init(&f->mu, NULL);
-  host_cond_init(&f->cv);
+  host_cond_spin_init(&f->cv);
   return f;
 }
 
@@ -98,7 +98,6 @@ void host_future_ref(host_future *f) {
 void host_future_unref(host_future *f) {
   if (f == NULL || atomic_fetch_sub(&f->refs, 1) != 1) return;
   pthread_mutex_destroy(&f->mu);
-  pthread_cond_destroy(&f->cv);
   free(f->payload);
   free(f);
 }
@@ -120,17 +119,30 @@ bool host_future_set_running(host_future *f) {
   return ok;
 }
 
-/* Moves f to a final state (mutex held) and wakes everyone who waits. */
+/*
+** Moves f to a final state (mutex held) and wakes the multi-waiters (whose
+** nodes live only under the mutex). The caller wakes the waiters on f's
+** condvar after it unlocks (finish_wake), so that they do not wake to
+** block on the mutex it still holds.
+*/
 static void finish_locked(host_future *f, host_future_state state, bool failed) {
   f->state = state;
   f->failed = failed;
-  pthread_cond_broadcast(&f->cv);
+  host_cond_changed(&f->cv);
   for (waiter_node *n = f->waiters; n != NULL; n = n->next) {
     pthread_mutex_lock(&n->w->mu);
     n->w->fired++;
     pthread_cond_signal(&n->w->cv);
     pthread_mutex_unlock(&n->w->mu);
   }
+}
+
+/*
+** Wakes the waiters on f's condvar, after finish_locked and the unlock of
+** f's mutex; the caller's reference keeps f alive meanwhile.
+*/
+static void finish_wake(host_future *f) {
+  host_cond_wake_all(&f->cv);
 }
 
 static bool is_done(host_future_state s) {
@@ -150,7 +162,8 @@ bool host_future_set_payload(host_future *f, bool ok, char *bytes, size_t len) {
     finish_locked(f, HOST_FUTURE_FINISHED, !ok);
   }
   pthread_mutex_unlock(&f->mu);
-  if (!fresh) free(bytes);
+  if (fresh) finish_wake(f);  /* the caller holds a reference to f */
+  else free(bytes);
   return fresh;
 }
 
@@ -192,8 +205,9 @@ static int future_gc(lua_State *L) {
   }
   if (p->f != NULL) {  /* NULL when no future could be made for it */
     pthread_mutex_lock(&p->f->mu);
-    pthread_cond_broadcast(&p->f->cv);
+    host_cond_changed(&p->f->cv);
     pthread_mutex_unlock(&p->f->mu);
+    host_cond_wake_all(&p->f->cv);
   }
   host_future_unref(p->f);
   p->f = NULL;
@@ -267,6 +281,7 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
   bool fresh = f != NULL && !is_done(f->state);
   if (fresh) finish_locked(f, HOST_FUTURE_FINISHED, failed);
   if (f != NULL) pthread_mutex_unlock(&f->mu);
+  if (fresh) finish_wake(f);  /* the proxy at idx holds a reference */
   if (!fresh) {
     lua_pop(L, 1);
     return false;
@@ -316,11 +331,13 @@ bool host_future_cancel(lua_State *L, int idx) {
   if (f == NULL) return false;
   pthread_mutex_lock(&f->mu);
   bool cancelled = f->state == HOST_FUTURE_CANCELLED;
-  if (f->state == HOST_FUTURE_PENDING) {
+  bool now = f->state == HOST_FUTURE_PENDING;
+  if (now) {
     finish_locked(f, HOST_FUTURE_CANCELLED, false);
     cancelled = true;
   }
   pthread_mutex_unlock(&f->mu);
+  if (now) finish_wake(f);  /* the proxy at idx holds a reference */
   if (cancelled) {
     wake_waiters(L, idx);
     host_future_run_callbacks(L, idx);
@@ -361,7 +378,7 @@ static host_future_state wait_proxy(lua_State *L, int idx, proxy *p, const host_
     }
     if (f->from_outside) {
       host_wait_on(L, "host.Future", "pending", f, NULL);
-      r = host_cond_wait(L, &f->mu, &f->cv, d);  /* unlocks mu */
+      r = host_cond_wait_spin(L, &f->mu, &f->cv, d);  /* unlocks mu */
       continue;
     }
     pthread_mutex_unlock(&f->mu);

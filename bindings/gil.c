@@ -27,7 +27,10 @@
 ** its next try, up to one in 256 sleeps; one that succeeds halves it. So
 ** on a machine where the holder needs the spinner's core the spin costs
 ** about nothing (spin_end). A spin is a wait like the sleep it
-** replaces: the ticket order and the preemption are the same.
+** replaces: the ticket order and the preemption are the same. The waits
+** on a host_cond (runtime.c: a future completed from another universe,
+** an interpreter pool's idle worker) spin by the same rule (spin_wait),
+** the thread's own learning shared with its GIL waits.
 **
 ** Preemption. The first in line times the switch interval; when it has
 ** waited that long it sends SWITCH_SIGNAL to the holder's OS thread, whose

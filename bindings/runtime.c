@@ -16,6 +16,8 @@
 ** thread still runs (then the universe stays allocated for it to park on).
 */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -31,11 +33,6 @@
 
 #define MAIN_WAIT_SLICE 0.05  /* how often a waiting main thread looks for Ctrl-C */
 
-struct host_waitq {
-  int refs;      /* owner + waiters; under the GIL */
-  host_tstate *waiters;  /* linked by wait_next, in the order they came; under the GIL */
-};
-
 /*
 ** The records of the universes the calling OS thread runs Lua code in,
 ** innermost first (linked by `outer`): host_newstate pushes one, host_close
@@ -43,7 +40,7 @@ struct host_waitq {
 ** spec helper's) goes on running the first one's code too, so whatever
 ** has a lua_State finds its record with member_of, not by the innermost.
 */
-static _Thread_local host_tstate *current_ts = NULL;
+_Thread_local host_tstate *host_current_ts = NULL;
 
 static void check_deadlock(host_universe *u, lua_State *L);
 static void wait_done(host_tstate *ts);
@@ -105,16 +102,12 @@ host_universe *host_universe_of(lua_State *L) {
   return ud;
 }
 
-host_tstate *host_current(void) {
-  return current_ts;
-}
-
 bool host_is_main_thread(void) {
-  return current_ts != NULL && current_ts == &current_ts->u->main_ts;
+  return host_current_ts != NULL && host_current_ts == &host_current_ts->u->main_ts;
 }
 
 lua_State *host_thread_state(void) {
-  return current_ts ? current_ts->L : NULL;
+  return host_current_ts ? host_current_ts->L : NULL;
 }
 
 #define THREAD_KEYS "host.thread_keys"
@@ -150,7 +143,7 @@ unsigned long host_thread_ident(void) {
 
 /* The calling thread's record in universe u, or NULL. */
 host_tstate *tstate_in(host_universe *u) {
-  host_tstate *ts = current_ts;
+  host_tstate *ts = host_current_ts;
   while (ts != NULL && ts->u != u) ts = ts->outer;
   return ts;
 }
@@ -203,8 +196,8 @@ lua_State *host_newstate(void) {
   tstate_init(&u->main_ts, u, L);
   u->main_ts.num = u->last_num = 1;
   pthread_mutex_init(&u->later_mu, NULL);
-  u->main_ts.outer = current_ts;
-  current_ts = &u->main_ts;
+  u->main_ts.outer = host_current_ts;
+  host_current_ts = &u->main_ts;
   gil_start(u, &u->main_ts);
   register_thread_key(L, &u->main_ts, L);
   return L;
@@ -334,7 +327,7 @@ static void stop_workers(host_universe *u) {
 
 /* Takes ts out of the calling thread's list of records. */
 static void leave_universe(host_tstate *ts) {
-  host_tstate **p = &current_ts;
+  host_tstate **p = &host_current_ts;
   while (*p != NULL && *p != ts) p = &(*p)->outer;
   if (*p == ts) *p = ts->outer;
 }
@@ -459,7 +452,7 @@ static void worker_available(host_universe *u, host_worker *w) {
 /* Runs the spawned thread ts on worker w (the calling thread), from GIL to GIL. */
 static void run_thread(host_worker *w, host_tstate *ts) {
   host_universe *u = ts->u;
-  current_ts = ts;
+  host_current_ts = ts;
   HOST_TRACE(u, host_trace_run(ts, true));
   ts->switch_timer = w->timer;  /* the timer is the OS thread's: lent to ts */
   ts->has_timer = w->has_timer;
@@ -481,7 +474,7 @@ static void run_thread(host_worker *w, host_tstate *ts) {
   SPAWNED_GIVE(u, ts);
   HOST_TRACE(u, host_trace_run(ts, false));
   host_trace_thread_exit(ts);
-  current_ts = NULL;  /* before ts is released: a late switch signal looks here */
+  host_current_ts = NULL;  /* before ts is released: a late switch signal looks here */
 }
 
 /* With threads_mu held: signals worker w (given a job, or told to end). */
@@ -779,6 +772,90 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
   return result;
 }
 
+/* host_cond's spinner: none, one spinning, or one a signal has claimed. */
+enum { SPIN_NONE, SPIN_ON, SPIN_CLAIMED };
+
+/*
+** Spins (GIL given up) while c's seq holds `seen`, as the GIL's rule
+** allows (spin_wait), unless another waiter of c spins. True when it
+** moved, or a host_cond_wake_one claimed the spinner.
+*/
+static bool cond_spin(host_tstate *ts, host_cond *c, unsigned seen, const host_deadline *d) {
+  int none = SPIN_NONE;
+  if (!atomic_compare_exchange_strong(&c->spinner, &none, SPIN_ON)) return false;
+  bool moved = spin_wait(ts->u, &ts->spin, &c->seq, seen, d->never ? NULL : &d->at);
+  int on = SPIN_ON;
+  if (!atomic_compare_exchange_strong(&c->spinner, &on, SPIN_NONE)) {
+    atomic_store(&c->spinner, SPIN_NONE);  /* claimed by a signal: it is ours */
+    return true;
+  }
+  return moved;
+}
+
+/*
+** host_cond_wait on c: like cond_wait, but a spin first, then a futex
+** sleep on c's seq until it moves from what it held under mu. A waker
+** bumps seq before it reads `sleepers`, a sleeper counts itself there
+** before the kernel reads seq: one of the two sees the other.
+*/
+host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_cond *c,
+                                     const host_deadline *d) {
+  host_tstate *ts = member_of(L);
+  host_universe *u = ts->u;
+  bool is_main = ts == &u->main_ts;
+  host_wait_result result = HOST_WAIT_WOKEN;
+  ts->wait_kind = W_TIMED;  /* a thread outside the universe may end it */
+  ts->wait_timed = !d->never;
+  unsigned seen = atomic_load(&c->seq);
+  pthread_mutex_unlock(mu);
+  gil_give(u, ts);
+  HOST_TRACE(u, host_trace_wait_begin(ts));
+  if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock))) {
+    result = HOST_WAIT_INTERRUPTED;
+  } else if (!cond_spin(ts, c, seen, d)) {
+    host_deadline slice = is_main ? earlier(d, MAIN_WAIT_SLICE) : *d;
+    atomic_fetch_add(&c->sleepers, 1);
+    long rc = syscall(SYS_futex, &c->seq, FUTEX_WAIT_BITSET_PRIVATE, seen,
+                      slice.never ? NULL : &slice.at, NULL, FUTEX_BITSET_MATCH_ANY);
+    int err = errno;
+    atomic_fetch_sub(&c->sleepers, 1);
+    if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock)))
+      result = HOST_WAIT_INTERRUPTED;
+    else if (rc == -1 && err == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
+  }
+  HOST_TRACE(u, host_trace_wait_end(ts, result == HOST_WAIT_TIMEOUT));
+  gil_take(u, ts);
+  wait_done(ts);
+  return result;
+}
+
+void host_cond_spin_init(host_cond *c) {
+  atomic_init(&c->seq, 0);
+  atomic_init(&c->sleepers, 0);
+  atomic_init(&c->spinner, SPIN_NONE);
+}
+
+void host_cond_wake_one(host_cond *c) {
+  int on = SPIN_ON;
+  if (!atomic_compare_exchange_strong(&c->spinner, &on, SPIN_CLAIMED) &&
+      atomic_load(&c->sleepers) > 0)
+    syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+void host_cond_changed(host_cond *c) {
+  atomic_fetch_add(&c->seq, 1);
+}
+
+void host_cond_wake_all(host_cond *c) {
+  if (atomic_load(&c->sleepers) > 0)
+    syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+void host_cond_broadcast(host_cond *c) {
+  host_cond_changed(c);
+  host_cond_wake_all(c);
+}
+
 /*
 ** Sleeps without the GIL in a wait of q (the caller's record ts is on its
 ** list) until a notify hands it a place in the GIL's line, the deadline
@@ -908,7 +985,7 @@ int host_waitq_waiters(const host_waitq *q) {
 ** they came: each wakes once it holds the GIL (gil_handoff), not to sleep
 ** on it again. Those blocked count as running from now on.
 */
-void host_waitq_notify(host_waitq *q) {
+void host_waitq_notify_waiters(host_waitq *q) {
   for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next) {
     if (w->wait_kind == W_BLOCKED) {
       w->wait_kind = W_WOKEN;
@@ -1344,7 +1421,7 @@ static void check_deadlock(host_universe *u, lua_State *L) {
 static void *watcher_main(void *arg) {
   host_universe *u = arg;
   host_tstate *ts = &u->watcher_ts;
-  current_ts = ts;
+  host_current_ts = ts;
   while (!atomic_load(&u->watch_stop)) {
     pthread_mutex_lock(&u->later_mu);
     bool timed = u->later_set;
@@ -1366,7 +1443,7 @@ static void *watcher_main(void *arg) {
       gil_give(u, ts);
     }
   }
-  current_ts = NULL;
+  host_current_ts = NULL;
   return NULL;
 }
 

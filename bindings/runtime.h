@@ -12,6 +12,7 @@
 #define HOST_RUNTIME_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/types.h>
 
 #include "util.h"
@@ -22,8 +23,15 @@ typedef struct host_tstate host_tstate;
 /* The universe L belongs to (NULL if L was not made by host_newstate). */
 host_universe *host_universe_of(lua_State *L);
 
-/* The record of the calling OS thread in its universe (NULL outside one). */
-host_tstate *host_current(void);
+/*
+** The record of the calling OS thread in its universe (NULL outside one):
+** a C thread-local, read inline (a lock takes it on every acquire). Only
+** runtime.c writes it.
+*/
+extern _Thread_local host_tstate *host_current_ts;
+static inline host_tstate *host_current(void) {
+  return host_current_ts;
+}
 
 /* True when the calling OS thread is its universe's main thread. */
 bool host_is_main_thread(void);
@@ -142,6 +150,10 @@ unsigned long host_main_thread_ident(lua_State *L);
 ** freed memory; every field is used with the GIL held.
 */
 typedef struct host_waitq host_waitq;
+struct host_waitq {
+  int refs;              /* owner + waiters; under the GIL */
+  host_tstate *waiters;  /* linked by wait_next, in the order they came; under the GIL */
+};
 
 /* A new wait queue with one reference, or NULL when memory is short. */
 host_waitq *host_waitq_new(void);
@@ -177,11 +189,53 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
 /* Initialises a condition variable that times out on CLOCK_MONOTONIC. */
 void host_cond_init(pthread_cond_t *cv);
 
+/*
+** A condition variable for state guarded by a mutex, whose waiter may spin
+** before it sleeps where the GIL's rule says a spin pays (see "Spinning"
+** in gil.c). `seq` is a futex word that moves with every change a waiter
+** waits for, under the waiters' mutex; a waiter sleeps on it with the
+** value it read under the mutex, so no change is missed, and it never
+** takes the mutex back inside the wait (a pthread condvar does, which
+** costs a futex wait and wake when the signaller still holds it). One
+** waiter at a time spins (`spinner`): a host_cond_wake_one that finds it
+** spinning wakes no sleeper.
+*/
+typedef struct host_cond {
+  atomic_uint seq;
+  atomic_int sleepers;  /* waiters asleep on seq, or about to be */
+  atomic_int spinner;   /* a SPIN_ value of runtime.c */
+} host_cond;
+
+/* Initialises c (nothing to free). */
+void host_cond_spin_init(host_cond *c);
+
+/*
+** Wakes waiters of c in two steps: host_cond_changed with the waiters'
+** mutex held (in the same hold as the change they wait for), then, at once
+** or after the unlock (so that they do not wake to block on the mutex),
+** host_cond_wake_one (the spinning waiter if there is one, else a
+** sleeper) or host_cond_wake_all. host_cond_broadcast does both steps.
+*/
+void host_cond_changed(host_cond *c);
+void host_cond_wake_one(host_cond *c);
+void host_cond_wake_all(host_cond *c);
+void host_cond_broadcast(host_cond *c);
+
+/* host_cond_wait on c, spinning first where it pays (unlocks mu too). */
+host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_cond *c,
+                                     const host_deadline *d);
+
 /* The number of threads waiting on q now (GIL held). */
 int host_waitq_waiters(const host_waitq *q);
 
-/* Wakes every waiter of q (GIL held). */
-void host_waitq_notify(host_waitq *q);
+/*
+** Wakes every waiter of q (GIL held). Inline, so that a notify nobody
+** waits for (a Lock's release) costs no call.
+*/
+void host_waitq_notify_waiters(host_waitq *q);
+static inline void host_waitq_notify(host_waitq *q) {
+  if (q->waiters != NULL) host_waitq_notify_waiters(q);
+}
 
 /*
 ** Wakes one waiter of q that is still asleep (GIL held): the one that came

@@ -281,6 +281,33 @@ describe('a Future finalized while a pool holds it', function()
   end)
 end)
 
+describe('a Future completed from outside the universe', function()
+  -- One waiter spins, the others sleep; the completion wakes them all
+  -- after it lets the future's mutex go.
+  it('wakes every thread that waits on it, spinning or asleep', function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    for round = 1, 20 do
+      local gate = ex:submit(function()
+        local t0 = require('host.time').monotonic()
+        while require('host.time').monotonic() - t0 < 0.005 do end
+        return round
+      end)
+      local got, waiters = {}, {}
+      for w = 1, 3 do waiters[w] = thread.start(function() got[w] = gate:result(T) end) end
+      assert.are.equal(round, gate:result(T))
+      for w = 1, 3 do assert.is_true(waiters[w]:join(T)) end
+      assert.are.same({ round, round, round }, got)
+    end
+  end)
+
+  it('stays alive for its completion when its last proxy goes first', function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
+    for _ = 1, 200 do ex:submit(function() return ('x'):rep(100) end) end
+    collectgarbage()
+    assert.are.equal('done', ex:submit(function() return 'done' end):result(T))
+  end)
+end)
+
 describe('a pool made after interpreter shutdown began', function()
   -- (the thread pool's own spec also makes one from a task of a pool)
   for _, kind in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do

@@ -621,3 +621,48 @@ describe('the codec caches the pools rely on', function()
     end)
   end
 end)
+
+-- The waits of a round trip (a worker's for work, the caller's on the
+-- Future) spin before they sleep, and a wake-up is claimed by the waiter
+-- that spins: these look for a lost or misdirected wake-up, each wait
+-- with a timeout so that one fails instead of hanging.
+describe('InterpreterPoolExecutor round trips', function()
+  it('answers every submit when several threads submit and wait at once', function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
+    local sums = {}
+    local threads = {}
+    for t = 1, 4 do
+      threads[t] = thread.start(function()
+        local s = 0
+        for i = 1, 300 do s = s + ex:submit(function(x) return x end, i):result(T) end
+        sums[t] = s
+      end)
+    end
+    for t = 1, 4 do assert.is_true(threads[t]:join(60)) end
+    assert.are.same({ 45150, 45150, 45150, 45150 }, sums)
+  end)
+
+  it('serves bursts queued while a worker waits, one worker and two', function()
+    for workers = 1, 2 do
+      local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = workers })
+      for _ = 1, 50 do
+        local fs = {}
+        for i = 1, 5 do fs[i] = ex:submit(function(x) return x * 2 end, i) end
+        for i = 5, 1, -1 do assert.are.equal(2 * i, fs[i]:result(T)) end
+      end
+    end
+  end)
+
+  it('times out a wait on a running task, then delivers its result', function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    local go = ex:submit(function()
+      local t0 = require('host.time').monotonic()
+      while require('host.time').monotonic() - t0 < 0.2 do end
+      return 'late'
+    end)
+    local ok, err = pcall(go.result, go, 0.001)
+    assert.is_false(ok)
+    assert.is_true(herror.is(err, 'TimeoutError'))
+    assert.are.equal('late', go:result(T))
+  end)
+end)
