@@ -612,14 +612,31 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
 }
 
 /*
+** In a forked child, takes thread o (gone with the fork) off the wait
+** queue it slept on, so that a notify never hands the GIL to it. Its
+** reference to the queue leaks with its record.
+*/
+static void forget_waiter(host_tstate *o) {
+  if (o->wait_q != NULL) {
+    host_tstate **p = &o->wait_q->waiters;
+    while (*p != NULL && *p != o) p = &(*p)->wait_next;
+    if (*p == o) *p = o->wait_next;
+  }
+  atomic_store(&o->hand, HAND_NONE);
+}
+
+/*
 ** In a forked child only the forking thread exists. Its universe is made
 ** single-threaded again: every mutex another thread may have held is
-** made anew, the thread list and the workers, idle ones included, are
-** dropped (the records leak, as their threads are gone), and the GIL is
-** the caller's with nobody in line.
+** made anew, the other threads leave the wait queues, the thread list and
+** the workers, idle ones included, are dropped (the records leak, as their
+** threads are gone), and the GIL is the caller's with nobody in line.
 */
 static void reset_after_fork(host_universe *u, host_tstate *ts) {
   gil_after_fork(u, ts);
+  for (host_tstate *o = u->threads; o != NULL; o = o->next)
+    if (o != ts) forget_waiter(o);
+  if (ts != &u->main_ts) forget_waiter(&u->main_ts);
   pthread_mutex_init(&u->threads_mu, NULL);
   host_cond_init(&u->threads_cv);
   u->threads = NULL;

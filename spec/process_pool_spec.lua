@@ -102,6 +102,29 @@ describe('ProcessPoolExecutor', function()
     package.loaded['host.spec_pid'] = pid
   end)
 
+  it('a worker forked while a parent thread waits on a Queue can use that Queue (hostile review)', function()
+    local out, err, code = sh.host_script([[
+      local thread = require 'host.thread'
+      local Queue = require('host.queue').Queue
+      local futures = require 'host.futures'
+      local time = require 'host.time'
+      Q = Queue()
+      local started = thread.Event()
+      local t = thread.start(function() started:set(); return Q:get(10) end)
+      assert(started:wait(5))
+      time.sleep(0.2)  -- t sleeps in Q:get now, and the worker is forked meanwhile
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function() Q:put('x'); require('host.time').sleep(0.01); return 'task done' end)
+      print(pcall(f.result, f, 5))
+      Q:put('parent')
+      print(t:join(5))
+      ex:shutdown()
+    ]], 60)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('true\ttask done\ntrue\tparent\n', out)
+  end)
+
   it('runs tasks in other processes and returns all their values', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2 })
     local me = require('host.spec_pid')
