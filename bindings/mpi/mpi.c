@@ -799,14 +799,19 @@ static int mpi_serve(lua_State *L) {
 
 /*
 ** Serves rank 0's tasks until it says stop (a worker rank, world_mode set;
-** the stack empty). Leaves the stack as it found it.
+** the stack empty). Leaves the stack as it found it. A result goes back
+** without blocking (a blocking MPI_Send waits for rank 0's manager to poll)
+** and the worker goes on to the next task, often there already; the send
+** is completed before the next one.
 */
 static void serve_loop(lua_State *L) {
+  MPI_Request sending = MPI_REQUEST_NULL;
+  char *sent = NULL;  /* the buffer of `sending` */
   lua_newtable(L);  /* 1: tag -> initializer outcome */
   for (;;) {
     int count = 0, tag = 0;
     char *buf = worker_recv(L, &count, &tag);
-    if (tag == TAG_STOP) {
+    if (tag == TAG_STOP) {  /* rank 0 has every result: the last send is done */
       free(buf);
       break;
     }
@@ -820,11 +825,15 @@ static void serve_loop(lua_State *L) {
     host_flush_std();
     if (out != NULL) {
       host_gil_release(L);
-      MPI_Send(out, (int)outlen, MPI_BYTE, 0, tag, MPI_COMM_WORLD);
+      MPI_Wait(&sending, MPI_STATUS_IGNORE);
+      free(sent);
+      MPI_Isend(out, (int)outlen, MPI_BYTE, 0, tag, MPI_COMM_WORLD, &sending);
+      sent = out;
       host_gil_acquire(L);
-      free(out);
     }
   }
+  MPI_Wait(&sending, MPI_STATUS_IGNORE);
+  free(sent);
   lua_pop(L, 1);
   pthread_mutex_lock(&world.mu);
   world.world_mode = false;
