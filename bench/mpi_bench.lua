@@ -104,7 +104,8 @@ local mpiexec = os.getenv 'HOST_MPIEXEC' or 'mpiexec --allow-run-as-root --overs
 local env = built and ("LUA_PATH_5_4='%s/?.lua;;' LUA_CPATH_5_4='%s/?.so;;' "):format(lua, lua) or ''
 local world = bench.parse(bench.capture(('%s%s -n 3 %s -l host.mpi.run bench/mpi_bench.lua --world')
   :format(env, mpiexec, bench.host)))
-assert(world.tiny and world.piped and world.speedup and world.idle, 'the MPI world printed no figures')
+assert(world.tiny and world.piped and world.speedup and world.idle,
+       'the MPI world printed no figures')
 
 local pp = assert(futures.ProcessPoolExecutor { max_workers = 2 })
 local pp_tiny = bench.per_op(tiny_on(pp), TINY, ROUNDS)
@@ -118,4 +119,5 @@ bench.figure { name = 'Item 41 x24 MPIPool(2 ranks) speedup', value = world.spee
                ref = world.pp_speedup, ref_name = "host's ProcessPool(2) in rank 0",
                goal = { op = '>=', value = 1.8, on = 'value' } }
 bench.figure { name = 'Item 41 MPIPool(2 ranks) worker idle between tasks', value = world.idle,
-               unit = 'us', scale = 1e6, ref = world.pp_idle, ref_name = "host's ProcessPool(2) in rank 0" }
+               unit = 'us', scale = 1e6, ref = world.pp_idle,
+               ref_name = "host's ProcessPool(2) in rank 0" }

@@ -20,10 +20,10 @@
 ** sleeping from 10 us up to 100 us; with none out it sleeps until a
 ** submit wakes it; a worker rank polls for work the same way, its naps
 ** growing to 1 ms), and completes futures with their bytes
-** (host_future_set_payload), which stay bytes until someone asks. Each pool has a collector, a host.Thread
-** of the caller's universe that runs done-callbacks and forgets finished
-** futures (as the interpreter pool's manager does); it is woken only for
-** callbacks and at the end.
+** (host_future_set_payload), which stay bytes until someone asks. Each
+** pool has a collector, a host.Thread of the caller's universe that runs
+** done-callbacks and forgets finished futures (as the interpreter pool's
+** manager does); it is woken only for callbacks and at the end.
 **
 ** Messages, MPI_BYTE on MPI_COMM_WORLD: rank 0 -> worker, tag = the pool's:
 ** [u8 INIT][encode(initializer, initargs...)] before the worker's first
@@ -299,7 +299,8 @@ static bool dispatch(void) {
       if (pass == 0 ? world.busy[r] != NULL : world.busy[r] == NULL || world.ahead[r] != NULL)
         continue;
       mitem **link = &world.head, *prev = NULL;
-      while (*link != NULL && !holds(r, (*link)->p) && (*link)->p->running >= (*link)->p->max_workers) {
+      while (*link != NULL && !holds(r, (*link)->p) &&
+             (*link)->p->running >= (*link)->p->max_workers) {
         prev = *link;
         link = &(*link)->next;
       }
@@ -330,7 +331,7 @@ static bool dispatch(void) {
 }
 
 /* The number of items on workers, running or sent ahead (world.mu held). */
-static int busy_workers(void) {
+static int items_out(void) {
   int n = 0;
   for (int r = 1; r < world.size; r++) n += (world.busy[r] != NULL) + (world.ahead[r] != NULL);
   return n;
@@ -453,7 +454,7 @@ static void *manager_main(void *arg) {
   pthread_mutex_lock(&world.mu);
   for (;;) {
     if (world.stopping) break;
-    if (world.release && busy_workers() == 0) {  /* a CommExecutor is done */
+    if (world.release && items_out() == 0) {  /* a CommExecutor is done */
       pthread_mutex_unlock(&world.mu);
       stop_workers();
       pthread_mutex_lock(&world.mu);
@@ -466,7 +467,7 @@ static void *manager_main(void *arg) {
       last = now();
       nap = NAP_MIN;
     }
-    int busy = busy_workers();
+    int busy = items_out();
     if (busy == 0) break_if_all_gone();
     if (busy == 0 && !world.release) {  /* nothing to poll for: sleep until a submit */
       pthread_cond_wait(&world.cv, &world.mu);
@@ -497,7 +498,7 @@ static void *manager_main(void *arg) {
     nap_until(t + nap);
     nap = nap * 2 < NAP_MAX_MANAGER ? nap * 2 : NAP_MAX_MANAGER;
   }
-  int busy = busy_workers();
+  int busy = items_out();
   world.manager_done = true;
   pthread_mutex_unlock(&world.mu);
   if (busy > 0) {
