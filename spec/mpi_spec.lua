@@ -290,6 +290,38 @@ print('results', fs[1]:result(20), fs[2]:result(20), fs[3]:result(20), fs[4]:res
     assert.matches('results\theld\theld\t3\t4\ttrue\ttrue\n', out, 1, true)
   end)
 
+  it('sends no task ahead behind a long one, where another worker may be free first', function()
+    -- before: the third task went ahead behind the first, which ran until
+    -- rank 0 had the third's result, and the script waited 20 s for nothing
+    local flag = os.tmpname()
+    os.remove(flag)
+    local out, err, code = world(PRE .. ([[
+local flag = %q
+-- runs until rank 0 makes the file `path`
+local function hold(path)
+  local t = require('host.time').monotonic()
+  while require('host.time').monotonic() - t < 20 do
+    local f = io.open(path)
+    if f then f:close() return 'held' end
+    require('host.thread').sleep(0.01)
+  end
+  return 'timeout'
+end
+local ex <close> = futures.MPIPoolExecutor()
+ex:submit(function() require('host.thread').sleep(0.5) end):result(20)  -- its tasks are long
+local long = ex:submit(hold, flag)
+local short = ex:submit(function() return 'short' end)
+local third = ex:submit(function() return 'third' end)
+print('third', third:result(15), short:result(0))
+io.open(flag, 'w'):close()
+print('long', long:result(20))
+]]):format(flag))
+    os.remove(flag)
+    assert.are.equal(0, code, err)
+    assert.matches('third\tthird\tshort\n', out, 1, true)
+    assert.matches('long\theld\n', out, 1, true)
+  end)
+
   it('ends the job when the script on rank 0 raises, without hanging', function()
     local out, err, code = world(PRE .. [[
 local ex = futures.MPIPoolExecutor()

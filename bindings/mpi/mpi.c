@@ -12,8 +12,8 @@
 **
 ** Rank 0: a manager (a plain pthread, never touching Lua or the GIL) does
 ** every MPI call after MPI_Init (MPI_THREAD_SERIALIZED): it hands queued
-** items to idle worker ranks and then one more to each busy one, to run
-** next (so a worker that ends a task starts the next at once, without a
+** items to idle worker ranks and then one more to each one busy with a
+** short task, to run next (so a worker that ends a task starts the next at once, without a
 ** round trip to rank 0; that item is running from then on, as in
 ** CPython's call queue), sends without blocking, polls results with
 ** MPI_Improbe while tasks are out (for 200 us yielding the CPU, then
@@ -67,6 +67,7 @@ enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
 #define SPIN_SECONDS 200e-6  /* polling, yielding the CPU, after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
 #define NAP_MAX 1e-3         /* ... up to this (a worker rank waiting for work) */
+#define AHEAD_MAX 0.1  /* a task goes ahead behind one of a pool whose tasks take less */
 #define NAP_MAX_MANAGER 100e-6  /* ... or this (rank 0 with tasks out: each
                                 ** nap delays a result and the worker's next task) */
 
@@ -90,6 +91,7 @@ struct mpool {
   int tag;
   int max_workers, running;  /* worker ranks that hold an item of it now */
   int outstanding;           /* items queued, on workers, or done and not forgotten */
+  double task_seconds;       /* how long its tasks take on a worker (a running mean) */
   char *init;                /* encoded initializer and initargs, or NULL */
   size_t init_len;
   unsigned char *inited;     /* by rank: the initializer was sent there */
@@ -132,6 +134,7 @@ static struct {
   mitem *head, *tail;       /* queued items of every pool */
   mitem **busy;             /* by rank: the item a worker runs, or NULL */
   mitem **ahead;            /* by rank: the item sent to run after busy[r], or NULL */
+  double *since;            /* by rank: when busy[r] began (about) */
   unsigned char *gone;      /* by rank: it said bye (its script ended; every-rank mode) */
   int next_tag;
   bool world_mode;          /* ranks > 0 serve tasks (mpi.serve, or a CommExecutor) */
@@ -287,8 +290,10 @@ static bool holds(int r, const mpool *p) {
 ** held; released around the sends): first one to each idle worker, then
 ** one more to each busy worker, to run after its task (CPython's process
 ** pool queues calls ahead the same way): a worker that ends a task finds
-** its next one waiting and never waits for this thread. A pool goes to at
-** most max_workers ranks at once. An item sent is running from then on
+** its next one waiting and never waits for this thread. Only behind short
+** tasks (AHEAD_MAX): behind a long one, the round trip saved is small and
+** the item would wait there while another worker may be free. A pool goes
+** to at most max_workers ranks at once. An item sent is running from then on
 ** (it can no longer be cancelled). Returns true when it sent.
 */
 static bool dispatch(void) {
@@ -296,7 +301,9 @@ static bool dispatch(void) {
   for (int pass = 0; pass < 2; pass++) {
     for (int r = 1; r < world.size && world.head != NULL; r++) {
       if (world.gone[r]) continue;
-      if (pass == 0 ? world.busy[r] != NULL : world.busy[r] == NULL || world.ahead[r] != NULL)
+      if (pass == 0 ? world.busy[r] != NULL
+                    : world.busy[r] == NULL || world.ahead[r] != NULL ||
+                      world.busy[r]->p->task_seconds >= AHEAD_MAX)
         continue;
       mitem **link = &world.head, *prev = NULL;
       while (*link != NULL && !holds(r, (*link)->p) &&
@@ -315,6 +322,7 @@ static bool dispatch(void) {
         continue;
       }
       if (!holds(r, p)) p->running++;
+      if (pass == 0) world.since[r] = now();
       *(pass == 0 ? &world.busy[r] : &world.ahead[r]) = it;
       bool init = p->init != NULL && !p->inited[r];
       p->inited[r] = 1;
@@ -339,9 +347,13 @@ static int items_out(void) {
 
 /*
 ** Takes item `it` off worker rank r, where it ran (world.mu held): the
-** item sent ahead, if any, runs there now.
+** item sent ahead, if any, runs there now. Its time goes into its pool's
+** running mean.
 */
 static void take_off(int r, mitem *it) {
+  double t = now();
+  it->p->task_seconds += (t - world.since[r] - it->p->task_seconds) / 4;
+  world.since[r] = t;
   world.busy[r] = world.ahead[r];
   world.ahead[r] = NULL;
   if (!holds(r, it->p)) it->p->running--;
@@ -602,11 +614,13 @@ static void world_init(lua_State *L) {
       MPI_Comm_size(MPI_COMM_WORLD, &world.size);
       world.busy = calloc((size_t)world.size, sizeof *world.busy);
       world.ahead = calloc((size_t)world.size, sizeof *world.ahead);
+      world.since = calloc((size_t)world.size, sizeof *world.since);
       world.gone = calloc((size_t)world.size, 1);
       if (provided < MPI_THREAD_SERIALIZED)
         snprintf(world.init_error, sizeof world.init_error,
                  "host.mpi needs MPI_THREAD_SERIALIZED; this MPI gives level %d", provided);
-      else if (world.busy == NULL || world.ahead == NULL || world.gone == NULL)
+      else if (world.busy == NULL || world.ahead == NULL || world.since == NULL ||
+               world.gone == NULL)
         snprintf(world.init_error, sizeof world.init_error, "not enough memory");
       else
         world.inited = 1;
