@@ -13,13 +13,14 @@
 ** Rank 0: a manager (a plain pthread, never touching Lua or the GIL) does
 ** every MPI call after MPI_Init (MPI_THREAD_SERIALIZED): it hands queued
 ** items to idle worker ranks and then one more to each one busy with a
-** short task, to run next (so a worker that ends a task starts the next at once, without a
-** round trip to rank 0; that item is running from then on, as in
-** CPython's call queue), sends without blocking, polls results with
+** short task, to run next (so a worker that ends a task starts the next
+** at once, without a round trip to rank 0; that item is running from
+** then on, as in CPython's call queue), sends without blocking, polls results with
 ** MPI_Improbe while tasks are out (for 200 us yielding the CPU, then
-** sleeping from 10 us up to 100 us; with none out it sleeps until a
-** submit wakes it; a worker rank polls for work the same way, its naps
-** growing to 1 ms), and completes futures with their bytes
+** sleeping from 10 us up to 100 us; while only tasks longer than 1.6 ms
+** run, sleeping at once, up to a sixteenth of their time or 1 ms; with
+** none out it sleeps until a submit wakes it; a worker rank polls for
+** work the same way, its naps growing to 1 ms), and completes futures with their bytes
 ** (host_future_set_payload), which stay bytes until someone asks. Each
 ** pool has a collector, a host.Thread of the caller's universe that runs
 ** done-callbacks and forgets finished futures (as the interpreter pool's
@@ -67,9 +68,9 @@ enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
 #define SPIN_SECONDS 200e-6  /* polling, yielding the CPU, after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
 #define NAP_MAX 1e-3         /* ... up to this (a worker rank waiting for work) */
+#define NAP_MAX_MANAGER 100e-6  /* ... or this (rank 0 with short tasks out: each
+                                ** nap delays a result), up to NAP_MAX for long ones */
 #define AHEAD_MAX 0.1  /* a task goes ahead behind one of a pool whose tasks take less */
-#define NAP_MAX_MANAGER 100e-6  /* ... or this (rank 0 with tasks out: each
-                                ** nap delays a result and the worker's next task) */
 
 typedef struct mpool mpool;
 
@@ -338,6 +339,22 @@ static bool dispatch(void) {
   return sent;
 }
 
+/*
+** The manager's longest nap with tasks out (world.mu held): a sixteenth of
+** the shortest mean task time among the items running, between
+** NAP_MAX_MANAGER and NAP_MAX. A result then waits at most ~6 % of its
+** task's time to be seen (a worker busy with a short task has its next
+** already), and while long tasks run the manager seldom wakes.
+*/
+static double nap_cap(void) {
+  double shortest = NAP_MAX * 16;
+  for (int r = 1; r < world.size; r++)
+    if (world.busy[r] != NULL && world.busy[r]->p->task_seconds < shortest)
+      shortest = world.busy[r]->p->task_seconds;
+  double cap = shortest / 16;
+  return cap < NAP_MAX_MANAGER ? NAP_MAX_MANAGER : cap;
+}
+
 /* The number of items on workers, running or sent ahead (world.mu held). */
 static int items_out(void) {
   int n = 0;
@@ -487,6 +504,7 @@ static void *manager_main(void *arg) {
       nap = NAP_MIN;
       continue;
     }
+    double cap = nap_cap();
     pthread_mutex_unlock(&world.mu);
     reap_sends(false);
     int flag = 0;
@@ -501,14 +519,14 @@ static void *manager_main(void *arg) {
       continue;
     }
     double t = now();
-    if (t - last < SPIN_SECONDS) {
+    if (t - last < SPIN_SECONDS && cap <= NAP_MAX_MANAGER) {  /* spin for short tasks only */
       sched_yield();
       pthread_mutex_lock(&world.mu);
       continue;
     }
     pthread_mutex_lock(&world.mu);
     nap_until(t + nap);
-    nap = nap * 2 < NAP_MAX_MANAGER ? nap * 2 : NAP_MAX_MANAGER;
+    nap = nap * 2 < cap ? nap * 2 : cap;
   }
   int busy = items_out();
   world.manager_done = true;
