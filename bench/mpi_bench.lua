@@ -2,7 +2,10 @@
 -- against host's ProcessPoolExecutor, in the same run: per-task round trip
 -- (submit + result, one at a time), pipelined per-task cost (submit them
 -- all, then wait), and Item 41's speedup over 2 worker ranks (with the
--- process pool's, measured in rank 0 on the same rounds, beside it). The MPI
+-- process pool's, measured in rank 0 on the same rounds, beside it), and
+-- how long a worker stands idle between two of those tasks (what sending
+-- each worker its next task ahead cuts; a figure the machine's load moves
+-- far less than the speedup). The MPI
 -- figures come from a world of 3 ranks (`mpiexec -n 3 host -l host.mpi.run
 -- bench/mpi_bench.lua --world`) whose rank 0 prints its samples; this
 -- process measures the process pool and records every figure. Skipped,
@@ -54,6 +57,38 @@ if arg[1] == '--world' then
   end
   say('speedup', measure.summary(sp))
   say('pp_speedup', measure.summary(spp))
+  -- a worker's mean idle time between two tasks: each task returns its
+  -- process id, start and end (CLOCK_MONOTONIC: one clock for every process here)
+  local function stamped(pair)
+    local time = require 'host.time'
+    local t0 = time.monotonic()
+    gcd(pair)
+    local stat = io.open '/proc/self/stat'
+    local pid = stat:read 'n'
+    stat:close()
+    return pid, t0, time.monotonic()
+  end
+  local function idle(make)
+    local pool <close> = assert(make())
+    local by = {}
+    for _, pid, t0, t1 in pool:map(stamped, work) do
+      by[pid] = by[pid] or {}
+      table.insert(by[pid], { t0, t1 })
+    end
+    local sum, n = 0, 0
+    for _, s in pairs(by) do
+      table.sort(s, function(a, b) return a[1] < b[1] end)
+      for i = 2, #s do sum, n = sum + s[i][1] - s[i - 1][2], n + 1 end
+    end
+    return sum / n
+  end
+  local gap, pp_gap = {}, {}
+  for i = 1, ROUNDS do
+    gap[i] = idle(function() return futures.MPIPoolExecutor { max_workers = 2 } end)
+    pp_gap[i] = idle(function() return futures.ProcessPoolExecutor { max_workers = 2 } end)
+  end
+  say('idle', measure.summary(gap))
+  say('pp_idle', measure.summary(pp_gap))
   return
 end
 
@@ -69,7 +104,8 @@ local mpiexec = os.getenv 'HOST_MPIEXEC' or 'mpiexec --allow-run-as-root --overs
 local env = built and ("LUA_PATH_5_4='%s/?.lua;;' LUA_CPATH_5_4='%s/?.so;;' "):format(lua, lua) or ''
 local world = bench.parse(bench.capture(('%s%s -n 3 %s -l host.mpi.run bench/mpi_bench.lua --world')
   :format(env, mpiexec, bench.host)))
-assert(world.tiny and world.piped and world.speedup, 'the MPI world printed no figures')
+assert(world.tiny and world.piped and world.speedup and world.idle,
+       'the MPI world printed no figures')
 
 local pp = assert(futures.ProcessPoolExecutor { max_workers = 2 })
 local pp_tiny = bench.per_op(tiny_on(pp), TINY, ROUNDS)
@@ -82,3 +118,6 @@ bench.figure { name = 'MPIPool(2 ranks) pipelined submit, per tiny task', value 
 bench.figure { name = 'Item 41 x24 MPIPool(2 ranks) speedup', value = world.speedup, unit = 'x',
                ref = world.pp_speedup, ref_name = "host's ProcessPool(2) in rank 0",
                goal = { op = '>=', value = 1.8, on = 'value' } }
+bench.figure { name = 'Item 41 MPIPool(2 ranks) worker idle between tasks', value = world.idle,
+               unit = 'us', scale = 1e6, ref = world.pp_idle,
+               ref_name = "host's ProcessPool(2) in rank 0" }

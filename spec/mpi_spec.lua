@@ -255,6 +255,73 @@ print('callback', called[1])
     assert.matches('callback\tcb\n', out, 1, true)
   end)
 
+  it('sends each worker rank one task ahead, which then runs: cancel cannot stop it', function()
+    -- as ProcessPoolExecutor's call queue: a task sent ahead is running; before
+    -- it was not, and a worker waited for rank 0 between tasks
+    local flag = os.tmpname()
+    os.remove(flag)
+    local out, err, code = world(PRE .. ([[
+local thread, time = require 'host.thread', require 'host.time'
+local flag = %q
+-- runs until rank 0 makes the file `path`
+local function hold(path)
+  local t = require('host.time').monotonic()
+  while require('host.time').monotonic() - t < 20 do
+    local f = io.open(path)
+    if f then f:close() return 'held' end
+    require('host.thread').sleep(0.01)
+  end
+  return 'timeout'
+end
+local ex = futures.MPIPoolExecutor()
+local fs = {ex:submit(hold, flag), ex:submit(hold, flag)}
+for i = 3, 6 do fs[i] = ex:submit(function() return i end) end
+local t0 = time.monotonic()
+while not (fs[3]:running() and fs[4]:running()) and time.monotonic() - t0 < 20 do thread.sleep(0.01) end
+print('ahead', fs[3]:running(), fs[4]:running(), fs[5]:running(), fs[3]:cancel())
+ex:shutdown{wait = false, cancel_futures = true}
+io.open(flag, 'w'):close()
+print('results', fs[1]:result(20), fs[2]:result(20), fs[3]:result(20), fs[4]:result(20),
+      fs[5]:cancelled(), fs[6]:cancelled())
+]]):format(flag))
+    os.remove(flag)
+    assert.are.equal(0, code, err)
+    assert.matches('ahead\ttrue\ttrue\tfalse\tfalse\n', out, 1, true)
+    assert.matches('results\theld\theld\t3\t4\ttrue\ttrue\n', out, 1, true)
+  end)
+
+  it('sends no task ahead behind a long one, where another worker may be free first', function()
+    -- before: the third task went ahead behind the first, which ran until
+    -- rank 0 had the third's result, and the script waited 20 s for nothing
+    local flag = os.tmpname()
+    os.remove(flag)
+    local out, err, code = world(PRE .. ([[
+local flag = %q
+-- runs until rank 0 makes the file `path`
+local function hold(path)
+  local t = require('host.time').monotonic()
+  while require('host.time').monotonic() - t < 20 do
+    local f = io.open(path)
+    if f then f:close() return 'held' end
+    require('host.thread').sleep(0.01)
+  end
+  return 'timeout'
+end
+local ex <close> = futures.MPIPoolExecutor()
+ex:submit(function() require('host.thread').sleep(0.5) end):result(20)  -- its tasks are long
+local long = ex:submit(hold, flag)
+local short = ex:submit(function() return 'short' end)
+local third = ex:submit(function() return 'third' end)
+print('third', third:result(15), short:result(0))
+io.open(flag, 'w'):close()
+print('long', long:result(20))
+]]):format(flag))
+    os.remove(flag)
+    assert.are.equal(0, code, err)
+    assert.matches('third\tthird\tshort\n', out, 1, true)
+    assert.matches('long\theld\n', out, 1, true)
+  end)
+
   it('ends the job when the script on rank 0 raises, without hanging', function()
     local out, err, code = world(PRE .. [[
 local ex = futures.MPIPoolExecutor()
@@ -413,6 +480,8 @@ local f = ex:submit(function() error(setmetatable({}, {__tostring = function() e
 print('tostring', select(2, pcall(f.result, f, 10)):match '^[^\n]*')
 local slow = ex:submit(function() require('host.thread').sleep(0.3) return 'slow' end)
 local slow2 = ex:submit(function() require('host.thread').sleep(0.3) return 'slow' end)
+-- each worker rank gets one task ahead (running, past cancel): the fifth waits
+for _ = 1, 2 do ex:submit(function() return 'ahead' end) end
 local queued = ex:submit(function() return 'queued' end)
 print('timeout', select(2, pcall(slow.result, slow, 0.01)).kind)
 print('cancel', queued:cancel(), queued:cancelled(), select(2, pcall(queued.result, queued, 10)).kind)

@@ -12,15 +12,19 @@
 **
 ** Rank 0: a manager (a plain pthread, never touching Lua or the GIL) does
 ** every MPI call after MPI_Init (MPI_THREAD_SERIALIZED): it hands queued
-** items to idle worker ranks, polls results with MPI_Improbe while tasks
-** are out (for 200 us yielding the CPU, then sleeping from 10 us up to
-** 100 us; with none out it sleeps until a submit wakes it; a worker rank
-** polls for work the same way, its naps growing to 1 ms),
-** and completes futures with their bytes (host_future_set_payload), which
-** stay bytes until someone asks. Each pool has a collector, a host.Thread
-** of the caller's universe that runs done-callbacks and forgets finished
-** futures (as the interpreter pool's manager does); it is woken only for
-** callbacks and at the end.
+** items to idle worker ranks and then one more to each one busy with a
+** short task, to run next (so a worker that ends a task starts the next
+** at once, without a round trip to rank 0; that item is running from
+** then on, as in CPython's call queue), sends without blocking, polls results with
+** MPI_Improbe while tasks are out (for 200 us yielding the CPU, then
+** sleeping from 10 us up to 100 us; while only tasks longer than 1.6 ms
+** run, sleeping at once, up to a sixteenth of their time or 1 ms; with
+** none out it sleeps until a submit wakes it; a worker rank polls for
+** work the same way, its naps growing to 1 ms), and completes futures with their bytes
+** (host_future_set_payload), which stay bytes until someone asks. Each
+** pool has a collector, a host.Thread of the caller's universe that runs
+** done-callbacks and forgets finished futures (as the interpreter pool's
+** manager does); it is woken only for callbacks and at the end.
 **
 ** Messages, MPI_BYTE on MPI_COMM_WORLD: rank 0 -> worker, tag = the pool's:
 ** [u8 INIT][encode(initializer, initargs...)] before the worker's first
@@ -64,8 +68,9 @@ enum { RES_OK = 0, RES_ERROR = 1, RES_INIT_FAILED = 2 };
 #define SPIN_SECONDS 200e-6  /* polling, yielding the CPU, after the last message */
 #define NAP_MIN 10e-6        /* then sleeps doubling from this ... */
 #define NAP_MAX 1e-3         /* ... up to this (a worker rank waiting for work) */
-#define NAP_MAX_MANAGER 100e-6  /* ... or this (rank 0 with tasks out: each
-                                ** nap delays a result and the worker's next task) */
+#define NAP_MAX_MANAGER 100e-6  /* ... or this (rank 0 with short tasks out: each
+                                ** nap delays a result), up to NAP_MAX for long ones */
+#define AHEAD_MAX 0.1  /* a task goes ahead behind one of a pool whose tasks take less */
 
 typedef struct mpool mpool;
 
@@ -85,8 +90,9 @@ typedef struct mitem {
 struct mpool {
   atomic_int refs;
   int tag;
-  int max_workers, running;  /* items on workers now */
+  int max_workers, running;  /* worker ranks that hold an item of it now */
   int outstanding;           /* items queued, on workers, or done and not forgotten */
+  double task_seconds;       /* how long its tasks take on a worker (a running mean) */
   char *init;                /* encoded initializer and initargs, or NULL */
   size_t init_len;
   unsigned char *inited;     /* by rank: the initializer was sent there */
@@ -101,6 +107,13 @@ struct mpool {
   pthread_cond_t done_cv;    /* the collector waits here */
   pthread_cond_t end_cv;     /* shutdown waits here for the collector's end */
 };
+
+/* A send of the manager that MPI may still read: buf lives until then. */
+typedef struct msend {
+  struct msend *next;
+  MPI_Request req;
+  char *buf;
+} msend;
 
 typedef struct mproxy {
   host_object obj;
@@ -121,6 +134,8 @@ static struct {
   char init_error[256];
   mitem *head, *tail;       /* queued items of every pool */
   mitem **busy;             /* by rank: the item a worker runs, or NULL */
+  mitem **ahead;            /* by rank: the item sent to run after busy[r], or NULL */
+  double *since;            /* by rank: when busy[r] began (about) */
   unsigned char *gone;      /* by rank: it said bye (its script ended; every-rank mode) */
   int next_tag;
   bool world_mode;          /* ranks > 0 serve tasks (mpi.serve, or a CommExecutor) */
@@ -128,6 +143,7 @@ static struct {
   pthread_cond_t released;  /* ... and says so here */
   bool manager_started, stopping, manager_done;
   pthread_t manager;
+  msend *sends;             /* the manager's own (no lock): its sends in flight */
   pid_t pid;                /* the process that initialized MPI */
 } world = {.mu = PTHREAD_MUTEX_INITIALIZER, .size = 1, .next_tag = 1};
 
@@ -216,68 +232,148 @@ static void break_pool(mpool *p, char *payload, size_t len) {
     post_done(it);
   }
   for (int r = 1; r < world.size; r++) {
-    mitem *it = world.busy[r];
-    if (it != NULL && it->p == p)
-      host_future_set_payload(it->f, false, copy_bytes(payload, len), len);
+    mitem *on[2] = {world.busy[r], world.ahead[r]};
+    for (int k = 0; k < 2; k++)
+      if (on[k] != NULL && on[k]->p == p)
+        host_future_set_payload(on[k]->f, false, copy_bytes(payload, len), len);
   }
 }
 
-/* Sends kind + payload to rank r with tag (world.mu not held). */
+/*
+** Starts sending kind + payload to rank r with tag (the manager; world.mu
+** not held). Never blocks: a blocking MPI_Send of even a small message
+** can wait until the worker calls MPI again, i.e. until it ends the task
+** it runs, and a task sent ahead would stall the manager that long.
+*/
 static void send_msg(int r, int tag, int kind, const char *payload, size_t len) {
+  msend *s = malloc(sizeof *s);
   char *buf = malloc(len + 1);
-  if (buf == NULL) {
+  if (s == NULL || buf == NULL) {
     fprintf(stderr, "host.mpi: not enough memory to send a task\n");
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   buf[0] = (char)kind;
   memcpy(buf + 1, payload, len);
-  MPI_Send(buf, (int)(len + 1), MPI_BYTE, r, tag, MPI_COMM_WORLD);
-  free(buf);
+  MPI_Isend(buf, (int)(len + 1), MPI_BYTE, r, tag, MPI_COMM_WORLD, &s->req);
+  s->buf = buf;
+  s->next = world.sends;
+  world.sends = s;
 }
 
 /*
-** Gives idle workers the first queued items whose pools have room
-** (world.mu held; released around the sends). Returns true when it sent.
+** Frees the manager's sends that MPI is done with; with `all`, waits for
+** each first (every worker has taken its messages or is about to).
+*/
+static void reap_sends(bool all) {
+  for (msend **link = &world.sends; *link != NULL;) {
+    msend *s = *link;
+    int done = 1;
+    if (all) MPI_Wait(&s->req, MPI_STATUS_IGNORE);
+    else MPI_Test(&s->req, &done, MPI_STATUS_IGNORE);
+    if (!done) {
+      link = &s->next;
+      continue;
+    }
+    *link = s->next;
+    free(s->buf);
+    free(s);
+  }
+}
+
+/* True when worker rank r holds an item of pool p (world.mu held). */
+static bool holds(int r, const mpool *p) {
+  return (world.busy[r] != NULL && world.busy[r]->p == p) ||
+         (world.ahead[r] != NULL && world.ahead[r]->p == p);
+}
+
+/*
+** Gives workers the first queued items whose pools may go there (world.mu
+** held; released around the sends): first one to each idle worker, then
+** one more to each busy worker, to run after its task (CPython's process
+** pool queues calls ahead the same way): a worker that ends a task finds
+** its next one waiting and never waits for this thread. Only behind short
+** tasks (AHEAD_MAX): behind a long one, the round trip saved is small and
+** the item would wait there while another worker may be free. A pool goes
+** to at most max_workers ranks at once. An item sent is running from then on
+** (it can no longer be cancelled). Returns true when it sent.
 */
 static bool dispatch(void) {
   bool sent = false;
-  for (int r = 1; r < world.size; r++) {
-    if (world.busy[r] != NULL || world.gone[r]) continue;
-    mitem **link = &world.head, *prev = NULL;
-    while (*link != NULL && (*link)->p->running >= (*link)->p->max_workers) {
-      prev = *link;
-      link = &(*link)->next;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int r = 1; r < world.size && world.head != NULL; r++) {
+      if (world.gone[r]) continue;
+      if (pass == 0 ? world.busy[r] != NULL
+                    : world.busy[r] == NULL || world.ahead[r] != NULL ||
+                      world.busy[r]->p->task_seconds >= AHEAD_MAX)
+        continue;
+      mitem **link = &world.head, *prev = NULL;
+      while (*link != NULL && !holds(r, (*link)->p) &&
+             (*link)->p->running >= (*link)->p->max_workers) {
+        prev = *link;
+        link = &(*link)->next;
+      }
+      mitem *it = *link;
+      if (it == NULL) continue;
+      *link = it->next;
+      if (world.tail == it) world.tail = prev;
+      mpool *p = it->p;
+      if (!host_future_set_running(it->f)) {  /* cancelled while queued */
+        post_done(it);
+        r--;  /* this worker's slot is still free */
+        continue;
+      }
+      if (!holds(r, p)) p->running++;
+      if (pass == 0) world.since[r] = now();
+      *(pass == 0 ? &world.busy[r] : &world.ahead[r]) = it;
+      bool init = p->init != NULL && !p->inited[r];
+      p->inited[r] = 1;
+      pthread_mutex_unlock(&world.mu);
+      if (init) send_msg(r, p->tag, MSG_INIT, p->init, p->init_len);
+      send_msg(r, p->tag, MSG_TASK, it->payload, it->len);
+      pthread_mutex_lock(&world.mu);
+      free(it->payload);
+      it->payload = NULL;
+      sent = true;
     }
-    mitem *it = *link;
-    if (it == NULL) return sent;
-    *link = it->next;
-    if (world.tail == it) world.tail = prev;
-    mpool *p = it->p;
-    if (!host_future_set_running(it->f)) {  /* cancelled while queued */
-      post_done(it);
-      r--;  /* this worker is still idle */
-      continue;
-    }
-    world.busy[r] = it;
-    p->running++;
-    bool init = p->init != NULL && !p->inited[r];
-    p->inited[r] = 1;
-    pthread_mutex_unlock(&world.mu);
-    if (init) send_msg(r, p->tag, MSG_INIT, p->init, p->init_len);
-    send_msg(r, p->tag, MSG_TASK, it->payload, it->len);
-    pthread_mutex_lock(&world.mu);
-    free(it->payload);
-    it->payload = NULL;
-    sent = true;
   }
   return sent;
 }
 
-/* True when a worker runs an item (world.mu held). */
-static int busy_workers(void) {
+/*
+** The manager's longest nap with tasks out (world.mu held): a sixteenth of
+** the shortest mean task time among the items running, between
+** NAP_MAX_MANAGER and NAP_MAX. A result then waits at most ~6 % of its
+** task's time to be seen (a worker busy with a short task has its next
+** already), and while long tasks run the manager seldom wakes.
+*/
+static double nap_cap(void) {
+  double shortest = NAP_MAX * 16;
+  for (int r = 1; r < world.size; r++)
+    if (world.busy[r] != NULL && world.busy[r]->p->task_seconds < shortest)
+      shortest = world.busy[r]->p->task_seconds;
+  double cap = shortest / 16;
+  return cap < NAP_MAX_MANAGER ? NAP_MAX_MANAGER : cap;
+}
+
+/* The number of items on workers, running or sent ahead (world.mu held). */
+static int items_out(void) {
   int n = 0;
-  for (int r = 1; r < world.size; r++) n += world.busy[r] != NULL;
+  for (int r = 1; r < world.size; r++) n += (world.busy[r] != NULL) + (world.ahead[r] != NULL);
   return n;
+}
+
+/*
+** Takes item `it` off worker rank r, where it ran (world.mu held): the
+** item sent ahead, if any, runs there now. Its time goes into its pool's
+** running mean.
+*/
+static void take_off(int r, mitem *it) {
+  double t = now();
+  it->p->task_seconds += (t - world.since[r] - it->p->task_seconds) / 4;
+  world.since[r] = t;
+  world.busy[r] = world.ahead[r];
+  world.ahead[r] = NULL;
+  if (!holds(r, it->p)) it->p->running--;
 }
 
 /*
@@ -302,11 +398,10 @@ static void break_if_all_gone(void) {
 */
 static void take_bye(int r) {
   world.gone[r] = 1;
-  mitem *it = world.busy[r];
-  if (it != NULL) {
+  mitem *it;
+  while ((it = world.busy[r]) != NULL) {
     mpool *p = it->p;
-    world.busy[r] = NULL;
-    p->running--;
+    take_off(r, it);
     if (p->gone_payload == NULL) {  /* world mode: workers never say bye */
       pthread_mutex_unlock(&world.mu);
       fprintf(stderr, "host.mpi: worker rank %d left while it ran a task\n", r);
@@ -344,8 +439,7 @@ static void take_result(MPI_Message *msg, MPI_Status *st) {
             st->MPI_TAG);
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
-  world.busy[r] = NULL;
-  it->p->running--;
+  take_off(r, it);
   int kind = buf[0];
   size_t len = (size_t)count - 1;
   memmove(buf, buf + 1, len);
@@ -373,6 +467,7 @@ static void nap_until(double t) {
 
 /* Tells every worker rank to leave mpi.serve (in world mode). */
 static void stop_workers(void) {
+  reap_sends(true);
   if (!world.world_mode) return;
   for (int r = 1; r < world.size; r++) MPI_Send(NULL, 0, MPI_BYTE, r, TAG_STOP, MPI_COMM_WORLD);
 }
@@ -388,7 +483,7 @@ static void *manager_main(void *arg) {
   pthread_mutex_lock(&world.mu);
   for (;;) {
     if (world.stopping) break;
-    if (world.release && busy_workers() == 0) {  /* a CommExecutor is done */
+    if (world.release && items_out() == 0) {  /* a CommExecutor is done */
       pthread_mutex_unlock(&world.mu);
       stop_workers();
       pthread_mutex_lock(&world.mu);
@@ -401,7 +496,7 @@ static void *manager_main(void *arg) {
       last = now();
       nap = NAP_MIN;
     }
-    int busy = busy_workers();
+    int busy = items_out();
     if (busy == 0) break_if_all_gone();
     if (busy == 0 && !world.release) {  /* nothing to poll for: sleep until a submit */
       pthread_cond_wait(&world.cv, &world.mu);
@@ -409,7 +504,9 @@ static void *manager_main(void *arg) {
       nap = NAP_MIN;
       continue;
     }
+    double cap = nap_cap();
     pthread_mutex_unlock(&world.mu);
+    reap_sends(false);
     int flag = 0;
     MPI_Message msg;
     MPI_Status st;
@@ -422,16 +519,16 @@ static void *manager_main(void *arg) {
       continue;
     }
     double t = now();
-    if (t - last < SPIN_SECONDS) {
+    if (t - last < SPIN_SECONDS && cap <= NAP_MAX_MANAGER) {  /* spin for short tasks only */
       sched_yield();
       pthread_mutex_lock(&world.mu);
       continue;
     }
     pthread_mutex_lock(&world.mu);
     nap_until(t + nap);
-    nap = nap * 2 < NAP_MAX_MANAGER ? nap * 2 : NAP_MAX_MANAGER;
+    nap = nap * 2 < cap ? nap * 2 : cap;
   }
-  int busy = busy_workers();
+  int busy = items_out();
   world.manager_done = true;
   pthread_mutex_unlock(&world.mu);
   if (busy > 0) {
@@ -534,11 +631,14 @@ static void world_init(lua_State *L) {
       MPI_Comm_rank(MPI_COMM_WORLD, &world.rank);
       MPI_Comm_size(MPI_COMM_WORLD, &world.size);
       world.busy = calloc((size_t)world.size, sizeof *world.busy);
+      world.ahead = calloc((size_t)world.size, sizeof *world.ahead);
+      world.since = calloc((size_t)world.size, sizeof *world.since);
       world.gone = calloc((size_t)world.size, 1);
       if (provided < MPI_THREAD_SERIALIZED)
         snprintf(world.init_error, sizeof world.init_error,
                  "host.mpi needs MPI_THREAD_SERIALIZED; this MPI gives level %d", provided);
-      else if (world.busy == NULL || world.gone == NULL)
+      else if (world.busy == NULL || world.ahead == NULL || world.since == NULL ||
+               world.gone == NULL)
         snprintf(world.init_error, sizeof world.init_error, "not enough memory");
       else
         world.inited = 1;
@@ -732,14 +832,19 @@ static int mpi_serve(lua_State *L) {
 
 /*
 ** Serves rank 0's tasks until it says stop (a worker rank, world_mode set;
-** the stack empty). Leaves the stack as it found it.
+** the stack empty). Leaves the stack as it found it. A result goes back
+** without blocking (a blocking MPI_Send waits for rank 0's manager to poll)
+** and the worker goes on to the next task, often there already; the send
+** is completed before the next one.
 */
 static void serve_loop(lua_State *L) {
+  MPI_Request sending = MPI_REQUEST_NULL;
+  char *sent = NULL;  /* the buffer of `sending` */
   lua_newtable(L);  /* 1: tag -> initializer outcome */
   for (;;) {
     int count = 0, tag = 0;
     char *buf = worker_recv(L, &count, &tag);
-    if (tag == TAG_STOP) {
+    if (tag == TAG_STOP) {  /* rank 0 has every result: the last send is done */
       free(buf);
       break;
     }
@@ -753,11 +858,15 @@ static void serve_loop(lua_State *L) {
     host_flush_std();
     if (out != NULL) {
       host_gil_release(L);
-      MPI_Send(out, (int)outlen, MPI_BYTE, 0, tag, MPI_COMM_WORLD);
+      MPI_Wait(&sending, MPI_STATUS_IGNORE);
+      free(sent);
+      MPI_Isend(out, (int)outlen, MPI_BYTE, 0, tag, MPI_COMM_WORLD, &sending);
+      sent = out;
       host_gil_acquire(L);
-      free(out);
     }
   }
+  MPI_Wait(&sending, MPI_STATUS_IGNORE);
+  free(sent);
   lua_pop(L, 1);
   pthread_mutex_lock(&world.mu);
   world.world_mode = false;
