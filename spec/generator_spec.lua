@@ -501,10 +501,9 @@ describe('host.generator', function()
     end)
   end)
 
-  describe('yield_from of a generator that has not started, under a shallow and a deep stack', function()
-    -- Calls f(...) under 70 more frames. A yield_from that would run its
-    -- subgenerator's body in the delegating coroutine must not do so that
-    -- deep (it costs a C call per level): the two must behave alike.
+  describe('yield_from of a generator that has not started (its body runs inline)', function()
+    -- Calls f(...) under 70 more frames: yield_from then takes the path of
+    -- a coroutine per subgenerator (bindings/generator.c, INLINE_LEVELS).
     local function deep(n, f, ...)
       if n == 0 then return f(...) end
       local r = table.pack(deep(n - 1, f, ...))  -- not a tail call: a frame
@@ -699,6 +698,145 @@ describe('host.generator', function()
         end)
     end)
 
+    it('with nothing around it: an error of the body reaches the caller, and both die', function()
+      local line = debug.getinfo(1, 'l').currentline + 5
+      both_paths({ 1, ('spec/generator_spec.lua:%d: inner failed'):format(line), 'dead', 'dead' },
+        function(via, log)
+          local sub = generator.wrap(function()
+            yield(1)
+            error('inner failed')
+          end)()
+          local g = generator.wrap(function() via(yield_from, sub) end)()
+          log[#log + 1] = g:next()
+          log[#log + 1] = error_of(g.next, g)
+          log[#log + 1] = g:status()
+          log[#log + 1] = sub:status()
+        end)
+    end)
+
+    it('with nothing around it: a StopIteration of the body reaches the caller as RuntimeError (PEP 479)', function()
+      both_paths({ 1, 'RuntimeError: generator raised StopIteration', 'StopIteration', 'dead', 'dead' },
+        function(via, log)
+          local sub = generator.wrap(function()
+            yield(1)
+            count(0):next()
+          end)()
+          local g = generator.wrap(function() via(yield_from, sub) end)()
+          log[#log + 1] = g:next()
+          local err = error_of(g.next, g)
+          log[#log + 1] = describe_error(err)
+          log[#log + 1] = err.cause.kind
+          log[#log + 1] = g:status()
+          log[#log + 1] = sub:status()
+        end)
+    end)
+
+    it('with nothing around it: on close the body may return, and both die quietly', function()
+      both_paths({ 'sub', 'sub saw GeneratorExit', 'dead', 'dead', 'sub result' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'sub')
+          log[#log + 1] = 'sub saw ' .. err.kind
+          return 'sub result'
+        end)()
+        local g = generator.wrap(function()
+          via(yield_from, sub)
+          log[#log + 1] = 'never'
+        end)()
+        log[#log + 1] = g:next()
+        g:close()
+        log[#log + 1] = g:status()
+        log[#log + 1] = sub:status()
+        log[#log + 1] = sub:result()
+      end)
+    end)
+
+    it('with nothing around it: on close through two levels, every one dies', function()
+      both_paths({ 'bottom', 'bottom saw GeneratorExit', 'dead dead dead', 'bottom returned' }, function(via, log)
+        local bottom = generator.wrap(function()
+          local ok, err = pcall(yield, 'bottom')
+          log[#log + 1] = 'bottom saw ' .. err.kind
+          return 'bottom returned'
+        end)()
+        local middle = generator.wrap(function()
+          via(yield_from, bottom)
+          log[#log + 1] = 'never'
+        end)()
+        local g = generator.wrap(function()
+          via(yield_from, middle)
+          log[#log + 1] = 'never'
+        end)()
+        log[#log + 1] = g:next()
+        g:close()
+        log[#log + 1] = ('%s %s %s'):format(g:status(), middle:status(), bottom:status())
+        log[#log + 1] = bottom:result()
+      end)
+    end)
+
+    it('with nothing around it: a body that ignores GeneratorExit stays suspended and goes on alone', function()
+      both_paths({ 'sub', 'sub saw GeneratorExit', 'RuntimeError: generator ignored GeneratorExit',
+                   'dead suspended', 'sub got x', 'dead', 'sub got x' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'sub')
+          log[#log + 1] = 'sub saw ' .. err.kind
+          return 'sub got ' .. yield('ignoring')
+        end)()
+        local g = generator.wrap(function()
+          via(yield_from, sub)
+          log[#log + 1] = 'never'
+        end)()
+        log[#log + 1] = g:next()
+        local err = describe_error(error_of(g.close, g))
+        log[#log + 1] = err
+        log[#log + 1] = g:status() .. ' ' .. sub:status()
+        local stop = error_of(sub.send, sub, 'x')
+        log[#log + 1] = stop.value
+        log[#log + 1] = sub:status()
+        log[#log + 1] = sub:result()
+        assert_kind(error_of(g.next, g), 'StopIteration')
+      end)
+    end)
+
+    it('with nothing around it: one that ignores a thrown GeneratorExit two levels down goes on alone', function()
+      both_paths({ 'bottom', 'RuntimeError: generator ignored GeneratorExit', 'dead dead suspended',
+                   'bottom sent v', 'again', 'dead' }, function(via, log)
+        local bottom = generator.wrap(function()
+          pcall(yield, 'bottom')
+          local ok, err = pcall(yield, 'ignoring')
+          log[#log + 1] = 'bottom ' .. (ok and 'sent ' .. tostring(err) or err.kind)
+          yield('again')
+        end)()
+        local middle = generator.wrap(function() via(yield_from, bottom) end)()
+        local g = generator.wrap(function() via(yield_from, middle) end)()
+        log[#log + 1] = g:next()
+        local err = describe_error(error_of(g.throw, g, herror.new('GeneratorExit', 'mine')))
+        log[#log + 1] = err
+        log[#log + 1] = ('%s %s %s'):format(g:status(), middle:status(), bottom:status())
+        local again = bottom:send('v')
+        log[#log + 1] = again
+        bottom:close()
+        log[#log + 1] = bottom:status()
+      end)
+    end)
+
+    it('with nothing around it: one that ignores GeneratorExit is closed when collected', function()
+      local closed = 0
+      do
+        local sub = generator.wrap(function()
+          local _ <close> = setmetatable({}, { __close = function() closed = closed + 1 end })
+          pcall(yield, 1)
+          yield(2)
+        end)()
+        local g = generator.wrap(function() yield_from(sub) end)()
+        g:next()
+        error_of(g.close, g)
+        assert.are.equal('suspended', sub:status())
+        assert.are.equal(0, closed)
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(1, closed)
+    end)
+
     it('on throw: raised at the yield inside, which may catch it, yield and return', function()
       both_paths({ 'ready', 'caught boom', 'sub end', 'suspended', 'dead', 'bang', 'dead' }, function(via, log)
         local sub = generator.wrap(function()
@@ -718,6 +856,56 @@ describe('host.generator', function()
         log[#log + 1] = error_of(g.throw, g, 'bang')
         log[#log + 1] = g:status()
       end)
+    end)
+
+    it('refuses a direct send, throw or close while the delegating generator waits inside it', function()
+      local sub = generator.wrap(function()
+        local g = yield(1)
+        assert.are.equal('running', g:status())
+        assert_kind(error_of(g.send, g), 'ValueError', 'generator already executing')
+        yield(2)
+        return 3
+      end)()
+      local g = generator.wrap(function() return yield_from(sub) end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal('suspended', sub:status())
+      local why = "generator is running inside another generator's yield_from"
+      assert_kind(error_of(sub.send, sub, 'x'), 'ValueError', why)
+      assert_kind(error_of(sub.next, sub), 'ValueError', why)
+      assert_kind(error_of(sub.throw, sub, 'x'), 'ValueError', why)
+      assert_kind(error_of(sub.close, sub), 'ValueError', why)
+      assert.matches('generator is suspended, it has not returned', error_of(sub.result, sub), 1, true)
+      assert.are.equal(2, g:send(sub))
+      assert.are.equal(3, error_of(g.next, g).value)
+      assert.are.equal('dead', sub:status())
+      assert.are.equal(3, sub:result())
+    end)
+
+    it('runs the body in the coroutine of the delegating generator, with no coroutine of its own', function()
+      local sub = generator.wrap(function() yield(coroutine.running()) end)()
+      local outer_co
+      local g = generator.wrap(function()
+        outer_co = coroutine.running()
+        yield_from(sub)
+      end)()
+      local co = g:next()
+      assert.are.equal(outer_co, co)
+      assert.are.equal(outer_co, debug.getuservalue(sub, 1))
+    end)
+
+    it('is dead, its <close> variables run, when the coroutine it runs in is closed behind its back', function()
+      local closed = false
+      local sub = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        yield(coroutine.running())
+      end)()
+      local g = generator.wrap(function() yield_from(sub) end)()
+      local co = g:next()
+      assert.are.equal('suspended', sub:status())
+      assert.is_true(coroutine.close(co))
+      assert.is_true(closed)
+      assert.are.equal('dead', sub:status())
+      assert_kind(error_of(sub.next, sub), 'StopIteration', 'cannot resume dead generator')
     end)
 
     it('is closed with the delegating generator when that one is collected', function()
