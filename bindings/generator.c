@@ -92,8 +92,9 @@ typedef struct Generator {
                      inlined, the coroutine its body runs in */
   unsigned char state;    /* a gen_state */
   unsigned char checks;   /* suspensions checked for quietness so far */
-  bool guarded;           /* uservalue 1 is a guard, not the coroutine */
-  bool lua_body;          /* its function is a Lua function */
+  bool guarded : 1;       /* uservalue 1 is a guard, not the coroutine */
+  bool lua_body : 1;      /* its function is a Lua function */
+  bool took_over : 1;     /* it runs in the coroutine of another (take_over) */
   int nret;       /* how many values it returned; -1 if it did not return */
 } Generator;
 
@@ -254,9 +255,10 @@ static const char *state_name(const Generator *g) {
 ** finishing the body (it was closed, coroutine.close or a guard's reset,
 ** which closed the body's <close> variables) is dead from now on.
 */
-static void settle_inlined(lua_State *L, lua_State *H, int gidx, Generator *g) {
+static inline void settle_inlined(lua_State *L, lua_State *H, int gidx, Generator *g) {
   lua_Debug ar;
-  if (g->state != GEN_INLINED || lua_status(g->co) == LUA_YIELD ||
+  if (g->state != GEN_INLINED) return;
+  if (lua_status(g->co) == LUA_YIELD ||
       (lua_status(g->co) == LUA_OK && lua_getstack(g->co, 0, &ar)))
     return;
   set_dead(L, H, gidx, g);
@@ -655,6 +657,7 @@ static bool take_over(lua_State *L, lua_State *co) {
   }
   sub->state = GEN_SUSPENDED;  /* its uservalue 1 holds co already */
   sub->checks = 0;
+  sub->took_over = true;
   attach_guard(L, L, lua_gettop(L), sub);
   lua_pop(L, 1);
   return true;
@@ -733,7 +736,7 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
     disarm_throw(L, co, &t);
     lua_remove(L, -(status == LUA_OK || status == LUA_YIELD ? *nres : 1) - 1);
   }
-  if (status == LUA_YIELD && *nres > 0 && lua_touserdata(L, -1) == &done_mark) {
+  if (g->took_over && status == LUA_YIELD && *nres > 0 && lua_touserdata(L, -1) == &done_mark) {
     lua_pop(L, 1);  /* a body that took co over returned (see inline_cont) */
     (*nres)--;
     lua_resetthread(co);  /* what is below is quiet (see quiet_below) */
@@ -1226,6 +1229,7 @@ static int generator_function(lua_State *L) {
   g->checks = 0;
   g->guarded = false;
   g->lua_body = !lua_iscfunction(L, lua_upvalueindex(3));
+  g->took_over = false;
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
