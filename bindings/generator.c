@@ -6,8 +6,7 @@
 **
 ** Ownership: while a generator can still run, its uservalue 1 holds its
 ** coroutine (`co` points into it), or its guard (below), which holds the
-** coroutine; before it starts, it may have no coroutine yet: uservalue 1
-** then holds its function and the next ones its arguments (take_body). When it dies the uservalue is replaced by what it returned
+** coroutine. When it dies the uservalue is replaced by what it returned
 ** (nil, the one value, or a table of them) and `co` becomes NULL, so a dead
 ** generator keeps no coroutine alive.
 **
@@ -69,13 +68,6 @@
 ** with coroutines of its own.
 */
 #define INLINE_LEVELS 64
-
-/*
-** A generator of a Lua function called with at most this many arguments
-** keeps them in its uservalues until it starts, and makes its coroutine
-** then (see take_body): one that yield_from runs inline never makes one.
-*/
-#define LAZY_ARGS 4
 
 _Static_assert(LUA_EXTRASPACE >= sizeof(void *), "generator.c tags threads in their extra space");
 
@@ -270,41 +262,6 @@ static inline void settle_inlined(lua_State *L, lua_State *H, int gidx, Generato
       (lua_status(g->co) == LUA_OK && lua_getstack(g->co, 0, &ar)))
     return;
   set_dead(L, H, gidx, g);
-}
-
-/*
-** Moves the function and arguments of g (at `gidx` on H, a positive
-** index), which has not started and has no coroutine yet (see
-** generator_function: they are its uservalues), onto L; returns how many.
-** Its uservalue 1 still holds the function: the caller replaces it.
-*/
-static int take_body(lua_State *L, lua_State *H, int gidx) {
-  int n = 1;
-  luaL_checkstack(H, LAZY_ARGS + 2, "too many arguments");
-  if (H != L) luaL_checkstack(L, LAZY_ARGS + 2, "too many arguments");
-  lua_getiuservalue(H, gidx, 1);
-  while (lua_getiuservalue(H, gidx, n + 1) != LUA_TNONE) n++;
-  lua_pop(H, 1);
-  for (int i = 2; i <= n; i++) {
-    lua_pushnil(H);
-    lua_setiuservalue(H, gidx, i);
-  }
-  if (H != L) lua_xmove(H, L, n);
-  return n;
-}
-
-/*
-** Gives g (at `gidx` on H), which has not started, the coroutine it runs
-** in, tagged as a generator's (see is_generator_thread), its function and
-** arguments on its stack.
-*/
-static void start_coroutine(lua_State *L, lua_State *H, int gidx, Generator *g) {
-  luaL_checkstack(L, LAZY_ARGS + 4, "too many arguments");
-  lua_State *co = lua_newthread(L);
-  *(const void **)lua_getextraspace(co) = &thread_tag;
-  lua_xmove(L, co, take_body(L, H, gidx));  /* a new thread has LUA_MINSTACK slots */
-  set_uservalue(L, H, gidx);
-  g->co = co;
 }
 
 /*
@@ -735,7 +692,6 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
       return STEP_DEAD;
     case GEN_CREATED:
       if (throwing) {  /* raised at the start: the body never runs */
-        if (g->co == NULL) lua_pop(L, take_body(L, H, gidx));
         set_dead(L, H, gidx, g);
         return STEP_ERROR;
       }
@@ -748,7 +704,6 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
         }
       }
       lua_pop(L, nargs);
-      if (g->co == NULL) start_coroutine(L, H, gidx, g);
       nargs = -1;  /* the body starts with the call's arguments, on co already */
       break;
     case GEN_SUSPENDED:
@@ -902,7 +857,6 @@ static int close_generator(lua_State *L, int gidx, int yield_up) {
       push_busy(L, g);
       return lua_error(L);
     case GEN_CREATED:
-      if (g->co == NULL) lua_pop(L, take_body(L, L, gidx));
       set_dead(L, L, gidx, g);
       return 0;
     case GEN_DEAD:
@@ -1188,23 +1142,20 @@ static int inline_cont(lua_State *L, int status, lua_KContext ctx) {
 
 /*
 ** yield_from(sub) of a sub that can run inline (see can_inline): its body
-** and arguments leave its coroutine (or its uservalues, see take_body)
-** for L's stack and it is called there, protected, with inline_cont as
-** continuation, so that what it yields goes straight to whoever resumes
-** L. Its coroutine, if any, is dropped and uservalue 1 keeps L instead. The frame: [sub, count of GeneratorExits
+** and arguments leave its coroutine for L's stack and it is called there,
+** protected, with inline_cont as continuation, so that what it yields
+** goes straight to whoever resumes L. Its coroutine is dropped and
+** uservalue 1 keeps L instead. The frame: [sub, count of GeneratorExits
 ** thrown into L so far, body, arguments...].
 */
 static int inline_start(lua_State *L, Generator *sub) {
   lua_State *co = sub->co;
-  int n = co != NULL ? lua_gettop(co) : 0;  /* its body and arguments */
+  int n = lua_gettop(co);  /* its body and arguments */
   luaL_checkstack(L, n + 4, "too many arguments");
   lua_pushinteger(L, exits_of(L));
-  if (co != NULL)
-    lua_xmove(co, L, n);
-  else
-    n = take_body(L, L, 1);
   lua_pushthread(L);
   lua_setiuservalue(L, 1, 1);
+  lua_xmove(co, L, n);
   sub->co = L;
   sub->state = GEN_INLINED;
   int status = lua_pcallk(L, n - 1, LUA_MULTRET, 0, 0, inline_cont);
@@ -1250,9 +1201,8 @@ static bool is_generator_thread(lua_State *L) {
 static bool can_inline(lua_State *L, const Generator *sub) {
   lua_Debug ar;
   return sub->state == GEN_CREATED && sub->lua_body && is_generator_thread(L) &&
-         (sub->co == NULL || (lua_status(sub->co) == LUA_OK && lua_gettop(sub->co) > 0 &&
-                              !lua_getstack(sub->co, 0, &ar))) &&
-         !lua_getstack(L, INLINE_LEVELS, &ar) &&
+         lua_status(sub->co) == LUA_OK && lua_gettop(sub->co) > 0 &&
+         !lua_getstack(sub->co, 0, &ar) && !lua_getstack(L, INLINE_LEVELS, &ar) &&
          quiet_below(L);
 }
 
@@ -1268,14 +1218,12 @@ static int gen_yield_from(lua_State *L) {
 /*
 ** A generator function: calling it makes a generator that will run its
 ** function (upvalue 3) with the call's arguments. Upvalue 2 is the
-** metatable. A Lua function with at most LAZY_ARGS arguments gets no
-** coroutine yet (see take_body), anything else gets its coroutine now.
+** metatable.
 */
 static int generator_function(lua_State *L) {
   int nargs = lua_gettop(L);
-  bool lazy = nargs <= LAZY_ARGS && !lua_iscfunction(L, lua_upvalueindex(3));
   luaL_checkstack(L, 3, "too many arguments");
-  Generator *g = lua_newuserdatauv(L, sizeof *g, lazy ? 1 + nargs : 1);
+  Generator *g = lua_newuserdatauv(L, sizeof *g, 1);
   g->co = NULL;  /* dead until its coroutine exists */
   g->state = GEN_DEAD;
   g->checks = 0;
@@ -1285,14 +1233,6 @@ static int generator_function(lua_State *L) {
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
-  if (lazy) {  /* uservalues: its function, then the arguments */
-    lua_insert(L, 1);
-    lua_pushvalue(L, lua_upvalueindex(3));
-    lua_setiuservalue(L, 1, 1);
-    for (int i = nargs; i >= 1; i--) lua_setiuservalue(L, 1, i + 1);
-    g->state = GEN_CREATED;
-    return 1;
-  }
   lua_State *co = lua_newthread(L);
   *(const void **)lua_getextraspace(co) = &thread_tag;
   lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
