@@ -323,7 +323,7 @@ static int gen_yield_from(lua_State *L);
 */
 static Generator *inline_frame(lua_State *L, lua_Debug *ar, bool push,
                                lua_Integer *count) {
-  luaL_checkstack(L, 2, "no room to inspect a yield_from");
+  if (!lua_checkstack(L, 2)) return NULL;  /* L may be suspended: never raise on it */
   lua_getinfo(L, "f", ar);
   lua_CFunction f = lua_tocfunction(L, -1);
   lua_pop(L, 1);
@@ -353,12 +353,13 @@ static bool inside_inline(lua_State *L) {
 /*
 ** How many GeneratorExits were thrown into the thread L so far (0 when
 ** none): an inlined body compares it before and after (see inline_cont).
+** Its callers on a running L have made room for it.
 ** The counts live in a table keyed weakly by thread, at exits_key in the
 ** registry: entry [1] the count, [2] the last GeneratorExit.
 */
 static lua_Integer exits_of(lua_State *L) {
   lua_Integer n = 0;
-  luaL_checkstack(L, 3, "no room to count GeneratorExits");
+  if (!lua_checkstack(L, 3)) return 0;  /* L may be suspended: never raise on it */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &exits_key) == LUA_TTABLE) {
     lua_pushthread(L);
     if (lua_rawget(L, -2) == LUA_TTABLE) {
