@@ -31,6 +31,20 @@
 ** return: it sees the mark, takes the error itself and forwards it to its
 ** subgenerator.
 **
+** Inlining: yield_from(sub) of a sub that has not started, whose body is a
+** Lua function, called from a generator's coroutine L whose frames below
+** are quiet (Lua functions, no <close> value: see quiet_below), runs the
+** body inside L (inline_start: a protected call with a continuation), so no
+** coroutine is resumed: what it yields goes straight to L's resumer, and a
+** throw into L lands at its yield. Meanwhile sub is GEN_INLINED: uservalue 1
+** and `co` hold L, its status follows L's, and a direct step is refused.
+** PEP 380's rules at yield from's frame are kept by inline_cont (the end of
+** the body; a GeneratorExit thrown into L meanwhile, counted per thread by
+** exits_of, is re-raised) and take_over (a body that ignores GeneratorExit
+** keeps L as its own coroutine, the generators below it die); a coroutine
+** closed under it leaves it dead (settle_inlined). Anything else takes the
+** coroutine path.
+**
 ** Every resume of a generator's coroutine goes through resume_generator.
 */
 #include "modules.h"
@@ -47,6 +61,16 @@
 */
 #define QUIET_CHECKS 2
 
+/*
+** yield_from runs a body inline only in a coroutine with fewer frames
+** (see can_inline): each level costs one of Lua's LUAI_MAXCCALLS (200) C
+** calls, as the resume of today's path does, and a deeper chain goes on
+** with coroutines of its own.
+*/
+#define INLINE_LEVELS 64
+
+_Static_assert(LUA_EXTRASPACE >= sizeof(void *), "generator.c tags threads in their extra space");
+
 /* How many let-go guards are kept for reuse (in their metatable's array). */
 #define GUARD_POOL 64
 
@@ -54,19 +78,23 @@ typedef enum {
   GEN_CREATED,    /* made, its body has not started */
   GEN_SUSPENDED,  /* stopped at a yield */
   GEN_RUNNING,    /* being resumed (it, or something it resumed, runs) */
-  GEN_DEAD        /* returned, failed or closed */
+  GEN_DEAD,       /* returned, failed or closed */
+  GEN_INLINED     /* its body runs inside the coroutine of a yield_from */
 } gen_state;
 
+/* GEN_INLINED reads "running" or "suspended": see state_name. */
 static const char *const state_names[] = {
-  "created", "suspended", "running", "dead"
+  "created", "suspended", "running", "dead", "running"
 };
 
 typedef struct Generator {
-  lua_State *co;  /* its coroutine (see the top of the file); NULL once dead */
+  lua_State *co;  /* its coroutine (see the top of the file); NULL once dead;
+                     inlined, the coroutine its body runs in */
   unsigned char state;    /* a gen_state */
   unsigned char checks;   /* suspensions checked for quietness so far */
-  bool guarded;           /* uservalue 1 is a guard, not the coroutine */
-  bool lua_body;          /* its function is a Lua function */
+  bool guarded : 1;       /* uservalue 1 is a guard, not the coroutine */
+  bool lua_body : 1;      /* its function is a Lua function */
+  bool took_over : 1;     /* it runs in the coroutine of another (take_over) */
   int nret;       /* how many values it returned; -1 if it did not return */
 } Generator;
 
@@ -98,6 +126,8 @@ static const char yield_from_mark = 0;
 static const char done_mark = 0;
 static const char raise_mark = 0;
 static const char guard_key = 0;  /* registry: the guards' metatable */
+static const char thread_tag = 0;  /* the extra space of generators' coroutines */
+static const char exits_key = 0;  /* registry: GeneratorExits taken, per thread */
 
 /*
 ** coroutine.yield as this module found it when it was loaded (the C
@@ -212,6 +242,40 @@ static void set_dead(lua_State *L, lua_State *H, int gidx, Generator *g) {
 }
 
 /*
+** The name of g's state. An inlined generator (see inline_start) is as
+** suspended or as running as the coroutine its body runs in.
+*/
+static const char *state_name(const Generator *g) {
+  if (g->state == GEN_INLINED && lua_status(g->co) == LUA_YIELD) return "suspended";
+  return state_names[g->state];
+}
+
+/*
+** An inlined g (at `gidx` on H) whose coroutine lost its frames without
+** finishing the body (it was closed, coroutine.close or a guard's reset,
+** which closed the body's <close> variables) is dead from now on.
+*/
+static inline void settle_inlined(lua_State *L, lua_State *H, int gidx, Generator *g) {
+  lua_Debug ar;
+  if (g->state != GEN_INLINED) return;
+  if (lua_status(g->co) == LUA_YIELD ||
+      (lua_status(g->co) == LUA_OK && lua_getstack(g->co, 0, &ar)))
+    return;
+  set_dead(L, H, gidx, g);
+}
+
+/*
+** Pushes the refusal of a step of g, which is running (or inlined: see
+** inline_start, whose coroutine may be suspended, but g cannot be
+** resumed apart from it).
+*/
+static void push_busy(lua_State *L, const Generator *g) {
+  host_error_push(L, "ValueError", g->state == GEN_INLINED && lua_status(g->co) == LUA_YIELD
+                  ? "generator is running inside another generator's yield_from"
+                  : "generator already executing", 0);
+}
+
+/*
 ** Keeps the `n` values on top of L as what g (at `gidx` on H) returned,
 ** without popping them: uservalue 1 becomes nil, the value, or a table of
 ** the values.
@@ -249,6 +313,100 @@ static int push_results(lua_State *L, int gidx, const Generator *g) {
   return n;
 }
 
+static int gen_yield_from(lua_State *L);
+
+/*
+** If the frame `ar` of L is a yield_from running a body inline (see
+** inline_start: its frame is [sub, count, ...] and sub is still inlined),
+** returns sub, and pushes it on L if `push`; else NULL. *count gets the
+** frame's count of GeneratorExits (see exits_of) if count is not NULL.
+*/
+static Generator *inline_frame(lua_State *L, lua_Debug *ar, bool push,
+                               lua_Integer *count) {
+  if (!lua_checkstack(L, 2)) return NULL;  /* L may be suspended: never raise on it */
+  lua_getinfo(L, "f", ar);
+  lua_CFunction f = lua_tocfunction(L, -1);
+  lua_pop(L, 1);
+  if (f != gen_yield_from || lua_getlocal(L, ar, 1) == NULL) return NULL;
+  Generator *sub = lua_touserdata(L, -1);
+  if (sub == NULL || sub->state != GEN_INLINED || lua_getlocal(L, ar, 2) == NULL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (count != NULL) *count = lua_tointeger(L, -1);
+  lua_pop(L, push ? 1 : 2);
+  return sub;
+}
+
+/*
+** True if the running function of L (level 0) runs inside a body that a
+** yield_from runs inline (see inline_start): such a frame below it.
+** Only a GeneratorExit thrown in asks (it walks the whole stack).
+*/
+static bool inside_inline(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++)
+    if (inline_frame(L, &ar, false, NULL) != NULL) return true;
+  return false;
+}
+
+/*
+** How many GeneratorExits were thrown into the thread L so far (0 when
+** none): an inlined body compares it before and after (see inline_cont).
+** Its callers on a running L have made room for it.
+** The counts live in a table keyed weakly by thread, at exits_key in the
+** registry: entry [1] the count, [2] the last GeneratorExit.
+*/
+static lua_Integer exits_of(lua_State *L) {
+  lua_Integer n = 0;
+  if (!lua_checkstack(L, 3)) return 0;  /* L may be suspended: never raise on it */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &exits_key) == LUA_TTABLE) {
+    lua_pushthread(L);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      lua_rawgeti(L, -1, 1);
+      n = lua_tointeger(L, -1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+/*
+** Counts the GeneratorExit on top of co (left there) as thrown into co
+** and keeps it as co's last one (see exits_of).
+*/
+static void note_exit(lua_State *co) {
+  luaL_checkstack(co, 4, "no room to throw");
+  if (lua_rawgetp(co, LUA_REGISTRYINDEX, &exits_key) != LUA_TTABLE) {
+    lua_pop(co, 1);
+    lua_newtable(co);
+    lua_createtable(co, 0, 1);
+    lua_pushliteral(co, "k");
+    lua_setfield(co, -2, "__mode");
+    lua_setmetatable(co, -2);
+    lua_pushvalue(co, -1);
+    lua_rawsetp(co, LUA_REGISTRYINDEX, &exits_key);
+  }
+  lua_pushthread(co);
+  if (lua_rawget(co, -2) != LUA_TTABLE) {
+    lua_pop(co, 1);
+    lua_createtable(co, 2, 0);
+    lua_pushthread(co);
+    lua_pushvalue(co, -2);
+    lua_rawset(co, -4);
+  }
+  lua_rawgeti(co, -1, 1);
+  lua_Integer n = lua_tointeger(co, -1);
+  lua_pop(co, 1);
+  lua_pushinteger(co, n + 1);
+  lua_rawseti(co, -2, 1);
+  lua_pushvalue(co, -3);
+  lua_rawseti(co, -2, 2);
+  lua_pop(co, 2);
+}
+
 /*
 ** If an error is being thrown into co, ends the throw: puts co's own hook
 ** back, forgets the throw and pushes the error on co. Returns 0 if none.
@@ -272,6 +430,13 @@ static int take_throw(lua_State *co) {
   lua_sethook(co, t->hook, t->mask, t->count);
   lua_pushvalue(t->from, t->err);
   lua_xmove(t->from, co, 1);
+  if (host_error_is(co, -1, "GeneratorExit")) {
+    note_exit(co);
+    if (inside_inline(co)) {  /* as the close of an inlined body (PEP 380) */
+      lua_pop(co, 1);
+      host_error_push(co, "GeneratorExit", "generator closed", 0);
+    }
+  }
   return 1;
 }
 
@@ -457,6 +622,49 @@ static Generator *delegate_of(lua_State *co) {
 }
 
 /*
+** A GeneratorExit thrown into co landed in a body run inline there (see
+** inline_start), the close of its generator, and co yielded instead of
+** ending: that generator ignored GeneratorExit. In CPython it stays
+** suspended and its close raises RuntimeError where its delegating
+** generator waits in yield from, whose frames then end with nothing run
+** (quiet_below checked that when the body started). So here: the
+** innermost generator inlined before that GeneratorExit takes co over as
+** its own coroutine, suspended where it is (with a guard: closing it runs
+** code); the ones it was inlined in are dead. Returns false if there is
+** none (the GeneratorExit reached co's own body). The caller raises
+** the RuntimeError and lets co's generator die. Needs 5 free slots on L.
+*/
+static bool take_over(lua_State *L, lua_State *co) {
+  lua_Integer exits = exits_of(co), count = exits;
+  lua_Debug ar;
+  Generator *sub = NULL;
+  int level;
+  if (!lua_checkstack(L, 8)) return false;
+  for (level = 0; lua_getstack(co, level, &ar); level++) {
+    sub = inline_frame(co, &ar, true, &count);
+    if (sub != NULL && count != exits) break;
+    if (sub != NULL) lua_pop(co, 1);
+    sub = NULL;
+  }
+  if (sub == NULL) return false;
+  lua_xmove(co, L, 1);  /* sub's userdata */
+  for (level++; lua_getstack(co, level, &ar); level++) {
+    Generator *below = inline_frame(co, &ar, true, NULL);
+    if (below != NULL) {  /* it dies of the RuntimeError, as CPython's would */
+      lua_xmove(co, L, 1);
+      set_dead(L, L, lua_gettop(L), below);
+      lua_pop(L, 1);
+    }
+  }
+  sub->state = GEN_SUSPENDED;  /* its uservalue 1 holds co already */
+  sub->checks = 0;
+  sub->took_over = true;
+  attach_guard(L, L, lua_gettop(L), sub);
+  lua_pop(L, 1);
+  return true;
+}
+
+/*
 ** One step of the generator g, whose userdata is at `gidx` on H (see
 ** set_uservalue): with `throwing` 0 it sends the `nargs` values on top of
 ** L; with `throwing` 1 it raises the one value on top of L inside the
@@ -472,10 +680,12 @@ static Generator *delegate_of(lua_State *co) {
 static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
                         int nargs, int throwing, int yield_up, int *nres) {
   *nres = 0;
+  settle_inlined(L, H, gidx, g);
   switch (g->state) {
     case GEN_RUNNING:
+    case GEN_INLINED:
       lua_pop(L, nargs);
-      host_error_push(L, "ValueError", "generator already executing", 0);
+      push_busy(L, g);
       return STEP_ERROR;
     case GEN_DEAD:
       if (throwing) return STEP_ERROR;  /* the error goes to the caller */
@@ -520,11 +730,26 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
     lua_pushlightuserdata(L, (void *)(step == STEP_ERROR ? &raise_mark : &done_mark));
     nargs = (step == STEP_ERROR ? 1 : *nres) + 1;
   }
+  lua_Integer exits = throwing ? exits_of(co) : 0;
   g->state = GEN_RUNNING;  /* nothing may raise until the state is set again */
   int status = resume_generator(L, co, nargs, nres);
   if (throwing) {
     disarm_throw(L, co, &t);
     lua_remove(L, -(status == LUA_OK || status == LUA_YIELD ? *nres : 1) - 1);
+  }
+  if (g->took_over && status == LUA_YIELD && *nres > 0 && lua_touserdata(L, -1) == &done_mark) {
+    lua_pop(L, 1);  /* a body that took co over returned (see inline_cont) */
+    (*nres)--;
+    lua_resetthread(co);  /* what is below is quiet (see quiet_below) */
+    keep_results(L, H, gidx, g, *nres);
+    return STEP_RETURN;
+  }
+  if (status == LUA_YIELD && throwing && exits_of(co) != exits && take_over(L, co)) {
+    lua_pop(L, *nres);
+    *nres = 0;
+    host_error_push(L, "RuntimeError", "generator ignored GeneratorExit", 0);
+    set_dead(L, H, gidx, g);
+    return STEP_ERROR;
   }
   if (status == LUA_YIELD) {
     g->state = GEN_SUSPENDED;
@@ -626,9 +851,12 @@ static int gen_throw(lua_State *L) {
 */
 static int close_generator(lua_State *L, int gidx, int yield_up) {
   Generator *g = lua_touserdata(L, gidx);
+  settle_inlined(L, L, gidx, g);
   switch (g->state) {
     case GEN_RUNNING:
-      return raise_kind(L, "ValueError", "generator already executing");
+    case GEN_INLINED:
+      push_busy(L, g);
+      return lua_error(L);
     case GEN_CREATED:
       set_dead(L, L, gidx, g);
       return 0;
@@ -671,7 +899,8 @@ static int gen_close(lua_State *L) {
 /* g:status(): "created", "suspended", "running" or "dead". */
 static int gen_status(lua_State *L) {
   Generator *g = check_generator(L, 1);
-  lua_pushstring(L, state_names[g->state]);
+  settle_inlined(L, L, 1, g);
+  lua_pushstring(L, state_name(g));
   return 1;
 }
 
@@ -681,8 +910,9 @@ static int gen_status(lua_State *L) {
 */
 static int gen_result(lua_State *L) {
   Generator *g = check_generator(L, 1);
+  settle_inlined(L, L, 1, g);
   if (g->state != GEN_DEAD)
-    return luaL_error(L, "generator is %s, it has not returned", state_names[g->state]);
+    return luaL_error(L, "generator is %s, it has not returned", state_name(g));
   return push_results(L, 1, g);
 }
 
@@ -787,7 +1017,7 @@ static int guard_gc(lua_State *L) {
   lua_pushcclosure(L, close_protected, 1);
   lua_pushvalue(L, 2);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) warn_gc_error(L);
-  if (lua_status(co) == LUA_YIELD) {  /* it yielded instead of closing */
+  if (g->co == co && lua_status(co) == LUA_YIELD) {  /* it yielded instead of closing */
     if (lua_resetthread(co) != LUA_OK) {
       lua_xmove(co, L, 1);
       warn_gc_error(L);
@@ -800,7 +1030,8 @@ static int guard_gc(lua_State *L) {
 /* __tostring: "host.Generator: 0x... (suspended)". */
 static int gen_tostring(lua_State *L) {
   Generator *g = check_generator(L, 1);
-  lua_pushfstring(L, "%s: %p (%s)", GENERATOR_TYPE, (void *)g, state_names[g->state]);
+  settle_inlined(L, L, 1, g);
+  lua_pushfstring(L, "%s: %p (%s)", GENERATOR_TYPE, (void *)g, state_name(g));
   return 1;
 }
 
@@ -861,10 +1092,126 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx) {
   return yield_from_step(L, 0);
 }
 
+/*
+** The end of a body run inline by yield_from, whose frame is [sub, count,
+** results...] or [sub, count, error]: sub dies as advance would leave it,
+** what it returned is yield_from's result, an error goes on (a
+** StopIteration as RuntimeError, PEP 479). If a GeneratorExit was thrown
+** into L since the body started (count: how many were before, see
+** exits_of), it landed in the body, which is sub's close; PEP 380 then
+** raises GeneratorExit here, unless the close raised another error: the
+** one thrown into L's generator, or, in a body itself run inline, a new
+** one, as the close of that body made it. A sub that took L over (see
+** take_over) is being advanced: its end goes to advance, a return as a
+** yield of its values and done_mark; a sub killed by take_over only lets
+** the error through.
+*/
+static int inline_cont(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  Generator *sub = lua_touserdata(L, 1);
+  int failed = status != LUA_OK && status != LUA_YIELD;
+  int n = lua_gettop(L) - 2;
+  luaL_checkstack(L, 4, "too many results");
+  if (sub->state != GEN_INLINED) {
+    if (failed || sub->state != GEN_RUNNING) return lua_error(L);
+    lua_pushlightuserdata(L, (void *)&done_mark);
+    return lua_yield(L, n + 1);
+  }
+  if (failed) {
+    set_dead(L, L, 1, sub);
+    if (host_error_is(L, -1, "StopIteration")) {
+      host_error_push(L, "RuntimeError", "generator raised StopIteration", -1);
+      lua_remove(L, -2);
+    }
+  } else {
+    keep_results(L, L, 1, sub, n);
+  }
+  if (exits_of(L) != lua_tointeger(L, 2) &&
+      (!failed || host_error_is(L, -1, "GeneratorExit"))) {
+    if (inside_inline(L)) {  /* raised by the close of this frame's own body */
+      host_error_push(L, "GeneratorExit", "generator closed", 0);
+      return lua_error(L);
+    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &exits_key);  /* thrown into L's generator */
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    lua_rawgeti(L, -1, 2);
+    return lua_error(L);
+  }
+  return failed ? lua_error(L) : n;
+}
+
+/*
+** yield_from(sub) of a sub that can run inline (see can_inline): its body
+** and arguments leave its coroutine for L's stack and it is called there,
+** protected, with inline_cont as continuation, so that what it yields
+** goes straight to whoever resumes L. Its coroutine is dropped and
+** uservalue 1 keeps L instead. The frame: [sub, count of GeneratorExits
+** thrown into L so far, body, arguments...].
+*/
+static int inline_start(lua_State *L, Generator *sub) {
+  lua_State *co = sub->co;
+  int n = lua_gettop(co);  /* its body and arguments */
+  luaL_checkstack(L, n + 4, "too many arguments");
+  lua_pushinteger(L, exits_of(L));
+  lua_pushthread(L);
+  lua_setiuservalue(L, 1, 1);
+  lua_xmove(co, L, n);
+  sub->co = L;
+  sub->state = GEN_INLINED;
+  int status = lua_pcallk(L, n - 1, LUA_MULTRET, 0, 0, inline_cont);
+  return inline_cont(L, status, 0);
+}
+
+/*
+** True if no code of the delegating generator would run if an error went
+** through its frames below the running yield_from of L: down to a yield_from
+** running a body inline, or the bottom, they are Lua functions (no pcall,
+** no C function) with no live value with a __close metamethod. They stay
+** so while the yield_from lasts, and take_over relies on it.
+*/
+static bool quiet_below(lua_State *L) {
+  lua_Debug ar;
+  const void *last_mt = NULL;
+  bool last = false;
+  luaL_checkstack(L, 3, "no room to inspect a yield_from");
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "f", &ar);
+    bool c = lua_iscfunction(L, -1);
+    lua_pop(L, 1);
+    if (c) return inline_frame(L, &ar, false, NULL) != NULL;
+    for (int n = 1; lua_getlocal(L, &ar, n) != NULL; n++)
+      if (pop_closable(L, &last_mt, &last)) return false;
+  }
+  return true;
+}
+
+/* True if L runs a generator's body (tagged by generator_function). */
+static bool is_generator_thread(lua_State *L) {
+  return *(const void **)lua_getextraspace(L) == (const void *)&thread_tag;
+}
+
+/*
+** Can yield_from run sub's body inline in L (see inline_start)? sub has
+** not started, its coroutine holds just its body and arguments, its body
+** is a Lua function (a C one could not yield through), L is a
+** generator's coroutine (closed with it: a plain coroutine is not) with
+** fewer than INLINE_LEVELS frames (each inline level costs a C call),
+** and the frames below are quiet (see quiet_below, take_over).
+*/
+static bool can_inline(lua_State *L, const Generator *sub) {
+  lua_Debug ar;
+  return sub->state == GEN_CREATED && sub->lua_body && is_generator_thread(L) &&
+         lua_status(sub->co) == LUA_OK && lua_gettop(sub->co) > 0 &&
+         !lua_getstack(sub->co, 0, &ar) && !lua_getstack(L, INLINE_LEVELS, &ar) &&
+         quiet_below(L);
+}
+
 /* generator.yield_from(sub): delegates to sub until it returns; returns what it returned. */
 static int gen_yield_from(lua_State *L) {
-  check_generator(L, 1);
+  Generator *sub = check_generator(L, 1);
   lua_settop(L, 1);
+  if (can_inline(L, sub)) return inline_start(L, sub);
   lua_pushlightuserdata(L, (void *)&yield_from_mark);
   return yield_from_step(L, 0);
 }
@@ -883,10 +1230,12 @@ static int generator_function(lua_State *L) {
   g->checks = 0;
   g->guarded = false;
   g->lua_body = !lua_iscfunction(L, lua_upvalueindex(3));
+  g->took_over = false;
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
   lua_State *co = lua_newthread(L);
+  *(const void **)lua_getextraspace(co) = &thread_tag;
   lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
   if (!lua_checkstack(co, nargs + 1)) return luaL_error(L, "too many arguments");
   lua_pushvalue(L, lua_upvalueindex(3));

@@ -501,6 +501,454 @@ describe('host.generator', function()
     end)
   end)
 
+  describe('yield_from of a generator that has not started (its body runs inline)', function()
+    -- Calls f(...) under 70 more frames: yield_from then takes the path of
+    -- a coroutine per subgenerator (bindings/generator.c, INLINE_LEVELS).
+    local function deep(n, f, ...)
+      if n == 0 then return f(...) end
+      local r = table.pack(deep(n - 1, f, ...))  -- not a tail call: a frame
+      return table.unpack(r, 1, r.n)
+    end
+    local function inline(f, ...) return f(...) end
+    local function in_coroutine(f, ...) return deep(70, f, ...) end
+
+    -- Runs scenario(via, log) on both paths; their logs must be equal, and
+    -- equal to `want`.
+    local function both_paths(want, scenario)
+      for _, via in ipairs { inline, in_coroutine } do
+        local log = {}
+        scenario(via, log)
+        assert.are.same(want, log)
+      end
+    end
+
+    -- A one-line summary of an error for the logs.
+    local function describe_error(err)
+      if herror.is(err) then return err.kind .. ': ' .. err.message end
+      return tostring(err)
+    end
+
+    it('returns what the body returned, and the subgenerator reads as if it ran alone', function()
+      both_paths({ 'a1', 'a2 x', 'got y', 'nil 2', 'dead', 'got y,nil,2', 'suspended' }, function(via, log)
+        local sub = generator.wrap(function(tag)
+          local a = yield(tag .. '1')
+          local b = yield(tag .. '2 ' .. a)
+          return 'got ' .. b, nil, 2
+        end)('a')
+        local g = generator.wrap(function()
+          local r = table.pack(via(yield_from, sub))
+          yield(r[1])
+          yield(tostring(r[2]) .. ' ' .. r[3])
+        end)()
+        log[#log + 1] = g:next()
+        log[#log + 1] = g:send('x')
+        log[#log + 1] = g:send('y')
+        log[#log + 1] = g:next()
+        log[#log + 1] = sub:status()
+        local res = table.pack(sub:result())
+        log[#log + 1] = ('%s,%s,%s'):format(res[1], res[2], res[3])
+        log[#log + 1] = g:status()
+      end)
+    end)
+
+    it('passes on an error of the body with its position; the subgenerator is dead', function()
+      local line = debug.getinfo(1, 'l').currentline + 5
+      both_paths({ 1, ('false spec/generator_spec.lua:%d: inner failed'):format(line), 'dead', 'dead' },
+        function(via, log)
+          local sub = generator.wrap(function()
+            yield(1)
+            error('inner failed')
+          end)()
+          local g = generator.wrap(function()
+            local ok, err = pcall(via, yield_from, sub)
+            yield(tostring(ok) .. ' ' .. tostring(err))
+          end)()
+          log[#log + 1] = g:next()
+          log[#log + 1] = g:next()
+          log[#log + 1] = sub:status()
+          assert.are.equal(0, select('#', sub:result()))
+          g:close()
+          log[#log + 1] = g:status()
+        end)
+    end)
+
+    it('turns a StopIteration raised by the body into RuntimeError at its boundary (PEP 479)', function()
+      both_paths({ 'RuntimeError: generator raised StopIteration', 'StopIteration', 'dead' }, function(via, log)
+        local sub = generator.wrap(function()
+          yield(1)
+          local done = count(0)
+          done:next()  -- raises StopIteration inside the body
+        end)()
+        local g = generator.wrap(function()
+          local ok, err = pcall(via, yield_from, sub)
+          yield(describe_error(err))
+          yield(err.cause.kind)
+        end)()
+        g:next()
+        log[#log + 1] = g:next()
+        log[#log + 1] = g:next()
+        log[#log + 1] = sub:status()
+      end)
+    end)
+
+    it('on close: GeneratorExit at the yield inside, then in the delegating generator even if the body returned', function()
+      both_paths({ 'sub', 'inner saw GeneratorExit: generator closed', 'outer saw GeneratorExit', 'dead', 'dead',
+                   'inner result' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'sub')
+          log[#log + 1] = 'inner saw ' .. describe_error(err)
+          return 'inner result'
+        end)()
+        local g = generator.wrap(function()
+          local ok, err = pcall(via, yield_from, sub)
+          log[#log + 1] = 'outer saw ' .. err.kind
+          error(err, 0)
+        end)()
+        log[#log + 1] = g:next()
+        g:close()
+        log[#log + 1] = g:status()
+        log[#log + 1] = sub:status()
+        log[#log + 1] = sub:result()
+      end)
+    end)
+
+    it('on close through two levels: each delegating generator gets GeneratorExit', function()
+      both_paths({ 'bottom', 'bottom saw GeneratorExit', 'middle saw GeneratorExit', 'top saw GeneratorExit',
+                   'dead', 'dead', 'dead' }, function(via, log)
+        local bottom = generator.wrap(function()
+          local ok, err = pcall(yield, 'bottom')
+          log[#log + 1] = 'bottom saw ' .. err.kind
+          return 'bottom returned'
+        end)()
+        local middle = generator.wrap(function()
+          local ok, err = pcall(via, yield_from, bottom)
+          log[#log + 1] = 'middle saw ' .. (ok and 'a return' or err.kind)
+          return 'middle returned'
+        end)()
+        local g = generator.wrap(function()
+          local ok, err = pcall(via, yield_from, middle)
+          log[#log + 1] = 'top saw ' .. (ok and 'a return' or err.kind)
+        end)()
+        log[#log + 1] = g:next()
+        g:close()
+        log[#log + 1] = g:status()
+        log[#log + 1] = middle:status()
+        log[#log + 1] = bottom:status()
+      end)
+    end)
+
+    it('on close, passes on another error the body raises', function()
+      both_paths({ 1, 'cleanup failed', 'dead', 'dead' }, function(via, log)
+        local sub = generator.wrap(function()
+          pcall(yield, 1)
+          error('cleanup failed', 0)
+        end)()
+        local g = generator.wrap(function() via(yield_from, sub) end)()
+        log[#log + 1] = g:next()
+        log[#log + 1] = error_of(g.close, g)
+        log[#log + 1] = g:status()
+        log[#log + 1] = sub:status()
+      end)
+    end)
+
+    it('on close, a body that yields instead makes the delegating generator raise (PEP 380)', function()
+      both_paths({ 'sub', 'sub saw GeneratorExit', 'outer saw RuntimeError: generator ignored GeneratorExit',
+                   'RuntimeError: generator ignored GeneratorExit', 'dead', 'suspended' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'sub')
+          log[#log + 1] = 'sub saw ' .. err.kind
+          yield('ignoring')
+        end)()
+        local g = generator.wrap(function()
+          local ok, err = pcall(via, yield_from, sub)
+          log[#log + 1] = 'outer saw ' .. describe_error(err)
+          error(err, 0)
+        end)()
+        log[#log + 1] = g:next()
+        local err = error_of(g.close, g)
+        log[#log + 1] = describe_error(err)
+        log[#log + 1] = g:status()
+        log[#log + 1] = sub:status()
+      end)
+    end)
+
+    it('on a thrown GeneratorExit: the body gets a new one, the delegating generator the one thrown', function()
+      both_paths({ 'bottom saw generator closed', 'middle saw generator closed', 'top saw mine', 'mine' },
+        function(via, log)
+          local bottom = generator.wrap(function()
+            local ok, err = pcall(yield, 'bottom')
+            log[#log + 1] = 'bottom saw ' .. err.message
+            return 'bottom returned'
+          end)()
+          local middle = generator.wrap(function()
+            local ok, err = pcall(via, yield_from, bottom)
+            log[#log + 1] = 'middle saw ' .. err.message
+            return 'middle returned'
+          end)()
+          local mine = herror.new('GeneratorExit', 'mine')
+          local g = generator.wrap(function()
+            local ok, err = pcall(via, yield_from, middle)
+            log[#log + 1] = 'top saw ' .. err.message
+            assert.are.equal(mine, err)
+            yield(err)
+          end)()
+          g:next()
+          local thrown = g:throw(mine)
+          log[#log + 1] = thrown.message
+        end)
+    end)
+
+    it('with nothing around it: an error of the body reaches the caller, and both die', function()
+      local line = debug.getinfo(1, 'l').currentline + 5
+      both_paths({ 1, ('spec/generator_spec.lua:%d: inner failed'):format(line), 'dead', 'dead' },
+        function(via, log)
+          local sub = generator.wrap(function()
+            yield(1)
+            error('inner failed')
+          end)()
+          local g = generator.wrap(function() via(yield_from, sub) end)()
+          log[#log + 1] = g:next()
+          log[#log + 1] = error_of(g.next, g)
+          log[#log + 1] = g:status()
+          log[#log + 1] = sub:status()
+        end)
+    end)
+
+    it('with nothing around it: a StopIteration of the body reaches the caller as RuntimeError (PEP 479)', function()
+      both_paths({ 1, 'RuntimeError: generator raised StopIteration', 'StopIteration', 'dead', 'dead' },
+        function(via, log)
+          local sub = generator.wrap(function()
+            yield(1)
+            count(0):next()
+          end)()
+          local g = generator.wrap(function() via(yield_from, sub) end)()
+          log[#log + 1] = g:next()
+          local err = error_of(g.next, g)
+          log[#log + 1] = describe_error(err)
+          log[#log + 1] = err.cause.kind
+          log[#log + 1] = g:status()
+          log[#log + 1] = sub:status()
+        end)
+    end)
+
+    it('with nothing around it: on close the body may return, and both die quietly', function()
+      both_paths({ 'sub', 'sub saw GeneratorExit', 'dead', 'dead', 'sub result' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'sub')
+          log[#log + 1] = 'sub saw ' .. err.kind
+          return 'sub result'
+        end)()
+        local g = generator.wrap(function()
+          via(yield_from, sub)
+          log[#log + 1] = 'never'
+        end)()
+        log[#log + 1] = g:next()
+        g:close()
+        log[#log + 1] = g:status()
+        log[#log + 1] = sub:status()
+        log[#log + 1] = sub:result()
+      end)
+    end)
+
+    it('with nothing around it: on close through two levels, every one dies', function()
+      both_paths({ 'bottom', 'bottom saw GeneratorExit', 'dead dead dead', 'bottom returned' }, function(via, log)
+        local bottom = generator.wrap(function()
+          local ok, err = pcall(yield, 'bottom')
+          log[#log + 1] = 'bottom saw ' .. err.kind
+          return 'bottom returned'
+        end)()
+        local middle = generator.wrap(function()
+          via(yield_from, bottom)
+          log[#log + 1] = 'never'
+        end)()
+        local g = generator.wrap(function()
+          via(yield_from, middle)
+          log[#log + 1] = 'never'
+        end)()
+        log[#log + 1] = g:next()
+        g:close()
+        log[#log + 1] = ('%s %s %s'):format(g:status(), middle:status(), bottom:status())
+        log[#log + 1] = bottom:result()
+      end)
+    end)
+
+    it('with nothing around it: a body that ignores GeneratorExit stays suspended and goes on alone', function()
+      both_paths({ 'sub', 'sub saw GeneratorExit', 'RuntimeError: generator ignored GeneratorExit',
+                   'dead suspended', 'sub got x', 'dead', 'sub got x' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'sub')
+          log[#log + 1] = 'sub saw ' .. err.kind
+          return 'sub got ' .. yield('ignoring')
+        end)()
+        local g = generator.wrap(function()
+          via(yield_from, sub)
+          log[#log + 1] = 'never'
+        end)()
+        log[#log + 1] = g:next()
+        local err = describe_error(error_of(g.close, g))
+        log[#log + 1] = err
+        log[#log + 1] = g:status() .. ' ' .. sub:status()
+        local stop = error_of(sub.send, sub, 'x')
+        log[#log + 1] = stop.value
+        log[#log + 1] = sub:status()
+        log[#log + 1] = sub:result()
+        assert_kind(error_of(g.next, g), 'StopIteration')
+      end)
+    end)
+
+    it('with nothing around it: one that ignores a thrown GeneratorExit two levels down goes on alone', function()
+      both_paths({ 'bottom', 'RuntimeError: generator ignored GeneratorExit', 'dead dead suspended',
+                   'bottom sent v', 'again', 'dead' }, function(via, log)
+        local bottom = generator.wrap(function()
+          pcall(yield, 'bottom')
+          local ok, err = pcall(yield, 'ignoring')
+          log[#log + 1] = 'bottom ' .. (ok and 'sent ' .. tostring(err) or err.kind)
+          yield('again')
+        end)()
+        local middle = generator.wrap(function() via(yield_from, bottom) end)()
+        local g = generator.wrap(function() via(yield_from, middle) end)()
+        log[#log + 1] = g:next()
+        local err = describe_error(error_of(g.throw, g, herror.new('GeneratorExit', 'mine')))
+        log[#log + 1] = err
+        log[#log + 1] = ('%s %s %s'):format(g:status(), middle:status(), bottom:status())
+        local again = bottom:send('v')
+        log[#log + 1] = again
+        bottom:close()
+        log[#log + 1] = bottom:status()
+      end)
+    end)
+
+    it('with nothing around it: one that ignores GeneratorExit is closed when collected', function()
+      local closed = 0
+      do
+        local sub = generator.wrap(function()
+          local _ <close> = setmetatable({}, { __close = function() closed = closed + 1 end })
+          pcall(yield, 1)
+          yield(2)
+        end)()
+        local g = generator.wrap(function() yield_from(sub) end)()
+        g:next()
+        error_of(g.close, g)
+        assert.are.equal('suspended', sub:status())
+        assert.are.equal(0, closed)
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(1, closed)
+    end)
+
+    it('on throw: raised at the yield inside, which may catch it, yield and return', function()
+      both_paths({ 'ready', 'caught boom', 'sub end', 'suspended', 'dead', 'bang', 'dead' }, function(via, log)
+        local sub = generator.wrap(function()
+          local ok, err = pcall(yield, 'ready')
+          yield('caught ' .. tostring(err))
+          return 'sub end'
+        end)()
+        local g = generator.wrap(function()
+          yield(via(yield_from, sub))
+          yield('never')
+        end)()
+        log[#log + 1] = g:next()
+        log[#log + 1] = g:throw('boom')
+        log[#log + 1] = g:next()
+        log[#log + 1] = g:status()
+        log[#log + 1] = sub:status()
+        log[#log + 1] = error_of(g.throw, g, 'bang')
+        log[#log + 1] = g:status()
+      end)
+    end)
+
+    it('refuses a direct send, throw or close while the delegating generator waits inside it', function()
+      local sub = generator.wrap(function()
+        local g = yield(1)
+        assert.are.equal('running', g:status())
+        assert_kind(error_of(g.send, g), 'ValueError', 'generator already executing')
+        yield(2)
+        return 3
+      end)()
+      local g = generator.wrap(function() return yield_from(sub) end)()
+      assert.are.equal(1, g:next())
+      assert.are.equal('suspended', sub:status())
+      local why = "generator is running inside another generator's yield_from"
+      assert_kind(error_of(sub.send, sub, 'x'), 'ValueError', why)
+      assert_kind(error_of(sub.next, sub), 'ValueError', why)
+      assert_kind(error_of(sub.throw, sub, 'x'), 'ValueError', why)
+      assert_kind(error_of(sub.close, sub), 'ValueError', why)
+      assert.matches('generator is suspended, it has not returned', error_of(sub.result, sub), 1, true)
+      assert.are.equal(2, g:send(sub))
+      assert.are.equal(3, error_of(g.next, g).value)
+      assert.are.equal('dead', sub:status())
+      assert.are.equal(3, sub:result())
+    end)
+
+    it('runs the body in the coroutine of the delegating generator, with no coroutine of its own', function()
+      local sub = generator.wrap(function() yield(coroutine.running()) end)()
+      local outer_co
+      local g = generator.wrap(function()
+        outer_co = coroutine.running()
+        yield_from(sub)
+      end)()
+      local co = g:next()
+      assert.are.equal(outer_co, co)
+      assert.are.equal(outer_co, debug.getuservalue(sub, 1))
+    end)
+
+    it('is dead, its <close> variables run, when the coroutine it runs in is closed behind its back', function()
+      local closed = false
+      local sub = generator.wrap(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        yield(coroutine.running())
+      end)()
+      local g = generator.wrap(function() yield_from(sub) end)()
+      local co = g:next()
+      assert.are.equal('suspended', sub:status())
+      assert.is_true(coroutine.close(co))
+      assert.is_true(closed)
+      assert.are.equal('dead', sub:status())
+      assert_kind(error_of(sub.next, sub), 'StopIteration', 'cannot resume dead generator')
+    end)
+
+    it('is closed with the delegating generator when that one is collected', function()
+      local closed = false
+      do
+        local g = generator.wrap(function()
+          yield_from(generator.wrap(function()
+            local _ <close> = setmetatable({}, { __close = function() closed = true end })
+            yield(1)
+          end)())
+        end)()
+        g:next()
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.is_true(closed)
+    end)
+
+    it('takes the coroutine path for a body that is a C function', function()
+      local sub = generator.wrap(coroutine.yield)('from C')
+      local g = generator.wrap(function() return yield_from(sub) end)()
+      assert.are.equal('from C', g:next())
+      assert.are.equal('suspended', sub:status())
+      assert.are.equal('thread', type(debug.getuservalue(sub, 1)))
+      assert.are.equal('back', error_of(sub.send, sub, 'back').value)
+      assert_kind(error_of(g.next, g), 'StopIteration')
+    end)
+
+    it('recurses 250 deep with a C stack overflow as before, and 190 deep without', function()
+      local depth_of
+      depth_of = generator.wrap(function(n)
+        if n == 0 then return (yield('bottom')) end
+        return (yield_from(depth_of(n - 1))) + 1
+      end)
+      local g = depth_of(190)
+      assert.are.equal('bottom', g:next())
+      assert.are.equal(190 + 7, error_of(g.send, g, 7).value)
+      g = depth_of(250)
+      assert.matches('C stack overflow', error_of(g.next, g))
+      assert.are.equal('dead', g:status())
+    end)
+  end)
+
   describe('whose coroutine is reached behind their back', function()
     it('fail cleanly when it was closed before they started', function()
       local g = generator.wrap(function(a) return a end)(5)
