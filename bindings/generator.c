@@ -524,12 +524,12 @@ static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
 ** outside any try block. The bottom frame runs g's function: what kind
 ** it is was noted when g was made (a lua_getinfo less per check).
 */
-static bool closes_quietly(const Generator *g, lua_CFunction yield_fn) {
+static bool closes_quietly(lua_State *L, const Generator *g, lua_CFunction yield_fn) {
   lua_State *co = g->co;
   lua_Debug ar, below;
   const void *last_mt = NULL;
   bool last = false;
-  if (!lua_checkstack(co, 4)) return false;
+  if (!lua_checkstack(co, 4) || !lua_checkstack(L, 4)) return false;
   if (!lua_getstack(co, 0, &ar)) return true;
   lua_getinfo(co, "f", &ar);
   lua_CFunction f = lua_tocfunction(co, -1);
@@ -545,8 +545,10 @@ static bool closes_quietly(const Generator *g, lua_CFunction yield_fn) {
       lua_function = g->lua_body;  /* the bottom frame is the body */
     }
     if (!lua_function) return false;
-    for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++)
-      if (pop_closable(co, &last_mt, &last)) return false;
+    for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++) {
+      lua_xmove(co, L, 1);  /* looked at on L: a GC step must not run on co */
+      if (pop_closable(L, &last_mt, &last)) return false;
+    }
   }
   return true;
 }
@@ -602,7 +604,7 @@ static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
 static void check_quiet(lua_State *L, lua_State *H, int gidx, Generator *g,
                         int yield_up) {
   if (g->guarded) return;
-  if (g->checks < QUIET_CHECKS && closes_quietly(g, plain_yield(L, yield_up))) {
+  if (g->checks < QUIET_CHECKS && closes_quietly(L, g, plain_yield(L, yield_up))) {
     g->checks++;
     return;
   }
@@ -863,7 +865,7 @@ static int close_generator(lua_State *L, int gidx, int yield_up) {
     case GEN_DEAD:
       return 0;
     case GEN_SUSPENDED:
-      if (lua_status(g->co) == LUA_YIELD && closes_quietly(g, plain_yield(L, yield_up))) {
+      if (lua_status(g->co) == LUA_YIELD && closes_quietly(L, g, plain_yield(L, yield_up))) {
         int status = lua_resetthread(g->co);  /* no __close left to fail */
         if (status != LUA_OK) lua_xmove(g->co, L, 1);
         set_dead(L, L, gidx, g);
@@ -996,14 +998,25 @@ static int guard_gc(lua_State *L) {
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, 2);  /* 2: the generator; 1 keeps its coroutine */
   Generator *g = lua_touserdata(L, 2);
-  if (g == NULL) return 0;  /* let go of */
+  if (g == NULL) {  /* let go of: if it went to the pool meanwhile, arm its __gc again */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key);
+    for (lua_Unsigned i = lua_rawlen(L, -1); i > 0; i--) {
+      if (lua_rawgeti(L, -1, (lua_Integer)i) == LUA_TUSERDATA && lua_rawequal(L, -1, 1)) {
+        lua_pushvalue(L, -2);
+        lua_setmetatable(L, 1);
+        break;
+      }
+      lua_pop(L, 1);
+    }
+    return 0;
+  }
   lua_getiuservalue(L, 1, 1);  /* g takes its coroutine back: a finalized */
   lua_setiuservalue(L, 2, 1);  /* guard must never reach the pool */
   g->guarded = false;
   if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
     return 0;  /* resumed behind its back */
   lua_State *co = g->co;
-  if (closes_quietly(g, plain_yield(L, 1))) {  /* no pcall, no error object */
+  if (closes_quietly(L, g, plain_yield(L, 1))) {  /* no pcall, no error object */
     set_dead(L, L, 2, g);  /* co is garbage, unless a coroutine.running() leaked it */
     return 0;
   }

@@ -1303,4 +1303,53 @@ describe('a generator dropped without close', function()
     assert.are.equal(0, rc)
     assert.are.equal('main done\ttrue\nclosing at exit\n', out)
   end)
+
+  describe('collection after guards were reused (hostile review)', function()
+    local sh = require 'spec.support.sh'
+
+    it('closes every collected generator, also after a dropped yield_from chain', function()
+      local closed = {}
+      local function closer(name) return setmetatable({}, { __close = function() closed[name] = true end }) end
+      local gen = generator.wrap(function(name) local _ <close> = closer(name); yield(1) end)
+      local outer = generator.wrap(function(sub) return yield_from(sub) end)
+      do local o = outer(gen('inner')); o:next() end
+      collectgarbage(); collectgarbage()
+      assert.is_true(closed.inner)
+      for i = 1, 3 do
+        do local g = gen('next' .. i); g:next() end
+        collectgarbage(); collectgarbage(); collectgarbage()
+        assert.is_true(closed['next' .. i], 'next' .. i .. ' was not closed')
+      end
+    end)
+
+    it('never runs a finalizer on a suspended generator while checking where it waits', function()
+      local out, err, code = sh.host_script([[
+        local generator = require 'host.generator'
+        local G
+        local gen = generator.wrap(function()
+          local m = setmetatable({}, {})
+          local t = {}
+          for i = 1, 100000 do t[i] = i end
+          coroutine.yield(1)
+        end)
+        local hits = 0
+        local mt = { __gc = function()
+          local _, ismain = coroutine.running()
+          if not ismain and G:status() == 'suspended' then
+            hits = hits + 1
+            pcall(G.next, G)
+          end
+        end }
+        for _ = 1, 50 do
+          G = gen()
+          for _ = 1, 100 do setmetatable({}, mt) end
+          G:next()
+        end
+        print('hits', hits)
+      ]], 60)
+      assert.are.equal('', err)
+      assert.are.equal(0, code)
+      assert.are.equal('hits\t0\n', out)
+    end)
+  end)
 end)
