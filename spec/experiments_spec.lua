@@ -172,6 +172,9 @@ describe('make bench (bench/run.lua)', function()
     bench.figure { name = 'slack thing', value = s { 4e-6 }, unit = 'us', scale = 1e6,
                    ref = s { 10e-6 }, ref_name = 'CPython', goal = { op = '<=', value = 0.25, on = 'ratio' },
                    floor = { name = 'C call', value = s { 1e-6 } } }
+    bench.figure { name = 'beaten thing', value = s { 3e-6 }, unit = 'us', scale = 1e6,
+                   ref = s { 10e-6 }, ref_name = 'CPython', goal = { op = '<=', value = 0.25, on = 'ratio' },
+                   floor = { name = 'C sleep', value = s { 4e-6 } } }
   ]]
 
   it('prints a summary of the goals, writes bench.json and bench.svg, and says where', function()
@@ -195,12 +198,16 @@ describe('make bench (bench/run.lua)', function()
     assert.matches('slack thing[^\n]*<= 0%.25x CPython%s+MISSED *\n', summary)
     assert.matches('floor: C round trip 4 us  = 0%.4x CPython, so the goal is out of reach', out)
     assert.matches('floor: C call 1 us  = 0%.1x CPython\n', out)
-    assert.matches('5 goals: 2 met, 3 MISSED %(1 of them under a floor measured in the same run%)', summary)
+    -- A floor that host beats bounds nothing.
+    assert.matches('beaten thing[^\n]*<= 0%.25x CPython%s+MISSED *\n', summary)
+    assert.matches('floor: C sleep 4 us  = 0%.4x CPython\n', out)
+    assert.matches('6 goals: 2 met, 4 MISSED %(1 of them under a floor measured in the same run%)', summary)
     assert.matches('Wrote ' .. dir:gsub('%p', '%%%0') .. '/bench.json and ' .. dir:gsub('%p', '%%%0') .. '/bench.svg',
       summary)
 
     local doc = json.decode(assert(slurp(dir .. '/bench.json')))
-    assert.are.equal(6, #doc.figures)
+    assert.are.equal(7, #doc.figures)
+    assert.are.equal(false, doc.figures[7].floor.blocks_goal)
     assert.are.same({ 'C round trip', 4, 0.4, true }, { doc.figures[5].floor.name, doc.figures[5].floor.value,
       doc.figures[5].floor.ratio, doc.figures[5].floor.blocks_goal })
     assert.are.equal(false, doc.figures[6].floor.blocks_goal)
@@ -214,8 +221,8 @@ describe('make bench (bench/run.lua)', function()
     assert.is_boolean(doc.machine.busy)
 
     local svg = check_picture(dir .. '/bench.svg', { 'fast thing' })
-    assert.are.equal(3, count(svg, 'class="bar"'))   -- three figures have a reference
-    assert.are.equal(3, count(svg, 'class="goal"'))  -- and a goal on its ratio
+    assert.are.equal(4, count(svg, 'class="bar"'))   -- four figures have a reference
+    assert.are.equal(4, count(svg, 'class="goal"'))  -- and a goal on its ratio
 
     local table_md = sh.run(('%s bench/readme_table.lua %s'):format(q(sh.host), q(dir .. '/bench.json')))
     assert.matches('| fast thing | 2 us %(1–3%) | CPython 10 us | 0%.2x | <= 0%.25x CPython: met |', table_md)
