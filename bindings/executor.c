@@ -93,10 +93,9 @@ static int run_chunk(lua_State *L) {
   luaL_argcheck(L, k >= 0 && k <= INT_MAX - 2, 3, "bad argument count");
   lua_settop(L, 4);
   lua_createtable(L, (int)m, 0);  /* 5: the results, flat */
-  lua_createtable(L, (int)m, 0);  /* 6: the count of each item's results */
   lua_Integer out = 0, uniform = -1;
-  bool mixed = false;
-  luaL_checkstack(L, (int)k + 2, "too many arguments");
+  bool mixed = false;  /* then 6: the count of each item's results */
+  luaL_checkstack(L, (int)k + 3, "too many arguments");
   for (lua_Integer i = 1; i <= m; i++) {
     int base = lua_gettop(L);
     lua_pushvalue(L, 1);
@@ -105,15 +104,21 @@ static int run_chunk(lua_State *L) {
     int nres = lua_gettop(L) - base;
     for (int r = nres; r >= 1; r--) lua_rawseti(L, 5, out + r);
     out += nres;
-    lua_pushinteger(L, nres);
-    lua_rawseti(L, 6, i);
     if (uniform < 0) uniform = nres;
-    else if (uniform != nres) mixed = true;
+    if (!mixed && nres != uniform) {  /* the counts table, made only when they differ */
+      mixed = true;
+      lua_createtable(L, (int)m, 0);
+      for (lua_Integer j = 1; j < i; j++) {
+        lua_pushinteger(L, uniform);
+        lua_rawseti(L, 6, j);
+      }
+    }
+    if (mixed) {
+      lua_pushinteger(L, nres);
+      lua_rawseti(L, 6, i);
+    }
   }
-  if (!mixed) {
-    lua_pop(L, 1);
-    lua_pushinteger(L, uniform < 0 ? 0 : uniform);
-  }
+  if (!mixed) lua_pushinteger(L, uniform < 0 ? 0 : uniform);
   lua_pushinteger(L, m);
   return 3;
 }
@@ -206,12 +211,17 @@ static int give_from_chunk(lua_State *L, int st, map_state *s) {
   lua_getiuservalue(L, st, UV_CHUNK);
   int chunk = lua_gettop(L);
   for (lua_Integer r = 1; r <= count; r++) {
-    lua_rawgeti(L, chunk, s->fpos + r);
-    lua_pushnil(L);
-    lua_rawseti(L, chunk, s->fpos + r);
+    /* only a collectable value needs dropping: a number or a boolean
+    ** keeps nothing alive (the usual results skip a table write) */
+    int t = lua_rawgeti(L, chunk, s->fpos + r);
+    if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNIL) {
+      lua_pushnil(L);
+      lua_rawseti(L, chunk, s->fpos + r);
+    }
   }
   s->fpos += count;
-  lua_remove(L, chunk);
+  if (count == 1) lua_replace(L, chunk);  /* the one value takes the chunk's slot */
+  else lua_remove(L, chunk);
   if (s->cpos == s->cm) {  /* the chunk is used up */
     lua_pushnil(L);
     lua_setiuservalue(L, st, UV_CHUNK);

@@ -166,6 +166,34 @@ describe('Executor.map', function()
     end
   end)
 
+  it('gives each item of a chunk its own results when their counts differ after a run of equal ones', function()
+    -- item i returns i % 3 values: a table, nil, true or a number; the
+    -- chunk counts its results per item only from the first that differs
+    local function vary(i)
+      if i % 3 == 0 then return end
+      if i % 3 == 1 then return { i } end
+      return nil, i > 4 or i
+    end
+    local items = { 1, 4, 7, 2, 5, 3, 6, 8, 9, 10, 11 }
+    for _, name in ipairs { 'ThreadPoolExecutor', 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local ex <close> = assert(futures[name] { max_workers = 2 })
+      for _, chunksize in ipairs { 3, 4, 100 } do
+        local got, it = {}, ex:map(vary, items, { chunksize = chunksize, timeout = T })
+        for _ = 1, #items + 1 do
+          local r = table.pack(it())
+          got[#got + 1] = { r.n - 1, r[1], type(r[2]) == 'table' and r[2][1] or r[2], r[3] }
+        end
+        local want = {}
+        for i, x in ipairs(items) do
+          local r = table.pack(vary(x))
+          want[i] = { r.n, i, type(r[1]) == 'table' and r[1][1] or r[1], r[2] }
+        end
+        want[#items + 1] = { -1 }
+        assert.are.same(want, got, name .. ' ' .. chunksize)
+      end
+    end
+  end)
+
   it('raises an error mid-chunk where its chunk begins, after the chunks before it, on every pool', function()
     -- as CPython: a chunk runs whole in the worker, so its error fails the
     -- chunk; the items of earlier chunks come first
