@@ -812,7 +812,8 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
   }
   if (retire) {
     retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
-    if (!s->shutdown && !s->broken) {
+    /* after a shutdown too, while queued work is left for it to run */
+    if (!s->broken && (!s->shutdown || host_fifo_len(&s->pending) + host_fifo_len(&s->callq) > 0)) {
       int e = fork_worker(L, sidx, s, i);
       if (e != 0)
         break_pool(L, sidx, s, lua_pushfstring(L, "cannot replace a worker: %s", strerror(e)));

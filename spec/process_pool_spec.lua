@@ -423,6 +423,21 @@ describe('ProcessPoolExecutor', function()
     end
   end)
 
+  it('runs the work queued at shutdown under max_tasks_per_child: a retired worker is replaced', function()
+    local out, err, code = sh.host_script([[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor { max_workers = 1, max_tasks_per_child = 1 }
+      local fs = {}
+      for i = 1, 3 do fs[i] = ex:submit(function(x) require('host.time').sleep(0.05); return x end, i) end
+      ex:shutdown { wait = false }
+      for i = 1, 3 do print(i, pcall(fs[i].result, fs[i], 5)) end
+      ex:shutdown()
+      print('shut')
+    ]], 30)
+    assert.are.equal('1\ttrue\t1\n2\ttrue\t2\n3\ttrue\t3\nshut\n', out, err)
+    assert.are.equal(0, code)
+  end)
+
   it('replaces workers after max_tasks_per_child without losing tasks', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2, max_tasks_per_child = 2 })
     local fs, pids = {}, {}
