@@ -95,6 +95,8 @@ typedef struct Generator {
   bool guarded : 1;       /* uservalue 1 is a guard, not the coroutine */
   bool lua_body : 1;      /* its function is a Lua function */
   bool took_over : 1;     /* it runs in the coroutine of another (take_over) */
+  bool delegated : 1;     /* a yield_from on its own coroutine path waits on it */
+  bool deferred : 1;      /* its guard put its close off once (see guard_gc) */
   int nret;       /* how many values it returned; -1 if it did not return */
 } Generator;
 
@@ -667,6 +669,18 @@ static bool take_over(lua_State *L, lua_State *co) {
 }
 
 /*
+** PEP 479: a StopIteration error on top of L that leaves a generator's
+** frame becomes RuntimeError "generator raised StopIteration", with the
+** StopIteration as its cause.
+*/
+static void stop_iteration_to_runtime_error(lua_State *L) {
+  if (host_error_is(L, -1, "StopIteration")) {
+    host_error_push(L, "RuntimeError", "generator raised StopIteration", -1);
+    lua_remove(L, -2);
+  }
+}
+
+/*
 ** One step of the generator g, whose userdata is at `gidx` on H (see
 ** set_uservalue): with `throwing` 0 it sends the `nargs` values on top of
 ** L; with `throwing` 1 it raises the one value on top of L inside the
@@ -696,6 +710,7 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
     case GEN_CREATED:
       if (throwing) {  /* raised at the start: the body never runs */
         set_dead(L, H, gidx, g);
+        stop_iteration_to_runtime_error(L);  /* raised in its frame all the same */
         return STEP_ERROR;
       }
       for (int i = 0; i < nargs; i++) {
@@ -775,10 +790,7 @@ static gen_step advance(lua_State *L, Generator *g, lua_State *H, int gidx,
     lua_xmove(co, L, 1);  /* a failing __close may have replaced the error */
   }
   set_dead(L, H, gidx, g);
-  if (host_error_is(L, -1, "StopIteration")) {  /* PEP 479 */
-    host_error_push(L, "RuntimeError", "generator raised StopIteration", -1);
-    lua_remove(L, -2);
-  }
+  stop_iteration_to_runtime_error(L);
   return STEP_ERROR;
 }
 
@@ -1010,6 +1022,15 @@ static int guard_gc(lua_State *L) {
     }
     return 0;
   }
+  if (g->delegated && !g->deferred && g->state == GEN_SUSPENDED && !host_closing(L)) {
+    /* a generator delegating to g is garbage too, and its own guard closes
+    ** g through its yield_from (PEP 380: g's close error reaches it), but
+    ** may come later in this cycle: g's close waits for the next one */
+    g->deferred = true;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key);
+    lua_setmetatable(L, 1);
+    return 0;
+  }
   lua_getiuservalue(L, 1, 1);  /* g takes its coroutine back: a finalized */
   lua_setiuservalue(L, 2, 1);  /* guard must never reach the pool */
   g->guarded = false;
@@ -1058,7 +1079,9 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx);
 static int yield_from_step(lua_State *L, int throwing) {
   int nres;
   Generator *sub = lua_touserdata(L, 1);
-  switch (advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, 3, &nres)) {
+  gen_step step = advance(L, sub, L, 1, lua_gettop(L) - 2, throwing, 3, &nres);
+  sub->delegated = step == STEP_YIELD;
+  switch (step) {
     case STEP_YIELD:
       return lua_yieldk(L, nres, 0, yield_from_cont);
     case STEP_RETURN:
@@ -1084,6 +1107,8 @@ static int yield_from_cont(lua_State *L, int status, lua_KContext ctx) {
   int top = lua_gettop(L);
   if (top > 2) {
     const void *mark = lua_touserdata(L, top);
+    if (mark == &done_mark || mark == &raise_mark)
+      ((Generator *)lua_touserdata(L, 1))->delegated = false;
     if (mark == &done_mark) {
       lua_pop(L, 1);
       return top - 3;
@@ -1132,10 +1157,7 @@ static int inline_cont(lua_State *L, int status, lua_KContext ctx) {
   }
   if (failed) {
     set_dead(L, L, 1, sub);
-    if (host_error_is(L, -1, "StopIteration")) {
-      host_error_push(L, "RuntimeError", "generator raised StopIteration", -1);
-      lua_remove(L, -2);
-    }
+    stop_iteration_to_runtime_error(L);
   } else {
     keep_results(L, L, 1, sub, n);
   }
@@ -1244,6 +1266,8 @@ static int generator_function(lua_State *L) {
   g->guarded = false;
   g->lua_body = !lua_iscfunction(L, lua_upvalueindex(3));
   g->took_over = false;
+  g->delegated = false;
+  g->deferred = false;
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);

@@ -1234,6 +1234,27 @@ describe('a generator dropped without close', function()
       assert.are.equal('dead', sub:status())
     end)
 
+    it('is closed through the generator that delegates to it when both are collected, whose guard came first', function()
+      local seen = {}
+      local c = generator.wrap(function() yield('c') end)
+      local b = generator.wrap(function()
+        local ok, e = pcall(function() return yield_from(c()) end)
+        seen[#seen + 1] = 'b ' .. e.kind
+        error(herror.new('KeyError', 'from b'))
+      end)
+      local g = generator.wrap(function()
+        pcall(yield, 'pre')  -- g stops where closing it runs code: it gets its guard before b exists
+        local ok, e = pcall(function() return yield_from(b()) end)
+        seen[#seen + 1] = 'a ' .. e.kind
+      end)()
+      assert.are.equal('pre', g:next())
+      assert.are.equal('c', g:next())
+      g = nil
+      collect()
+      collect()
+      assert.are.same({ 'b GeneratorExit', 'a KeyError' }, seen)  -- CPython: b's close raises KeyError in a
+    end)
+
     it('is closed when a plain coroutine delegates to it', function()
       local co = coroutine.wrap(function() yield_from(inner()) end)
       assert.are.equal(1, co())
@@ -1351,5 +1372,16 @@ describe('a generator dropped without close', function()
       assert.are.equal(0, code)
       assert.are.equal('hits\t0\n', out)
     end)
+  end)
+end)
+
+describe('throw into a generator that has not started', function()
+  it('turns a thrown StopIteration into RuntimeError, as CPython does (PEP 479)', function()
+    local g = generator.wrap(function() yield(1) end)()
+    local err = error_of(g.throw, g, herror.new('StopIteration', 'x'))
+    assert_kind(err, 'RuntimeError', 'generator raised StopIteration')
+    assert.are.equal('dead', g:status())
+    local other = generator.wrap(function() yield(1) end)()
+    assert_kind(error_of(other.throw, other, herror.new('KeyError', 'k')), 'KeyError', 'k')
   end)
 end)
