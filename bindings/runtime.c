@@ -189,6 +189,9 @@ lua_State *host_newstate(void) {
     return NULL;
   }
   lua_setallocf(L, universe_alloc, u);
+  /* Lua leaves the main thread's extra space unset and copies it into
+  ** every new thread: zeroed, host.generator's tag test reads defined bytes */
+  memset(lua_getextraspace(L), 0, LUA_EXTRASPACE);
   u->main = L;
   gil_init(u);
   pthread_mutex_init(&u->threads_mu, NULL);
