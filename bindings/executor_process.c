@@ -74,10 +74,13 @@
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
 
-/* What was read from a socket and not used yet: p[start, end). */
+/* What was read from a socket and not used yet: p[start, end). A `fixed`
+** p is storage the buffer does not own (a worker's stack array): it is
+** copied, never realloc'ed or freed, when the buffer must grow. */
 typedef struct inbuf {
   char *p;
   size_t cap, start, end;
+  bool fixed;
 } inbuf;
 
 #define INBUF_MIN 4096            /* bytes each recv may take at least */
@@ -261,10 +264,12 @@ static bool inbuf_fill(int fd, inbuf *b, size_t need, int flags) {
     b->start = 0;
     size_t want = need > INBUF_MIN ? need : INBUF_MIN;
     if (b->cap < want) {
-      char *p = realloc(b->p, want);
+      char *p = b->fixed ? malloc(want) : realloc(b->p, want);
       if (p == NULL) return false;
+      if (b->fixed) memcpy(p, b->p, b->end);
       b->p = p;
       b->cap = want;
+      b->fixed = false;
     }
   }
   while (b->end - b->start < need) {
@@ -280,9 +285,9 @@ static bool inbuf_fill(int fd, inbuf *b, size_t need, int flags) {
 /* Marks n bytes used; a big buffer left empty is freed. */
 static void inbuf_used(inbuf *b, size_t n) {
   b->start += n;
-  if (b->start == b->end && b->cap > INBUF_KEEP) {
+  if (b->start == b->end && b->cap > INBUF_KEEP) {  /* (never fixed) */
     free(b->p);
-    *b = (inbuf){NULL, 0, 0, 0};
+    *b = (inbuf){NULL, 0, 0, 0, false};
   }
 }
 
@@ -300,6 +305,9 @@ static int get_initializer(lua_State *L) {
 ** The life of a worker process, run protected: worker_main(info, fd,
 ** max_tasks) closes the parent's other pool fds, runs the initializer,
 ** then serves tasks until the parent closes its end or max_tasks are done.
+** Its input buffer starts on the stack: a first malloc of that size in a
+** new child would make glibc consolidate the parent's free small chunks,
+** writing to every page they lie on (a copy-on-write fault each).
 */
 static int worker_main(lua_State *L) {
   int fd = (int)lua_tointeger(L, 2);
@@ -319,7 +327,8 @@ static int worker_main(lua_State *L) {
     host_exit_child(1);
   }
   int base = lua_gettop(L);
-  inbuf in = {NULL, 0, 0, 0};
+  char first[INBUF_MIN];
+  inbuf in = {first, sizeof first, 0, 0, true};
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
     if (!inbuf_fill(fd, &in, 4, 0)) break;
@@ -350,7 +359,7 @@ static int worker_main(lua_State *L) {
     host_flush_std();  /* not fflush(NULL): a task's thread may block in io.read */
     if (!sent) break;
   }
-  free(in.p);  /* (an error that ends the worker leaves it to the process's end) */
+  if (!in.fixed) free(in.p);  /* (an error that ends the worker leaves it to the process's end) */
   return 0;
 }
 
@@ -515,7 +524,7 @@ static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   w->state = SLOT_RETIRING;
   hang_up(L, s, i);
   free(w->in.p);
-  w->in = (inbuf){NULL, 0, 0, 0};
+  w->in = (inbuf){NULL, 0, 0, 0, false};
   if (w->pid > 0) {
     pid_t pid = w->pid;
     w->reaping = true;
