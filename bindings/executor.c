@@ -280,9 +280,19 @@ static int submit_all(lua_State *L) {
   int futures = lua_gettop(L);
   luaL_checkstack(L, k + 8, "too many tables");
   /* a pool that can send a chunk to a busy worker behind its running one
-  ** (the process pool) takes chunks by _submit_ahead */
-  const char *chunk_submit = lua_getfield(L, 1, "_submit_ahead") != LUA_TNIL ? "_submit_ahead" : "submit";
+  ** (the process pool) takes chunks by _submit_ahead; it encodes a chunk
+  ** at once and keeps no reference to its arguments, so one table serves
+  ** every chunk's arguments (no 100-slot table made and collected each) */
+  bool ahead = lua_getfield(L, 1, "_submit_ahead") != LUA_TNIL;
+  const char *chunk_submit = ahead ? "_submit_ahead" : "submit";
   lua_pop(L, 1);
+  int reuse = 0;  /* the shared arguments table, when ahead */
+  lua_Integer filled = 0;  /* its slots in use */
+  if (ahead && chunksize > 1) {
+    lua_Integer m = n < chunksize ? n : chunksize;
+    lua_createtable(L, m <= INT_MAX / k ? size_hint(m * k) : 0, 0);
+    reuse = lua_gettop(L);
+  }
   /* counted by what is done, so that no sum passes n (a chunksize or a
   ** __len of math.maxinteger would overflow `i += chunksize`) */
   for (lua_Integer done = 0; done < n; done += (chunksize < n - done ? chunksize : n - done)) {
@@ -293,7 +303,16 @@ static int submit_all(lua_State *L) {
       lua_pushvalue(L, fn);
       lua_pushinteger(L, m);
       lua_pushinteger(L, k);
-      lua_createtable(L, size_hint(m * k), 0);
+      if (reuse) {
+        for (lua_Integer j = m * k + 1; j <= filled; j++) {  /* a shorter last chunk */
+          lua_pushnil(L);
+          lua_rawseti(L, reuse, j);
+        }
+        filled = m * k;
+        lua_pushvalue(L, reuse);
+      } else {
+        lua_createtable(L, size_hint(m * k), 0);
+      }
       for (lua_Integer j = 0; j < m; j++) {
         for (int a = 0; a < k; a++) {
           lua_geti(L, first + a, i + j);
