@@ -21,9 +21,11 @@
 ** The state of one map, behind its iterator (upvalue 1) and its closing
 ** value. Uservalues: the futures (1..count; each is dropped once consumed,
 ** so its results live only as long as the loop keeps them: CPython's
-** bpo-14406), and with chunks the current chunk's results, flat (each
-** dropped once given), and their counts when they differ per item. It
-** holds no C resource, so it needs no __gc: a resurrected one still works.
+** bpo-14406), and with chunks the counts of the current chunk's items
+** when they differ. The chunk's results, flat (each dropped once given),
+** are the iterator's upvalue 2, read without a uservalue look-up per item.
+** It holds no C resource, so it needs no __gc: a resurrected one still
+** works.
 */
 typedef struct map_state {
   host_object obj;
@@ -39,7 +41,8 @@ typedef struct map_state {
   lua_Integer uniform;  /* values per item of the chunk, or -1: see UV_COUNTS */
 } map_state;
 
-enum { UV_FUTURES = 1, UV_CHUNK = 2, UV_COUNTS = 3 };
+enum { UV_FUTURES = 1, UV_COUNTS = 2 };
+#define CHUNK lua_upvalueindex(2)  /* of map_next: the current chunk, or nil */
 
 /* A table size hint for n slots (0 when n does not fit one). */
 static int size_hint(lua_Integer n) {
@@ -179,7 +182,7 @@ static int next_outcome(lua_State *L, int st, map_state *s) {
 
 /*
 ** Takes the chunk `_run_chunk` returned (its n results on top, popped)
-** as the state's current chunk.
+** as the state's current chunk (called by map_next only: see CHUNK).
 */
 static void take_chunk(lua_State *L, int st, map_state *s, int n) {
   if (n != 3 || !lua_istable(L, -3) || !lua_isinteger(L, -1) ||
@@ -190,12 +193,13 @@ static void take_chunk(lua_State *L, int st, map_state *s, int n) {
   s->uniform = lua_isinteger(L, -2) ? lua_tointeger(L, -2) : -1;
   lua_pop(L, 1);
   lua_setiuservalue(L, st, UV_COUNTS);
-  lua_setiuservalue(L, st, UV_CHUNK);
+  lua_replace(L, CHUNK);
 }
 
 /*
 ** Pushes the next item's values from the current chunk of the state at
-** st (dropping each from the chunk) and returns their count.
+** st (dropping each from the chunk) and returns their count (called by
+** map_next only: see CHUNK).
 */
 static int give_from_chunk(lua_State *L, int st, map_state *s) {
   s->cpos++;
@@ -207,33 +211,32 @@ static int give_from_chunk(lua_State *L, int st, map_state *s) {
     lua_pop(L, 2);
   }
   if (count < 0 || count > INT_MAX - 2) luaL_error(L, "map: a chunk came back malformed");
-  luaL_checkstack(L, (int)count + 2, "too many results");
-  lua_getiuservalue(L, st, UV_CHUNK);
-  int chunk = lua_gettop(L);
+  if (count > LUA_MINSTACK - 4) luaL_checkstack(L, (int)count + 2, "too many results");
   for (lua_Integer r = 1; r <= count; r++) {
     /* only a collectable value needs dropping: a number or a boolean
     ** keeps nothing alive (the usual results skip a table write) */
-    int t = lua_rawgeti(L, chunk, s->fpos + r);
+    int t = lua_rawgeti(L, CHUNK, s->fpos + r);
     if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNIL) {
       lua_pushnil(L);
-      lua_rawseti(L, chunk, s->fpos + r);
+      lua_rawseti(L, CHUNK, s->fpos + r);
     }
   }
   s->fpos += count;
-  if (count == 1) lua_replace(L, chunk);  /* the one value takes the chunk's slot */
-  else lua_remove(L, chunk);
   if (s->cpos == s->cm) {  /* the chunk is used up */
     lua_pushnil(L);
-    lua_setiuservalue(L, st, UV_CHUNK);
-    lua_pushnil(L);
-    lua_setiuservalue(L, st, UV_COUNTS);
+    lua_replace(L, CHUNK);
+    if (s->uniform < 0) {
+      lua_pushnil(L);
+      lua_setiuservalue(L, st, UV_COUNTS);
+    }
   }
   return (int)count;
 }
 
 /*
 ** The iterator; upvalue 1 is the state (always one: executor_map made the
-** closure, and a state is never finalized). Gives `index, results...`.
+** closure, and a state is never finalized), upvalue 2 its current chunk.
+** Gives `index, results...`.
 */
 static int map_next(lua_State *L) {
   int st = lua_upvalueindex(1);
@@ -377,7 +380,7 @@ static int executor_map(lua_State *L) {
     if (len < n) n = len;
   }
   luaL_checkstack(L, k + 12, "too many tables");
-  map_state *s = host_object_new(L, sizeof *s, MAP_STATE, 3);
+  map_state *s = host_object_new(L, sizeof *s, MAP_STATE, 2);
   int st = lua_gettop(L);
   lua_createtable(L, size_hint(n / chunksize + 1), 0);
   lua_setiuservalue(L, st, UV_FUTURES);
@@ -403,7 +406,8 @@ static int executor_map(lua_State *L) {
   }
   lua_settop(L, st);
   lua_pushvalue(L, st);
-  lua_pushcclosure(L, map_next, 1);
+  lua_pushnil(L);  /* no chunk yet */
+  lua_pushcclosure(L, map_next, 2);
   lua_pushnil(L);
   lua_pushnil(L);
   lua_pushvalue(L, st);  /* the closing value */
