@@ -26,7 +26,10 @@
 ** the wake-up turns spinning off for that thread, or doubles the gap to
 ** its next try, up to one in 256 sleeps; one that succeeds halves it. So
 ** on a machine where the holder needs the spinner's core the spin costs
-** about nothing (spin_end). A spin is a wait like the sleep it
+** about nothing (spin_end). A sleep that a thread on another core ended
+** within the longest spin turns spinning on again (spin_slept): two
+** threads that pass work back and forth would otherwise stay asleep for
+** good once each has missed the other, a sleeper being slow to wake. A spin is a wait like the sleep it
 ** replaces: the ticket order and the preemption are the same. The waits
 ** on a host_cond (runtime.c: a future completed from another universe,
 ** an interpreter pool's idle worker) spin by the same rule (spin_wait),
@@ -191,6 +194,9 @@ static void request_switch(host_universe *u) {
 #define SPIN_MAX_NS 10000     /* the longest spin (about a sleep and a wake-up), the first one's bound */
 #define SPIN_MIN_NS 2000      /* the shortest bound a success teaches */
 #define SPIN_MAX_BACKOFF 8    /* off: a try every 2^8 sleeps at the least */
+#define SPIN_RETRIES 4        /* looks again at a full count, 8 pauses apart */
+#define SPIN_SLEPT_NS 50000   /* a sleep this short, ended from another core, turns spinning on */
+#define LEAVE_SPINS 64        /* pauses a served thread waits to be taken out of the line */
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
@@ -209,21 +215,30 @@ static long long now_ns(void) {
 
 /*
 ** True when a thread is to spin before this sleep, counted then in
-** u->spinning (spin_end takes it out): spinning is on for it, or this is
+** u->spinning (spin_stop takes it out): spinning is on for it, or this is
 ** the sleep on which it tries again, and another core is free of u's
-** threads (the GIL's holder runs on one, each spinner on another).
+** threads (the GIL's holder runs on one, each spinner on another). It is
+** marked active before it counts itself, so that a waker that comes
+** meanwhile takes it out (spin_stop) instead of leaving it counted while
+** it no longer spins. A count that is full may be so only for a moment (a
+** thread that was just served counts until it sees so): it looks again
+** for a few hundred nanoseconds before it gives up.
 */
-static bool spin_begin(host_universe *u, host_spin *spin) {
+static bool spin_begin(host_universe *u, host_spin *spin, atomic_uint *word, unsigned seen) {
   if (spin->backoff > 0) {
     if (++spin->skipped < (1u << spin->backoff)) return false;
     spin->skipped = 0;
   }
-  if (atomic_fetch_add(&u->spinning, 1) + 1 < u->cores) {
+  for (int i = 0;; i++) {
     atomic_store(&spin->active, true);
-    return true;
+    if (atomic_fetch_add(&u->spinning, 1) + 1 < u->cores) return true;
+    spin_stop(u, spin);
+    if (i == SPIN_RETRIES) return false;
+    for (int j = 0; j < 8 && atomic_load_explicit(&u->spinning, memory_order_relaxed) + 1 >= u->cores; j++) {
+      if (atomic_load_explicit(word, memory_order_relaxed) != seen) return true;  /* woken: the spin ends at once */
+      cpu_relax();
+    }
   }
-  atomic_fetch_sub(&u->spinning, 1);
-  return false;
 }
 
 void spin_stop(host_universe *u, host_spin *spin) {
@@ -254,9 +269,27 @@ static void spin_end(host_universe *u, host_spin *spin, bool woken, long long sp
   }
 }
 
+/*
+** Learns from a sleep that a wake-up from another core ended after
+** `slept` ns. A short one turns spinning on again for that thread: two
+** threads that hand work back and forth would otherwise stay asleep for
+** good once each has missed the other. Each one's wait then holds the
+** other's wake-up (tens of microseconds on an idle virtual core, more than
+** a spin's bound), so each spin misses and both back off, while both
+** spinning would catch every hand-off: hence a window of SPIN_SLEPT_NS,
+** longer than the longest spin. A wake-up from the sleeper's own core
+** says the opposite (the two share a core, another process has the
+** other): the caller does not count it.
+*/
+static void spin_slept(host_spin *spin, long long slept) {
+  if (slept > SPIN_SLEPT_NS) return;
+  spin->backoff = 0;
+  spin->skipped = 0;
+}
+
 bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned seen,
                const struct timespec *at) {
-  if (!spin_begin(u, spin)) return false;
+  if (!spin_begin(u, spin, word, seen)) return false;
   long long start = now_ns(), spent = 0;
   long long end = start + (spin->ns > 0 ? spin->ns : SPIN_MAX_NS);
   if (at != NULL) {
@@ -270,7 +303,7 @@ bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned se
       break;
     }
     cpu_relax();
-    if (i % 16 == 0 && (spent = now_ns() - start) >= end - start) break;
+    if (i % 32 == 0 && (spent = now_ns() - start) >= end - start) break;
   }
   if (woken) spent = now_ns() - start;
   spin_end(u, spin, woken, spent);
@@ -280,16 +313,21 @@ bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned se
 /*
 ** Sleeps until ts->park moves from `seen`, a wake-up, or until `at` (an
 ** absolute CLOCK_MONOTONIC time; NULL: no limit), after a spin if `spin`
-** (see "Spinning" above). False when it timed out.
+** (see "Spinning" above), whose learning then hears how long the sleep
+** took too (spin_slept). False when it timed out.
 */
 static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at, bool spin) {
   if (spin && spin_wait(ts->u, &ts->spin, &ts->park, seen, at)) return true;
+  long long start = spin ? now_ns() : 0;
+  int cpu = spin ? sched_getcpu() : -1;
   atomic_store(&ts->parked, true);
   long rc = syscall(SYS_futex, &ts->park, FUTEX_WAIT_BITSET_PRIVATE, seen, at, NULL,
                     FUTEX_BITSET_MATCH_ANY);
   int err = errno;
   atomic_store(&ts->parked, false);
-  return !(rc == -1 && err == ETIMEDOUT);
+  bool woken = !(rc == -1 && err == ETIMEDOUT);
+  if (spin && woken && atomic_load(&ts->waker_cpu) != cpu) spin_slept(&ts->spin, now_ns() - start);
+  return woken;
 }
 
 /*
@@ -299,9 +337,10 @@ static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at,
 */
 static void park_wake(host_tstate *ts) {
   atomic_fetch_add(&ts->park, 1);
-  if (atomic_load(&ts->parked))
+  if (atomic_load(&ts->parked)) {
+    atomic_store_explicit(&ts->waker_cpu, sched_getcpu(), memory_order_relaxed);
     syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-  else
+  } else
     spin_stop(ts->u, &ts->spin);
 }
 
@@ -319,9 +358,15 @@ static void line_join(host_universe *u, host_tstate *ts, unsigned long long t) {
 /*
 ** Takes ts out of the line (it has been served), unless the thread that
 ** served it did (wake_ticket): then the slot's mutex is not touched, so a
-** waiter that spins does not find it held by its waker.
+** waiter that spins does not find it held by its waker. A waiter sees
+** itself served (serving, its park word) while its server still holds
+** that mutex to take it out: it waits a moment for that instead of
+** blocking on the mutex, which sleeps at once (measured: a blocked
+** line_leave cost the served thread about a microsecond a hand-off).
 */
 static void line_leave(host_universe *u, host_tstate *ts) {
+  for (int i = 0; i < LEAVE_SPINS && atomic_load_explicit(&ts->in_line, memory_order_relaxed); i++)
+    cpu_relax();
   if (!atomic_load(&ts->in_line)) return;
   struct gil_slot *s = &u->slot[atomic_load(&ts->gil_ticket) % GIL_SLOTS];
   pthread_mutex_lock(&s->mu);
@@ -355,8 +400,12 @@ static void wake_ticket(host_universe *u, unsigned long long t, bool serve) {
     if (atomic_load(&w->gil_ticket) == t) {
       if (serve) *p = w->line_next;
       atomic_fetch_add(&w->park, 1);
-      if (atomic_load(&w->parked)) word = &w->park;
-      else spin_stop(u, &w->spin);
+      if (atomic_load(&w->parked)) {
+        atomic_store_explicit(&w->waker_cpu, sched_getcpu(), memory_order_relaxed);
+        word = &w->park;
+      } else {
+        spin_stop(u, &w->spin);
+      }
       /* the last touch of w: once out of the line it may run on and end */
       if (serve) atomic_store(&w->in_line, false);
       break;
@@ -528,9 +577,12 @@ static bool time_first_in_line(host_universe *u) {
 ** thread that serves it wakes it. The notifier holds the GIL, so that
 ** ticket is not served yet; were it served (a misuse, or the negative
 ** control's threads that hold no GIL), w is woken at once. A w first in
-** line that is awake (it spins) is told at once too, which costs no
-** system call: it then waits in the line and times its turn itself, as
-** any waiter first in line does, and no timer is armed for it.
+** line is not woken, asleep or spinning: the notifier's timer times the
+** switch interval for it (time_first_in_line), and w wakes once, when it
+** is served. Woken at once, a spinning w would start a second spin and
+** pull its lines (its hand-off state, the count of spinners) back and
+** forth with the notifier, which still runs and needs them (measured:
+** each transfer between cores costs about 150 ns here).
 */
 bool gil_handoff(host_universe *u, host_tstate *w) {
   int expected = HAND_SLEEPING;
@@ -541,7 +593,7 @@ bool gil_handoff(host_universe *u, host_tstate *w) {
   atomic_store(&w->hand, HAND_HANDED);
   unsigned long long serving = atomic_load(&u->serving);
   if (serving == t) park_wake(w);
-  else if (serving + 1 == t && (!atomic_load(&w->parked) || !time_first_in_line(u))) park_wake(w);
+  else if (serving + 1 == t && !time_first_in_line(u)) park_wake(w);
   return true;
 }
 

@@ -85,6 +85,13 @@ static host_deadline earlier(const host_deadline *d, double seconds) {
 
 /* ---- the allocator and the universe's identity ---- */
 
+void *host_alloc_lines(size_t size) {
+  size = (size + HOST_LINE - 1) / HOST_LINE * HOST_LINE;
+  void *p = aligned_alloc(HOST_LINE, size);
+  if (p != NULL) memset(p, 0, size);
+  return p;
+}
+
 /* The allocator of every universe: its ud is the universe itself. */
 static void *universe_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
@@ -181,7 +188,7 @@ static void tstate_init(host_tstate *ts, host_universe *u, lua_State *L) {
 ** universe from any lua_State without touching the stack.
 */
 lua_State *host_newstate(void) {
-  host_universe *u = calloc(1, sizeof *u);
+  host_universe *u = host_alloc_lines(sizeof *u);
   if (u == NULL) return NULL;
   lua_State *L = luaL_newstate();
   if (L == NULL) {
@@ -585,7 +592,7 @@ int host_spawn(lua_State *L, lua_State *co, bool daemon,
                void (*body)(lua_State *co, void *arg), void *arg,
                unsigned long *ident) {
   host_universe *u = host_universe_of(L);
-  host_tstate *ts = calloc(1, sizeof *ts);
+  host_tstate *ts = host_alloc_lines(sizeof *ts);
   if (ts == NULL) return ENOMEM;
   tstate_init(ts, u, co);
   ts->daemon = daemon;

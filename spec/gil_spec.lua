@@ -177,8 +177,9 @@ describe('the GIL queue', function()
   it('serves a waiter handed its place while it spins, with the notifier busy', function()
     -- A waiter that spins before its sleep (a notify comes within ~20 us
     -- here: main sets the Event as soon as it sees the last round done) is
-    -- told at once and times its own turn first in line; no timer is armed
-    -- for it. It must still get the GIL from a notifier that never blocks.
+    -- not woken by the notify, asleep or spinning: the notifier's timer
+    -- times the switch interval for it. It must still get the GIL from a
+    -- notifier that never blocks.
     local f = sh.tempfile [[
       local thread = require 'host.thread'
       local time = require 'host.time'
