@@ -74,6 +74,25 @@ _Static_assert(LUA_EXTRASPACE >= sizeof(void *), "generator.c tags threads in th
 /* How many let-go guards are kept for reuse (in their metatable's array). */
 #define GUARD_POOL 64
 
+/*
+** How many coroutines that inline_start took the body out of, never run,
+** are kept for new generators (see take_thread): a yield_from of a fresh
+** generator then allocates no lua_State (Item 40 makes two per cell).
+*/
+#define THREAD_POOL 16
+
+/*
+** The pool of those coroutines: a userdata with THREAD_POOL uservalues,
+** 1..n in use, the upvalue `POOL_UP` of yield_from and of generator
+** functions (a counter read in place costs a generator that finds the
+** pool empty next to nothing, a table's length more than a tenth of its
+** creation).
+*/
+typedef struct thread_pool {
+  int n;
+} thread_pool;
+#define POOL_UP 4
+
 typedef enum {
   GEN_CREATED,    /* made, its body has not started */
   GEN_SUSPENDED,  /* stopped at a yield */
@@ -518,15 +537,15 @@ static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
 /*
 ** True if raising GeneratorExit in the suspended coroutine of g could run
 ** none of the user's code, so that closing it is dropping it: it waits in
-** a plain yield (generator.yield, or `yield_fn`, coroutine.yield as the
-** module found it), every frame below is a Lua function (no pcall, no C
+** a plain yield (generator.yield, or coroutine.yield as the module found
+** it: see plain_yield, `yield_up`), every frame below is a Lua function (no pcall, no C
 ** function that could catch the error or own a <close> slot), and no live
 ** local holds a value with a __close metamethod (a <close> variable would
 ** see the error). CPython skips the throw the same way for a frame
 ** outside any try block. The bottom frame runs g's function: what kind
 ** it is was noted when g was made (a lua_getinfo less per check).
 */
-static bool closes_quietly(lua_State *L, const Generator *g, lua_CFunction yield_fn) {
+static bool closes_quietly(lua_State *L, const Generator *g, int yield_up) {
   lua_State *co = g->co;
   lua_Debug ar, below;
   const void *last_mt = NULL;
@@ -536,7 +555,7 @@ static bool closes_quietly(lua_State *L, const Generator *g, lua_CFunction yield
   lua_getinfo(co, "f", &ar);
   lua_CFunction f = lua_tocfunction(co, -1);
   lua_pop(co, 1);
-  if (f != gen_yield && (f != yield_fn || f == NULL)) return false;
+  if (f != gen_yield && (f == NULL || f != plain_yield(L, yield_up))) return false;
   for (int level = 1; lua_getstack(co, level, &ar); level++, ar = below) {
     bool lua_function;
     if (lua_getstack(co, level + 1, &below)) {
@@ -599,14 +618,14 @@ static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
 ** or is in turn delegated to, up to one reached directly, which has. It
 ** stays so until g dies, unless a refusal ends the delegation (advance
 ** checks g then). The running C function has
-** coroutine.yield as upvalue `yield_up` (see plain_yield): it is read
-** only here, off the path of a send to a guarded generator. Needs 4 free
+** coroutine.yield as upvalue `yield_up` (see plain_yield): closes_quietly
+** reads it, off the path of a send to a guarded generator. Needs 4 free
 ** slots on L.
 */
 static void check_quiet(lua_State *L, lua_State *H, int gidx, Generator *g,
                         int yield_up) {
   if (g->guarded) return;
-  if (g->checks < QUIET_CHECKS && closes_quietly(L, g, plain_yield(L, yield_up))) {
+  if (g->checks < QUIET_CHECKS && closes_quietly(L, g, yield_up)) {
     g->checks++;
     return;
   }
@@ -877,7 +896,7 @@ static int close_generator(lua_State *L, int gidx, int yield_up) {
     case GEN_DEAD:
       return 0;
     case GEN_SUSPENDED:
-      if (lua_status(g->co) == LUA_YIELD && closes_quietly(L, g, plain_yield(L, yield_up))) {
+      if (lua_status(g->co) == LUA_YIELD && closes_quietly(L, g, yield_up)) {
         int status = lua_resetthread(g->co);  /* no __close left to fail */
         if (status != LUA_OK) lua_xmove(g->co, L, 1);
         set_dead(L, L, gidx, g);
@@ -1037,7 +1056,7 @@ static int guard_gc(lua_State *L) {
   if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
     return 0;  /* resumed behind its back */
   lua_State *co = g->co;
-  if (closes_quietly(L, g, plain_yield(L, 1))) {  /* no pcall, no error object */
+  if (closes_quietly(L, g, 1)) {  /* no pcall, no error object */
     set_dead(L, L, 2, g);  /* co is garbage, unless a coroutine.running() leaked it */
     return 0;
   }
@@ -1189,9 +1208,14 @@ static int inline_start(lua_State *L, Generator *sub) {
   int n = lua_gettop(co);  /* its body and arguments */
   luaL_checkstack(L, n + 4, "too many arguments");
   lua_pushinteger(L, exits_of(L));
+  lua_xmove(co, L, n);
+  thread_pool *pool = lua_touserdata(L, lua_upvalueindex(POOL_UP));
+  if (n <= LUA_MINSTACK && pool->n < THREAD_POOL) {  /* its stack never grew */
+    lua_getiuservalue(L, 1, 1);
+    lua_setiuservalue(L, lua_upvalueindex(POOL_UP), ++pool->n);
+  }
   lua_pushthread(L);
   lua_setiuservalue(L, 1, 1);
-  lua_xmove(co, L, n);
   sub->co = L;
   sub->state = GEN_INLINED;
   int status = lua_pcallk(L, n - 1, LUA_MULTRET, 0, 0, inline_cont);
@@ -1252,9 +1276,30 @@ static int gen_yield_from(lua_State *L) {
 }
 
 /*
+** Pushes a coroutine for a new generator: one from the pool that
+** inline_start fills (it never ran; it gets L's hook, as lua_newthread
+** gives it), else a new one. Needs 2 free slots.
+*/
+static lua_State *take_thread(lua_State *L) {
+  lua_State *co;
+  thread_pool *pool = lua_touserdata(L, lua_upvalueindex(POOL_UP));
+  if (pool->n > 0) {
+    lua_getiuservalue(L, lua_upvalueindex(POOL_UP), pool->n);
+    lua_pushnil(L);
+    lua_setiuservalue(L, lua_upvalueindex(POOL_UP), pool->n--);
+    co = lua_tothread(L, -1);
+    lua_sethook(co, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
+    return co;
+  }
+  co = lua_newthread(L);
+  *(const void **)lua_getextraspace(co) = &thread_tag;
+  return co;
+}
+
+/*
 ** A generator function: calling it makes a generator that will run its
 ** function (upvalue 3) with the call's arguments. Upvalue 2 is the
-** metatable.
+** metatable, upvalue POOL_UP the pool of coroutines.
 */
 static int generator_function(lua_State *L) {
   int nargs = lua_gettop(L);
@@ -1271,9 +1316,8 @@ static int generator_function(lua_State *L) {
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
-  lua_State *co = lua_newthread(L);
-  *(const void **)lua_getextraspace(co) = &thread_tag;
-  lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
+  lua_State *co = take_thread(L);
+  if (nargs > 0) lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
   if (!lua_checkstack(co, nargs + 1)) return luaL_error(L, "too many arguments");
   lua_pushvalue(L, lua_upvalueindex(3));
   lua_xmove(L, co, 1);
@@ -1290,7 +1334,8 @@ static int gen_wrap(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, generator_function, 3);
+  lua_pushvalue(L, lua_upvalueindex(POOL_UP));
+  lua_pushcclosure(L, generator_function, POOL_UP);
   return 1;
 }
 
@@ -1348,7 +1393,8 @@ static void push_plain_yield(lua_State *L) {
 ** stack. Every function in it and in the module gets its address (a light
 ** userdata) as upvalue 1 for check_generator; the methods and metamethods
 ** get coroutine.yield (see plain_yield) as upvalue 2; the module's
-** functions get the table as upvalue 2 and coroutine.yield as upvalue 3.
+** functions get the table as upvalue 2, coroutine.yield as upvalue 3 and
+** the pool of coroutines (see thread_pool) as upvalue POOL_UP.
 ** The guards' metatable (registry, at guard_key) holds guard_gc, with
 ** coroutine.yield as its upvalue, hides itself from getmetatable, and
 ** keeps the pool of guards let go (see drop_guard) in its array part.
@@ -1380,6 +1426,8 @@ int luaopen_host_generator(lua_State *L) {
   lua_pushlightuserdata(L, (void *)lua_topointer(L, -1));
   lua_rotate(L, -3, 1);                               /* lib, address, yield, mt */
   lua_insert(L, -2);                                  /* lib, address, mt, yield */
-  luaL_setfuncs(L, generator_funcs, 3);
+  lua_newuserdatauv(L, sizeof(thread_pool), THREAD_POOL);   /* ..., yield, pool */
+  ((thread_pool *)lua_touserdata(L, -1))->n = 0;
+  luaL_setfuncs(L, generator_funcs, POOL_UP);
   return 1;
 }
