@@ -1152,6 +1152,56 @@ describe('a generator dropped without close', function()
     lock:release()
   end)
 
+  it('is closed when collected after its function made others: a <close> in its body, a generic for, a tail call', function()
+    -- From the second generator of a function on, its code is read once:
+    -- this holds whatever it finds there.
+    local closed = {}
+    local function closer(name)
+      return setmetatable({}, { __close = function() closed[#closed + 1] = name end })
+    end
+    local once = function(_, done) if not done then return true end end
+    local bodies = {
+      tbc = function() local _ <close> = closer('tbc'); yield(1) end,
+      generic_for = function()
+        for _ in once, nil, nil, closer('generic_for') do yield(1) end
+      end,
+      tail_call = function()
+        return (function() local _ <close> = closer('tail_call'); yield(1) end)()
+      end,
+    }
+    for _, body in pairs(bodies) do
+      local make = generator.wrap(body)
+      for _ = 1, 3 do
+        local g = make()
+        assert.are.equal(1, g:next())
+        g = nil
+        collect()
+      end
+    end
+    table.sort(closed)
+    assert.are.same({ 'generic_for', 'generic_for', 'generic_for', 'tail_call', 'tail_call', 'tail_call',
+                      'tbc', 'tbc', 'tbc' }, closed)
+  end)
+
+  it('whose function has none of those is closed by close() as before, the same values returned', function()
+    local make = generator.wrap(function(a)
+      local held = setmetatable({}, { __close = function() error('not a <close> variable') end })
+      local got = yield(a)
+      yield(got, held ~= nil)
+      return 'unreached'
+    end)
+    for i = 1, 3 do
+      local g = make(i)
+      assert.are.equal(i, g:next())
+      local got, held = g:send('x')
+      assert.are.same({ 'x', true }, { got, held })
+      assert.are.same({}, { g:close() })
+      assert.are.equal('dead', g:status())
+      assert.are.same({}, { g:result() })
+      assert_kind(error_of(g.next, g), 'StopIteration', 'cannot resume dead generator')
+    end
+  end)
+
   it('with nothing to close is dropped without growing the heap', function()
     -- In a fresh state, as the effect is relative to the heap's size:
     -- resetting each coroutine inside its finalizer postponed Lua's cycles
