@@ -47,6 +47,9 @@
 **
 ** Every resume of a generator's coroutine goes through resume_generator.
 */
+#include <stdint.h>
+#include <string.h>
+
 #include "modules.h"
 #include "runtime.h"
 
@@ -74,6 +77,49 @@ _Static_assert(LUA_EXTRASPACE >= sizeof(void *), "generator.c tags threads in th
 /* How many let-go guards are kept for reuse (in their metatable's array). */
 #define GUARD_POOL 64
 
+/*
+** How many coroutines that inline_start took the body out of, never run,
+** are kept for new generators (see take_thread): a yield_from of a fresh
+** generator then allocates no lua_State (Item 40 makes two per cell).
+*/
+#define THREAD_POOL 16
+
+/*
+** The pool of those coroutines: a userdata with THREAD_POOL uservalues,
+** 1..n in use, the upvalue `POOL_UP` of yield_from and of generator
+** functions (a counter read in place costs a generator that finds the
+** pool empty next to nothing, a table's length more than a tenth of its
+** creation).
+*/
+typedef struct thread_pool {
+  int n;
+} thread_pool;
+#define POOL_UP 4
+
+/*
+** Upvalue BODY_UP of a generator function: what it knows of its body.
+** A count n >= 0: a Lua function, made into n generators so far, its
+** code not read yet (it is read at the BODY_READ_AT-th, see body_is_plain:
+** a function wrapped for one generator is never read).
+*/
+#define BODY_UP 5
+#define BODY_READ_AT 2
+enum {
+  BODY_C = -3,      /* a C function */
+  BODY_PLAIN = -2,  /* a Lua function that its frame never leaves nor closes (see body_is_plain) */
+  BODY_LUA = -1     /* any other Lua function */
+};
+
+/*
+** The opcodes of Lua 5.4 (lopcodes.h) that body_is_plain looks for:
+** the two that make a to-be-closed variable (`local x <close>`, a generic
+** for's closing value; lua_toclose, the only other way, is for C
+** functions) and the tail call, which replaces the body's frame.
+*/
+#define LUA54_OP_TBC 55
+#define LUA54_OP_TAILCALL 69
+#define LUA54_OP_TFORPREP 75
+
 typedef enum {
   GEN_CREATED,    /* made, its body has not started */
   GEN_SUSPENDED,  /* stopped at a yield */
@@ -97,6 +143,8 @@ typedef struct Generator {
   bool took_over : 1;     /* it runs in the coroutine of another (take_over) */
   bool delegated : 1;     /* a yield_from on its own coroutine path waits on it */
   bool deferred : 1;      /* its guard put its close off once (see guard_gc) */
+  bool plain_body : 1;    /* its function is BODY_PLAIN: its coroutine's bottom
+                             frame runs it and holds no <close> value */
   int nret;       /* how many values it returned; -1 if it did not return */
 } Generator;
 
@@ -518,15 +566,16 @@ static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
 /*
 ** True if raising GeneratorExit in the suspended coroutine of g could run
 ** none of the user's code, so that closing it is dropping it: it waits in
-** a plain yield (generator.yield, or `yield_fn`, coroutine.yield as the
-** module found it), every frame below is a Lua function (no pcall, no C
+** a plain yield (generator.yield, or coroutine.yield as the module found
+** it: see plain_yield, `yield_up`), every frame below is a Lua function (no pcall, no C
 ** function that could catch the error or own a <close> slot), and no live
 ** local holds a value with a __close metamethod (a <close> variable would
 ** see the error). CPython skips the throw the same way for a frame
 ** outside any try block. The bottom frame runs g's function: what kind
-** it is was noted when g was made (a lua_getinfo less per check).
+** it is was noted when g was made (a lua_getinfo less per check), and a
+** plain one (see body_is_plain) has no local to look at.
 */
-static bool closes_quietly(lua_State *L, const Generator *g, lua_CFunction yield_fn) {
+static bool closes_quietly(lua_State *L, const Generator *g, int yield_up) {
   lua_State *co = g->co;
   lua_Debug ar, below;
   const void *last_mt = NULL;
@@ -536,7 +585,7 @@ static bool closes_quietly(lua_State *L, const Generator *g, lua_CFunction yield
   lua_getinfo(co, "f", &ar);
   lua_CFunction f = lua_tocfunction(co, -1);
   lua_pop(co, 1);
-  if (f != gen_yield && (f != yield_fn || f == NULL)) return false;
+  if (f != gen_yield && (f == NULL || f != plain_yield(L, yield_up))) return false;
   for (int level = 1; lua_getstack(co, level, &ar); level++, ar = below) {
     bool lua_function;
     if (lua_getstack(co, level + 1, &below)) {
@@ -545,6 +594,7 @@ static bool closes_quietly(lua_State *L, const Generator *g, lua_CFunction yield
       lua_pop(co, 1);
     } else {
       lua_function = g->lua_body;  /* the bottom frame is the body */
+      if (g->plain_body) break;    /* which has no <close> value to see it */
     }
     if (!lua_function) return false;
     for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++) {
@@ -599,14 +649,14 @@ static void attach_guard(lua_State *L, lua_State *H, int gidx, Generator *g) {
 ** or is in turn delegated to, up to one reached directly, which has. It
 ** stays so until g dies, unless a refusal ends the delegation (advance
 ** checks g then). The running C function has
-** coroutine.yield as upvalue `yield_up` (see plain_yield): it is read
-** only here, off the path of a send to a guarded generator. Needs 4 free
+** coroutine.yield as upvalue `yield_up` (see plain_yield): closes_quietly
+** reads it, off the path of a send to a guarded generator. Needs 4 free
 ** slots on L.
 */
 static void check_quiet(lua_State *L, lua_State *H, int gidx, Generator *g,
                         int yield_up) {
   if (g->guarded) return;
-  if (g->checks < QUIET_CHECKS && closes_quietly(L, g, plain_yield(L, yield_up))) {
+  if (g->checks < QUIET_CHECKS && closes_quietly(L, g, yield_up)) {
     g->checks++;
     return;
   }
@@ -663,6 +713,7 @@ static bool take_over(lua_State *L, lua_State *co) {
   sub->state = GEN_SUSPENDED;  /* its uservalue 1 holds co already */
   sub->checks = 0;
   sub->took_over = true;
+  sub->plain_body = false;  /* co's bottom frame runs another body */
   attach_guard(L, L, lua_gettop(L), sub);
   lua_pop(L, 1);
   return true;
@@ -877,7 +928,7 @@ static int close_generator(lua_State *L, int gidx, int yield_up) {
     case GEN_DEAD:
       return 0;
     case GEN_SUSPENDED:
-      if (lua_status(g->co) == LUA_YIELD && closes_quietly(L, g, plain_yield(L, yield_up))) {
+      if (lua_status(g->co) == LUA_YIELD && closes_quietly(L, g, yield_up)) {
         int status = lua_resetthread(g->co);  /* no __close left to fail */
         if (status != LUA_OK) lua_xmove(g->co, L, 1);
         set_dead(L, L, gidx, g);
@@ -1037,7 +1088,7 @@ static int guard_gc(lua_State *L) {
   if (g->state != GEN_SUSPENDED || lua_status(g->co) != LUA_YIELD)
     return 0;  /* resumed behind its back */
   lua_State *co = g->co;
-  if (closes_quietly(L, g, plain_yield(L, 1))) {  /* no pcall, no error object */
+  if (closes_quietly(L, g, 1)) {  /* no pcall, no error object */
     set_dead(L, L, 2, g);  /* co is garbage, unless a coroutine.running() leaked it */
     return 0;
   }
@@ -1189,9 +1240,14 @@ static int inline_start(lua_State *L, Generator *sub) {
   int n = lua_gettop(co);  /* its body and arguments */
   luaL_checkstack(L, n + 4, "too many arguments");
   lua_pushinteger(L, exits_of(L));
+  lua_xmove(co, L, n);
+  thread_pool *pool = lua_touserdata(L, lua_upvalueindex(POOL_UP));
+  if (n <= LUA_MINSTACK && pool->n < THREAD_POOL) {  /* its stack never grew */
+    lua_getiuservalue(L, 1, 1);
+    lua_setiuservalue(L, lua_upvalueindex(POOL_UP), ++pool->n);
+  }
   lua_pushthread(L);
   lua_setiuservalue(L, 1, 1);
-  lua_xmove(co, L, n);
   sub->co = L;
   sub->state = GEN_INLINED;
   int status = lua_pcallk(L, n - 1, LUA_MULTRET, 0, 0, inline_cont);
@@ -1252,28 +1308,190 @@ static int gen_yield_from(lua_State *L) {
 }
 
 /*
+** Reading a function's own code from lua_dump's output as it comes
+** (ldump.c of Lua 5.4: the header, the function's header, its code):
+** `pos` counts the bytes of the current part, `num` the size being read
+** (written 7 bits a byte, most significant first, the last byte marked
+** by 0x80), `left` what is left of the part.
+*/
+typedef enum {
+  CODE_HEADER, CODE_UPVALUES, CODE_SOURCE, CODE_SOURCE_BYTES, CODE_LINE,
+  CODE_LASTLINE, CODE_PARAMS, CODE_SIZE, CODE_INSTRUCTIONS, CODE_DONE
+} code_part;
+
+typedef struct code_reader {
+  code_part part;
+  size_t pos, num, left;
+  unsigned char word[4];
+  bool plain;  /* read to its end, and none of the opcodes looked for */
+} code_reader;
+
+/* The header up to LUAC_INT and LUAC_NUM: signature, 5.4, format 0, LUAC_DATA, sizes. */
+static const unsigned char lua54_header[] = {
+  0x1b, 'L', 'u', 'a', 0x54, 0, 0x19, 0x93, '\r', '\n', 0x1a, '\n',
+  4, sizeof(lua_Integer), sizeof(lua_Number)
+};
+
+/* Reads one byte of a size (see code_reader); true at its last. */
+static bool read_size(code_reader *r, unsigned char b) {
+  r->num = (r->num << 7) | (b & 0x7f);
+  return (b & 0x80) != 0;
+}
+
+/* Reads one instruction: done at an opcode looked for or at the last one. */
+static void read_instruction(code_reader *r) {
+  uint32_t instruction;
+  memcpy(&instruction, r->word, sizeof instruction);
+  unsigned op = instruction & 0x7f;
+  if (op == LUA54_OP_TBC || op == LUA54_OP_TAILCALL || op == LUA54_OP_TFORPREP) {
+    r->part = CODE_DONE;
+  } else if (--r->left == 0) {
+    r->plain = true;
+    r->part = CODE_DONE;
+  }
+}
+
+/*
+** lua_Writer of body_is_plain: feeds the bytes to the reader. Stops the
+** dump (non-zero) once the code is read, or at a header it does not know.
+*/
+static int read_code(lua_State *L, const void *p, size_t size, void *ud) {
+  code_reader *r = ud;
+  const unsigned char *b = p;
+  (void)L;
+  for (size_t i = 0; i < size && r->part != CODE_DONE; i++) {
+    switch (r->part) {
+      case CODE_HEADER:
+        if (r->pos < sizeof lua54_header && b[i] != lua54_header[r->pos])
+          r->part = CODE_DONE;
+        else if (++r->pos == sizeof lua54_header + sizeof(lua_Integer) + sizeof(lua_Number))
+          r->part = CODE_UPVALUES;
+        break;
+      case CODE_UPVALUES:  /* one byte */
+        r->part = CODE_SOURCE;
+        break;
+      case CODE_SOURCE:  /* its length + 1, 0 for none */
+        if (read_size(r, b[i])) {
+          r->left = r->num > 0 ? r->num - 1 : 0;
+          r->num = 0;
+          r->part = r->left > 0 ? CODE_SOURCE_BYTES : CODE_LINE;
+        }
+        break;
+      case CODE_SOURCE_BYTES:
+        if (--r->left == 0) r->part = CODE_LINE;
+        break;
+      case CODE_LINE:
+      case CODE_LASTLINE:
+        if (read_size(r, b[i])) {
+          r->num = 0;
+          r->pos = 0;
+          r->part = r->part == CODE_LINE ? CODE_LASTLINE : CODE_PARAMS;
+        }
+        break;
+      case CODE_PARAMS:  /* numparams, is_vararg, maxstacksize */
+        if (++r->pos == 3) r->part = CODE_SIZE;
+        break;
+      case CODE_SIZE:
+        if (read_size(r, b[i])) {
+          r->left = r->num;
+          r->pos = 0;
+          r->part = r->left > 0 ? CODE_INSTRUCTIONS : CODE_DONE;
+        }
+        break;
+      case CODE_INSTRUCTIONS:
+        r->word[r->pos++] = b[i];
+        if (r->pos == sizeof r->word) {
+          r->pos = 0;
+          read_instruction(r);
+        }
+        break;
+      case CODE_DONE:
+        break;
+    }
+  }
+  return r->part == CODE_DONE;
+}
+
+/*
+** True if the Lua function on top of L is plain: its own code (not the
+** functions it defines, which run in frames of their own) has no
+** instruction that makes a to-be-closed variable and no tail call, so a
+** coroutine started on it keeps it as its bottom frame, which never
+** holds a <close> value. Read from lua_dump (stripped, stopped after the
+** code): anything unexpected answers false, which only costs time.
+*/
+static bool body_is_plain(lua_State *L) {
+  code_reader r = {CODE_HEADER, 0, 0, 0, {0}, false};
+  lua_dump(L, read_code, &r, 1);
+  return r.plain;
+}
+
+/*
+** What a generator function knows of its body (upvalue BODY_UP), after
+** one more generator made of it: reads its code the BODY_READ_AT-th time.
+** Needs 1 free slot.
+*/
+static lua_Integer body_kind(lua_State *L) {
+  lua_Integer kind = lua_tointeger(L, lua_upvalueindex(BODY_UP));
+  if (kind < 0) return kind;
+  if (kind + 1 < BODY_READ_AT) {
+    kind++;
+  } else {
+    lua_pushvalue(L, lua_upvalueindex(3));
+    kind = body_is_plain(L) ? BODY_PLAIN : BODY_LUA;
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, kind);
+  lua_replace(L, lua_upvalueindex(BODY_UP));
+  return kind >= 0 ? BODY_LUA : kind;
+}
+
+/*
+** Pushes a coroutine for a new generator: one from the pool that
+** inline_start fills (it never ran; it gets L's hook, as lua_newthread
+** gives it), else a new one. Needs 2 free slots.
+*/
+static lua_State *take_thread(lua_State *L) {
+  lua_State *co;
+  thread_pool *pool = lua_touserdata(L, lua_upvalueindex(POOL_UP));
+  if (pool->n > 0) {
+    lua_getiuservalue(L, lua_upvalueindex(POOL_UP), pool->n);
+    lua_pushnil(L);
+    lua_setiuservalue(L, lua_upvalueindex(POOL_UP), pool->n--);
+    co = lua_tothread(L, -1);
+    lua_sethook(co, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
+    return co;
+  }
+  co = lua_newthread(L);
+  *(const void **)lua_getextraspace(co) = &thread_tag;
+  return co;
+}
+
+/*
 ** A generator function: calling it makes a generator that will run its
 ** function (upvalue 3) with the call's arguments. Upvalue 2 is the
-** metatable.
+** metatable, upvalue POOL_UP the pool of coroutines, upvalue BODY_UP
+** what is known of the function.
 */
 static int generator_function(lua_State *L) {
   int nargs = lua_gettop(L);
   luaL_checkstack(L, 3, "too many arguments");
+  lua_Integer body = body_kind(L);
   Generator *g = lua_newuserdatauv(L, sizeof *g, 1);
   g->co = NULL;  /* dead until its coroutine exists */
   g->state = GEN_DEAD;
   g->checks = 0;
   g->guarded = false;
-  g->lua_body = !lua_iscfunction(L, lua_upvalueindex(3));
+  g->lua_body = body != BODY_C;
+  g->plain_body = body == BODY_PLAIN;
   g->took_over = false;
   g->delegated = false;
   g->deferred = false;
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
-  lua_State *co = lua_newthread(L);
-  *(const void **)lua_getextraspace(co) = &thread_tag;
-  lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
+  lua_State *co = take_thread(L);
+  if (nargs > 0) lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
   if (!lua_checkstack(co, nargs + 1)) return luaL_error(L, "too many arguments");
   lua_pushvalue(L, lua_upvalueindex(3));
   lua_xmove(L, co, 1);
@@ -1290,7 +1508,9 @@ static int gen_wrap(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, generator_function, 3);
+  lua_pushvalue(L, lua_upvalueindex(POOL_UP));
+  lua_pushinteger(L, lua_iscfunction(L, 1) ? BODY_C : 0);
+  lua_pushcclosure(L, generator_function, BODY_UP);
   return 1;
 }
 
@@ -1348,7 +1568,8 @@ static void push_plain_yield(lua_State *L) {
 ** stack. Every function in it and in the module gets its address (a light
 ** userdata) as upvalue 1 for check_generator; the methods and metamethods
 ** get coroutine.yield (see plain_yield) as upvalue 2; the module's
-** functions get the table as upvalue 2 and coroutine.yield as upvalue 3.
+** functions get the table as upvalue 2, coroutine.yield as upvalue 3 and
+** the pool of coroutines (see thread_pool) as upvalue POOL_UP.
 ** The guards' metatable (registry, at guard_key) holds guard_gc, with
 ** coroutine.yield as its upvalue, hides itself from getmetatable, and
 ** keeps the pool of guards let go (see drop_guard) in its array part.
@@ -1380,6 +1601,8 @@ int luaopen_host_generator(lua_State *L) {
   lua_pushlightuserdata(L, (void *)lua_topointer(L, -1));
   lua_rotate(L, -3, 1);                               /* lib, address, yield, mt */
   lua_insert(L, -2);                                  /* lib, address, mt, yield */
-  luaL_setfuncs(L, generator_funcs, 3);
+  lua_newuserdatauv(L, sizeof(thread_pool), THREAD_POOL);   /* ..., yield, pool */
+  ((thread_pool *)lua_touserdata(L, -1))->n = 0;
+  luaL_setfuncs(L, generator_funcs, POOL_UP);
   return 1;
 }

@@ -947,6 +947,35 @@ describe('host.generator', function()
       assert.matches('C stack overflow', error_of(g.next, g))
       assert.are.equal('dead', g:status())
     end)
+
+    it("leaves the coroutine it did not use to the next generator made, with its maker's hook", function()
+      local one = generator.wrap(function(a) yield(a) end)
+      -- made under a call hook: its coroutine has that hook, as lua_newthread gives it
+      debug.sethook(function() end, 'c')
+      local sub = one('sub')
+      debug.sethook()
+      local unused = debug.getuservalue(sub, 1)
+      assert.are.equal('c', select(2, debug.gethook(unused)))
+      local g = generator.wrap(function() return yield_from(sub) end)()
+      assert.are.equal('sub', g:next())
+      -- made with no hook: it gets that coroutine, without the stale hook
+      local h = one('h')
+      assert.are.equal(unused, debug.getuservalue(h, 1))
+      assert.is_nil(debug.gethook(unused))
+      assert.are.equal('h', h:next())
+      assert_kind(error_of(h.next, h), 'StopIteration')
+      -- and the other way round
+      sub = one('sub')
+      unused = debug.getuservalue(sub, 1)
+      g = generator.wrap(function() return yield_from(sub) end)()
+      assert.are.equal('sub', g:next())
+      debug.sethook(function() end, 'c')
+      h = one('h')
+      debug.sethook()
+      assert.are.equal(unused, debug.getuservalue(h, 1))
+      assert.are.equal('c', select(2, debug.gethook(unused)))
+      assert.are.equal('h', h:next())
+    end)
   end)
 
   describe('whose coroutine is reached behind their back', function()
@@ -1121,6 +1150,56 @@ describe('a generator dropped without close', function()
     assert.are.same({ true }, seen)
     assert.is_true(lock:acquire(5) ~= false)  -- another user gets it
     lock:release()
+  end)
+
+  it('is closed when collected after its function made others: a <close> in its body, a generic for, a tail call', function()
+    -- From the second generator of a function on, its code is read once:
+    -- this holds whatever it finds there.
+    local closed = {}
+    local function closer(name)
+      return setmetatable({}, { __close = function() closed[#closed + 1] = name end })
+    end
+    local once = function(_, done) if not done then return true end end
+    local bodies = {
+      tbc = function() local _ <close> = closer('tbc'); yield(1) end,
+      generic_for = function()
+        for _ in once, nil, nil, closer('generic_for') do yield(1) end
+      end,
+      tail_call = function()
+        return (function() local _ <close> = closer('tail_call'); yield(1) end)()
+      end,
+    }
+    for _, body in pairs(bodies) do
+      local make = generator.wrap(body)
+      for _ = 1, 3 do
+        local g = make()
+        assert.are.equal(1, g:next())
+        g = nil
+        collect()
+      end
+    end
+    table.sort(closed)
+    assert.are.same({ 'generic_for', 'generic_for', 'generic_for', 'tail_call', 'tail_call', 'tail_call',
+                      'tbc', 'tbc', 'tbc' }, closed)
+  end)
+
+  it('whose function has none of those is closed by close() as before, the same values returned', function()
+    local make = generator.wrap(function(a)
+      local held = setmetatable({}, { __close = function() error('not a <close> variable') end })
+      local got = yield(a)
+      yield(got, held ~= nil)
+      return 'unreached'
+    end)
+    for i = 1, 3 do
+      local g = make(i)
+      assert.are.equal(i, g:next())
+      local got, held = g:send('x')
+      assert.are.same({ 'x', true }, { got, held })
+      assert.are.same({}, { g:close() })
+      assert.are.equal('dead', g:status())
+      assert.are.same({}, { g:result() })
+      assert_kind(error_of(g.next, g), 'StopIteration', 'cannot resume dead generator')
+    end
   end)
 
   it('with nothing to close is dropped without growing the heap', function()
