@@ -293,24 +293,27 @@ static void rlock_put(lua_State *L, lock_t *lk) {
 }
 
 /*
-** The Lock that is argument 1 of a method of it: the checks of
-** host_object_check_self with one API call less (the metatable it compares
-** may stay on the stack above the arguments: a caller that reads an
-** optional argument sets the top back first). Anything but a live Lock
-** raises there.
+** The Lock or RLock (tname) that is argument 1 of a method of it: the
+** checks of host_object_check_self with fewer and cheaper API calls. The
+** metatables are compared by address (two lua_topointer cost less than
+** one lua_rawequal, which compares any two values), and the metatable
+** pushed stays on the stack above the arguments (a caller that reads an
+** optional argument sets the top back first). Anything but a live object
+** of that type raises there.
 */
-static lock_t *self_lock(lua_State *L) {
+static inline lock_t *self_lock(lua_State *L, const char *tname) {
   lock_t *lk = lua_touserdata(L, 1);
-  if (lk != NULL && lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1)) &&
+  if (lk != NULL && lua_getmetatable(L, 1) &&
+      lua_topointer(L, -1) == lua_topointer(L, lua_upvalueindex(1)) &&
       !lk->h.obj.finalized)
     return lk;
-  return host_object_check_self(L, LOCK_TYPE);
+  return host_object_check_self(L, tname);
 }
 
 /* lock:acquire([timeout]) -> lock | false */
 static int lock_acquire(lua_State *L) {
   int top = lua_gettop(L);
-  lock_t *lk = self_lock(L);
+  lock_t *lk = self_lock(L, LOCK_TYPE);
   if (!lk->locked) {  /* the fast path */
     if (top > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
@@ -326,7 +329,7 @@ static int lock_acquire(lua_State *L) {
 
 /* lock:release(), and __close(lock, err): reads argument 1 only. */
 static int lock_release(lua_State *L) {
-  lock_put(L, self_lock(L));
+  lock_put(L, self_lock(L, LOCK_TYPE));
   return 0;
 }
 
@@ -343,18 +346,17 @@ static int lock_new(lua_State *L) {
 
 /* rlock:acquire([timeout]) -> rlock | false; reentrant for its owner. */
 static int rlock_acquire(lua_State *L) {
-  lock_t *lk = host_object_check_self(L, RLOCK_TYPE);
-  if (!rlock_take(L, lk, 1, opt_block_timeout(L, 2))) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  lua_settop(L, 1);
+  int top = lua_gettop(L);
+  lock_t *lk = self_lock(L, RLOCK_TYPE);
+  double timeout = top > 1 ? opt_block_timeout(L, 2) : -1;  /* 2 may be the metatable */
+  if (rlock_take(L, lk, 1, timeout)) lua_pushvalue(L, 1);
+  else lua_pushboolean(L, 0);
   return 1;
 }
 
 /* rlock:release(), and __close(rlock, err): reads argument 1 only. */
 static int rlock_release(lua_State *L) {
-  rlock_put(L, host_object_check_self(L, RLOCK_TYPE));
+  rlock_put(L, self_lock(L, RLOCK_TYPE));
   return 0;
 }
 

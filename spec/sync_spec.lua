@@ -85,6 +85,23 @@ describe('Lock', function()
     assert.has_error(function() thread.Lock():acquire('x') end)
   end)
 
+  it('rejects a self that is not a live Lock or RLock, on the fast paths too', function()
+    for _, case in ipairs{ { thread.Lock(), thread.RLock(), 'host.Lock' },
+                           { thread.RLock(), thread.Lock(), 'host.RLock' } } do
+      local x, other, tname = case[1], case[2], case[3]
+      local mt = getmetatable(x)
+      local fake = setmetatable({}, mt)  -- the right metatable on a table
+      for _, bad in ipairs{ other, io.stdout, fake, 'x', 1, false } do
+        for _, f in ipairs{ x.acquire, x.release, mt.__close } do
+          local ok, err = pcall(f, bad, nil)
+          assert.is_false(ok)
+          assert.matches(tname .. ' expected, got ', err, 1, true)
+        end
+      end
+      assert.is_false(x:locked())
+    end
+  end)
+
   it('waits without a timeout while another thread holds it', function()
     -- acquire() with no argument must block, not read something else as
     -- its timeout (a fast path once left an object where argument 2 is)
@@ -132,6 +149,25 @@ describe('RLock', function()
     assert.is_true(rl:locked())
     rl:release()
     assert.is_false(rl:locked())
+  end)
+
+  it('waits without a timeout while another thread holds it', function()
+    -- as for Lock: a fast path leaves the metatable where argument 2 is
+    local rl, holding, waiting = thread.RLock(), thread.Event(), thread.Event()
+    assert.are.equal(rl, rl:acquire())
+    rl:release()
+    local holder = spawn(function()
+      rl:acquire(T)
+      holding:set()
+      assert(waiting:wait(T))
+      thread.sleep(0.05)  -- main sleeps in acquire now, or soon: either way it waits
+      rl:release()
+    end)
+    assert.is_true(holding:wait(T))
+    waiting:set()
+    assert.are.equal(rl, rl:acquire())  -- the holder releases it soon
+    rl:release()
+    holder()
   end)
 
   it('refuses a release by a thread that does not own it', function()
