@@ -43,11 +43,16 @@ typedef struct sync_head {
 /*
 ** Lock and RLock: `owner` is the thread that took it (a Lock's is only
 ** shown by tostring, dumps and deadlock reports: another thread may
-** release a Lock); `count` is used by RLock only.
+** release a Lock); `count` is used by RLock only. `handed` is true when
+** every thread asleep on the queue has been handed its place in the GIL's
+** line since it began to sleep (a release then has nobody to notify: the
+** waiters of a contended lock stay on the queue until they run, and every
+** release meanwhile found them there).
 */
 typedef struct lock_t {
   sync_head h;
   bool locked;
+  bool handed;
   host_tstate *owner;
   lua_Integer count;
 } lock_t;
@@ -237,10 +242,6 @@ static bool wait_until(lua_State *L, int idx, const char *tname,
 
 /* ---- Lock and RLock ---- */
 
-static bool lock_free(void *obj) {
-  return !((lock_t *)obj)->locked;
-}
-
 /* Takes the lock `lk` (the tname at idx), waiting up to timeout; false on timeout. */
 static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
                       double timeout) {
@@ -251,7 +252,11 @@ static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
   }
   if (timeout == 0) return false;
   host_deadline d = host_deadline_in(timeout);
-  if (!wait_until(L, idx, tname, &d, lock_free, lk)) return false;
+  while (lk->locked) {
+    if (host_deadline_passed(&d)) return false;
+    lk->handed = false;  /* one more asleep to notify */
+    if (object_wait(L, idx, tname, &d, true) == HOST_WAIT_TIMEOUT && lk->locked) return false;
+  }
   lk->locked = true;
   lk->owner = host_current();
   return true;
@@ -270,10 +275,14 @@ static bool rlock_take(lua_State *L, lock_t *lk, int idx, double timeout) {
   return true;
 }
 
+/* Frees the lock `lk` and hands its sleeping waiters places in the GIL's line. */
 static void lock_give(lock_t *lk) {
   lk->locked = false;
   lk->owner = NULL;
-  host_waitq_notify(lk->h.q);
+  if (!lk->handed) {
+    lk->handed = true;
+    host_waitq_notify(lk->h.q);
+  }
 }
 
 /* Releases the Lock `lk`; raises when it is not held. */

@@ -123,6 +123,35 @@ describe('Lock', function()
     holder()
   end)
 
+  it('wakes a waiter again when it lost the lock and sleeps on it again', function()
+    -- a release skips the waiters it has already woken (they stay on the
+    -- queue until they run); one that wakes, finds the lock taken back and
+    -- sleeps again must be woken by the next release. In a subprocess: the
+    -- waiter, a daemon, blocks without a timeout, and a bug must not hang.
+    local sh = require 'spec.support.sh'
+    local out, err, code = sh.host_script([=[
+      local thread = require 'host.thread'
+      thread.setswitchinterval(1)  -- no preemption between release and acquire below
+      local lk, waiting, got = thread.Lock(), thread.Event(), thread.Event()
+      lk:acquire()
+      thread.Thread{ daemon = true, target = function()
+        waiting:set()
+        lk:acquire()
+        got:set()
+        lk:release()
+      end }:start()
+      assert(waiting:wait(5))
+      thread.sleep(0.1)              -- the waiter sleeps on the lock now
+      lk:release()                   -- wakes it: it runs once main lets go of the GIL,
+      assert(lk:acquire(0))          -- and main takes the lock back before that
+      thread.sleep(0.1)              -- the waiter finds it taken and sleeps again
+      lk:release()
+      print(got:wait(5))
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal('true\n', out)
+  end)
+
   it('makes 5 threads x 10^4 locked increments exact', function()
     local lk, counter = thread.Lock(), { n = 0 }
     local joins = {}
