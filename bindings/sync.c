@@ -242,6 +242,17 @@ static bool wait_until(lua_State *L, int idx, const char *tname,
 
 /* ---- Lock and RLock ---- */
 
+/*
+** Waits once for the lock `lk` (the tname at idx) to be released: every
+** wait on a lock's queue goes through here, so that the next release
+** notifies (see lock_t.handed).
+*/
+static host_wait_result lock_wait(lua_State *L, lock_t *lk, int idx, const char *tname,
+                                  const host_deadline *d, bool interruptible) {
+  lk->handed = false;
+  return object_wait(L, idx, tname, d, interruptible);
+}
+
 /* Takes the lock `lk` (the tname at idx), waiting up to timeout; false on timeout. */
 static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
                       double timeout) {
@@ -254,8 +265,7 @@ static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
   host_deadline d = host_deadline_in(timeout);
   while (lk->locked) {
     if (host_deadline_passed(&d)) return false;
-    lk->handed = false;  /* one more asleep to notify */
-    if (object_wait(L, idx, tname, &d, true) == HOST_WAIT_TIMEOUT && lk->locked) return false;
+    if (lock_wait(L, lk, idx, tname, &d, true) == HOST_WAIT_TIMEOUT && lk->locked) return false;
   }
   lk->locked = true;
   lk->owner = host_current();
@@ -454,7 +464,7 @@ static void lock_restore(lua_State *L, condition_t *c, int idx,
   lock_t *lk = c->lock;
   host_deadline never = host_deadline_in(-1);
   check_lock_alive(L, c);
-  while (lk->locked) object_wait(L, idx, lock_type(c), &never, false);
+  while (lk->locked) lock_wait(L, lk, idx, lock_type(c), &never, false);
   lk->locked = true;
   lk->owner = me;
   if (c->reentrant) lk->count = count;

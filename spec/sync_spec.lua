@@ -231,6 +231,34 @@ describe('Condition', function()
     assert.are.equal('x', join())
   end)
 
+  it('gets its lock back when a notified waiter finds it still held', function()
+    -- the waiter wakes while the notifier still holds the lock and sleeps on
+    -- the lock: the release must wake it (a release skips waiters it has
+    -- woken already). In a subprocess: the waiter, a daemon, waits for the
+    -- lock without a timeout, and a bug must not hang.
+    local sh = require 'spec.support.sh'
+    local out, err, code = sh.host_script([=[
+      local thread = require 'host.thread'
+      local cv = thread.Condition(thread.Lock())
+      local waiting, woke = thread.Event(), thread.Event()
+      thread.Thread{ daemon = true, target = function()
+        cv:acquire()
+        waiting:set()
+        cv:wait(5)
+        woke:set()
+        cv:release()
+      end }:start()
+      assert(waiting:wait(5))
+      assert(cv:acquire(5))  -- once the waiter waits on cv
+      cv:notify()
+      thread.sleep(0.1)      -- the waiter wakes, finds the lock held and sleeps on it
+      cv:release()
+      print(woke:wait(5))
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal('true\n', out)
+  end)
+
   it('returns false when wait times out, with the lock held again', function()
     local lk = thread.Lock()
     local cond = thread.Condition(lk)
