@@ -43,11 +43,16 @@ typedef struct sync_head {
 /*
 ** Lock and RLock: `owner` is the thread that took it (a Lock's is only
 ** shown by tostring, dumps and deadlock reports: another thread may
-** release a Lock); `count` is used by RLock only.
+** release a Lock); `count` is used by RLock only. `handed` is true when
+** every thread asleep on the queue has been handed its place in the GIL's
+** line since it began to sleep (a release then has nobody to notify: the
+** waiters of a contended lock stay on the queue until they run, and every
+** release meanwhile found them there).
 */
 typedef struct lock_t {
   sync_head h;
   bool locked;
+  bool handed;
   host_tstate *owner;
   lua_Integer count;
 } lock_t;
@@ -237,8 +242,15 @@ static bool wait_until(lua_State *L, int idx, const char *tname,
 
 /* ---- Lock and RLock ---- */
 
-static bool lock_free(void *obj) {
-  return !((lock_t *)obj)->locked;
+/*
+** Waits once for the lock `lk` (the tname at idx) to be released: every
+** wait on a lock's queue goes through here, so that the next release
+** notifies (see lock_t.handed).
+*/
+static host_wait_result lock_wait(lua_State *L, lock_t *lk, int idx, const char *tname,
+                                  const host_deadline *d, bool interruptible) {
+  lk->handed = false;
+  return object_wait(L, idx, tname, d, interruptible);
 }
 
 /* Takes the lock `lk` (the tname at idx), waiting up to timeout; false on timeout. */
@@ -251,7 +263,10 @@ static bool lock_take(lua_State *L, lock_t *lk, int idx, const char *tname,
   }
   if (timeout == 0) return false;
   host_deadline d = host_deadline_in(timeout);
-  if (!wait_until(L, idx, tname, &d, lock_free, lk)) return false;
+  while (lk->locked) {
+    if (host_deadline_passed(&d)) return false;
+    if (lock_wait(L, lk, idx, tname, &d, true) == HOST_WAIT_TIMEOUT && lk->locked) return false;
+  }
   lk->locked = true;
   lk->owner = host_current();
   return true;
@@ -270,10 +285,14 @@ static bool rlock_take(lua_State *L, lock_t *lk, int idx, double timeout) {
   return true;
 }
 
+/* Frees the lock `lk` and hands its sleeping waiters places in the GIL's line. */
 static void lock_give(lock_t *lk) {
   lk->locked = false;
   lk->owner = NULL;
-  host_waitq_notify(lk->h.q);
+  if (!lk->handed) {
+    lk->handed = true;
+    host_waitq_notify(lk->h.q);
+  }
 }
 
 /* Releases the Lock `lk`; raises when it is not held. */
@@ -293,24 +312,27 @@ static void rlock_put(lua_State *L, lock_t *lk) {
 }
 
 /*
-** The Lock that is argument 1 of a method of it: the checks of
-** host_object_check_self with one API call less (the metatable it compares
-** may stay on the stack above the arguments: a caller that reads an
-** optional argument sets the top back first). Anything but a live Lock
-** raises there.
+** The Lock or RLock (tname) that is argument 1 of a method of it: the
+** checks of host_object_check_self with fewer and cheaper API calls. The
+** metatables are compared by address (two lua_topointer cost less than
+** one lua_rawequal, which compares any two values), and the metatable
+** pushed stays on the stack above the arguments (a caller that reads an
+** optional argument sets the top back first). Anything but a live object
+** of that type raises there.
 */
-static lock_t *self_lock(lua_State *L) {
+static inline lock_t *self_lock(lua_State *L, const char *tname) {
   lock_t *lk = lua_touserdata(L, 1);
-  if (lk != NULL && lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1)) &&
+  if (lk != NULL && lua_getmetatable(L, 1) &&
+      lua_topointer(L, -1) == lua_topointer(L, lua_upvalueindex(1)) &&
       !lk->h.obj.finalized)
     return lk;
-  return host_object_check_self(L, LOCK_TYPE);
+  return host_object_check_self(L, tname);
 }
 
 /* lock:acquire([timeout]) -> lock | false */
 static int lock_acquire(lua_State *L) {
   int top = lua_gettop(L);
-  lock_t *lk = self_lock(L);
+  lock_t *lk = self_lock(L, LOCK_TYPE);
   if (!lk->locked) {  /* the fast path */
     if (top > 1) opt_block_timeout(L, 2);  /* still check it */
     lk->locked = true;
@@ -326,7 +348,7 @@ static int lock_acquire(lua_State *L) {
 
 /* lock:release(), and __close(lock, err): reads argument 1 only. */
 static int lock_release(lua_State *L) {
-  lock_put(L, self_lock(L));
+  lock_put(L, self_lock(L, LOCK_TYPE));
   return 0;
 }
 
@@ -343,18 +365,17 @@ static int lock_new(lua_State *L) {
 
 /* rlock:acquire([timeout]) -> rlock | false; reentrant for its owner. */
 static int rlock_acquire(lua_State *L) {
-  lock_t *lk = host_object_check_self(L, RLOCK_TYPE);
-  if (!rlock_take(L, lk, 1, opt_block_timeout(L, 2))) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  lua_settop(L, 1);
+  int top = lua_gettop(L);
+  lock_t *lk = self_lock(L, RLOCK_TYPE);
+  double timeout = top > 1 ? opt_block_timeout(L, 2) : -1;  /* 2 may be the metatable */
+  if (rlock_take(L, lk, 1, timeout)) lua_pushvalue(L, 1);
+  else lua_pushboolean(L, 0);
   return 1;
 }
 
 /* rlock:release(), and __close(rlock, err): reads argument 1 only. */
 static int rlock_release(lua_State *L) {
-  rlock_put(L, host_object_check_self(L, RLOCK_TYPE));
+  rlock_put(L, self_lock(L, RLOCK_TYPE));
   return 0;
 }
 
@@ -443,7 +464,7 @@ static void lock_restore(lua_State *L, condition_t *c, int idx,
   lock_t *lk = c->lock;
   host_deadline never = host_deadline_in(-1);
   check_lock_alive(L, c);
-  while (lk->locked) object_wait(L, idx, lock_type(c), &never, false);
+  while (lk->locked) lock_wait(L, lk, idx, lock_type(c), &never, false);
   lk->locked = true;
   lk->owner = me;
   if (c->reentrant) lk->count = count;

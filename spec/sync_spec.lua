@@ -85,6 +85,23 @@ describe('Lock', function()
     assert.has_error(function() thread.Lock():acquire('x') end)
   end)
 
+  it('rejects a self that is not a live Lock or RLock, on the fast paths too', function()
+    for _, case in ipairs{ { thread.Lock(), thread.RLock(), 'host.Lock' },
+                           { thread.RLock(), thread.Lock(), 'host.RLock' } } do
+      local x, other, tname = case[1], case[2], case[3]
+      local mt = getmetatable(x)
+      local fake = setmetatable({}, mt)  -- the right metatable on a table
+      for _, bad in ipairs{ other, io.stdout, fake, 'x', 1, false } do
+        for _, f in ipairs{ x.acquire, x.release, mt.__close } do
+          local ok, err = pcall(f, bad, nil)
+          assert.is_false(ok)
+          assert.matches(tname .. ' expected, got ', err, 1, true)
+        end
+      end
+      assert.is_false(x:locked())
+    end
+  end)
+
   it('waits without a timeout while another thread holds it', function()
     -- acquire() with no argument must block, not read something else as
     -- its timeout (a fast path once left an object where argument 2 is)
@@ -104,6 +121,35 @@ describe('Lock', function()
     watchdog:cancel()
     lk:release()
     holder()
+  end)
+
+  it('wakes a waiter again when it lost the lock and sleeps on it again', function()
+    -- a release skips the waiters it has already woken (they stay on the
+    -- queue until they run); one that wakes, finds the lock taken back and
+    -- sleeps again must be woken by the next release. In a subprocess: the
+    -- waiter, a daemon, blocks without a timeout, and a bug must not hang.
+    local sh = require 'spec.support.sh'
+    local out, err, code = sh.host_script([=[
+      local thread = require 'host.thread'
+      thread.setswitchinterval(1)  -- no preemption between release and acquire below
+      local lk, waiting, got = thread.Lock(), thread.Event(), thread.Event()
+      lk:acquire()
+      thread.Thread{ daemon = true, target = function()
+        waiting:set()
+        lk:acquire()
+        got:set()
+        lk:release()
+      end }:start()
+      assert(waiting:wait(5))
+      thread.sleep(0.1)              -- the waiter sleeps on the lock now
+      lk:release()                   -- wakes it: it runs once main lets go of the GIL,
+      assert(lk:acquire(0))          -- and main takes the lock back before that
+      thread.sleep(0.1)              -- the waiter finds it taken and sleeps again
+      lk:release()
+      print(got:wait(5))
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal('true\n', out)
   end)
 
   it('makes 5 threads x 10^4 locked increments exact', function()
@@ -132,6 +178,25 @@ describe('RLock', function()
     assert.is_true(rl:locked())
     rl:release()
     assert.is_false(rl:locked())
+  end)
+
+  it('waits without a timeout while another thread holds it', function()
+    -- as for Lock: a fast path leaves the metatable where argument 2 is
+    local rl, holding, waiting = thread.RLock(), thread.Event(), thread.Event()
+    assert.are.equal(rl, rl:acquire())
+    rl:release()
+    local holder = spawn(function()
+      rl:acquire(T)
+      holding:set()
+      assert(waiting:wait(T))
+      thread.sleep(0.05)  -- main sleeps in acquire now, or soon: either way it waits
+      rl:release()
+    end)
+    assert.is_true(holding:wait(T))
+    waiting:set()
+    assert.are.equal(rl, rl:acquire())  -- the holder releases it soon
+    rl:release()
+    holder()
   end)
 
   it('refuses a release by a thread that does not own it', function()
@@ -164,6 +229,34 @@ describe('Condition', function()
       cond:notify()
     end
     assert.are.equal('x', join())
+  end)
+
+  it('gets its lock back when a notified waiter finds it still held', function()
+    -- the waiter wakes while the notifier still holds the lock and sleeps on
+    -- the lock: the release must wake it (a release skips waiters it has
+    -- woken already). In a subprocess: the waiter, a daemon, waits for the
+    -- lock without a timeout, and a bug must not hang.
+    local sh = require 'spec.support.sh'
+    local out, err, code = sh.host_script([=[
+      local thread = require 'host.thread'
+      local cv = thread.Condition(thread.Lock())
+      local waiting, woke = thread.Event(), thread.Event()
+      thread.Thread{ daemon = true, target = function()
+        cv:acquire()
+        waiting:set()
+        cv:wait(5)
+        woke:set()
+        cv:release()
+      end }:start()
+      assert(waiting:wait(5))
+      assert(cv:acquire(5))  -- once the waiter waits on cv
+      cv:notify()
+      thread.sleep(0.1)      -- the waiter wakes, finds the lock held and sleeps on it
+      cv:release()
+      print(woke:wait(5))
+    ]=])
+    assert.are.equal(0, code, err)
+    assert.are.equal('true\n', out)
   end)
 
   it('returns false when wait times out, with the lock held again', function()
