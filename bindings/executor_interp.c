@@ -581,6 +581,7 @@ static int manager_main(lua_State *L) {
   for (;;) {
     pthread_mutex_lock(&p->mu);
     if (p->done == NULL && !(p->shutdown && p->alive == 0)) {
+      host_wait_on(L, IPOOL_TYPE, "manager: no task done", p, NULL);
       host_cond_wait(L, &p->mu, &p->done_cv, &never);
       continue;
     }

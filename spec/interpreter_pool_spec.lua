@@ -626,6 +626,27 @@ end)
 -- Future) spin before they sleep, and a wake-up is claimed by the waiter
 -- that spins: these look for a lost or misdirected wake-up, each wait
 -- with a timeout so that one fails instead of hanging.
+describe('InterpreterPoolExecutor in a dump', function()
+  it('names what its idle manager thread waits for', function()
+    local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    assert.are.equal(1, ex:submit(function() return 1 end):result(T))
+    local path = os.tmpname()
+    local deadline = require('host.time').monotonic() + T
+    local text
+    repeat  -- the manager reports the completion, then waits again
+      local f <close> = assert(io.open(path, 'w'))
+      thread.dump_tracebacks(f)
+      f:close()
+      text = assert(io.open(path)):read('a')
+      if text:find('manager: no task done', 1, true) then break end
+      thread.sleep(0.002)
+    until require('host.time').monotonic() > deadline
+    os.remove(path)
+    assert.matches('thread %d+ "InterpreterPoolManager" %(ident %d+%): waiting for ' ..
+                   'host%.InterpreterPoolExecutor 0x%x+ %(manager: no task done%)', text)
+  end)
+end)
+
 describe('InterpreterPoolExecutor round trips', function()
   it('answers every submit when several threads submit and wait at once', function()
     local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 2 })
