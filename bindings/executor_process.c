@@ -385,14 +385,16 @@ static void on_parent_death(int sig, siginfo_t *info, void *ctx) {
 ** a parent that died before it was set), and starts with an empty signal
 ** mask and default handlers (the forking thread may block every signal).
 */
-static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd) {
+static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd, bool by_main) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_parent_death;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&sa.sa_mask);
   sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
-  prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL);
+  /* forked by the main thread, whose end is the process's end: SIGKILL,
+  ** which also ends a worker that is stopped (a handler cannot run then) */
+  prctl(PR_SET_PDEATHSIG, by_main ? SIGKILL : PARENT_DEATH_SIGNAL);
   if (getppid() != s->owner) host_exit_child(1);  /* the parent died already */
   sigset_t none;
   sigemptyset(&none);
@@ -432,6 +434,7 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   int sv[2];
   sidx = lua_absindex(L, sidx);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return errno;
+  bool by_main = (pid_t)syscall(SYS_gettid) == getpid();
   pid_t pid = host_fork(L);
   if (pid < 0) {
     int e = errno;
@@ -441,7 +444,7 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   }
   if (pid == 0) {
     close(sv[0]);
-    run_worker(L, sidx, s, sv[1]);
+    run_worker(L, sidx, s, sv[1], by_main);
   }
   close(sv[1]);
   worker_t *w = &s->w[i];
@@ -1186,7 +1189,7 @@ static int ppool_new(lua_State *L) {
       for (int j = 0; j < i; j++) retire_worker(L, s, j, 0);
       s->broken = s->shutdown = true;
       errno = e;
-      return luaL_fileresult(L, 0, "fork");
+      return luaL_fileresult(L, 0, "cannot start a worker");
     }
   }
   lua_pushvalue(L, sidx);

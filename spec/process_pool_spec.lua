@@ -580,6 +580,44 @@ describe('ProcessPoolExecutor and the parent process', function()
     assert.is_true(all_gone(pids, T))
   end)
 
+  it('takes a stopped worker with it when the parent is killed', function()
+    -- a parent-death signal with a handler cannot end a stopped process:
+    -- a worker forked by the main thread gets SIGKILL instead
+    local f = sh.tempfile [[
+      io.stdout:setvbuf 'no'
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local pid = ex:pids()[1]
+      print(pid)
+      ex:submit(function() os.execute('kill -STOP $PPID') end)
+      local function state()
+        local st = io.open('/proc/' .. pid .. '/stat')
+        local s = st and st:read('a') or ''
+        if st then st:close() end
+        return s:match('^%d+ %b() (%a)')
+      end
+      for _ = 1, 500 do
+        if state() == 'T' then break end
+        thread.sleep(0.01)
+      end
+      print(state())
+      local me = assert(io.open('/proc/self/stat')):read('a'):match('^%d+')
+      os.execute('kill -KILL ' .. me)
+    ]]
+    -- the shell lives on meanwhile: the stopped worker's process group is
+    -- not orphaned, so the kernel does not SIGCONT it (a terminal's job
+    -- control, a CI runner or a service manager keep it so too)
+    local out = sh.run('o=$(mktemp); ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' > "$o";' ..
+      ' echo "rc=$?" >> "$o"; pid=$(head -n 1 "$o"); for i in $(seq 200); do' ..
+      ' s=$(cut -d " " -f 3 /proc/$pid/stat 2>/dev/null); { [ -z "$s" ] || [ "$s" = Z ]; } && break;' ..
+      ' sleep 0.05; done; echo "after=${s:-gone}"; cat "$o"; kill -KILL $pid 2>/dev/null; rm -f "$o"',
+      30)
+    os.remove(f)
+    assert.matches('\n%d+\nT\nrc=137\n$', out)
+    assert.matches('^after=[gZ]', out)
+  end)
+
   it('stops within 1 s on Ctrl-C during map, and the workers are gone', function()
     local f = sh.tempfile [[
       io.stdout:setvbuf 'no'
@@ -607,6 +645,18 @@ describe('ProcessPoolExecutor and the parent process', function()
 end)
 
 describe('ProcessPoolExecutor at its boundaries', function()
+  it('says a worker could not start when its socket cannot be made', function()
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      print(futures.ProcessPoolExecutor { max_workers = 2 })
+    ]]
+    local out, err, code = sh.run('ulimit -n 6; ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f))
+    os.remove(f)
+    assert.are.equal(0, code, err)
+    -- before: "fork: ...", though the fork was never tried
+    assert.are.equal('nil\tcannot start a worker: Too many open files\t24\n', out)
+  end)
+
   setup(function()
     local f = assert(io.open('/proc/self/stat'))
     local pid = tonumber(f:read('a'):match('^(%d+)'))
