@@ -280,3 +280,70 @@ describe('host.queue', function()
     end)
   end)
 end)
+
+-- The herd: a put wakes one getter, a get one putter, counted in switches of
+-- the GIL (thread.switches), not time. One wait queue for every waiter made
+-- each item wake every consumer: about N switches per item for N of them.
+describe('many waiters (no thundering herd)', function()
+  it('a put wakes one getter', function()
+    local N, K = 100, 10
+    local q = queue.Queue()
+    local ts = {}
+    for i = 1, N do
+      ts[i] = thread.start(function()
+        for _ = 1, K do assert(q:get(T) ~= nil) end
+      end)
+    end
+    thread.sleep(0)  -- they start (a getter that comes late costs less, not more)
+    local before = thread.switches()
+    for i = 1, N * K do
+      q:put(i)
+      if i % 4 == 0 then thread.sleep(0) end
+    end
+    for i = 1, N do assert(ts[i]:join(T)) end
+    assert.is_true(q:empty())
+    local switches = thread.switches() - before
+    assert.is_true(switches < 4 * N * K, 'switches: ' .. switches)
+  end)
+
+  it('a get wakes one putter', function()
+    local N, K = 100, 10
+    local q = queue.Queue(1)
+    local ts = {}
+    for i = 1, N do
+      ts[i] = thread.start(function()
+        for k = 1, K do assert(q:put(k, T)) end
+      end)
+    end
+    thread.sleep(0)
+    local before = thread.switches()
+    for i = 1, N * K do
+      assert(q:get(T) ~= nil)
+      if i % 4 == 0 then thread.sleep(0) end
+    end
+    for i = 1, N do assert(ts[i]:join(T)) end
+    assert.is_true(q:empty())
+    local switches = thread.switches() - before
+    assert.is_true(switches < 4 * N * K, 'switches: ' .. switches)
+  end)
+
+  it('join waits for every task_done, on its own wait queue', function()
+    local q = queue.Queue()
+    local joined = queue.Queue()
+    local joiners = {}
+    for i = 1, 3 do
+      joiners[i] = thread.start(function() joined:put(q:join(T)) end)
+    end
+    for i = 1, 5 do q:put(i) end
+    local getter = thread.start(function()
+      for _ = 1, 5 do
+        q:get(T)
+        thread.sleep(0)
+        q:task_done()
+      end
+    end)
+    for _ = 1, 3 do assert.is_true(joined:get(T)) end
+    assert(getter:join(T))
+    for i = 1, 3 do assert(joiners[i]:join(T)) end
+  end)
+end)
