@@ -1043,29 +1043,36 @@ describe('an interrupted waiter passes its wake-up on', function()
     ]]):format(make, take, give, what)
   end
 
-  local function check(out, err, rc)
+  -- Runs the script for those arguments and checks that the third thread got it.
+  local function check(...)
+    if os.getenv 'TSAN_OPTIONS' then
+      -- TSan runs the main thread's SIGINT handler only at its next
+      -- intercepted call: after it woke and took what it was woken for
+      return pending('TSan defers the signal past the wake-up')
+    end
+    local out, err, rc = sh.host_script(script(...), 30)
     assert.are.equal('', err)
     assert.are.equal(0, rc)
     assert.matches('^false\t.*interrupted!\nthird\ttrue\tfalse\n$', out)
   end
 
   it('Lock', function()
-    check(sh.host_script(script('thread.Lock():acquire()', 'x:acquire(timeout)',
-                                'x:release()', 'host%.Lock'), 30))
+    check('thread.Lock():acquire()', 'x:acquire(timeout)',
+          'x:release()', 'host%.Lock')
   end)
 
   it('Semaphore', function()
-    check(sh.host_script(script('thread.Semaphore(0)', 'x:acquire(timeout)',
-                                'x:release()', 'host%.Semaphore'), 30))
+    check('thread.Semaphore(0)', 'x:acquire(timeout)',
+          'x:release()', 'host%.Semaphore')
   end)
 
   it('Queue', function()
-    check(sh.host_script(script('queue.Queue()', 'x:get(timeout)',
-                                'x:put(1)', 'host%.Queue'), 30))
+    check('queue.Queue()', 'x:get(timeout)',
+          'x:put(1)', 'host%.Queue')
   end)
 
   it('Queue with a full slot', function()
-    check(sh.host_script(script('queue.Queue(1); x:put(0)', 'x:put(1, timeout)',
-                                'x:get()', 'host%.Queue'), 30))
+    check('queue.Queue(1); x:put(0)', 'x:put(1, timeout)',
+          'x:get()', 'host%.Queue')
   end)
 end)
