@@ -327,6 +327,48 @@ describe('many waiters (no thundering herd)', function()
     assert.is_true(switches < 4 * N * K, 'switches: ' .. switches)
   end)
 
+  it('a putter woken alone whose __lt raises wakes the next putter', function()
+    local boom = false  -- the next comparison raises, once
+    local mt = { __lt = function(a, b)
+      if boom then boom = false; error('boom') end
+      return a.v < b.v
+    end }
+    local function item(v) return setmetatable({ v = v }, mt) end
+    local q = queue.PriorityQueue(3)
+    for v = 1, 3 do assert(q:put(item(v))) end
+    local function waiting(n)  -- until n threads wait to put, says a dump
+      for _ = 1, 10000 do
+        local f = io.tmpfile()
+        thread.dump_tracebacks(f)
+        f:seek('set')
+        local _, k = f:read('a'):gsub('%(put: full%)', '')
+        f:close()
+        if k >= n then return end
+        thread.sleep(0.001)
+      end
+      error('the putters never came')
+    end
+    local first = thread.start(function() return pcall(q.put, q, item(4), T) end)
+    waiting(1)
+    -- a long timeout: one that ends the wait puts in the slot left
+    local second = thread.start(function() return q:put(item(5), 6 * T) end)
+    waiting(2)
+    assert.are.equal(1, q:get(T).v)  -- wakes the first putter alone
+    boom = true
+    local ok1, ok, err = first:join(T)
+    assert.is_true(ok1)
+    assert.is_false(ok)
+    assert.matches('boom', tostring(err))
+    local ok2, put = second:join(T)
+    if not ok2 then  -- never woken: wake it, so that it does not outlive the spec
+      q:get(T)
+      second:join(T)
+    end
+    assert.is_true(ok2, 'the second putter was never woken')
+    assert.is_true(put)
+    assert.are.equal(3, q:qsize())
+  end)
+
   it('join waits for every task_done, on its own wait queue', function()
     local q = queue.Queue()
     local joined = queue.Queue()
