@@ -36,7 +36,39 @@ def qthroughput(n):
     t = threading.Thread(target=consumer); t.start()
     for i in range(n): q.put(i)
     t.join()
+def notify_herd(n):
+    c = threading.Condition(); st = {'ready': 0, 'tokens': 0}
+    def waiter():
+        with c:
+            st['ready'] += 1; c.notify_all()
+            while st['tokens'] == 0: assert c.wait(20)
+            st['tokens'] -= 1
+    ts = [threading.Thread(target=waiter) for _ in range(n)]
+    for t in ts: t.start()
+    with c:
+        while st['ready'] < n: c.wait(20)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with c:
+            st['tokens'] += 1; c.notify()
+        time.sleep(0)
+    for t in ts: t.join()
+    return (time.perf_counter() - t0) / n
+def lock_herd(n, k):
+    l = threading.Lock(); go = threading.Event()
+    def worker():
+        go.wait(20)
+        for _ in range(k):
+            assert l.acquire(timeout=20); time.sleep(0); l.release()
+    ts = [threading.Thread(target=worker) for _ in range(n)]
+    for t in ts: t.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter(); go.set()
+    for t in ts: t.join()
+    return (time.perf_counter() - t0) / (n * k)
 print("spawn", per_op(spawn, 2000))
+print("notify_herd", ' '.join(repr(notify_herd(200)) for _ in range(5)))
+print("lock_herd", ' '.join(repr(lock_herd(200, 20)) for _ in range(5)))
 print("acquire_release", per_op(plain, 1000000))
 print("with_lock", per_op(with_lock, 1000000))
 print("locked_increment", per_op(locked, 500000, 3))
@@ -102,6 +134,58 @@ local function handoff(n)
   assert(other:join(60))
 end
 
+-- Many waiters (the herd): a notify or a release that one waiter can use
+-- must wake that one alone. Each returns seconds per notify (per
+-- acquisition), timed from the first to the last waiter's end: starting
+-- the 200 threads is not counted.
+local clock = require('host.time').monotonic
+local function notify_herd(n)
+  local c = thread.Condition()
+  local ready, tokens = 0, 0
+  local ts = {}
+  for i = 1, n do
+    ts[i] = thread.start(function()
+      c:acquire()
+      ready = ready + 1
+      c:notify_all()
+      while tokens == 0 do assert(c:wait(20), 'notify herd stuck') end
+      tokens = tokens - 1
+      c:release()
+    end)
+  end
+  c:acquire()
+  while ready < n do assert(c:wait(20)) end
+  c:release()
+  local t0 = clock()
+  for _ = 1, n do
+    c:acquire(); tokens = tokens + 1; c:notify(); c:release()
+    thread.sleep(0)
+  end
+  for i = 1, n do assert(ts[i]:join(60)) end
+  return (clock() - t0) / n
+end
+local function lock_herd(n, k)
+  local l, go = thread.Lock(), thread.Event()
+  local ts = {}
+  for i = 1, n do
+    ts[i] = thread.start(function()
+      assert(go:wait(20))
+      for _ = 1, k do assert(l:acquire(20)); thread.sleep(0); l:release() end
+    end)
+  end
+  thread.sleep(0.05)  -- they wait for go (a late one costs less, not more)
+  local t0 = clock()
+  go:set()
+  for i = 1, n do assert(ts[i]:join(60)) end
+  return (clock() - t0) / (n * k)
+end
+-- A sample of `runs` values of f(...).
+local function runs_of(runs, f, ...)
+  local t = {}
+  for i = 1, runs do t[i] = f(...) end
+  return bench.measure.summary(t)
+end
+
 -- The floor under Lock acquire + release: two empty C methods of a
 -- userdata (bench/floor_udata.c, built by make bench).
 local floor_dir = (os.getenv 'HOST_BENCH_PINGPONG' or 'build/bench/futex_pingpong'):match '^(.*)/' or '.'
@@ -164,6 +248,11 @@ print(('%52s GIL hand-offs in 10^6 increments: %d with one Lock, %d with a Lock 
       switches_of(locked, 1000000), switches_of(locked, 1000000, true)))
 figure('Queue message thread to thread', 'queue_message', qthroughput, 200000, 3, 'ns', 1e9,
        { op = '<=', value = 0.105, on = 'ratio' })
+
+bench.figure { name = 'Condition notify, 200 waiters, per notify', value = runs_of(5, notify_herd, 200),
+               unit = 'us', scale = 1e6, ref = py.notify_herd, ref_name = py.notify_herd and CPY }
+bench.figure { name = 'Lock, 200 contenders, per acquisition', value = runs_of(5, lock_herd, 200, 20),
+               unit = 'us', scale = 1e6, ref = py.lock_herd, ref_name = py.lock_herd and CPY }
 
 -- The C floor: bench/futex_pingpong (built by make bench), one run of it
 -- then one of ours, 5 rounds, so both see the same load.

@@ -5,10 +5,15 @@
 **
 ** Items live in the queue's uservalue table (a host_fifo for Queue and
 ** SimpleQueue, slots 1..n for LifoQueue and PriorityQueue's heap);
-** counters are C fields used with the GIL held. Getters, putters and
-** joiners sleep on the queue's one host_waitq, which every change
-** notifies. Timeouts and full/empty answer with nil and a reason; a
-** shut-down queue raises a ShutDown error object.
+** counters are C fields used with the GIL held. As in CPython, getters
+** sleep on one wait queue (not_empty) and putters on another (not_full),
+** and a put wakes one getter, a get one putter: one queue for all made
+** every item wake every consumer. Joiners, and threads waiting for a
+** PriorityQueue's comparison to end, sleep on a third (others), which is
+** woken whole. A getter or putter so woken that leaves without its item
+** or its slot (an interrupt, an error in __lt) passes the wake-up on.
+** Timeouts and full/empty answer with nil and a reason; a shut-down queue
+** raises a ShutDown error object.
 **
 ** A PriorityQueue compares items with `<`, which may run a Lua __lt: it
 ** may raise, and the GIL may change hands inside it. So a put or get
@@ -33,7 +38,9 @@ typedef enum { Q_FIFO, Q_LIFO, Q_PRIORITY } queue_order;
 
 typedef struct queue_t {
   host_object obj;
-  host_waitq *q;           /* NULL once finalized */
+  host_waitq *not_empty;   /* getters; the three are NULL once finalized */
+  host_waitq *not_full;    /* putters */
+  host_waitq *others;      /* joiners, and waiters for `busy` to end */
   const char *tname;       /* QUEUE_TYPE or SIMPLE_TYPE */
   queue_order order;
   lua_Integer maxsize;     /* <= 0: unbounded */
@@ -76,16 +83,36 @@ static int shut_down_error(lua_State *L) {
   return host_error_raise(L, "ShutDown", "the queue is shut down");
 }
 
+/* Wakes every waiter of the queue (shutdown, __gc). */
+static void notify_all(queue_t *q) {
+  host_waitq_notify(q->not_empty);
+  host_waitq_notify(q->not_full);
+  host_waitq_notify(q->others);
+}
+
 /*
-** Waits once on the queue at 1 with the GIL released; raises on an
-** interrupt and when the queue got finalized meanwhile.
+** Wakes a getter if an item is there and a putter if a slot is (each may
+** have been the one woken for it, and be leaving without it).
 */
-static host_wait_result queue_wait_once(lua_State *L, queue_t *q,
+static void pass_on(queue_t *q) {
+  if (queue_size(q) > 0) host_waitq_notify_first(q->not_empty);
+  if (!queue_full(q)) host_waitq_notify_first(q->not_full);
+}
+
+/*
+** Waits once on wq, a wait queue of the queue at 1, with the GIL
+** released; raises on an interrupt (passing on a wake-up it may have
+** had) and when the queue got finalized meanwhile.
+*/
+static host_wait_result queue_wait_once(lua_State *L, queue_t *q, host_waitq *wq,
                                         const host_deadline *d, const char *detail) {
   host_wait_on(L, q->tname, detail, q, detail == NULL ? q->busy : NULL);
-  host_wait_result r = host_waitq_wait(L, q->q, d);
+  host_wait_result r = host_waitq_wait(L, wq, d);
   check_live(L, q);
-  if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
+  if (r == HOST_WAIT_INTERRUPTED) {
+    pass_on(q);
+    host_raise_interrupt(L);
+  }
   return r;
 }
 
@@ -95,7 +122,7 @@ static void wait_idle(lua_State *L, queue_t *q) {
   while (q->busy != NULL) {
     if (q->busy == host_current())
       luaL_error(L, "cannot use a PriorityQueue from inside its own comparison");
-    queue_wait_once(L, q, &never, NULL);
+    queue_wait_once(L, q, q->others, &never, NULL);
   }
 }
 
@@ -157,8 +184,11 @@ static lua_Integer heap_find(lua_State *L, queue_t *q, lua_CFunction find,
   int status = lua_pcall(L, 3, 1, 0);
   q->busy = NULL;
   check_live(L, q);
-  host_waitq_notify(q->q);
-  if (status != LUA_OK) lua_error(L);
+  host_waitq_notify(q->others);
+  if (status != LUA_OK) {
+    pass_on(q);
+    lua_error(L);
+  }
   lua_Integer slot = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return slot;
@@ -218,7 +248,7 @@ static void push_item(lua_State *L, queue_t *q) {
     lua_pop(L, 1);
   }
   q->unfinished++;
-  host_waitq_notify(q->q);
+  host_waitq_notify_first(q->not_empty);
 }
 
 /* Pushes the next item of the queue at 1, removing it. */
@@ -237,7 +267,7 @@ static void pop_item(lua_State *L, queue_t *q) {
     }
     lua_remove(L, t);
   }
-  host_waitq_notify(q->q);
+  host_waitq_notify_first(q->not_full);
 }
 
 /*
@@ -252,8 +282,8 @@ static bool queue_wait(lua_State *L, queue_t *q, double timeout, bool for_space)
     if (q->shut) return true;
     if (for_space ? !queue_full(q) : queue_size(q) > 0) return true;
     if (timed_out) return false;
-    timed_out = queue_wait_once(L, q, &d, for_space ? "put: full" : "get: empty") ==
-                HOST_WAIT_TIMEOUT;
+    timed_out = queue_wait_once(L, q, for_space ? q->not_full : q->not_empty, &d,
+                                for_space ? "put: full" : "get: empty") == HOST_WAIT_TIMEOUT;
   }
 }
 
@@ -325,7 +355,7 @@ static int queue_is_full(lua_State *L) {
 static int queue_task_done(lua_State *L) {
   queue_t *q = host_object_check_self(L, QUEUE_TYPE);
   if (q->unfinished <= 0) return luaL_error(L, "task_done() called too many times");
-  if (--q->unfinished == 0) host_waitq_notify(q->q);
+  if (--q->unfinished == 0) host_waitq_notify(q->others);
   return 0;
 }
 
@@ -334,7 +364,7 @@ static int queue_join(lua_State *L) {
   queue_t *q = host_object_check_self(L, QUEUE_TYPE);
   host_deadline d = host_deadline_in(host_opt_timeout(L, 2));
   while (q->unfinished > 0) {
-    if (queue_wait_once(L, q, &d, "join: unfinished tasks") == HOST_WAIT_TIMEOUT &&
+    if (queue_wait_once(L, q, q->others, &d, "join: unfinished tasks") == HOST_WAIT_TIMEOUT &&
         q->unfinished > 0) {
       luaL_pushfail(L);
       lua_pushliteral(L, "timeout");
@@ -361,7 +391,7 @@ static int queue_shutdown(lua_State *L) {
     host_fifo_init(&q->fifo);
     q->n = 0;
   }
-  host_waitq_notify(q->q);
+  notify_all(q);
   return 0;
 }
 
@@ -373,13 +403,15 @@ static const char *upvalue_tname(lua_State *L) {
   return tname;
 }
 
-/* __gc: wakes the waiters (they raise) and drops the wait queue. */
+/* __gc: wakes the waiters (they raise) and drops the wait queues. */
 static int queue_gc(lua_State *L) {
   queue_t *q = host_object_finalize(L, upvalue_tname(L));
-  if (q != NULL && q->q != NULL) {
-    host_waitq_notify(q->q);
-    host_waitq_unref(q->q);
-    q->q = NULL;
+  if (q != NULL) {
+    if (q->others != NULL) notify_all(q);  /* else a failed make_queue: no waiter */
+    host_waitq_unref(q->not_empty);
+    host_waitq_unref(q->not_full);
+    host_waitq_unref(q->others);
+    q->not_empty = q->not_full = q->others = NULL;
   }
   return 0;
 }
@@ -404,8 +436,11 @@ static int queue_tostring(lua_State *L) {
 static int make_queue(lua_State *L, queue_order order, const char *tname) {
   lua_Integer maxsize = luaL_optinteger(L, 1, 0);
   queue_t *q = host_object_new(L, sizeof *q, tname, 1);
-  q->q = host_waitq_new();
-  if (q->q == NULL) return luaL_error(L, "not enough memory");
+  q->not_empty = host_waitq_new();
+  q->not_full = host_waitq_new();
+  q->others = host_waitq_new();
+  if (q->not_empty == NULL || q->not_full == NULL || q->others == NULL)
+    return luaL_error(L, "not enough memory");  /* __gc frees those made */
   q->tname = tname;
   q->order = order;
   q->maxsize = maxsize;

@@ -1022,6 +1022,30 @@ void host_waitq_notify_waiters(host_waitq *q) {
   }
 }
 
+int host_waitq_notify_first_n(host_waitq *q, int n) {
+  int handed = 0;
+  for (host_tstate *w = q->waiters; w != NULL && handed < n; w = w->wait_next) {
+    if (atomic_load(&w->hand) != HAND_SLEEPING) continue;  /* handed already, or timed out */
+    int kind = w->wait_kind;
+    if (!gil_handoff(w->u, w)) continue;  /* its deadline passed just now */
+    if (kind == W_BLOCKED) {
+      w->wait_kind = W_WOKEN;
+      w->u->nblocked--;
+    }
+    handed++;
+  }
+  return handed;
+}
+
+void host_waitq_notify_thread(host_waitq *q, host_tstate *ts) {
+  if (ts->wait_q != q) return;  /* not asleep: it looks at its state before it sleeps */
+  int kind = ts->wait_kind;
+  if (gil_handoff(ts->u, ts) && kind == W_BLOCKED) {
+    ts->wait_kind = W_WOKEN;
+    ts->u->nblocked--;
+  }
+}
+
 /*
 ** Hands the waiter of q that came last among those still asleep a place in
 ** the GIL's line, as host_waitq_notify does (see runtime.h for why the

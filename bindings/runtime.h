@@ -245,6 +245,28 @@ static inline void host_waitq_notify(host_waitq *q) {
 */
 bool host_waitq_notify_one(host_waitq *q);
 
+/*
+** Hands the first n waiters of q still asleep (in the order they came) a
+** place in the GIL's line, as host_waitq_notify does for all of them, and
+** returns how many it handed (GIL held). For a wake-up that only n waiters
+** can use (a Lock's release, a Semaphore's n permits, one queued item): the
+** others would wake only to sleep again, so N waiters made N such
+** operations cost N^2 hand-offs of the GIL. A waiter so woken that leaves
+** without what it waited for, while it is still there (an interrupt, an
+** error), must pass the wake-up on the same way.
+*/
+int host_waitq_notify_first_n(host_waitq *q, int n);
+static inline bool host_waitq_notify_first(host_waitq *q) {
+  return q->waiters != NULL && host_waitq_notify_first_n(q, 1) > 0;
+}
+
+/*
+** Hands thread ts a place in the GIL's line if it sleeps on q now (GIL
+** held): a notify meant for one known waiter (a Condition's) wakes no
+** other. A ts not on q runs or is about to: it sees its new state itself.
+*/
+void host_waitq_notify_thread(host_waitq *q, host_tstate *ts);
+
 /* Like host_waitq_wait, but an interrupt does not end the wait. */
 host_wait_result host_waitq_wait_uninterrupted(lua_State *L, host_waitq *q,
                                                const host_deadline *d);

@@ -7,6 +7,11 @@
 ** uncontended paths are a field test and a store. A thread that must wait
 ** sleeps on the object's host_waitq with the GIL released; every change
 ** that can let a waiter through notifies that queue, and waiters re-check.
+** A change that only some waiters can use wakes only those, as CPython's
+** do: a Lock's release one waiter, a Semaphore's release(n) n, a
+** Condition's notify(n) the n it notifies. A waiter so woken that leaves
+** without taking what it was woken for (an interrupt) passes the wake-up
+** on (pass_on), so none is lost.
 ** acquire returns the object itself (a true value) so that
 **   local _ <close> = lock:acquire()
 ** releases it at scope exit. With a timeout, acquire returns false, which
@@ -20,6 +25,7 @@
 ** After __gc the object is finalized: every method raises "attempt to use
 ** a finalized host.Lock" (and so does a waiter woken by the __gc).
 */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,11 +49,11 @@ typedef struct sync_head {
 /*
 ** Lock and RLock: `owner` is the thread that took it (a Lock's is only
 ** shown by tostring, dumps and deadlock reports: another thread may
-** release a Lock); `count` is used by RLock only. `handed` is true when
-** every thread asleep on the queue has been handed its place in the GIL's
-** line since it began to sleep (a release then has nobody to notify: the
-** waiters of a contended lock stay on the queue until they run, and every
-** release meanwhile found them there).
+** release a Lock); `count` is used by RLock only. `handed` is true while
+** the waiter that a release woke has not run yet: it will take the lock
+** or sleep again, so a release meanwhile (its releaser took the lock back
+** first) wakes nobody more. Every thread that begins or ends a wait on the
+** queue clears it (see lock_wait), which may cost a wake-up, never lose one.
 */
 typedef struct lock_t {
   sync_head h;
@@ -73,6 +79,7 @@ typedef struct event_t {
 /* A thread waiting on a Condition: a node of the FIFO, on its C stack. */
 typedef struct cond_waiter {
   bool notified;
+  host_tstate *ts;  /* the waiting thread, which a notify wakes alone */
   struct cond_waiter *next;
 } cond_waiter;
 
@@ -211,10 +218,27 @@ static double opt_block_timeout(lua_State *L, int arg) {
   return host_opt_timeout(L, arg);
 }
 
+static void lock_wake(lock_t *lk);
+
+/*
+** A waiter of h (of type tname) leaves its wait without what it waited
+** for (an interrupt): a release may have woken it alone, so while what it
+** waited for is there still, the next waiter is woken in its place.
+*/
+static void pass_on(sync_head *h, const char *tname) {
+  if (strcmp(tname, LOCK_TYPE) == 0 || strcmp(tname, RLOCK_TYPE) == 0) {
+    lock_t *lk = (lock_t *)h;
+    lk->handed = false;
+    if (!lk->locked) lock_wake(lk);
+  } else if (strcmp(tname, SEMAPHORE_TYPE) == 0 || strcmp(tname, BSEMAPHORE_TYPE) == 0) {
+    if (((semaphore_t *)h)->value > 0) host_waitq_notify_first(h->q);
+  }
+}
+
 /*
 ** Waits once on the queue of the tname at idx with the GIL released.
 ** Raises when that object is (or gets, meanwhile) finalized, and on an
-** interrupt when `interruptible`.
+** interrupt when `interruptible` (passing on a wake-up it may have had).
 */
 static host_wait_result object_wait(lua_State *L, int idx, const char *tname,
                                     const host_deadline *d, bool interruptible) {
@@ -223,7 +247,10 @@ static host_wait_result object_wait(lua_State *L, int idx, const char *tname,
   host_wait_result r = interruptible ? host_waitq_wait(L, h->q, d)
                                      : host_waitq_wait_uninterrupted(L, h->q, d);
   host_object_check(L, idx, tname);
-  if (r == HOST_WAIT_INTERRUPTED) host_raise_interrupt(L);
+  if (r == HOST_WAIT_INTERRUPTED) {
+    pass_on(h, tname);
+    host_raise_interrupt(L);
+  }
   return r;
 }
 
@@ -244,13 +271,17 @@ static bool wait_until(lua_State *L, int idx, const char *tname,
 
 /*
 ** Waits once for the lock `lk` (the tname at idx) to be released: every
-** wait on a lock's queue goes through here, so that the next release
-** notifies (see lock_t.handed).
+** wait on a lock's queue goes through here, so that `handed` is cleared
+** when it begins (a thread that forked while a woken waiter was in line
+** leaves it set in the child, where that waiter never runs) and when it
+** ends (the woken waiter ran; pass_on clears it on an interrupt).
 */
 static host_wait_result lock_wait(lua_State *L, lock_t *lk, int idx, const char *tname,
                                   const host_deadline *d, bool interruptible) {
   lk->handed = false;
-  return object_wait(L, idx, tname, d, interruptible);
+  host_wait_result r = object_wait(L, idx, tname, d, interruptible);
+  lk->handed = false;
+  return r;
 }
 
 /* Takes the lock `lk` (the tname at idx), waiting up to timeout; false on timeout. */
@@ -285,14 +316,22 @@ static bool rlock_take(lua_State *L, lock_t *lk, int idx, double timeout) {
   return true;
 }
 
-/* Frees the lock `lk` and hands its sleeping waiters places in the GIL's line. */
+/*
+** Wakes the first waiter of the free lock `lk` still asleep, which takes
+** it (or, if another thread took it first, sleeps again until that one's
+** release), unless a waiter woken before has not run yet (lk->handed):
+** waking them all made N contending threads cost N hand-offs of the GIL
+** per release.
+*/
+static void lock_wake(lock_t *lk) {
+  if (!lk->handed) lk->handed = host_waitq_notify_first(lk->h.q);
+}
+
+/* Frees the lock `lk` and wakes a waiter. */
 static void lock_give(lock_t *lk) {
   lk->locked = false;
   lk->owner = NULL;
-  if (!lk->handed) {
-    lk->handed = true;
-    host_waitq_notify(lk->h.q);
-  }
+  lock_wake(lk);
 }
 
 /* Releases the Lock `lk`; raises when it is not held. */
@@ -495,7 +534,7 @@ static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
   host_tstate *me = host_current();
   if (!lk->locked || (c->reentrant && lk->owner != me))
     luaL_error(L, "cannot wait on un-acquired lock");
-  cond_waiter w = {false, NULL};
+  cond_waiter w = {false, me, NULL};
   if (c->tail) c->tail->next = &w;
   else c->head = &w;
   c->tail = &w;
@@ -545,15 +584,19 @@ static int condition_wait_for(lua_State *L) {
   }
 }
 
-/* Marks up to n waiters notified, oldest first. */
+/*
+** Marks up to n waiters notified, oldest first, and wakes those alone: a
+** waiter not notified would only wake to sleep again (one notify() among
+** N waiters cost N hand-offs of the GIL, so N of them cost N^2).
+*/
 static void notify_waiters(condition_t *c, lua_Integer n) {
   while (n-- > 0 && c->head != NULL) {
     cond_waiter *w = c->head;
     c->head = w->next;
     if (c->head == NULL) c->tail = NULL;
     w->notified = true;
+    host_waitq_notify_thread(c->h.q, w->ts);
   }
-  host_waitq_notify(c->h.q);
 }
 
 /* Raises unless the calling thread holds the lock of condition c, at 1. */
@@ -617,7 +660,8 @@ static void semaphore_add(lua_State *L, semaphore_t *s, lua_Integer n) {
   if (n > LUA_MAXINTEGER - s->value)
     luaL_error(L, "semaphore value would exceed math.maxinteger");
   s->value += n;
-  host_waitq_notify(s->h.q);
+  if (s->h.q->waiters != NULL)  /* n permits: n waiters at most can use them */
+    host_waitq_notify_first_n(s->h.q, n < INT_MAX ? (int)n : INT_MAX);
 }
 
 /* sem:release([n]) */

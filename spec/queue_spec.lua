@@ -280,3 +280,112 @@ describe('host.queue', function()
     end)
   end)
 end)
+
+-- The herd: a put wakes one getter, a get one putter, counted in switches of
+-- the GIL (thread.switches), not time. One wait queue for every waiter made
+-- each item wake every consumer: about N switches per item for N of them.
+describe('many waiters (no thundering herd)', function()
+  it('a put wakes one getter', function()
+    local N, K = 100, 10
+    local q = queue.Queue()
+    local ts = {}
+    for i = 1, N do
+      ts[i] = thread.start(function()
+        for _ = 1, K do assert(q:get(T) ~= nil) end
+      end)
+    end
+    thread.sleep(0)  -- they start (a getter that comes late costs less, not more)
+    local before = thread.switches()
+    for i = 1, N * K do
+      q:put(i)
+      if i % 4 == 0 then thread.sleep(0) end
+    end
+    for i = 1, N do assert(ts[i]:join(T)) end
+    assert.is_true(q:empty())
+    local switches = thread.switches() - before
+    assert.is_true(switches < 4 * N * K, 'switches: ' .. switches)
+  end)
+
+  it('a get wakes one putter', function()
+    local N, K = 100, 10
+    local q = queue.Queue(1)
+    local ts = {}
+    for i = 1, N do
+      ts[i] = thread.start(function()
+        for k = 1, K do assert(q:put(k, T)) end
+      end)
+    end
+    thread.sleep(0)
+    local before = thread.switches()
+    for i = 1, N * K do
+      assert(q:get(T) ~= nil)
+      if i % 4 == 0 then thread.sleep(0) end
+    end
+    for i = 1, N do assert(ts[i]:join(T)) end
+    assert.is_true(q:empty())
+    local switches = thread.switches() - before
+    assert.is_true(switches < 4 * N * K, 'switches: ' .. switches)
+  end)
+
+  it('a putter woken alone whose __lt raises wakes the next putter', function()
+    local boom = false  -- the next comparison raises, once
+    local mt = { __lt = function(a, b)
+      if boom then boom = false; error('boom') end
+      return a.v < b.v
+    end }
+    local function item(v) return setmetatable({ v = v }, mt) end
+    local q = queue.PriorityQueue(3)
+    for v = 1, 3 do assert(q:put(item(v))) end
+    local function waiting(n)  -- until n threads wait to put, says a dump
+      for _ = 1, 10000 do
+        local f = io.tmpfile()
+        thread.dump_tracebacks(f)
+        f:seek('set')
+        local _, k = f:read('a'):gsub('%(put: full%)', '')
+        f:close()
+        if k >= n then return end
+        thread.sleep(0.001)
+      end
+      error('the putters never came')
+    end
+    local first = thread.start(function() return pcall(q.put, q, item(4), T) end)
+    waiting(1)
+    -- a long timeout: one that ends the wait puts in the slot left
+    local second = thread.start(function() return q:put(item(5), 6 * T) end)
+    waiting(2)
+    assert.are.equal(1, q:get(T).v)  -- wakes the first putter alone
+    boom = true
+    local ok1, ok, err = first:join(T)
+    assert.is_true(ok1)
+    assert.is_false(ok)
+    assert.matches('boom', tostring(err))
+    local ok2, put = second:join(T)
+    if not ok2 then  -- never woken: wake it, so that it does not outlive the spec
+      q:get(T)
+      second:join(T)
+    end
+    assert.is_true(ok2, 'the second putter was never woken')
+    assert.is_true(put)
+    assert.are.equal(3, q:qsize())
+  end)
+
+  it('join waits for every task_done, on its own wait queue', function()
+    local q = queue.Queue()
+    local joined = queue.Queue()
+    local joiners = {}
+    for i = 1, 3 do
+      joiners[i] = thread.start(function() joined:put(q:join(T)) end)
+    end
+    for i = 1, 5 do q:put(i) end
+    local getter = thread.start(function()
+      for _ = 1, 5 do
+        q:get(T)
+        thread.sleep(0)
+        q:task_done()
+      end
+    end)
+    for _ = 1, 3 do assert.is_true(joined:get(T)) end
+    assert(getter:join(T))
+    for i = 1, 3 do assert(joiners[i]:join(T)) end
+  end)
+end)
