@@ -577,30 +577,36 @@ static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
 */
 static bool closes_quietly(lua_State *L, const Generator *g, int yield_up) {
   lua_State *co = g->co;
-  lua_Debug ar, below;
+  lua_Debug frames[2];  /* a frame and the one below it, swapped (no copy) */
+  lua_Debug *ar = &frames[0], *below = &frames[1];
   const void *last_mt = NULL;
   bool last = false;
-  if (!lua_checkstack(co, 4) || !lua_checkstack(L, 4)) return false;
-  if (!lua_getstack(co, 0, &ar)) return true;
-  lua_getinfo(co, "f", &ar);
+  if (!lua_checkstack(co, 4)) return false;
+  if (!lua_getstack(co, 0, ar)) return true;
+  lua_getinfo(co, "f", ar);
   lua_CFunction f = lua_tocfunction(co, -1);
   lua_pop(co, 1);
   if (f != gen_yield && (f == NULL || f != plain_yield(L, yield_up))) return false;
-  for (int level = 1; lua_getstack(co, level, &ar); level++, ar = below) {
+  bool more = lua_getstack(co, 1, ar);
+  for (int level = 1; more; level++) {
     bool lua_function;
-    if (lua_getstack(co, level + 1, &below)) {
-      lua_getinfo(co, "f", &ar);
+    more = lua_getstack(co, level + 1, below);
+    if (more) {
+      lua_getinfo(co, "f", ar);
       lua_function = !lua_iscfunction(co, -1);
       lua_pop(co, 1);
     } else {
       lua_function = g->lua_body;  /* the bottom frame is the body */
       if (g->plain_body) break;    /* which has no <close> value to see it */
     }
-    if (!lua_function) return false;
-    for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++) {
+    if (!lua_function || !lua_checkstack(L, 4)) return false;
+    for (int n = 1; lua_getlocal(co, ar, n) != NULL; n++) {
       lua_xmove(co, L, 1);  /* looked at on L: a GC step must not run on co */
       if (pop_closable(L, &last_mt, &last)) return false;
     }
+    lua_Debug *next = below;
+    below = ar;
+    ar = next;
   }
   return true;
 }
