@@ -1487,7 +1487,7 @@ static bool body_is_plain(lua_State *L) {
 /*
 ** What a generator function knows of its body (upvalue BODY_UP), after
 ** one more generator made of it: reads its code the BODY_READ_AT-th time.
-** Needs 1 free slot.
+** A count (>= 0) when it is a Lua function not read yet. Needs 1 free slot.
 */
 static lua_Integer body_kind(lua_State *L) {
   lua_Integer kind = lua_tointeger(L, lua_upvalueindex(BODY_UP));
@@ -1501,7 +1501,7 @@ static lua_Integer body_kind(lua_State *L) {
   }
   lua_pushinteger(L, kind);
   lua_replace(L, lua_upvalueindex(BODY_UP));
-  return kind >= 0 ? BODY_LUA : kind;
+  return kind;
 }
 
 /*
@@ -1549,9 +1549,7 @@ static int generator_function(lua_State *L) {
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
-  lua_State *co = take_thread(L, body == BODY_PLAIN ? TAG_PLAIN
-                                 : lua_tointeger(L, lua_upvalueindex(BODY_UP)) < 0 ? TAG_LUA
-                                 : TAG_NEW);
+  lua_State *co = take_thread(L, body == BODY_PLAIN ? TAG_PLAIN : body < 0 ? TAG_LUA : TAG_NEW);
   if (nargs > 0) lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
   if (!lua_checkstack(co, nargs + 1)) return luaL_error(L, "too many arguments");
   lua_pushvalue(L, lua_upvalueindex(3));
