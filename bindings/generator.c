@@ -1276,17 +1276,6 @@ static bool locals_quiet(lua_State *L, lua_Debug *ar, const void **last_mt, bool
   return true;
 }
 
-/*
-** True if no code of the delegating generator would run if an error went
-** through its frames below the running yield_from of L: down to a yield_from
-** running a body inline, or the bottom, they are Lua functions (no pcall,
-** no C function) with no live value with a __close metamethod. They stay
-** so while the yield_from lasts, and take_over relies on it. A frame that
-** runs a plain body (see body_is_plain) holds no such value, and its
-** locals are not looked at: the bottom one when L's tag says so (see
-** bottom_quiet), the one just above an inline yield_from whose sub is
-** plain (inline_start calls the body there, with nothing between).
-*/
 static bool body_is_plain(lua_State *L);
 
 /*
@@ -1310,6 +1299,17 @@ static bool bottom_quiet(lua_State *L, lua_Debug *ar, const void **last_mt, bool
   return locals_quiet(L, ar, last_mt, last);
 }
 
+/*
+** True if no code of the delegating generator would run if an error went
+** through its frames below the running yield_from of L: down to a yield_from
+** running a body inline, or the bottom, they are Lua functions (no pcall,
+** no C function) with no live value with a __close metamethod. They stay
+** so while the yield_from lasts, and take_over relies on it. A frame that
+** runs a plain body (see body_is_plain) holds no such value, and its
+** locals are not looked at: the bottom one when L's tag says so (see
+** bottom_quiet), the one just above an inline yield_from whose sub is
+** plain (inline_start calls the body there, with nothing between).
+*/
 static bool quiet_below(lua_State *L) {
   lua_Debug frames[2];  /* a frame and the one below it, swapped (no copy) */
   lua_Debug *ar = &frames[0], *pending = NULL;
