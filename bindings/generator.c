@@ -72,7 +72,7 @@
 */
 #define INLINE_LEVELS 64
 
-_Static_assert(LUA_EXTRASPACE >= sizeof(void *), "generator.c tags threads in their extra space");
+_Static_assert(LUA_EXTRASPACE >= sizeof(const char *), "generator.c tags threads in their extra space");
 
 /* How many let-go guards are kept for reuse (in their metatable's array). */
 #define GUARD_POOL 64
@@ -176,7 +176,13 @@ static const char yield_from_mark = 0;
 static const char done_mark = 0;
 static const char raise_mark = 0;
 static const char guard_key = 0;  /* registry: the guards' metatable */
-static const char thread_tag = 0;  /* the extra space of generators' coroutines */
+/*
+** The extra space of a generator's coroutine points into thread_tags (see
+** is_generator_thread) and tells what is known of the body its bottom
+** frame runs (see bottom_quiet): read or not, plain or not (body_is_plain).
+*/
+enum { TAG_NEW, TAG_SCANNED, TAG_PLAIN, TAG_LUA, TAGS };
+static const char thread_tags[TAGS];
 static const char exits_key = 0;  /* registry: GeneratorExits taken, per thread */
 
 /*
@@ -577,30 +583,36 @@ static bool pop_closable(lua_State *L, const void **last_mt, bool *last) {
 */
 static bool closes_quietly(lua_State *L, const Generator *g, int yield_up) {
   lua_State *co = g->co;
-  lua_Debug ar, below;
+  lua_Debug frames[2];  /* a frame and the one below it, swapped (no copy) */
+  lua_Debug *ar = &frames[0], *below = &frames[1];
   const void *last_mt = NULL;
   bool last = false;
-  if (!lua_checkstack(co, 4) || !lua_checkstack(L, 4)) return false;
-  if (!lua_getstack(co, 0, &ar)) return true;
-  lua_getinfo(co, "f", &ar);
+  if (!lua_checkstack(co, 4)) return false;
+  if (!lua_getstack(co, 0, ar)) return true;
+  lua_getinfo(co, "f", ar);
   lua_CFunction f = lua_tocfunction(co, -1);
   lua_pop(co, 1);
   if (f != gen_yield && (f == NULL || f != plain_yield(L, yield_up))) return false;
-  for (int level = 1; lua_getstack(co, level, &ar); level++, ar = below) {
+  bool more = lua_getstack(co, 1, ar);
+  for (int level = 1; more; level++) {
     bool lua_function;
-    if (lua_getstack(co, level + 1, &below)) {
-      lua_getinfo(co, "f", &ar);
+    more = lua_getstack(co, level + 1, below);
+    if (more) {
+      lua_getinfo(co, "f", ar);
       lua_function = !lua_iscfunction(co, -1);
       lua_pop(co, 1);
     } else {
       lua_function = g->lua_body;  /* the bottom frame is the body */
       if (g->plain_body) break;    /* which has no <close> value to see it */
     }
-    if (!lua_function) return false;
-    for (int n = 1; lua_getlocal(co, &ar, n) != NULL; n++) {
+    if (!lua_function || !lua_checkstack(L, 4)) return false;
+    for (int n = 1; lua_getlocal(co, ar, n) != NULL; n++) {
       lua_xmove(co, L, 1);  /* looked at on L: a GC step must not run on co */
       if (pop_closable(L, &last_mt, &last)) return false;
     }
+    lua_Debug *next = below;
+    below = ar;
+    ar = next;
   }
   return true;
 }
@@ -1255,31 +1267,77 @@ static int inline_start(lua_State *L, Generator *sub) {
 }
 
 /*
+** True if no value on the frame `ar` of L has a __close metamethod (see
+** pop_closable): its locals are looked at.
+*/
+static bool locals_quiet(lua_State *L, lua_Debug *ar, const void **last_mt, bool *last) {
+  for (int n = 1; lua_getlocal(L, ar, n) != NULL; n++)
+    if (pop_closable(L, last_mt, last)) return false;
+  return true;
+}
+
+static bool body_is_plain(lua_State *L);
+
+/*
+** locals_quiet of the bottom frame `ar` of the generator's coroutine L,
+** which runs its body: none when L's tag says the body is plain. A body
+** not known yet is read (body_is_plain) the second time it is asked, so
+** that a coroutine asked once never pays the read. Needs 3 free slots.
+*/
+static bool bottom_quiet(lua_State *L, lua_Debug *ar, const void **last_mt, bool *last) {
+  const char **tag = lua_getextraspace(L);
+  if (*tag == &thread_tags[TAG_PLAIN]) return true;
+  if (*tag == &thread_tags[TAG_NEW]) {
+    *tag = &thread_tags[TAG_SCANNED];
+  } else if (*tag == &thread_tags[TAG_SCANNED]) {
+    lua_getinfo(L, "f", ar);
+    bool plain = body_is_plain(L);
+    lua_pop(L, 1);
+    *tag = &thread_tags[plain ? TAG_PLAIN : TAG_LUA];
+    if (plain) return true;
+  }
+  return locals_quiet(L, ar, last_mt, last);
+}
+
+/*
 ** True if no code of the delegating generator would run if an error went
 ** through its frames below the running yield_from of L: down to a yield_from
 ** running a body inline, or the bottom, they are Lua functions (no pcall,
 ** no C function) with no live value with a __close metamethod. They stay
-** so while the yield_from lasts, and take_over relies on it.
+** so while the yield_from lasts, and take_over relies on it. A frame that
+** runs a plain body (see body_is_plain) holds no such value, and its
+** locals are not looked at: the bottom one when L's tag says so (see
+** bottom_quiet), the one just above an inline yield_from whose sub is
+** plain (inline_start calls the body there, with nothing between).
 */
 static bool quiet_below(lua_State *L) {
-  lua_Debug ar;
+  lua_Debug frames[2];  /* a frame and the one below it, swapped (no copy) */
+  lua_Debug *ar = &frames[0], *pending = NULL;
   const void *last_mt = NULL;
   bool last = false;
   luaL_checkstack(L, 3, "no room to inspect a yield_from");
-  for (int level = 1; lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "f", &ar);
+  for (int level = 1; lua_getstack(L, level, ar); level++) {
+    lua_getinfo(L, "f", ar);
     bool c = lua_iscfunction(L, -1);
     lua_pop(L, 1);
-    if (c) return inline_frame(L, &ar, false, NULL) != NULL;
-    for (int n = 1; lua_getlocal(L, &ar, n) != NULL; n++)
-      if (pop_closable(L, &last_mt, &last)) return false;
+    if (c) {
+      Generator *sub = inline_frame(L, ar, false, NULL);
+      return sub != NULL && (pending == NULL || sub->plain_body ||
+                             locals_quiet(L, pending, &last_mt, &last));
+    }
+    if (pending != NULL && !locals_quiet(L, pending, &last_mt, &last)) return false;
+    pending = ar;  /* looked at once the frame below it is known */
+    ar = &frames[pending == &frames[0]];
   }
-  return true;
+  return pending == NULL || bottom_quiet(L, pending, &last_mt, &last);
 }
 
 /* True if L runs a generator's body (tagged by generator_function). */
 static bool is_generator_thread(lua_State *L) {
-  return *(const void **)lua_getextraspace(L) == (const void *)&thread_tag;
+  const char *tag = *(const char **)lua_getextraspace(L);
+  for (int i = 0; i < TAGS; i++)
+    if (tag == &thread_tags[i]) return true;
+  return false;
 }
 
 /*
@@ -1429,7 +1487,7 @@ static bool body_is_plain(lua_State *L) {
 /*
 ** What a generator function knows of its body (upvalue BODY_UP), after
 ** one more generator made of it: reads its code the BODY_READ_AT-th time.
-** Needs 1 free slot.
+** A count (>= 0) when it is a Lua function not read yet. Needs 1 free slot.
 */
 static lua_Integer body_kind(lua_State *L) {
   lua_Integer kind = lua_tointeger(L, lua_upvalueindex(BODY_UP));
@@ -1443,15 +1501,16 @@ static lua_Integer body_kind(lua_State *L) {
   }
   lua_pushinteger(L, kind);
   lua_replace(L, lua_upvalueindex(BODY_UP));
-  return kind >= 0 ? BODY_LUA : kind;
+  return kind;
 }
 
 /*
 ** Pushes a coroutine for a new generator: one from the pool that
 ** inline_start fills (it never ran; it gets L's hook, as lua_newthread
-** gives it), else a new one. Needs 2 free slots.
+** gives it), else a new one. Its extra space gets `tag` (see thread_tags):
+** what is known of the body its bottom frame will run. Needs 2 free slots.
 */
-static lua_State *take_thread(lua_State *L) {
+static lua_State *take_thread(lua_State *L, int tag) {
   lua_State *co;
   thread_pool *pool = lua_touserdata(L, lua_upvalueindex(POOL_UP));
   if (pool->n > 0) {
@@ -1460,10 +1519,10 @@ static lua_State *take_thread(lua_State *L) {
     lua_setiuservalue(L, lua_upvalueindex(POOL_UP), pool->n--);
     co = lua_tothread(L, -1);
     lua_sethook(co, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
-    return co;
+  } else {
+    co = lua_newthread(L);
   }
-  co = lua_newthread(L);
-  *(const void **)lua_getextraspace(co) = &thread_tag;
+  *(const char **)lua_getextraspace(co) = &thread_tags[tag];
   return co;
 }
 
@@ -1490,7 +1549,7 @@ static int generator_function(lua_State *L) {
   g->nret = -1;
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
-  lua_State *co = take_thread(L);
+  lua_State *co = take_thread(L, body == BODY_PLAIN ? TAG_PLAIN : body < 0 ? TAG_LUA : TAG_NEW);
   if (nargs > 0) lua_rotate(L, 1, 2);  /* generator, thread, arguments... */
   if (!lua_checkstack(co, nargs + 1)) return luaL_error(L, "too many arguments");
   lua_pushvalue(L, lua_upvalueindex(3));

@@ -623,17 +623,12 @@ static void gil_misuse(const char *what) {
 }
 
 /*
-** True when L runs a finalizer (__gc). Lua stops its collector while a
-** finalizer runs (lua_gc answers -1 to everything then), for every thread
-** of the universe: a finalizer that handed the GIL off while it sleeps or
-** blocks in C would let the others allocate with no collection at all, and
-** a loop of such finalizers grows the heap without bound. So inside a
-** finalizer, sleeps and host_gil_release keep the GIL (see runtime.h).
-** The cheap global check comes first; the walk of L's frames (a finalizer
-** is named "__gc" by lua_getinfo) only while some finalizer runs.
+** True when some frame of L is a finalizer (lua_getinfo names it "__gc"),
+** or when L is a coroutine that a finalizer of this thread resumed (see
+** host_resume). The walk of in_finalizer, kept out of line so that its
+** fast test (on every resume) does not pay this frame's lua_Debug.
 */
-bool in_finalizer(lua_State *L) {
-  if (lua_gc(L, LUA_GCISRUNNING, 0) != -1) return false;
+__attribute__((noinline)) static bool finalizer_frames(lua_State *L) {
   host_tstate *ts = member_of(L);
   if (ts != NULL && ts->finalizer_resumes > 0) return true;  /* see host_resume */
   lua_Debug ar;
@@ -643,6 +638,20 @@ bool in_finalizer(lua_State *L) {
       return true;
   }
   return false;
+}
+
+/*
+** True when L runs a finalizer (__gc). Lua stops its collector while a
+** finalizer runs (lua_gc answers -1 to everything then), for every thread
+** of the universe: a finalizer that handed the GIL off while it sleeps or
+** blocks in C would let the others allocate with no collection at all, and
+** a loop of such finalizers grows the heap without bound. So inside a
+** finalizer, sleeps and host_gil_release keep the GIL (see runtime.h).
+** The cheap global check comes first; the walk of L's frames only while
+** some finalizer runs.
+*/
+bool in_finalizer(lua_State *L) {
+  return lua_gc(L, LUA_GCISRUNNING, 0) == -1 && finalizer_frames(L);
 }
 
 void host_gil_release(lua_State *L) {
@@ -769,20 +778,25 @@ double host_get_switch_interval(lua_State *L, int *instructions) {
   return (double)atomic_load(&u->interval_ns) * 1e-9;
 }
 
+/*
+** ts->running is written only by its own thread (here and where it starts);
+** the others read it with the GIL, which orders it, and so does a signal on
+** this thread: a release store, not a full fence, on this hot path.
+*/
 int host_resume(lua_State *L, lua_State *co, int nargs, int *nresults) {
   host_tstate *ts = member_of(L);
   if (ts == NULL) return lua_resume(co, L, nargs, nresults);
-  lua_State *outer = atomic_load(&ts->running);
+  lua_State *outer = atomic_load_explicit(&ts->running, memory_order_relaxed);
   /* a coroutine that a finalizer resumes runs in that finalizer too */
   bool finalizing = in_finalizer(L);
   if (finalizing) ts->finalizer_resumes++;
-  atomic_store(&ts->running, co);
+  atomic_store_explicit(&ts->running, co, memory_order_release);
   if (atomic_load(&ts->u->instructions) > 0 && lua_gethook(co) == NULL)
     set_base_hook(ts, co);
   HOST_TRACE(ts->u, host_trace_resume(ts, true));
   int status = lua_resume(co, L, nargs, nresults);
   HOST_TRACE(ts->u, host_trace_resume(ts, false));
-  atomic_store(&ts->running, outer);
+  atomic_store_explicit(&ts->running, outer, memory_order_release);
   if (finalizing) ts->finalizer_resumes--;
   if (interrupt_wanted(ts)) arm_hook(ts, L);  /* co may have died of it: L goes on */
   return status;

@@ -976,6 +976,42 @@ describe('host.generator', function()
       assert.are.equal('c', select(2, debug.gethook(unused)))
       assert.are.equal('h', h:next())
     end)
+    -- The frames below a yield_from are looked at before a body runs
+    -- inline; the plain bodies' are skipped (bindings/generator.c,
+    -- quiet_below), the others' still read: many rounds, so that what is
+    -- learnt of each body (read the second time) is used.
+    it('keeps a delegating body\'s <close> variable and PEP 380 close over many rounds', function()
+      for _, closing_body in ipairs { false, true } do
+        local log = {}
+        local leaf = generator.wrap(function(i)
+          local _ <close> = setmetatable({}, { __close = function() log[#log + 1] = 'leaf ' .. i end })
+          yield(i)
+          return i
+        end)
+        local mid = generator.wrap(function(i) return (yield_from(leaf(i))) end)
+        local outer = generator.wrap(closing_body and function()
+          local _ <close> = setmetatable({}, { __close = function() log[#log + 1] = 'outer' end })
+          for i = 1, 10 do
+            local r = yield_from(mid(i))
+            log[#log + 1] = r
+          end
+        end or function()
+          for i = 1, 10 do
+            local r = yield_from(mid(i))
+            log[#log + 1] = r
+          end
+        end)
+        local g = outer()
+        assert.are.equal(1, g:next())
+        for i = 2, 4 do assert.are.equal(i, g:next()) end
+        g:close()
+        local want = { 'leaf 1', 1, 'leaf 2', 2, 'leaf 3', 3, 'leaf 4' }
+        if closing_body then want[#want + 1] = 'outer' end
+        assert.are.same(want, log)
+        assert.are.equal('dead', g:status())
+      end
+    end)
+
   end)
 
   describe('whose coroutine is reached behind their back', function()
