@@ -970,6 +970,15 @@ static int manager_loop(lua_State *L) {
     sent_queued(L, s);
     forget_done(L, 1, s, callbacks);
     if (callbacks) continue;  /* they ran instead of the poll: look again */
+    /* The GIL may have come long after poll returned (the caller held it
+    ** through a map's submits or its hand-out): when a busy worker was not
+    ** seen readable then, look again, so that this turn reads every frame
+    ** that has arrived, not one turn (and one more wait for the GIL) each. */
+    bool stale = false;
+    for (int i = 0; i < s->nworkers; i++)
+      stale = stale || (s->w[i].state == SLOT_BUSY && fds[i + 1].revents == 0);
+    if (stale)
+      while (poll(fds, (nfds_t)n, 0) < 0 && errno == EINTR) {}
     if (fds[0].revents) {
       char buf[64];
       while (read(s->wake_r, buf, sizeof buf) == (ssize_t)sizeof buf) {}
