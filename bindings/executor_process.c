@@ -16,7 +16,9 @@
 **   someone asks for them. The manager reads a result with the GIL held
 **   and completes its Future once it has let the GIL go (before it polls
 **   again): a thread waiting on the Future then wakes to a free GIL, not
-**   to sleep again on the GIL the manager holds (see done_t).
+**   to sleep again on the GIL the manager holds (see done_t). The frames
+**   its pump hands to workers go out then too (see send_t): the GIL is
+**   not held across those system calls.
 **
 ** Two objects: the pool the user holds (host.ProcessPoolExecutor) and its
 ** state (host.ProcessPoolState), which the pool and the manager thread
@@ -27,9 +29,9 @@
 ** Each worker slot is a small state machine, changed only with the GIL:
 ** DEAD -> IDLE (forked) -> BUSY (a task sent) -> IDLE (its result read)
 ** or RETIRING (its last task under max_tasks_per_child, or the pool ends)
-** -> DEAD (reaped). Only an IDLE slot takes work (and a BUSY one, one
-** map chunk sent ahead, after which it stays BUSY until both results are
-** read), so a slot whose process is being reaped (the GIL is released in
+** -> DEAD (reaped). Only an IDLE slot takes work (and a BUSY one, up to
+** AHEAD_MAX map chunks sent ahead, after which it stays BUSY until all
+** their results are read), so a slot whose process is being reaped (the GIL is released in
 ** waitpid) is never sent a task. Only the manager (or the constructor,
 ** before the manager exists) forks, retires and reaps, but for shutdown,
 ** which retires and reaps the IDLE workers of a drained pool itself (a
@@ -71,6 +73,13 @@
 ** which Linux ties to the thread, not the process): see on_parent_death. */
 #define PARENT_DEATH_SIGNAL SIGUSR2
 #define DEATH_GRACE 2.0  /* seconds a worker has to exit once done or hung up */
+/* Map chunks a busy worker may have behind its running one: it goes on
+** with them while the caller, not the manager, holds the parent's GIL.
+** Past the first, only while their frames stay within AHEAD_BYTES: then
+** they fit in the socket's buffer and the manager's send does not block
+** on a worker that is itself blocked sending a big result. */
+#define AHEAD_MAX 3
+#define AHEAD_BYTES (64 * 1024)
 
 enum { FRAME_OK = 0, FRAME_ERROR = 1, FRAME_INIT_FAILED = 2 };
 
@@ -92,8 +101,8 @@ typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_
 ** A result read this round, whose future the manager completes after it
 ** lets the GIL go (complete_done). It owns `payload` and a reference to f
 ** until then; the future's proxy waits in the state's UV_DONE table, for
-** its callbacks. At most two per worker: the manager reads the frames of
-** the items a worker has (the running one and the one sent ahead).
+** its callbacks. At most 1 + AHEAD_MAX per worker: the manager reads the
+** frames of the items a worker has (the running one and those sent ahead).
 */
 typedef struct done_t {
   host_future *f;
@@ -102,13 +111,27 @@ typedef struct done_t {
   size_t len;
 } done_t;
 
+/*
+** A frame the manager's pump queued for worker i, sent once the manager
+** has let the GIL go (send_queued): `p` points into the item's payload
+** string, which stays anchored in UV_INFLIGHT until the manager itself
+** reads that item's result.
+*/
+typedef struct send_t {
+  int i, fd;
+  const char *p;
+  size_t len;
+} send_t;
+
 typedef struct worker_t {
   slot_state state;
   pid_t pid;         /* 0: no process */
   int fd;            /* the parent's end of the socketpair, -1 when closed */
   lua_Integer tasks; /* done by this process */
-  bool ahead;        /* BUSY, with a second item sent behind the running one */
+  int ahead;         /* BUSY, with this many items sent behind the running one */
+  size_t ahead_len[AHEAD_MAX];  /* the payload sizes of those items */
   bool sending;      /* a thread sends on fd with the GIL released */
+  bool queued;       /* (and sending) frames of the manager wait in sends[] */
   bool reaping;      /* a thread waits for pid with the GIL released */
   int linger;        /* a retired fd that sender still uses (it closes it), or -1 */
   inbuf in;          /* read from fd and not used yet: at most a frame's head */
@@ -129,8 +152,11 @@ typedef struct pstate_t {
   lua_Integer max_tasks;    /* per child; 0: no limit */
   host_fifo pending, callq;
   bool shutdown, broken, manager_done;
+  bool queueing;            /* the manager's pump runs: dispatch queues in sends[] */
+  int nsend;                /* frames in sends[] */
+  send_t *sends;            /* (1 + AHEAD_MAX) * nworkers of them, after done[] */
   int ndone;                /* results in done[] */
-  done_t *done;             /* 2 * nworkers of them, after w[] */
+  done_t *done;             /* (1 + AHEAD_MAX) * nworkers of them, after w[] */
   worker_t w[];
 } pstate_t;
 
@@ -141,8 +167,8 @@ typedef struct ppool_t {
 } ppool_t;
 
 /* Uservalues of the state: pending items, the call queue, items in flight
-** by worker (worker i's running item at i + 1, the one sent ahead at
-** nworkers + i + 1), info {initializer, initargs, decoder, broken_msg},
+** by worker (worker i's running item at i + 1, the d-th sent ahead at
+** d * nworkers + i + 1), info {initializer, initargs, decoder, broken_msg},
 ** and the proxies of done[]. An item is {future, payload, ahead}: `ahead`
 ** (a map's chunk) may be sent to a busy worker behind its running item,
 ** as CPython keeps a call queued per worker, so a worker that ends a chunk
@@ -578,7 +604,7 @@ static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
   lua_setfield(L, -2, "broken_msg");
   lua_pop(L, 1);
   for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
-  for (int i = 0; i < 2 * s->nworkers; i++) {  /* running items, then those sent ahead */
+  for (int i = 0; i < (1 + AHEAD_MAX) * s->nworkers; i++) {  /* running items, then those sent ahead */
     lua_getiuservalue(L, sidx, UV_INFLIGHT);
     lua_rawgeti(L, -1, i + 1);
     lua_pushnil(L);
@@ -602,16 +628,23 @@ static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
 static void dispatch(lua_State *L, int sidx, pstate_t *s, int i, bool ahead) {
   lua_getiuservalue(L, sidx, UV_INFLIGHT);
   lua_pushvalue(L, -2);
-  lua_rawseti(L, -2, ahead ? s->nworkers + i + 1 : i + 1);  /* anchored while the GIL is away */
-  lua_pop(L, 1);
   worker_t *w = &s->w[i];
+  w->ahead = ahead ? w->ahead + 1 : 0;
+  lua_rawseti(L, -2, w->ahead * s->nworkers + i + 1);  /* anchored while the GIL is away */
+  lua_pop(L, 1);
   HOST_TRACE_L(L, host_trace_dispatch(L, -1, w->pid));
   w->state = SLOT_BUSY;
-  w->ahead = ahead;
   lua_rawgeti(L, -1, 2);
   size_t len;
   const char *payload = lua_tolstring(L, -1, &len);
+  if (ahead) w->ahead_len[w->ahead - 1] = len;
   int fd = w->fd;
+  if (s->queueing) {  /* the manager sends it once the GIL is free (send_queued) */
+    w->sending = w->queued = true;
+    s->sends[s->nsend++] = (send_t){i, fd, payload, len};
+    lua_pop(L, 2);
+    return;
+  }
   size_t done = 0;
   /* Most frames fit in the socket's buffer at once: then the GIL stays. */
   if (send_frame_from(fd, -1, payload, len, &done, MSG_DONTWAIT) ||
@@ -633,23 +666,30 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i, bool ahead) {
   lua_pop(L, 2);
 }
 
-/* True when the oldest item of the call queue may be sent ahead. */
-static bool head_goes_ahead(lua_State *L, int sidx, pstate_t *s) {
+/* True when the oldest item of the call queue may be sent ahead to BUSY
+** worker i (see AHEAD_BYTES). */
+static bool head_goes_ahead(lua_State *L, int sidx, pstate_t *s, int i) {
   if (host_fifo_len(&s->callq) == 0) return false;
   lua_getiuservalue(L, sidx, UV_CALLQ);
   lua_rawgeti(L, -1, s->callq.head);
   bool ahead = lua_rawgeti(L, -1, 3) == LUA_TBOOLEAN;
-  lua_pop(L, 3);
-  return ahead;
+  lua_rawgeti(L, -2, 2);
+  size_t bytes = lua_rawlen(L, -1);
+  lua_pop(L, 4);
+  worker_t *w = &s->w[i];
+  for (int d = 0; d < w->ahead; d++) bytes += w->ahead_len[d];
+  return ahead && (w->ahead == 0 || bytes <= AHEAD_BYTES);
 }
 
-/* True when BUSY worker i may take an item ahead: it has none yet, no
-** thread still sends it its running one (two frames would interleave),
-** and both items fit in its max_tasks_per_child. */
+/* True when BUSY worker i may take an item ahead: it has fewer than
+** AHEAD_MAX, no other thread still sends it one (two frames would
+** interleave; the manager's own queued frames go out in order), and they
+** all fit in its max_tasks_per_child. */
 static bool takes_ahead(pstate_t *s, int i) {
   worker_t *w = &s->w[i];
-  return w->state == SLOT_BUSY && !w->ahead && !w->sending &&
-         (s->max_tasks == 0 || w->tasks + 2 <= s->max_tasks);
+  return w->state == SLOT_BUSY && w->ahead < AHEAD_MAX &&
+         (!w->sending || (s->queueing && w->queued)) &&
+         (s->max_tasks == 0 || w->tasks + w->ahead + 2 <= s->max_tasks);
 }
 
 /*
@@ -679,12 +719,38 @@ static void pump(lua_State *L, int sidx, pstate_t *s) {
       dispatch(L, sidx, s, i, false);
     }
     for (int i = 0; i < s->nworkers && !s->broken; i++) {
-      if (!takes_ahead(s, i) || !head_goes_ahead(L, sidx, s)) continue;
+      if (!takes_ahead(s, i) || !head_goes_ahead(L, sidx, s, i)) continue;
       host_fifo_pop(L, sidx, UV_CALLQ, &s->callq);
       dispatch(L, sidx, s, i, true);
       again = true;
     }
   }
+}
+
+/* Sends the frames the manager's pump queued (GIL released). A failed send
+** is the manager's to find: the worker died, and EOF on its socket says so. */
+static void send_queued(pstate_t *s) {
+  for (int k = 0; k < s->nsend; k++) {
+    size_t done = 0;
+    send_frame_from(s->sends[k].fd, -1, s->sends[k].p, s->sends[k].len, &done, 0);
+  }
+}
+
+/* Forgets the frames send_queued sent (GIL held again): a socket retired
+** meanwhile (see hang_up) is closed here. */
+static void sent_queued(lua_State *L, pstate_t *s) {
+  for (int k = 0; k < s->nsend; k++) {
+    worker_t *w = &s->w[s->sends[k].i];
+    int fd = s->sends[k].fd;
+    if (w->linger == fd) {
+      w->linger = -1;
+      close(fd);
+      track_fd(L, fd, false);
+    } else if (w->fd == fd) {
+      w->sending = w->queued = false;
+    }
+  }
+  s->nsend = 0;
 }
 
 /*
@@ -787,15 +853,18 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
     return;
   }
   worker_t *w = &s->w[i];
-  bool ahead = w->ahead;  /* then the item sent ahead runs now */
+  bool ahead = w->ahead > 0;  /* then the first item sent ahead runs now */
   lua_getiuservalue(L, sidx, UV_INFLIGHT);
   lua_rawgeti(L, -1, i + 1);
-  lua_rawgeti(L, -2, s->nworkers + i + 1);
-  lua_rawseti(L, -3, i + 1);
+  for (int d = 1; d <= w->ahead; d++) {  /* the items behind move up by one */
+    lua_rawgeti(L, -2, d * s->nworkers + i + 1);
+    lua_rawseti(L, -3, (d - 1) * s->nworkers + i + 1);
+    if (d > 1) w->ahead_len[d - 2] = w->ahead_len[d - 1];
+  }
   lua_pushnil(L);
-  lua_rawseti(L, -3, s->nworkers + i + 1);
-  w->ahead = false;
-  /* (takes_ahead keeps both items within max_tasks: no retiring with one ahead) */
+  lua_rawseti(L, -3, w->ahead * s->nworkers + i + 1);
+  if (ahead) w->ahead--;
+  /* (takes_ahead keeps all its items within max_tasks: no retiring with one ahead) */
   bool retire = s->max_tasks > 0 && ++w->tasks >= s->max_tasks;
   w->state = ahead ? SLOT_BUSY : retire ? SLOT_RETIRING : SLOT_IDLE;
   if (lua_isnil(L, -1)) {  /* a frame nobody asked for */
@@ -882,18 +951,37 @@ static int manager_loop(lua_State *L) {
   pstate_t *s = lua_touserdata(L, 1);
   struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(s->nworkers + 1), 0);
   for (;;) {
+    s->queueing = true;  /* the frames go out once the GIL is let go, below */
     pump(L, 1, s);
-    if (s->broken || (s->shutdown && drained(s))) break;
+    s->queueing = false;
+    if (s->broken || (s->shutdown && drained(s))) {
+      host_gil_release(L);
+      send_queued(s);
+      host_gil_acquire(L);
+      sent_queued(L, s);
+      break;
+    }
     int n = 0;
     fds[n++] = (struct pollfd){.fd = s->wake_r, .events = POLLIN};
     for (int i = 0; i < s->nworkers; i++)
       fds[n++] = (struct pollfd){.fd = s->w[i].fd, .events = POLLIN};
     host_gil_release(L);
+    send_queued(s);
     bool callbacks = complete_done(s);
     while (!callbacks && poll(fds, (nfds_t)n, -1) < 0 && errno == EINTR) {}
     host_gil_acquire(L);
+    sent_queued(L, s);
     forget_done(L, 1, s, callbacks);
     if (callbacks) continue;  /* they ran instead of the poll: look again */
+    /* The GIL may have come long after poll returned (the caller held it
+    ** through a map's submits or its hand-out): when a busy worker was not
+    ** seen readable then, look again, so that this turn reads every frame
+    ** that has arrived, not one turn (and one more wait for the GIL) each. */
+    bool stale = false;
+    for (int i = 0; i < s->nworkers; i++)
+      stale = stale || (s->w[i].state == SLOT_BUSY && fds[i + 1].revents == 0);
+    if (stale)
+      while (poll(fds, (nfds_t)n, 0) < 0 && errno == EINTR) {}
     if (fds[0].revents) {
       char buf[64];
       while (read(s->wake_r, buf, sizeof buf) == (ssize_t)sizeof buf) {}
@@ -903,7 +991,7 @@ static int manager_loop(lua_State *L) {
       bool ready = fds[i + 1].revents && w->fd == fds[i + 1].fd;
       while (ready && !s->broken && (w->state == SLOT_IDLE || w->state == SLOT_BUSY)) {
         take_result(L, 1, s, i);
-        /* the result of the item sent ahead may be read already: poll would not say */
+        /* the result of an item sent ahead may be read already: poll would not say */
         ready = w->state == SLOT_BUSY && w->in.start < w->in.end;
       }
     }
@@ -1146,10 +1234,11 @@ static int ppool_new(lua_State *L) {
     if (!isint) host_field_error(L, 1, "max_tasks_per_child", "an integer");
     luaL_argcheck(L, max_tasks >= 1, 1, "'max_tasks_per_child' must be >= 1");
   }
-  pstate_t *s = host_object_new(L, sizeof *s + (sizeof(worker_t) + 2 * sizeof(done_t)) * (size_t)n,
+  pstate_t *s = host_object_new(L, sizeof *s + (sizeof(worker_t) + (1 + AHEAD_MAX) * (sizeof(done_t) + sizeof(send_t))) * (size_t)n,
                                  PSTATE_TYPE, 5);
   int sidx = lua_gettop(L);
   s->done = (done_t *)&s->w[n];
+  s->sends = (send_t *)&s->done[(1 + AHEAD_MAX) * n];
   s->wake_r = s->wake_w = -1;
   for (int i = 0; i < n; i++) s->w[i].fd = s->w[i].linger = -1;
   s->owner = getpid();

@@ -321,18 +321,33 @@ describe('ProcessPoolExecutor', function()
     assert.are.same({ 1, 2 }, { first:result(T), queued:result(T) })
   end)
 
-  it("sends a map chunk to a busy worker behind its running task: that call, like the call queue's, cannot be cancelled", function()
+  it("sends up to 3 map chunks to a busy worker behind its running task: those calls, like the call queue's, cannot be cancelled", function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
     local first = ex:submit(function() local t = os.clock() while os.clock() - t < 0.5 do end return 1 end)
     -- _submit_ahead is how map submits its chunks
-    local ahead = ex:_submit_ahead(function() return 2 end)    -- sent to the busy worker
-    local queued = ex:_submit_ahead(function() return 3 end)   -- the call queue (workers + 1)
-    local pending = ex:_submit_ahead(function() return 4 end)
-    local plain = ex:submit(function() return 5 end)
+    local ahead = {}
+    for j = 1, 3 do ahead[j] = ex:_submit_ahead(function() return j + 1 end) end  -- sent to the busy worker
+    local queued = ex:_submit_ahead(function() return 5 end)   -- the call queue (workers + 1)
+    local pending = ex:_submit_ahead(function() return 6 end)
+    local plain = ex:submit(function() return 7 end)
+    for j = 1, 3 do assert.is_false(ahead[j]:cancel()) end
+    assert.is_false(queued:cancel())
+    assert.is_true(pending:cancel())
+    assert.are.same({ 1, 2, 3, 4, 5, 7 }, { first:result(T), ahead[1]:result(T), ahead[2]:result(T),
+                                            ahead[3]:result(T), queued:result(T), plain:result(T) })
+  end)
+
+  it('sends a busy worker a second map chunk ahead only while the frames ahead stay small (64 KiB)', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local first = ex:submit(function() local t = os.clock() while os.clock() - t < 0.5 do end return 1 end)
+    local big = string.rep('x', 40000)
+    local ahead = ex:_submit_ahead(function(s) return #s end, big)   -- sent to the busy worker
+    local queued = ex:_submit_ahead(function(s) return #s end, big)  -- 80 000 bytes ahead: the call queue
+    local pending = ex:_submit_ahead(function(s) return #s end, big)
     assert.is_false(ahead:cancel())
     assert.is_false(queued:cancel())
     assert.is_true(pending:cancel())
-    assert.are.same({ 1, 2, 3, 5 }, { first:result(T), ahead:result(T), queued:result(T), plain:result(T) })
+    assert.are.same({ 1, 40000, 40000 }, { first:result(T), ahead:result(T), queued:result(T) })
   end)
 
   it('fails the call sent ahead with BrokenProcessPool when its worker dies, and a map over it ends', function()
