@@ -658,6 +658,7 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   atomic_store(&u->interrupted, false);
   atomic_store(&u->stopping, false);
   u->fork_child = true;
+  u->forks++;
   /* the other threads' waits are gone with them; no watcher runs here */
   u->nblocked = 0;
   u->exit_wait = false;
@@ -665,6 +666,10 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   atomic_store(&u->watching, false);
   pthread_mutex_init(&u->later_mu, NULL);
   u->later_set = false;
+}
+
+unsigned long host_fork_count(const host_tstate *ts) {
+  return ts->u->forks;
 }
 
 bool host_in_fork_child(lua_State *L) {

@@ -91,6 +91,7 @@ typedef struct cond_waiter {
 typedef struct condition_t {
   sync_head h;
   cond_waiter *head, *tail;
+  unsigned long forks;  /* host_fork_count of the process whose threads' stacks hold the FIFO's nodes */
   lock_t *lock;
   bool reentrant;   /* the lock is an RLock */
 } condition_t;
@@ -146,6 +147,8 @@ static void push_lock_state(lua_State *L, const lock_t *lk) {
   }
 }
 
+static void drop_forked_waiters(condition_t *c);
+
 /*
 ** Pushes the state that tostring shows for the object h of type tname, as
 ** CPython's repr does: "locked by thread 2 \"w\"", "value=3/3, waiters=0".
@@ -172,6 +175,7 @@ static void push_state(lua_State *L, sync_head *h, const char *tname) {
     lua_pushstring(L, ((event_t *)h)->flag ? "set" : "unset");
   } else if (strcmp(tname, CONDITION_TYPE) == 0) {
     int n = 0;
+    drop_forked_waiters((condition_t *)h);
     for (cond_waiter *w = ((condition_t *)h)->head; w != NULL; w = w->next) n++;
     lua_pushfstring(L, "waiters=%d", n);
   } else {
@@ -509,6 +513,18 @@ static void lock_restore(lua_State *L, condition_t *c, int idx,
   if (c->reentrant) lk->count = count;
 }
 
+/*
+** In a process forked while threads waited on condition c, its FIFO lists
+** nodes on the stacks of threads the fork left behind: glibc reuses those
+** stacks for the child's new threads, so a node may be overwritten, or be
+** at the very address of a new waiter's (appending it then made a cycle,
+** and notify_all spun for ever). None of them can be notified: forget
+** them all (the forking thread itself was not waiting).
+*/
+static void drop_forked_waiters(condition_t *c) {
+  if (c->head != NULL && c->forks != host_fork_count(host_current())) c->head = c->tail = NULL;
+}
+
 /* Removes waiter w from the condition's FIFO if it is still there. */
 static void unlink_waiter(condition_t *c, cond_waiter *w) {
   cond_waiter *prev = NULL;
@@ -535,6 +551,8 @@ static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
   if (!lk->locked || (c->reentrant && lk->owner != me))
     luaL_error(L, "cannot wait on un-acquired lock");
   cond_waiter w = {false, me, NULL};
+  drop_forked_waiters(c);
+  if (c->head == NULL) c->forks = host_fork_count(me);
   if (c->tail) c->tail->next = &w;
   else c->head = &w;
   c->tail = &w;
@@ -590,6 +608,7 @@ static int condition_wait_for(lua_State *L) {
 ** N waiters cost N hand-offs of the GIL, so N of them cost N^2).
 */
 static void notify_waiters(condition_t *c, lua_Integer n) {
+  drop_forked_waiters(c);
   while (n-- > 0 && c->head != NULL) {
     cond_waiter *w = c->head;
     c->head = w->next;

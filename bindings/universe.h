@@ -172,6 +172,7 @@ struct host_universe {
   atomic_bool stopping;           /* host_interrupt_sticky: raised until cleared */
   atomic_bool exiting;            /* host_close has begun (its exit handlers ran) */
   bool fork_child;                /* this is a worker forked by the pool */
+  unsigned long forks;            /* host_fork_count: forks this process descends by */
   atomic_bool closing;            /* host_close is closing the state */
   /* spawned threads: list, counts (under threads_mu) */
   _Alignas(HOST_LINE) pthread_mutex_t threads_mu;

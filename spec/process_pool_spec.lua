@@ -125,6 +125,39 @@ describe('ProcessPoolExecutor', function()
     assert.are.equal('true\ttask done\ntrue\tparent\n', out)
   end)
 
+  it('a worker forked while a parent thread waits on a Condition can wait on and notify it', function()
+    -- the FIFO node of the parent's waiter lives on a stack that glibc reuses for the
+    -- worker's new thread: appending that thread's node made a cycle and notify_all spun
+    local out, err, code = sh.host_script([[
+      local thread = require 'host.thread'
+      local futures = require 'host.futures'
+      C = thread.Condition()
+      local ready = thread.Event()
+      local a = thread.start(function() C:acquire(); ready:set(); C:wait(3); C:release() end)
+      assert(ready:wait(5))
+      C:acquire(); C:release()  -- a sleeps in C:wait now, and the worker is forked meanwhile
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function()
+        local thread = require 'host.thread'
+        local inwait, r = false, nil
+        local t = thread.start(function() C:acquire(); inwait = true; r = C:wait(5); C:release() end)
+        while not inwait do thread.sleep(0.001) end
+        C:acquire()
+        local shown = tostring(C):match('waiters=%d+')
+        C:notify_all()
+        C:release()
+        assert(t:join(5))
+        return shown, r
+      end)
+      print(pcall(f.result, f, 5))
+      ex:shutdown { cancel_futures = true }
+      a:join(5)
+    ]], 20)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('true\twaiters=1\ttrue\n', out)
+  end)
+
   it('runs tasks in other processes and returns all their values', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2 })
     local me = require('host.spec_pid')
