@@ -27,10 +27,10 @@
 ** its next try, up to one in 256 sleeps; one that succeeds halves it. So
 ** on a machine where the holder needs the spinner's core the spin costs
 ** about nothing (spin_end). A sleep that a thread on another core ended
-** within the longest spin turns spinning on again (spin_slept): two
-** threads that pass work back and forth would otherwise stay asleep for
-** good once each has missed the other, a sleeper being slow to wake. A spin is a wait like the sleep it
-** replaces: the ticket order and the preemption are the same. The waits
+** within SPIN_SLEPT_NS turns spinning on again (spin_slept): two threads
+** that pass work back and forth would otherwise stay asleep for good once
+** each has missed the other, a sleeper being slow to wake. A spin is a
+** wait like the sleep it replaces: the ticket order and the preemption are the same. The waits
 ** on a host_cond (runtime.c: a future completed from another universe,
 ** an interpreter pool's idle worker) spin by the same rule (spin_wait),
 ** the thread's own learning shared with its GIL waits.

@@ -668,8 +668,9 @@ static void reset_after_fork(host_universe *u, host_tstate *ts) {
   u->later_set = false;
 }
 
-unsigned long host_fork_count(const host_tstate *ts) {
-  return ts->u->forks;
+unsigned long host_fork_count(lua_State *L) {
+  host_universe *u = host_universe_of(L);
+  return u != NULL ? u->forks : 0;
 }
 
 bool host_in_fork_child(lua_State *L) {
@@ -1027,28 +1028,30 @@ void host_waitq_notify_waiters(host_waitq *q) {
   }
 }
 
+/*
+** Hands waiter w a place in the GIL's line; one that was blocked counts as
+** running from now on. False when its deadline passed just now (it wakes
+** timed out, and stays counted as it was).
+*/
+static bool hand_waiter(host_tstate *w) {
+  int kind = w->wait_kind;
+  if (!gil_handoff(w->u, w)) return false;
+  if (kind == W_BLOCKED) {
+    w->wait_kind = W_WOKEN;
+    w->u->nblocked--;
+  }
+  return true;
+}
+
 int host_waitq_notify_first_n(host_waitq *q, int n) {
   int handed = 0;
-  for (host_tstate *w = q->waiters; w != NULL && handed < n; w = w->wait_next) {
-    if (atomic_load(&w->hand) != HAND_SLEEPING) continue;  /* handed already, or timed out */
-    int kind = w->wait_kind;
-    if (!gil_handoff(w->u, w)) continue;  /* its deadline passed just now */
-    if (kind == W_BLOCKED) {
-      w->wait_kind = W_WOKEN;
-      w->u->nblocked--;
-    }
-    handed++;
-  }
+  for (host_tstate *w = q->waiters; w != NULL && handed < n; w = w->wait_next)
+    if (atomic_load(&w->hand) == HAND_SLEEPING && hand_waiter(w)) handed++;
   return handed;
 }
 
 void host_waitq_notify_thread(host_waitq *q, host_tstate *ts) {
-  if (ts->wait_q != q) return;  /* not asleep: it looks at its state before it sleeps */
-  int kind = ts->wait_kind;
-  if (gil_handoff(ts->u, ts) && kind == W_BLOCKED) {
-    ts->wait_kind = W_WOKEN;
-    ts->u->nblocked--;
-  }
+  if (ts->wait_q == q) hand_waiter(ts);  /* else not asleep: it looks at its state before it sleeps */
 }
 
 /*
@@ -1063,13 +1066,7 @@ bool host_waitq_notify_one(host_waitq *q) {
     for (host_tstate *w = q->waiters; w != NULL; w = w->wait_next)
       if (atomic_load(&w->hand) == HAND_SLEEPING) last = w;
     if (last == NULL) return false;
-    int kind = last->wait_kind;
-    if (!gil_handoff(last->u, last)) continue;  /* its deadline passed just now */
-    if (kind == W_BLOCKED) {
-      last->wait_kind = W_WOKEN;
-      last->u->nblocked--;
-    }
-    return true;
+    if (hand_waiter(last)) return true;  /* else its deadline passed just now: the next */
   }
 }
 

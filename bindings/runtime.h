@@ -133,11 +133,11 @@ void host_flush_std(void);
 bool host_in_fork_child(lua_State *L);
 
 /*
-** How many host_forks separate this process from the one that made ts's
+** How many host_forks separate this process from the one that made L's
 ** universe (0 there): a record that points into other threads' stacks
 ** (a Condition's waiters) is stale once this changed.
 */
-unsigned long host_fork_count(const host_tstate *ts);
+unsigned long host_fork_count(lua_State *L);
 
 /* Number of OS threads running Lua code in L's universe, main included. */
 int host_thread_count(lua_State *L);

@@ -147,7 +147,7 @@ static void push_lock_state(lua_State *L, const lock_t *lk) {
   }
 }
 
-static void drop_forked_waiters(condition_t *c);
+static void drop_forked_waiters(lua_State *L, condition_t *c);
 
 /*
 ** Pushes the state that tostring shows for the object h of type tname, as
@@ -175,7 +175,7 @@ static void push_state(lua_State *L, sync_head *h, const char *tname) {
     lua_pushstring(L, ((event_t *)h)->flag ? "set" : "unset");
   } else if (strcmp(tname, CONDITION_TYPE) == 0) {
     int n = 0;
-    drop_forked_waiters((condition_t *)h);
+    drop_forked_waiters(L, (condition_t *)h);
     for (cond_waiter *w = ((condition_t *)h)->head; w != NULL; w = w->next) n++;
     lua_pushfstring(L, "waiters=%d", n);
   } else {
@@ -521,8 +521,8 @@ static void lock_restore(lua_State *L, condition_t *c, int idx,
 ** and notify_all spun for ever). None of them can be notified: forget
 ** them all (the forking thread itself was not waiting).
 */
-static void drop_forked_waiters(condition_t *c) {
-  if (c->head != NULL && c->forks != host_fork_count(host_current())) c->head = c->tail = NULL;
+static void drop_forked_waiters(lua_State *L, condition_t *c) {
+  if (c->head != NULL && c->forks != host_fork_count(L)) c->head = c->tail = NULL;
 }
 
 /* Removes waiter w from the condition's FIFO if it is still there. */
@@ -551,8 +551,8 @@ static bool condition_do_wait(lua_State *L, condition_t *c, double timeout) {
   if (!lk->locked || (c->reentrant && lk->owner != me))
     luaL_error(L, "cannot wait on un-acquired lock");
   cond_waiter w = {false, me, NULL};
-  drop_forked_waiters(c);
-  if (c->head == NULL) c->forks = host_fork_count(me);
+  drop_forked_waiters(L, c);
+  if (c->head == NULL) c->forks = host_fork_count(L);
   if (c->tail) c->tail->next = &w;
   else c->head = &w;
   c->tail = &w;
@@ -607,8 +607,8 @@ static int condition_wait_for(lua_State *L) {
 ** waiter not notified would only wake to sleep again (one notify() among
 ** N waiters cost N hand-offs of the GIL, so N of them cost N^2).
 */
-static void notify_waiters(condition_t *c, lua_Integer n) {
-  drop_forked_waiters(c);
+static void notify_waiters(lua_State *L, condition_t *c, lua_Integer n) {
+  drop_forked_waiters(L, c);
   while (n-- > 0 && c->head != NULL) {
     cond_waiter *w = c->head;
     c->head = w->next;
@@ -631,14 +631,14 @@ static int condition_notify(lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 0, 2, "count must be non-negative");
   check_owned(L, c, "notify");
-  notify_waiters(c, n);
+  notify_waiters(L, c, n);
   return 0;
 }
 
 static int condition_notify_all(lua_State *L) {
   condition_t *c = host_object_check_self(L, CONDITION_TYPE);
   check_owned(L, c, "notify");
-  notify_waiters(c, LUA_MAXINTEGER);
+  notify_waiters(L, c, LUA_MAXINTEGER);
   return 0;
 }
 
