@@ -33,7 +33,8 @@
 ** wait like the sleep it replaces: the ticket order and the preemption are the same. The waits
 ** on a host_cond (runtime.c: a future completed from another universe,
 ** an interpreter pool's idle worker) spin by the same rule (spin_wait),
-** the thread's own learning shared with its GIL waits.
+** the thread's own learning shared with its GIL waits, and their sleeps
+** teach it as park_wait's do (spin_sleep_end).
 **
 ** Preemption. The first in line times the switch interval; when it has
 ** waited that long it sends SWITCH_SIGNAL to the holder's OS thread, whose
@@ -287,6 +288,15 @@ static void spin_slept(host_spin *spin, long long slept) {
   spin->skipped = 0;
 }
 
+void spin_sleep_begin(host_sleep *sleep) {
+  sleep->start = now_ns();
+  sleep->cpu = sched_getcpu();
+}
+
+void spin_sleep_end(host_spin *spin, const host_sleep *sleep, int waker_cpu) {
+  if (waker_cpu != sleep->cpu) spin_slept(spin, now_ns() - sleep->start);
+}
+
 bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned seen,
                const struct timespec *at) {
   if (!spin_begin(u, spin, word, seen)) return false;
@@ -318,15 +328,15 @@ bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned se
 */
 static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at, bool spin) {
   if (spin && spin_wait(ts->u, &ts->spin, &ts->park, seen, at)) return true;
-  long long start = spin ? now_ns() : 0;
-  int cpu = spin ? sched_getcpu() : -1;
+  host_sleep sleep;
+  if (spin) spin_sleep_begin(&sleep);
   atomic_store(&ts->parked, true);
   long rc = syscall(SYS_futex, &ts->park, FUTEX_WAIT_BITSET_PRIVATE, seen, at, NULL,
                     FUTEX_BITSET_MATCH_ANY);
   int err = errno;
   atomic_store(&ts->parked, false);
   bool woken = !(rc == -1 && err == ETIMEDOUT);
-  if (spin && woken && atomic_load(&ts->waker_cpu) != cpu) spin_slept(&ts->spin, now_ns() - start);
+  if (spin && woken) spin_sleep_end(&ts->spin, &sleep, atomic_load(&ts->waker_cpu));
   return woken;
 }
 

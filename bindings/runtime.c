@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -847,11 +848,14 @@ host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_con
     result = HOST_WAIT_INTERRUPTED;
   } else if (!cond_spin(ts, c, seen, d)) {
     host_deadline slice = is_main ? earlier(d, MAIN_WAIT_SLICE) : *d;
+    host_sleep sleep;
+    spin_sleep_begin(&sleep);
     atomic_fetch_add(&c->sleepers, 1);
     long rc = syscall(SYS_futex, &c->seq, FUTEX_WAIT_BITSET_PRIVATE, seen,
                       slice.never ? NULL : &slice.at, NULL, FUTEX_BITSET_MATCH_ANY);
     int err = errno;
     atomic_fetch_sub(&c->sleepers, 1);
+    if (rc == 0) spin_sleep_end(&ts->spin, &sleep, atomic_load(&c->waker_cpu));
     if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock)))
       result = HOST_WAIT_INTERRUPTED;
     else if (rc == -1 && err == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
@@ -866,13 +870,20 @@ void host_cond_spin_init(host_cond *c) {
   atomic_init(&c->seq, 0);
   atomic_init(&c->sleepers, 0);
   atomic_init(&c->spinner, SPIN_NONE);
+  atomic_init(&c->waker_cpu, -1);
+}
+
+/* Wakes up to n sleepers of c, telling them where the wake-up came from. */
+static void cond_futex_wake(host_cond *c, int n) {
+  atomic_store_explicit(&c->waker_cpu, sched_getcpu(), memory_order_relaxed);
+  syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
 
 void host_cond_wake_one(host_cond *c) {
   int on = SPIN_ON;
   if (!atomic_compare_exchange_strong(&c->spinner, &on, SPIN_CLAIMED) &&
       atomic_load(&c->sleepers) > 0)
-    syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    cond_futex_wake(c, 1);
 }
 
 void host_cond_changed(host_cond *c) {
@@ -880,8 +891,7 @@ void host_cond_changed(host_cond *c) {
 }
 
 void host_cond_wake_all(host_cond *c) {
-  if (atomic_load(&c->sleepers) > 0)
-    syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+  if (atomic_load(&c->sleepers) > 0) cond_futex_wake(c, INT_MAX);
 }
 
 void host_cond_broadcast(host_cond *c) {

@@ -209,8 +209,9 @@ void host_cond_init(pthread_cond_t *cv);
 */
 typedef struct host_cond {
   atomic_uint seq;
-  atomic_int sleepers;  /* waiters asleep on seq, or about to be */
-  atomic_int spinner;   /* a SPIN_ value of runtime.c */
+  atomic_int sleepers;   /* waiters asleep on seq, or about to be */
+  atomic_int spinner;    /* a SPIN_ value of runtime.c */
+  atomic_int waker_cpu;  /* where the last futex wake came from */
 } host_cond;
 
 /* Initialises c (nothing to free). */

@@ -266,6 +266,18 @@ HOST_INTERNAL bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *wor
                              unsigned seen, const struct timespec *at);
 
 /*
+** A futex sleep after a spin that missed: where and when it began. Its end
+** teaches `spin` (see "Spinning" in gil.c): a short sleep that a thread
+** on another core (waker_cpu) ended turns spinning back on.
+*/
+typedef struct host_sleep {
+  long long start;  /* CLOCK_MONOTONIC, ns */
+  int cpu;
+} host_sleep;
+HOST_INTERNAL void spin_sleep_begin(host_sleep *sleep);
+HOST_INTERNAL void spin_sleep_end(host_spin *spin, const host_sleep *sleep, int waker_cpu);
+
+/*
 ** Called by a thread that has just moved the word another thread spins on:
 ** that thread no longer counts as spinning (it stops at once), so that the
 ** waker may spin in its turn.
