@@ -13,7 +13,6 @@
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
-#include "thread.h"
 
 #define MAP_STATE "host.MapState"
 
@@ -646,16 +645,6 @@ int host_executor_push_initializer(lua_State *L, int info) {
 lua_Integer host_executor_cores(void) {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   return cores > 0 ? cores : 1;
-}
-
-void host_executor_start(lua_State *L, int idx, const char *tname,
-                         lua_CFunction manager, const char *name) {
-  lua_pushvalue(L, idx);
-  lua_pushcclosure(L, manager, 1);
-  host_thread_start(L, name, false, 0);
-  lua_pop(L, 1);
-  host_executor_track(L, idx, tname, true);
-  lua_settop(L, idx);
 }
 
 static const luaL_Reg map_methods[] = {

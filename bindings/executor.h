@@ -74,13 +74,6 @@ int host_executor_push_initializer(lua_State *L, int info);
 /* The number of online CPUs (at least 1). */
 lua_Integer host_executor_cores(void);
 
-/*
-** Starts the manager thread of the pool at idx (a host.Thread named `name`
-** running manager(pool)), tracks the pool as live, and leaves it on top.
-*/
-void host_executor_start(lua_State *L, int idx, const char *tname,
-                         lua_CFunction manager, const char *name);
-
 /* Adds `_run_chunk` (map's chunk runner) to the module table on top. */
 void host_open_executor(lua_State *L);
 

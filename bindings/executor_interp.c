@@ -66,6 +66,9 @@ typedef struct wslot {
   int exit_code;           /* os.exit's code when stop is STOP_EXIT (under mu) */
 } wslot;
 
+/* Why a pool breaks when a worker's universe cannot be opened. */
+#define NO_STATE_MSG "an interpreter pool worker could not open its Lua state: not enough memory"
+
 typedef struct ipool {
   atomic_int refs;         /* the proxy, each worker, the handle */
   pthread_mutex_t mu;
@@ -83,6 +86,8 @@ typedef struct ipool {
   size_t init_len;
   char *path, *cpath;      /* the creator's package.path and cpath, or NULL */
   char *broken_msg;
+  char *no_state;          /* the encoded error of a worker with no universe, or NULL */
+  size_t no_state_len;
   int nworkers;
   void *trace;             /* the creator's trace, shared (trace.c), or NULL */
   wslot w[];
@@ -121,6 +126,7 @@ static void ipool_unref(ipool *p) {
   free(p->path);
   free(p->cpath);
   free(p->broken_msg);
+  free(p->no_state);
   host_trace_unshare(p->trace);
   free(p);
 }
@@ -247,12 +253,13 @@ static void set_package_field(lua_State *L, const char *field, const char *s) {
 }
 
 /*
-** Opens a worker's universe: the libraries with the creator's
-** package.path and cpath, host.futures, its xpcall and os.exit.
+** Protected (arguments: the slot and the pool, light userdata): opens the
+** libraries of a worker's new universe with the creator's package.path and
+** cpath, host.futures, its xpcall and os.exit.
 */
-static lua_State *worker_universe(ipool *p, wslot *ws) {
-  lua_State *L = host_newstate();
-  if (L == NULL) return NULL;
+static int open_worker(lua_State *L) {
+  wslot *ws = lua_touserdata(L, 1);
+  ipool *p = lua_touserdata(L, 2);
   luaL_openlibs(L);
   host_openlibs(L);
   host_trace_attach(L, p->trace, "interpreter-pool worker", (int)(ws - p->w) + 1);
@@ -271,7 +278,20 @@ static lua_State *worker_universe(ipool *p, wslot *ws) {
     lua_pushcclosure(L, worker_exit, 2);
     lua_setfield(L, -2, "exit");
   }
-  lua_pop(L, 1);
+  return 0;
+}
+
+/* A worker's universe, opened (open_worker); NULL when memory runs out. */
+static lua_State *worker_universe(ipool *p, wslot *ws) {
+  lua_State *L = host_newstate();
+  if (L == NULL) return NULL;
+  lua_pushcfunction(L, open_worker);  /* neither push allocates */
+  lua_pushlightuserdata(L, ws);
+  lua_pushlightuserdata(L, p);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    host_close(L);
+    return NULL;
+  }
   return L;
 }
 
@@ -444,6 +464,30 @@ static void serve(lua_State *L, ipool *p, wslot *ws) {
 
 static int stop_nested(lua_State *L);
 
+/*
+** Breaks the pool for a worker whose universe could not be opened (mu
+** held): no worker of it may serve the work, which fails as after a
+** failing initializer, each future with the error the creator's universe
+** encoded for it when the pool was made (p->no_state).
+*/
+static void break_without_universe(ipool *p) {
+  if (!p->broken) {
+    p->broken_msg = strdup(NO_STATE_MSG);
+    p->broken = true;
+  }
+  while (p->head != NULL) {
+    item *it = p->head;
+    p->head = it->next;
+    char *buf = malloc(p->no_state_len);
+    if (buf != NULL) memcpy(buf, p->no_state, p->no_state_len);
+    if (host_future_set_running(it->f)) host_future_set_payload(it->f, false, buf, buf ? p->no_state_len : 0);
+    else free(buf);
+    post_done(p, it, true);
+  }
+  p->tail = NULL;
+  host_cond_broadcast(&p->work_cv);
+}
+
 /* The OS thread of one worker: its own universe, serving tasks. */
 static void *worker_thread(void *arg) {
   ipool *p = ((worker_arg *)arg)->p;
@@ -452,6 +496,7 @@ static void *worker_thread(void *arg) {
   lua_State *L = worker_universe(p, ws);
   pthread_mutex_lock(&p->mu);
   ws->L = L;
+  if (L == NULL) break_without_universe(p);
   pthread_mutex_unlock(&p->mu);
   if (L != NULL && run_initializer(L, p, ws)) serve(L, p, ws);
   pthread_mutex_lock(&p->mu);
@@ -628,7 +673,7 @@ static bool refused(lua_State *L, ipool *p) {
   bool broken = p->broken, shut = p->shutdown;
   const char *why = p->broken_msg;  /* written once, before broken is set */
   pthread_mutex_unlock(&p->mu);
-  if (broken) host_error_push(L, "BrokenInterpreterPool", why, 0);
+  if (broken) host_error_push(L, "BrokenInterpreterPool", why != NULL ? why : NO_STATE_MSG, 0);
   else if (shut) lua_pushliteral(L, "cannot schedule new futures after shutdown");
   return broken || shut;
 }
@@ -824,6 +869,19 @@ static void encode_initializer(lua_State *L, ipool *p) {
 }
 
 /*
+** Encodes into p->no_state the error the futures of p get if a worker's
+** universe cannot be opened (break_without_universe), made now, while a
+** universe is at hand. Left NULL when memory runs out: they then fail
+** with no payload, which result() reports as an error that was lost.
+*/
+static void encode_no_state(lua_State *L, ipool *p) {
+  host_error_push(L, "BrokenInterpreterPool", NO_STATE_MSG, 0);
+  if (host_codec_encode(L, lua_gettop(L), 1, &p->no_state, &p->no_state_len) != LUA_OK)
+    lua_pop(L, 1);
+  lua_pop(L, 1);
+}
+
+/*
 ** Copies package[field] of the caller's universe into *out (left NULL
 ** when it is not a string, or memory runs out: workers keep the default).
 */
@@ -868,14 +926,14 @@ static int ipool_new(lua_State *L) {
   copy_package_field(L, "path", &p->path);
   copy_package_field(L, "cpath", &p->cpath);
   encode_initializer(L, p);
+  encode_no_state(L, p);
   int e = start_workers(p);
   if (e != 0) {
     pthread_mutex_lock(&p->mu);
     begin_shutdown(p);
     pthread_mutex_unlock(&p->mu);
     join_workers(L, p);
-    errno = e;
-    return luaL_fileresult(L, 0, "pthread_create");
+    return host_thread_start_failed(L, e);
   }
   /* the manager thread, over the handle and the table of futures in flight */
   lua_getiuservalue(L, idx, 2);
@@ -894,7 +952,14 @@ static int ipool_new(lua_State *L) {
   lua_rawset(L, -3);
   lua_pop(L, 1);
   lua_pushcclosure(L, manager_main, 2);
-  host_thread_start(L, "InterpreterPoolManager", false, 0);
+  e = host_thread_start(L, "InterpreterPoolManager", false, 0);
+  if (e != 0) {
+    pthread_mutex_lock(&p->mu);
+    begin_shutdown(p);
+    pthread_mutex_unlock(&p->mu);
+    join_workers(L, p);
+    return host_thread_start_failed(L, e);
+  }
   lua_settop(L, idx);
   host_executor_track(L, idx, IPOOL_TYPE, true);
   return 1;

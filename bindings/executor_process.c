@@ -1218,9 +1218,18 @@ static int ppool_pids(lua_State *L) {
 }
 
 /*
+** Undoes a pool whose start failed: its first n workers are killed and
+** reaped, and the pool is broken and shut down, so no submit reaches it.
+*/
+static void abandon_workers(lua_State *L, pstate_t *s, int n) {
+  for (int i = 0; i < n; i++) retire_worker(L, s, i, 0);
+  s->broken = s->shutdown = true;
+}
+
+/*
 ** futures.ProcessPoolExecutor{max_workers =, initializer =, initargs =,
 ** max_tasks_per_child =}. Returns the pool, or nil, message, errno when
-** fork or a socket fails.
+** fork, a socket or its manager thread fails (no worker is left then).
 */
 static int ppool_new(lua_State *L) {
   static const char *const known[] = {"max_workers", "initializer", "initargs",
@@ -1275,15 +1284,18 @@ static int ppool_new(lua_State *L) {
   for (int i = 0; i < n; i++) {  /* every worker before the manager thread */
     int e = fork_worker(L, sidx, s, i);
     if (e != 0) {
-      for (int j = 0; j < i; j++) retire_worker(L, s, j, 0);
-      s->broken = s->shutdown = true;
+      abandon_workers(L, s, i);
       errno = e;
       return luaL_fileresult(L, 0, "cannot start a worker");
     }
   }
   lua_pushvalue(L, sidx);
   lua_pushcclosure(L, manager_main, 1);
-  host_thread_start(L, "ProcessPoolManager", false, 0);
+  int e = host_thread_start(L, "ProcessPoolManager", false, 0);
+  if (e != 0) {
+    abandon_workers(L, s, (int)n);
+    return host_thread_start_failed(L, e);
+  }
   lua_pop(L, 1);
   host_executor_track(L, idx, PPOOL_TYPE, true);
   lua_settop(L, idx);

@@ -171,7 +171,8 @@ static int start_worker(lua_State *L) {
   const char *name = lua_pushfstring(L, "%s_%I", lua_tostring(L, -1), p->started++);
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, worker_main, 1);
-  host_thread_start(L, name, false, 0);
+  int rc = host_thread_start(L, name, false, 0);
+  if (rc != 0) return luaL_error(L, "cannot start thread: %s", strerror(rc));
   p->threads++;
   return 0;
 }

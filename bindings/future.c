@@ -416,8 +416,13 @@ static void push_outcome(lua_State *L, int idx, host_future *f) {
   char *bytes = f->payload;
   size_t len = f->payload_len;
   pthread_mutex_unlock(&f->mu);
-  if (bytes == NULL) {  /* cancelled: no outcome */
-    lua_createtable(L, 0, 1);
+  if (bytes == NULL) {  /* cancelled: no outcome; failed: its error could not be encoded */
+    lua_createtable(L, 1, 1);
+    if (f->failed) {
+      lua_pushliteral(L, "the task failed, but its error could not be sent back "
+                         "(not enough memory)");
+      lua_rawseti(L, -2, 1);
+    }
     return;
   }
   lua_getiuservalue(L, idx, UV_DECODER);

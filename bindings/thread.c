@@ -391,12 +391,17 @@ static int push_start_failure(lua_State *L, int rc) {
   return 3;
 }
 
-void host_thread_start(lua_State *L, const char *name, bool daemon, int nargs) {
+int host_thread_start(lua_State *L, const char *name, bool daemon, int nargs) {
   thread_rec *t = new_proxy(L, name);
   t->daemon = daemon;
   lua_insert(L, -(nargs + 2));
   int rc = start_proxy(L, lua_absindex(L, -(nargs + 2)), nargs);
-  if (rc != 0) luaL_error(L, "cannot start thread: %s", strerror(rc));
+  if (rc != 0) lua_pop(L, 1);  /* the Thread that did not start */
+  return rc;
+}
+
+int host_thread_start_failed(lua_State *L, int rc) {
+  return push_start_failure(L, rc);
 }
 
 /*

@@ -10,12 +10,16 @@
 
 /*
 ** Starts a host.Thread running the function below the nargs values on top
-** of the stack (all popped) and pushes its Thread object. `name` NULL gives
-** "Thread-N". Needs host.thread's metatables (luaopen_host_thread).
-** Raises "cannot start thread: <strerror>" when no thread can be made
-** (the Lua-facing thread.start returns nil, message, errno instead), and
-** while host closes the state.
+** of the stack (all popped), pushes its Thread object and returns 0.
+** `name` NULL gives "Thread-N". Needs host.thread's metatables
+** (luaopen_host_thread). When no thread can be made it pushes nothing and
+** returns the errno (a pool then undoes what it made and returns
+** host_thread_start_failed, as thread.start does); it raises while host
+** closes the state.
 */
-void host_thread_start(lua_State *L, const char *name, bool daemon, int nargs);
+int host_thread_start(lua_State *L, const char *name, bool daemon, int nargs);
+
+/* Pushes nil, "cannot start thread: <strerror(rc)>", rc; returns 3. */
+int host_thread_start_failed(lua_State *L, int rc);
 
 #endif

@@ -694,3 +694,79 @@ describe('InterpreterPoolExecutor round trips', function()
     os.remove(flag)
   end)
 end)
+
+describe('InterpreterPoolExecutor when threads run out', function()
+  it('returns nil, "cannot start thread: ...", errno, as thread.start does', function()
+    -- Under an address-space limit thread stacks run out; 0.4 GB is far more
+    -- than host needs. A sanitizer build cannot start under it.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local go, started = thread.Event(), {}
+      repeat
+        local t = thread.start(function() go:wait(20) end)
+        started[#started + 1] = t
+      until not t or #started > 5000
+      local ex, msg, code = futures.InterpreterPoolExecutor { max_workers = 2 }
+      go:set()
+      for _, t in ipairs(started) do assert(t:join(10)) end
+      -- before: "pthread_create: ...", unlike every other thread start
+      print(ex, msg:match('^(cannot start thread: ).'), math.type(code))
+    ]]
+    local out, err, code = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f), 30)
+    os.remove(f)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('nil\tcannot start thread: \tinteger\n', out)
+  end)
+end)
+
+describe('InterpreterPoolExecutor short of memory', function()
+  it('fails loudly at every address-space limit: no crash, no stuck task, no nil error', function()
+    -- Each run limits its own address space (prlimit) to its size plus
+    -- extra KiB, then makes a pool of 1 and runs one task. Somewhere in the
+    -- range the thread, the worker's Lua state or the task runs out. Before:
+    -- "PANIC: unprotected error in call to Lua API", a task never done (the
+    -- worker ended silently), a result() raising nil, a constructor raising.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local extra_kb, cached = tonumber(arg[1]), arg[2] == 'cached'
+      if cached then thread.start(function() end):join(5) end  -- the manager's OS thread, reused
+      local statm = io.open('/proc/self/statm')
+      local vsz = statm:read('n') * 4096
+      statm:close()
+      local pid = io.open('/proc/self/stat'):read('n')
+      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + extra_kb * 1024)))
+      local ex, msg = futures.InterpreterPoolExecutor { max_workers = 1 }
+      if not ex then print('refused', msg) return end
+      local ok, err = pcall(function() return ex:submit(function() return 42 end):result(10) end)
+      print(ok and 'ok' or 'failed', tostring(err))
+      ex:shutdown()
+    ]]
+    local allowed = {
+      '^ok\t42\n$',
+      '^refused\tcannot start thread: [^\n]+\n$',
+      '^failed\tBrokenInterpreterPool: an interpreter pool worker could not open its Lua state: not enough memory\n$',
+      '^failed\tthe task failed, but its error could not be sent back %(not enough memory%)\n$',
+      '^failed\t[^\n]*not enough memory[^\n]*\n$',
+    }
+    local seen = {}
+    for _, mode in ipairs { 'cached', 'fresh' } do
+      for extra_kb = 4000, 24000, 1000 do
+        local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb .. ' ' .. mode, 30)
+        local fits = false
+        for _, pattern in ipairs(allowed) do fits = fits or out:find(pattern) ~= nil end
+        assert(fits and err == '' and code == 0,
+               ('%s %d KiB: exit %s, stdout %q, stderr %q'):format(mode, extra_kb, code, out, err))
+        seen[out:match('^%a+')] = true
+      end
+    end
+    assert.is_true(seen.ok)  -- the range reaches a limit where all of it fits
+  end)
+end)

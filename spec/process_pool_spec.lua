@@ -709,6 +709,42 @@ describe('ProcessPoolExecutor at its boundaries', function()
     assert.are.equal('nil\tcannot start a worker: Too many open files\t24\n', out)
   end)
 
+  it('returns nil, message, errno and leaves no worker when its manager thread cannot start', function()
+    -- Under an address-space limit thread stacks run out (fork still works);
+    -- 0.4 GB is far more than host needs. A sanitizer build cannot start under it.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local go, started = thread.Event(), {}
+      repeat
+        local t = thread.start(function() go:wait(20) end)
+        started[#started + 1] = t
+      until not t or #started > 5000
+      local ex, msg, code = futures.ProcessPoolExecutor { max_workers = 2 }
+      go:set()
+      for _, t in ipairs(started) do assert(t:join(10)) end
+      print(ex, msg:match('^(cannot start thread: ).'), math.type(code))
+      -- before: it raised, and its two forked workers lived on until __gc
+      local me, children = io.open('/proc/self/stat'):read('n'), 0
+      for name in require('lfs').dir('/proc') do
+        local stat = name:match('^%d+$') and io.open('/proc/' .. name .. '/stat')
+        if stat then
+          local ppid = tonumber(stat:read('a'):match('^%d+ %b() %S+ (%d+)'))
+          stat:close()
+          if ppid == me then children = children + 1 end
+        end
+      end
+      print(children)
+    ]]
+    local out, err, code = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f), 30)
+    os.remove(f)
+    assert.are.equal('', err)
+    assert.are.equal(0, code)
+    assert.are.equal('nil\tcannot start thread: \tinteger\n0\n', out)
+  end)
+
   setup(function()
     local f = assert(io.open('/proc/self/stat'))
     local pid = tonumber(f:read('a'):match('^(%d+)'))

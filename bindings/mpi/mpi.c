@@ -1188,7 +1188,8 @@ static int pool_new(lua_State *L, bool comm) {
   lua_getiuservalue(L, idx, 2);
   lua_getiuservalue(L, idx, 1);
   lua_pushcclosure(L, collector_main, 2);
-  host_thread_start(L, "MPIPoolCollector", false, 0);
+  int rc = host_thread_start(L, "MPIPoolCollector", false, 0);
+  if (rc != 0) return luaL_error(L, "cannot start thread: %s", strerror(rc));
   lua_settop(L, idx);
   host_executor_track(L, idx, MPOOL_TYPE, true);
   return 1;
