@@ -74,6 +74,24 @@ static void drain_items(lua_State *L, int idx, pool_state *p, const char *broken
   lua_pop(L, 1);
 }
 
+/*
+** Breaks the pool of the state at idx for the reason on top (popped):
+** later submits raise BrokenThreadPool saying it (info.broken_msg), and
+** the queued items fail with it.
+*/
+static void break_pool(lua_State *L, int idx, pool_state *p) {
+  idx = lua_absindex(L, idx);
+  const char *why = lua_tostring(L, -1);
+  p->broken = true;
+  lua_getiuservalue(L, idx, UV_INFO);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "broken_msg");
+  lua_pop(L, 1);
+  drain_items(L, idx, p, why);
+  host_waitq_notify(p->q);
+  lua_pop(L, 1);
+}
+
 /* Runs the work item on top (popped) in this thread and completes its future. */
 static void run_item(lua_State *L) {
   int item = lua_gettop(L);
@@ -95,6 +113,42 @@ static void run_item(lua_State *L) {
     host_future_set_result(L, future, lua_gettop(L) - future);
   else
     host_future_set_error(L, future);
+  lua_settop(L, item - 1);
+}
+
+/* run_item under lua_pcall: its argument is the item. */
+static int run_item_call(lua_State *L) {
+  run_item(L);
+  return 0;
+}
+
+/* Under lua_pcall: fails the future at 1 with the error at 2. */
+static int fail_future_call(lua_State *L) {
+  host_future_set_error(L, 1);
+  return 0;
+}
+
+/*
+** Runs the work item on top (popped) so that no error ends the worker: one
+** raised outside the task's own protected call (memory that runs out while
+** its result is stored) fails the item's future instead, with that error,
+** or, when even that cannot be stored, as an error lost (a failure with no
+** payload, which allocates nothing). The worker then goes on. Before, such
+** an error ended the worker and left the future running for good.
+*/
+static void serve_item(lua_State *L) {
+  int item = lua_gettop(L);
+  lua_rawgeti(L, item, 1);  /* the future, kept for a failure */
+  lua_insert(L, item);
+  lua_pushcfunction(L, run_item_call);
+  lua_insert(L, item + 1);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pushcfunction(L, fail_future_call);
+    lua_pushvalue(L, item);
+    lua_rotate(L, -3, -1);  /* fail_future_call, future, error */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
+      host_future_set_payload(host_future_of(L, item), false, NULL, 0);
+  }
   lua_settop(L, item - 1);
 }
 
@@ -120,23 +174,19 @@ static bool run_initializer(lua_State *L, int idx, pool_state *p) {
   lua_pushcfunction(L, call_initializer);
   lua_insert(L, -2);
   if (host_pcall(L, 1, 0) == LUA_OK) return true;
-  p->broken = true;
-  const char *why = lua_pushfstring(L, "a thread initializer failed: %s", host_error_tostring(L));
-  lua_getiuservalue(L, idx, UV_INFO);  /* info.broken_msg: what later submits say */
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "broken_msg");
+  lua_pushfstring(L, "a thread initializer failed: %s", host_error_tostring(L));
+  break_pool(L, idx, p);
   lua_pop(L, 1);
-  drain_items(L, idx, p, why);
-  host_waitq_notify(p->q);
-  lua_pop(L, 2);
   return false;
 }
 
-/* The body of a worker thread; upvalue 1 is the pool's state. */
-static int worker_main(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  int idx = lua_gettop(L);
-  pool_state *p = luaL_checkudata(L, idx, STATE_TYPE);
+/*
+** The work of a worker thread, under lua_pcall (argument 1: the pool's
+** state): the initializer, then items until the pool shuts down or breaks.
+*/
+static int worker_serve(lua_State *L) {
+  int idx = 1;
+  pool_state *p = lua_touserdata(L, idx);
   host_deadline never = host_deadline_in(-1);
   lua_getiuservalue(L, idx, UV_INFO);  /* info.workers[this thread] = true */
   lua_getfield(L, -1, "workers");
@@ -147,15 +197,47 @@ static int worker_main(lua_State *L) {
   if (run_initializer(L, idx, p)) {
     for (;;) {
       if (host_fifo_pop(L, idx, UV_ITEMS, &p->items)) {
-        run_item(L);
+        serve_item(L);
         continue;
       }
       lua_pop(L, 1);
       if (p->shutdown || p->broken) break;
-      p->idle++;
       host_wait_on(L, "host.ThreadPoolExecutor", "idle worker: no work", p, NULL);
+      p->idle++;
       host_waitq_wait_uninterrupted(L, p->q, &never);
       p->idle--;
+    }
+  }
+  return 0;
+}
+
+/* Under lua_pcall (the state, the error): breaks the pool a worker failed. */
+static int worker_failed(lua_State *L) {
+  pool_state *p = lua_touserdata(L, 1);
+  lua_pushfstring(L, "a worker thread failed: %s", host_error_tostring(L));
+  break_pool(L, 1, p);
+  return 0;
+}
+
+/*
+** The body of a worker thread; upvalue 1 is the pool's state. An error
+** outside the tasks' own calls (memory that runs out) breaks the pool, so
+** that no queued item waits for good on a worker that is gone; when even
+** that fails, the pool is marked broken.
+*/
+static int worker_main(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  int idx = lua_gettop(L);
+  pool_state *p = luaL_checkudata(L, idx, STATE_TYPE);
+  lua_pushcfunction(L, worker_serve);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pushcfunction(L, worker_failed);
+    lua_pushvalue(L, idx);
+    lua_rotate(L, -3, -1);  /* worker_failed, state, error */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      lua_pop(L, 1);
+      p->broken = true;
     }
   }
   p->threads--;
@@ -190,8 +272,10 @@ static int pool_submit(lua_State *L) {
   int st = lua_gettop(L);
   if (p->broken) {
     lua_getiuservalue(L, st, UV_INFO);
-    lua_getfield(L, -1, "broken_msg");
-    return host_error_raise(L, "BrokenThreadPool", "%s", lua_tostring(L, -1));
+    lua_getfield(L, -1, "broken_msg");  /* nil: a worker failed, and memory ran out to say why */
+    const char *why = lua_tostring(L, -1);
+    return host_error_raise(L, "BrokenThreadPool", "%s",
+                            why != NULL ? why : "a worker thread failed: not enough memory");
   }
   if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
   if ((lua_Integer)host_fifo_len(&p->items) + 1 > p->idle && p->threads < p->max_workers) {

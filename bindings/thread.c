@@ -305,22 +305,25 @@ static bool join_waiting(const thread_rec *t) {
 }
 
 /*
-** The body of a spawned thread: call the target, keep the outcome on co.
-** co keeps LUA_MINSTACK free slots above the outcome for whoever pushes
-** on it next (the runtime's bookkeeping, a join); an outcome too large for
-** that is replaced by an error. An error is reported before the thread
-** counts as stopped (as CPython runs its excepthook), unless a join waits
-** for it.
+** The life of a spawned thread, under lua_pcall (arguments: the record as
+** light userdata, the message handler, the target, its arguments): calls
+** the target, allocating nothing before (a pool counts on its worker
+** running), and returns
+** the outcome. co keeps LUA_MINSTACK free slots above the outcome for
+** whoever pushes on it next (the runtime's bookkeeping, a join); an
+** outcome too large for that is replaced by an error. An error is reported
+** before the thread counts as stopped (as CPython runs its excepthook),
+** unless a join waits for it.
 */
-static void thread_body(lua_State *co, void *arg) {
-  thread_rec *t = arg;
+static int thread_call(lua_State *co) {
+  thread_rec *t = lua_touserdata(co, 1);
+  lua_remove(co, 1);
   push_proxies(co);
   lua_pushthread(co);
   lua_rawget(co, -2);  /* the proxy: the ephemeron keeps it while co runs */
   lua_getiuservalue(co, -1, UV_INFO);
   HOST_TRACE_L(co, host_trace_name_field(co, -1));
-  lua_pushcclosure(co, thread_msghandler, 1);
-  lua_insert(co, 1);
+  lua_pop(co, 1);
   lua_rotate(co, 2, 2);  /* handler, proxies, proxy, target, args... */
   int status = lua_pcall(co, lua_gettop(co) - 4, LUA_MULTRET, 1);
   t->failed = status != LUA_OK;
@@ -333,8 +336,24 @@ static void thread_body(lua_State *co, void *arg) {
     t->reported = true;
     report_error(co, 3, 4);
   }
-  lua_rotate(co, 1, -3);
-  lua_pop(co, 3);  /* only the outcome stays */
+  return lua_gettop(co) - 3;  /* the outcome, above handler, proxies and proxy */
+}
+
+/*
+** The body of a spawned thread: thread_call, protected, so that an error
+** outside the target's own call (memory that runs out as the thread sets
+** up or reports) ends the thread with that error as its outcome, reported
+** when its Thread is collected, instead of aborting the process.
+*/
+static void thread_body(lua_State *co, void *arg) {
+  thread_rec *t = arg;
+  lua_pushcfunction(co, thread_call);  /* neither push allocates */
+  lua_pushlightuserdata(co, t);
+  lua_rotate(co, 1, 2);
+  if (lua_pcall(co, lua_gettop(co) - 1, LUA_MULTRET, 0) != LUA_OK) {
+    t->failed = true;
+    t->reported = false;
+  }
   t->state = T_DONE;
   if (t->done != NULL) host_waitq_notify(t->done);
 }
@@ -350,11 +369,14 @@ static int start_proxy(lua_State *L, int idx, int nargs) {
   if (t->state != T_NEW) luaL_error(L, "threads can only be started once");
   if (host_closing(L))  /* no spawned thread runs again: a join would hang */
     luaL_error(L, "cannot start a thread while host closes the state");
-  lua_State *co = lua_newthread(L);
-  if (!lua_checkstack(co, nargs + 1 + LUA_MINSTACK))
-    luaL_error(L, "stack overflow (too many arguments)");
+  lua_getiuservalue(L, idx, UV_INFO);  /* the message handler, made here: */
+  lua_pushcclosure(L, thread_msghandler, 1);  /* running, co allocates nothing before its target */
   lua_insert(L, -(nargs + 2));
-  lua_xmove(L, co, nargs + 1);
+  lua_State *co = lua_newthread(L);
+  if (!lua_checkstack(co, nargs + 2 + LUA_MINSTACK))
+    luaL_error(L, "stack overflow (too many arguments)");
+  lua_insert(L, -(nargs + 3));
+  lua_xmove(L, co, nargs + 2);
   /* co stays anchored in the proxy, and the proxy in the ephemeron */
   lua_setiuservalue(L, idx, UV_CO);
   t->co = co;

@@ -213,3 +213,42 @@ describe('ThreadPoolExecutor', function()
     assert.are.equal('true\tfalse\tcannot start thread\n1\n', out)
   end)
 end)
+
+describe('ThreadPoolExecutor short of memory', function()
+  it('never aborts the process, whatever address-space limit it runs under', function()
+    -- Each run limits its own address space (prlimit) to its size plus
+    -- extra KiB, then runs 50 tasks on 2 workers. Somewhere in the range a
+    -- worker's start, a task or the storing of a result runs out of memory.
+    -- Before: "PANIC: unprotected error in call to Lua API (not enough
+    -- memory)" as a worker thread set itself up, and the process aborted.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local statm = io.open('/proc/self/statm')
+      local vsz = statm:read('n') * 4096
+      statm:close()
+      local pid = io.open('/proc/self/stat'):read('n')
+      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
+      local ok, err = pcall(function()
+        local ex = futures.ThreadPoolExecutor { max_workers = 2 }
+        local t = {}
+        for i = 1, 50 do t[i] = ex:submit(function(x) return string.rep('x', x * 100) end, i) end
+        for i = 1, 50 do assert(#t[i]:result(3) == i * 100) end
+        ex:shutdown { wait = false }
+      end)
+      print(ok and 'ok' or 'failed')
+    ]]
+    local seen = {}
+    for extra_kb = 15000, 18000, 200 do
+      local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb, 30)
+      -- exit 1: the script itself ran out of memory, which host reports
+      assert((code == 0 and (out == 'ok\n' or out == 'failed\n')) or (code == 1 and err:find('memory')),
+             ('%d KiB: exit %s, stdout %q, stderr %q'):format(extra_kb, code, out, err))
+      assert(not err:find('PANIC') and not err:find('Fatal'), err)
+      seen[out] = true
+    end
+    assert.is_true(seen['ok\n'])  -- the range reaches a limit where all of it fits
+  end)
+end)
