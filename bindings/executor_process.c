@@ -576,16 +576,41 @@ static int busy_count(pstate_t *s) {
   return n;
 }
 
-/* Fails the future of the item on top (popped) with BrokenProcessPool. */
+/* Under lua_pcall (the future, why as light userdata): fails it, BrokenProcessPool. */
+static int fail_broken(lua_State *L) {
+  host_error_push(L, "BrokenProcessPool", lua_touserdata(L, 2), 0);
+  host_future_set_error(L, 1);
+  return 0;
+}
+
+/*
+** Fails the future of the item on top (popped) with BrokenProcessPool, or,
+** when memory has run out for that error, as a failure whose error was
+** lost, which takes no memory.
+*/
 static void fail_item(lua_State *L, const char *why) {
   lua_rawgeti(L, -1, 1);
   host_future *f = host_future_of(L, -1);
   host_future_state st = host_future_state_of(f);
   if (st == HOST_FUTURE_PENDING || st == HOST_FUTURE_RUNNING) {
-    host_error_push(L, "BrokenProcessPool", why, 0);
-    host_future_set_error(L, -2);
+    bool failed = false;
+    if (lua_checkstack(L, 3)) {
+      lua_pushcfunction(L, fail_broken);
+      lua_pushvalue(L, -2);
+      lua_pushlightuserdata(L, (void *)why);
+      failed = lua_pcall(L, 2, 0, 0) == LUA_OK;
+      if (!failed) lua_pop(L, 1);
+    }
+    if (!failed) host_future_set_payload(f, false, NULL, 0);  /* allocates nothing */
   }
   lua_pop(L, 2);
+}
+
+/* Under lua_pcall (info, why as light userdata): info.broken_msg = why. */
+static int set_broken_msg(lua_State *L) {
+  lua_pushstring(L, lua_touserdata(L, 2));
+  lua_setfield(L, 1, "broken_msg");
+  return 0;
 }
 
 /*
@@ -596,13 +621,11 @@ static void fail_item(lua_State *L, const char *why) {
 */
 static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
   sidx = lua_absindex(L, sidx);
-  lua_pushstring(L, why);
-  int msg = lua_gettop(L);
   s->broken = true;
+  lua_pushcfunction(L, set_broken_msg);  /* memory may have run out: see fail_item */
   lua_getiuservalue(L, sidx, UV_INFO);
-  lua_pushvalue(L, msg);
-  lua_setfield(L, -2, "broken_msg");
-  lua_pop(L, 1);
+  lua_pushlightuserdata(L, (void *)why);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
   for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
   for (int i = 0; i < (1 + AHEAD_MAX) * s->nworkers; i++) {  /* running items, then those sent ahead */
     lua_getiuservalue(L, sidx, UV_INFLIGHT);
@@ -610,13 +633,13 @@ static void break_pool(lua_State *L, int sidx, pstate_t *s, const char *why) {
     lua_pushnil(L);
     lua_rawseti(L, -3, i + 1);
     if (lua_isnil(L, -1)) lua_pop(L, 1);
-    else fail_item(L, lua_tostring(L, msg));
+    else fail_item(L, why);
     lua_pop(L, 1);
   }
-  while (host_fifo_pop(L, sidx, UV_CALLQ, &s->callq)) fail_item(L, lua_tostring(L, msg));
+  while (host_fifo_pop(L, sidx, UV_CALLQ, &s->callq)) fail_item(L, why);
   lua_pop(L, 1);
-  while (host_fifo_pop(L, sidx, UV_PENDING, &s->pending)) fail_item(L, lua_tostring(L, msg));
-  lua_pop(L, 2);
+  while (host_fifo_pop(L, sidx, UV_PENDING, &s->pending)) fail_item(L, why);
+  lua_pop(L, 1);
 }
 
 /*
@@ -941,6 +964,12 @@ static void forget_done(lua_State *L, int sidx, pstate_t *s, bool callbacks) {
   s->ndone = 0;
 }
 
+/* forget_done under lua_pcall: (the state, whether callbacks are to run). */
+static int forget_done_protected(lua_State *L) {
+  forget_done(L, 1, lua_touserdata(L, 1), lua_toboolean(L, 2));
+  return 0;
+}
+
 /* True when the manager has nothing left to do after a shutdown. */
 static bool drained(pstate_t *s) {
   return host_fifo_len(&s->pending) == 0 && host_fifo_len(&s->callq) == 0 && busy_count(s) == 0;
@@ -999,9 +1028,22 @@ static int manager_loop(lua_State *L) {
   return 0;
 }
 
-/* Breaks the pool, protected: break_protected(state, why). */
+/* What a pool says when its manager failed and memory ran out to say why. */
+#define MANAGER_NOMEM "the process pool's manager failed: not enough memory"
+
+/* Breaks the pool, protected: break_protected(state, why or nil). */
 static int break_protected(lua_State *L) {
-  break_pool(L, 1, lua_touserdata(L, 1), lua_tostring(L, 2));
+  const char *why = lua_tostring(L, 2);
+  break_pool(L, 1, lua_touserdata(L, 1), why != NULL ? why : MANAGER_NOMEM);
+  return 0;
+}
+
+/* Protected (the state, the error): info.broken_msg says the manager failed. */
+static int note_manager_failure(lua_State *L) {
+  lua_pushfstring(L, "the process pool's manager failed: %s", host_error_tostring(L));
+  lua_getiuservalue(L, 1, UV_INFO);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "broken_msg");
   return 0;
 }
 
@@ -1019,14 +1061,16 @@ static int manager_main(lua_State *L) {
   lua_pushcfunction(L, manager_loop);
   lua_pushvalue(L, 1);
   int status = host_pcall(L, 1, 0);
-  forget_done(L, 1, s, complete_done(s));  /* results read before the loop ended */
-  if (status != LUA_OK) {
+  lua_pushcfunction(L, forget_done_protected);  /* results read before the loop ended */
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, complete_done(s));
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+  if (status != LUA_OK) {  /* (memory may have run out: each step is protected) */
     s->broken = true;
-    const char *msg = host_error_tostring(L);
-    lua_pushfstring(L, "the process pool's manager failed: %s", msg);
-    lua_getiuservalue(L, 1, UV_INFO);
-    lua_insert(L, -2);
-    lua_setfield(L, -2, "broken_msg");
+    lua_pushcfunction(L, note_manager_failure);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, -3, -1);  /* note_manager_failure, state, error */
+    lua_pcall(L, 2, 0, 0);
     lua_settop(L, 1);
   }
   if (s->broken) {  /* fail what came meanwhile */
@@ -1061,8 +1105,9 @@ static int submit_item(lua_State *L, bool ahead) {
   if (s->broken) {
     lua_getiuservalue(L, 1, 1);
     lua_getiuservalue(L, -1, UV_INFO);
-    lua_getfield(L, -1, "broken_msg");
-    return host_error_raise(L, "BrokenProcessPool", "%s", lua_tostring(L, -1));
+    lua_getfield(L, -1, "broken_msg");  /* nil: memory ran out as the manager failed */
+    const char *why = lua_tostring(L, -1);
+    return host_error_raise(L, "BrokenProcessPool", "%s", why != NULL ? why : MANAGER_NOMEM);
   }
   if (s->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
   char *buf;

@@ -419,8 +419,7 @@ static void push_outcome(lua_State *L, int idx, host_future *f) {
   if (bytes == NULL) {  /* cancelled: no outcome; failed: its error could not be encoded */
     lua_createtable(L, 1, 1);
     if (f->failed) {
-      lua_pushliteral(L, "the task failed, but its error could not be sent back "
-                         "(not enough memory)");
+      lua_pushliteral(L, "the future failed, but its error was lost (not enough memory)");
       lua_rawseti(L, -2, 1);
     }
     return;

@@ -304,6 +304,31 @@ static bool join_waiting(const thread_rec *t) {
   return t->join_end > host_now();
 }
 
+/* Does nothing: a call to it makes the CallInfo and stack a call needs. */
+static int call_nothing(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+/*
+** Makes sure that a call of the function below the top values of co can
+** start: memory for its frame, which the call would take when it starts,
+** is taken now by a call to nothing (the next call reuses it), tried again
+** after a full collection if memory ran out. A C function's frame is then
+** there; a Lua function's larger frame may still be grown. False, with the
+** error on top, when memory does not come.
+*/
+static bool ready_to_call(lua_State *co) {
+  for (int tries = 0;; tries++) {
+    lua_pushcfunction(co, call_nothing);
+    int status = lua_pcall(co, 0, 0, 0);
+    if (status == LUA_OK) return true;
+    if (status != LUA_ERRMEM || tries == 1) return false;
+    lua_pop(co, 1);
+    lua_gc(co, LUA_GCCOLLECT);
+  }
+}
+
 /*
 ** The life of a spawned thread, under lua_pcall (arguments: the record as
 ** light userdata, the message handler, the target, its arguments): calls
@@ -325,6 +350,8 @@ static int thread_call(lua_State *co) {
   HOST_TRACE_L(co, host_trace_name_field(co, -1));
   lua_pop(co, 1);
   lua_rotate(co, 2, 2);  /* handler, proxies, proxy, target, args... */
+  if (!ready_to_call(co))  /* the target never runs: a pool's thread would be waited for in vain */
+    lua_error(co);
   int status = lua_pcall(co, lua_gettop(co) - 4, LUA_MULTRET, 1);
   t->failed = status != LUA_OK;
   if (!lua_checkstack(co, LUA_MINSTACK)) {

@@ -753,7 +753,7 @@ describe('InterpreterPoolExecutor short of memory', function()
       '^ok\t42\n$',
       '^refused\tcannot start thread: [^\n]+\n$',
       '^failed\tBrokenInterpreterPool: an interpreter pool worker could not open its Lua state: not enough memory\n$',
-      '^failed\tthe task failed, but its error could not be sent back %(not enough memory%)\n$',
+      '^failed\tthe future failed, but its error was lost %(not enough memory%)\n$',
       '^failed\t[^\n]*not enough memory[^\n]*\n$',
     }
     local seen = {}

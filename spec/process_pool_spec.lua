@@ -709,6 +709,44 @@ describe('ProcessPoolExecutor at its boundaries', function()
     assert.are.equal('nil\tcannot start a worker: Too many open files\t24\n', out)
   end)
 
+  it('fails every future loudly at any address-space limit: none is left waiting', function()
+    -- Each run limits its own address space (prlimit) to its size plus
+    -- extra KiB, then maps 40 tasks over 2 workers. Somewhere in the range
+    -- the manager thread runs out of memory outside its loop. Before: the
+    -- pool was not broken, and map waited until its timeout.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local statm = io.open('/proc/self/statm')
+      local vsz = statm:read('n') * 4096
+      statm:close()
+      local pid = io.open('/proc/self/stat'):read('n')
+      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
+      local ok, err = pcall(function()
+        local ex = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+        local t = {}
+        for i = 1, 40 do t[i] = i end
+        for i, r in ex:map(function(x) return string.rep('x', x * 1000) end, t, { timeout = 5, chunksize = 4 }) do
+          assert(#r == i * 1000)
+        end
+        ex:shutdown()
+      end)
+      print(ok and 'ok' or 'failed', ok and '' or tostring(err):match('^[^\n]*'))
+    ]]
+    local seen = {}
+    for extra_kb = 6000, 11000, 200 do
+      local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb, 30)
+      local fits = (code == 0 and out:find('^ok\t\n$')) or (code == 0 and out:find('^failed\t') and
+        not out:find('TimeoutError')) or (code == 1 and err:find('memory'))
+      assert(fits and not err:find('PANIC') and not err:find('Fatal'),
+             ('%d KiB: exit %s, stdout %q, stderr %q'):format(extra_kb, code, out, err))
+      seen[out:match('^%a+')] = true
+    end
+    assert.is_true(seen.ok)  -- the range reaches a limit where all of it fits
+  end)
+
   it('returns nil, message, errno and leaves no worker when its manager thread cannot start', function()
     -- Under an address-space limit thread stacks run out (fork still works);
     -- 0.4 GB is far more than host needs. A sanitizer build cannot start under it.
