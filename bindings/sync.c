@@ -871,7 +871,9 @@ static bool leave_reset_cycle(lua_State *L, unsigned long long cycle) {
 /*
 ** barrier:wait([timeout]) -> the arrival index, 0 .. parties-1. The last
 ** arrival runs the action; an error in it, a timeout or abort() breaks the
-** barrier for everyone.
+** barrier for everyone. A timeout that passes while the action runs does
+** not: the cycle ends with the action (CPython runs it under the barrier's
+** lock, which a party timing out must take back before it can break it).
 */
 static int barrier_wait(lua_State *L) {
   barrier_t *b = host_object_check(L, 1, BARRIER_TYPE);
@@ -882,12 +884,13 @@ static int barrier_wait(lua_State *L) {
   lua_Integer index = b->count++;
   unsigned long long cycle = b->cycle;
   if (b->count == b->parties) return barrier_complete(L, b, index);
-  host_deadline d = host_deadline_in(timeout);
+  host_deadline d = host_deadline_in(timeout), never = host_deadline_in(-1);
   while (b->cycle == cycle && !b->broken) {
     host_wait_on(L, BARRIER_TYPE, "waiting for the other parties", b, NULL);
-    host_wait_result r = host_waitq_wait(L, b->h.q, &d);
+    host_wait_result r = host_waitq_wait(L, b->h.q, b->actor != NULL ? &never : &d);
     host_object_check(L, 1, BARRIER_TYPE);
     if (b->cycle != cycle) break;
+    if (r == HOST_WAIT_TIMEOUT && b->actor != NULL) continue;  /* its action runs */
     if (r != HOST_WAIT_WOKEN) {
       barrier_break(b);
       if (r == HOST_WAIT_INTERRUPTED) {

@@ -463,6 +463,22 @@ describe('Barrier', function()
     assert.is_true(herror.is(err3, 'BrokenBarrierError'))
     assert.are.equal(0, b.n_waiting)
   end)
+
+  it('lets a timeout that passes while the action runs go, as CPython does', function()
+    -- CPython runs the action under the barrier's lock: a party whose
+    -- timeout passes meanwhile cannot break the barrier, and is released.
+    local b = thread.Barrier(2, function() thread.sleep(0.3) end)
+    local join = spawn(function() return pcall(b.wait, b, 0.1) end)
+    local deadline = os.time() + T
+    while b.n_waiting < 1 and os.time() < deadline do thread.sleep(0.001) end
+    local ok, index = pcall(b.wait, b, T)
+    assert.is_true(ok, tostring(index))
+    assert.are.equal(1, index)
+    local ok2, index2 = join()
+    assert.is_true(ok2, tostring(index2))
+    assert.are.equal(0, index2)
+    assert.is_false(b.broken)
+  end)
 end)
 
 -- Every type, with a call of each method that must check the finalized state.
