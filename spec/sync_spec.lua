@@ -467,8 +467,15 @@ describe('Barrier', function()
   it('lets a timeout that passes while the action runs go, as CPython does', function()
     -- CPython runs the action under the barrier's lock: a party whose
     -- timeout passes meanwhile cannot break the barrier, and is released.
-    local b = thread.Barrier(2, function() thread.sleep(0.3) end)
-    local join = spawn(function() return pcall(b.wait, b, 0.1) end)
+    local time = require 'host.time'
+    local started
+    local b = thread.Barrier(2, function()  -- outlasts the other party's timeout
+      while time.monotonic() < started + 0.8 do thread.sleep(0.01) end
+    end)
+    local join = spawn(function()
+      started = time.monotonic()
+      return pcall(b.wait, b, 0.5)
+    end)
     local deadline = os.time() + T
     while b.n_waiting < 1 and os.time() < deadline do thread.sleep(0.001) end
     local ok, index = pcall(b.wait, b, T)
