@@ -101,7 +101,6 @@ typedef struct barrier_t {
   lua_Integer parties;
   lua_Integer count;          /* threads waiting in this cycle */
   unsigned long long cycle;   /* bumped when a cycle completes or is reset */
-  unsigned long long reset_cycle;  /* a cycle ended by reset(): its waiters break */
   bool broken;
   host_tstate *actor;         /* the thread running the action, else NULL */
   double timeout;             /* default for wait, -1 for none */
@@ -828,9 +827,53 @@ static int barrier_complete(lua_State *L, barrier_t *b, lua_Integer index) {
 }
 
 /*
+** reset() ends the cycle `cycle` of the barrier at 1, with `count` threads
+** waiting in it: notes it in the table at uservalue 2, [cycle] = how many
+** of them have not left yet, so that each of them breaks however many
+** cycles end before it runs (a single "last reset cycle" let a waiter
+** that two resets, or a reset and a completed cycle, passed by go free).
+*/
+static void note_reset_cycle(lua_State *L, unsigned long long cycle, lua_Integer count) {
+  if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, 2);
+  }
+  lua_pushinteger(L, count);
+  lua_rawseti(L, -2, (lua_Integer)cycle);
+  lua_pop(L, 1);
+}
+
+/*
+** The calling thread waited in the cycle `cycle` of the barrier at 1,
+** which has ended: true if a reset ended it (see note_reset_cycle), and
+** then the thread is counted out of it.
+*/
+static bool leave_reset_cycle(lua_State *L, unsigned long long cycle) {
+  if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return false;
+  }
+  if (lua_rawgeti(L, -1, (lua_Integer)cycle) == LUA_TNIL) {
+    lua_pop(L, 2);
+    return false;
+  }
+  lua_Integer left = lua_tointeger(L, -1) - 1;
+  lua_pop(L, 1);
+  if (left > 0) lua_pushinteger(L, left);
+  else lua_pushnil(L);
+  lua_rawseti(L, -2, (lua_Integer)cycle);
+  lua_pop(L, 1);
+  return true;
+}
+
+/*
 ** barrier:wait([timeout]) -> the arrival index, 0 .. parties-1. The last
 ** arrival runs the action; an error in it, a timeout or abort() breaks the
-** barrier for everyone.
+** barrier for everyone. A timeout that passes while the action runs does
+** not: the cycle ends with the action (CPython runs it under the barrier's
+** lock, which a party timing out must take back before it can break it).
 */
 static int barrier_wait(lua_State *L) {
   barrier_t *b = host_object_check(L, 1, BARRIER_TYPE);
@@ -841,12 +884,13 @@ static int barrier_wait(lua_State *L) {
   lua_Integer index = b->count++;
   unsigned long long cycle = b->cycle;
   if (b->count == b->parties) return barrier_complete(L, b, index);
-  host_deadline d = host_deadline_in(timeout);
+  host_deadline d = host_deadline_in(timeout), never = host_deadline_in(-1);
   while (b->cycle == cycle && !b->broken) {
     host_wait_on(L, BARRIER_TYPE, "waiting for the other parties", b, NULL);
-    host_wait_result r = host_waitq_wait(L, b->h.q, &d);
+    host_wait_result r = host_waitq_wait(L, b->h.q, b->actor != NULL ? &never : &d);
     host_object_check(L, 1, BARRIER_TYPE);
     if (b->cycle != cycle) break;
+    if (r == HOST_WAIT_TIMEOUT && b->actor != NULL) continue;  /* its action runs */
     if (r != HOST_WAIT_WOKEN) {
       barrier_break(b);
       if (r == HOST_WAIT_INTERRUPTED) {
@@ -855,10 +899,11 @@ static int barrier_wait(lua_State *L) {
       }
     }
   }
-  if (b->cycle == cycle || b->reset_cycle == cycle + 1) {
-    if (b->cycle == cycle) b->count--;
+  if (b->cycle == cycle) {  /* broken in its cycle */
+    b->count--;
     return broken_error(L);
   }
+  if (leave_reset_cycle(L, cycle)) return broken_error(L);
   lua_pushinteger(L, index);
   return 1;
 }
@@ -868,8 +913,8 @@ static int barrier_reset(lua_State *L) {
   barrier_t *b = host_object_check(L, 1, BARRIER_TYPE);
   barrier_wait_action(L, b, "reset");
   if (b->count > 0) {
+    note_reset_cycle(L, b->cycle, b->count);
     b->cycle++;
-    b->reset_cycle = b->cycle;
     b->count = 0;
   }
   b->broken = false;
@@ -905,7 +950,7 @@ static int barrier_new(lua_State *L) {
   luaL_argcheck(L, parties >= 1, 1, "parties must be one or more");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
   double timeout = host_opt_timeout(L, 3);
-  barrier_t *b = new_object(L, sizeof *b, BARRIER_TYPE, 1);
+  barrier_t *b = new_object(L, sizeof *b, BARRIER_TYPE, 2);
   b->parties = parties;
   b->timeout = timeout;
   lua_pushvalue(L, 2);

@@ -432,6 +432,60 @@ describe('Barrier', function()
     assert.is_true(b2.broken)
     assert.has_error(function() thread.Barrier(0) end)
   end)
+
+  it('breaks a waiter whose cycle was reset, however many cycles end before it runs', function()
+    -- The fair GIL serves threads in the order they were handed it: w3 and
+    -- r are set going before the reset wakes w2, so w3 waits in the next
+    -- cycle and r resets that one too, all before w2 runs.
+    local b = thread.Barrier(3)
+    local go_w3, go_r = thread.Event(), thread.Event()
+    local w2 = spawn(function() return pcall(b.wait, b, T) end)
+    local w3 = spawn(function()
+      go_w3:wait(T)
+      return pcall(b.wait, b, T)
+    end)
+    local r = spawn(function()
+      go_r:wait(T)
+      b:reset()
+    end)
+    local deadline = os.time() + T
+    while b.n_waiting < 1 and os.time() < deadline do thread.sleep(0.001) end
+    thread.sleep(0.05)  -- w3 and r wait on their events
+    go_w3:set()
+    go_r:set()
+    b:reset()
+    r()
+    local ok, err = w2()
+    assert.is_false(ok, 'w2 passed a barrier that was reset')
+    assert.is_true(herror.is(err, 'BrokenBarrierError'))
+    local ok3, err3 = w3()
+    assert.is_false(ok3)
+    assert.is_true(herror.is(err3, 'BrokenBarrierError'))
+    assert.are.equal(0, b.n_waiting)
+  end)
+
+  it('lets a timeout that passes while the action runs go, as CPython does', function()
+    -- CPython runs the action under the barrier's lock: a party whose
+    -- timeout passes meanwhile cannot break the barrier, and is released.
+    local time = require 'host.time'
+    local started
+    local b = thread.Barrier(2, function()  -- outlasts the other party's timeout
+      while time.monotonic() < started + 0.8 do thread.sleep(0.01) end
+    end)
+    local join = spawn(function()
+      started = time.monotonic()
+      return pcall(b.wait, b, 0.5)
+    end)
+    local deadline = os.time() + T
+    while b.n_waiting < 1 and os.time() < deadline do thread.sleep(0.001) end
+    local ok, index = pcall(b.wait, b, T)
+    assert.is_true(ok, tostring(index))
+    assert.are.equal(1, index)
+    local ok2, index2 = join()
+    assert.is_true(ok2, tostring(index2))
+    assert.are.equal(0, index2)
+    assert.is_false(b.broken)
+  end)
 end)
 
 -- Every type, with a call of each method that must check the finalized state.
