@@ -381,6 +381,11 @@ static void thread_body(lua_State *co, void *arg) {
     t->failed = true;
     t->reported = false;
   }
+  if (!lua_checkstack(co, LUA_MINSTACK)) {  /* thread_call made the room: this frame's share */
+    lua_settop(co, 0);
+    lua_pushliteral(co, "too many results to keep");
+    t->failed = true;
+  }
   t->state = T_DONE;
   if (t->done != NULL) host_waitq_notify(t->done);
 }
