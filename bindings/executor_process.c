@@ -690,7 +690,10 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i, bool ahead) {
 }
 
 /* True when the oldest item of the call queue may be sent ahead to BUSY
-** worker i (see AHEAD_BYTES). */
+** worker i (see AHEAD_BYTES). The manager sends none past AHEAD_BYTES, not
+** even the first: its send would block on a worker that is itself blocked
+** sending a big result, which only the manager reads (another thread's
+** blocking send lets the manager read meanwhile). */
 static bool head_goes_ahead(lua_State *L, int sidx, pstate_t *s, int i) {
   if (host_fifo_len(&s->callq) == 0) return false;
   lua_getiuservalue(L, sidx, UV_CALLQ);
@@ -701,7 +704,7 @@ static bool head_goes_ahead(lua_State *L, int sidx, pstate_t *s, int i) {
   lua_pop(L, 4);
   worker_t *w = &s->w[i];
   for (int d = 0; d < w->ahead; d++) bytes += w->ahead_len[d];
-  return ahead && (w->ahead == 0 || bytes <= AHEAD_BYTES);
+  return ahead && (bytes <= AHEAD_BYTES || (w->ahead == 0 && s->manager != host_thread_ident()));
 }
 
 /* True when BUSY worker i may take an item ahead: it has fewer than

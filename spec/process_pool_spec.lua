@@ -387,6 +387,49 @@ describe('ProcessPoolExecutor', function()
     assert.are.same({ 1, 40000, 40000 }, { first:result(T), ahead:result(T), queued:result(T) })
   end)
 
+  it('does not deadlock when the manager would send a big chunk ahead to a worker sending a big result', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local function spin(s) local t = os.clock() while os.clock() - t < s do end return s end
+    -- the worker is busy and the call queue holds a plain task: the map's
+    -- chunks stay pending, so the manager, not this thread, sends them
+    local first, second = ex:submit(spin, 0.2), ex:submit(spin, 0.2)
+    local items = {}
+    for i = 1, 6 do items[i] = string.rep(string.char(64 + i), 1024 * 1024) end
+    local n = 0
+    local ok, err = pcall(function()
+      for i, r in ex:map(function(x) spin(0.05) return x end, items, { chunksize = 2, timeout = 5 }) do
+        assert(r == items[i])
+        n = n + 1
+      end
+    end)
+    if not ok then  -- unblock the pool so that the spec ends
+      ex:shutdown { wait = false, cancel_futures = true }
+      for _, pid in ipairs(ex:pids()) do if pid > 0 then os.execute('kill -KILL ' .. pid) end end
+    end
+    assert.is_true(ok, tostring(err))
+    assert.are.equal(6, n)
+    assert.are.same({ 0.2, 0.2 }, { first:result(T), second:result(T) })
+    -- a map made by a done-callback, which the manager runs: it sends too
+    local short, long = ex:submit(spin, 0.1), ex:submit(spin, 0.3)
+    local iter
+    short:add_done_callback(function()  -- long runs then
+      iter = { ex:map(function(x) spin(0.05) return x end, items, { chunksize = 2, timeout = 5 }) }
+    end)
+    ok, err = pcall(long.result, long, 5)
+    if not ok then
+      ex:shutdown { wait = false, cancel_futures = true }
+      for _, pid in ipairs(ex:pids()) do if pid > 0 then os.execute('kill -KILL ' .. pid) end end
+    end
+    assert.is_true(ok, tostring(err))
+    n = 0
+    for i, r in table.unpack(iter) do
+      assert(r == items[i])
+      n = n + 1
+    end
+    assert.are.equal(6, n)
+    ex:shutdown()
+  end)
+
   it('fails the call sent ahead with BrokenProcessPool when its worker dies, and a map over it ends', function()
     local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
     local pids = ex:pids()
