@@ -1253,14 +1253,19 @@ static int ppool_tostring(lua_State *L) {
   return 1;
 }
 
-/* ex:pids() -> the worker processes' ids (0 for none; for tests and tools). */
+/*
+** ex:pids() -> the ids of the worker processes alive now, in slot order
+** (for tests and tools). A slot with none is left out: a 0 there once led
+** `kill -9 0`, which kills the caller's whole process group.
+*/
 static int ppool_pids(lua_State *L) {
   ppool_t *p = host_object_check(L, 1, PPOOL_TYPE);
   pstate_t *s = p->s;
   lua_createtable(L, s->nworkers, 0);
-  for (int i = 0; i < s->nworkers; i++) {
+  for (int i = 0, n = 0; i < s->nworkers; i++) {
+    if (s->w[i].pid <= 0) continue;
     lua_pushinteger(L, s->w[i].pid);
-    lua_rawseti(L, -2, i + 1);
+    lua_rawseti(L, -2, ++n);
   }
   return 1;
 }

@@ -175,6 +175,14 @@ describe('ProcessPoolExecutor', function()
     assert.is_true(#ex:pids() == 2)
   end)
 
+  it('lists only live workers in pids(): none after shutdown, never a 0', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 2 })
+    assert.are.equal(2, #ex:pids())
+    ex:shutdown()
+    -- before: { 0, 0 }, and `kill -9 0` kills the caller's process group
+    assert.are.same({}, ex:pids())
+  end)
+
   it('carries closures with upvalues; _ENV is the worker\'s globals', function()
     -- busted runs specs in an environment of its own: write the real globals
     local set_global = load('WORKER_TAG_FOR_SPEC = ...')
