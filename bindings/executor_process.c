@@ -94,6 +94,7 @@ typedef struct inbuf {
 
 #define INBUF_MIN 4096            /* bytes each recv may take at least */
 #define INBUF_KEEP (1024 * 1024)  /* a buffer grown past this is freed once used */
+#define FRAME_MAX UINT32_MAX      /* a frame's length is 32 bits: the most a payload may have */
 
 typedef enum slot_state { SLOT_DEAD, SLOT_IDLE, SLOT_BUSY, SLOT_RETIRING } slot_state;
 
@@ -376,6 +377,13 @@ static int worker_main(lua_State *L) {
     } else if (host_codec_encode(L, base + 1, lua_gettop(L) - base, &out, &outlen) != LUA_OK) {
       kind = FRAME_ERROR;  /* an unserializable result fails that future alone */
       lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
+      lua_pushnil(L);
+      out = encode_error(L, &outlen);
+    } else if (outlen > FRAME_MAX) {
+      free(out);
+      kind = FRAME_ERROR;
+      lua_pushfstring(L, "cannot send the result back: it takes %I bytes, more than a frame "
+                      "to the parent carries (4 GiB)", (lua_Integer)outlen);
       lua_pushnil(L);
       out = encode_error(L, &outlen);
     }
@@ -1117,6 +1125,11 @@ static int submit_item(lua_State *L, bool ahead) {
   size_t len;
   if (host_codec_encode(L, 2, lua_gettop(L) - 1, &buf, &len) != LUA_OK)
     return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+  if (len > FRAME_MAX) {
+    free(buf);
+    return luaL_error(L, "cannot submit: the function and its arguments take %I bytes, "
+                      "more than a frame to a worker carries (4 GiB)", (lua_Integer)len);
+  }
   lua_getiuservalue(L, 1, 1);  /* the state */
   int sidx = lua_gettop(L);
   lua_createtable(L, 3, 0);
