@@ -316,18 +316,44 @@ static int set_busy(ipool *p, wslot *ws, const char *what, host_future *f) {
 }
 
 /*
-** Completes it->f with an encoded BrokenInterpreterPool error made in the
-** worker's universe L, and posts it (mu held).
+** Completes it->f with an encoded BrokenInterpreterPool error, and posts
+** it (mu held). L is the failing worker's universe, where the error is
+** made; NULL when it has none: the error encoded for that case when the
+** pool was made (p->no_state) is copied.
 */
 static void fail_broken(lua_State *L, ipool *p, item *it) {
-  host_error_push(L, "BrokenInterpreterPool", p->broken_msg, 0);
   char *buf = NULL;
   size_t len = 0;
-  if (host_codec_encode(L, lua_gettop(L), 1, &buf, &len) != LUA_OK) lua_pop(L, 1);
-  lua_pop(L, 1);
+  if (L != NULL) {
+    host_error_push(L, "BrokenInterpreterPool", p->broken_msg, 0);
+    if (host_codec_encode(L, lua_gettop(L), 1, &buf, &len) != LUA_OK) lua_pop(L, 1);
+    lua_pop(L, 1);
+  } else if (p->no_state != NULL && (buf = malloc(p->no_state_len)) != NULL) {
+    memcpy(buf, p->no_state, p->no_state_len);
+    len = p->no_state_len;
+  }
   if (host_future_set_running(it->f)) host_future_set_payload(it->f, false, buf, len);
   else free(buf);
   post_done(p, it, true);
+}
+
+/*
+** Breaks the pool for `why` (mu held): later submits raise it as a
+** BrokenInterpreterPool error, and the queued work fails with it
+** (fail_broken, L as there).
+*/
+static void break_locked(lua_State *L, ipool *p, const char *why) {
+  if (!p->broken) {
+    p->broken_msg = strdup(why);
+    p->broken = true;
+  }
+  while (p->head != NULL) {
+    item *it = p->head;
+    p->head = it->next;
+    fail_broken(L, p, it);
+  }
+  p->tail = NULL;
+  host_cond_broadcast(&p->work_cv);
 }
 
 /* Runs the pool's initializer in L; on failure breaks the pool (mu not held). */
@@ -357,17 +383,7 @@ static bool run_initializer(lua_State *L, ipool *p, wslot *ws) {
                                     tb != NULL ? "\n" : "", tb != NULL ? tb : "",
                                     tb != NULL ? "\n" : "");
   pthread_mutex_lock(&p->mu);
-  if (!p->broken) {
-    p->broken_msg = strdup(why);
-    p->broken = true;
-  }
-  while (p->head != NULL) {
-    item *it = p->head;
-    p->head = it->next;
-    fail_broken(L, p, it);
-  }
-  p->tail = NULL;
-  host_cond_broadcast(&p->work_cv);
+  break_locked(L, p, why);
   pthread_mutex_unlock(&p->mu);
   lua_settop(L, 0);
   return false;
@@ -464,29 +480,6 @@ static void serve(lua_State *L, ipool *p, wslot *ws) {
 
 static int stop_nested(lua_State *L);
 
-/*
-** Breaks the pool for a worker whose universe could not be opened (mu
-** held): no worker of it may serve the work, which fails as after a
-** failing initializer, each future with the error the creator's universe
-** encoded for it when the pool was made (p->no_state).
-*/
-static void break_without_universe(ipool *p) {
-  if (!p->broken) {
-    p->broken_msg = strdup(NO_STATE_MSG);
-    p->broken = true;
-  }
-  while (p->head != NULL) {
-    item *it = p->head;
-    p->head = it->next;
-    char *buf = malloc(p->no_state_len);
-    if (buf != NULL) memcpy(buf, p->no_state, p->no_state_len);
-    if (host_future_set_running(it->f)) host_future_set_payload(it->f, false, buf, buf ? p->no_state_len : 0);
-    else free(buf);
-    post_done(p, it, true);
-  }
-  p->tail = NULL;
-  host_cond_broadcast(&p->work_cv);
-}
 
 /* The OS thread of one worker: its own universe, serving tasks. */
 static void *worker_thread(void *arg) {
@@ -496,7 +489,7 @@ static void *worker_thread(void *arg) {
   lua_State *L = worker_universe(p, ws);
   pthread_mutex_lock(&p->mu);
   ws->L = L;
-  if (L == NULL) break_without_universe(p);
+  if (L == NULL) break_locked(NULL, p, NO_STATE_MSG);  /* no worker of it may serve */
   pthread_mutex_unlock(&p->mu);
   if (L != NULL && run_initializer(L, p, ws)) serve(L, p, ws);
   pthread_mutex_lock(&p->mu);
@@ -870,9 +863,9 @@ static void encode_initializer(lua_State *L, ipool *p) {
 
 /*
 ** Encodes into p->no_state the error the futures of p get if a worker's
-** universe cannot be opened (break_without_universe), made now, while a
-** universe is at hand. Left NULL when memory runs out: they then fail
-** with no payload, which result() reports as an error that was lost.
+** universe cannot be opened (fail_broken), made now, while a universe is
+** at hand. Left NULL when memory runs out: they then fail with no
+** payload, which result() reports as an error that was lost.
 */
 static void encode_no_state(lua_State *L, ipool *p) {
   host_error_push(L, "BrokenInterpreterPool", NO_STATE_MSG, 0);
@@ -895,8 +888,21 @@ static void copy_package_field(lua_State *L, const char *field, char **out) {
 }
 
 /*
+** Undoes a pool whose threads could not all start (errno e): its workers
+** end and are joined. Returns thread.start's failure: nil, message, errno.
+*/
+static int abandon_start(lua_State *L, ipool *p, int e) {
+  pthread_mutex_lock(&p->mu);
+  begin_shutdown(p);
+  pthread_mutex_unlock(&p->mu);
+  join_workers(L, p);
+  return host_thread_start_failed(L, e);
+}
+
+/*
 ** futures.InterpreterPoolExecutor{max_workers =, initializer =, initargs =}.
 ** The initializer and its arguments are encoded now and run in each worker.
+** Returns the pool, or nil, message, errno when a thread cannot start.
 */
 static int ipool_new(lua_State *L) {
   static const char *const known[] = {"max_workers", "initializer", "initargs", NULL};
@@ -928,13 +934,7 @@ static int ipool_new(lua_State *L) {
   encode_initializer(L, p);
   encode_no_state(L, p);
   int e = start_workers(p);
-  if (e != 0) {
-    pthread_mutex_lock(&p->mu);
-    begin_shutdown(p);
-    pthread_mutex_unlock(&p->mu);
-    join_workers(L, p);
-    return host_thread_start_failed(L, e);
-  }
+  if (e != 0) return abandon_start(L, p, e);
   /* the manager thread, over the handle and the table of futures in flight */
   lua_getiuservalue(L, idx, 2);
   lua_getiuservalue(L, idx, 1);
@@ -953,13 +953,7 @@ static int ipool_new(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcclosure(L, manager_main, 2);
   e = host_thread_start(L, "InterpreterPoolManager", false, 0);
-  if (e != 0) {
-    pthread_mutex_lock(&p->mu);
-    begin_shutdown(p);
-    pthread_mutex_unlock(&p->mu);
-    join_workers(L, p);
-    return host_thread_start_failed(L, e);
-  }
+  if (e != 0) return abandon_start(L, p, e);
   lua_settop(L, idx);
   host_executor_track(L, idx, IPOOL_TYPE, true);
   return 1;

@@ -697,24 +697,17 @@ end)
 
 describe('InterpreterPoolExecutor when threads run out', function()
   it('returns nil, "cannot start thread: ...", errno, as thread.start does', function()
-    -- Under an address-space limit thread stacks run out; 0.4 GB is far more
-    -- than host needs. A sanitizer build cannot start under it.
-    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
-    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
-    local f = sh.tempfile [[
+    -- Under an address-space limit thread stacks run out.
+    local why = sh.cannot_limit_memory()
+    if why then pending(why) return end
+    local f = sh.tempfile(sh.EXHAUST_THREADS .. [[
       local futures = require 'host.futures'
-      local thread = require 'host.thread'
-      local go, started = thread.Event(), {}
-      repeat
-        local t = thread.start(function() go:wait(20) end)
-        started[#started + 1] = t
-      until not t or #started > 5000
       local ex, msg, code = futures.InterpreterPoolExecutor { max_workers = 2 }
       go:set()
       for _, t in ipairs(started) do assert(t:join(10)) end
       -- before: "pthread_create: ...", unlike every other thread start
       print(ex, msg:match('^(cannot start thread: ).'), math.type(code))
-    ]]
+    ]])
     local out, err, code = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f), 30)
     os.remove(f)
     assert.are.equal('', err)
@@ -730,25 +723,19 @@ describe('InterpreterPoolExecutor short of memory', function()
     -- range the thread, the worker's Lua state or the task runs out. Before:
     -- "PANIC: unprotected error in call to Lua API", a task never done (the
     -- worker ended silently), a result() raising nil, a constructor raising.
-    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
-    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
-    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
-    local f = sh.tempfile [[
+    local why = sh.cannot_limit_memory(true)
+    if why then pending(why) return end
+    local f = sh.tempfile([[
       local futures = require 'host.futures'
       local thread = require 'host.thread'
-      local extra_kb, cached = tonumber(arg[1]), arg[2] == 'cached'
-      if cached then thread.start(function() end):join(5) end  -- the manager's OS thread, reused
-      local statm = io.open('/proc/self/statm')
-      local vsz = statm:read('n') * 4096
-      statm:close()
-      local pid = io.open('/proc/self/stat'):read('n')
-      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + extra_kb * 1024)))
+      if arg[2] == 'cached' then thread.start(function() end):join(5) end  -- the manager's OS thread, reused
+    ]] .. sh.LIMIT_SELF .. [[
       local ex, msg = futures.InterpreterPoolExecutor { max_workers = 1 }
       if not ex then print('refused', msg) return end
       local ok, err = pcall(function() return ex:submit(function() return 42 end):result(10) end)
       print(ok and 'ok' or 'failed', tostring(err))
       ex:shutdown()
-    ]]
+    ]])
     local allowed = {
       '^ok\t42\n$',
       '^refused\tcannot start thread: [^\n]+\n$',

@@ -765,16 +765,10 @@ describe('ProcessPoolExecutor at its boundaries', function()
     -- extra KiB, then maps 40 tasks over 2 workers. Somewhere in the range
     -- the manager thread runs out of memory outside its loop. Before: the
     -- pool was not broken, and map waited until its timeout.
-    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
-    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
-    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
-    local f = sh.tempfile [[
+    local why = sh.cannot_limit_memory(true)
+    if why then pending(why) return end
+    local f = sh.tempfile(sh.LIMIT_SELF .. [[
       local futures = require 'host.futures'
-      local statm = io.open('/proc/self/statm')
-      local vsz = statm:read('n') * 4096
-      statm:close()
-      local pid = io.open('/proc/self/stat'):read('n')
-      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
       local ok, err = pcall(function()
         local ex = assert(futures.ProcessPoolExecutor { max_workers = 2 })
         local t = {}
@@ -785,7 +779,7 @@ describe('ProcessPoolExecutor at its boundaries', function()
         ex:shutdown()
       end)
       print(ok and 'ok' or 'failed', ok and '' or tostring(err):match('^[^\n]*'))
-    ]]
+    ]])
     local seen = {}
     for extra_kb = 6000, 11000, 200 do
       local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb, 30)
@@ -799,18 +793,11 @@ describe('ProcessPoolExecutor at its boundaries', function()
   end)
 
   it('returns nil, message, errno and leaves no worker when its manager thread cannot start', function()
-    -- Under an address-space limit thread stacks run out (fork still works);
-    -- 0.4 GB is far more than host needs. A sanitizer build cannot start under it.
-    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
-    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
-    local f = sh.tempfile [[
+    -- Under an address-space limit thread stacks run out (fork still works).
+    local why = sh.cannot_limit_memory()
+    if why then pending(why) return end
+    local f = sh.tempfile(sh.EXHAUST_THREADS .. [[
       local futures = require 'host.futures'
-      local thread = require 'host.thread'
-      local go, started = thread.Event(), {}
-      repeat
-        local t = thread.start(function() go:wait(20) end)
-        started[#started + 1] = t
-      until not t or #started > 5000
       local ex, msg, code = futures.ProcessPoolExecutor { max_workers = 2 }
       go:set()
       for _, t in ipairs(started) do assert(t:join(10)) end
@@ -826,7 +813,7 @@ describe('ProcessPoolExecutor at its boundaries', function()
         end
       end
       print(children)
-    ]]
+    ]])
     local out, err, code = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f), 30)
     os.remove(f)
     assert.are.equal('', err)

@@ -221,16 +221,10 @@ describe('ThreadPoolExecutor short of memory', function()
     -- worker's start, a task or the storing of a result runs out of memory.
     -- Before: "PANIC: unprotected error in call to Lua API (not enough
     -- memory)" as a worker thread set itself up, and the process aborted.
-    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
-    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
-    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
-    local f = sh.tempfile [[
+    local why = sh.cannot_limit_memory(true)
+    if why then pending(why) return end
+    local f = sh.tempfile(sh.LIMIT_SELF .. [[
       local futures = require 'host.futures'
-      local statm = io.open('/proc/self/statm')
-      local vsz = statm:read('n') * 4096
-      statm:close()
-      local pid = io.open('/proc/self/stat'):read('n')
-      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
       local ok, err = pcall(function()
         local ex = futures.ThreadPoolExecutor { max_workers = 2 }
         local t = {}
@@ -239,7 +233,7 @@ describe('ThreadPoolExecutor short of memory', function()
         ex:shutdown { wait = false }
       end)
       print(ok and 'ok' or 'failed')
-    ]]
+    ]])
     local seen = {}
     for extra_kb = 15000, 18000, 200 do
       local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb, 30)

@@ -5,6 +5,39 @@ local sh = {}
 -- The host binary under test (set by `make`), and lua5.4 for comparisons.
 sh.host = os.getenv 'HOST_BIN' or './build/host'
 
+-- Why specs that starve host of memory or threads cannot run here, or nil:
+-- they need host to start under `ulimit -v 400000` (0.4 GB, far more than
+-- it needs; a sanitizer build cannot) and, with `prlimit`, util-linux's
+-- prlimit(1).
+function sh.cannot_limit_memory(prlimit)
+  local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+  if probe ~= '1\n' then return 'host does not start under ulimit -v (a sanitizer build?)' end
+  if prlimit and select(3, sh.run('prlimit --version', 10)) ~= 0 then return 'no prlimit' end
+  return nil
+end
+
+-- Lua code that limits the address space of the host running it to its
+-- size now plus arg[1] KiB (prlimit on its own pid): a script's preamble.
+sh.LIMIT_SELF = [[
+  do
+    local statm = io.open('/proc/self/statm')
+    local vsz = statm:read('n') * 4096
+    statm:close()
+    local pid = io.open('/proc/self/stat'):read('n')
+    assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
+  end
+]]
+
+-- Lua code that starts threads (each waiting on the Event `go`, kept in
+-- `started`) until no more can start: under ulimit -v, stacks run out.
+sh.EXHAUST_THREADS = [[
+  local go, started = require('host.thread').Event(), {}
+  repeat
+    local t = require('host.thread').start(function() go:wait(20) end)
+    started[#started + 1] = t
+  until not t or #started > 5000
+]]
+
 -- Quotes one word for /bin/sh.
 function sh.quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
