@@ -444,6 +444,39 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   pthread_mutex_unlock(&p->mu);
 }
 
+/* run_task under lua_pcall (arguments: the pool, the slot, the item, as light userdata). */
+static int run_task_call(lua_State *L) {
+  ipool *p = lua_touserdata(L, 1);
+  wslot *ws = lua_touserdata(L, 2);
+  item *it = lua_touserdata(L, 3);
+  lua_settop(L, 0);
+  run_task(L, p, ws, it);
+  return 0;
+}
+
+/*
+** Runs one task as run_task does, so that memory that runs out outside
+** the task's own call (its error or result being encoded) fails its future
+** as an error lost (a failure with no payload, which allocates nothing)
+** instead of aborting the process (an unprotected error). run_task raises
+** only before it completes the future and posts it.
+*/
+static void serve_task(lua_State *L, ipool *p, wslot *ws, item *it) {
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, run_task_call);  /* none of the pushes allocates */
+  lua_pushlightuserdata(L, p);
+  lua_pushlightuserdata(L, ws);
+  lua_pushlightuserdata(L, it);
+  if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
+  lua_settop(L, base);
+  set_busy(p, ws, NULL, NULL);
+  host_future_set_payload(it->f, false, NULL, 0);
+  bool wake = host_future_wants_callbacks(it->f);
+  pthread_mutex_lock(&p->mu);
+  post_done(p, it, wake);
+  pthread_mutex_unlock(&p->mu);
+}
+
 /* What a worker thread is started with (freed by it). */
 typedef struct worker_arg {
   ipool *p;
@@ -474,7 +507,7 @@ static void serve(lua_State *L, ipool *p, wslot *ws) {
     ws->busy = "task";  /* interruptible from the moment it runs */
     ws->current = it->f;
     pthread_mutex_unlock(&p->mu);
-    run_task(L, p, ws, it);
+    serve_task(L, p, ws, it);
   }
 }
 

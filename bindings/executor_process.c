@@ -609,7 +609,7 @@ static void fail_item(lua_State *L, const char *why) {
       failed = lua_pcall(L, 2, 0, 0) == LUA_OK;
       if (!failed) lua_pop(L, 1);
     }
-    if (!failed) host_future_set_payload(f, false, NULL, 0);  /* allocates nothing */
+    if (!failed) host_future_fail_lost(L, -1);  /* allocates nothing */
   }
   lua_pop(L, 2);
 }

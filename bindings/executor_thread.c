@@ -147,7 +147,7 @@ static void serve_item(lua_State *L) {
     lua_pushvalue(L, item);
     lua_rotate(L, -3, -1);  /* fail_future_call, future, error */
     if (lua_pcall(L, 2, 0, 0) != LUA_OK)
-      host_future_set_payload(host_future_of(L, item), false, NULL, 0);
+      host_future_fail_lost(L, item);
   }
   lua_settop(L, item - 1);
 }

@@ -292,6 +292,15 @@ static bool finish_with(lua_State *L, int idx, bool failed) {
   return true;
 }
 
+bool host_future_fail_lost(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  host_future *f = host_future_of(L, idx);
+  if (!host_future_set_payload(f, false, NULL, 0)) return false;
+  wake_waiters(L, idx);  /* before callbacks, which may block */
+  run_callbacks(L, idx, f);
+  return true;
+}
+
 bool host_future_set_result(lua_State *L, int idx, int n) {
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, 4, "too many results");  /* after a LUA_MULTRET call: no room */

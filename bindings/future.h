@@ -67,6 +67,13 @@ bool host_future_set_result(lua_State *L, int idx, int n);
 */
 bool host_future_set_error(lua_State *L, int idx);
 
+/*
+** Fails the proxy at idx as a failure whose error was lost (no payload:
+** allocates nothing, for when memory ran out storing the error), wakes its
+** waiters and runs its callbacks; false when it was done already.
+*/
+bool host_future_fail_lost(lua_State *L, int idx);
+
 /* True when f finished with an error. */
 bool host_future_failed(host_future *f);
 

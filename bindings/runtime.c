@@ -139,6 +139,12 @@ static void register_thread_key(lua_State *L, host_tstate *ts, lua_State *key) {
   lua_pop(L, 1);
 }
 
+/* Under lua_pcall: register_thread_key of the main thread (its record at 1). */
+static int register_main_key(lua_State *L) {
+  register_thread_key(L, lua_touserdata(L, 1), L);
+  return 0;
+}
+
 void host_push_thread_key(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, THREAD_KEYS);
   lua_rawgetp(L, -1, member_of(L));
@@ -210,7 +216,12 @@ lua_State *host_newstate(void) {
   u->main_ts.outer = host_current_ts;
   host_current_ts = &u->main_ts;
   gil_start(u, &u->main_ts);
-  register_thread_key(L, &u->main_ts, L);
+  lua_pushcfunction(L, register_main_key);  /* neither push allocates */
+  lua_pushlightuserdata(L, &u->main_ts);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {  /* memory ran out: no universe */
+    host_close(L);
+    return NULL;
+  }
   return L;
 }
 
@@ -307,10 +318,25 @@ void host_atexit(lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* Calls the functions registered with host_atexit, last first. */
+/* Under lua_pcall: pushes the table of the functions registered with host_atexit. */
+static int push_atexit(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT);
+  return 1;
+}
+
+/*
+** Calls the functions registered with host_atexit, last first. Their
+** table is looked up protected: memory that runs out then (an interpreter
+** pool worker's universe closing short of memory) is said on stderr
+** instead of aborting the process (an unprotected error).
+*/
 static void run_atexit(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT) == LUA_TTABLE) {
-    for (lua_Integer i = luaL_len(L, -1); i >= 1; i--) {
+  lua_pushcfunction(L, push_atexit);
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    fprintf(stderr, "host: cannot run the exit handlers: %s\n", host_error_tostring(L));
+    fflush(stderr);
+  } else if (lua_istable(L, -1)) {
+    for (lua_Integer i = (lua_Integer)lua_rawlen(L, -1); i >= 1; i--) {
       lua_rawgeti(L, -1, i);
       if (host_pcall(L, 0, 0) != LUA_OK) {
         fprintf(stderr, "host: error in exit handler: %s\n", host_error_tostring(L));

@@ -249,23 +249,42 @@ static int thread_msghandler(lua_State *L) {
   return host_msghandler(L);
 }
 
+/* Under lua_pcall (a proxy, its error): the info table of an excepthook. */
+static int push_hook_info(lua_State *L) {
+  lua_createtable(L, 0, 3);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "thread");
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "error");
+  lua_getiuservalue(L, 1, UV_INFO);
+  lua_getfield(L, -1, "traceback");
+  lua_setfield(L, -3, "traceback");
+  lua_pop(L, 1);
+  return 1;
+}
+
 /*
 ** Hands the error at `err` on L (a thread's Lua thread, whose proxy is at
 ** `proxy`) to thread.excepthook, run protected. A hook that raises or
 ** cannot be called is reported, and the error then goes to the default
-** hook, so it is never lost. Leaves L's stack as it found it.
+** hook, so it is never lost; when memory runs out even for that, a line
+** says so. The hook runs in the caller's frame, so that its tracebacks
+** end with it. Leaves L's stack as it found it.
 */
 static void report_error(lua_State *L, int proxy, int err) {
   int top = lua_gettop(L);
-  lua_createtable(L, 0, 3);  /* info */
+  proxy = lua_absindex(L, proxy);
+  lua_pushcfunction(L, push_hook_info);
   lua_pushvalue(L, proxy);
-  lua_setfield(L, -2, "thread");
   lua_pushvalue(L, err);
-  lua_setfield(L, -2, "error");
-  lua_getiuservalue(L, proxy, UV_INFO);
-  lua_getfield(L, -1, "traceback");
-  lua_setfield(L, -3, "traceback");
-  lua_pop(L, 1);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    const char *why = host_error_tostring(L);
+    fprintf(stderr, "host: cannot report an error of thread %s: %s\n",
+            push_thread_name(L, proxy), why);
+    fflush(stderr);
+    lua_settop(L, top);
+    return;
+  }
   int info = lua_gettop(L);
   lua_pushnil(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, MODULE) == LUA_TTABLE) {
@@ -330,61 +349,67 @@ static bool ready_to_call(lua_State *co) {
 }
 
 /*
-** The life of a spawned thread, under lua_pcall (arguments: the record as
-** light userdata, the message handler, the target, its arguments): calls
-** the target, allocating nothing before (a pool counts on its worker
-** running), and returns
-** the outcome. co keeps LUA_MINSTACK free slots above the outcome for
-** whoever pushes on it next (the runtime's bookkeeping, a join); an
-** outcome too large for that is replaced by an error. An error is reported
-** before the thread counts as stopped (as CPython runs its excepthook),
-** unless a join waits for it.
+** Under lua_pcall, in a spawned thread: pushes the proxies table and the
+** thread's proxy (the ephemeron keeps it while co runs) and notes the
+** thread's name in the trace.
 */
-static int thread_call(lua_State *co) {
-  thread_rec *t = lua_touserdata(co, 1);
-  lua_remove(co, 1);
+static int thread_setup(lua_State *co) {
   push_proxies(co);
   lua_pushthread(co);
-  lua_rawget(co, -2);  /* the proxy: the ephemeron keeps it while co runs */
+  lua_rawget(co, -2);
   lua_getiuservalue(co, -1, UV_INFO);
   HOST_TRACE_L(co, host_trace_name_field(co, -1));
   lua_pop(co, 1);
-  lua_rotate(co, 2, 2);  /* handler, proxies, proxy, target, args... */
-  if (!ready_to_call(co))  /* the target never runs: a pool's thread would be waited for in vain */
-    lua_error(co);
-  int status = lua_pcall(co, lua_gettop(co) - 4, LUA_MULTRET, 1);
-  t->failed = status != LUA_OK;
-  if (!lua_checkstack(co, LUA_MINSTACK)) {
-    lua_settop(co, 3);
-    lua_pushliteral(co, "too many results to keep");
-    t->failed = true;
-  }
-  if (t->failed && !join_waiting(t)) {
-    t->reported = true;
-    report_error(co, 3, 4);
-  }
-  return lua_gettop(co) - 3;  /* the outcome, above handler, proxies and proxy */
+  return 2;
+}
+
+/* Under lua_pcall: pushes the outcome of a thread whose results do not fit. */
+static int push_too_many(lua_State *co) {
+  lua_pushliteral(co, "too many results to keep");
+  return 1;
 }
 
 /*
-** The body of a spawned thread: thread_call, protected, so that an error
-** outside the target's own call (memory that runs out as the thread sets
-** up or reports) ends the thread with that error as its outcome, reported
-** when its Thread is collected, instead of aborting the process.
+** The body of a spawned thread (co holds the message handler, the target
+** and its arguments): calls the target, allocating nothing before (a pool
+** counts on its worker running), and keeps the outcome on co. The target
+** is called from co's base frame, so that its tracebacks end with it.
+** co keeps LUA_MINSTACK free slots above the outcome for whoever pushes
+** on it next (the runtime's bookkeeping, a join); an outcome too large for
+** that is replaced by an error. An error is reported before the thread
+** counts as stopped (as CPython runs its excepthook), unless a join waits
+** for it. The setup runs protected: an error there (memory that runs out)
+** ends the thread with that error as its outcome, reported when its Thread
+** is collected, instead of aborting the process.
 */
 static void thread_body(lua_State *co, void *arg) {
   thread_rec *t = arg;
-  lua_pushcfunction(co, thread_call);  /* neither push allocates */
-  lua_pushlightuserdata(co, t);
-  lua_rotate(co, 1, 2);
-  if (lua_pcall(co, lua_gettop(co) - 1, LUA_MULTRET, 0) != LUA_OK) {
+  bool set = ready_to_call(co);  /* the target never runs otherwise: a pool's thread would be waited for in vain */
+  if (set) {
+    lua_pushcfunction(co, thread_setup);  /* allocates nothing: ready_to_call made the frame */
+    set = lua_pcall(co, 0, 2, 0) == LUA_OK;
+  }
+  if (!set) {
+    lua_replace(co, 1);
+    lua_settop(co, 1);  /* the error is the outcome */
     t->failed = true;
     t->reported = false;
-  }
-  if (!lua_checkstack(co, LUA_MINSTACK)) {  /* thread_call made the room: this frame's share */
-    lua_settop(co, 0);
-    lua_pushliteral(co, "too many results to keep");
-    t->failed = true;
+  } else {
+    lua_rotate(co, 2, 2);  /* handler, proxies, proxy, target, args... */
+    int status = lua_pcall(co, lua_gettop(co) - 4, LUA_MULTRET, 1);
+    t->failed = status != LUA_OK;
+    if (!lua_checkstack(co, LUA_MINSTACK)) {
+      lua_settop(co, 3);
+      lua_pushcfunction(co, push_too_many);
+      lua_pcall(co, 0, 1, 0);  /* that error, or the memory error */
+      t->failed = true;
+    }
+    if (t->failed && !join_waiting(t)) {
+      t->reported = true;
+      report_error(co, 3, 4);
+    }
+    lua_rotate(co, 1, -3);
+    lua_pop(co, 3);  /* only the outcome stays */
   }
   t->state = T_DONE;
   if (t->done != NULL) host_waitq_notify(t->done);

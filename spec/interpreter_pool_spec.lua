@@ -756,4 +756,47 @@ describe('InterpreterPoolExecutor short of memory', function()
     end
     assert.is_true(seen.ok)  -- the range reaches a limit where all of it fits
   end)
+
+  it('never aborts while a worker encodes a result or an error short of memory', function()
+    -- Each run limits its address space, then runs 40 tasks returning up to
+    -- 40 KB on 2 workers. Somewhere in the range a worker's universe runs
+    -- out as it encodes a task's result or error, outside the task's own
+    -- call. Before: "PANIC: unprotected error in call to Lua API (not
+    -- enough memory)", and the process aborted.
+    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
+    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
+    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local statm = io.open('/proc/self/statm')
+      local vsz = statm:read('n') * 4096
+      statm:close()
+      local pid = io.open('/proc/self/stat'):read('n')
+      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
+      local ex = futures.InterpreterPoolExecutor { max_workers = 2 }
+      if not ex then print('refused') return end
+      local called, t = 0, {}
+      local ok = pcall(function()
+        for i = 1, 40 do
+          t[i] = ex:submit(function(x) return string.rep('x', x * 1000) end, i)
+          t[i]:add_done_callback(function() called = called + 1 end)
+        end
+        for i = 1, 40 do
+          local ok, err = pcall(t[i].result, t[i], 10)
+          assert(ok or not tostring(err):find('TimeoutError'), err)
+        end
+      end)
+      ex:shutdown()
+      local done = 0
+      for i = 1, #t do if t[i]:done() then done = done + 1 end end
+      print(ok and 'ok' or 'failed', done == #t and 'done' or 'not done')
+    ]]
+    for extra_kb = 25000, 31000, 500 do
+      local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb, 50)
+      assert(not err:find('PANIC') and not err:find('Fatal'), ('%d KiB: %s'):format(extra_kb, err))
+      assert((code == 0 and (out == 'ok\tdone\n' or out == 'refused\n' or out:find('^failed'))) or
+             (code == 1 and err:find('memory')),
+             ('%d KiB: exit %s, stdout %q, stderr %q'):format(extra_kb, code, out, err))
+    end
+  end)
 end)

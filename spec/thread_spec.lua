@@ -49,6 +49,31 @@ describe('host.thread', function()
     assert.matches('stack traceback', err.traceback, 1, true)
   end)
 
+  it("ends a thread's tracebacks with its target, as the excepthook's does", function()
+    -- The traceback of a thread's error, and of an excepthook's, lists the
+    -- target (the hook) last, as before the target ran under a protected
+    -- setup call: that added a line '[C]: in ?' to each.
+    local ok, err = thread.start(function() error('at the end') end):join(T)
+    assert.is_false(ok)
+    assert.matches("in function <[^\n]*>$", err)
+    local e = select(2, thread.start(function() error(herror.new('ValueError', 'bad')) end):join(T))
+    assert.matches("in function <[^\n]*>$", e.traceback)
+    local f = sh.tempfile [[
+      local thread = require 'host.thread'
+      thread.excepthook = function(info)
+        io.stdout:write(info.traceback, '\n')
+        error('the hook fails')
+      end
+      thread.start(function() error('reported') end):join(5)
+      local t = thread.start(function() error('reported') end)
+      while t:is_alive() do thread.sleep(0.01) end
+    ]]
+    local out, errout = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f), 20)
+    assert.matches("in function <[^\n]*>\n$", out)
+    assert.matches("in function 'host.thread.excepthook'\n", errout)
+    assert.is_nil(errout:find('in ?', 1, true), errout)
+  end)
+
   it('returns nil, "timeout" when the timeout passes, and then joins', function()
     local ev = thread.Event()
     local t = thread.start(function() return ev:wait(T) end)
