@@ -92,7 +92,58 @@ static void break_pool(lua_State *L, int idx, pool_state *p) {
   lua_pop(L, 1);
 }
 
-/* Runs the work item on top (popped) in this thread and completes its future. */
+/* How complete_item completes a future. */
+enum { DONE_OK, DONE_RAISED, DONE_REFUSED };
+
+/*
+** Under lua_pcall (the future, a DONE_ kind, then the results, the error,
+** or the refusal's message as a light userdata): completes the future.
+*/
+static int complete_item(lua_State *L) {
+  int kind = (int)lua_tointeger(L, 2);
+  if (kind == DONE_OK) {
+    host_future_set_result(L, 1, lua_gettop(L) - 2);
+    return 0;
+  }
+  if (kind == DONE_REFUSED) lua_pushstring(L, lua_touserdata(L, 3));
+  host_future_set_error(L, 1);
+  return 0;
+}
+
+/*
+** Completes the future at idx, whose outcome (values, or the error) is
+** above it up to the top (popped), under lua_pcall: memory that runs out
+** as it is stored fails the future as an error lost (which takes none),
+** so that no error ends the worker and no future stays running for good.
+*/
+static void complete(lua_State *L, int idx, int kind, const char *refusal) {
+  int n = lua_gettop(L) - idx;
+  if (!lua_checkstack(L, 3)) {  /* as many results as a stack holds */
+    lua_settop(L, idx);
+    kind = DONE_REFUSED;
+    refusal = "too many results to keep";
+  }
+  lua_pushcfunction(L, complete_item);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, kind);
+  int nargs = n + 2;
+  if (kind == DONE_REFUSED) {  /* nothing above idx then */
+    lua_pushlightuserdata(L, (void *)refusal);
+    nargs = 3;
+  } else {
+    lua_rotate(L, -(n + 3), 3);  /* complete_item, future, kind, the outcome */
+  }
+  if (lua_pcall(L, nargs, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    host_future_fail_lost(L, idx);
+  }
+}
+
+/*
+** Runs the work item on top (popped) in this thread and completes its
+** future. The task runs in the worker's own frame, so that its traceback
+** ends with the task; nothing around it raises (see complete).
+*/
 static void run_item(lua_State *L) {
   int item = lua_gettop(L);
   lua_rawgeti(L, item, 1);
@@ -104,51 +155,16 @@ static void run_item(lua_State *L) {
   lua_rawgeti(L, item, 2);
   int nargs = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  luaL_checkstack(L, nargs + 2, "too many arguments");
+  if (!lua_checkstack(L, nargs + 2)) {
+    complete(L, future, DONE_REFUSED, "too many arguments");
+    lua_settop(L, item - 1);
+    return;
+  }
   for (int i = 3; i <= nargs + 3; i++) lua_rawgeti(L, item, i);  /* fn, args */
   HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", NULL));
   int status = host_pcall(L, nargs, LUA_MULTRET);
   HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", status ? "raised" : "ok"));
-  if (status == LUA_OK)
-    host_future_set_result(L, future, lua_gettop(L) - future);
-  else
-    host_future_set_error(L, future);
-  lua_settop(L, item - 1);
-}
-
-/* run_item under lua_pcall: its argument is the item. */
-static int run_item_call(lua_State *L) {
-  run_item(L);
-  return 0;
-}
-
-/* Under lua_pcall: fails the future at 1 with the error at 2. */
-static int fail_future_call(lua_State *L) {
-  host_future_set_error(L, 1);
-  return 0;
-}
-
-/*
-** Runs the work item on top (popped) so that no error ends the worker: one
-** raised outside the task's own protected call (memory that runs out while
-** its result is stored) fails the item's future instead, with that error,
-** or, when even that cannot be stored, as an error lost (a failure with no
-** payload, which allocates nothing). The worker then goes on. Before, such
-** an error ended the worker and left the future running for good.
-*/
-static void serve_item(lua_State *L) {
-  int item = lua_gettop(L);
-  lua_rawgeti(L, item, 1);  /* the future, kept for a failure */
-  lua_insert(L, item);
-  lua_pushcfunction(L, run_item_call);
-  lua_insert(L, item + 1);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    lua_pushcfunction(L, fail_future_call);
-    lua_pushvalue(L, item);
-    lua_rotate(L, -3, -1);  /* fail_future_call, future, error */
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK)
-      host_future_fail_lost(L, item);
-  }
+  complete(L, future, status == LUA_OK ? DONE_OK : DONE_RAISED, NULL);
   lua_settop(L, item - 1);
 }
 
@@ -160,6 +176,40 @@ static int call_initializer(lua_State *L) {
   int nargs = host_executor_push_initializer(L, 1);
   lua_call(L, nargs, 0);
   return 0;
+}
+
+/*
+** Under lua_pcall (the state, a format with one %s as a light userdata,
+** the error): breaks the pool, saying the format with the error's text.
+*/
+static int break_for(lua_State *L) {
+  lua_pushfstring(L, lua_touserdata(L, 2), host_error_tostring(L));
+  break_pool(L, 1, lua_touserdata(L, 1));
+  return 0;
+}
+
+/*
+** Breaks the pool of the state at idx for the error on top (popped),
+** saying `format` with its text. When memory runs out for that, the pool
+** is marked broken (a submit then says why it may be) and its queued
+** items fail as errors lost, which takes no memory.
+*/
+static void fail_pool(lua_State *L, int idx, pool_state *p, const char *format) {
+  idx = lua_absindex(L, idx);
+  p->broken = true;
+  lua_pushcfunction(L, break_for);
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, (void *)format);
+  lua_rotate(L, -4, -1);  /* break_for, state, format, error */
+  if (lua_pcall(L, 3, 0, 0) == LUA_OK) return;
+  lua_pop(L, 1);
+  while (host_fifo_pop(L, idx, UV_ITEMS, &p->items)) {
+    lua_rawgeti(L, -1, 1);
+    if (host_future_set_running(host_future_of(L, -1))) host_future_fail_lost(L, -1);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  host_waitq_notify(p->q);
 }
 
 /* Runs the initializer; on failure breaks the pool and returns false. */
@@ -174,30 +224,39 @@ static bool run_initializer(lua_State *L, int idx, pool_state *p) {
   lua_pushcfunction(L, call_initializer);
   lua_insert(L, -2);
   if (host_pcall(L, 1, 0) == LUA_OK) return true;
-  lua_pushfstring(L, "a thread initializer failed: %s", host_error_tostring(L));
-  break_pool(L, idx, p);
-  lua_pop(L, 1);
+  fail_pool(L, idx, p, "a thread initializer failed: %s");
   return false;
 }
 
-/*
-** The work of a worker thread, under lua_pcall (argument 1: the pool's
-** state): the initializer, then items until the pool shuts down or breaks.
-*/
-static int worker_serve(lua_State *L) {
-  int idx = 1;
-  pool_state *p = lua_touserdata(L, idx);
-  host_deadline never = host_deadline_in(-1);
-  lua_getiuservalue(L, idx, UV_INFO);  /* info.workers[this thread] = true */
+/* Under lua_pcall (the state): info.workers[this thread] = true. */
+static int enlist_worker(lua_State *L) {
+  lua_getiuservalue(L, 1, UV_INFO);
   lua_getfield(L, -1, "workers");
   host_push_thread_key(L);
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);
-  lua_pop(L, 2);
-  if (run_initializer(L, idx, p)) {
+  return 0;
+}
+
+/*
+** The body of a worker thread; upvalue 1 is the pool's state: the
+** initializer, then items until the pool shuts down or breaks. Every step
+** that may run out of memory outside a task's own call is protected: a
+** worker that cannot go on breaks the pool, so that no queued item waits
+** for good on a worker that is gone.
+*/
+static int worker_main(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  int idx = lua_gettop(L);
+  pool_state *p = luaL_checkudata(L, idx, STATE_TYPE);
+  host_deadline never = host_deadline_in(-1);
+  lua_pushcfunction(L, enlist_worker);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) fail_pool(L, idx, p, "a worker thread failed: %s");
+  else if (run_initializer(L, idx, p)) {
     for (;;) {
       if (host_fifo_pop(L, idx, UV_ITEMS, &p->items)) {
-        serve_item(L);
+        run_item(L);
         continue;
       }
       lua_pop(L, 1);
@@ -206,38 +265,6 @@ static int worker_serve(lua_State *L) {
       p->idle++;
       host_waitq_wait_uninterrupted(L, p->q, &never);
       p->idle--;
-    }
-  }
-  return 0;
-}
-
-/* Under lua_pcall (the state, the error): breaks the pool a worker failed. */
-static int worker_failed(lua_State *L) {
-  pool_state *p = lua_touserdata(L, 1);
-  lua_pushfstring(L, "a worker thread failed: %s", host_error_tostring(L));
-  break_pool(L, 1, p);
-  return 0;
-}
-
-/*
-** The body of a worker thread; upvalue 1 is the pool's state. An error
-** outside the tasks' own calls (memory that runs out) breaks the pool, so
-** that no queued item waits for good on a worker that is gone; when even
-** that fails, the pool is marked broken.
-*/
-static int worker_main(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  int idx = lua_gettop(L);
-  pool_state *p = luaL_checkudata(L, idx, STATE_TYPE);
-  lua_pushcfunction(L, worker_serve);
-  lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-    lua_pushcfunction(L, worker_failed);
-    lua_pushvalue(L, idx);
-    lua_rotate(L, -3, -1);  /* worker_failed, state, error */
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-      lua_pop(L, 1);
-      p->broken = true;
     }
   }
   p->threads--;

@@ -33,6 +33,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -417,7 +418,9 @@ static void thread_body(lua_State *co, void *arg) {
 
 /*
 ** Starts the thread of proxy at `idx` with the function and arguments on
-** top of the stack (nargs of them, the function below). Pops them.
+** top of the stack (nargs of them, the function below). Pops them. The
+** frame of the target's call is made here (ready_to_call): no memory is
+** wanted before the target runs, so a pool's worker that starts runs.
 ** Returns 0, or the errno of a failed thread creation: the proxy is then
 ** left as it was (not started).
 */
@@ -434,6 +437,10 @@ static int start_proxy(lua_State *L, int idx, int nargs) {
     luaL_error(L, "stack overflow (too many arguments)");
   lua_insert(L, -(nargs + 3));
   lua_xmove(L, co, nargs + 2);
+  if (!ready_to_call(co)) {  /* here, where a failure is the caller's to see */
+    lua_pop(L, 1);
+    return ENOMEM;
+  }
   /* co stays anchored in the proxy, and the proxy in the ephemeron */
   lua_setiuservalue(L, idx, UV_CO);
   t->co = co;
