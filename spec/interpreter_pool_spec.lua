@@ -763,16 +763,10 @@ describe('InterpreterPoolExecutor short of memory', function()
     -- out as it encodes a task's result or error, outside the task's own
     -- call. Before: "PANIC: unprotected error in call to Lua API (not
     -- enough memory)", and the process aborted.
-    local probe = sh.run('ulimit -v 400000 && exec ' .. sh.quote(sh.host) .. ' -e "print(1)"', 20)
-    if probe ~= '1\n' then pending('host does not start under ulimit -v (a sanitizer build?)') return end
-    if select(3, sh.run('prlimit --version', 10)) ~= 0 then pending('no prlimit') return end
-    local f = sh.tempfile [[
+    local why = sh.cannot_limit_memory(true)
+    if why then pending(why) return end
+    local f = sh.tempfile(sh.LIMIT_SELF .. [[
       local futures = require 'host.futures'
-      local statm = io.open('/proc/self/statm')
-      local vsz = statm:read('n') * 4096
-      statm:close()
-      local pid = io.open('/proc/self/stat'):read('n')
-      assert(os.execute(('prlimit --pid %d --as=%d'):format(pid, vsz + tonumber(arg[1]) * 1024)))
       local ex = futures.InterpreterPoolExecutor { max_workers = 2 }
       if not ex then print('refused') return end
       local called, t = 0, {}
@@ -790,7 +784,7 @@ describe('InterpreterPoolExecutor short of memory', function()
       local done = 0
       for i = 1, #t do if t[i]:done() then done = done + 1 end end
       print(ok and 'ok' or 'failed', done == #t and 'done' or 'not done')
-    ]]
+    ]])
     for extra_kb = 25000, 31000, 500 do
       local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb, 50)
       assert(not err:find('PANIC') and not err:find('Fatal'), ('%d KiB: %s'):format(extra_kb, err))
