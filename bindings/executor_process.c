@@ -319,6 +319,22 @@ static void inbuf_used(inbuf *b, size_t n) {
 }
 
 /*
+** inbuf_fill for a worker, blocking: it waits in poll, not in recv. A
+** reader asleep in recv on a Unix socket is also woken whenever the peer
+** consumes what the reader sent (its write space grows), so a worker would
+** wake for nothing once per result it sent; poll(POLLIN) wakes only for
+** data or a hang-up.
+*/
+static bool worker_fill(int fd, inbuf *b, size_t need) {
+  while (!inbuf_fill(fd, b, need, MSG_DONTWAIT)) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+    struct pollfd one = {.fd = fd, .events = POLLIN};
+    while (poll(&one, 1, -1) < 0 && errno == EINTR) {}
+  }
+  return true;
+}
+
+/*
 ** get_initializer(info) -> the initializer and its initargs (nothing when
 ** there is none): reading initargs runs their __len, which may raise.
 */
@@ -358,9 +374,9 @@ static int worker_main(lua_State *L) {
   inbuf in = {first, sizeof first, 0, 0, true};
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
-    if (!inbuf_fill(fd, &in, 4, 0)) break;
+    if (!worker_fill(fd, &in, 4)) break;
     memcpy(&len, in.p + in.start, 4);
-    if (!inbuf_fill(fd, &in, 4 + (size_t)len, 0)) break;
+    if (!worker_fill(fd, &in, 4 + (size_t)len)) break;
     int n = 0;
     int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
     inbuf_used(&in, 4 + (size_t)len);

@@ -175,6 +175,21 @@ describe('ProcessPoolExecutor', function()
     assert.is_true(#ex:pids() == 2)
   end)
 
+  it('a worker sleeps once per task: the parent reading its result does not wake it', function()
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local function sleeps()
+      local f = assert(io.open('/proc/self/status'))
+      local n = f:read('a'):match('voluntary_ctxt_switches:%s*(%d+)')
+      f:close()
+      return tonumber(n)
+    end
+    local first = ex:submit(sleeps):result(T)
+    for _ = 1, 199 do ex:submit(sleeps):result(T) end
+    local per_task = (ex:submit(sleeps):result(T) - first) / 200
+    -- before: about 2 (it slept in recv, which its socket's write space woke too)
+    assert.is_true(per_task < 1.5, ('%.2f sleeps per task'):format(per_task))
+  end)
+
   it('lists only live workers in pids(): none after shutdown, never a 0', function()
     local ex = assert(futures.ProcessPoolExecutor { max_workers = 2 })
     assert.are.equal(2, #ex:pids())
