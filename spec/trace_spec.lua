@@ -358,10 +358,14 @@ describe('host --trace', function()
 
   it('is written after Ctrl-C', function()
     local path, ready = tracefile(), tracefile('.ready')
+    -- a wait has ended before `ready` is written: a Ctrl-C that comes
+    -- before the long wait begins still finds one in the trace
     local script = sh.tempfile(([[
-      local f = assert(io.open(%q, 'w')) f:write('1') f:close()
       local thread = require 'host.thread'
-      thread.Event():wait(20)
+      local event = thread.Event()
+      event:wait(0.001)
+      local f = assert(io.open(%q, 'w')) f:write('1') f:close()
+      event:wait(20)
     ]]):format(ready))
     local _, _, code = sh.run(q(sh.host) .. ' --trace=' .. q(path) .. ' ' .. q(script) ..
       ' & pid=$!; while [ ! -s ' .. q(ready) .. ' ]; do sleep 0.02; done; kill -INT $pid; wait $pid', 30)
