@@ -221,10 +221,11 @@ int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len);
 ** (bytecode) or the globals table are refused unless `flags` has
 ** HOST_CODEC_FUNCTIONS: loading bytecode is only safe from a trusted
 ** source. On failure returns the lua_pcall status with the error message
-** pushed, and *n is 0; when L's stack cannot grow for the call, that is
-** LUA_ERRMEM with Lua's "not enough memory" (like any push, it takes the
-** caller's free slot for the message). Never raises; any input is safe
-** without the flag.
+** pushed, and *n is 0: bad input is LUA_ERRRUN ("corrupt serialized data
+** at byte N: ..." and the like), memory that runs out while decoding is
+** LUA_ERRMEM with Lua's "not enough memory", as is a stack of L that
+** cannot grow for the call (like any push, that message takes the
+** caller's free slot). Never raises; any input is safe without the flag.
 */
 int host_codec_decode(lua_State *L, const char *buf, size_t len, unsigned flags,
                       int *n);

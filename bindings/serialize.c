@@ -1141,6 +1141,16 @@ static int corrupt(decoder *D, const char *why) {
                     (LUAI_UACINT)(D->p - D->start), why);
 }
 
+/*
+** Raises Lua's own memory error (LUA_ERRMEM, "not enough memory": lua_error
+** keeps that message one), so that memory that runs out is never reported
+** as bad input. The message is preallocated: pushing it allocates nothing.
+*/
+static int memory_error(lua_State *L) {
+  lua_pushliteral(L, "not enough memory");
+  return lua_error(L);
+}
+
 /* Fails unless `n` more bytes are there. */
 static inline void need(decoder *D, size_t n) {
   if ((size_t)(D->end - D->p) < n) corrupt(D, "truncated");
@@ -1450,7 +1460,9 @@ static bool get_lfunction(decoder *D) {
   need(D, (size_t)n);
   if (!load_cached(L, (const char *)D->p, (size_t)n)) {
     const char *chunk[2] = {(const char *)D->p, (const char *)D->p + n};
-    if (lua_load(L, chunk_reader, chunk, "=(serialized function)", "b") != LUA_OK)
+    int status = lua_load(L, chunk_reader, chunk, "=(serialized function)", "b");
+    if (status == LUA_ERRMEM) memory_error(L);
+    if (status != LUA_OK)
       corrupt(D, lua_pushfstring(L, "bad function: %s", lua_tostring(L, -1)));
     keep_proto(L, (const char *)D->p, (size_t)n);
   }
@@ -1495,7 +1507,9 @@ static void get_userdata(decoder *D) {
   size_t n;
   const char *s = get_lstring(D, &n);
   lua_pushlstring(L, s, n);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+  int status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_ERRMEM) memory_error(L);
+  if (status != LUA_OK) {
     const char *why = host_error_tostring(L);  /* any value: run protected */
     lua_rawgeti(L, -2, TYPE_NAME);
     luaL_error(L, "cannot load %s: %s", lua_tostring(L, -1), why);
@@ -1713,7 +1727,13 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
   uint64_t n = get_varint(&D);
   promise(&D, n);
   if (n > INT_MAX / 2) luaL_error(L, "too many values to decode");
-  luaL_checkstack(L, (int)n + 24, "too many values to decode");
+  /* lua_checkstack does not say why it fails: room for up to half a
+     stack's limit is memory that ran out (only a caller whose own frames
+     nearly fill the stack could make it the limit) */
+  if (!lua_checkstack(L, (int)n + 24)) {
+    if (n + 24 <= LUAI_MAXSTACK / 2) memory_error(L);
+    luaL_error(L, "stack overflow (too many values to decode)");
+  }
   int base = lua_gettop(L);
   lua_settop(L, base + (int)n);
   scratch *w = scratch_take(L);

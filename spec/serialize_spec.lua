@@ -458,6 +458,38 @@ describe('host.serialize', function()
       assert.are.equal('userdata', type(serialize.loads(serialize.dumps(universe.bad('ok')))))
     end)
 
+    it('reports memory that runs out while decoding as LUA_ERRMEM, never as bad data', function()
+      -- decode_failing refuses the n-th allocation of one decoding, in a
+      -- state of its own (with an empty prototype cache): every n a
+      -- decoding of each payload makes is tried. Before: bytecode that
+      -- could not load for want of memory read "corrupt serialized data at
+      -- byte N: bad function: not enough memory", a registered type's load
+      -- "cannot load spec.Point: not enough memory", a stack that could not
+      -- grow for 300 values "stack overflow (too many values to decode)",
+      -- all LUA_ERRRUN.
+      local items, many = {}, {}
+      for i = 1, valgrind and 6 or 60 do
+        local k = i
+        items[i] = { ('s'):rep(i), i + 0.5, { x = i, [{}] = true }, function() return k end,
+                     universe.point(i, -i) }
+      end
+      for i = 1, 300 do many[i] = i end
+      for _, case in ipairs { { serialize.dumps(items, function(a) return items, a end), 2 },
+                              { serialize.dumps(table.unpack(many)), #many } } do
+        local p = case[1]
+        local status, count, requests = universe.decode_failing(p, 0)
+        assert.are.same({ 0, case[2] }, { status, count })
+        local refused = 0
+        for n = 1, requests do
+          local status, msg = universe.decode_failing(p, n)
+          assert(status == 0 or (status == 4 and msg == 'not enough memory'),
+            ('allocation %d of %d refused: status %d, %s'):format(n, requests, status, msg))
+          if status == 4 then refused = refused + 1 end
+        end
+        assert.is_true(refused > requests / 2)  -- most refusals fail the decoding
+      end
+    end)
+
     it('returns errors as messages, without raising through the caller', function()
       assert.are.equal('cannot serialize thread at [2] (coroutine)',
         error_of(universe.encode, 1, coroutine.create(print)))

@@ -21,6 +21,12 @@
 **                             cannot grow: its status and what it pushed
 **   universe.encode_count(n, ...)  host_codec_encode of n values from
 **                             argument 2: its status and message
+**   universe.decode_failing(s, n)  host_codec_decode of s (functions
+**                             allowed) in a new plain state (points
+**                             registered) whose allocator refuses the n-th
+**                             growing request of the decoding (none when n
+**                             is 0): its status, its message or count of
+**                             values, and how many requests it made
 **   universe.bad(how)         a "spec.Bad" userdata (registered like
 **                             points): how == "dump" makes its dump raise
 **                             a table whose __tostring gives "bad dump";
@@ -34,6 +40,7 @@
 */
 #include <errno.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -312,6 +319,73 @@ static int universe_encode_count(lua_State *L) {
   return 2;
 }
 
+/*
+** What decode_failing's allocator refuses: once armed, it counts
+** the requests that grow a block and refuses the fail_at-th, and Lua's
+** retry of that same request after its emergency collection; it grants
+** every other, as when one large allocation does not fit.
+*/
+typedef struct failing {
+  bool armed, retry_next;
+  lua_Integer requests, fail_at;
+  void *failed_ptr;
+  size_t failed_size;
+} failing;
+
+/* decode_failing's allocator: realloc/free, refusing as `ud` says. */
+static void *failing_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  failing *f = ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if (ptr == NULL) osize = 0;  /* then it holds the object's type */
+  if (f->armed && nsize > osize) {
+    bool retry = f->retry_next && ptr == f->failed_ptr && nsize == f->failed_size;
+    f->retry_next = false;
+    if (retry) return NULL;
+    if (++f->requests == f->fail_at) {
+      f->retry_next = true;
+      f->failed_ptr = ptr;
+      f->failed_size = nsize;
+      return NULL;
+    }
+  }
+  return realloc(ptr, nsize);
+}
+
+/* Opens the standard libraries and the point types (run protected). */
+static int open_failing(lua_State *F) {
+  luaL_openlibs(F);
+  open_point(F);
+  return 0;
+}
+
+/* universe.decode_failing(s, n) -> status, message or count, requests */
+static int universe_decode_failing(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  failing f = {.fail_at = luaL_checkinteger(L, 2)};
+  lua_State *F = lua_newstate(failing_alloc, &f);
+  if (F == NULL) return luaL_error(L, "lua_newstate: not enough memory");
+  lua_pushcfunction(F, open_failing);
+  if (lua_pcall(F, 0, 0, 0) != LUA_OK) {
+    lua_pushstring(L, lua_tostring(F, -1));
+    lua_close(F);
+    return lua_error(L);
+  }
+  f.armed = true;
+  int n;
+  int status = host_codec_decode(F, s, len, HOST_CODEC_FUNCTIONS, &n);
+  f.armed = false;
+  lua_pushinteger(L, status);
+  if (status == LUA_OK) lua_pushinteger(L, n);
+  else lua_pushstring(L, lua_tostring(F, -1));
+  lua_pushinteger(L, f.requests);
+  lua_close(F);
+  return 3;
+}
+
 /* universe.nap(ms) -> "ok" | strerror: one poll, not retried on EINTR. */
 static int universe_nap(lua_State *L) {
   int ms = (int)luaL_checkinteger(L, 1);
@@ -326,6 +400,7 @@ static int universe_nap(lua_State *L) {
 static const luaL_Reg universe_funcs[] = {
   {"nap", universe_nap},
   {"encode_count", universe_encode_count},
+  {"decode_failing", universe_decode_failing},
   {"bad", universe_bad},
   {"plain_openlibs", universe_plain_openlibs},
   {"decode_full", universe_decode_full},
