@@ -4,15 +4,19 @@
 ** `submit`. With chunksize > 1 the items travel in chunks: one submit runs
 ** a whole chunk through `_run_chunk` (a C function of host.futures, so the
 ** process pool can send it by name) and the iterator unpacks the chunk's
-** results.
+** results. The pools whose workers run elsewhere encode their tasks and
+** results here (host_executor_encode_call, _results), so that a value
+** that cannot cross is named as the user wrote it, in a chunk too.
 */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
+#include "serialize.h"
 
 #define MAP_STATE "host.MapState"
 
@@ -20,11 +24,12 @@
 ** The state of one map, behind its iterator (upvalue 1) and its closing
 ** value. Uservalues: the futures (1..count; each is dropped once consumed,
 ** so its results live only as long as the loop keeps them: CPython's
-** bpo-14406), and with chunks the counts of the current chunk's items
-** when they differ. The chunk's results, flat (each dropped once given),
-** are the iterator's upvalue 2, read without a uservalue look-up per item.
-** It holds no C resource, so it needs no __gc: a resurrected one still
-** works.
+** bpo-14406), with chunks the counts of the current chunk's items when
+** they differ, and the error of the item after the current chunk's last
+** when the chunk came back cut there (see host_executor_encode_results).
+** The chunk's results, flat (each dropped once given), are the iterator's
+** upvalue 2, read without a uservalue look-up per item. It holds no C
+** resource, so it needs no __gc: a resurrected one still works.
 */
 typedef struct map_state {
   host_object obj;
@@ -38,9 +43,10 @@ typedef struct map_state {
   lua_Integer cpos;     /* of them given */
   lua_Integer fpos;     /* values of the chunk given */
   lua_Integer uniform;  /* values per item of the chunk, or -1: see UV_COUNTS */
+  bool cut;             /* the chunk ends with an item's error: see UV_CUT */
 } map_state;
 
-enum { UV_FUTURES = 1, UV_COUNTS = 2 };
+enum { UV_FUTURES = 1, UV_COUNTS = 2, UV_CUT = 3 };
 #define CHUNK lua_upvalueindex(2)  /* of map_next: the current chunk, or nil */
 
 /* A table size hint for n slots (0 when n does not fit one). */
@@ -125,6 +131,156 @@ static int run_chunk(lua_State *L) {
   return 3;
 }
 
+bool host_executor_is_chunk(lua_State *L, int idx) {
+  return lua_tocfunction(L, idx) == run_chunk;
+}
+
+/*
+** Replaces the codec's complaint on top about value `where` (0: none in
+** particular) of a call with what submit, or with `init` a pool's
+** constructor, says: the value as the caller wrote it, 1 being the
+** function.
+*/
+static void name_call_value(lua_State *L, int where, bool init) {
+  const char *why = lua_tostring(L, -1);
+  if (init && where > 1) lua_pushfstring(L, "cannot send initargs[%d]: %s", where - 1, why);
+  else if (init) lua_pushfstring(L, "cannot send the initializer: %s", why);
+  else if (where == 1) lua_pushfstring(L, "cannot submit the function: %s", why);
+  else if (where > 1) lua_pushfstring(L, "cannot submit argument #%d: %s", where - 1, why);
+  else lua_pushfstring(L, "cannot submit: %s", why);
+  lua_replace(L, -2);
+}
+
+/*
+** For a chunk's call (_run_chunk, fn, m, k, args at `first`) whose
+** arguments do not encode: pushes the codec's complaint about the first
+** argument that does not encode alone and returns its position in its
+** item's own call (2 for the item's first argument); 0 when each encodes
+** alone (the failure was no one value's), with nothing pushed.
+*/
+static int chunk_argument(lua_State *L, int first) {
+  lua_Integer k = lua_tointeger(L, first + 3);
+  lua_Integer count = lua_tointeger(L, first + 2) * k;
+  for (lua_Integer i = 1; i <= count; i++) {
+    lua_rawgeti(L, first + 4, i);
+    char *buf;
+    size_t len;
+    int where;
+    int status = host_codec_encode_at(L, -1, 1, &buf, &len, &where);
+    free(buf);
+    lua_remove(L, status == LUA_OK ? -1 : -2);
+    if (status == LUA_OK) continue;
+    if (where == 0) lua_pop(L, 1);
+    return where == 0 ? 0 : (int)((i - 1) % k) + 2;
+  }
+  return 0;
+}
+
+int host_executor_encode_call(lua_State *L, int first, int n, char **buf, size_t *len) {
+  first = lua_absindex(L, first);
+  int where;
+  int status = host_codec_encode_at(L, first, n, buf, len, &where);
+  if (status == LUA_OK) return LUA_OK;
+  if (where > 0 && n == 5 && host_executor_is_chunk(L, first) && lua_istable(L, first + 4) &&
+      lua_isinteger(L, first + 2) && lua_isinteger(L, first + 3)) {
+    int arg = where == 5 ? chunk_argument(L, first) : 0;  /* the items' arguments */
+    if (arg > 0) lua_remove(L, -2);  /* the complaint about them all */
+    where = where == 2 ? 1 : arg;    /* 2: the items' function */
+  }
+  name_call_value(L, where, false);
+  return status;
+}
+
+int host_executor_encode_initializer(lua_State *L, int first, int n, char **buf, size_t *len) {
+  int where;
+  int status = host_codec_encode_at(L, first, n, buf, len, &where);
+  if (status != LUA_OK) name_call_value(L, where, true);
+  return status;
+}
+
+/*
+** Replaces the codec's complaint on top about value `where` (0: none in
+** particular) of a task's n results with what the worker says: the value
+** as the task returned it.
+*/
+static void name_result(lua_State *L, int where, int n) {
+  const char *why = lua_tostring(L, -1);
+  if (where > 0 && n > 1) lua_pushfstring(L, "cannot send result #%d back: %s", where, why);
+  else lua_pushfstring(L, "cannot send the result back: %s", why);
+  lua_replace(L, -2);
+}
+
+/* The count of item j's results in a chunk whose counts are at idx. */
+static lua_Integer item_count(lua_State *L, int idx, lua_Integer j) {
+  if (lua_isinteger(L, idx)) return lua_tointeger(L, idx);
+  lua_rawgeti(L, idx, j);
+  lua_Integer count = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return count;
+}
+
+/*
+** For a chunk's results (flat, counts, m at `first`, the codec's complaint
+** above them) that do not encode as a whole: finds the first item whose
+** own results do not, cuts the chunk before it (its results and the later
+** items' leave `flat`; m becomes the count of the items before it) and
+** pushes that item's error, named as a task of its own would name it.
+** False, with nothing changed, when each item encodes alone (the failure
+** was no one value's: memory).
+*/
+static bool cut_chunk(lua_State *L, int first) {
+  lua_Integer m = lua_tointeger(L, first + 2);
+  lua_Integer off = 0, j = 1;
+  for (; j <= m; j++) {
+    lua_Integer count = item_count(L, first + 1, j);
+    if (count < 0 || count > INT_MAX - 2) return false;
+    luaL_checkstack(L, (int)count + 2, "too many results");
+    int top = lua_gettop(L);
+    for (lua_Integer r = 1; r <= count; r++) lua_rawgeti(L, first, off + r);
+    char *buf;
+    size_t len;
+    int where;
+    int status = host_codec_encode_at(L, top + 1, (int)count, &buf, &len, &where);
+    free(buf);
+    if (status != LUA_OK && where > 0) {
+      name_result(L, where, (int)count);
+      lua_replace(L, top + 1);
+      lua_settop(L, top + 1);
+      break;
+    }
+    lua_settop(L, top);
+    if (status != LUA_OK) return false;
+    off += count;
+  }
+  if (j > m) return false;
+  lua_pushinteger(L, j - 1);
+  lua_replace(L, first + 2);
+  for (lua_Integer r = off; j <= m; j++) {  /* the cut item's results and the rest */
+    for (lua_Integer end = r + item_count(L, first + 1, j); r < end; r++) {
+      lua_pushnil(L);
+      lua_rawseti(L, first, r + 1);
+    }
+  }
+  return true;
+}
+
+int host_executor_encode_results(lua_State *L, int first, bool chunk, char **buf, size_t *len) {
+  first = lua_absindex(L, first);
+  int n = lua_gettop(L) - first + 1;
+  int where;
+  int status = host_codec_encode_at(L, first, n, buf, len, &where);
+  if (status == LUA_OK) return LUA_OK;
+  if (chunk && where == 1 && n == 3 && lua_istable(L, first) && lua_isinteger(L, first + 2) &&
+      (lua_isinteger(L, first + 1) || lua_istable(L, first + 1)) && cut_chunk(L, first)) {
+    lua_replace(L, first + 3);  /* the item's error instead of the complaint, after the chunk */
+    status = host_codec_encode_at(L, first, 4, buf, len, &where);
+    if (status == LUA_OK) return LUA_OK;
+    where = 0;
+  }
+  name_result(L, where, n);
+  return status;
+}
+
 /*
 ** Cancels the futures of the map state at st from position `first` on
 ** (those still pending), and marks every future consumed.
@@ -181,9 +337,15 @@ static int next_outcome(lua_State *L, int st, map_state *s) {
 
 /*
 ** Takes the chunk `_run_chunk` returned (its n results on top, popped)
-** as the state's current chunk (called by map_next only: see CHUNK).
+** as the state's current chunk (called by map_next only: see CHUNK). A
+** fourth value is the error of the item after its last (see UV_CUT).
 */
 static void take_chunk(lua_State *L, int st, map_state *s, int n) {
+  if (n == 4) {
+    s->cut = true;
+    lua_setiuservalue(L, st, UV_CUT);
+    n = 3;
+  }
   if (n != 3 || !lua_istable(L, -3) || !lua_isinteger(L, -1) ||
       !(lua_isinteger(L, -2) || lua_istable(L, -2)))
     luaL_error(L, "map: a chunk came back malformed");
@@ -233,6 +395,24 @@ static int give_from_chunk(lua_State *L, int st, map_state *s) {
 }
 
 /*
+** Raises the error of the item after the current chunk's last, which the
+** chunk came back cut before (see UV_CUT), once the chunk's items are
+** given: as a failed future does, it cancels the futures after it.
+*/
+static int raise_cut(lua_State *L, int st, map_state *s) {
+  s->cut = false;
+  cancel_from(L, st, s, s->pos + 1);
+  lua_pushnil(L);
+  lua_replace(L, CHUNK);
+  lua_pushnil(L);
+  lua_setiuservalue(L, st, UV_COUNTS);
+  lua_getiuservalue(L, st, UV_CUT);
+  lua_pushnil(L);
+  lua_setiuservalue(L, st, UV_CUT);
+  return lua_error(L);
+}
+
+/*
 ** The iterator; upvalue 1 is the state (always one: executor_map made the
 ** closure, and a state is never finalized), upvalue 2 its current chunk.
 ** Gives `index, results...`.
@@ -248,6 +428,7 @@ static int map_next(lua_State *L) {
       s->index++;
       return n + 1;
     }
+    if (s->cut) return raise_cut(L, st, s);
     int n = next_outcome(L, st, s);
     if (n < 0) return 0;
     if (!s->chunked) {
@@ -379,7 +560,7 @@ static int executor_map(lua_State *L) {
     if (len < n) n = len;
   }
   luaL_checkstack(L, k + 12, "too many tables");
-  map_state *s = host_object_new(L, sizeof *s, MAP_STATE, 2);
+  map_state *s = host_object_new(L, sizeof *s, MAP_STATE, 3);
   int st = lua_gettop(L);
   lua_createtable(L, size_hint(n / chunksize + 1), 0);
   lua_setiuservalue(L, st, UV_FUTURES);

@@ -32,6 +32,42 @@ int host_executor_decoder(lua_State *L);
 */
 void host_executor_remote_traceback(lua_State *L, const char *who);
 
+/* True when the value at idx is map's chunk runner (`_run_chunk`). */
+bool host_executor_is_chunk(lua_State *L, int idx);
+
+/*
+** Encodes a task for a worker in another universe or process: the n
+** values from `first`, a function and its arguments. On failure returns
+** the codec's status and pushes what submit raises, naming the value as
+** the caller wrote it, with the path inside it: "cannot submit argument
+** #1: cannot serialize userdata at .out (FILE*)", "cannot submit the
+** function: ...". A map chunk's call names its items' function and an
+** item's argument the same way (as a map without chunks does).
+*/
+int host_executor_encode_call(lua_State *L, int first, int n, char **buf, size_t *len);
+
+/*
+** Encodes a pool's initializer and its initargs, the n values from
+** `first`, for its workers. On failure returns the codec's status and
+** pushes what the constructor raises: "cannot send initargs[2]: cannot
+** serialize thread (coroutine)", "cannot send the initializer: ...".
+*/
+int host_executor_encode_initializer(lua_State *L, int first, int n, char **buf, size_t *len);
+
+/*
+** Encodes the results of a task, the values from `first` to the top, for
+** the trip back from a worker. On failure returns the codec's status and
+** pushes the task's error, naming the value as the task returned it, with
+** the path inside it: "cannot send the result back: cannot serialize
+** thread (coroutine)" for one result, "cannot send result #2 back: ..."
+** for one of several. A map chunk's results (`chunk`: the task was
+** _run_chunk) that do not encode are cut before the first item whose own
+** results do not, and carry that item's error after them (see map's
+** take_chunk): the loop gets the items before it, then that error, at
+** that item's turn.
+*/
+int host_executor_encode_results(lua_State *L, int first, bool chunk, char **buf, size_t *len);
+
 /* Reads shutdown's options {wait = true, cancel_futures, interrupt} at idx. */
 void host_executor_shutdown_options(lua_State *L, int idx, bool *wait, bool *cancel,
                                     bool *interrupt);

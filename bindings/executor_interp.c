@@ -416,6 +416,7 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   int base = lua_gettop(L);
   int n = 0;
   int status = host_codec_decode(L, it->payload, it->len, HOST_CODEC_FUNCTIONS, &n);
+  bool chunk = status == LUA_OK && host_executor_is_chunk(L, base + 1);
   HOST_TRACE_L(L, host_trace_task(L, it->f, "InterpreterPool", NULL));
   if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
   else lua_pushnil(L);  /* a payload that does not decode has no traceback */
@@ -430,9 +431,8 @@ static void run_task(lua_State *L, ipool *p, wslot *ws, item *it) {
   char *buf = NULL;
   size_t len = 0;
   bool ok = status == LUA_OK;
-  if (ok && host_codec_encode(L, base + 1, lua_gettop(L) - base, &buf, &len) != LUA_OK) {
+  if (ok && host_executor_encode_results(L, base + 1, chunk, &buf, &len) != LUA_OK) {
     ok = false;  /* an unserializable result fails that future alone */
-    lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
     lua_pushnil(L);
   }
   if (!ok) encode_error(L, (int)(ws - p->w), &buf, &len);
@@ -730,7 +730,8 @@ static int ipool_submit(lua_State *L) {
   lua_pushvalue(L, fut);
   lua_rawset(L, inflight);
   item *it = calloc(1, sizeof *it);
-  int status = it == NULL ? LUA_ERRMEM : host_codec_encode(L, 2, nvalues, &it->payload, &it->len);
+  int status = it == NULL ? LUA_ERRMEM
+                          : host_executor_encode_call(L, 2, nvalues, &it->payload, &it->len);
   pthread_mutex_lock(&p->mu);
   bool queued = status == LUA_OK && !p->broken && !p->shutdown;
   if (queued) {
@@ -753,7 +754,7 @@ static int ipool_submit(lua_State *L) {
   lua_pushnil(L);
   lua_rawset(L, inflight);
   if (status == LUA_ERRMEM) return luaL_error(L, "not enough memory");
-  if (status != LUA_OK) return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+  if (status != LUA_OK) return lua_error(L);  /* what host_executor_encode_call says */
   refused(L, p);  /* the pool broke or shut down since the check above */
   return lua_error(L);
 }
@@ -889,8 +890,8 @@ static void encode_initializer(lua_State *L, ipool *p) {
   int first = lua_gettop(L) + 1;
   int nargs = host_executor_push_initializer(L, 1);
   if (nargs < 0) return;
-  if (host_codec_encode(L, first, nargs + 1, &p->init, &p->init_len) != LUA_OK)
-    luaL_error(L, "cannot send the initializer: %s", lua_tostring(L, -1));
+  if (host_executor_encode_initializer(L, first, nargs + 1, &p->init, &p->init_len) != LUA_OK)
+    lua_error(L);
   lua_settop(L, first - 1);
 }
 

@@ -380,6 +380,7 @@ static int worker_main(lua_State *L) {
     int n = 0;
     int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
     inbuf_used(&in, 4 + (size_t)len);
+    bool chunk = status == LUA_OK && host_executor_is_chunk(L, base + 1);
     HOST_TRACE_L(L, host_trace_task(L, NULL, "ProcessPool", NULL));
     if (status == LUA_OK) status = host_pcall_task(L, n - 1, LUA_MULTRET);
     else lua_pushnil(L);  /* a payload that does not decode has no traceback */
@@ -390,9 +391,8 @@ static int worker_main(lua_State *L) {
     if (status != LUA_OK) {
       kind = FRAME_ERROR;
       out = encode_error(L, &outlen);
-    } else if (host_codec_encode(L, base + 1, lua_gettop(L) - base, &out, &outlen) != LUA_OK) {
+    } else if (host_executor_encode_results(L, base + 1, chunk, &out, &outlen) != LUA_OK) {
       kind = FRAME_ERROR;  /* an unserializable result fails that future alone */
-      lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
       lua_pushnil(L);
       out = encode_error(L, &outlen);
     } else if (outlen > FRAME_MAX) {
@@ -1139,8 +1139,8 @@ static int submit_item(lua_State *L, bool ahead) {
   if (s->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
   char *buf;
   size_t len;
-  if (host_codec_encode(L, 2, lua_gettop(L) - 1, &buf, &len) != LUA_OK)
-    return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+  if (host_executor_encode_call(L, 2, lua_gettop(L) - 1, &buf, &len) != LUA_OK)
+    return lua_error(L);
   if (len > FRAME_MAX) {
     free(buf);
     return luaL_error(L, "cannot submit: the function and its arguments take %I bytes, "

@@ -357,6 +357,8 @@ typedef struct encoder {
   box *upvals;         /* pointer map: upvalue id -> index * 256 + n */
   size_t depth;
   int arg;             /* which top-level value is being encoded */
+  int *where;          /* NULL, or where an unserializable value's position goes:
+                          its path then starts inside that value */
   lua_Integer nobjs;
   int objs, keys, cfuncs, types, globals, t;
   bool cfuncs_built;   /* cfuncs was built by this encoding */
@@ -478,14 +480,19 @@ static void push_frame_segment(encoder *E, size_t d, bool top, bool is_key) {
 }
 
 /*
-** Pushes the path of the value being encoded, e.g. `[2].out<upvalue t>[3]`;
-** a long path keeps its first and last segments around a "...".
+** Pushes the path of the value being encoded, e.g. `[2].out<upvalue t>[3]`,
+** or with E->where the path inside its top-level value, `.out<upvalue
+** t>[3]` (empty for that value itself); a long path keeps its first and
+** last segments around a "...".
 */
 static void push_path(encoder *E, bool is_key) {
   lua_State *L = E->L;
   luaL_checkstack(L, 16, "serialize");
-  int n = 1;
-  lua_pushfstring(L, "[%d]", E->arg);
+  int n = 0;
+  if (E->where == NULL) {
+    lua_pushfstring(L, "[%d]", E->arg);
+    n++;
+  }
   for (size_t d = 0; d < E->depth; d++) {
     if (d == PATH_HEAD && E->depth > PATH_HEAD + PATH_TAIL) {
       lua_pushfstring(L, "...(%I more)...",
@@ -502,11 +509,16 @@ static void push_path(encoder *E, bool is_key) {
   lua_concat(L, n);
 }
 
-/* Raises "cannot serialize <type> at <path> (<detail>)". */
+/*
+** Raises "cannot serialize <type> at <path> (<detail>)", without "at
+** <path>" for a top-level value named by the caller (see E->where).
+*/
 static int fail(encoder *E, bool is_key, const char *type, const char *detail) {
   push_path(E, is_key);
-  return luaL_error(E->L, "cannot serialize %s at %s (%s)", type,
-                    lua_tostring(E->L, -1), detail);
+  const char *path = lua_tostring(E->L, -1);
+  if (E->where != NULL) *E->where = E->arg;
+  if (*path == '\0') return luaL_error(E->L, "cannot serialize %s (%s)", type, detail);
+  return luaL_error(E->L, "cannot serialize %s at %s (%s)", type, path, detail);
 }
 
 /* The memo key of the value on top: `ptr`, or its address. */
@@ -1070,10 +1082,10 @@ static void encode_graph(encoder *E) {
 /*
 ** Encodes the `n` values from stack index `first` and pushes the scratch
 ** whose `out` box holds the payload (see scratch_give). Everything else it
-** pushed is gone again.
+** pushed is gone again. `where`: see encoder.
 */
-static scratch *encode_values(lua_State *L, int first, int n) {
-  encoder E = {.L = L};
+static scratch *encode_values(lua_State *L, int first, int n, int *where) {
+  encoder E = {.L = L, .where = where};
   luaL_checkstack(L, 48, "serialize");  /* 9 slots, the walk, cfuncs' build */
   int base = lua_gettop(L);
   scratch *w = scratch_take(L);
@@ -1761,7 +1773,7 @@ static int decode_values(lua_State *L, const char *s, size_t len, bool functions
 /* serialize.dumps(...): one string holding every argument, nils included. */
 static int serialize_dumps(lua_State *L) {
   int n = lua_gettop(L);
-  scratch *w = encode_values(L, 1, n);
+  scratch *w = encode_values(L, 1, n, NULL);
   lua_pushlstring(L, w->out.p, w->out.len);
   scratch_give(L, n + 1, w);
   return 1;
@@ -1820,20 +1832,23 @@ typedef struct encode_call {
   int n;
   char *buf;
   size_t len;
+  int *where;
 } encode_call;
 
 /* Protected body of host_codec_encode: hands the payload's memory over. */
 static int encode_call_body(lua_State *L) {
   encode_call *c = lua_touserdata(L, 1);
-  scratch *w = encode_values(L, 2, c->n);
+  scratch *w = encode_values(L, 2, c->n, c->where);
   c->len = w->out.len;
   box_release(&w->out, &c->buf);
   scratch_give(L, lua_gettop(L), w);
   return 0;
 }
 
-int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len) {
-  encode_call c = {.n = n};
+int host_codec_encode_at(lua_State *L, int first, int n, char **buf, size_t *len,
+                         int *where) {
+  encode_call c = {.n = n, .where = where};
+  if (where != NULL) *where = 0;
   *buf = NULL;
   *len = 0;
   if (n < 0) {
@@ -1856,6 +1871,10 @@ int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len) {
     *len = c.len;
   }
   return status;
+}
+
+int host_codec_encode(lua_State *L, int first, int n, char **buf, size_t *len) {
+  return host_codec_encode_at(L, first, n, buf, len, NULL);
 }
 
 typedef struct decode_call {

@@ -118,11 +118,11 @@ describe('InterpreterPoolExecutor', function()
   it('gives the clear errors for values that cannot cross', function()
     local ex <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
     assert.has_error(function() ex:submit(print, { io.stdout }) end,
-      'cannot submit: cannot serialize userdata at [2][1] (FILE*)')
+      'cannot submit argument #1: cannot serialize userdata at [1] (FILE*)')
     local f = ex:submit(function() return io.stdout end)
     local ok, err = pcall(f.result, f, T)
     assert.is_false(ok)
-    assert.matches('cannot send the result back: cannot serialize userdata at [1] (FILE*)', err, 1, true)
+    assert.matches('cannot send the result back: cannot serialize userdata (FILE*)', err, 1, true)
     assert.are.equal(1, ex:submit(function() return 1 end):result(T))
   end)
 

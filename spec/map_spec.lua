@@ -214,6 +214,87 @@ describe('Executor.map', function()
     end
   end)
 
+  -- Runs ex:map(fn, items, options) and returns what the loop was given
+  -- (`i:values`, in order) and the error it ended with (nil for none).
+  local function given_and_error(ex, fn, items, options)
+    local given = {}
+    local ok, err = pcall(function()
+      for i, a, b in ex:map(fn, items, options) do
+        given[#given + 1] = i .. ':' .. tostring(a) .. (b ~= nil and ',' .. tostring(b) or '')
+      end
+    end)
+    return given, not ok and err or nil
+  end
+
+  it('raises a result that cannot come back at its own item, after the items before it, '
+     .. 'and names it as without chunks, on the pools that encode', function()
+    -- the worker makes the coroutine: item 3 returns it (or holds it), 5 is
+    -- the first item of a later chunk when chunksize is 4
+    local function fn(x)
+      if x == 3 then return coroutine.create(print) end
+      if x == 13 then return { 1, coroutine.create(print) } end
+      if x == 23 then return x, coroutine.create(print) end
+      if x == 5 then return { a = { coroutine.create(print) } } end
+      return x * 10
+    end
+    local cases = {  -- items, the results given first, the error
+      { { 1, 2, 3, 4 }, { '1:10', '2:20' }, 'cannot send the result back: cannot serialize thread (coroutine)' },
+      { { 1, 2, 13, 4 }, { '1:10', '2:20' },
+        'cannot send the result back: cannot serialize thread at [2] (coroutine)' },
+      { { 1, 2, 23, 4 }, { '1:10', '2:20' }, 'cannot send result #2 back: cannot serialize thread (coroutine)' },
+      { { 1, 2, 4, 6, 5, 3 }, { '1:10', '2:20', '3:40', '4:60' },
+        'cannot send the result back: cannot serialize thread at .a[1] (coroutine)' },
+    }
+    for _, name in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local ex <close> = assert(futures[name] { max_workers = 1 })
+      for _, case in ipairs(cases) do
+        for _, chunksize in ipairs { 1, 2, 4, 100 } do
+          local given, err = given_and_error(ex, fn, case[1], { chunksize = chunksize, timeout = T })
+          local where = name .. ' ' .. table.concat(case[1], ',') .. ' chunksize ' .. chunksize
+          assert.are.same(case[2], given, where)
+          assert.are.equal(case[3], err, where)
+        end
+      end
+      assert.are.same({ '1:10', '2:20' }, (given_and_error(ex, fn, { 1, 2 }, { chunksize = 2, timeout = T })))
+    end
+  end)
+
+  it('names an argument that cannot be sent as submit does, with and without chunks', function()
+    local co = coroutine.create(print)
+    local function fn(x) return x end
+    local cases = {  -- the map's tables, submit's arguments for the same call, the error
+      { { { 1, 2, co, 4 } }, { co }, 'cannot submit argument #1: cannot serialize thread (coroutine)' },
+      { { { 1, 2, 3, { 1, co } } }, { { 1, co } },
+        'cannot submit argument #1: cannot serialize thread at [2] (coroutine)' },
+      { { { 1, 2, 3 }, { 'a', 'b', { out = io.stdout } } }, { 3, { out = io.stdout } },
+        'cannot submit argument #2: cannot serialize userdata at .out (FILE*)' },
+    }
+    for _, name in ipairs { 'InterpreterPoolExecutor', 'ProcessPoolExecutor' } do
+      local ex <close> = assert(futures[name] { max_workers = 1 })
+      for _, case in ipairs(cases) do
+        assert.has_error(function() ex:submit(fn, table.unpack(case[2])) end, case[3])
+        for _, chunksize in ipairs { 1, 2, 4 } do
+          local args = { table.unpack(case[1]) }
+          args[#args + 1] = { chunksize = chunksize, timeout = T }
+          assert.has_error(function() ex:map(fn, table.unpack(args)) end, case[3],
+            name .. ' chunksize ' .. chunksize)
+        end
+      end
+      local message = 'cannot submit the function: cannot serialize thread at <upvalue co> (coroutine)'
+      local function holds_co() return co end
+      assert.has_error(function() ex:submit(holds_co) end, message)
+      for _, chunksize in ipairs { 1, 3 } do
+        assert.has_error(function() ex:map(holds_co, { 1, 2 }, { chunksize = chunksize, timeout = T }) end,
+          message)
+      end
+      if name == 'InterpreterPoolExecutor' then  -- (a forked worker inherits them)
+        assert.has_error(function() futures[name] { initializer = print, initargs = { 1, co } } end,
+          'cannot send initargs[2]: cannot serialize thread (coroutine)')
+      end
+      assert.are.same({ '1:1', '2:2' }, (given_and_error(ex, fn, { 1, 2 }, { chunksize = 2, timeout = T })))
+    end
+  end)
+
   it('cancels the chunks not started when a chunked loop is left early, on every pool', function()
     local items = {}
     for i = 1, 200 do items[i] = i end

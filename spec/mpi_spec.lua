@@ -189,7 +189,7 @@ print('T[' .. tostring(e3.remote_traceback) .. ']')
     assert.matches('T%[remote traceback %(MPI worker rank [12]%)', out)
   end)
 
-  it('refuses an argument that cannot cross at submit, naming its path', function()
+  it('refuses an argument that cannot cross at submit, and a result at its own item, naming their paths', function()
     local out, err, code = world(PRE .. [[
 local ex <close> = futures.MPIPoolExecutor()
 local ok, e = pcall(ex.submit, ex, function(t) return t end, {out = io.stdout})
@@ -197,11 +197,19 @@ print('S', ok, e)
 local f = ex:submit(function() return io.stdout end)
 local ok2, e2 = pcall(f.result, f, 10)
 print('B', ok2, e2)
+local it = ex:map(function(x) if x == 3 then return coroutine.create(print) end return x end,
+                  {1, 2, 3, 4}, {chunksize = 4, timeout = 10})
+print('M', it())
+print('M', it())
+print('M', pcall(it))
 print('after', ex:submit(function() return 42 end):result(10))
 ]])
     assert.are.equal(0, code, err)
-    assert.matches('S\tfalse\t[^\n]*cannot submit: cannot serialize userdata at %[2%]%.out %(FILE%*%)', out)
-    assert.matches('B\tfalse\t[^\n]*cannot send the result back', out)
+    assert.matches('S\tfalse\t[^\n]*cannot submit argument #1: cannot serialize userdata at %.out %(FILE%*%)', out)
+    assert.matches('B\tfalse\t[^\n]*cannot send the result back: cannot serialize userdata %(FILE%*%)', out)
+    -- a chunk's items before the one whose result cannot come back, then its error
+    assert.matches('M\t1\t1\nM\t2\t2\nM\tfalse\tcannot send the result back: cannot serialize thread '
+      .. '(coroutine)\n', out, 1, true)
     assert.matches('after\t42\n', out, 1, true)
   end)
 

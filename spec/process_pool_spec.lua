@@ -299,7 +299,7 @@ describe('ProcessPoolExecutor', function()
   it('refuses an unserializable argument at submit, naming its path', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
     assert.has_error(function() ex:submit(print, { out = io.stdout }) end,
-      'cannot submit: cannot serialize userdata at [2].out (FILE*)')
+      'cannot submit argument #1: cannot serialize userdata at .out (FILE*)')
   end)
 
   it('fails only the future whose result cannot come back', function()

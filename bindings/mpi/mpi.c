@@ -752,6 +752,7 @@ static char *serve_one(lua_State *L, int tag, const char *buf, size_t len, size_
   }
   lua_settop(L, base);
   int status = host_codec_decode(L, buf + 1, len - 1, HOST_CODEC_FUNCTIONS, &n);
+  bool chunk = status == LUA_OK && host_executor_is_chunk(L, base + 1);
   if (status == LUA_OK) status = host_pcall_task(L, n - 1, kind == MSG_INIT ? 0 : LUA_MULTRET);
   else lua_pushnil(L);  /* a payload that does not decode has no traceback */
   char *out = NULL;
@@ -773,14 +774,14 @@ static char *serve_one(lua_State *L, int tag, const char *buf, size_t len, size_
   } else {
     char *b;
     size_t l;
-    int st = host_codec_encode(L, base + 1, lua_gettop(L) - base, &b, &l);
+    int st = host_executor_encode_results(L, base + 1, chunk, &b, &l);
     if (st == LUA_OK && l >= MAX_MESSAGE) {
       free(b);
-      lua_pushliteral(L, "it is larger than an MPI message can be (2 GiB)");
+      lua_pushliteral(L, "cannot send the result back: it is larger than an MPI message can be "
+                      "(2 GiB)");
       st = LUA_ERRRUN;
     }
     if (st != LUA_OK) {
-      lua_pushfstring(L, "cannot send the result back: %s", lua_tostring(L, -1));
       lua_pushnil(L);
       encode_failure(L, RES_ERROR, &out, outlen);
     } else {
@@ -997,9 +998,9 @@ static int mpool_submit(lua_State *L) {
   if (refused(L, p)) return lua_error(L);
   mitem *it = calloc(1, sizeof *it);
   if (it == NULL) return luaL_error(L, "not enough memory");
-  if (host_codec_encode(L, 2, nvalues, &it->payload, &it->len) != LUA_OK) {
+  if (host_executor_encode_call(L, 2, nvalues, &it->payload, &it->len) != LUA_OK) {
     free(it);
-    return luaL_error(L, "cannot submit: %s", lua_tostring(L, -1));
+    return lua_error(L);
   }
   if (it->len >= MAX_MESSAGE) {
     free(it->payload);
@@ -1153,8 +1154,9 @@ static int pool_new(lua_State *L, bool comm) {
   if (p->inited == NULL) return luaL_error(L, "not enough memory");
   int first = lua_gettop(L) + 1;
   int nargs = host_executor_push_initializer(L, 1);
-  if (nargs >= 0 && host_codec_encode(L, first, nargs + 1, &p->init, &p->init_len) != LUA_OK)
-    return luaL_error(L, "cannot send the initializer: %s", lua_tostring(L, -1));
+  if (nargs >= 0 && host_executor_encode_initializer(L, first, nargs + 1, &p->init,
+                                                    &p->init_len) != LUA_OK)
+    return lua_error(L);
   if (p->init_len >= MAX_MESSAGE)
     return luaL_error(L, "cannot send the initializer: it is larger than an MPI message can be "
                       "(2 GiB)");
