@@ -169,13 +169,13 @@ typedef struct ppool_t {
 
 /* Uservalues of the state: pending items, the call queue, items in flight
 ** by worker (worker i's running item at i + 1, the d-th sent ahead at
-** d * nworkers + i + 1), info {initializer, initargs, decoder, broken_msg},
-** and the proxies of done[]. An item is {future, payload, ahead}: `ahead`
-** (a map's chunk) may be sent to a busy worker behind its running item,
-** as CPython keeps a call queued per worker, so a worker that ends a chunk
-** starts the next without waiting for the manager (and the GIL). Plain
-** submits are never sent ahead: a short task would wait behind a long one
-** while another worker idles. */
+** d * nworkers + i + 1), info {initializer, initargs, decoder, wait_check,
+** broken_msg}, and the proxies of done[]. An item is {future, payload,
+** ahead}: `ahead` (a map's chunk) may be sent to a busy worker behind its
+** running item, as CPython keeps a call queued per worker, so a worker
+** that ends a chunk starts the next without waiting for the manager (and
+** the GIL). Plain submits are never sent ahead: a short task would wait
+** behind a long one while another worker idles. */
 enum { UV_PENDING = 1, UV_CALLQ = 2, UV_INFLIGHT = 3, UV_INFO = 4, UV_DONE = 5 };
 
 /*
@@ -1123,6 +1123,19 @@ static int manager_main(lua_State *L) {
 /* ---- the Lua API ---- */
 
 /*
+** The wait check of the pool's futures (see host_future_set_wait_check;
+** upvalue 1: the pool's state): only the manager completes them, so the
+** manager thread, where done-callbacks run, cannot wait for one.
+*/
+static int pstate_wait_check(lua_State *L) {
+  pstate_t *s = lua_touserdata(L, lua_upvalueindex(1));
+  if (s->manager_done || s->manager != host_thread_ident()) return 0;
+  lua_pushliteral(L, "cannot wait for a future of this pool inside its own callback "
+                  "(it would never complete)");
+  return 1;
+}
+
+/*
 ** Submits fn(...) (self, fn, args at 1..) as an item that may be sent
 ** ahead when `ahead`; returns its Future.
 */
@@ -1161,6 +1174,8 @@ static int submit_item(lua_State *L, bool ahead) {
   lua_getiuservalue(L, sidx, UV_INFO);
   lua_getfield(L, -1, "decoder");
   host_future_set_decoder(L, -3);
+  lua_getfield(L, -1, "wait_check");
+  host_future_set_wait_check(L, -3);
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);
@@ -1344,13 +1359,16 @@ static int ppool_new(lua_State *L) {
     lua_newtable(L);
     lua_setiuservalue(L, sidx, tables[k]);
   }
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 5);
   lua_pushvalue(L, 2);
   lua_setfield(L, -2, "initializer");
   lua_pushvalue(L, 3);
   lua_setfield(L, -2, "initargs");
   lua_pushcfunction(L, host_executor_decoder);
   lua_setfield(L, -2, "decoder");
+  lua_pushvalue(L, sidx);
+  lua_pushcclosure(L, pstate_wait_check, 1);
+  lua_setfield(L, -2, "wait_check");
   lua_setiuservalue(L, sidx, UV_INFO);
   ppool_t *p = host_object_new(L, sizeof *p, PPOOL_TYPE, 1);
   int idx = lua_gettop(L);

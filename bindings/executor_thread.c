@@ -41,7 +41,8 @@ typedef struct pool_state {
 
 /*
 ** State uservalues: 1 the work items, 2 {prefix, initializer, initargs (a
-** copy made at construction), workers, broken_msg}.
+** copy made at construction), workers, wait_check (a pool of one worker
+** only), broken_msg}.
 */
 enum { UV_ITEMS = 1, UV_INFO = 2 };
 
@@ -317,6 +318,12 @@ static int pool_submit(lua_State *L) {
   lua_createtable(L, n + 3, 0);
   host_future_push_new(L);
   HOST_TRACE_L(L, host_trace_submit(L, host_future_of(L, -1), "ThreadPool"));
+  if (p->max_workers == 1) {  /* see state_wait_check */
+    lua_getiuservalue(L, st, UV_INFO);
+    lua_getfield(L, -1, "wait_check");
+    host_future_set_wait_check(L, -3);
+    lua_pop(L, 1);
+  }
   lua_pushvalue(L, -1);
   lua_rawseti(L, -3, 1);
   lua_pushinteger(L, n);
@@ -339,6 +346,19 @@ static bool is_own_worker(lua_State *L, int idx) {
   bool mine = lua_rawget(L, -2) != LUA_TNIL;
   lua_pop(L, 3);
   return mine;
+}
+
+/*
+** The wait check of the futures of a pool of one worker (see
+** host_future_set_wait_check; upvalue 1: the pool's state): one not done
+** is queued for that worker or run by it, so the worker, in a task or a
+** done-callback, cannot wait for it.
+*/
+static int state_wait_check(lua_State *L) {
+  if (!is_own_worker(L, lua_upvalueindex(1))) return 0;
+  lua_pushliteral(L, "cannot wait for a future of this pool on its only worker "
+                  "(it would never complete)");
+  return 1;
 }
 
 /* ex:shutdown{wait = true, cancel_futures = false} */
@@ -443,7 +463,7 @@ static int pool_new(lua_State *L) {
   host_fifo_init(&p->items);
   lua_newtable(L);
   lua_setiuservalue(L, st, UV_ITEMS);
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 6);
   if (lua_isnil(L, 4)) {
     lua_getfield(L, LUA_REGISTRYINDEX, POOL_TYPE ".count");
     lua_Integer n = lua_tointeger(L, -1);
@@ -466,6 +486,11 @@ static int pool_new(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   lua_setfield(L, -2, "workers");
+  if (max == 1) {
+    lua_pushvalue(L, st);
+    lua_pushcclosure(L, state_wait_check, 1);
+    lua_setfield(L, -2, "wait_check");
+  }
   lua_setiuservalue(L, st, UV_INFO);
   pool_t *px = host_object_new(L, sizeof *px, POOL_TYPE, 1);
   lua_pushvalue(L, st);

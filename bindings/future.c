@@ -40,7 +40,9 @@
 #define SET_TYPE "host.FutureSet"
 
 /* Uservalues of a proxy. */
-enum { UV_OUTCOME = 1, UV_CALLBACKS = 2, UV_DECODER = 3, UV_INTERRUPTER = 4 };
+enum {
+  UV_OUTCOME = 1, UV_CALLBACKS = 2, UV_DECODER = 3, UV_INTERRUPTER = 4, UV_WAIT_CHECK = 5
+};
 
 /* One thread blocked on several futures. */
 typedef struct multi_waiter {
@@ -183,7 +185,7 @@ static host_future *check_self(lua_State *L) {
 }
 
 host_future *host_future_push_new(lua_State *L) {
-  proxy *p = host_object_new(L, sizeof *p, FUTURE_TYPE, 4);
+  proxy *p = host_object_new(L, sizeof *p, FUTURE_TYPE, 5);
   p->f = future_new();
   if (p->f == NULL) luaL_error(L, "not enough memory");
   return p->f;
@@ -335,6 +337,28 @@ void host_future_set_interrupter(lua_State *L, int idx) {
   lua_setiuservalue(L, idx, UV_INTERRUPTER);
 }
 
+void host_future_set_wait_check(lua_State *L, int idx) {
+  lua_setiuservalue(L, idx, UV_WAIT_CHECK);
+}
+
+/*
+** True, with the reason pushed, when the calling thread is the one that
+** the future of the proxy at idx needs to complete, so that its wait could
+** never end (the proxy's wait check says so); false with nothing pushed.
+*/
+static bool push_wait_refusal(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_getiuservalue(L, idx, UV_WAIT_CHECK) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return false;
+  }
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 1);
+  if (lua_isstring(L, -1)) return true;
+  lua_pop(L, 1);
+  return false;
+}
+
 bool host_future_cancel(lua_State *L, int idx) {
   host_future *f = host_future_of(L, idx);
   if (f == NULL) return false;
@@ -369,11 +393,15 @@ bool host_future_failed(host_future *f) {
 ** while we hold the GIL: we wait on the proxy's queue, where a wait
 ** without a deadline counts as blocked for deadlock detection. Raises
 ** "interrupted!" in an interrupted main thread, and "attempt to use a
-** finalized host.Future" when the proxy is finalized meanwhile. p is the
+** finalized host.Future" when the proxy is finalized meanwhile. A wait
+** that could never end (see host_future_set_wait_check) raises instead,
+** unless it would not block (the deadline has passed: a poll). p is the
 ** proxy at idx, checked by the caller.
 */
 static host_future_state wait_proxy(lua_State *L, int idx, proxy *p, const host_deadline *d) {
   host_future *f = p->f;
+  if (!is_done(host_future_state_of(f)) && !host_deadline_passed(d) && push_wait_refusal(L, idx))
+    lua_error(L);
   host_future_ref(f);  /* f outlives a __gc of p during the wait */
   host_future_state s;
   host_wait_result r = HOST_WAIT_WOKEN;
@@ -820,6 +848,29 @@ static bool wait_satisfied(future_set *s, int mode) {
   return done == s->n;
 }
 
+/*
+** Raises when a wait on the futures of the set s (at `set`) for `mode`
+** could never end (see host_future_set_wait_check): with ALL_COMPLETED
+** when one that is not done is refused, else when every one not done is.
+*/
+static void check_set_wait(lua_State *L, int set, future_set *s, int mode) {
+  lua_getiuservalue(L, set, 1);
+  int proxies = lua_gettop(L);
+  lua_Integer open = 0, refused = 0;
+  for (lua_Integer i = 0; i < s->n; i++) {
+    if (is_done(host_future_state_of(s->fs[i]))) continue;
+    open++;
+    lua_rawgeti(L, proxies, i + 1);
+    bool refusal = push_wait_refusal(L, -1);
+    lua_remove(L, refusal ? -2 : -1);
+    if (!refusal) continue;
+    if (mode == ALL_COMPLETED) lua_error(L);
+    if (++refused > 1) lua_pop(L, 1);  /* the first one's message is kept */
+  }
+  if (open > 0 && refused == open) lua_error(L);
+  lua_settop(L, proxies - 1);
+}
+
 /* Reads wait's return_when from the options table at 2. */
 static int wait_mode(lua_State *L) {
   int mode = ALL_COMPLETED;
@@ -854,6 +905,7 @@ static int l_wait(lua_State *L) {
   future_set *s = push_future_set(L, 1);
   int set = lua_gettop(L);
   host_deadline d = host_deadline_in(timeout);
+  if (!wait_satisfied(s, mode) && !host_deadline_passed(&d)) check_set_wait(L, set, s, mode);
   wait_slot *pending = lua_newuserdatauv(L, sizeof *pending * (size_t)(s->n > 0 ? s->n : 1), 0);
   while (!wait_satisfied(s, mode) && !host_deadline_passed(&d)) {
     lua_Integer np = 0;  /* wait only on those not done: a done one wakes at once */
@@ -921,6 +973,7 @@ static int as_completed_next(lua_State *L) {
     if (host_deadline_passed(&d))
       return host_error_raise(L, "TimeoutError", "%I (of %I) futures unfinished", s->n,
                               lua_tointeger(L, lua_upvalueindex(3)));
+    check_set_wait(L, lua_upvalueindex(1), s, FIRST_COMPLETED);
     if (wait_pending(L, s, &d) == HOST_WAIT_INTERRUPTED) return host_raise_interrupt(L);
   }
 }

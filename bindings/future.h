@@ -96,6 +96,17 @@ void host_future_set_decoder(lua_State *L, int idx);
 void host_future_set_interrupter(lua_State *L, int idx);
 
 /*
+** Sets the wait check of the proxy at idx to the function on top (popped),
+** for a pool whose futures only some thread can complete (its manager, its
+** only worker): before a wait on the future that would block while it is
+** not done (result, exception, futures.wait, as_completed, map), the
+** waiting thread calls check(future); when that thread is the one the
+** future needs, so the wait could never end, check returns the message
+** that the wait raises instead of waiting.
+*/
+void host_future_set_wait_check(lua_State *L, int idx);
+
+/*
 ** True when callbacks were added to f and have not run: a completer outside
 ** the universe then has someone there run them. Callbacks added after f is
 ** done run at once in the thread that adds them.

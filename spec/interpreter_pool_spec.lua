@@ -377,6 +377,23 @@ describe('InterpreterPoolExecutor', function()
       .. 'false\tcannot schedule new futures after shutdown\nend\n', out)
   end)
 
+  it('lets a done-callback in the manager wait for a later future of the pool: a worker completes it', function()
+    -- unlike the process pool's, this manager only runs callbacks: a wait
+    -- there is a plain wait (a spec that fails by timing out, never hangs)
+    local ex <close> = futures.InterpreterPoolExecutor { max_workers = 1 }
+    local spin = ex:submit(function() while true do end end)
+    local later = ex:submit(function() return 'later' end)  -- queued behind spin
+    local called, res = thread.Event(), nil
+    spin:add_done_callback(function()
+      res = { thread.current().name, pcall(later.result, later, T) }
+      called:set()
+    end)
+    while not spin:running() do thread.sleep(0.002) end
+    spin:cancel { interrupt = true }
+    assert.is_true(called:wait(T))
+    assert.are.same({ 'InterpreterPoolManager', true, 'later' }, res)
+  end)
+
   it('reclaims the threads of pools dropped without shutdown', function()
     collectgarbage()
     local start = os_threads()

@@ -1015,6 +1015,64 @@ describe('ProcessPoolExecutor at its boundaries', function()
     assert.matches('end\n$', out)
   end)
 
+  it('refuses at once, in a done-callback, to wait for a future of the pool that is not done', function()
+    -- the callback runs on the manager thread, the only one that completes
+    -- the pool's futures: waiting there (CPython) never ends
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local path = os.tmpname()
+      os.remove(path)
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      local other <close> = futures.ThreadPoolExecutor { max_workers = 1 }
+      local f = ex:submit(function(p)
+        local t = os.time()
+        while os.time() - t < 10 do
+          local g = io.open(p)
+          if g then g:close() return 1 end
+        end
+      end, path)
+      local later = ex:submit(function() return 2 end)  -- queued behind f
+      local elsewhere = other:submit(function() return 3 end)
+      local called = thread.Event()
+      local lines = {}
+      local function try(name, fn, ...)
+        local ok, e = pcall(fn, ...)
+        lines[#lines + 1] = name .. '\t' .. tostring(ok) .. '\t' .. tostring(e)
+      end
+      f:add_done_callback(function()
+        try('result', later.result, later)
+        try('result60', later.result, later, 60)
+        try('result0', later.result, later, 0)
+        try('exception60', later.exception, later, 60)
+        try('wait', futures.wait, { later }, { timeout = 60 })
+        try('as_completed', function() for _ in futures.as_completed({ later }, 60) do end end)
+        try('map', function() for _ in ex:map(tostring, { 1 }, { timeout = 60 }) do end end)
+        try('wait_other', function()  -- a future another thread completes: waited for
+          local done = futures.wait({ later, elsewhere }, { timeout = 60, return_when = 'FIRST_COMPLETED' })
+          return done[1] == elsewhere
+        end)
+        called:set()
+      end)
+      assert(io.open(path, 'w')):close()
+      print('result', f:result(5))
+      print('called', called:wait(5))
+      os.remove(path)
+      print(table.concat(lines, '\n'))
+      print('later', later:result(5))
+      ex:shutdown()
+      print('end')
+    ]]
+    assert.are.equal(0, code, err)
+    local refused = '\tfalse\tcannot wait for a future of this pool inside its own callback '
+      .. '(it would never complete)\n'
+    assert.are.equal('result\t1\ncalled\ttrue\n'
+      .. 'result' .. refused .. 'result60' .. refused
+      .. 'result0\tfalse\tTimeoutError: the future is not done after 0.0 seconds\n'
+      .. 'exception60' .. refused .. 'wait' .. refused .. 'as_completed' .. refused .. 'map' .. refused
+      .. 'wait_other\ttrue\ttrue\nlater\t2\nend\n', out)
+  end)
+
   it('keeps a worker whose error __tostring raises out of the parent script', function()
     local out, err, code = run_script [[
       print('script start')

@@ -80,6 +80,71 @@ describe('ThreadPoolExecutor', function()
     assert.matches('exception calling callback for future: (error object is a table value)', err, 1, true)
   end)
 
+  it('refuses at once, on its only worker, to wait for a future of the pool that is not done', function()
+    -- a done-callback or a task runs on the worker that the future waits
+    -- for (queued) or runs on: waiting there never ends; with a second
+    -- worker the wait is a plain one
+    local out, err, code = run_script [[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      local ex = futures.ThreadPoolExecutor { max_workers = 1 }
+      local gate, called = thread.Event(), thread.Event()
+      local f = ex:submit(function() gate:wait(5) return 1 end)
+      local later = ex:submit(function() return 2 end)
+      local lines = {}
+      local function try(name, fn, ...)
+        local ok, e = pcall(fn, ...)
+        lines[#lines + 1] = name .. '\t' .. tostring(ok) .. '\t' .. tostring(e)
+      end
+      f:add_done_callback(function()
+        try('result', later.result, later)
+        try('result60', later.result, later, 60)
+        try('result0', later.result, later, 0)
+        try('wait', futures.wait, { later }, { timeout = 60 })
+        called:set()
+      end)
+      gate:set()
+      print('result', f:result(5))
+      print('called', called:wait(5))
+      print(table.concat(lines, '\n'))
+      print('later', later:result(5))
+      local go, box = thread.Event(), {}
+      local outer = ex:submit(function()
+        go:wait(5)
+        return pcall(box.inner.result, box.inner, 60)
+      end)
+      box.inner = ex:submit(function() return 'inner' end)
+      go:set()
+      print('task', outer:result(5))
+      print('inner', box.inner:result(5))
+      ex:shutdown()
+      local two = futures.ThreadPoolExecutor { max_workers = 2 }
+      local gate2, gate3 = thread.Event(), thread.Event()
+      local first = two:submit(function() gate2:wait(5) return 1 end)
+      local second = two:submit(function() gate3:wait(5) return 'second' end)
+      local called2, got = thread.Event(), nil
+      first:add_done_callback(function()
+        gate3:set()
+        got = { pcall(second.result, second, 5) }
+        called2:set()
+      end)
+      gate2:set()
+      assert(called2:wait(5))
+      print('two', table.unpack(got))
+      two:shutdown()
+      print('end')
+    ]]
+    assert.are.equal(0, code, err)
+    local refused = '\tfalse\tcannot wait for a future of this pool on its only worker '
+      .. '(it would never complete)\n'
+    assert.are.equal('result\t1\ncalled\ttrue\n'
+      .. 'result' .. refused .. 'result60' .. refused
+      .. 'result0\tfalse\tTimeoutError: the future is not done after 0.0 seconds\n'
+      .. 'wait' .. refused .. 'later\t2\n'
+      .. 'task\tfalse\tcannot wait for a future of this pool on its only worker (it would never complete)\n'
+      .. 'inner\tinner\ntwo\ttrue\tsecond\nend\n', out)
+  end)
+
   it('ends the idle workers of pools dropped without shutdown', function()
     collectgarbage()
     local start = thread.count()
