@@ -208,6 +208,27 @@ describe('ThreadPoolExecutor', function()
     ex:shutdown()
   end)
 
+  it('leaves no item queued in a pool that its new worker broke while submit started it', function()
+    -- the GIL may go to that worker inside submit (a hook at a call): its
+    -- initializer fails and breaks the pool before the item is queued, so
+    -- submit raises BrokenThreadPool then (the item used to wait for good);
+    -- a switch interval of 1 us makes that likely (15 of 1000 submits here)
+    local before = thread.getswitchinterval()
+    thread.setswitchinterval(1e-6)
+    local lost
+    for i = 1, 1000 do
+      local ex = futures.ThreadPoolExecutor { max_workers = 1, initializer = function() error('init boom') end }
+      local ok, err = pcall(function() return ex:submit(print):result(T) end)
+      ex:shutdown()
+      if ok or not herror.is(err, 'BrokenThreadPool') then
+        lost = i .. ': ' .. tostring(err)
+        break
+      end
+    end
+    thread.setswitchinterval(before)
+    assert.is_nil(lost)
+  end)
+
   it('copies the initargs at construction (a later change is not seen)', function()
     local seen
     local args = { 'original', n = 2 }
