@@ -21,13 +21,15 @@
 ** in line, or waiting for a notify) first spins on its futex word for a
 ** bound learned from its own recent waits, so that the thread that wakes
 ** it finds it awake: no system call on either side, no idle core to wake.
+** No bound passes what a sleep and its wake-up cost, which the
+** universe learns from its sleeps (spin_max).
 ** It spins only while fewer of the universe's threads run than there are
 ** cores (the holder, and those spinning already). A spin that ends without
 ** the wake-up turns spinning off for that thread, or doubles the gap to
 ** its next try, up to one in 256 sleeps; one that succeeds halves it. So
 ** on a machine where the holder needs the spinner's core the spin costs
 ** about nothing (spin_end). A sleep that a thread on another core ended
-** within SPIN_SLEPT_NS turns spinning on again (spin_slept): two threads
+** within a few spins' time turns spinning on again (spin_slept): two threads
 ** that pass work back and forth would otherwise stay asleep for good once
 ** each has missed the other, a sleeper being slow to wake. A spin is a
 ** wait like the sleep it replaces: the ticket order and the preemption are the same. The waits
@@ -192,11 +194,12 @@ static void request_switch(host_universe *u) {
 
 /* ---- the spin before a sleep ---- */
 
-#define SPIN_MAX_NS 10000     /* the longest spin (about a sleep and a wake-up), the first one's bound */
+#define SPIN_MAX_NS 10000     /* the longest spin where a wake-up is quicker, the first one's bound */
+#define SPIN_CAP_NS 100000    /* the longest spin where a wake-up is slow (spin_max) */
 #define SPIN_MIN_NS 2000      /* the shortest bound a success teaches */
 #define SPIN_MAX_BACKOFF 8    /* off: a try every 2^8 sleeps at the least */
 #define SPIN_RETRIES 4        /* looks again at a full count, 8 pauses apart */
-#define SPIN_SLEPT_NS 50000   /* a sleep this short, ended from another core, turns spinning on */
+#define SPIN_SLEPT_TIMES 5    /* a sleep this many longest spins short, ended from another core, turns spinning on */
 #define LEAVE_SPINS 64        /* pauses a served thread waits to be taken out of the line */
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -212,6 +215,21 @@ static long long now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/*
+** The longest spin in u: about what a sleep and its wake-up cost, so that
+** a spin that misses costs no more than the sleep it tried to spare
+** (spinning for up to the cost of blocking, the classic bound). That cost
+** is the latency of a wake-up, learned from u's sleeps (spin_sleep_end):
+** 4 to 12 us on most machines, where SPIN_MAX_NS covers it; over 20 us on
+** some virtual machines, where an idle virtual core is slow to wake and
+** a bound below the latency makes both sides of every hand-off miss.
+*/
+static long spin_max(host_universe *u) {
+  long long wake = atomic_load_explicit(&u->wake_ns, memory_order_relaxed);
+  long long bound = wake + wake / 2;
+  return bound < SPIN_MAX_NS ? SPIN_MAX_NS : bound > SPIN_CAP_NS ? SPIN_CAP_NS : (long)bound;
 }
 
 /*
@@ -254,18 +272,19 @@ void spin_stop(host_universe *u, host_spin *spin) {
 ** between tries; one that did not doubles it (the first miss turns spinning
 ** off). So a thread spins at every sleep only while most spins succeed,
 ** and where most fail (the holder needs the spinner's core) it tries once
-** every 256 sleeps: a miss costs at most SPIN_MAX_NS.
+** every 256 sleeps: a miss costs at most spin_max.
 */
 static void spin_end(host_universe *u, host_spin *spin, bool woken, long long spent) {
   spin_stop(u, spin);  /* unless its waker did */
+  long most = spin_max(u);
   if (woken) {
-    long bound = spin->ns > 0 ? spin->ns : SPIN_MAX_NS;
+    long bound = spin->ns > 0 ? spin->ns : most;
     bound -= bound / 8;
     if (4 * spent > bound) bound = (long)(4 * spent);
-    spin->ns = bound < SPIN_MIN_NS ? SPIN_MIN_NS : bound > SPIN_MAX_NS ? SPIN_MAX_NS : bound;
+    spin->ns = bound < SPIN_MIN_NS ? SPIN_MIN_NS : bound > most ? most : bound;
     if (spin->backoff > 0) spin->backoff--;
   } else {
-    spin->ns = SPIN_MAX_NS;  /* a try after a back-off gets the whole bound */
+    spin->ns = most;  /* a try after a back-off gets the whole bound */
     if (spin->backoff < SPIN_MAX_BACKOFF) spin->backoff++;
   }
 }
@@ -277,13 +296,13 @@ static void spin_end(host_universe *u, host_spin *spin, bool woken, long long sp
 ** good once each has missed the other. Each one's wait then holds the
 ** other's wake-up (tens of microseconds on an idle virtual core, more than
 ** a spin's bound), so each spin misses and both back off, while both
-** spinning would catch every hand-off: hence a window of SPIN_SLEPT_NS,
-** longer than the longest spin. A wake-up from the sleeper's own core
-** says the opposite (the two share a core, another process has the
-** other): the caller does not count it.
+** spinning would catch every hand-off: hence a window of SPIN_SLEPT_TIMES
+** the longest spin. A wake-up from the sleeper's own core says the
+** opposite (the two share a core, another process has the other): the
+** caller does not count it.
 */
-static void spin_slept(host_spin *spin, long long slept) {
-  if (slept > SPIN_SLEPT_NS) return;
+static void spin_slept(host_universe *u, host_spin *spin, long long slept) {
+  if (slept > SPIN_SLEPT_TIMES * spin_max(u)) return;
   spin->backoff = 0;
   spin->skipped = 0;
 }
@@ -293,15 +312,38 @@ void spin_sleep_begin(host_sleep *sleep) {
   sleep->cpu = sched_getcpu();
 }
 
-void spin_sleep_end(host_spin *spin, const host_sleep *sleep, int waker_cpu) {
-  if (waker_cpu != sleep->cpu) spin_slept(spin, now_ns() - sleep->start);
+void waker_note(host_waker *waker) {
+  atomic_store_explicit(&waker->cpu, sched_getcpu(), memory_order_relaxed);
+  atomic_store_explicit(&waker->at, now_ns(), memory_order_relaxed);
+}
+
+/*
+** Learns from a sleep that a futex wake ended: a wake-up from another
+** core teaches spin_slept, and the time from it to now is a sample of
+** the wake-up's latency, which u->wake_ns follows (an eighth of the way
+** each time; a sample over twice SPIN_CAP_NS is a sleeper whose core ran
+** something else, not a wake-up, and is cut there). The note may be of a
+** later wake of the same word, for another sleeper: then the sample is
+** short, and the average moves a little the safe way (shorter spins).
+*/
+void spin_sleep_end(host_universe *u, host_spin *spin, const host_sleep *sleep,
+                    const host_waker *waker) {
+  if (atomic_load_explicit(&waker->cpu, memory_order_relaxed) == sleep->cpu) return;
+  long long now = now_ns();
+  spin_slept(u, spin, now - sleep->start);
+  long long at = atomic_load_explicit(&waker->at, memory_order_relaxed);
+  if (at < sleep->start || at > now) return;  /* an earlier sleep's */
+  long long sample = now - at, cut = 2LL * SPIN_CAP_NS;
+  if (sample > cut) sample = cut;
+  long long avg = atomic_load_explicit(&u->wake_ns, memory_order_relaxed);
+  atomic_store_explicit(&u->wake_ns, avg + (sample - avg) / 8, memory_order_relaxed);
 }
 
 bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *word, unsigned seen,
                const struct timespec *at) {
   if (!spin_begin(u, spin, word, seen)) return false;
   long long start = now_ns(), spent = 0;
-  long long end = start + (spin->ns > 0 ? spin->ns : SPIN_MAX_NS);
+  long long end = start + (spin->ns > 0 ? spin->ns : spin_max(u));
   if (at != NULL) {
     long long limit = (long long)at->tv_sec * 1000000000LL + at->tv_nsec;
     if (limit < end) end = limit;
@@ -336,7 +378,7 @@ static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at,
   int err = errno;
   atomic_store(&ts->parked, false);
   bool woken = !(rc == -1 && err == ETIMEDOUT);
-  if (spin && woken) spin_sleep_end(&ts->spin, &sleep, atomic_load(&ts->waker_cpu));
+  if (spin && woken) spin_sleep_end(ts->u, &ts->spin, &sleep, &ts->waker);
   return woken;
 }
 
@@ -348,7 +390,7 @@ static bool park_wait(host_tstate *ts, unsigned seen, const struct timespec *at,
 static void park_wake(host_tstate *ts) {
   atomic_fetch_add(&ts->park, 1);
   if (atomic_load(&ts->parked)) {
-    atomic_store_explicit(&ts->waker_cpu, sched_getcpu(), memory_order_relaxed);
+    waker_note(&ts->waker);
     syscall(SYS_futex, &ts->park, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
   } else
     spin_stop(ts->u, &ts->spin);
@@ -411,7 +453,7 @@ static void wake_ticket(host_universe *u, unsigned long long t, bool serve) {
       if (serve) *p = w->line_next;
       atomic_fetch_add(&w->park, 1);
       if (atomic_load(&w->parked)) {
-        atomic_store_explicit(&w->waker_cpu, sched_getcpu(), memory_order_relaxed);
+        waker_note(&w->waker);
         word = &w->park;
       } else {
         spin_stop(u, &w->spin);

@@ -881,7 +881,7 @@ host_wait_result host_cond_wait_spin(lua_State *L, pthread_mutex_t *mu, host_con
                       slice.never ? NULL : &slice.at, NULL, FUTEX_BITSET_MATCH_ANY);
     int err = errno;
     atomic_fetch_sub(&c->sleepers, 1);
-    if (rc == 0) spin_sleep_end(&ts->spin, &sleep, atomic_load(&c->waker_cpu));
+    if (rc == 0) spin_sleep_end(u, &ts->spin, &sleep, &c->waker);
     if (is_main && (interrupt_wanted(ts) || atomic_load(&u->deadlock)))
       result = HOST_WAIT_INTERRUPTED;
     else if (rc == -1 && err == ETIMEDOUT && host_deadline_passed(d)) result = HOST_WAIT_TIMEOUT;
@@ -896,12 +896,13 @@ void host_cond_spin_init(host_cond *c) {
   atomic_init(&c->seq, 0);
   atomic_init(&c->sleepers, 0);
   atomic_init(&c->spinner, SPIN_NONE);
-  atomic_init(&c->waker_cpu, -1);
+  atomic_init(&c->waker.cpu, -1);
+  atomic_init(&c->waker.at, 0);
 }
 
 /* Wakes up to n sleepers of c, telling them where the wake-up came from. */
 static void cond_futex_wake(host_cond *c, int n) {
-  atomic_store_explicit(&c->waker_cpu, sched_getcpu(), memory_order_relaxed);
+  waker_note(&c->waker);
   syscall(SYS_futex, &c->seq, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
 }
 

@@ -197,6 +197,16 @@ host_wait_result host_cond_wait(lua_State *L, pthread_mutex_t *mu,
 void host_cond_init(pthread_cond_t *cv);
 
 /*
+** Where and when the last futex wake of a sleeper came from (gil.c's
+** waker_note): its sleeper learns from it whether spinning pays and how
+** long a wake-up takes on this machine (see "Spinning" in gil.c).
+*/
+typedef struct host_waker {
+  atomic_int cpu;
+  atomic_llong at;  /* CLOCK_MONOTONIC, ns */
+} host_waker;
+
+/*
 ** A condition variable for state guarded by a mutex, whose waiter may spin
 ** before it sleeps where the GIL's rule says a spin pays (see "Spinning"
 ** in gil.c). `seq` is a futex word that moves with every change a waiter
@@ -211,7 +221,7 @@ typedef struct host_cond {
   atomic_uint seq;
   atomic_int sleepers;   /* waiters asleep on seq, or about to be */
   atomic_int spinner;    /* a SPIN_ value of runtime.c */
-  atomic_int waker_cpu;  /* where the last futex wake came from */
+  host_waker waker;      /* the last futex wake */
 } host_cond;
 
 /* Initialises c (nothing to free). */

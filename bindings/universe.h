@@ -96,7 +96,7 @@ struct host_tstate {
   */
   _Alignas(HOST_LINE) atomic_uint park;  /* futex word: bumped to wake it */
   atomic_bool parked;             /* asleep on park (or about to be) */
-  atomic_int waker_cpu;           /* where the last futex wake of park came from */
+  host_waker waker;               /* the last futex wake of park */
   host_spin spin;                 /* its spin before a sleep (gil.c) */
   _Alignas(HOST_LINE) atomic_int hand;  /* a HAND_ value */
   atomic_ullong gil_ticket;       /* its ticket while in the line */
@@ -162,6 +162,7 @@ struct host_universe {
   atomic_ullong switches;
   struct gil_slot slot[GIL_SLOTS];
   _Alignas(HOST_LINE) atomic_int spinning;  /* its threads spinning before a sleep now */
+  atomic_llong wake_ns;           /* a futex wake-up's latency here, learned (gil.c) */
   /* read at every hand-off, written seldom: a line away from those above */
   _Alignas(HOST_LINE) int cores;  /* processors this process may run on */
   /* preemption and interrupts */
@@ -267,15 +268,20 @@ HOST_INTERNAL bool spin_wait(host_universe *u, host_spin *spin, atomic_uint *wor
 
 /*
 ** A futex sleep after a spin that missed: where and when it began. Its end
-** teaches `spin` (see "Spinning" in gil.c): a short sleep that a thread
-** on another core (waker_cpu) ended turns spinning back on.
+** teaches `spin` and u (see "Spinning" in gil.c): a short sleep that a
+** thread on another core ended turns spinning back on, and the time from
+** that thread's wake to the sleeper's return is a wake-up's latency.
 */
 typedef struct host_sleep {
   long long start;  /* CLOCK_MONOTONIC, ns */
   int cpu;
 } host_sleep;
 HOST_INTERNAL void spin_sleep_begin(host_sleep *sleep);
-HOST_INTERNAL void spin_sleep_end(host_spin *spin, const host_sleep *sleep, int waker_cpu);
+HOST_INTERNAL void spin_sleep_end(host_universe *u, host_spin *spin, const host_sleep *sleep,
+                                  const host_waker *waker);
+
+/* Notes in `waker` where and when the calling thread wakes its sleeper. */
+HOST_INTERNAL void waker_note(host_waker *waker);
 
 /*
 ** Called by a thread that has just moved the word another thread spins on:
