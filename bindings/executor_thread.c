@@ -287,13 +287,19 @@ static int start_worker(lua_State *L) {
   return 0;
 }
 
-/* Raises the BrokenThreadPool error of the broken pool whose state is at st. */
-static int raise_broken(lua_State *L, int st) {
-  lua_getiuservalue(L, st, UV_INFO);
-  lua_getfield(L, -1, "broken_msg");  /* nil: a worker failed, and memory ran out to say why */
-  const char *why = lua_tostring(L, -1);
-  return host_error_raise(L, "BrokenThreadPool", "%s",
-                          why != NULL ? why : "a worker thread failed: not enough memory");
+/*
+** Raises what a submit to the pool p (state at st) gets once it broke
+** (BrokenThreadPool with its reason) or shut down; returns when neither.
+*/
+static void check_open(lua_State *L, int st, pool_state *p) {
+  if (p->broken) {
+    lua_getiuservalue(L, st, UV_INFO);
+    lua_getfield(L, -1, "broken_msg");  /* nil: a worker failed, and memory ran out to say why */
+    const char *why = lua_tostring(L, -1);
+    host_error_raise(L, "BrokenThreadPool", "%s",
+                     why != NULL ? why : "a worker thread failed: not enough memory");
+  }
+  if (p->shutdown) luaL_error(L, "cannot schedule new futures after shutdown");
 }
 
 /*
@@ -307,8 +313,7 @@ static int pool_submit(lua_State *L) {
   host_check_callable(L, 2);
   lua_getiuservalue(L, 1, 1);
   int st = lua_gettop(L);
-  if (p->broken) return raise_broken(L, st);
-  if (p->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
+  check_open(L, st, p);
   if ((lua_Integer)host_fifo_len(&p->items) + 1 > p->idle && p->threads < p->max_workers) {
     lua_pushcfunction(L, start_worker);
     lua_pushvalue(L, st);
@@ -316,10 +321,11 @@ static int pool_submit(lua_State *L) {
       if (p->threads == 0) return lua_error(L);
       lua_pop(L, 1);
     }
-    /* the GIL may have gone meanwhile (the pcall's hook), to the new worker
-    ** too, whose failing initializer broke the pool: an item queued now
-    ** would wait for good */
-    if (p->broken) return raise_broken(L, st);
+    /* the GIL may have gone meanwhile (the pcall's hook): to the new
+    ** worker, whose failing initializer broke the pool, or to a thread that
+    ** shut it down, after which every worker may have ended: an item
+    ** queued now would wait for good */
+    check_open(L, st, p);
   }
   int n = st - 3;  /* arguments after fn */
   lua_createtable(L, n + 3, 0);
