@@ -905,9 +905,11 @@ static int l_wait(lua_State *L) {
   future_set *s = push_future_set(L, 1);
   int set = lua_gettop(L);
   host_deadline d = host_deadline_in(timeout);
-  if (!wait_satisfied(s, mode) && !host_deadline_passed(&d)) check_set_wait(L, set, s, mode);
   wait_slot *pending = lua_newuserdatauv(L, sizeof *pending * (size_t)(s->n > 0 ? s->n : 1), 0);
   while (!wait_satisfied(s, mode) && !host_deadline_passed(&d)) {
+    /* at each turn: with FIRST_EXCEPTION, the futures that end without an
+    ** error may leave only refused ones to wait for */
+    check_set_wait(L, set, s, mode);
     lua_Integer np = 0;  /* wait only on those not done: a done one wakes at once */
     for (lua_Integer i = 0; i < s->n; i++)
       if (!is_done(host_future_state_of(s->fs[i]))) pending[np++].f = s->fs[i];

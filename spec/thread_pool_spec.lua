@@ -5,6 +5,7 @@
 local futures = require 'host.futures'
 local thread = require 'host.thread'
 local herror = require 'host.error'
+local time = require 'host.time'
 local sh = require 'spec.support.sh'
 
 local T = 10
@@ -143,6 +144,29 @@ describe('ThreadPoolExecutor', function()
       .. 'wait' .. refused .. 'later\t2\n'
       .. 'task\tfalse\tcannot wait for a future of this pool on its only worker (it would never complete)\n'
       .. 'inner\tinner\ntwo\ttrue\tsecond\nend\n', out)
+  end)
+
+  it('refuses, on its only worker, a FIRST_EXCEPTION wait once the other futures ended without an error', function()
+    -- the future of another pool ends fine, which does not end a
+    -- FIRST_EXCEPTION wait: only the own pool's future is left, which
+    -- would never complete (the wait used to last its whole timeout, or
+    -- for good without one)
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 1 }
+    local other <close> = futures.ThreadPoolExecutor { max_workers = 1 }
+    local go, box = thread.Event(), {}
+    local outer = ex:submit(function()
+      go:wait(T)
+      local start = time.monotonic()
+      local ok, err = pcall(futures.wait, { box.inner, box.elsewhere },
+                            { timeout = T, return_when = 'FIRST_EXCEPTION' })
+      return ok, err, box.elsewhere:done(), time.monotonic() - start < T / 2
+    end)
+    box.inner = ex:submit(function() return 'inner' end)
+    box.elsewhere = other:submit(function() thread.sleep(0.05) return 'elsewhere' end)
+    go:set()
+    assert.are.same({ false, 'cannot wait for a future of this pool on its only worker (it would never complete)',
+                      true, true }, { outer:result(2 * T) })
+    assert.are.equal('inner', box.inner:result(T))
   end)
 
   it('ends the idle workers of pools dropped without shutdown', function()
