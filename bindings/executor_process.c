@@ -1136,24 +1136,39 @@ static int pstate_wait_check(lua_State *L) {
 }
 
 /*
+** Raises what a submit to the pool at 1 (state s) gets once it broke
+** (BrokenProcessPool with its reason) or shut down; returns when neither.
+*/
+static void check_open(lua_State *L, pstate_t *s) {
+  if (s->broken) {
+    lua_getiuservalue(L, 1, 1);
+    lua_getiuservalue(L, -1, UV_INFO);
+    lua_getfield(L, -1, "broken_msg");  /* nil: memory ran out as the manager failed */
+    const char *why = lua_tostring(L, -1);
+    host_error_raise(L, "BrokenProcessPool", "%s", why != NULL ? why : MANAGER_NOMEM);
+  }
+  if (s->shutdown) luaL_error(L, "cannot schedule new futures after shutdown");
+}
+
+/*
 ** Submits fn(...) (self, fn, args at 1..) as an item that may be sent
 ** ahead when `ahead`; returns its Future.
 */
 static int submit_item(lua_State *L, bool ahead) {
   pstate_t *s = check_pool(L);
   host_check_callable(L, 2);
-  if (s->broken) {
-    lua_getiuservalue(L, 1, 1);
-    lua_getiuservalue(L, -1, UV_INFO);
-    lua_getfield(L, -1, "broken_msg");  /* nil: memory ran out as the manager failed */
-    const char *why = lua_tostring(L, -1);
-    return host_error_raise(L, "BrokenProcessPool", "%s", why != NULL ? why : MANAGER_NOMEM);
-  }
-  if (s->shutdown) return luaL_error(L, "cannot schedule new futures after shutdown");
+  check_open(L, s);
   char *buf;
   size_t len;
   if (host_executor_encode_call(L, 2, lua_gettop(L) - 1, &buf, &len) != LUA_OK)
     return lua_error(L);
+  if (s->broken || s->shutdown) {
+    /* the GIL may have gone in the codec's lua_pcall (the hook) to a thread
+    ** that shut the pool down: the manager may have ended since, and an
+    ** item queued now would never complete */
+    free(buf);
+    check_open(L, s);
+  }
   if (len > FRAME_MAX) {
     free(buf);
     return luaL_error(L, "cannot submit: the function and its arguments take %I bytes, "

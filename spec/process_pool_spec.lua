@@ -1073,6 +1073,56 @@ describe('ProcessPoolExecutor at its boundaries', function()
       .. 'wait_other\ttrue\ttrue\nlater\t2\nend\n', out)
   end)
 
+  it('leaves no item behind in a pool that another thread shut down while submit encoded it', function()
+    -- the codec runs under lua_pcall, where the hook may hand the GIL to a
+    -- thread that shuts the pool down, then to the manager, which ends:
+    -- submit raises then (the item used to go to a worker whose result
+    -- nobody read, and the future stayed running for good, exit too: about
+    -- one submit in 50 here at a 1 us switch interval)
+    local out, err, code = run_script([[
+      local futures = require 'host.futures'
+      local thread = require 'host.thread'
+      thread.setswitchinterval(1e-6)
+      local box = { running = true }
+      local closer = thread.Thread { target = function()
+        while box.running do
+          local ex = box.ex
+          if ex then
+            box.ex = nil
+            ex:shutdown { wait = false }
+          end
+        end
+      end }
+      closer:start()
+      local queued, refused = 0, 0
+      for i = 1, 300 do
+        local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+        box.ex = ex
+        local submitted, f = pcall(ex.submit, ex, function() return i end)
+        if submitted then
+          local ok, got = pcall(f.result, f, 5)
+          if not ok or got ~= i then
+            print('lost', i, tostring(got))
+            break
+          end
+          queued = queued + 1
+        elseif tostring(f):find('cannot schedule new futures after shutdown', 1, true) then
+          refused = refused + 1
+        else
+          print('error', i, tostring(f))
+          break
+        end
+        ex:shutdown()
+      end
+      box.running = false
+      closer:join(5)
+      thread.setswitchinterval(0.005)
+      print('submits', queued + refused, queued > 0)
+    ]], 60)
+    assert.are.equal(0, code, err)
+    assert.are.equal('submits\t300\ttrue\n', out)
+  end)
+
   it('keeps a worker whose error __tostring raises out of the parent script', function()
     local out, err, code = run_script [[
       print('script start')
