@@ -263,6 +263,52 @@ print('callback', called[1])
     assert.matches('callback\tcb\n', out, 1, true)
   end)
 
+  it('leaves no item behind in an executor that another thread shut down while submit encoded it', function()
+    -- the codec runs under lua_pcall, where the hook may hand the GIL to a
+    -- thread that shuts the executor down, then to its collector, which
+    -- ends: submit raises then (the item used to run with no collector
+    -- left, so its done-callbacks never ran: one submit in 20-30 here)
+    local out, err, code = world(PRE .. [[
+local thread = require 'host.thread'
+thread.setswitchinterval(1e-6)
+local box = { running = true }
+local closer = thread.Thread { target = function()
+  while box.running do
+    local ex = box.ex
+    if ex then
+      box.ex = nil
+      ex:shutdown { wait = false }
+    end
+  end
+end }
+closer:start()
+local queued, refused = 0, 0
+for i = 1, 200 do
+  local ex = futures.MPIPoolExecutor()
+  box.ex = ex
+  local submitted, f = pcall(ex.submit, ex, function() return i end)
+  if submitted then
+    local called = thread.Event()
+    f:add_done_callback(function() called:set() end)
+    local ok, got = pcall(f.result, f, 10)
+    if not ok or got ~= i then print('lost', i, tostring(got)) break end
+    if not called:wait(5) then print('no callback', i) break end
+    queued = queued + 1
+  elseif tostring(f):find('cannot schedule new futures after shutdown', 1, true) then
+    refused = refused + 1
+  else
+    print('error', i, tostring(f))
+    break
+  end
+end
+box.running = false
+assert(closer:join(10))
+print('end', queued + refused)
+]])
+    assert.are.equal(0, code, err)
+    assert.matches('end\t200\n', out, 1, true)
+  end)
+
   it('sends each worker rank one task ahead, which then runs: cancel cannot stop it', function()
     -- as ProcessPoolExecutor's call queue: a task sent ahead is running; before
     -- it was not, and a worker waited for rank 0 between tasks

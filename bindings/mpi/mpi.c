@@ -1017,18 +1017,31 @@ static int mpool_submit(lua_State *L) {
   lua_pushlightuserdata(L, f);
   lua_pushvalue(L, fut);
   lua_rawset(L, inflight);
-  it->f = f;
-  host_future_ref(f);
-  it->p = p;
-  atomic_fetch_add(&p->refs, 1);
   pthread_mutex_lock(&world.mu);
-  p->outstanding++;
-  if (world.tail != NULL) world.tail->next = it;
-  else world.head = it;
-  world.tail = it;
-  pthread_cond_signal(&world.cv);
+  /* the GIL may have gone since the check above (the codec's lua_pcall, a
+  ** finalizer) to a thread that shut the pool down, after which its
+  ** collector may have ended: an item queued now would never complete */
+  bool open = !p->broken && !p->shutdown && !world.stopping;
+  if (open) {
+    it->f = f;
+    host_future_ref(f);
+    it->p = p;
+    atomic_fetch_add(&p->refs, 1);
+    p->outstanding++;
+    if (world.tail != NULL) world.tail->next = it;
+    else world.head = it;
+    world.tail = it;
+    pthread_cond_signal(&world.cv);
+  }
   pthread_mutex_unlock(&world.mu);
-  return 1;
+  if (open) return 1;
+  free(it->payload);
+  free(it);
+  lua_pushlightuserdata(L, f);
+  lua_pushnil(L);
+  lua_rawset(L, inflight);
+  refused(L, p);
+  return lua_error(L);
 }
 
 /*
