@@ -199,7 +199,8 @@ static void request_switch(host_universe *u) {
 #define SPIN_MIN_NS 2000      /* the shortest bound a success teaches */
 #define SPIN_MAX_BACKOFF 8    /* off: a try every 2^8 sleeps at the least */
 #define SPIN_RETRIES 4        /* looks again at a full count, 8 pauses apart */
-#define SPIN_SLEPT_TIMES 5    /* a sleep this many longest spins short, ended from another core, turns spinning on */
+#define SPIN_SLEPT_NS 50000   /* a sleep this short, ended from another core, turns spinning on, */
+#define SPIN_SLEPT_TIMES 2    /* as does one up to this many longest spins (spin_slept) */
 #define LEAVE_SPINS 64        /* pauses a served thread waits to be taken out of the line */
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -296,13 +297,18 @@ static void spin_end(host_universe *u, host_spin *spin, bool woken, long long sp
 ** good once each has missed the other. Each one's wait then holds the
 ** other's wake-up (tens of microseconds on an idle virtual core, more than
 ** a spin's bound), so each spin misses and both back off, while both
-** spinning would catch every hand-off: hence a window of SPIN_SLEPT_TIMES
-** the longest spin. A wake-up from the sleeper's own core says the
-** opposite (the two share a core, another process has the other): the
-** caller does not count it.
+** spinning would catch every hand-off: hence a window of SPIN_SLEPT_NS,
+** longer than the longest spin where wake-ups are quick, or twice the
+** longest spin where they are slow (a sleep holds one of them). A window
+** that grew with the spin alone would, on a loaded machine whose delays
+** swell the learned latency, keep every thread spinning the longest spin
+** at each wait. A wake-up from the sleeper's own core says the opposite
+** (the two share a core, another process has the other): the caller does
+** not count it.
 */
 static void spin_slept(host_universe *u, host_spin *spin, long long slept) {
-  if (slept > SPIN_SLEPT_TIMES * spin_max(u)) return;
+  long long window = SPIN_SLEPT_TIMES * (long long)spin_max(u);
+  if (slept > (window > SPIN_SLEPT_NS ? window : SPIN_SLEPT_NS)) return;
   spin->backoff = 0;
   spin->skipped = 0;
 }

@@ -162,7 +162,8 @@ struct host_universe {
   atomic_ullong switches;
   struct gil_slot slot[GIL_SLOTS];
   _Alignas(HOST_LINE) atomic_int spinning;  /* its threads spinning before a sleep now */
-  atomic_llong wake_ns;           /* a futex wake-up's latency here, learned (gil.c) */
+  /* read at every spin, written at every woken sleep: a line of its own */
+  _Alignas(HOST_LINE) atomic_llong wake_ns;  /* a futex wake-up's latency here, learned (gil.c) */
   /* read at every hand-off, written seldom: a line away from those above */
   _Alignas(HOST_LINE) int cores;  /* processors this process may run on */
   /* preemption and interrupts */
