@@ -15,8 +15,9 @@ int luaopen_host_serialize(lua_State *L);
 ** "argument #2", "the result"). When a value cannot be serialized, *where
 ** is its position among the n (1..n) and the message gives the path inside
 ** it, "cannot serialize thread at [2] (coroutine)", or none for that value
-** itself, "cannot serialize thread (coroutine)". *where is 0 after any
-** other failure (memory, a registered type's raising dump) and on success.
+** itself, "cannot serialize thread (coroutine)"; so is a userdata whose
+** registered dump raises or returns no string. *where is 0 after any other
+** failure (memory) and on success.
 */
 int host_codec_encode_at(lua_State *L, int first, int n, char **buf, size_t *len,
                          int *where);
