@@ -94,6 +94,15 @@ bench.figure { name = 'ProcessPool(2) start + 1 task + shutdown', unit = 'ms', s
                goal = py.start_one_shutdown and { op = '<=', value = 0.1, on = 'ratio' },
                floor = have_floor and { name = ('C fork 2 + 1 message + reap, %.0f MB RSS'):format(rss / 1024),
                                         value = measure.summary(floor_cycles) } or nil }
+-- What fork costs grows with what a page fault costs here (a few tenths
+-- of a microsecond on most machines, tens on some virtual ones): the C
+-- figures that explain the start + shutdown figure across machines.
+if have_floor then
+  bench.figure { name = 'C page fault, first write to a fresh page', unit = 'us', scale = 1e6,
+                 value = floor_run('fault 2000 3', 'fault_us') }
+  bench.figure { name = 'C page fault, first write in a forked child (copy-on-write)', unit = 'us', scale = 1e6,
+                 value = floor_run('fault 2000 3', 'cow_fault_us') }
+end
 bench.figure { name = 'InterpreterPool(1) start + 1 task + shutdown', unit = 'us', scale = 1e6,
                value = per_op(cycle(function() return futures.InterpreterPoolExecutor { max_workers = 1 } end), 20, 3) }
 
