@@ -33,6 +33,8 @@ typedef struct pool_state {
   lua_Integer threads;     /* workers started and not yet ended */
   lua_Integer idle;        /* workers parked in their wait (woken ones too,
                               until they run again): CPython's _idle_semaphore */
+  lua_Integer finishing;   /* workers completing a future with no callbacks:
+                              each looks at the queue next (see run_item) */
   lua_Integer started;     /* for worker names */
   host_fifo items;         /* work items, in uservalue UV_ITEMS */
   bool shutdown;
@@ -143,15 +145,21 @@ static void complete(lua_State *L, int idx, int kind, const char *refusal) {
 /*
 ** Runs the work item on top (popped) in this thread and completes its
 ** future. The task runs in the worker's own frame, so that its traceback
-** ends with the task; nothing around it raises (see complete).
+** ends with the task; nothing around it raises (see complete). Returns
+** true when it counted the worker in p->finishing before the completion:
+** the waiter it wakes may submit before the worker parks (the GIL may pass
+** in the completion's lua_pcall), and a worker that looks at the queue
+** next is as good as an idle one, so no other is started for that submit.
+** A future with callbacks is not counted: they may run long, and a submit
+** meanwhile starts a worker, as in CPython.
 */
-static void run_item(lua_State *L) {
+static bool run_item(lua_State *L, pool_state *p) {
   int item = lua_gettop(L);
   lua_rawgeti(L, item, 1);
   int future = lua_gettop(L);
   if (!host_future_set_running(host_future_of(L, future))) {
     lua_settop(L, item - 1);  /* cancelled meanwhile */
-    return;
+    return false;
   }
   lua_rawgeti(L, item, 2);
   int nargs = (int)lua_tointeger(L, -1);
@@ -159,14 +167,17 @@ static void run_item(lua_State *L) {
   if (!lua_checkstack(L, nargs + 2)) {
     complete(L, future, DONE_REFUSED, "too many arguments");
     lua_settop(L, item - 1);
-    return;
+    return false;
   }
   for (int i = 3; i <= nargs + 3; i++) lua_rawgeti(L, item, i);  /* fn, args */
   HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", NULL));
   int status = host_pcall(L, nargs, LUA_MULTRET);
   HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", status ? "raised" : "ok"));
+  bool finishing = !host_future_wants_callbacks(host_future_of(L, future));
+  if (finishing) p->finishing++;
   complete(L, future, status == LUA_OK ? DONE_OK : DONE_RAISED, NULL);
   lua_settop(L, item - 1);
+  return finishing;
 }
 
 /*
@@ -255,11 +266,15 @@ static int worker_main(lua_State *L) {
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) fail_pool(L, idx, p, "a worker thread failed: %s");
   else if (run_initializer(L, idx, p)) {
+    bool finishing = false;  /* counted in p->finishing (run_item) */
     for (;;) {
-      if (host_fifo_pop(L, idx, UV_ITEMS, &p->items)) {
-        run_item(L);
+      bool got = host_fifo_pop(L, idx, UV_ITEMS, &p->items);
+      if (finishing) p->finishing--;  /* it runs the next item, or parks now */
+      if (got) {
+        finishing = run_item(L, p);
         continue;
       }
+      finishing = false;
       lua_pop(L, 1);
       if (p->shutdown || p->broken) break;
       host_wait_on(L, "host.ThreadPoolExecutor", "idle worker: no work", p, NULL);
@@ -314,7 +329,8 @@ static int pool_submit(lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   int st = lua_gettop(L);
   check_open(L, st, p);
-  if ((lua_Integer)host_fifo_len(&p->items) + 1 > p->idle && p->threads < p->max_workers) {
+  if ((lua_Integer)host_fifo_len(&p->items) + 1 > p->idle + p->finishing &&
+      p->threads < p->max_workers) {
     lua_pushcfunction(L, start_worker);
     lua_pushvalue(L, st);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {

@@ -718,6 +718,19 @@ describe('ThreadPoolExecutor', function()
     assert.are.equal(before + 1, thread.count())
   end)
 
+  it('starts no second worker for a submit made while the first completes a future', function()
+    -- the waiter the worker wakes may run before that worker parks again
+    -- (the GIL may pass in the completion): the worker looks at the queue
+    -- next, so it counts as idle (with a 1 us switch interval the old code
+    -- started 3 workers for 500 submits, one after another)
+    local ex <close> = futures.ThreadPoolExecutor { max_workers = 4 }
+    local before, interval = thread.count(), thread.getswitchinterval()
+    thread.setswitchinterval(1e-6)
+    for _ = 1, 500 do ex:submit(function() end):result(T) end
+    thread.setswitchinterval(interval)
+    assert.are.equal(before + 1, thread.count())
+  end)
+
   it('rejects bad arguments', function()
     assert.has_error(function() futures.ThreadPoolExecutor { max_workers = 0 } end,
       "bad argument #1 to 'ThreadPoolExecutor' ('max_workers' must be in [1, 1024])")
