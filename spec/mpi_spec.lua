@@ -647,12 +647,19 @@ if mpi.rank() == 1 then return end
 do
   local ex <close> = mpi.CommExecutor()
   if ex then
-    local fs = {}
-    for i = 1, 4 do fs[i] = ex:submit(function() return require('host.mpi').rank() end) end
+    -- the break may come before a submit (which raises it then) or after
+    local fs, broken = {}, nil
     for i = 1, 4 do
-      local ok, e = pcall(fs[i].result, fs[i], 20)
-      if not ok then print('broken', e.kind, e.message) break end
+      local ok, f = pcall(ex.submit, ex, function() return require('host.mpi').rank() end)
+      if not ok then broken = f break end
+      fs[i] = f
     end
+    for i = 1, #fs do
+      if broken then break end
+      local ok, e = pcall(fs[i].result, fs[i], 20)
+      if not ok then broken = e end
+    end
+    if broken then print('broken', broken.kind, broken.message) end
     print('again', pcall(ex.submit, ex, print))
   end
 end
