@@ -172,8 +172,11 @@ static bool run_item(lua_State *L, pool_state *p) {
   for (int i = 3; i <= nargs + 3; i++) lua_rawgeti(L, item, i);  /* fn, args */
   HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", NULL));
   int status = host_pcall(L, nargs, LUA_MULTRET);
-  HOST_TRACE_L(L, host_trace_task(L, host_future_of(L, future), "ThreadPool", status ? "raised" : "ok"));
-  bool finishing = !host_future_wants_callbacks(host_future_of(L, future));
+  /* the results may fill the stack, and a look at the proxy takes a slot:
+     without one, no trace event and no finishing count (NULL: finalized) */
+  host_future *done = lua_checkstack(L, 2) ? host_future_of(L, future) : NULL;
+  if (done != NULL) HOST_TRACE_L(L, host_trace_task(L, done, "ThreadPool", status ? "raised" : "ok"));
+  bool finishing = done != NULL && !host_future_wants_callbacks(done);
   if (finishing) p->finishing++;
   complete(L, future, status == LUA_OK ? DONE_OK : DONE_RAISED, NULL);
   lua_settop(L, item - 1);
