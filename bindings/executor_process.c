@@ -1,8 +1,11 @@
 /*
 ** executor_process.c: futures.ProcessPoolExecutor over fork(), with the
 ** architecture of CPython's concurrent/futures/process.py:
-** - the workers are forked when the pool is made, before its manager
-**   thread exists; each talks to the parent over its own socketpair;
+** - the workers are forked on demand, as in CPython since 3.9: a submit
+**   that finds no idle worker forks one (up to max_workers), in the
+**   submitting thread, so a failure raises there; the manager forks the
+**   replacement of a retired worker while work is queued. Each talks to
+**   the parent over its own socketpair;
 ** - submit encodes the task with the codec at once (an unserializable
 **   argument raises there, naming its path) and queues it as pending;
 ** - at most workers + 1 items are taken from pending into the call queue;
@@ -32,11 +35,11 @@
 ** -> DEAD (reaped). Only an IDLE slot takes work (and a BUSY one, up to
 ** AHEAD_MAX map chunks sent ahead, after which it stays BUSY until all
 ** their results are read), so a slot whose process is being reaped (the GIL is released in
-** waitpid) is never sent a task. Only the manager (or the constructor,
-** before the manager exists) forks, retires and reaps, but for shutdown,
-** which retires and reaps the IDLE workers of a drained pool itself (a
-** slot being reaped is skipped by the other thread); submit only moves a
-** slot from IDLE to BUSY.
+** waitpid) is never sent a task. Only the manager retires and reaps, but
+** for shutdown, which retires and reaps the IDLE workers of a drained pool
+** itself (a slot being reaped is skipped by the other thread); submit
+** forks into a DEAD slot (with the GIL held throughout: see fork_worker)
+** and moves a slot from IDLE to BUSY.
 **
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
@@ -68,7 +71,9 @@
 
 #define PPOOL_TYPE "host.ProcessPoolExecutor"
 #define PSTATE_TYPE "host.ProcessPoolState"
-#define POOL_FDS "host.pool_fds"            /* registry: fds a child must close */
+/* registry: the states of the universe's pools (weak keys), whose fds a
+** new child closes */
+#define POOL_STATES "host.pool_states"
 /* Sent to a worker when the thread that forked it ends (PR_SET_PDEATHSIG,
 ** which Linux ties to the thread, not the process): see on_parent_death. */
 #define PARENT_DEATH_SIGNAL SIGUSR2
@@ -264,16 +269,45 @@ static char *encode_error(lua_State *L, size_t *len) {
   return buf;
 }
 
+/* Closes fd in a new child, unless it is -1 or `keep`. */
+static void close_inherited(int fd, int keep) {
+  if (fd >= 0 && fd != keep) close(fd);
+}
+
 /* Closes, in a new child, every fd of every process pool of the parent. */
 static void close_pool_fds(lua_State *L, int keep) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_FDS) == LUA_TTABLE) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_STATES) == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-      int fd = (int)lua_tointeger(L, -2);
-      if (fd != keep) close(fd);
+      pstate_t *s = lua_touserdata(L, -2);
+      close_inherited(s->wake_r, keep);
+      close_inherited(s->wake_w, keep);
+      for (int i = 0; i < s->nworkers; i++) {
+        close_inherited(s->w[i].fd, keep);
+        close_inherited(s->w[i].linger, keep);
+      }
       lua_pop(L, 1);
     }
   }
+  lua_pop(L, 1);
+}
+
+/*
+** Registers the state on top among those whose fds a new child closes
+** (see POOL_STATES). Closing each fd as the pool closes it needs no
+** bookkeeping then, and a fork changes no Lua table: it runs no code
+** that could pass the GIL to another thread in the middle of a fork.
+*/
+static void register_state(lua_State *L) {
+  if (luaL_getsubtable(L, LUA_REGISTRYINDEX, POOL_STATES) == 0) {
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
   lua_pop(L, 1);
 }
 
@@ -466,19 +500,11 @@ static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd, bool by_main
   host_exit_child(0);
 }
 
-/* Notes fd as one a forked child must close (or forgets it). */
-static void track_fd(lua_State *L, int fd, bool add) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, POOL_FDS);
-  lua_pushinteger(L, fd);
-  if (add) lua_pushboolean(L, 1);
-  else lua_pushnil(L);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
-}
-
 /*
 ** Forks worker i (a DEAD slot) of the state at sidx; it becomes IDLE.
-** Returns 0 or an errno value. In the child this never returns.
+** Returns 0 or an errno value. In the child this never returns. Nothing
+** here runs Lua code, so the GIL stays with the caller throughout: no
+** other thread can take the slot meanwhile.
 */
 static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   int sv[2];
@@ -503,8 +529,33 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   w->fd = sv[0];
   w->tasks = 0;
   w->sending = false;
-  track_fd(L, sv[0], true);
   return 0;
+}
+
+/* Workers alive or starting: the slots that are not DEAD. */
+static int live_count(pstate_t *s) {
+  int n = 0;
+  for (int i = 0; i < s->nworkers; i++) n += s->w[i].state != SLOT_DEAD;
+  return n;
+}
+
+/*
+** Forks workers into DEAD slots while the `waiting` items outnumber the
+** IDLE workers: workers start on demand, as in CPython since 3.9 (one
+** task forks one process, not max_workers). Returns how many it forked;
+** *err is 0, or the errno of a fork that failed.
+*/
+static int start_wanted(lua_State *L, int sidx, pstate_t *s, size_t waiting, int *err) {
+  size_t idle = 0;
+  int forked = 0;
+  *err = 0;
+  for (int i = 0; i < s->nworkers; i++) idle += s->w[i].state == SLOT_IDLE;
+  for (int i = 0; i < s->nworkers && waiting > idle && *err == 0; i++) {
+    if (s->w[i].state != SLOT_DEAD) continue;
+    *err = fork_worker(L, sidx, s, i);
+    if (*err == 0) forked++, idle++;
+  }
+  return forked;
 }
 
 /*
@@ -550,7 +601,7 @@ static int reap(pid_t pid, double grace) {
 ** socket that a sender still uses is shut down, not closed: the sender
 ** closes it, so its number cannot be reused under the sender.
 */
-static void hang_up(lua_State *L, pstate_t *s, int i) {
+static void hang_up(pstate_t *s, int i) {
   worker_t *w = &s->w[i];
   if (w->fd < 0) return;
   int fd = w->fd;
@@ -561,7 +612,6 @@ static void hang_up(lua_State *L, pstate_t *s, int i) {
     w->linger = fd;
   } else {
     close(fd);
-    track_fd(L, fd, false);
   }
 }
 
@@ -575,7 +625,7 @@ static int retire_worker(lua_State *L, pstate_t *s, int i, double grace) {
   worker_t *w = &s->w[i];
   if (w->state == SLOT_DEAD || w->reaping) return 0;  /* (another thread reaps it) */
   w->state = SLOT_RETIRING;
-  hang_up(L, s, i);
+  hang_up(s, i);
   free(w->in.p);
   w->in = (inbuf){NULL, 0, 0, 0, false};
   if (w->pid > 0) {
@@ -706,7 +756,6 @@ static void dispatch(lua_State *L, int sidx, pstate_t *s, int i, bool ahead) {
   if (w->linger == fd) {  /* retired meanwhile: the fd is ours to close */
     w->linger = -1;
     close(fd);
-    track_fd(L, fd, false);
   } else if (w->fd == fd) {
     w->sending = false;
   }
@@ -763,6 +812,13 @@ static void pump(lua_State *L, int sidx, pstate_t *s) {
       if (runs) host_fifo_push(L, sidx, UV_CALLQ, &s->callq);
       else lua_pop(L, 1);  /* cancelled while pending */
     }
+    int err;  /* (a retired worker's slot, or a fork that failed in submit) */
+    start_wanted(L, sidx, s, host_fifo_len(&s->callq), &err);
+    if (err != 0 && live_count(s) == 0) {
+      char why[128];
+      snprintf(why, sizeof why, "cannot start a worker: %s", strerror(err));
+      break_pool(L, sidx, s, why);
+    }
     for (int i = 0; i < s->nworkers && !s->broken && host_fifo_len(&s->callq) > 0; i++) {
       if (s->w[i].state != SLOT_IDLE) continue;
       host_fifo_pop(L, sidx, UV_CALLQ, &s->callq);
@@ -788,14 +844,13 @@ static void send_queued(pstate_t *s) {
 
 /* Forgets the frames send_queued sent (GIL held again): a socket retired
 ** meanwhile (see hang_up) is closed here. */
-static void sent_queued(lua_State *L, pstate_t *s) {
+static void sent_queued(pstate_t *s) {
   for (int k = 0; k < s->nsend; k++) {
     worker_t *w = &s->w[s->sends[k].i];
     int fd = s->sends[k].fd;
     if (w->linger == fd) {
       w->linger = -1;
       close(fd);
-      track_fd(L, fd, false);
     } else if (w->fd == fd) {
       w->sending = w->queued = false;
     }
@@ -816,13 +871,11 @@ static void wake_manager(pstate_t *s) {
 }
 
 /* Closes the wake-up pipe (GIL held): the manager is done with it. */
-static void close_wake_pipe(lua_State *L, pstate_t *s) {
+static void close_wake_pipe(pstate_t *s) {
   int fds[2] = {s->wake_r, s->wake_w};
   s->wake_r = s->wake_w = -1;
   for (int i = 0; i < 2; i++) {
-    if (fds[i] < 0) continue;
-    close(fds[i]);
-    track_fd(L, fds[i], false);
+    if (fds[i] >= 0) close(fds[i]);
   }
 }
 
@@ -941,15 +994,9 @@ static void take_result(lua_State *L, int sidx, pstate_t *s, int i) {
     break_pool(L, sidx, s, "a process in the process pool sent a result it was not asked for");
     return;
   }
-  if (retire) {
-    retire_worker(L, s, i, DEATH_GRACE);  /* it exits by itself after its last task */
-    /* after a shutdown too, while queued work is left for it to run */
-    if (!s->broken && (!s->shutdown || host_fifo_len(&s->pending) + host_fifo_len(&s->callq) > 0)) {
-      int e = fork_worker(L, sidx, s, i);
-      if (e != 0)
-        break_pool(L, sidx, s, lua_pushfstring(L, "cannot replace a worker: %s", strerror(e)));
-    }
-  }
+  /* it exits by itself after its last task; the manager's next pump forks
+  ** a new one while queued work is left (after a shutdown too) */
+  if (retire) retire_worker(L, s, i, DEATH_GRACE);
 }
 
 /*
@@ -1014,7 +1061,7 @@ static int manager_loop(lua_State *L) {
       host_gil_release(L);
       send_queued(s);
       host_gil_acquire(L);
-      sent_queued(L, s);
+      sent_queued(s);
       break;
     }
     int n = 0;
@@ -1026,7 +1073,7 @@ static int manager_loop(lua_State *L) {
     bool callbacks = complete_done(s);
     while (!callbacks && poll(fds, (nfds_t)n, -1) < 0 && errno == EINTR) {}
     host_gil_acquire(L);
-    sent_queued(L, s);
+    sent_queued(s);
     forget_done(L, 1, s, callbacks);
     if (callbacks) continue;  /* they ran instead of the poll: look again */
     /* The GIL may have come long after poll returned (the caller held it
@@ -1111,10 +1158,10 @@ static int manager_main(lua_State *L) {
   }
   for (int i = 0; i < s->nworkers; i++) {  /* EOF ends them, all at once */
     if (s->w[i].state != SLOT_DEAD) s->w[i].state = SLOT_RETIRING;
-    hang_up(L, s, i);
+    hang_up(s, i);
   }
   for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);
-  close_wake_pipe(L, s);
+  close_wake_pipe(s);
   s->manager_done = true;
   host_waitq_notify(s->q);
   return 0;
@@ -1176,6 +1223,15 @@ static int submit_item(lua_State *L, bool ahead) {
   }
   lua_getiuservalue(L, 1, 1);  /* the state */
   int sidx = lua_gettop(L);
+  /* No worker is idle for it: one is forked now (by this thread, which
+  ** then holds its parent-death signal), so that a failure raises here. */
+  int err;
+  size_t waiting = host_fifo_len(&s->pending) + host_fifo_len(&s->callq) + 1;
+  if (start_wanted(L, sidx, s, waiting, &err) > 0) wake_manager(s);  /* to poll it too */
+  if (err != 0 && live_count(s) == 0) {
+    free(buf);
+    return luaL_error(L, "cannot start a worker: %s", strerror(err));
+  }
   lua_createtable(L, 3, 0);
   lua_pushlstring(L, buf, len);
   free(buf);
@@ -1220,14 +1276,14 @@ static int ppool_submit_ahead(lua_State *L) {
 ** that they exit while the manager wakes up, not after it: each is
 ** RETIRING and hung up on at once. Returns the number hung up on.
 */
-static int end_idle(lua_State *L, pstate_t *s) {
+static int end_idle(pstate_t *s) {
   if (!drained(s)) return 0;
   int n = 0;
   for (int i = 0; i < s->nworkers; i++) {
     worker_t *w = &s->w[i];
     if (w->state != SLOT_IDLE || w->fd < 0) continue;
     w->state = SLOT_RETIRING;
-    hang_up(L, s, i);
+    hang_up(s, i);
     n++;
   }
   return n;
@@ -1250,7 +1306,7 @@ static int ppool_shutdown(lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  int ended = end_idle(L, s);
+  int ended = end_idle(s);
   wake_manager(s);
   if (wait && !s->manager_done && s->manager == host_thread_ident())
     return luaL_error(L, "cannot join current thread (a done-callback runs on the pool's "
@@ -1288,7 +1344,8 @@ static int ppool_gc(lua_State *L) {
 
 /*
 ** __gc of the state: the manager has ended (it anchors the state while it
-** runs); kills what a failed constructor left, closes the wake-up pipe and
+** runs, and reaps every worker before it ends); kills any worker still
+** there, closes the wake-up pipe (open when the manager never started) and
 ** frees the wait queue. In a forked child the fds are the parent's.
 */
 static int pstate_gc(lua_State *L) {
@@ -1296,7 +1353,7 @@ static int pstate_gc(lua_State *L) {
   if (s == NULL) return 0;
   if (s->owner == getpid()) {
     for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, 0);
-    close_wake_pipe(L, s);
+    close_wake_pipe(s);
   }
   host_waitq_unref(s->q);
   s->q = NULL;
@@ -1330,18 +1387,9 @@ static int ppool_pids(lua_State *L) {
 }
 
 /*
-** Undoes a pool whose start failed: its first n workers are killed and
-** reaped, and the pool is broken and shut down, so no submit reaches it.
-*/
-static void abandon_workers(lua_State *L, pstate_t *s, int n) {
-  for (int i = 0; i < n; i++) retire_worker(L, s, i, 0);
-  s->broken = s->shutdown = true;
-}
-
-/*
 ** futures.ProcessPoolExecutor{max_workers =, initializer =, initargs =,
 ** max_tasks_per_child =}. Returns the pool, or nil, message, errno when
-** fork, a socket or its manager thread fails (no worker is left then).
+** its wake-up pipe or its manager thread fails. No worker starts yet.
 */
 static int ppool_new(lua_State *L) {
   static const char *const known[] = {"max_workers", "initializer", "initargs",
@@ -1364,6 +1412,7 @@ static int ppool_new(lua_State *L) {
   for (int i = 0; i < n; i++) s->w[i].fd = s->w[i].linger = -1;
   s->owner = getpid();
   s->nworkers = (int)n;
+  register_state(L);
   s->max_tasks = max_tasks;
   host_fifo_init(&s->pending);
   host_fifo_init(&s->callq);
@@ -1394,21 +1443,11 @@ static int ppool_new(lua_State *L) {
   if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) != 0) return luaL_fileresult(L, 0, "pipe");
   s->wake_r = pipefd[0];
   s->wake_w = pipefd[1];
-  track_fd(L, s->wake_r, true);
-  track_fd(L, s->wake_w, true);
-  for (int i = 0; i < n; i++) {  /* every worker before the manager thread */
-    int e = fork_worker(L, sidx, s, i);
-    if (e != 0) {
-      abandon_workers(L, s, i);
-      errno = e;
-      return luaL_fileresult(L, 0, "cannot start a worker");
-    }
-  }
   lua_pushvalue(L, sidx);
   lua_pushcclosure(L, manager_main, 1);
   int e = host_thread_start(L, "ProcessPoolManager", false, 0);
   if (e != 0) {
-    abandon_workers(L, s, (int)n);
+    s->broken = s->shutdown = true;  /* no submit reaches it */
     return host_thread_start_failed(L, e);
   }
   lua_pop(L, 1);

@@ -760,13 +760,23 @@ describe('InterpreterPoolExecutor short of memory', function()
       '^failed\tthe future failed, but its error was lost %(not enough memory%)\n$',
       '^failed\t[^\n]*not enough memory[^\n]*\n$',
     }
+    -- the worker's universe may run short again as it closes: said on
+    -- stderr (glibc's per-thread malloc arenas, made or not as the threads
+    -- contend, move the limit from run to run)
+    local exit_said = {
+      '^host: cannot run the exit handlers: not enough memory\n$',
+      '^host: error in exit handler: [^\n]*not enough memory[^\n]*\n$',
+    }
     local seen = {}
     for _, mode in ipairs { 'cached', 'fresh' } do
       for extra_kb = 4000, 24000, 1000 do
         local out, err, code = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' ' .. extra_kb .. ' ' .. mode, 30)
-        local fits = false
+        local fits, said = false, err == ''
         for _, pattern in ipairs(allowed) do fits = fits or out:find(pattern) ~= nil end
-        assert(fits and err == '' and code == 0,
+        for _, pattern in ipairs(exit_said) do
+          said = said or (err:find(pattern) ~= nil and out:find('^failed') ~= nil)
+        end
+        assert(fits and said and code == 0,
                ('%s %d KiB: exit %s, stdout %q, stderr %q'):format(mode, extra_kb, code, out, err))
         seen[out:match('^%a+')] = true
       end
