@@ -2,13 +2,15 @@
 ** bench/process_floor.c: the floors under the process pool's figures on
 ** this machine, in plain C (no Lua, no threads, no codec).
 **
-**   process_floor cycle RSS_KB [cycles per run] [runs]
+**   process_floor cycle RSS_KB [cycles per run] [runs] [children]
 **     A parent whose heap of small live objects brings its resident set to
-**     RSS_KB (give it the RSS of the host process compared) forks 2 children, each over
-**     its own socketpair; each child answers one message and exits; the
-**     parent reaps both. What a pool's start + 1 task + shutdown cannot go
-**     below with that heap: 2 forks (page tables copied, the parent's pages
-**     made copy-on-write), 2 exits and 2 waitpids. Prints "cycle_us v...".
+**     RSS_KB (give it the RSS of the host process compared) forks children
+**     (default 1, at most 8), each over its own socketpair; each answers
+**     one message and exits; the parent reaps them. What a pool's start +
+**     1 task + shutdown cannot go below with that heap, a pool forking its
+**     workers on demand forking one: a fork (page tables copied, the
+**     parent's pages made copy-on-write), an exit and a waitpid each.
+**     Prints "cycle_us v...".
 **
 **   process_floor roundtrip [round trips per run] [runs]
 **     One child echoes a task-sized message (80 bytes) over a socketpair:
@@ -93,19 +95,21 @@ static pid_t spawn(int *fd, int other) {
   return pid;
 }
 
-/* One cycle: 2 children forked, one message each answered, both reaped. */
-static int cycle(void) {
+#define CHILDREN_MAX 8
+
+/* One cycle: n children forked, one message each answered, all reaped. */
+static int cycle(int n) {
   char msg[MSG_LEN] = {1};
-  int fd[2];
-  pid_t pid[2];
-  for (int i = 0; i < 2; i++)
+  int fd[CHILDREN_MAX];
+  pid_t pid[CHILDREN_MAX];
+  for (int i = 0; i < n; i++)
     if ((pid[i] = spawn(&fd[i], i > 0 ? fd[0] : -1)) < 0) return 0;
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < n; i++)
     if (!write_all(fd[i], msg, sizeof msg)) return 0;
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < n; i++)
     if (!read_all(fd[i], msg, sizeof msg)) return 0;
-  for (int i = 0; i < 2; i++) close(fd[i]);  /* EOF: both children exit at once */
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < n; i++) close(fd[i]);  /* EOF: all children exit at once */
+  for (int i = 0; i < n; i++) {
     int status;
     if (waitpid(pid[i], &status, 0) != pid[i]) return 0;
   }
@@ -169,13 +173,14 @@ int main(int argc, char **argv) {
     long rss_kb = atol(argv[2]);
     long cycles = argc > 3 ? atol(argv[3]) : 20;
     int runs = argc > 4 ? atoi(argv[4]) : 3;
-    if (rss_kb < 0 || cycles < 1 || runs < 1) goto usage;
+    int children = argc > 5 ? atoi(argv[5]) : 1;
+    if (rss_kb < 0 || cycles < 1 || runs < 1 || children < 1 || children > CHILDREN_MAX) goto usage;
     fill_heap(rss_kb);
     printf("cycle_us");
     for (int r = 0; r < runs; r++) {
       double t0 = now();
       for (long i = 0; i < cycles; i++)
-        if (!cycle()) return perror("cycle"), 1;
+        if (!cycle(children)) return perror("cycle"), 1;
       printf(" %.2f", (now() - t0) / cycles * 1e6);
     }
     printf("\n");
@@ -217,7 +222,7 @@ int main(int argc, char **argv) {
     return 0;
   }
 usage:
-  fprintf(stderr, "usage: process_floor cycle RSS_KB [cycles] [runs]\n"
+  fprintf(stderr, "usage: process_floor cycle RSS_KB [cycles] [runs] [children]\n"
                   "       process_floor roundtrip [round trips] [runs]\n"
                   "       process_floor fault [pages] [runs]\n");
   return 2;

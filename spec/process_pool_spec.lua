@@ -66,14 +66,33 @@ end
 
 local run_script = sh.host_script
 
--- Starts n workers of ex (workers start on demand: n tasks submitted
--- back to back fork n of them) and returns ex:pids().
-local function start_workers(ex, n)
-  local fs = {}
-  for i = 1, n do fs[i] = ex:submit(function() end) end
-  for i = 1, n do fs[i]:result(T) end
-  return ex:pids()
-end
+-- Lua source defining start_workers(ex, n): it starts n workers of ex and
+-- returns ex:pids(). Workers start on demand, so n tasks are kept running
+-- together: each waits (at most 10 s) for a file made once all are submitted.
+local START_WORKERS = [[
+  local function start_workers(ex, n)
+    local path = os.tmpname()
+    os.remove(path)
+    local function wait(p)
+      local t = os.time()
+      while os.time() - t < 10 do
+        local f = io.open(p)
+        if f then f:close() return true end
+      end
+      return false
+    end
+    local fs = {}
+    for i = 1, n do fs[i] = ex:submit(wait, path) end
+    assert(io.open(path, 'w')):close()
+    for i = 1, n do assert(fs[i]:result(20), 'a worker did not see the file') end
+    os.remove(path)
+    return ex:pids()
+  end
+  return start_workers
+]]
+local start_workers = load(START_WORKERS)()
+-- The same, as the first line of a script: it defines start_workers.
+local WITH_START_WORKERS = 'local start_workers = (function() ' .. START_WORKERS:gsub('\n%s*', ' ') .. ' end)()\n'
 
 -- The number of times `plain` occurs in s.
 local function count(s, plain)
@@ -188,11 +207,16 @@ describe('ProcessPoolExecutor', function()
   it('starts workers on demand, never more than max_workers', function()
     local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 2 })
     assert.are.same({}, ex:pids())
-    local one = ex:submit(function() return 1 end)
+    local path, wait, open = gate()
+    local one = ex:submit(wait, path)
     assert.are.equal(1, #ex:pids())
-    local two = ex:submit(function() return 2 end)  -- the first worker is busy
+    local two = ex:submit(wait, path)  -- the first worker is busy
     assert.are.equal(2, #ex:pids())
-    assert.are.same({ 1, 2 }, { one:result(T), two:result(T) })
+    local three = ex:submit(wait, path)  -- both are: it waits for one
+    assert.are.equal(2, #ex:pids())
+    open()
+    assert.are.same({ true, true, true }, { one:result(T), two:result(T), three:result(T) })
+    os.remove(path)
     local got = {}
     for i, v in ex:map(function(x) return x end, { 1, 2, 3, 4, 5, 6, 7, 8 }, { timeout = T }) do got[i] = v end
     assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8 }, got)
@@ -707,13 +731,12 @@ end)
 
 describe('ProcessPoolExecutor and the parent process', function()
   it('takes its workers with it when the parent exits without shutdown', function()
-    local f = sh.tempfile [[
+    local f = sh.tempfile(WITH_START_WORKERS .. [[
       local futures = require 'host.futures'
       local ex = futures.ProcessPoolExecutor { max_workers = 2 }
-      local a, b = ex:submit(function() end), ex:submit(function() end)
-      print(table.concat(ex:pids(), ' '))
+      print(table.concat(start_workers(ex, 2), ' '))
       print(ex:submit(function() return 'ok' end):result(5))
-    ]]
+    ]])
     local out, _, code = sh.host_run(sh.quote(f), 20)
     os.remove(f)
     assert.are.equal(0, code)
@@ -763,16 +786,13 @@ describe('ProcessPoolExecutor and the parent process', function()
   end)
 
   it('stops within 1 s on Ctrl-C during map, and the workers are gone', function()
-    local f = sh.tempfile [[
+    local f = sh.tempfile(WITH_START_WORKERS .. [[
       io.stdout:setvbuf 'no'
       local futures = require 'host.futures'
       local ex = futures.ProcessPoolExecutor { max_workers = 2 }
-      local a, b = ex:submit(function() end), ex:submit(function() end)
-      a:result(5)
-      b:result(5)
-      print(table.concat(ex:pids(), ' '))
+      print(table.concat(start_workers(ex, 2), ' '))
       for _ in ex:map(function() while true do end end, { 1, 2, 3, 4 }) do end
-    ]]
+    ]])
     -- Ctrl-C reaches the terminal's whole process group: so does this.
     -- A watchdog kills the group after 3 s, so a failure leaves nothing behind.
     local out = sh.run('o=$(mktemp); setsid ' .. sh.quote(sh.host) .. ' ' .. sh.quote(f) ..
