@@ -995,10 +995,14 @@ describe('ProcessPoolExecutor at its boundaries', function()
     assert.is_true(fds <= fds0, ('fds: %d at start, %d now'):format(fds0, fds))
   end)
 
-  it('gives workers of a pool made on another thread a clean signal mask', function()
-    local t = thread.start(function() return futures.ProcessPoolExecutor { max_workers = 1 } end)
+  it('gives workers forked by another thread a clean signal mask', function()
+    local t = thread.start(function()
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      assert(ex:submit(function() return 0 end):result(T))  -- the fork, in this thread
+      return ex
+    end)
     local ok, ex = t:join(T)
-    assert.is_true(ok)
+    assert.is_true(ok, tostring(ex))
     -- the thread that forked the worker is gone: the worker still serves
     assert.are.equal(1, ex:submit(function() return 1 end):result(T))
     local pid = ex:pids()[1]
@@ -1248,19 +1252,22 @@ describe('ProcessPoolExecutor at its boundaries', function()
 
   for _, case in ipairs { { 'KILL', 'main' }, { 'TERM', 'main' }, { 'KILL', 'ended' } } do
     local sig, maker = case[1], case[2]
-    it('ends busy workers when the parent gets SIG' .. sig .. ' (pool made by the ' ..
+    it('ends busy workers when the parent gets SIG' .. sig .. ' (workers forked by the ' ..
       maker .. ' thread)', function()
       local f = sh.tempfile([[
         io.stdout:setvbuf 'no'
         local futures = require 'host.futures'
         local thread = require 'host.thread'
-        local function make() return futures.ProcessPoolExecutor { max_workers = 2 } end
+        local function make()  -- its submits fork the workers: both tasks run on
+          local ex = futures.ProcessPoolExecutor { max_workers = 2 }
+          for i = 1, 2 do
+            ex:submit(function() local t = os.time() while os.time() - t < 60 do end end)
+          end
+          return ex
+        end
         local ex
         if ']] .. maker .. [[' == 'main' then ex = make()
         else ex = select(2, assert(thread.start(make):join(5))) end
-        for i = 1, 2 do
-          ex:submit(function() local t = os.time() while os.time() - t < 60 do end end)
-        end
         print(table.concat(ex:pids(), ' '))
         thread.sleep(60)
       ]])
