@@ -66,33 +66,35 @@ end
 
 local run_script = sh.host_script
 
--- Lua source defining start_workers(ex, n): it starts n workers of ex and
--- returns ex:pids(). Workers start on demand, so n tasks are kept running
--- together: each waits (at most 10 s) for a file made once all are submitted.
-local START_WORKERS = [[
+-- Lua source of two helpers, for this file and for the scripts it runs:
+-- wait_for_file(path), which a task runs to wait (at most 10 s) until the
+-- parent makes the file, and start_workers(ex, n), which starts n workers
+-- of ex and returns ex:pids(). Workers start on demand, so its n tasks are
+-- kept running together: each waits for a file made once all are submitted.
+local HELPERS = [[
+  local function wait_for_file(p)
+    local t = os.time()
+    while os.time() - t < 10 do
+      local f = io.open(p)
+      if f then f:close() return true end
+    end
+    return false
+  end
   local function start_workers(ex, n)
     local path = os.tmpname()
     os.remove(path)
-    local function wait(p)
-      local t = os.time()
-      while os.time() - t < 10 do
-        local f = io.open(p)
-        if f then f:close() return true end
-      end
-      return false
-    end
     local fs = {}
-    for i = 1, n do fs[i] = ex:submit(wait, path) end
+    for i = 1, n do fs[i] = ex:submit(wait_for_file, path) end
     assert(io.open(path, 'w')):close()
     for i = 1, n do assert(fs[i]:result(20), 'a worker did not see the file') end
     os.remove(path)
     return ex:pids()
   end
-  return start_workers
+  return wait_for_file, start_workers
 ]]
-local start_workers = load(START_WORKERS)()
+local wait_for_file, start_workers = load(HELPERS)()
 -- The same, as the first line of a script: it defines start_workers.
-local WITH_START_WORKERS = 'local start_workers = (function() ' .. START_WORKERS:gsub('\n%s*', ' ') .. ' end)()\n'
+local WITH_START_WORKERS = 'local _, start_workers = (function() ' .. HELPERS:gsub('\n%s*', ' ') .. ' end)()\n'
 
 -- The number of times `plain` occurs in s.
 local function count(s, plain)
@@ -109,16 +111,8 @@ end
 local function gate()
   local path = os.tmpname()
   os.remove(path)
-  local function wait(p)
-    local t = os.time()
-    while os.time() - t < 10 do
-      local f = io.open(p)
-      if f then f:close() return true end
-    end
-    return false
-  end
   local function open() assert(io.open(path, 'w')):close() end
-  return path, wait, open
+  return path, wait_for_file, open
 end
 
 describe('ProcessPoolExecutor', function()
