@@ -1133,16 +1133,7 @@ describe('ProcessPoolExecutor at its boundaries', function()
       local thread = require 'host.thread'
       thread.setswitchinterval(1e-6)
       local box = { running = true }
-      local closer = thread.Thread { target = function()
-        while box.running do
-          local ex = box.ex
-          if ex then
-            box.ex = nil
-            ex:shutdown { wait = false }
-          end
-        end
-      end }
-      closer:start()
+      local closer = dofile('spec/support/shutdown_race.lua')(box)
       local queued, refused = 0, 0
       for i = 1, 300 do
         local ex = futures.ProcessPoolExecutor { max_workers = 1 }

@@ -261,16 +261,7 @@ describe('ThreadPoolExecutor', function()
     local before = thread.getswitchinterval()
     thread.setswitchinterval(1e-6)
     local box = { running = true }
-    local closer = thread.Thread { target = function()
-      while box.running do
-        local ex = box.ex
-        if ex then
-          box.ex = nil
-          ex:shutdown { wait = false }
-        end
-      end
-    end }
-    closer:start()
+    local closer = dofile('spec/support/shutdown_race.lua')(box)
     local lost, queued = nil, 0
     for i = 1, 1000 do
       local ex = futures.ThreadPoolExecutor { max_workers = 1 }
