@@ -2,10 +2,11 @@
 ** executor_process.c: futures.ProcessPoolExecutor over fork(), with the
 ** architecture of CPython's concurrent/futures/process.py:
 ** - the workers are forked on demand, as in CPython since 3.9: a submit
-**   that finds no idle worker forks one (up to max_workers), in the
-**   submitting thread, so a failure raises there; the manager forks the
-**   replacement of a retired worker while work is queued. Each talks to
-**   the parent over its own socketpair;
+**   that finds no idle worker wakes the manager thread, which forks one
+**   (up to max_workers). Only the manager forks, from its own loop: a
+**   submit may run anywhere (a __gc, a hook, deep in C calls), and a child
+**   goes on from the point of its fork for good. Each worker talks to the
+**   parent over its own socketpair;
 ** - submit encodes the task with the codec at once (an unserializable
 **   argument raises there, naming its path) and queues it as pending;
 ** - at most workers + 1 items are taken from pending into the call queue;
@@ -35,11 +36,10 @@
 ** -> DEAD (reaped). Only an IDLE slot takes work (and a BUSY one, up to
 ** AHEAD_MAX map chunks sent ahead, after which it stays BUSY until all
 ** their results are read), so a slot whose process is being reaped (the GIL is released in
-** waitpid) is never sent a task. Only the manager retires and reaps, but
-** for shutdown, which retires and reaps the IDLE workers of a drained pool
-** itself (a slot being reaped is skipped by the other thread); submit
-** forks into a DEAD slot (with the GIL held throughout: see fork_worker)
-** and moves a slot from IDLE to BUSY.
+** waitpid) is never sent a task. Only the manager forks, retires and
+** reaps, but for shutdown, which retires and reaps the IDLE workers of a
+** drained pool itself (a slot being reaped is skipped by the other
+** thread); submit only moves a slot from IDLE to BUSY.
 **
 ** Frames: parent -> worker [u32 length][payload = encode(fn, args...)];
 ** worker -> parent [u32 length][u8 kind][payload], kind OK (the values),
@@ -66,6 +66,7 @@
 #include "executor.h"
 #include "future.h"
 #include "runtime.h"
+#include "stdwrap.h"
 #include "thread.h"
 #include "trace.h"
 
@@ -74,9 +75,9 @@
 /* registry: the states of the universe's pools (weak keys), whose fds a
 ** new child closes */
 #define POOL_STATES "host.pool_states"
-/* Sent to a worker when the thread that forked it ends (PR_SET_PDEATHSIG,
-** which Linux ties to the thread, not the process): see on_parent_death. */
-#define PARENT_DEATH_SIGNAL SIGUSR2
+/* registry, in a worker: its socket to the parent, which a process a task
+** of it forks closes too */
+#define WORKER_FD "host.pool_worker_fd"
 #define DEATH_GRACE 2.0  /* seconds a worker has to exit once done or hung up */
 /* Map chunks a busy worker may have behind its running one: it goes on
 ** with them while the caller, not the manager, holds the parent's GIL.
@@ -269,25 +270,37 @@ static char *encode_error(lua_State *L, size_t *len) {
   return buf;
 }
 
-/* Closes fd in a new child, unless it is -1 or `keep`. */
-static void close_inherited(int fd, int keep) {
-  if (fd >= 0 && fd != keep) close(fd);
+/* Closes *fd in a new child, unless it is -1 or `keep`, and forgets it:
+** the number may be reused, and a child of this one must not close it. */
+static void close_inherited(int *fd, int keep) {
+  if (*fd < 0 || *fd == keep) return;
+  close(*fd);
+  *fd = -1;
 }
 
-/* Closes, in a new child, every fd of every process pool of the parent. */
+/*
+** Closes, in a new child, every fd of every process pool of the parent,
+** and the parent's own socket when the parent is itself a worker (a task
+** made a pool); `keep` is the child's socket.
+*/
 static void close_pool_fds(lua_State *L, int keep) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_STATES) == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
       pstate_t *s = lua_touserdata(L, -2);
-      close_inherited(s->wake_r, keep);
-      close_inherited(s->wake_w, keep);
+      close_inherited(&s->wake_r, keep);
+      close_inherited(&s->wake_w, keep);
       for (int i = 0; i < s->nworkers; i++) {
-        close_inherited(s->w[i].fd, keep);
-        close_inherited(s->w[i].linger, keep);
+        close_inherited(&s->w[i].fd, keep);
+        close_inherited(&s->w[i].linger, keep);
       }
       lua_pop(L, 1);
     }
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, WORKER_FD) == LUA_TNUMBER) {
+    int fd = (int)lua_tointeger(L, -1);
+    close_inherited(&fd, keep);
   }
   lua_pop(L, 1);
 }
@@ -380,8 +393,10 @@ static int get_initializer(lua_State *L) {
 
 /*
 ** The life of a worker process, run protected: worker_main(info, fd,
-** max_tasks) closes the parent's other pool fds, runs the initializer,
-** then serves tasks until the parent closes its end or max_tasks are done.
+** max_tasks) closes the parent's other pool fds, lets go of the pipes of
+** the parent's io.popen commands (host_io_after_fork), runs the
+** initializer, then serves tasks until the parent closes its end or
+** max_tasks are done.
 ** Its input buffer starts on the stack: a first malloc of that size in a
 ** new child would make glibc consolidate the parent's free small chunks,
 ** writing to every page they lie on (a copy-on-write fault each).
@@ -390,6 +405,9 @@ static int worker_main(lua_State *L) {
   int fd = (int)lua_tointeger(L, 2);
   lua_Integer max_tasks = lua_tointeger(L, 3);
   close_pool_fds(L, fd);
+  lua_pushinteger(L, fd);
+  lua_setfield(L, LUA_REGISTRYINDEX, WORKER_FD);
+  host_io_after_fork(L);
   int top = lua_gettop(L);
   lua_pushcfunction(L, get_initializer);
   lua_pushvalue(L, 1);
@@ -448,19 +466,6 @@ static int worker_main(lua_State *L) {
 }
 
 /*
-** The handler of a worker's parent-death signal. Linux sends it when the
-** thread that forked the worker ends, once the worker has a new parent: a
-** thread of the same process when the pool's process lives on (getppid()
-** is then still the process that sent it: nothing to do), or a reaper
-** when that process died: then the worker dies too, even in a busy task.
-*/
-static void on_parent_death(int sig, siginfo_t *info, void *ctx) {
-  (void)sig;
-  (void)ctx;
-  if (info->si_pid == 0 || getppid() != info->si_pid) kill(getpid(), SIGKILL);
-}
-
-/*
 ** Runs in a child just forked for worker slot of the state at sidx, and
 ** never returns: nothing the child runs may unwind into the parent's Lua
 ** frames above the fork (it would run the rest of the parent's script), so
@@ -469,16 +474,11 @@ static void on_parent_death(int sig, siginfo_t *info, void *ctx) {
 ** a parent that died before it was set), and starts with an empty signal
 ** mask and default handlers (the forking thread may block every signal).
 */
-static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd, bool by_main) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_parent_death;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  sigaction(PARENT_DEATH_SIGNAL, &sa, NULL);
-  /* forked by the main thread, whose end is the process's end: SIGKILL,
-  ** which also ends a worker that is stopped (a handler cannot run then) */
-  prctl(PR_SET_PDEATHSIG, by_main ? SIGKILL : PARENT_DEATH_SIGNAL);
+static void run_worker(lua_State *L, int sidx, pstate_t *s, int fd) {
+  /* Linux sends it when the thread that forked the worker ends: the
+  ** manager, which reaps its workers before it ends, so only when the
+  ** process dies; SIGKILL ends a stopped worker too */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != s->owner) host_exit_child(1);  /* the parent died already */
   sigset_t none;
   sigemptyset(&none);
@@ -510,7 +510,6 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   int sv[2];
   sidx = lua_absindex(L, sidx);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return errno;
-  bool by_main = (pid_t)syscall(SYS_gettid) == getpid();
   pid_t pid = host_fork(L);
   if (pid < 0) {
     int e = errno;
@@ -520,7 +519,7 @@ static int fork_worker(lua_State *L, int sidx, pstate_t *s, int i) {
   }
   if (pid == 0) {
     close(sv[0]);
-    run_worker(L, sidx, s, sv[1], by_main);
+    run_worker(L, sidx, s, sv[1]);
   }
   close(sv[1]);
   worker_t *w = &s->w[i];
@@ -542,20 +541,18 @@ static int live_count(pstate_t *s) {
 /*
 ** Forks workers into DEAD slots while the `waiting` items outnumber the
 ** IDLE workers: workers start on demand, as in CPython since 3.9 (one
-** task forks one process, not max_workers). Returns how many it forked;
-** *err is 0, or the errno of a fork that failed.
+** task forks one process, not max_workers). Sets *err to 0, or to the
+** errno of a fork that failed.
 */
-static int start_wanted(lua_State *L, int sidx, pstate_t *s, size_t waiting, int *err) {
+static void start_wanted(lua_State *L, int sidx, pstate_t *s, size_t waiting, int *err) {
   size_t idle = 0;
-  int forked = 0;
   *err = 0;
   for (int i = 0; i < s->nworkers; i++) idle += s->w[i].state == SLOT_IDLE;
   for (int i = 0; i < s->nworkers && waiting > idle && *err == 0; i++) {
     if (s->w[i].state != SLOT_DEAD) continue;
     *err = fork_worker(L, sidx, s, i);
-    if (*err == 0) forked++, idle++;
+    idle += *err == 0;
   }
-  return forked;
 }
 
 /*
@@ -794,10 +791,11 @@ static bool takes_ahead(pstate_t *s, int i) {
 /*
 ** Moves pending items into the call queue (at most workers + 1 queued or
 ** running, not counting those sent ahead; each marked running, so no
-** longer cancellable), hands queued items to IDLE workers, then items
-** that may go ahead to BUSY workers, as long as that frees room.
+** longer cancellable), forks workers for them when `may_fork` (the
+** manager's loop), hands queued items to IDLE workers, then items that
+** may go ahead to BUSY workers, as long as that frees room.
 */
-static void pump(lua_State *L, int sidx, pstate_t *s) {
+static void pump(lua_State *L, int sidx, pstate_t *s, bool may_fork) {
   sidx = lua_absindex(L, sidx);
   for (bool again = true; again && !s->broken;) {
     again = false;
@@ -812,9 +810,9 @@ static void pump(lua_State *L, int sidx, pstate_t *s) {
       if (runs) host_fifo_push(L, sidx, UV_CALLQ, &s->callq);
       else lua_pop(L, 1);  /* cancelled while pending */
     }
-    int err;  /* (a retired worker's slot, or a fork that failed in submit) */
-    start_wanted(L, sidx, s, host_fifo_len(&s->callq), &err);
-    if (err != 0 && live_count(s) == 0) {
+    int err = 0;
+    if (may_fork) start_wanted(L, sidx, s, host_fifo_len(&s->callq), &err);
+    if (err != 0 && live_count(s) == 0) {  /* else the workers there take the work */
       char why[128];
       snprintf(why, sizeof why, "cannot start a worker: %s", strerror(err));
       break_pool(L, sidx, s, why);
@@ -1055,7 +1053,7 @@ static int manager_loop(lua_State *L) {
   struct pollfd *fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(s->nworkers + 1), 0);
   for (;;) {
     s->queueing = true;  /* the frames go out once the GIL is let go, below */
-    pump(L, 1, s);
+    pump(L, 1, s, true);
     s->queueing = false;
     if (s->broken || (s->shutdown && drained(s))) {
       host_gil_release(L);
@@ -1223,15 +1221,6 @@ static int submit_item(lua_State *L, bool ahead) {
   }
   lua_getiuservalue(L, 1, 1);  /* the state */
   int sidx = lua_gettop(L);
-  /* No worker is idle for it: one is forked now (by this thread, which
-  ** then holds its parent-death signal), so that a failure raises here. */
-  int err;
-  size_t waiting = host_fifo_len(&s->pending) + host_fifo_len(&s->callq) + 1;
-  if (start_wanted(L, sidx, s, waiting, &err) > 0) wake_manager(s);  /* to poll it too */
-  if (err != 0 && live_count(s) == 0) {
-    free(buf);
-    return luaL_error(L, "cannot start a worker: %s", strerror(err));
-  }
   lua_createtable(L, 3, 0);
   lua_pushlstring(L, buf, len);
   free(buf);
@@ -1253,8 +1242,9 @@ static int submit_item(lua_State *L, bool ahead) {
   lua_insert(L, -2);
   host_fifo_push(L, sidx, UV_PENDING, &s->pending);
   /* Hand it to an idle worker now, not through the manager: one wake-up
-  ** less. */
-  pump(L, sidx, s);
+  ** less. With none idle, the manager forks one if a slot is free. */
+  pump(L, sidx, s, false);
+  if (host_fifo_len(&s->callq) > 0 && live_count(s) < s->nworkers) wake_manager(s);
   return 1;
 }
 

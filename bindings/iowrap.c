@@ -37,14 +37,22 @@
 ** function is swapped for busy_close, which does the waiting (see `busy`).
 ** The standard files are never closed (liolib's io_noclose answers "cannot
 ** close standard file" at once), so their reads skip all of this.
+**
+** A process pool's worker, forked, inherits the pipes of io.popen's
+** commands, which stay the parent's: host_io_after_fork swaps each for a
+** pipe nobody is at the other end of, so the worker never keeps a
+** command's input open (the command would never see its end) nor waits
+** for a command that is not its child.
 */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <locale.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime.h"
 #include "stdwrap.h"
@@ -54,6 +62,7 @@
 #define BUSY "host.io.busy"           /* registry: file -> busy record (weak keys) */
 #define BUSY_TYPE "host.io.busy_record"
 #define NOCLOSE "host.io.noclose"     /* registry: liolib's io_noclose */
+#define POPENED "host.io.popened"     /* registry: the files io.popen made (weak keys) */
 #define MAXARGLINE 250                /* liolib's limit of formats in lines() */
 #define L_MAXLENNUM 200               /* liolib's longest numeral */
 #define READ_CHUNK 4096              /* first block of read_block */
@@ -541,6 +550,11 @@ static int io_popen(lua_State *L) {
   LStream *p = newprefile(L);
   luaL_argcheck(L, (mode[0] == 'r' || mode[0] == 'w') && mode[1] == '\0', 2,
                 "invalid mode");
+  lua_getfield(L, LUA_REGISTRYINDEX, POPENED);  /* see host_io_after_fork */
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
   host_gil_release(L);
   host_flush_std();  /* not fflush(NULL): a blocked reader holds stdin's lock */
   FILE *f = popen(prog, mode);
@@ -550,6 +564,53 @@ static int io_popen(lua_State *L) {
   p->f = f;
   p->closef = io_pclose;
   return f == NULL ? luaL_fileresult(L, 0, prog) : 1;
+}
+
+/* The close function of a command's file in a forked process: no wait. */
+static int io_close_forked(lua_State *L) {
+  LStream *p = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  fclose(p->f);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* The close function of a command's file whose fd could not be swapped. */
+static int io_close_lost(lua_State *L) {
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** Puts in place of fd (a pipe end) the same end of a new pipe whose other
+** end is closed, so that reading it gives end of file and writing it fails
+** with EPIPE. False when no pipe can be made.
+*/
+static bool swap_for_dead_pipe(int fd) {
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) return false;
+  int end = (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY ? pipefd[1] : pipefd[0];
+  bool ok = dup2(end, fd) == fd;
+  close(pipefd[0]);
+  close(pipefd[1]);
+  return ok;
+}
+
+void host_io_after_fork(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, POPENED) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pop(L, 1);
+      LStream *p = lua_touserdata(L, -1);
+      if (p->closef == NULL || p->f == NULL) continue;  /* closed */
+      if (swap_for_dead_pipe(fileno(p->f))) {
+        p->closef = io_close_forked;
+      } else {  /* fds ran out: the pipe goes, and the FILE is never closed */
+        close(fileno(p->f));
+        p->closef = io_close_lost;
+      }
+    }
+  }
+  lua_pop(L, 1);
 }
 
 /* os.execute([command]) */
@@ -571,6 +632,12 @@ static void set_function(lua_State *L, const char *name, lua_CFunction f) {
 
 void host_wrap_io(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, BUSY);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, POPENED);
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");
   lua_setfield(L, -2, "__mode");

@@ -20,4 +20,12 @@ void host_wrap_stdlib(lua_State *L);
 */
 void host_wrap_io(lua_State *L);
 
+/*
+** In a process just forked from L's (a process pool's worker): each file
+** of io.popen still open is made to read end of file and fail to write
+** (EPIPE), and its close no longer waits for the command, which is the
+** parent's. The command's pipe is no longer held open by this process.
+*/
+void host_io_after_fork(lua_State *L);
+
 #endif
