@@ -630,19 +630,19 @@ static void set_function(lua_State *L, const char *name, lua_CFunction f) {
   lua_setfield(L, -2, name);
 }
 
+/* Makes registry[key] a table with weak keys. */
+static void new_weak_keyed(lua_State *L, const char *key) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, key);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
 void host_wrap_io(lua_State *L) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, BUSY);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_pop(L, 1);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, POPENED);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_pop(L, 1);
+  new_weak_keyed(L, BUSY);
+  new_weak_keyed(L, POPENED);
   luaL_newmetatable(L, BUSY_TYPE);
   set_function(L, "__gc", busy_gc);
   lua_pop(L, 1);
