@@ -559,9 +559,8 @@ static void start_wanted(lua_State *L, int sidx, pstate_t *s, size_t waiting, in
 ** Waits for process pid (no GIL) and returns its wait status; kills it
 ** first when `grace` is 0, or once `grace` seconds have passed when it is
 ** positive (a worker whose socket hung up but that runs on: a task closed
-** the socket itself), so that the manager never hangs here. A negative
-** grace waits without limit (a worker told to end by EOF ends). The
-** bounded wait sleeps in poll on a pidfd, which wakes when the process
+** the socket itself, or another process holds it), so that the manager
+** never hangs here. The wait sleeps in poll on a pidfd, which wakes when the process
 ** ends; where pidfd_open is missing (Linux before 5.3) it looks again
 ** every millisecond.
 */
@@ -1158,7 +1157,10 @@ static int manager_main(lua_State *L) {
     if (s->w[i].state != SLOT_DEAD) s->w[i].state = SLOT_RETIRING;
     hang_up(s, i);
   }
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);
+  /* bounded: a process forked meanwhile outside this universe (a pool of
+  ** another universe of the process) may hold the sockets, and then EOF
+  ** never comes; past the grace the worker is killed */
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, DEATH_GRACE);
   close_wake_pipe(s);
   s->manager_done = true;
   host_waitq_notify(s->q);

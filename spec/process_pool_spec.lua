@@ -884,6 +884,28 @@ describe('ProcessPoolExecutor forking its workers', function()
     set_global(nil)
   end)
 
+  it("shuts down within its grace when a pool of another universe holds its worker's socket", function()
+    -- P lives in an interpreter pool worker's universe, Q in this one: Q's
+    -- worker, forked later, inherits P's socket (a child closes the fds of
+    -- its own universe's pools only), so P's worker never reads EOF. Before:
+    -- P's shutdown waited for good; now it kills the worker after 2 s.
+    local ip <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
+    assert.are.equal(1, ip:submit(function()
+      P_FOR_SPEC = require('host.futures').ProcessPoolExecutor { max_workers = 1 }
+      return P_FOR_SPEC:submit(function() return 1 end):result(10)
+    end):result(T))
+    local q <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    assert.are.equal(2, q:submit(function() return 2 end):result(T))
+    local took = ip:submit(function()
+      local time = require 'host.time'
+      local t0 = time.monotonic()
+      P_FOR_SPEC:submit(function() require('host.thread').sleep(0.2) end)
+      P_FOR_SPEC:shutdown()
+      return time.monotonic() - t0
+    end)
+    assert.is_true(took:result(T) < 8)
+  end)
+
   it("closes in a nested pool's worker only the outer pool's fds, not numbers its worker reused", function()
     if os.getenv 'TSAN_OPTIONS' then  -- the inner pool's manager is such a thread
       pending('TSan forbids a new thread in a child forked by a multithreaded process')
