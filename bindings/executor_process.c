@@ -366,17 +366,20 @@ static void inbuf_used(inbuf *b, size_t n) {
 }
 
 /*
-** inbuf_fill for a worker, blocking: it waits in poll, not in recv. A
-** reader asleep in recv on a Unix socket is also woken whenever the peer
+** inbuf_fill for a worker (its state L), blocking: it waits in poll, not
+** in recv, and without the GIL, so threads a task started run meanwhile.
+** A reader asleep in recv on a Unix socket is also woken whenever the peer
 ** consumes what the reader sent (its write space grows), so a worker would
 ** wake for nothing once per result it sent; poll(POLLIN) wakes only for
 ** data or a hang-up.
 */
-static bool worker_fill(int fd, inbuf *b, size_t need) {
+static bool worker_fill(lua_State *L, int fd, inbuf *b, size_t need) {
   while (!inbuf_fill(fd, b, need, MSG_DONTWAIT)) {
     if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
     struct pollfd one = {.fd = fd, .events = POLLIN};
+    host_gil_release(L);
     while (poll(&one, 1, -1) < 0 && errno == EINTR) {}
+    host_gil_acquire(L);
   }
   return true;
 }
@@ -426,9 +429,9 @@ static int worker_main(lua_State *L) {
   inbuf in = {first, sizeof first, 0, 0, true};
   for (lua_Integer done = 0; max_tasks == 0 || done < max_tasks; done++) {
     uint32_t len;
-    if (!worker_fill(fd, &in, 4)) break;
+    if (!worker_fill(L, fd, &in, 4)) break;
     memcpy(&len, in.p + in.start, 4);
-    if (!worker_fill(fd, &in, 4 + (size_t)len)) break;
+    if (!worker_fill(L, fd, &in, 4 + (size_t)len)) break;
     int n = 0;
     int status = host_codec_decode(L, in.p + in.start + 4, len, HOST_CODEC_FUNCTIONS, &n);
     inbuf_used(&in, 4 + (size_t)len);
@@ -559,8 +562,11 @@ static void start_wanted(lua_State *L, int sidx, pstate_t *s, size_t waiting, in
 ** Waits for process pid (no GIL) and returns its wait status; kills it
 ** first when `grace` is 0, or once `grace` seconds have passed when it is
 ** positive (a worker whose socket hung up but that runs on: a task closed
-** the socket itself, or another process holds it), so that the manager
-** never hangs here. The wait sleeps in poll on a pidfd, which wakes when the process
+** the socket itself), so that the manager never hangs here. A negative
+** grace waits without limit, as CPython joins its workers: a worker told
+** to end by EOF ends, once its output is flushed (a reader slow to read
+** it holds the wait up; a kill would lose that output). The bounded wait
+** sleeps in poll on a pidfd, which wakes when the process
 ** ends; where pidfd_open is missing (Linux before 5.3) it looks again
 ** every millisecond.
 */
@@ -592,18 +598,20 @@ static int reap(pid_t pid, double grace) {
 }
 
 /*
-** Hangs up on worker i: its socket is closed (a worker reads EOF and
-** ends; a manager that polls the fd meanwhile finds w->fd changed). A
-** socket that a sender still uses is shut down, not closed: the sender
-** closes it, so its number cannot be reused under the sender.
+** Hangs up on worker i: its socket is shut down, so the worker reads EOF
+** and ends even when another process holds a copy of this end (a worker
+** of a pool of another universe, forked meanwhile), then closed (a
+** manager that polls the fd meanwhile finds w->fd changed). A socket that
+** a sender still uses is left open: the sender closes it, so its number
+** cannot be reused under the sender.
 */
 static void hang_up(pstate_t *s, int i) {
   worker_t *w = &s->w[i];
   if (w->fd < 0) return;
   int fd = w->fd;
   w->fd = -1;
+  shutdown(fd, SHUT_RDWR);
   if (w->sending) {
-    shutdown(fd, SHUT_RDWR);
     w->sending = false;
     w->linger = fd;
   } else {
@@ -1157,10 +1165,17 @@ static int manager_main(lua_State *L) {
     if (s->w[i].state != SLOT_DEAD) s->w[i].state = SLOT_RETIRING;
     hang_up(s, i);
   }
-  /* bounded: a process forked meanwhile outside this universe (a pool of
-  ** another universe of the process) may hold the sockets, and then EOF
-  ** never comes; past the grace the worker is killed */
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, DEATH_GRACE);
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);
+  /* Those a shutdown reaps itself are reaped before this thread ends: its
+  ** end sends them their parent-death signal, SIGKILL (once its OS thread,
+  ** kept for reuse, exits), which would cut their last output short. */
+  host_deadline never = host_deadline_in(-1);
+  for (int i = 0; i < s->nworkers; i++) {
+    while (s->w[i].reaping) {
+      host_wait_on(L, "host.ProcessPoolExecutor", "manager: a worker shutdown reaps", s, NULL);
+      host_waitq_wait_uninterrupted(L, s->q, &never);
+    }
+  }
   close_wake_pipe(s);
   s->manager_done = true;
   host_waitq_notify(s->q);
@@ -1307,7 +1322,8 @@ static int ppool_shutdown(lua_State *L) {
   ** would, bounded by DEATH_GRACE): no wake-up of the manager between
   ** their exits and its return; the manager skips them */
   for (int i = 0; wait && ended > 0 && i < s->nworkers; i++)
-    if (s->w[i].state == SLOT_RETIRING && s->w[i].fd < 0) retire_worker(L, s, i, DEATH_GRACE);
+    if (s->w[i].state == SLOT_RETIRING && s->w[i].fd < 0) retire_worker(L, s, i, -1);
+  if (wait && ended > 0) host_waitq_notify(s->q);  /* the manager may wait for them */
   host_deadline never = host_deadline_in(-1);
   while (wait && !s->manager_done) {
     host_wait_on(L, "host.ProcessPoolExecutor", "shutdown: its manager to end", s, NULL);

@@ -50,6 +50,7 @@
 #include <locale.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -602,6 +603,7 @@ void host_io_after_fork(lua_State *L) {
       lua_pop(L, 1);
       LStream *p = lua_touserdata(L, -1);
       if (p->closef == NULL || p->f == NULL) continue;  /* closed */
+      __fpurge(p->f);  /* what the parent read ahead, or has still to write */
       if (swap_for_dead_pipe(fileno(p->f))) {
         p->closef = io_close_forked;
       } else {  /* fds ran out: the pipe goes, and the FILE is never closed */

@@ -884,11 +884,11 @@ describe('ProcessPoolExecutor forking its workers', function()
     set_global(nil)
   end)
 
-  it("shuts down within its grace when a pool of another universe holds its worker's socket", function()
+  it("shuts down when a pool of another universe holds its worker's socket", function()
     -- P lives in an interpreter pool worker's universe, Q in this one: Q's
     -- worker, forked later, inherits P's socket (a child closes the fds of
-    -- its own universe's pools only), so P's worker never reads EOF. Before:
-    -- P's shutdown waited for good; now it kills the worker after 2 s.
+    -- its own universe's pools only), so closing it sent P's worker no EOF
+    -- and P's shutdown waited for good. Shutting the socket down does.
     local ip <close> = assert(futures.InterpreterPoolExecutor { max_workers = 1 })
     assert.are.equal(1, ip:submit(function()
       P_FOR_SPEC = require('host.futures').ProcessPoolExecutor { max_workers = 1 }
@@ -904,6 +904,51 @@ describe('ProcessPoolExecutor forking its workers', function()
       return time.monotonic() - t0
     end)
     assert.is_true(took:result(T) < 8)
+  end)
+
+  it("discards what the parent read ahead of an io.popen file: in a worker it reads end of file", function()
+    local set_global = load('POPEN_FOR_SPEC = ...')
+    local p = assert(io.popen('printf "a\\nb\\nc\\n"', 'r'))
+    assert.are.equal('a', p:read('l'))  -- the FILE holds b and c now
+    set_global(p)
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    -- before: the worker read "b\nc\n" from the buffer it inherited
+    assert.are.equal('', ex:submit(function() return load('return POPEN_FOR_SPEC')():read('a') end):result(T))
+    set_global(nil)
+    assert.are.same({ 'b', 'c' }, { p:read('l'), p:read('l') })
+    assert.is_true(p:close())
+  end)
+
+  it('runs the threads a task started while its worker waits for the next task', function()
+    if os.getenv 'TSAN_OPTIONS' then
+      pending('TSan forbids a new thread in a child forked by a multithreaded process')
+      return
+    end
+    local ex <close> = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    ex:submit(function()
+      TICKS_FOR_SPEC = 0
+      require('host.thread').start(function()
+        for _ = 1, 25 do TICKS_FOR_SPEC = TICKS_FOR_SPEC + 1 require('host.thread').sleep(0.02) end
+      end)
+    end):result(T)
+    thread.sleep(0.3)
+    -- before: 0 or 1 (the worker held its GIL while it waited for a task)
+    assert.is_true(ex:submit(function() return TICKS_FOR_SPEC end):result(T) >= 5)
+  end)
+
+  it('lets a worker flush its output at shutdown, however slow the reader: it is not killed', function()
+    -- the task fills stdout's pipe, whose reader starts 2.5 s late, and
+    -- leaves 3000 bytes in its buffer, flushed as the worker exits. Before:
+    -- killed after 1 s (its manager thread's end) or 2 s, and those bytes lost
+    local f = sh.tempfile [[
+      local futures = require 'host.futures'
+      local ex = futures.ProcessPoolExecutor { max_workers = 1 }
+      ex:submit(function() io.write(string.rep('a', 65536)) io.write(string.rep('b', 3000)) end):result(20)
+      ex:shutdown()
+    ]]
+    local out = sh.run(sh.quote(sh.host) .. ' ' .. sh.quote(f) .. ' | (sleep 2.5; wc -c)', 30)
+    os.remove(f)
+    assert.are.equal('68536', out:match('%d+'))
   end)
 
   it("closes in a nested pool's worker only the outer pool's fds, not numbers its worker reused", function()
