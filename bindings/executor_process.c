@@ -559,16 +559,34 @@ static void start_wanted(lua_State *L, int sidx, pstate_t *s, size_t waiting, in
 }
 
 /*
+** True when process pid (a child of this one) is blocked in write: a worker
+** flushing its output to a reader slow to read it, which is no hang. Read
+** from /proc/<pid>/syscall; false where that cannot be read.
+*/
+static bool blocked_writing(pid_t pid) {
+  char path[64], buf[64];
+  snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  char *end;
+  long nr = strtol(buf, &end, 10);  /* "running" when not in a system call */
+  return end != buf && (nr == SYS_write || nr == SYS_writev);
+}
+
+/*
 ** Waits for process pid (no GIL) and returns its wait status; kills it
-** first when `grace` is 0, or once `grace` seconds have passed when it is
-** positive (a worker whose socket hung up but that runs on: a task closed
-** the socket itself), so that the manager never hangs here. A negative
-** grace waits without limit, as CPython joins its workers: a worker told
-** to end by EOF ends, once its output is flushed (a reader slow to read
-** it holds the wait up; a kill would lose that output). The bounded wait
-** sleeps in poll on a pidfd, which wakes when the process
-** ends; where pidfd_open is missing (Linux before 5.3) it looks again
-** every millisecond.
+** first when `grace` is 0, else once `grace` seconds have passed (a worker
+** whose socket hung up but that runs on: a task closed the socket itself;
+** one stuck in a lock that another thread of this process held at the
+** fork), so that the manager never hangs here. A worker still writing its
+** output then is given more time, grace by grace, as CPython joins its
+** workers: a kill would lose that output. The wait sleeps in poll on a
+** pidfd, which wakes when the process ends; where pidfd_open is missing
+** (Linux before 5.3) it looks again every millisecond.
 */
 static int reap(pid_t pid, double grace) {
   int status = 0;
@@ -583,6 +601,10 @@ static int reap(pid_t pid, double grace) {
         return status;
       }
       double left = give_up - host_now();
+      if (r == 0 && left <= 0 && blocked_writing(pid)) {
+        give_up = host_now() + grace;
+        continue;
+      }
       if (r == 0 && left <= 0) break;
       if (r == 0) {
         struct pollfd one = {.fd = pfd, .events = POLLIN};
@@ -1165,7 +1187,7 @@ static int manager_main(lua_State *L) {
     if (s->w[i].state != SLOT_DEAD) s->w[i].state = SLOT_RETIRING;
     hang_up(s, i);
   }
-  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, -1);
+  for (int i = 0; i < s->nworkers; i++) retire_worker(L, s, i, DEATH_GRACE);
   /* Those a shutdown reaps itself are reaped before this thread ends: its
   ** end sends them their parent-death signal, SIGKILL (once its OS thread,
   ** kept for reuse, exits), which would cut their last output short. */
@@ -1322,7 +1344,7 @@ static int ppool_shutdown(lua_State *L) {
   ** would, bounded by DEATH_GRACE): no wake-up of the manager between
   ** their exits and its return; the manager skips them */
   for (int i = 0; wait && ended > 0 && i < s->nworkers; i++)
-    if (s->w[i].state == SLOT_RETIRING && s->w[i].fd < 0) retire_worker(L, s, i, -1);
+    if (s->w[i].state == SLOT_RETIRING && s->w[i].fd < 0) retire_worker(L, s, i, DEATH_GRACE);
   if (wait && ended > 0) host_waitq_notify(s->q);  /* the manager may wait for them */
   host_deadline never = host_deadline_in(-1);
   while (wait && !s->manager_done) {

@@ -951,6 +951,17 @@ describe('ProcessPoolExecutor forking its workers', function()
     assert.are.equal('68536', out:match('%d+'))
   end)
 
+  it('kills at shutdown a worker that does not end within its grace (a stopped one)', function()
+    local ex = assert(futures.ProcessPoolExecutor { max_workers = 1 })
+    local pid = start_workers(ex, 1)[1]
+    os.execute('kill -STOP ' .. pid)
+    finally(function() os.execute('kill -KILL ' .. pid .. ' 2>/dev/null') end)
+    local t = thread.start(function() ex:shutdown() return true end)
+    -- a wait without limit would hang here
+    assert.is_true(t:join(T))
+    assert.is_true(all_gone({ pid }, T))
+  end)
+
   it("closes in a nested pool's worker only the outer pool's fds, not numbers its worker reused", function()
     if os.getenv 'TSAN_OPTIONS' then  -- the inner pool's manager is such a thread
       pending('TSan forbids a new thread in a child forked by a multithreaded process')
