@@ -753,10 +753,7 @@ void host_executor_define(lua_State *L, const char *tname, const luaL_Reg *metho
   lua_pop(L, 2);
   push_live_key(L, tname);
   lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  host_set_weak(L, "k");
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, shutdown_live, 1);
   host_atexit(L);

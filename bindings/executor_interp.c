@@ -974,10 +974,7 @@ static int ipool_new(lua_State *L) {
   lua_getiuservalue(L, idx, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, MANAGED);  /* for stop_nested, weak keys */
   if (!lua_getmetatable(L, -1)) {
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
+    host_set_weak(L, "k");
   } else {
     lua_pop(L, 1);
   }

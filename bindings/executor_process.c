@@ -312,12 +312,7 @@ static void close_pool_fds(lua_State *L, int keep) {
 ** that could pass the GIL to another thread in the middle of a fork.
 */
 static void register_state(lua_State *L) {
-  if (luaL_getsubtable(L, LUA_REGISTRYINDEX, POOL_STATES) == 0) {
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-  }
+  if (luaL_getsubtable(L, LUA_REGISTRYINDEX, POOL_STATES) == 0) host_set_weak(L, "k");
   lua_pushvalue(L, -2);
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);

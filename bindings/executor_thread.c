@@ -513,10 +513,7 @@ static int pool_new(lua_State *L) {
   else lua_pushnil(L);
   lua_setfield(L, -2, "initargs");
   lua_newtable(L);  /* thread key -> true for each worker, weak keys */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  host_set_weak(L, "k");
   lua_setfield(L, -2, "workers");
   if (max == 1) {
     lua_pushvalue(L, st);

@@ -438,10 +438,7 @@ static void note_exit(lua_State *co) {
   if (lua_rawgetp(co, LUA_REGISTRYINDEX, &exits_key) != LUA_TTABLE) {
     lua_pop(co, 1);
     lua_newtable(co);
-    lua_createtable(co, 0, 1);
-    lua_pushliteral(co, "k");
-    lua_setfield(co, -2, "__mode");
-    lua_setmetatable(co, -2);
+    host_set_weak(co, "k");
     lua_pushvalue(co, -1);
     lua_rawsetp(co, LUA_REGISTRYINDEX, &exits_key);
   }

@@ -635,10 +635,7 @@ static void set_function(lua_State *L, const char *name, lua_CFunction f) {
 /* Makes registry[key] a table with weak keys. */
 static void new_weak_keyed(lua_State *L, const char *key) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, key);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  host_set_weak(L, "k");
   lua_pop(L, 1);
 }
 

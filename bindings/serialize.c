@@ -639,10 +639,7 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
 static void build_cfuncs(encoder *E) {
   lua_State *L = E->L;
   lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  host_set_weak(L, "k");
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {  /* cfuncs loaded module mod */
@@ -761,12 +758,7 @@ static void push_fcache(lua_State *L, const char *key, const char *mode, size_t 
   lua_rawseti(L, -2, 1);
   lua_pushinteger(L, 0);
   lua_rawseti(L, -2, 2);
-  if (mode != NULL) {
-    lua_createtable(L, 0, 1);
-    lua_pushstring(L, mode);
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-  }
+  if (mode != NULL) host_set_weak(L, mode);
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, key);
 }

@@ -1089,10 +1089,7 @@ static int local_tostring(lua_State *L) {
 static int l_local(lua_State *L) {
   host_object_new(L, sizeof(local_rec), LOCAL_TYPE, 1);
   lua_newtable(L);  /* thread key -> its table, weak keys */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
+  host_set_weak(L, "k");
   lua_setiuservalue(L, -2, 1);
   return 1;
 }

@@ -155,6 +155,13 @@ static int unknown_option(lua_State *L, int arg, const char *const known[]) {
                                                key, lua_tostring(L, -1)));
 }
 
+void host_set_weak(lua_State *L, const char *mode) {
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+}
+
 void host_check_options(lua_State *L, int arg, const char *const known[]) {
   arg = lua_absindex(L, arg);
   luaL_checkstack(L, 4, NULL);

@@ -65,6 +65,12 @@ void host_check_callable(lua_State *L, int arg);
 void host_check_options(lua_State *L, int arg, const char *const known[]);
 
 /*
+** Gives the table on top a metatable {__mode = mode} ("k", "v" or "kv"),
+** so that its keys or values do not keep what they refer to alive.
+*/
+void host_set_weak(lua_State *L, const char *mode);
+
+/*
 ** host_pcall for code that runs on behalf of another universe or process
 ** (a pool's task): on error it leaves the error value and then the
 ** traceback of the called code's own frames (a string "\n\t<frame>..."
