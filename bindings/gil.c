@@ -133,17 +133,23 @@ bool interrupt_wanted(host_tstate *ts) {
 }
 
 /*
-** Arms the one-shot hook on L, which thread ts runs. A hook already there
-** stays: the universe's own count hook (it fires anyway), or a user's
-** (debug.sethook), which keeps the thread from being preempted. But an
-** interrupt does not wait: it makes the universe's hook one-shot, and puts a
-** user's hook aside in ts for universe_hook to put back (so debug.sethook
-** cannot make a task deaf to interrupts). Async-signal-safe (lua_sethook
-** is, as lua.c relies on for Ctrl-C).
+** Arms the one-shot hook on L, which thread ts runs. A user's hook
+** (debug.sethook) stays, which keeps the thread from being preempted. But
+** an interrupt does not wait: it puts a user's hook aside in ts for
+** universe_hook to put back (so debug.sethook cannot make a task deaf to
+** interrupts). Async-signal-safe (lua_sethook is, as lua.c relies on for
+** Ctrl-C).
+**
+** The universe's own hook is set again even when it is there already.
+** Lua's VM turns a frame's trap off when it finds no hook (luaG_traceexec
+** reads the mask, then clears the trap): a signal that sets the hook
+** between the two leaves it set with the trap off, and a loop that calls
+** nothing then never runs it, so the thread holds the GIL for good (seen
+** at a 1 us switch interval). Setting it again sets the traps again: the
+** next request gets through.
 */
 void arm_hook(host_tstate *ts, lua_State *L) {
   lua_Hook h = lua_gethook(L);
-  if (h == universe_hook && !interrupt_wanted(ts)) return;  /* it comes anyway */
   if (h != NULL && h != universe_hook) {
     lua_State *pending = atomic_load(&ts->saved_for);
     if (!interrupt_wanted(ts) || (pending != NULL && pending != L)) return;
